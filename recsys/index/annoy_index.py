@@ -1,0 +1,155 @@
+"""Annoy approximate index, memory-mapped on load so server workers share one copy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from annoy import AnnoyIndex as _Annoy
+
+from recsys.index.base import IndexError_, ItemIndex, binary_codes, check_metric
+from recsys.index.exact import ExactIndex
+
+logger = logging.getLogger(__name__)
+
+# Our metric name → Annoy's. "cosine" is Annoy's angular distance sqrt(2 - 2·cos).
+ANNOY_METRIC = {"cosine": "angular", "dot": "dot", "euclidean": "euclidean", "manhattan": "manhattan", "hamming": "hamming"}
+INDEX_FILE = "index.ann"
+META_FILE = "index.json"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class AnnoyItemIndex(ItemIndex):
+    kind = "annoy"
+
+    def __init__(self, metric: str = "dot", n_trees: int = 50, search_k: int = -1, random_state: int = 42) -> None:
+        self.metric = check_metric(metric)
+        self.n_trees = n_trees
+        self.search_k = search_k
+        self.random_state = random_state
+        self.index_: _Annoy | None = None
+        self.dims = 0
+        self._n_items = 0
+        self.recall_at_10_: float | None = None
+
+    def build(self, vectors: np.ndarray) -> "AnnoyItemIndex":
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if self.metric == "hamming":
+            vectors = binary_codes(vectors)
+        self.dims = int(vectors.shape[1])
+        index = _Annoy(self.dims, ANNOY_METRIC[self.metric])
+        index.set_seed(self.random_state)
+        for i, row in enumerate(vectors):
+            index.add_item(i, row.tolist())
+        index.build(self.n_trees, n_jobs=-1)
+        self.index_ = index
+        self._n_items = len(vectors)
+        return self
+
+    @property
+    def n_items(self) -> int:
+        return self._n_items
+
+    def _to_score(self, distances: np.ndarray) -> np.ndarray:
+        if self.metric == "dot":
+            return distances  # Annoy reports the dot product itself
+        if self.metric == "cosine":
+            return 1.0 - distances**2 / 2.0
+        return -distances
+
+    def query(self, vector, k, exclude=None):
+        if self.index_ is None:
+            raise IndexError_("index is not built or loaded")
+        vector = np.asarray(vector, dtype=np.float32).ravel()
+        if self.metric == "hamming":
+            vector = binary_codes(vector)
+        excluded = set() if exclude is None else set(np.asarray(exclude).tolist())
+        n = min(self._n_items, k + len(excluded))
+        ids, dist = self.index_.get_nns_by_vector(vector.tolist(), n, search_k=self.search_k, include_distances=True)
+        ids = np.asarray(ids, dtype=np.int64)
+        scores = self._to_score(np.asarray(dist, dtype=np.float32))
+        if excluded:
+            keep = np.fromiter((i not in excluded for i in ids.tolist()), bool, len(ids))
+            ids, scores = ids[keep], scores[keep]
+        # Annoy orders by its internal distance; re-sort by score so ties/rounding agree.
+        order = np.argsort(-scores, kind="stable")[:k]
+        return ids[order], scores[order]
+
+    def query_batch(self, queries: np.ndarray, k: int) -> np.ndarray:
+        return np.stack([self.query(q, k)[0] for q in queries])
+
+    def measure_recall(self, vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
+        """Recall@k of this index against exact search with the same metric."""
+        exact = ExactIndex(self.metric).build(vectors)
+        truth = exact.query_batch(queries, k)
+        found = [set(self.query(q, k)[0].tolist()) for q in queries]
+        hits = sum(len(f & set(t.tolist())) for f, t in zip(found, truth))
+        recall = hits / max(1, truth.size)
+        self.recall_at_10_ = float(recall) if k == 10 else self.recall_at_10_
+        return float(recall)
+
+    def save(self, folder: Path) -> dict:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / INDEX_FILE
+        self.index_.save(str(path))
+        meta = {
+            "kind": self.kind,
+            "metric": self.metric,
+            "dims": self.dims,
+            "n_items": self._n_items,
+            "n_trees": self.n_trees,
+            "search_k": self.search_k,
+            "recall_at_10": self.recall_at_10_,
+            "sha256": file_sha256(path),
+        }
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+        return meta
+
+    @classmethod
+    def load(cls, folder: Path, verify: bool = True) -> "AnnoyItemIndex":
+        """Memory-map a saved index; with ``verify``, refuse a file whose checksum or shape is off."""
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / META_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise IndexError_(f"index metadata unreadable in {folder}: {exc}") from exc
+        path = folder / INDEX_FILE
+        if not path.exists():
+            raise IndexError_(f"index file missing: {path}")
+        if verify and file_sha256(path) != meta["sha256"]:
+            raise IndexError_(f"index file {path} does not match its checksum")
+        index = cls(meta["metric"], meta["n_trees"], meta["search_k"])
+        ann = _Annoy(meta["dims"], ANNOY_METRIC[meta["metric"]])
+        if not ann.load(str(path), prefault=False):
+            raise IndexError_(f"annoy could not load {path}")
+        if ann.get_n_items() != meta["n_items"]:
+            raise IndexError_(f"index {path} holds {ann.get_n_items()} items, metadata says {meta['n_items']}")
+        index.index_, index.dims, index._n_items = ann, meta["dims"], meta["n_items"]
+        index.recall_at_10_ = meta.get("recall_at_10")
+        return index
+
+
+def load_index(folder: Path, verify: bool = True) -> ItemIndex:
+    meta = json.loads((Path(folder) / META_FILE).read_text())
+    if meta["kind"] == "annoy":
+        return AnnoyItemIndex.load(folder, verify=verify)
+    return ExactIndex.load(folder)
+
+
+def make_index(kind: str, metric: str, **params) -> ItemIndex:
+    if kind == "annoy":
+        return AnnoyItemIndex(metric, **params)
+    if kind == "exact":
+        return ExactIndex(metric)
+    raise ValueError(f"index kind must be 'annoy' or 'exact', got {kind!r}")

@@ -43,6 +43,7 @@ class ALSEmbedder(Embedder):
 
     def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> "ALSEmbedder":
         from implicit.cpu.als import AlternatingLeastSquares
+        from threadpoolctl import threadpool_limits
 
         model = AlternatingLeastSquares(
             factors=self.factors,
@@ -53,7 +54,9 @@ class ALSEmbedder(Embedder):
             num_threads=self.num_threads,
             dtype=np.float32,
         )
-        model.fit(sp.csr_matrix(matrix, dtype=np.float32), show_progress=self.show_progress)
+        # implicit parallelizes itself; a multi-threaded BLAS underneath only contends with it.
+        with threadpool_limits(1, "blas"):
+            model.fit(sp.csr_matrix(matrix, dtype=np.float32), show_progress=self.show_progress)
         self.model_ = model
         self.user_vectors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self.item_vectors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)

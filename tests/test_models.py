@@ -1,0 +1,284 @@
+"""Collaborative embedders, LightFM features, cold-start mapping and the registry.
+
+The synthetic generator plants clusters: users put ~85% of their events on items of their own
+cluster. With 6 clusters chance is 1/6, so "same cluster > 3× chance" means > 0.5.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.preprocessing import normalize
+
+from recsys.datasets.synthetic import generate_synthetic
+from recsys.features import build_item_features, build_user_features
+from recsys.matrix import InteractionMatrix
+from recsys.models.coldstart import ContentToCFMapper
+from recsys.models.content import TfidfEncoder
+from recsys.models.lightfm import LightFMEmbedder
+from recsys.models.registry import MODEL_KINDS, make_model
+
+N_CLUSTERS = 6
+CHANCE = 1 / N_CLUSTERS
+
+CF_MODELS = {
+    "als": {"factors": 32, "iterations": 10},
+    "bpr": {"factors": 32, "iterations": 60},
+    "lightfm": {"no_components": 32, "epochs": 20, "loss": "warp"},
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    ds = generate_synthetic(n_users=600, n_items=300, n_events=30_000, n_clusters=N_CLUSTERS, seed=7)
+    im = InteractionMatrix.from_events(ds.events)
+    items = ds.items.set_index("item_id")
+    users = ds.users.set_index("user_id")
+    item_cluster = items.loc[im.item_ids, "attributes"].map(lambda a: a["cluster"]).to_numpy()
+    user_cluster = users.loc[im.user_ids, "attributes"].map(lambda a: a["cluster"]).to_numpy()
+    return ds, im, item_cluster, user_cluster
+
+
+@pytest.fixture(scope="module", params=sorted(CF_MODELS))
+def fitted(request, data):
+    _, im, _, _ = data
+    model = make_model(request.param, **CF_MODELS[request.param])
+    assert model.fit(im.matrix) is model
+    return model
+
+
+def same_cluster_neighbours(vectors: np.ndarray, clusters: np.ndarray, k: int = 10) -> float:
+    """Fraction of each item's k nearest items (cosine, itself excluded) in its own cluster."""
+    v = normalize(vectors)
+    sims = v @ v.T
+    np.fill_diagonal(sims, -np.inf)
+    top = np.argsort(-sims, axis=1)[:, :k]
+    return float((clusters[top] == clusters[:, None]).mean())
+
+
+def top_k(scores: np.ndarray, k: int = 10, exclude=()) -> np.ndarray:
+    scores = np.array(scores, dtype=np.float64)
+    scores[list(exclude)] = -np.inf
+    return np.argsort(-scores, kind="stable")[:k]
+
+
+def test_vectors_are_float32_and_aligned(fitted, data):
+    _, im, _, _ = data
+    assert fitted.user_vectors_.dtype == np.float32 and fitted.item_vectors_.dtype == np.float32
+    assert fitted.user_vectors_.shape[0] == im.shape[0]
+    assert fitted.item_vectors_.shape[0] == im.shape[1]
+    assert fitted.user_vectors_.shape[1] == fitted.item_vectors_.shape[1]
+    assert fitted.metric == "dot"
+
+
+def test_same_cluster_items_are_neighbours(fitted, data):
+    # item-item similarity is cosine over the item vectors, as implicit's similar_items does
+    _, _, item_cluster, _ = data
+    assert same_cluster_neighbours(fitted.item_vectors_, item_cluster) > 3 * CHANCE
+
+
+def test_recommendations_come_from_the_users_cluster(fitted, data):
+    _, im, item_cluster, user_cluster = data
+    scores = fitted.user_vectors_ @ fitted.item_vectors_.T  # the model's metric: dot
+    top = np.argsort(-scores, axis=1)[:, :10]
+    assert (item_cluster[top] == user_cluster[:, None]).mean() > 0.7
+
+
+def test_fold_in_recommends_from_the_touched_cluster(fitted, data):
+    _, _, item_cluster, _ = data
+    rng = np.random.default_rng(0)
+    rates = []
+    for c in range(N_CLUSTERS):
+        touched = rng.choice(np.flatnonzero(item_cluster == c), 5, replace=False)
+        user = fitted.fold_in(touched)
+        assert user.dtype == np.float32 and user.shape == (fitted.item_vectors_.shape[1],)
+        rates.append((item_cluster[top_k(fitted.item_vectors_ @ user, exclude=touched)] == c).mean())
+    assert min(rates) >= 0.6, rates
+    assert np.mean(rates) > 0.8, rates
+
+
+def test_fold_in_without_history_is_finite(fitted):
+    user = fitted.fold_in(np.array([], dtype=np.int64))
+    assert np.all(np.isfinite(user))
+
+
+def test_bpr_vectors_reproduce_implicit_scores(data):
+    _, im, _, _ = data
+    model = make_model("bpr", factors=16, iterations=20).fit(im.matrix)
+    assert model.item_vectors_.shape[1] == 17  # factors + item-bias column
+    assert np.allclose(model.user_vectors_[:, -1], 1.0)
+    for u in (0, 7, 42):
+        ids, scores = model.model_.recommend(u, im.matrix[u], N=20, filter_already_liked_items=False)
+        ours = model.item_vectors_[ids] @ model.user_vectors_[u]
+        np.testing.assert_allclose(ours, scores, rtol=1e-5, atol=1e-6)
+
+
+# --- LightFM -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lightfm_with_features(data):
+    ds, im, _, _ = data
+    item_features, item_names = build_item_features(ds.items, im.item_ids, identity=True, categories=True)
+    user_features, user_names = build_user_features(ds.users, im.user_ids, identity=True, exclude_keys=["cluster"])
+    model = LightFMEmbedder(no_components=24, epochs=15, random_state=3)
+    model.fit(im.matrix, item_features=item_features, user_features=user_features)
+    return model, item_features, user_features, item_names, user_names
+
+
+def test_lightfm_dot_product_equals_predict(lightfm_with_features, data):
+    model, item_features, user_features, _, _ = lightfm_with_features
+    _, im, _, _ = data
+    n_items = im.shape[1]
+    for u in (0, 5, 99, 321):
+        predicted = model.model_.predict(
+            np.full(n_items, u, dtype=np.int32),
+            np.arange(n_items, dtype=np.int32),
+            item_features=item_features,
+            user_features=user_features,
+        )
+        ours = model.item_vectors_ @ model.user_vectors_[u]
+        np.testing.assert_allclose(ours, predicted, rtol=1e-4, atol=1e-4)
+        assert np.array_equal(top_k(ours), top_k(predicted))
+
+
+def test_lightfm_annoy_dot_index_matches_predict_top10(lightfm_with_features, data):
+    from annoy import AnnoyIndex
+
+    model, item_features, user_features, _, _ = lightfm_with_features
+    _, im, _, _ = data
+    n_items, dims = model.item_vectors_.shape
+    index = AnnoyIndex(dims, "dot")
+    for i, v in enumerate(model.item_vectors_):
+        index.add_item(i, v.tolist())
+    index.set_seed(1)
+    index.build(50)
+    for u in (0, 5, 99, 321, 500):
+        predicted = model.model_.predict(
+            np.full(n_items, u, dtype=np.int32), np.arange(n_items, dtype=np.int32),
+            item_features=item_features, user_features=user_features,
+        )
+        ann = index.get_nns_by_vector(model.user_vectors_[u].tolist(), 10, search_k=50 * n_items)
+        assert ann == list(np.argsort(-predicted)[:10])
+
+
+def test_lightfm_cold_start_items_by_features(data):
+    """Items never seen in training are placed by their categories next to their cluster."""
+    ds, im, item_cluster, _ = data
+    held = np.arange(im.shape[1]) % 5 == 0
+    warm_ids = im.item_ids[~held]
+    warm = InteractionMatrix.from_events(ds.events, user_ids=im.user_ids, item_ids=warm_ids)
+    feats, names = build_item_features(ds.items, warm_ids, identity=True, categories=True)
+    model = LightFMEmbedder(no_components=24, epochs=15).fit(warm.matrix, item_features=feats)
+    cold_feats, cold_names = build_item_features(ds.items, im.item_ids[held], feature_names=names)
+    assert list(cold_names) == list(names) and cold_feats.shape == (held.sum(), len(names))
+    assert not any(name.startswith("id:") and name[3:] in set(im.item_ids[held]) for name in names)
+    cold = model.item_vectors_for_features(cold_feats)
+    assert cold.dtype == np.float32 and cold.shape[1] == model.item_vectors_.shape[1]
+    sims = normalize(cold[:, :-2]) @ normalize(model.item_vectors_[:, :-2]).T
+    nearest = np.argsort(-sims, axis=1)[:, :10]
+    assert (item_cluster[~held][nearest] == item_cluster[held][:, None]).mean() > 3 * CHANCE
+
+
+def test_lightfm_fold_in_by_user_features(lightfm_with_features, data):
+    model, _, user_features, _, user_names = lightfm_with_features
+    np.testing.assert_allclose(model.fold_in([], user_features=user_features[7]), model.user_vectors_[7], rtol=1e-6)
+    plain = LightFMEmbedder(no_components=8, epochs=1).fit(data[1].matrix)
+    with pytest.raises(ValueError, match="without user features"):
+        plain.fold_in([], user_features=user_features[7])
+
+
+def test_lightfm_rejects_unknown_loss(data):
+    with pytest.raises(ValueError, match="loss"):
+        LightFMEmbedder(loss="hinge").fit(data[1].matrix)
+
+
+@pytest.mark.parametrize("loss", ["bpr", "logistic", "warp-kos"])
+def test_lightfm_other_losses_fit(loss, data):
+    model = LightFMEmbedder(no_components=8, epochs=2, loss=loss).fit(data[1].matrix)
+    assert np.all(np.isfinite(model.item_vectors_)) and model.item_vectors_.shape[1] == 10
+
+
+# --- features ------------------------------------------------------------------------------
+
+
+def test_item_features_are_aligned_and_named(data):
+    ds, _, _, _ = data
+    ids = np.array(["i3", "i1", "nope"], dtype=object)
+    X, names = build_item_features(ds.items, ids, identity=True, categories=True, text=True, normalize_rows=False)
+    assert sp.issparse(X) and X.dtype == np.float32 and X.shape == (3, len(names))
+    col = {n: j for j, n in enumerate(names)}
+    row_i3 = {names[j] for j in X[0].indices}
+    cats = ds.items.set_index("item_id").loc["i3", "categories"]
+    assert {"id:i3", *(f"cat:{c}" for c in cats)} <= row_i3
+    assert any(n.startswith("word:") for n in row_i3)
+    assert not any(ch.isdigit() for n in names if n.startswith("word:") for ch in n)  # "#3" ids dropped
+    assert {names[j] for j in X[2].indices} == {"id:nope"}  # unknown id: identity only
+    assert X[1, col["id:i1"]] == 1.0
+    Xn, _ = build_item_features(ds.items, ids, identity=False, categories=True)
+    assert not any(n.startswith("id:") for n in _)
+    np.testing.assert_allclose(np.asarray(Xn[:2].sum(axis=1)).ravel(), 1.0, rtol=1e-6)  # l1 rows
+
+
+def test_user_features_key_value(data):
+    ds, im, _, _ = data
+    X, names = build_user_features(ds.users, im.user_ids[:10], identity=False, keys=["country", "age_group"])
+    assert all("=" in n for n in names) and not any(n.startswith("cluster=") for n in names)
+    assert np.all(np.diff(X.indptr) == 2)  # one country and one age group per user
+    attrs = ds.users.set_index("user_id").loc[im.user_ids[0], "attributes"]
+    assert {names[j] for j in X[0].indices} == {f"country={attrs['country']}", f"age_group={attrs['age_group']}"}
+
+
+# --- cold start mapper --------------------------------------------------------------------
+
+
+def test_content_to_cf_mapper_places_new_items_in_their_cluster(data):
+    ds, im, item_cluster, user_cluster = data
+    held = np.arange(im.shape[1]) % 5 == 0
+    warm_ids, cold_ids = im.item_ids[~held], im.item_ids[held]
+    warm = InteractionMatrix.from_events(ds.events, user_ids=im.user_ids, item_ids=warm_ids)
+    cf = make_model("als", factors=32, iterations=10).fit(warm.matrix)
+    content = TfidfEncoder(n_components=32).fit(ds.items)
+    pos = {item_id: j for j, item_id in enumerate(content.item_ids_)}
+    content_warm = content.item_vectors_[[pos[i] for i in warm_ids]]
+    content_cold = content.item_vectors_[[pos[i] for i in cold_ids]]
+
+    mapper = ContentToCFMapper(alpha=1.0).fit(content_warm, cf.item_vectors_)
+    predicted = mapper.predict(content_cold)
+    assert predicted.dtype == np.float32 and predicted.shape == (held.sum(), cf.item_vectors_.shape[1])
+    # near their cluster's warm items
+    sims = normalize(predicted) @ normalize(cf.item_vectors_).T
+    nearest = np.argsort(-sims, axis=1)[:, :10]
+    assert (item_cluster[~held][nearest] == item_cluster[held][:, None]).mean() > 3 * CHANCE
+    # and users of that cluster score them above other clusters' new items
+    scores = cf.user_vectors_ @ predicted.T
+    best = np.argmax(scores, axis=1)
+    assert (item_cluster[held][best] == user_cluster).mean() > 0.7
+
+
+def test_mapper_requires_fit():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        ContentToCFMapper().predict(np.zeros((1, 3)))
+
+
+# --- registry ------------------------------------------------------------------------------
+
+
+def test_registry_knows_all_kinds_and_rejects_unknown():
+    assert set(MODEL_KINDS) == {"als", "bpr", "lightfm", "tags", "tfidf", "sbert"}
+    for kind in ("als", "bpr", "lightfm", "tags", "tfidf"):
+        model = make_model(kind)
+        assert model.kind == kind and model.get_params()
+    assert make_model("bpr", factors=7).factors == 7
+    with pytest.raises(ValueError, match="als, bpr, lightfm, sbert, tags, tfidf"):
+        make_model("svd")
+
+
+def test_importing_registry_does_not_import_torch():
+    code = "import sys, recsys.models.registry; print('torch' in sys.modules or 'sentence_transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,68 @@
+"""Feature store tables: items, users, events (SQLModel on SQLAlchemy 2, SQLite and PostgreSQL).
+
+External ids (``item_id``, ``user_id``, ``event_id``) are strings; rows are joined through integer
+surrogate keys so the 5M-row events table stays narrow and fast to scan. ``events.ts`` is epoch
+milliseconds UTC as BIGINT: integer comparisons and reads are much cheaper than datetimes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, Float, ForeignKey, String, Text, func, true
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+# JSONB on PostgreSQL (indexable, compact); plain JSON text elsewhere.
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def _created() -> Column:
+    return Column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class Item(SQLModel, table=True):
+    __tablename__ = "items"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    item_id: str = Field(sa_column=Column(String(255), unique=True, nullable=False))
+    title: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    description: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    categories: list[str] = Field(default_factory=list, sa_column=Column(JSONType, nullable=False))
+    attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    available: bool = Field(default=True, sa_column=Column(Boolean, nullable=False, server_default=true()))
+    created_at: Optional[datetime] = Field(default=None, sa_column=_created())
+    updated_at: Optional[datetime] = Field(default=None, sa_column=_created())
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    user_id: str = Field(sa_column=Column(String(255), unique=True, nullable=False))
+    attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    created_at: Optional[datetime] = Field(default=None, sa_column=_created())
+    updated_at: Optional[datetime] = Field(default=None, sa_column=_created())
+
+
+class Event(SQLModel, table=True):
+    __tablename__ = "events"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    # Idempotency key: re-sending or re-ingesting the same event is a no-op.
+    event_id: str = Field(sa_column=Column(String(255), unique=True, nullable=False))
+    user_pk: int = Field(sa_column=Column(ForeignKey("users.id"), nullable=False, index=True))
+    item_pk: int = Field(sa_column=Column(ForeignKey("items.id"), nullable=False, index=True))
+    event_type: str = Field(sa_column=Column(String(64), nullable=False))
+    value: float = Field(default=1.0, sa_column=Column(Float, nullable=False))
+    ts: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    # A/B variant or model version the event is attributed to (filled by the serving side).
+    variant: Optional[str] = Field(default=None, sa_column=Column(String(255), nullable=True))
+    created_at: Optional[datetime] = Field(default=None, sa_column=_created())
+
+
+items_table = Item.__table__
+users_table = User.__table__
+events_table = Event.__table__
+metadata = SQLModel.metadata

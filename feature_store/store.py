@@ -143,15 +143,19 @@ class FeatureStore:
         if "timestamp" not in frame:
             frame["timestamp"] = now
         else:
-            frame["timestamp"] = frame["timestamp"].map(lambda v: now if v is None or v is pd.NaT else v)
+            frame["timestamp"] = [now if _missing(v) else v for v in frame["timestamp"]]
             if frame["timestamp"].map(lambda v: isinstance(v, (int, float))).all():
                 frame["timestamp"] = pd.to_numeric(frame["timestamp"])
+        # Per-record defaults, so one record leaving a field out doesn't fail the batch.
+        for col, default in (("value", 1.0), ("event_type", "interaction")):
+            if col in frame:
+                frame[col] = [default if _missing(v) else v for v in frame[col]]
         given_ids = frame["event_id"] if "event_id" in frame else None
         events = normalize_events(frame.drop(columns=["event_id"], errors="ignore"))
         if given_ids is not None:
             # Keep caller ids where given; derived ids only fill the gaps.
             mask = given_ids.notna().to_numpy()
-            ids = events["event_id"].astype(object).to_numpy()
+            ids = np.array(events["event_id"].to_numpy(dtype=object), dtype=object)
             ids[mask] = given_ids[mask].astype(str).to_numpy()
             events["event_id"] = pd.Series(ids, dtype="str")
         variant = frame["variant"].reset_index(drop=True) if "variant" in frame else None
@@ -636,6 +640,10 @@ def _public_row(row: Any) -> dict[str, Any] | None:
     out = dict(row)
     out.pop("id", None)
     return out
+
+
+def _missing(v: Any) -> bool:
+    return v is None or v is pd.NaT or (isinstance(v, float) and np.isnan(v))
 
 
 def _py(v: Any) -> Any:

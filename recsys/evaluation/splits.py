@@ -1,0 +1,159 @@
+"""Train/test splits of an events DataFrame (column contract in ``recsys.datasets.base``).
+
+Every splitter returns a :class:`Split`. Test events whose user or item never appears in the
+train part cannot be scored by a collaborative model, so they are removed from ``test`` — but
+explicitly: the report counts them (``dropped_test_events``) and the distinct users/items behind
+them (``test_users_not_in_train``, ``test_items_not_in_train``). All random choices are seeded.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Split:
+    train: pd.DataFrame
+    test: pd.DataFrame
+    report: dict = field(default_factory=dict)
+
+
+def _finalize(events: pd.DataFrame, train_mask: np.ndarray, test_mask: np.ndarray, method: str, **extra) -> Split:
+    train = events.loc[train_mask].reset_index(drop=True)
+    test = events.loc[test_mask].reset_index(drop=True)
+    user_known = test["user_id"].isin(set(train["user_id"])).to_numpy()
+    item_known = test["item_id"].isin(set(train["item_id"])).to_numpy()
+    keep = user_known & item_known
+    report = {
+        "method": method,
+        "n_train": int(len(train)),
+        "n_test": int(keep.sum()),
+        "n_test_before_filter": int(len(test)),
+        "test_users_not_in_train": int(test.loc[~user_known, "user_id"].nunique()),
+        "test_items_not_in_train": int(test.loc[~item_known, "item_id"].nunique()),
+        "dropped_test_events": int((~keep).sum()),
+        "n_train_users": int(train["user_id"].nunique()),
+        "n_test_users": int(test.loc[keep, "user_id"].nunique()),
+        **extra,
+    }
+    if report["dropped_test_events"]:
+        logger.info(
+            "%s split: dropped %d test events (%d users, %d items unseen in train)",
+            method,
+            report["dropped_test_events"],
+            report["test_users_not_in_train"],
+            report["test_items_not_in_train"],
+        )
+    return Split(train=train, test=test.loc[keep].reset_index(drop=True), report=report)
+
+
+def _group_rank(keys: pd.Series, values: np.ndarray) -> np.ndarray:
+    """1-based rank of ``values`` within each group of ``keys`` (ties by row order)."""
+    return pd.Series(values, index=keys.index).groupby(keys.to_numpy()).rank(method="first").to_numpy().astype(np.int64)
+
+
+def random_split(events: pd.DataFrame, test_ratio: float = 0.2, seed: int = 42, min_user_events: int = 2) -> Split:
+    """Per-user stratified random holdout.
+
+    Each user with ``n >= min_user_events`` events puts ``round(test_ratio * n)`` of them (round
+    half up, at least 1 and at most ``n - 1``) into test, chosen uniformly at random; users with
+    fewer events stay entirely in train. Vectorized: one random key per event, ranked per user.
+    """
+    if not 0.0 < test_ratio < 1.0:
+        raise ValueError(f"test_ratio must be in (0, 1), got {test_ratio}")
+    events = events.reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    key = rng.random(len(events))
+    users = events["user_id"]
+    n = users.map(users.value_counts()).to_numpy(dtype=np.int64)
+    n_test = np.minimum(np.maximum(np.floor(test_ratio * n + 0.5).astype(np.int64), 1), n - 1)
+    n_test[n < max(min_user_events, 2)] = 0
+    rank = _group_rank(users, key)
+    test_mask = rank <= n_test
+    return _finalize(
+        events, ~test_mask, test_mask, "random", test_ratio=test_ratio, seed=seed, min_user_events=min_user_events,
+        users_only_in_train=int(users[n_test == 0].nunique()),
+    )
+
+
+def leave_last_n_split(events: pd.DataFrame, n: int = 1, seed: int = 42) -> Split:
+    """Each user's last ``n`` events by timestamp go to test (ties broken by a seeded key).
+
+    Users with ``n`` or fewer events stay entirely in train, so every test user keeps at least
+    one train event.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    events = events.reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    tie = rng.random(len(events))
+    ts = pd.to_datetime(events["timestamp"], utc=True).astype("int64").to_numpy()
+    users = events["user_id"].to_numpy()
+    order = np.lexsort((tie, ts))  # ascending by time, then by tie key
+    sorted_users = pd.Series(users[order])
+    from_end = sorted_users.groupby(sorted_users.to_numpy()).cumcount(ascending=False).to_numpy()
+    count = sorted_users.map(sorted_users.value_counts()).to_numpy()
+    test_sorted = (from_end < n) & (count > n)
+    test_mask = np.zeros(len(events), dtype=bool)
+    test_mask[order] = test_sorted
+    return _finalize(
+        events, ~test_mask, test_mask, "leave_last_n", n=n, seed=seed,
+        users_only_in_train=int(pd.unique(users[order][count <= n]).size),
+    )
+
+
+def time_split(events: pd.DataFrame, cutoff) -> Split:
+    """Global temporal split: events strictly before ``cutoff`` train, the rest (``>= cutoff``) test."""
+    cutoff = pd.Timestamp(cutoff)
+    cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
+    events = events.reset_index(drop=True)
+    test_mask = (events["timestamp"] >= cutoff).to_numpy()
+    return _finalize(events, ~test_mask, test_mask, "time", cutoff=cutoff.isoformat())
+
+
+def stratified_split(
+    events: pd.DataFrame,
+    ratio: float = 0.75,
+    seed: int = 42,
+    filter_by: str = "user",
+    min_rating: int = 1,
+) -> Split:
+    """Microsoft Recommenders' ``python_stratified_split`` semantics, returning a :class:`Split`.
+
+    ``ratio`` is the *train* fraction (as in Recommenders). Steps, as in its ``_do_stratification``:
+
+    1. if ``min_rating > 1``, keep only groups (users if ``filter_by="user"``, else items) with
+       at least ``min_rating`` events (``min_rating_filter_pandas``);
+    2. shuffle each group with a seeded random key, number its events 1..count;
+    3. an event goes to train if ``rank / count <= ratio``, else to test.
+
+    So a group of 1 event goes wholly to test (1/1 > ratio); our :func:`_finalize` then drops such
+    events when their user/item is unseen in train, and reports them. The random numbers differ
+    from Recommenders' (``np.random.seed`` + ``rand``), so the split is not bit-identical.
+    """
+    if filter_by not in ("user", "item"):
+        raise ValueError("filter_by should be either 'user' or 'item'.")
+    if min_rating < 1:
+        raise ValueError("min_rating should be integer and larger than or equal to 1.")
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"ratio must be in (0, 1), got {ratio}")
+    column = "user_id" if filter_by == "user" else "item_id"
+    events = events.reset_index(drop=True)
+    groups = events[column]
+    count = groups.map(groups.value_counts()).to_numpy(dtype=np.int64)
+    eligible = count >= min_rating
+    key = np.random.default_rng(seed).random(len(events))
+    rank = _group_rank(groups, key)
+    frac = rank / count
+    train_mask = eligible & (frac <= ratio)
+    test_mask = eligible & (frac > ratio)
+    return _finalize(
+        events, train_mask, test_mask, "stratified", ratio=ratio, seed=seed, filter_by=filter_by,
+        min_rating=min_rating, filtered_min_rating_events=int((~eligible).sum()),
+    )

@@ -48,20 +48,19 @@ class InteractionMatrix:
         """
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-        users = pd.Categorical(events["user_id"].astype(str), categories=_categories(events["user_id"], user_ids))
-        items = pd.Categorical(events["item_id"].astype(str), categories=_categories(events["item_id"], item_ids))
-        rows, cols = users.codes, items.codes
+        user_index, rows = _encode(events["user_id"], user_ids)
+        item_index, cols = _encode(events["item_id"], item_ids)
         keep = (rows >= 0) & (cols >= 0)
         if not keep.all():
             logger.info("dropped %d events with ids outside the fixed index space", int((~keep).sum()))
         values = events[value_column].to_numpy(dtype=np.float32) if value_column in events else np.ones(len(events), np.float32)
-        shape = (len(users.categories), len(items.categories))
+        shape = (len(user_index), len(item_index))
         raw = sp.coo_matrix((values[keep], (rows[keep], cols[keep])), shape=shape).tocsr()
         raw.sum_duplicates()
         return cls(
             matrix=weight(raw, weighting, alpha=alpha, bm25_k1=bm25_k1, bm25_b=bm25_b),
-            user_ids=np.asarray(users.categories, dtype=object),
-            item_ids=np.asarray(items.categories, dtype=object),
+            user_ids=np.asarray(user_index, dtype=object),
+            item_ids=np.asarray(item_index, dtype=object),
         )
 
     @property
@@ -75,10 +74,30 @@ class InteractionMatrix:
         return {it: i for i, it in enumerate(self.item_ids)}
 
 
-def _categories(column: pd.Series, fixed: np.ndarray | None) -> pd.Index:
+def _encode(column: pd.Series, fixed: np.ndarray | None) -> tuple[pd.Index, np.ndarray]:
+    """Sorted id index and each row's position in it (−1 for ids outside a fixed index).
+
+    Categorical columns (what the feature store's snapshot returns) are encoded from their
+    codes, without touching millions of strings again.
+    """
+    categorical = isinstance(column.dtype, pd.CategoricalDtype)
     if fixed is not None:
-        return pd.Index(np.asarray(fixed, dtype=object).astype(str))
-    return pd.Index(np.sort(pd.unique(column.astype(str))))
+        index = pd.Index(np.asarray(fixed, dtype=object).astype(str))
+        if categorical:
+            category_pos = index.get_indexer(column.cat.categories.astype(str))
+            codes = column.cat.codes.to_numpy()
+            return index, np.where(codes >= 0, category_pos[codes], -1)
+        return index, index.get_indexer(column.astype(str))
+    if categorical:
+        categories = np.asarray(column.cat.categories.astype(str), dtype=object)
+        codes = column.cat.codes.to_numpy()
+        used = np.flatnonzero(np.bincount(codes[codes >= 0], minlength=len(categories)))
+        order = np.argsort(categories[used], kind="stable")
+        position = np.full(len(categories), -1, dtype=np.int64)
+        position[used[order]] = np.arange(len(used))
+        return pd.Index(categories[used][order]), np.where(codes >= 0, position[codes], -1)
+    codes, uniques = pd.factorize(column.astype(str), sort=True)
+    return pd.Index(np.asarray(uniques, dtype=object)), codes
 
 
 def weight(raw: sp.csr_matrix, weighting: str, *, alpha: float = 1.0, bm25_k1: float = 100.0, bm25_b: float = 0.8) -> sp.csr_matrix:

@@ -110,10 +110,9 @@ def weight(raw: sp.csr_matrix, weighting: str, *, alpha: float = 1.0, bm25_k1: f
     else:
         from implicit.nearest_neighbours import bm25_weight, tfidf_weight
 
-        # implicit weights the rows of an item×user matrix: transpose in and out.
-        t = raw.T.tocoo()
-        w = bm25_weight(t, K1=bm25_k1, B=bm25_b) if weighting == "bm25" else tfidf_weight(t)
-        out = sp.csr_matrix(w.T, dtype=np.float32)
+        # Rows are users (documents), columns items (terms): idf down-weights popular items.
+        w = bm25_weight(raw.tocoo(), K1=bm25_k1, B=bm25_b) if weighting == "bm25" else tfidf_weight(raw.tocoo())
+        out = sp.csr_matrix(w, dtype=np.float32)
         if alpha != 1.0:
             out.data *= alpha
     out.sort_indices()

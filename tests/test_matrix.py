@@ -33,9 +33,10 @@ def test_fixed_index_space_drops_unknown_ids():
 
 
 def test_bm25_and_unknown_weighting():
-    m = InteractionMatrix.from_events(events([("u1", "a", 1.0), ("u2", "a", 1.0), ("u2", "b", 1.0)]), weighting="bm25")
-    assert m.matrix.nnz == 3 and (m.matrix.data > 0).all()
-    # a rarer item gets more weight than a common one for the same user
-    assert m.matrix[1, 1] > m.matrix[1, 0]
+    rows = [(f"u{u}", "a", 1.0) for u in range(10)] + [("u0", "b", 1.0)]
+    m = InteractionMatrix.from_events(events(rows), weighting="bm25")
+    assert m.matrix.nnz == 11 and (m.matrix.data > 0).all()
+    # for the same user, the rare item weighs more than the one everybody touched
+    assert m.matrix[0, 1] > m.matrix[0, 0]
     with pytest.raises(ValueError, match="weighting"):
         InteractionMatrix.from_events(events([("u1", "a", 1.0)]), weighting="magic")

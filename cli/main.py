@@ -138,6 +138,7 @@ def train(
     as_of: Annotated[Optional[datetime], typer.Option(help="snapshot time: only events at or before it")] = None,
     alias: Annotated[Optional[str], typer.Option(help="alias to promote on success (default from settings)")] = None,
     no_promote: Annotated[bool, typer.Option("--no-promote", help="register but do not move the alias")] = False,
+    content: Annotated[Optional[str], typer.Option(help="also train a content encoder (tags, tfidf, sbert): hybrid modes, /search, cold start")] = None,
 ) -> None:
     """Train on the feature store's snapshot, track in MLflow, register and promote."""
     import yaml
@@ -150,6 +151,12 @@ def train(
         if not config.exists():
             raise UsageError(f"config not found: {config}")
         cfg = TrainConfig.model_validate(yaml.safe_load(config.read_text()) or {})
+    if content is not None:
+        if content not in ("tags", "tfidf", "sbert"):
+            raise UsageError(f"--content must be one of tags, tfidf, sbert; got {content!r}")
+        from pipelines.train import ContentConfig
+
+        cfg.content = ContentConfig(kind=content)
     cfg.promote_alias = None if no_promote else (alias or settings.model_alias)
     with console.status("training") as status:
         result = run_train(settings, cfg, as_of=as_of, on_stage=lambda s: status.update(f"training: {s}"))
@@ -157,7 +164,8 @@ def train(
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in result.metrics.items():
-        table.add_row(name, f"{value:.4f}")
+        if f"_at_{cfg.k}" in name or name == "eval_users":
+            table.add_row(name, f"{value:.4f}")
     for name, value in result.timings.items():
         table.add_row(f"time {name} (s)", f"{value:.2f}")
     console.print(table)
@@ -190,17 +198,18 @@ def demo(
     from recsys.bundle import ModelBundle
     from recsys.datasets.synthetic import generate_synthetic
     from recsys.recommender import Recommender
-    from pipelines.train import train as run_train
+    from pipelines.train import ContentConfig, TrainConfig, train as run_train
 
     settings = _settings()
     console.rule("1. generate + ingest")
     dataset = generate_synthetic(n_users=users, n_items=items, n_events=events, seed=42)
     store = _store(settings)
     _print_ingest(store.ingest(dataset, progress=True), settings)
-    console.rule("2. train (ALS) → MLflow → Annoy")
+    console.rule("2. train (ALS + TF-IDF content, hybrid) → MLflow → Annoy")
     with console.status("training") as status:
-        result = run_train(settings, on_stage=lambda s: status.update(f"training: {s}"))
-    console.print(f"model version {result.version}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.metrics.items() if k.endswith("_at_10")))
+        config = TrainConfig(content=ContentConfig(kind="tfidf"))
+        result = run_train(settings, config, on_stage=lambda s: status.update(f"training: {s}"))
+    console.print(f"model version {result.version}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.metrics.items() if k.endswith("_at_10") and k.split("_")[0] in ("precision", "ndcg", "hybrid")))
     console.rule("3. recommendations")
     client = tracking.setup(settings)
     version = tracking.get_version(client, settings.registered_model_name, result.version)

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+
+# Downloads of a few bundle files need no progress bar in server and CLI logs.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -101,3 +104,101 @@ def fetch_bundle(settings: Settings, version: ModelVersion) -> Path:
 
 def run_metrics(client: MlflowClient, run_id: str) -> dict[str, Any]:
     return dict(client.get_run(run_id).data.metrics)
+
+
+# =============================================================================================
+# Experiment helpers (used by experiments/: comparison runs, nested child runs, reading back)
+# =============================================================================================
+
+_PARAM_MAX = 500
+
+
+def experiment_id(settings: Settings, name: str) -> str:
+    """Point MLflow at the configured store and return the id of experiment ``name`` (created if new)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    return ensure_experiment(settings, name)
+
+
+def client_for(settings: Settings) -> MlflowClient:
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    return MlflowClient(settings.mlflow_tracking_uri)
+
+
+def start_run(experiment_id_: str, run_name: str, *, nested: bool = False, tags: dict[str, str] | None = None):
+    """``mlflow.start_run`` for an experiment run; ``nested=True`` makes it a child of the active run."""
+    return mlflow.start_run(experiment_id=experiment_id_, run_name=run_name, nested=nested, tags=tags)
+
+
+def log_params_flat(params: dict[str, Any], prefix: str = "") -> None:
+    """Log params, stringified and truncated to MLflow's value limit; ``None`` values skipped."""
+    flat = {f"{prefix}{k}": (str(v)[:_PARAM_MAX]) for k, v in params.items() if v is not None}
+    if flat:
+        mlflow.log_params(flat)
+
+
+def log_metrics_finite(metrics: dict[str, float], step: int | None = None) -> None:
+    """Log the finite numeric metrics (NaN/inf are skipped: MLflow would store them as NaN)."""
+    import math
+
+    clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
+    if clean:
+        mlflow.log_metrics(clean, step=step)
+
+
+def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+    """Attach a file or a folder to the active run."""
+    path = Path(path)
+    if path.is_dir():
+        mlflow.log_artifacts(str(path), artifact_path)
+    else:
+        mlflow.log_artifact(str(path), artifact_path)
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    mlflow.set_tags(tags)
+
+
+def child_runs(client: MlflowClient, parent_run_id: str) -> list:
+    """Finished or running child runs of a parent run, oldest first."""
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        max_results=10_000,
+        order_by=["attributes.start_time ASC"],
+    )
+    return list(runs)
+
+
+def get_run(client: MlflowClient, run_id: str):
+    """The run, or ``ValueError`` naming the id when the store has no such run."""
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        raise ValueError(f"no MLflow run with id {run_id!r}") from None
+
+
+def latest_parent_run(client: MlflowClient, experiment_name: str, kind_tag: str = "recsys.experiment.kind"):
+    """The most recent top-level run of experiment ``experiment_name`` that carries ``kind_tag``."""
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        raise ValueError(f"no MLflow experiment named {experiment_name!r}")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{kind_tag}` = 'parent'",
+                              max_results=1, order_by=["attributes.start_time DESC"])
+    if not runs:
+        raise ValueError(f"experiment {experiment_name!r} has no experiment runs")
+    return runs[0]
+
+
+def download_run_artifact(client: MlflowClient, run_id: str, path: str, dst: Path) -> Path | None:
+    """Download one artifact of a run into ``dst`` (``None`` when the run lacks it)."""
+    try:
+        return Path(client.download_artifacts(run_id, path, str(dst)))
+    except (MlflowException, OSError):
+        return None
+
+
+# =============================================================================================
+# end of experiment helpers
+# =============================================================================================

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Literal
 
 import mlflow
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from recsys.bundle import ModelBundle
 from recsys.datasets.base import Dataset, DatasetError
@@ -23,27 +23,62 @@ from recsys.evaluation.splits import random_split
 from recsys.evaluation.topk import top_k_scores
 from recsys.index import make_index
 from recsys.matrix import InteractionMatrix
-from recsys.models.registry import make_model
+from recsys.features import build_item_features, build_user_features
+from recsys.hybrid import content_profiles, hybrid_top_k
+from recsys.models.coldstart import ContentToCFMapper
+from recsys.models.registry import CONTENT_KINDS, make_model
 from recsys.settings import Settings
 from pipelines import tracking
 
 logger = logging.getLogger(__name__)
 
 
-class ModelConfig(BaseModel):
+class _Config(BaseModel):
+    # A typo in a YAML config is an error naming the field, not a silently ignored key.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Config):
     kind: str = "als"
     params: dict[str, Any] = Field(default_factory=lambda: {"factors": 64, "regularization": 0.05, "iterations": 15})
 
 
-class IndexConfig(BaseModel):
+class IndexConfig(_Config):
     kind: Literal["annoy", "exact"] = "annoy"
     n_trees: int = 50
     search_k: int = -1
     recall_queries: int = 200
 
 
-class TrainConfig(BaseModel):
+class ContentConfig(_Config):
+    """A content encoder trained beside the CF model: content/hybrid modes, /search, cold start."""
+
+    kind: Literal["tags", "tfidf", "sbert"] = "tfidf"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class HybridConfig(_Config):
+    default_mode: Literal["collaborative", "content", "hybrid"] = "hybrid"
+    fusion: Literal["weighted", "rrf"] = "weighted"
+    weights: tuple[float, float] = (0.7, 0.3)
+    #: ridge penalty of the content → CF mapping for cold-start items
+    cold_start_alpha: float = 1.0
+
+
+class FeatureConfig(_Config):
+    """Side features for LightFM (ignored by other kinds)."""
+
+    item_categories: bool = True
+    item_text: bool = False
+    user_attributes: bool = True
+    identity: bool = True
+
+
+class TrainConfig(_Config):
     model: ModelConfig = Field(default_factory=ModelConfig)
+    content: ContentConfig | None = None
+    hybrid: HybridConfig = Field(default_factory=HybridConfig)
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
     weighting: Literal["confidence", "bm25", "tfidf", "none"] = "confidence"
     alpha: float = 2.0
     test_ratio: float = Field(0.2, gt=0, lt=1)
@@ -52,7 +87,7 @@ class TrainConfig(BaseModel):
     eval_users: int = 10_000
     seed: int = 42
     index: IndexConfig = Field(default_factory=IndexConfig)
-    register: bool = True
+    register_version: bool = True
     promote_alias: str | None = "production"
 
 
@@ -75,13 +110,36 @@ def _stage(name: str, timings: dict[str, float], on_stage: Callable[[str], None]
     timings[name] = time.perf_counter() - start
 
 
-def fit_model(config: TrainConfig, matrix: InteractionMatrix, dataset: Dataset | None = None):
-    model = make_model(config.model.kind, **config.model.params)
+def fit_model(config: TrainConfig, matrix: InteractionMatrix, dataset: Dataset):
+    """Fit the configured model on ``matrix`` (LightFM gets side features from ``dataset``)."""
+    kind, params = config.model.kind, config.model.params
+    model = make_model(kind, **params)
+    if kind in CONTENT_KINDS:
+        return model.fit(dataset.items, item_ids=matrix.item_ids, matrix=matrix.matrix)
+    if kind == "lightfm":
+        f = config.features
+        item_features = user_features = None
+        if params.get("use_item_features", True) and (f.item_categories or f.item_text):
+            item_features, _ = build_item_features(dataset.items, matrix.item_ids, identity=f.identity,
+                                                   categories=f.item_categories, text=f.item_text)
+        if params.get("use_user_features", True) and f.user_attributes:
+            user_features, _ = build_user_features(dataset.users, matrix.user_ids, identity=f.identity)
+        return model.fit(matrix.matrix, item_features=item_features, user_features=user_features)
     return model.fit(matrix.matrix)
 
 
-def evaluate_holdout(config: TrainConfig, dataset: Dataset, full: InteractionMatrix) -> dict[str, float]:
-    """Fit on a per-user random holdout split and score the held-out interactions."""
+def fit_content(config: TrainConfig, dataset: Dataset, item_ids: np.ndarray):
+    """The content encoder, fitted on the catalog (no interactions: nothing leaks from a split)."""
+    encoder = make_model(config.content.kind, **config.content.params)
+    return encoder.fit(dataset.items, item_ids=item_ids)
+
+
+def evaluate_holdout(config: TrainConfig, dataset: Dataset, full: InteractionMatrix, encoder=None) -> dict[str, float]:
+    """Fit on a per-user random holdout split and score the held-out interactions.
+
+    With a content encoder, the content-only and hybrid rankings are scored on the same split
+    (prefixes ``content_`` and ``hybrid_``); unprefixed metrics are the collaborative model's.
+    """
     split = random_split(dataset.events, test_ratio=config.test_ratio, seed=config.seed)
     train = InteractionMatrix.from_events(split.train, user_ids=full.user_ids, item_ids=full.item_ids, weighting=config.weighting, alpha=config.alpha)
     test = InteractionMatrix.from_events(split.test, user_ids=full.user_ids, item_ids=full.item_ids, weighting="none")
@@ -89,36 +147,75 @@ def evaluate_holdout(config: TrainConfig, dataset: Dataset, full: InteractionMat
     users = np.flatnonzero(np.diff(test.matrix.indptr) > 0)
     if len(users) > config.eval_users:
         users = np.sort(np.random.default_rng(config.seed).choice(users, config.eval_users, replace=False))
-    recommended, _ = top_k_scores(model.user_vectors_, model.item_vectors_, config.k, exclude=train.matrix[users], user_rows=users, metric=model.metric)
-    metrics = ranking_metrics_at_k(recommended, test.matrix, config.k, user_rows=users)
-    out = {f"{name}_at_{config.k}": float(v) for name, v in metrics.items() if name != "n_users"}
+    seen = train.matrix[users]
+    rankings = {"": top_k_scores(model.user_vectors_, model.item_vectors_, config.k, exclude=seen, user_rows=users, metric=model.metric)[0]}
+    if encoder is not None:
+        profiles = content_profiles(seen, encoder.item_vectors_)
+        rankings["content_"] = top_k_scores(profiles, encoder.item_vectors_, config.k, exclude=seen, metric="cosine")[0]
+        rankings["hybrid_"] = hybrid_top_k(model.user_vectors_[users], model.item_vectors_, profiles, encoder.item_vectors_, config.k,
+                                           exclude=seen, metric=model.metric, weights=config.hybrid.weights, fusion=config.hybrid.fusion)
+    out: dict[str, float] = {}
+    for prefix, recommended in rankings.items():
+        metrics = ranking_metrics_at_k(recommended, test.matrix, config.k, user_rows=users)
+        out.update({f"{prefix}{name}_at_{config.k}": float(v) for name, v in metrics.items() if name != "n_users"})
     out["eval_users"] = float(len(users))
     out.update({f"split_{k}": float(v) for k, v in split.report.items() if isinstance(v, (int, float))})
     return out
 
 
-def build_bundle(config: TrainConfig, model, matrix: InteractionMatrix, info: dict[str, Any]) -> ModelBundle:
+def build_bundle(config: TrainConfig, model, matrix: InteractionMatrix, info: dict[str, Any],
+                 dataset: Dataset | None = None, encoder=None) -> ModelBundle:
+    """Vectors, indexes and serving objects of one trained model.
+
+    With a content encoder, available catalog items that have no interactions yet are added
+    as cold-start items: their CF vectors are predicted from content by a ridge mapping
+    learned on the warm items, so they can appear in collaborative answers at once.
+    """
     rng = np.random.default_rng(config.seed)
+    item_ids, item_vectors = matrix.item_ids, model.item_vectors_
+    popularity = np.diff(matrix.matrix.tocsc().indptr).astype(np.float64)
+    extras, objects = {}, {}
+    if encoder is not None:
+        catalog = dataset.items
+        cold = catalog[catalog["available"] & ~catalog["item_id"].isin(set(item_ids.tolist()))]
+        mapper = ContentToCFMapper(alpha=config.hybrid.cold_start_alpha).fit(encoder.item_vectors_, model.item_vectors_)
+        content = encoder.item_vectors_
+        if len(cold):
+            cold_content = encoder.transform(cold)
+            content = np.vstack([content, cold_content])
+            item_vectors = np.vstack([item_vectors, mapper.predict(cold_content)])
+            item_ids = np.concatenate([item_ids, cold["item_id"].to_numpy(dtype=object)])
+            popularity = np.concatenate([popularity, np.zeros(len(cold))])
+        extras["content"] = content.astype(np.float32)
+        objects = {"text_encoder": encoder.for_serving(), "cf_mapper": mapper}
+        info["hybrid"] = config.hybrid.model_dump()
+        info["hybrid"]["content_kind"] = encoder.kind
+        info["cold_start_items"] = int(len(cold))
     indexes = {}
-    # "user": the model's own ranking metric; "item": cosine for item-to-item similarity.
-    for role, metric, queries in (("user", model.metric, model.user_vectors_), ("item", "cosine", model.item_vectors_)):
+    # "user": the model's own ranking metric; "item": cosine for item-to-item similarity;
+    # "content": cosine over content vectors.
+    spaces = [("user", model.metric, item_vectors, model.user_vectors_), ("item", "cosine", item_vectors, item_vectors)]
+    if encoder is not None:
+        spaces.append(("content", "cosine", extras["content"], extras["content"]))
+    for role, metric, vectors, queries in spaces:
         params = {"n_trees": config.index.n_trees, "search_k": config.index.search_k} if config.index.kind == "annoy" else {}
-        index = make_index(config.index.kind, metric, **params).build(model.item_vectors_)
+        index = make_index(config.index.kind, metric, **params).build(vectors)
         if config.index.kind == "annoy":
             sample = queries[rng.choice(len(queries), min(config.index.recall_queries, len(queries)), replace=False)]
-            info[f"index_{role}_recall_at_10"] = index.measure_recall(model.item_vectors_, sample, k=10)
+            info[f"index_{role}_recall_at_10"] = index.measure_recall(vectors, sample, k=10)
         indexes[role] = index
-    popularity = np.diff(matrix.matrix.tocsc().indptr).astype(np.float64)
     return ModelBundle(
         kind=model.kind,
         params={**config.model.params, "alpha": config.alpha, "weighting": config.weighting},
         metric=model.metric,
         user_ids=matrix.user_ids,
-        item_ids=matrix.item_ids,
+        item_ids=item_ids,
         user_vectors=model.user_vectors_,
-        item_vectors=model.item_vectors_,
+        item_vectors=item_vectors,
         item_popularity=popularity,
         indexes=indexes,
+        extras=extras,
+        objects=objects,
         info=info,
     )
 
@@ -143,18 +240,25 @@ def train(
             raise DatasetError("the snapshot holds no events: ingest data first (recsys ingest / recsys generate)")
     with _stage("matrix", timings, on_stage):
         full = InteractionMatrix.from_events(dataset.events, weighting=config.weighting, alpha=config.alpha)
+    encoder = None
+    if config.content is not None:
+        with _stage("content", timings, on_stage):
+            encoder = fit_content(config, dataset, full.item_ids)
     with _stage("evaluate", timings, on_stage):
-        metrics = evaluate_holdout(config, dataset, full)
+        metrics = evaluate_holdout(config, dataset, full, encoder)
     with _stage("fit", timings, on_stage):
         model = fit_model(config, full, dataset)
     stats = dataset.stats()
     stats["as_of"] = (as_of or datetime.now().astimezone()).isoformat()
     with _stage("index", timings, on_stage):
-        bundle = build_bundle(config, model, full, {"data": stats, "metrics": metrics})
+        bundle = build_bundle(config, model, full, {"data": stats, "metrics": metrics}, dataset, encoder)
     client = tracking.setup(settings)
     with _stage("track", timings, on_stage), tempfile.TemporaryDirectory(prefix="bundle-") as tmp:
         bundle_dir = bundle.save(Path(tmp) / "bundle")
         with mlflow.start_run(experiment_id=tracking.ensure_experiment(settings, settings.experiment_name), run_name=f"train-{model.kind}") as run:
+            if config.content is not None:
+                mlflow.log_params({"content_kind": config.content.kind, "hybrid_fusion": config.hybrid.fusion,
+                                   "hybrid_weights": list(config.hybrid.weights), "hybrid_default_mode": config.hybrid.default_mode})
             mlflow.log_params({"model_kind": model.kind, **config.model.params, "alpha": config.alpha, "weighting": config.weighting,
                                "test_ratio": config.test_ratio, "seed": config.seed, "index_kind": config.index.kind, "n_trees": config.index.n_trees})
             mlflow.log_params({f"data_{k}": v for k, v in stats.items()})
@@ -164,7 +268,7 @@ def train(
             tracking.log_bundle(bundle_dir)
             run_id = run.info.run_id
         version = None
-        if config.register:
+        if config.register_version:
             mv = tracking.register_bundle(client, settings.registered_model_name, run_id, tags={"kind": model.kind})
             version = str(mv.version)
             if config.promote_alias:

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
 
 from recsys.index.annoy_index import file_sha256, load_index
@@ -50,6 +51,10 @@ class ModelBundle:
     indexes: dict[str, ItemIndex] = field(default_factory=dict)
     #: extra named item-aligned arrays, e.g. content vectors for hybrid serving
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    #: fitted helper objects needed at serving time (joblib files), e.g. the text encoder
+    #: for /search and the content→CF mapper for cold-start items. Only ever loaded from our
+    #: own checksummed bundles.
+    objects: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # data stats, metrics, version…
     path: Path | None = None
 
@@ -94,6 +99,8 @@ class ModelBundle:
             index_meta = {role: index.save(tmp / f"index_{role}") for role, index in self.indexes.items()}
             for name, arr in self.extras.items():
                 np.save(tmp / f"extra_{name}.npy", np.asarray(arr))
+            for name, obj in self.objects.items():
+                joblib.dump(obj, tmp / f"object_{name}.joblib")
             manifest = {
                 "format_version": FORMAT_VERSION,
                 "kind": self.kind,
@@ -104,6 +111,7 @@ class ModelBundle:
                 "n_items": len(self.item_ids),
                 "indexes": index_meta,
                 "extras": sorted(self.extras),
+                "objects": sorted(self.objects),
                 "info": self.info,
                 "created_at": datetime.now(timezone.utc).isoformat(),
                 "files": {
@@ -150,6 +158,7 @@ class ModelBundle:
                 item_popularity=np.load(folder / "item_popularity.npy"),
                 indexes={role: load_index(folder / f"index_{role}", verify=False) for role in manifest["indexes"]},
                 extras={name: np.load(folder / f"extra_{name}.npy", mmap_mode="r") for name in manifest["extras"]},
+                objects={name: joblib.load(folder / f"object_{name}.joblib") for name in manifest.get("objects", [])},
                 info=manifest["info"],
                 path=folder,
             )

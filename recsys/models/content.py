@@ -19,6 +19,8 @@ bundled all-MiniLM-L6-v2 weights); it imports them only when constructed.
 
 from __future__ import annotations
 
+import copy
+
 import logging
 import os
 from collections.abc import Sequence
@@ -79,6 +81,17 @@ class ContentEncoder(Embedder):
     """Shared fit/alignment logic; subclasses implement ``_fit_encode`` and ``transform``."""
 
     metric = "cosine"
+    #: whether ``transform`` accepts free text (a search query), not only catalog rows
+    supports_text = True
+
+    def for_serving(self) -> "ContentEncoder":
+        """A copy that can encode new items and queries, without the fitted vectors (the
+        bundle stores those) or a loaded neural model (reloaded lazily) — small to pickle."""
+        clone = copy.copy(self)
+        for name in ("item_vectors_", "user_vectors_", "item_ids_", "encoder_"):
+            clone.__dict__.pop(name, None)
+        clone.item_vectors_ = np.empty((0, 0), np.float32)  # still counts as fitted
+        return clone
 
     def fit(self, items: pd.DataFrame, item_ids: Sequence[str] | None = None, matrix: sp.spmatrix | None = None) -> "ContentEncoder":  # type: ignore[override]
         if not isinstance(items, pd.DataFrame):
@@ -131,6 +144,7 @@ class TagEncoder(ContentEncoder):
     """
 
     kind = "tags"
+    supports_text = False
 
     def __init__(self, n_components: int = 32, random_state: int | None = 42) -> None:
         self.n_components = n_components

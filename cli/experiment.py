@@ -1,0 +1,167 @@
+"""`recsys experiment run | compare | search`: comparison runs over one split, tracked in MLflow."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+import sys
+
+# tables are wide: when piped (not a terminal), do not squeeze them into 80 columns
+console = Console(width=None if sys.stdout.isatty() else 180)
+err_console = Console(stderr=True)
+
+
+def _main():
+    """``cli.main``, imported when a command runs (it imports this module to register it)."""
+    import cli.main
+
+    return cli.main
+
+
+def UsageError(message: str) -> Exception:  # noqa: N802 - reads like the exception it builds
+    return _main().UsageError(message)
+
+
+def cli_errors(fn):
+    """``cli.main.cli_errors``, looked up at call time: one line ``error: ...``, exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return _main().cli_errors(fn)(*args, **kwargs)
+
+    return wrapper
+
+app = typer.Typer(help="Offline experiments: compare models on one split, read past runs back, search parameters.",
+                  no_args_is_help=True, add_completion=False)
+
+
+def _settings():
+    from recsys.settings import get_settings
+
+    return get_settings()
+
+
+def _spec(path: Path):
+    from experiments.spec import load_spec
+
+    if not path.exists():
+        raise UsageError(f"spec not found: {path}")
+    return load_spec(path)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console, transient=True)
+
+
+def _with_progress(progress: Progress, what: str):
+    task = progress.add_task(what, total=None)
+
+    def on_step(name: str, i: int, n: int) -> None:
+        progress.update(task, total=n, completed=i, description=f"{what}: {name}")
+
+    return task, on_step
+
+
+@app.command()
+@cli_errors
+def run(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="experiment spec (YAML)")],
+    report_dir: Annotated[Optional[Path], typer.Option("--report-dir", help="report folder (default reports/<experiment>-<timestamp>/)")] = None,
+) -> None:
+    """Train and evaluate every model configuration of SPEC on one split; one MLflow parent run
+    with a child run per configuration; comparison table and report."""
+    from experiments.report import rich_table
+    from experiments.runner import run_experiment
+
+    spec = _spec(spec_path)
+    settings = _settings()
+    with _progress() as progress:
+        task, on_model = _with_progress(progress, "models")
+        progress.update(task, description="loading data and splitting")
+        result = run_experiment(spec, settings, base_dir=spec_path.parent, spec_path=spec_path, report_dir=report_dir, on_model=on_model)
+    console.print(rich_table(result.comparison, spec.main_k, title=f"{spec.name} — metrics @ {spec.main_k}"))
+    for r in result.results:
+        if r.error:
+            err_console.print(f"[yellow]warning:[/] {r.config.name} failed: {r.error}", highlight=False)
+    console.print(f"parent run {result.parent_run_id} (experiment {spec.name}, split {result.split_hash})")
+    console.print(f"report: {result.report_dir}/report.md")
+
+
+@app.command()
+@cli_errors
+def compare(
+    run_ids: Annotated[Optional[list[str]], typer.Argument(metavar="RUN_ID...", help="parent runs (their child runs are compared) or child runs")] = None,
+    experiment: Annotated[Optional[str], typer.Option("--experiment", help="compare the latest experiment run of this MLflow experiment")] = None,
+    report_dir: Annotated[Optional[Path], typer.Option("--report-dir", help="also write a report folder here")] = None,
+    k: Annotated[Optional[int], typer.Option(help="cut-off shown in the table (default 10, or the middle one)")] = None,
+) -> None:
+    """Read past experiment runs from MLflow into the comparison table (and report)."""
+    from experiments.report import breakdowns_from_runs, comparison_from_runs, ks_of, rich_table, write_report
+    from pipelines import tracking
+
+    if bool(run_ids) == bool(experiment):
+        raise UsageError("give RUN_ID... or --experiment NAME (one of them)")
+    settings = _settings()
+    client = tracking.client_for(settings)
+    if experiment:
+        parents = [tracking.latest_parent_run(client, experiment)]
+    else:
+        parents = [tracking.get_run(client, rid) for rid in run_ids]
+    runs = []
+    for run in parents:
+        children = tracking.child_runs(client, run.info.run_id)
+        runs.extend(children if children else [run])
+    df = comparison_from_runs(runs)
+    ks = ks_of(df.columns)
+    if not ks:
+        raise UsageError("these runs carry no <metric>_at_<k> metrics: are they experiment runs?")
+    main_k = k or (10 if 10 in ks else ks[len(ks) // 2])
+    if main_k not in ks:
+        raise UsageError(f"--k {main_k}: the runs have k in {ks}")
+    console.print(rich_table(df, main_k, title=f"{len(runs)} runs — metrics @ {main_k}"))
+    if report_dir is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            breakdowns = breakdowns_from_runs(client, runs, Path(tmp))
+            write_report(df, report_dir, title="Comparison of " + ", ".join(r.info.run_id[:8] for r in parents), ks=ks, main_k=main_k,
+                         breakdowns=breakdowns, context={"runs": ", ".join(r.info.run_id for r in parents)})
+        console.print(f"report: {report_dir}/report.md")
+
+
+@app.command()
+@cli_errors
+def search(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="experiment spec whose parameter lists/ranges are searched")],
+    trials: Annotated[Optional[int], typer.Option(min=1, help="number of trials (default: the spec's search.trials)")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="write the best configuration here (TrainConfig YAML for recsys train --config)")] = None,
+    report_dir: Annotated[Optional[Path], typer.Option("--report-dir", help="folder for trials.csv and best.yaml")] = None,
+) -> None:
+    """Random or grid search over SPEC's parameter spaces; each trial an MLflow child run."""
+    from rich.table import Table
+
+    from experiments.search import run_search
+
+    spec = _spec(spec_path)
+    settings = _settings()
+    with _progress() as progress:
+        task, on_trial = _with_progress(progress, "trials")
+        progress.update(task, description="loading data and splitting")
+        result = run_search(spec, settings, trials=trials, out=out, base_dir=spec_path.parent, report_dir=report_dir, on_trial=on_trial)
+    key = result.metric
+    ok = result.trials.dropna(subset=[key]).sort_values(key, ascending=False).head(10)
+    table = Table(title=f"{spec.name} search — top trials by {key} ({spec.search.holdout} holdout)")
+    for col in ("trial", key, "weighting", "alpha", "params", "time_train_s"):
+        table.add_column(col, overflow="fold")
+    for _, row in ok.iterrows():
+        table.add_row(row["trial"], f"{row[key]:.4f}", str(row["weighting"]), f"{row['alpha']:g}", row["params"], f"{row.get('time_train_s', float('nan')):.2f}")
+    console.print(table)
+    console.print(f"best: {result.best.name} {key}={result.best_score:.4f} kind={result.best.kind} params={result.best.params} "
+                  f"weighting={result.best.weighting} alpha={result.best.alpha:g}")
+    console.print(f"search run {result.parent_run_id}" + (f"; best config written to {result.out_path}" if result.out_path else ""))

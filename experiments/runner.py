@@ -1,0 +1,433 @@
+"""Run an experiment spec: one split, every model configuration fitted and scored on it, each a
+nested MLflow child run under one parent run, plus the comparison report.
+
+The same functions serve ``search`` (``experiments.search``): :func:`prepare_data` once, then
+:func:`fit_and_evaluate` per trial.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from experiments.spec import BASELINE_KINDS, ExperimentSpec, ModelConfig, SplitSpec
+from pipelines import tracking
+from recsys.datasets import Dataset, generate_synthetic, load_dataset
+from recsys.evaluation import (
+    activity_buckets,
+    breakdown,
+    catalog_coverage,
+    intra_list_diversity,
+    leave_last_n_split,
+    novelty,
+    per_user_metrics,
+    popularity_bias,
+    random_split,
+    ranking_metrics_at_k,
+    stratified_split,
+    time_split,
+    top_k_scores,
+)
+from recsys.evaluation.splits import Split
+from recsys.matrix import InteractionMatrix
+from recsys.models.registry import CONTENT_KINDS, make_model
+from recsys.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+KIND_TAG = "recsys.experiment.kind"
+SPEC_TAG = "recsys.experiment.spec"
+CONFIG_TAG = "recsys.experiment.config"
+MLFLOW_BREAKDOWN = "breakdown"
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------
+
+def load_data(spec: ExperimentSpec, settings: Settings | None = None, base_dir: Path | None = None) -> Dataset:
+    """The spec's dataset. Relative paths are taken from the working directory, else from
+    ``base_dir`` (the spec file's folder)."""
+    d = spec.dataset
+    if d.format == "synthetic":
+        params = {"seed": spec.seed, **d.params}
+        return generate_synthetic(**params)
+    if d.format == "feature_store":
+        from feature_store import FeatureStore
+
+        if settings is None:
+            raise ValueError("dataset format feature_store needs settings")
+        as_of = pd.Timestamp(d.as_of).to_pydatetime() if d.as_of else None
+        return FeatureStore(settings.database_url).snapshot(as_of)
+    path = Path(d.path).expanduser()
+    if not path.is_absolute() and not path.exists() and base_dir is not None and (base_dir / path).exists():
+        path = base_dir / path
+    if not path.exists():
+        raise FileNotFoundError(f"dataset.path not found: {d.path}")
+    return load_dataset(d.format, path, **d.params)
+
+
+def make_split(events: pd.DataFrame, split: SplitSpec, seed: int) -> Split:
+    if split.method == "random":
+        return random_split(events, test_ratio=split.test_ratio, seed=seed)
+    if split.method == "leave_last_n":
+        return leave_last_n_split(events, n=split.n, seed=seed)
+    if split.method == "time":
+        return time_split(events, split.cutoff)
+    return stratified_split(events, ratio=split.ratio, seed=seed, filter_by=split.filter_by, min_rating=split.min_rating)
+
+
+def split_hash(split: Split) -> str:
+    """sha256 (first 16 hex) of the sorted train and test event ids: equal hash, equal split."""
+    h = hashlib.sha256()
+    for part in (split.train, split.test):
+        ids = np.sort(part["event_id"].to_numpy(dtype=str))
+        h.update("\n".join(ids.tolist()).encode())
+        h.update(b"\x00|")
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class PreparedData:
+    """Everything every model of one experiment shares: the split and its matrices."""
+
+    dataset: Dataset
+    split: Split
+    split_hash: str
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    test: sp.csr_matrix
+    binary_train: sp.csr_matrix
+    eval_users: np.ndarray
+    item_popularity: np.ndarray
+    diversity_embeddings: np.ndarray | None
+    user_attribute: str | None
+    user_groups: pd.Series | None
+    _matrices: dict = field(default_factory=dict)
+    _features: dict = field(default_factory=dict)
+
+    def train_matrix(self, weighting: str, alpha: float) -> sp.csr_matrix:
+        key = (weighting, float(alpha))
+        if key not in self._matrices:
+            self._matrices[key] = InteractionMatrix.from_events(
+                self.split.train, user_ids=self.user_ids, item_ids=self.item_ids, weighting=weighting, alpha=alpha
+            ).matrix
+        return self._matrices[key]
+
+    def features(self, what: str, text: bool = False, exclude_keys: tuple[str, ...] = ()) -> sp.csr_matrix:
+        from recsys.features import build_item_features, build_user_features
+
+        key = (what, text, exclude_keys)
+        if key not in self._features:
+            if what == "items":
+                self._features[key] = build_item_features(self.dataset.items, self.item_ids, text=text)[0]
+            else:
+                self._features[key] = build_user_features(self.dataset.users, self.user_ids, exclude_keys=exclude_keys)[0]
+        return self._features[key]
+
+
+def prepare_data(spec: ExperimentSpec, dataset: Dataset, split: Split | None = None) -> PreparedData:
+    split = split or make_split(dataset.events, spec.split, spec.split_seed)
+    if len(split.train) == 0 or len(split.test) == 0:
+        raise ValueError(f"the {spec.split.method} split left {len(split.train)} train and {len(split.test)} test events; adjust split")
+    base = InteractionMatrix.from_events(split.train, weighting="none")
+    binary = base.matrix.copy()
+    binary.data = np.ones_like(binary.data)
+    test = InteractionMatrix.from_events(split.test, user_ids=base.user_ids, item_ids=base.item_ids, weighting="none").matrix
+    test.data = np.ones_like(test.data)
+    users = np.flatnonzero(np.diff(test.indptr) > 0)
+    if spec.eval_users is not None and len(users) > spec.eval_users:
+        users = np.sort(np.random.default_rng(spec.seed).choice(users, spec.eval_users, replace=False))
+    popularity = np.diff(sp.csc_matrix(binary).indptr).astype(np.float64)
+    attribute, groups = _user_groups(spec, dataset.users, base.user_ids)
+    return PreparedData(
+        dataset=dataset, split=split, split_hash=split_hash(split), user_ids=base.user_ids, item_ids=base.item_ids,
+        test=test, binary_train=binary, eval_users=users, item_popularity=popularity,
+        diversity_embeddings=_diversity_embeddings(dataset.items, base.item_ids) if "diversity" in spec.metrics else None,
+        user_attribute=attribute, user_groups=groups,
+    )
+
+
+def _diversity_embeddings(items: pd.DataFrame, item_ids: np.ndarray) -> np.ndarray | None:
+    """TagEncoder item vectors (categories) when the catalogue has categories, else ``None``."""
+    if not any(len(c) for c in items["categories"]):
+        logger.info("items have no categories: intra-list diversity is not computed")
+        return None
+    return make_model("tags").fit(items, item_ids=item_ids).item_vectors_
+
+
+def _user_groups(spec: ExperimentSpec, users: pd.DataFrame, user_ids: np.ndarray) -> tuple[str | None, pd.Series | None]:
+    """The breakdown attribute and its value per matrix row (indexed by row)."""
+    key = spec.breakdown_attribute
+    if key is None or users.empty:
+        return None, None
+    attrs = users.set_index("user_id")["attributes"].reindex(pd.Index(user_ids.astype(str)))
+    if key == "auto":
+        keys: dict[str, None] = {}
+        for a in attrs.dropna().head(1000):
+            keys.update(dict.fromkeys(a))
+        key = None
+        for k in keys:
+            values = attrs.map(lambda a, k=k: a.get(k) if isinstance(a, dict) else None)
+            n = values.nunique(dropna=True)
+            if 2 <= n <= 30 and values.notna().mean() >= 0.5:
+                key = k
+                break
+        if key is None:
+            return None, None
+    values = attrs.map(lambda a: a.get(key) if isinstance(a, dict) else None)
+    if values.notna().sum() == 0:
+        logger.warning("no user has attribute %r: no attribute breakdown", key)
+        return None, None
+    return key, pd.Series(values.astype(object).to_numpy(), index=np.arange(len(user_ids)))
+
+
+# ----------------------------------------------------------------------------------------------
+# one model
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class ModelResult:
+    config: ModelConfig
+    metrics: dict[str, float]
+    breakdown: pd.DataFrame | None = None
+    run_id: str | None = None
+    error: str | None = None
+
+
+def build_model(config: ModelConfig):
+    if config.kind in BASELINE_KINDS:
+        from recsys.evaluation import baselines
+
+        cls = {"random": baselines.RandomRecommender, "popular": baselines.PopularityRecommender, "itemknn": baselines.ItemKNNRecommender}[config.kind]
+        return cls(**config.params)
+    return make_model(config.kind, **config.params)
+
+
+def fit_model(config: ModelConfig, data: PreparedData):
+    model = build_model(config)
+    train = data.train_matrix(config.weighting, config.alpha)
+    if config.kind in CONTENT_KINDS:
+        return model.fit(data.dataset.items, item_ids=data.item_ids, matrix=train)
+    kwargs = {}
+    if config.kind == "lightfm":
+        f = config.features
+        if f.items:
+            kwargs["item_features"] = data.features("items", text=f.text)
+        if f.users:
+            kwargs["user_features"] = data.features("users", exclude_keys=tuple(f.exclude_user_keys))
+    return model.fit(train, **kwargs)
+
+
+def recommend(model, users: np.ndarray, exclude: sp.csr_matrix, k: int) -> np.ndarray:
+    """Top-``k`` item indices per user (train items excluded), ``-1`` padded."""
+    if getattr(model, "user_vectors_", None) is not None:
+        metric = model.metric if model.metric in ("dot", "cosine") else "dot"
+        return top_k_scores(model.user_vectors_, model.item_vectors_, k, exclude=exclude, user_rows=users, metric=metric)[0]
+    if hasattr(model, "recommend"):
+        return model.recommend(users, exclude, k)[0]
+    raise ValueError(f"{type(model).__name__} has neither user vectors nor recommend()")
+
+
+def evaluate(recommended: np.ndarray, data: PreparedData, ks: list[int], metrics: list[str]) -> dict[str, float]:
+    """``<metric>_at_<k>`` for every requested metric and k."""
+    users = data.eval_users
+    n_items = data.test.shape[1]
+    n_train_users = data.binary_train.shape[0]
+    out: dict[str, float] = {}
+    for k in ks:
+        rec = recommended[:, :k]
+        ranking = ranking_metrics_at_k(rec, data.test, k, user_rows=users, n_items_total=n_items)
+        for m in ("precision", "recall", "ndcg", "map", "hit_rate", "mrr", "auc"):
+            if m in metrics:
+                out[f"{m}_at_{k}"] = ranking[m]
+        if "coverage" in metrics:
+            out[f"coverage_at_{k}"] = catalog_coverage(rec, n_items)
+        if "novelty" in metrics:
+            out[f"novelty_at_{k}"] = novelty(rec, data.item_popularity, n_users=n_train_users)
+        if "diversity" in metrics and data.diversity_embeddings is not None:
+            out[f"diversity_at_{k}"] = intra_list_diversity(rec, data.diversity_embeddings)
+        if "avg_rec_popularity" in metrics or "gini" in metrics:
+            bias = popularity_bias(rec, data.item_popularity)
+            if "avg_rec_popularity" in metrics:
+                out[f"avg_rec_popularity_at_{k}"] = bias["avg_rec_popularity"]
+            if "gini" in metrics:
+                out[f"gini_at_{k}"] = bias["gini_exposure"]
+    return out
+
+
+def user_breakdown(recommended: np.ndarray, data: PreparedData, k: int) -> pd.DataFrame:
+    """Mean metrics at ``k`` per user-activity bucket and per value of the user attribute."""
+    users = data.eval_users
+    per_user = per_user_metrics(recommended[:, :k], data.test, k, user_rows=users, n_items_total=data.test.shape[1])
+    cols = ["n_users", "precision", "recall", "ndcg", "map", "hit_rate", "mrr"]
+    frames = []
+    buckets = activity_buckets(data.binary_train, per_user["user_row"].to_numpy())
+    by_activity = breakdown(per_user, pd.Series(buckets))
+    frames.append(by_activity[cols].assign(dimension="activity"))
+    if data.user_groups is not None:
+        by_attr = breakdown(per_user, data.user_groups)
+        frames.append(by_attr[cols].assign(dimension=data.user_attribute))
+    out = pd.concat(frames).rename_axis("group").reset_index()
+    out["group"] = out["group"].astype(str)
+    out.insert(0, "k", k)
+    return out[["dimension", "group", "k", *cols]]
+
+
+def index_recall(model, data: PreparedData, n_queries: int, seed: int) -> float | None:
+    """Annoy recall@10 against exact search, on ``n_queries`` sampled user vectors."""
+    if n_queries <= 0 or getattr(model, "item_vectors_", None) is None or getattr(model, "user_vectors_", None) is None:
+        return None
+    from recsys.index import make_index
+
+    index = make_index("annoy", model.metric, n_trees=50).build(model.item_vectors_)
+    rng = np.random.default_rng(seed)
+    queries = model.user_vectors_[rng.choice(len(model.user_vectors_), min(n_queries, len(model.user_vectors_)), replace=False)]
+    return index.measure_recall(model.item_vectors_, queries, k=10)
+
+
+def fit_and_evaluate(config: ModelConfig, data: PreparedData, spec: ExperimentSpec, *, with_breakdown: bool = True,
+                     with_index: bool = True) -> tuple[dict[str, float], pd.DataFrame | None]:
+    """Fit on the shared train part, score on the shared test part: metrics (+ breakdown)."""
+    start = time.perf_counter()
+    model = fit_model(config, data)
+    t_train = time.perf_counter() - start
+    start = time.perf_counter()
+    recommended = recommend(model, data.eval_users, data.binary_train, max(spec.k))
+    metrics = evaluate(recommended, data, spec.k, spec.metrics)
+    t_eval = time.perf_counter() - start
+    metrics.update({"time_train_s": t_train, "time_eval_s": t_eval, "eval_users": float(len(data.eval_users))})
+    if with_index:
+        recall = index_recall(model, data, spec.index_recall_queries, spec.seed)
+        if recall is not None:
+            metrics["index_recall_at_10"] = recall
+    table = user_breakdown(recommended, data, spec.main_k) if with_breakdown else None
+    return metrics, table
+
+
+# ----------------------------------------------------------------------------------------------
+# the experiment
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class ExperimentResult:
+    spec: ExperimentSpec
+    parent_run_id: str
+    split_hash: str
+    results: list[ModelResult]
+    comparison: pd.DataFrame
+    report_dir: Path | None
+    split_report: dict[str, Any] = field(default_factory=dict)
+
+
+def config_params(config: ModelConfig) -> dict[str, Any]:
+    out = {"kind": config.kind, "label": config.label, "weighting": config.weighting, "alpha": config.alpha}
+    out.update({f"param.{k}": v for k, v in config.params.items()})
+    if config.kind == "lightfm":
+        out.update({"features.items": config.features.items, "features.users": config.features.users, "features.text": config.features.text})
+    return out
+
+
+def split_params(spec: ExperimentSpec, data: PreparedData) -> dict[str, Any]:
+    s = spec.split
+    out = {"split.method": s.method, "split.seed": spec.split_seed, "split_hash": data.split_hash}
+    if s.method == "random":
+        out["split.test_ratio"] = s.test_ratio
+    elif s.method == "stratified":
+        out.update({"split.ratio": s.ratio, "split.filter_by": s.filter_by, "split.min_rating": s.min_rating})
+    elif s.method == "leave_last_n":
+        out["split.n"] = s.n
+    else:
+        out["split.cutoff"] = s.cutoff
+    return out
+
+
+def default_report_dir(name: str) -> Path:
+    return Path("reports") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_experiment(
+    spec: ExperimentSpec,
+    settings: Settings,
+    *,
+    base_dir: Path | None = None,
+    spec_path: Path | None = None,
+    report_dir: Path | None = None,
+    dataset: Dataset | None = None,
+    on_model: Callable[[str, int, int], None] | None = None,
+) -> ExperimentResult:
+    """Run every configuration of ``spec`` on one split, tracked as a parent run with one
+    nested child run per configuration; write the report into ``report_dir``.
+
+    ``on_model(name, i, n)`` is called before each configuration (progress display).
+    A configuration that fails is recorded (child run FAILED, ``error`` column) and the
+    experiment goes on; only when every configuration fails is that an error.
+    """
+    from experiments import report as report_mod
+
+    configs = spec.configs()
+    dataset = dataset if dataset is not None else load_data(spec, settings, base_dir)
+    data = prepare_data(spec, dataset)
+    logger.info("split %s: %s", data.split_hash, data.split.report)
+    exp_id = tracking.experiment_id(settings, spec.name)
+    results: list[ModelResult] = []
+    with tracking.start_run(exp_id, f"{spec.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}",
+                            tags={KIND_TAG: "parent", SPEC_TAG: spec.name}) as parent:
+        tracking.log_params_flat({"dataset.format": spec.dataset.format, "dataset.path": spec.dataset.path,
+                                  "seed": spec.seed, "k": ",".join(map(str, spec.k)), "n_configs": len(configs),
+                                  "metrics": ",".join(spec.metrics), "breakdown_attribute": data.user_attribute,
+                                  **split_params(spec, data)})
+        tracking.log_metrics_finite({f"split_{k}": v for k, v in data.split.report.items() if isinstance(v, (int, float))})
+        if spec_path is not None:
+            tracking.log_artifact(spec_path, "spec")
+        for i, config in enumerate(configs):
+            if on_model:
+                on_model(config.name, i, len(configs))
+            run_id = None
+            try:
+                with tracking.start_run(exp_id, config.name, nested=True,
+                                        tags={KIND_TAG: "child", SPEC_TAG: spec.name, CONFIG_TAG: config.name}) as child:
+                    run_id = child.info.run_id
+                    tracking.log_params_flat({**config_params(config), **split_params(spec, data)})
+                    try:
+                        metrics, table = fit_and_evaluate(config, data, spec)
+                    except Exception as exc:
+                        tracking.set_tags({"recsys.experiment.error": f"{type(exc).__name__}: {exc}"[:500]})
+                        raise  # leaving the block marks the child run FAILED
+                    tracking.log_metrics_finite(metrics)
+                    for k in spec.k:  # metric@k curves as steps too, for the MLflow UI
+                        tracking.log_metrics_finite({f"{m}_by_k": metrics[f"{m}_at_{k}"] for m in ("ndcg", "precision", "recall")
+                                                     if f"{m}_at_{k}" in metrics}, step=k)
+                    if table is not None:
+                        with tempfile.TemporaryDirectory() as tmp:
+                            path = Path(tmp) / "breakdown.csv"
+                            table.to_csv(path, index=False)
+                            tracking.log_artifact(path, MLFLOW_BREAKDOWN)
+            except (ValueError, RuntimeError, TypeError, MemoryError, np.linalg.LinAlgError) as exc:
+                logger.error("model %s failed: %s", config.name, exc)
+                results.append(ModelResult(config, {}, None, run_id, error=f"{type(exc).__name__}: {exc}"))
+                continue
+            results.append(ModelResult(config, metrics, table, run_id))
+        if all(r.error for r in results):
+            raise RuntimeError("every model configuration failed: " + "; ".join(f"{r.config.name}: {r.error}" for r in results))
+        comparison = report_mod.comparison_frame(results)
+        out_dir = Path(report_dir) if report_dir is not None else default_report_dir(spec.name)
+        report_mod.write_report(comparison, out_dir, title=f"Experiment {spec.name}", ks=spec.k, main_k=spec.main_k,
+                                breakdowns={r.config.name: r.breakdown for r in results if r.breakdown is not None},
+                                context={"parent run": parent.info.run_id, "split hash": data.split_hash,
+                                         "dataset": f"{spec.dataset.format} {spec.dataset.path or ''}".strip(),
+                                         "split": ", ".join(f"{k}={v}" for k, v in split_params(spec, data).items()),
+                                         "evaluated users": len(data.eval_users), "breakdown attribute": data.user_attribute or "—"})
+        tracking.log_artifact(out_dir, "report")
+        parent_id = parent.info.run_id
+    return ExperimentResult(spec, parent_id, data.split_hash, results, comparison, out_dir, data.split.report)

@@ -230,5 +230,8 @@ def demo(
     console.print(f"MLflow UI:       mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
 
 
+from cli.experiment import app as experiment_app  # noqa: E402 - registered after the commands above
+app.add_typer(experiment_app, name="experiment")
+
 if __name__ == "__main__":
     app()

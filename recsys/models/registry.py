@@ -9,6 +9,7 @@ from recsys.models.als import ALSEmbedder
 from recsys.models.base import Embedder
 from recsys.models.bpr import BPREmbedder
 from recsys.models.content import SentenceEncoder, TagEncoder, TfidfEncoder
+from recsys.models.ease import EASEEmbedder
 from recsys.models.lightfm import LightFMEmbedder
 
 MODEL_KINDS: dict[str, type[Embedder]] = {
@@ -18,6 +19,7 @@ MODEL_KINDS: dict[str, type[Embedder]] = {
     "tags": TagEncoder,
     "tfidf": TfidfEncoder,
     "sbert": SentenceEncoder,
+    "ease": EASEEmbedder,
 }
 
 #: kinds whose ``fit`` takes the items frame rather than the interaction matrix

@@ -1,0 +1,197 @@
+"""The pipeline YAML schema (pydantic). One file describes one scheduled training pipeline.
+
+Every section has defaults, so the smallest valid file is ``name: nightly``. See
+``pipelines/examples/nightly.yaml`` for every field with a comment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipelines.train import IndexConfig, ModelConfig, TrainConfig
+
+
+class ConfigError(ValueError):
+    """A pipeline config that cannot be read or does not validate (one line, for the CLI)."""
+
+
+#: kinds that need the item/user catalogue at fit time (not carried by the pipeline snapshot yet)
+UNSUPPORTED_KINDS = ("lightfm", "tags", "tfidf", "sbert")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceConfig(_Strict):
+    #: ``feature_store``: point-in-time snapshot of RECSYS_DATABASE_URL; ``dataset``: files.
+    kind: Literal["feature_store", "dataset"] = "feature_store"
+    #: snapshot time for ``feature_store`` (default: now)
+    as_of: str | None = None
+    #: ``dataset`` only: events file (csv/parquet) or dataset folder (movielens-100k, …)
+    path: Path | None = None
+    format: str = "parquet"
+    items_path: Path | None = None
+    users_path: Path | None = None
+
+    @model_validator(mode="after")
+    def _need_path(self) -> "SourceConfig":
+        if self.kind == "dataset" and self.path is None:
+            raise ValueError("source.kind 'dataset' needs source.path")
+        return self
+
+
+class CandidateConfig(_Strict):
+    """One model to train; several are allowed, the best by the gate metric is the candidate."""
+
+    name: str | None = None
+    kind: str = "als"
+    params: dict[str, Any] = Field(default_factory=lambda: {"factors": 64, "regularization": 0.05, "iterations": 15})
+    weighting: Literal["confidence", "bm25", "tfidf", "none"] = "confidence"
+    alpha: float = 2.0
+
+    @field_validator("kind")
+    @classmethod
+    def _collaborative(cls, kind: str) -> str:
+        if kind in UNSUPPORTED_KINDS:
+            raise ValueError(f"model kind {kind!r} needs catalogue features; the pipeline trains collaborative kinds (als, bpr, …) for now")
+        return kind
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.kind}-" + "-".join(f"{k}{v}" for k, v in sorted(self.params.items()))
+
+
+class EvaluationConfig(_Strict):
+    #: ``time``: the newest ``test_ratio`` of events (one global cutoff) are the holdout. The only
+    #: split offered: it is the one that does not leak the future into the production comparison.
+    split: Literal["time"] = "time"
+    test_ratio: float = Field(0.1, gt=0, lt=0.5)
+    #: use the events newer than production's training data as the holdout when they are at
+    #: least this share of the snapshot (see pipelines/gate.py on leakage)
+    min_fresh_ratio: float = Field(0.02, gt=0, lt=1)
+    k: int = Field(10, ge=1, le=1000)
+    eval_users: int = Field(10_000, ge=1)
+    seed: int = 42
+    metrics: list[str] = Field(default_factory=lambda: ["ndcg", "precision", "recall", "map", "hit_rate", "auc"])
+
+
+class DriftConfig(_Strict):
+    enabled: bool = True
+    #: relative change of the event count vs the previous run (0.5: fail outside ×0.5 … ×1.5)
+    max_events_change: float = 0.5
+    #: relative change of the users active in the last ``active_days`` of the snapshot
+    max_active_users_change: float = 0.5
+    active_days: float = 7.0
+    #: popularity shift: total variation distance of the top-``top_n`` item distribution
+    max_top_items_tv: float = 0.35
+    #: and its Jensen–Shannon divergence (base 2, in [0, 1])
+    max_top_items_js: float = 0.25
+    top_n: int = 100
+
+
+class ValidationConfig(_Strict):
+    min_events: int = 100
+    min_users: int = 10
+    min_items: int = 10
+    #: events whose user/item is not in the users/items table (dataset sources with an items
+    #: or users file; the feature store enforces this with foreign keys)
+    max_unknown_ids: int = 0
+    max_duplicate_ids: int = 0
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+
+
+class GateConfig(_Strict):
+    #: metric name as produced by evaluation, e.g. ``ndcg_at_10``
+    metric: str = "ndcg_at_10"
+    #: candidate passes if candidate >= production * (1 - relative_tolerance)
+    relative_tolerance: float = Field(0.02, ge=0, lt=1)
+    #: other metrics that must also hold up (same tolerance)
+    also: list[str] = Field(default_factory=lambda: ["recall_at_10"])
+    min_index_recall: float = Field(0.9, ge=0, le=1)
+    #: sanity: share of the catalogue the candidate recommends on the holdout
+    min_coverage: float = Field(0.0, ge=0, le=1)
+    #: sanity: candidate coverage must be >= production coverage * (1 - max_coverage_drop)
+    max_coverage_drop: float = Field(0.5, ge=0, le=1)
+
+
+class NotifyConfig(_Strict):
+    #: servers to tell: ``POST <url>/admin/reload`` with header ``X-API-Key``
+    urls: list[str] = Field(default_factory=list)
+    #: environment variable holding the API key (falls back to the RECSYS_ADMIN_API_KEY setting)
+    api_key_env: str = "RECSYS_ADMIN_API_KEY"
+    timeout_s: float = 30.0
+    #: fail the run when a server cannot be told (default: warn; the alias is already moved)
+    required: bool = False
+
+
+class PipelineConfig(_Strict):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    models: list[CandidateConfig] = Field(default_factory=lambda: [CandidateConfig()], min_length=1)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    #: alias to promote on a passed gate (default: the RECSYS_MODEL_ALIAS setting)
+    alias: str | None = None
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    #: also copy the snapshot Parquet files into MLflow (their sha256 is always logged)
+    log_snapshot_artifacts: bool = False
+
+    @field_validator("models")
+    @classmethod
+    def _unique_labels(cls, models: list[CandidateConfig]) -> list[CandidateConfig]:
+        labels = [m.label for m in models]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"model names must be unique, got {labels}")
+        return models
+
+    def train_config(self, candidate: CandidateConfig) -> TrainConfig:
+        """The train path's config for one candidate (reuses ``pipelines.train``)."""
+        return TrainConfig(
+            model=ModelConfig(kind=candidate.kind, params=dict(candidate.params)),
+            weighting=candidate.weighting,
+            alpha=candidate.alpha,
+            test_ratio=self.evaluation.test_ratio,
+            k=self.evaluation.k,
+            eval_users=self.evaluation.eval_users,
+            seed=self.evaluation.seed,
+            index=self.index,
+            register_version=False,
+            promote_alias=None,
+        )
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"pipeline config not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        cfg = PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise ConfigError(f"{path}: {where}: {err['msg']}") from exc
+    # relative dataset paths are relative to the config file
+    if cfg.source.kind == "dataset":
+        for attr in ("path", "items_path", "users_path"):
+            value = getattr(cfg.source, attr)
+            if value is not None and not value.is_absolute():
+                setattr(cfg.source, attr, (path.parent / value).resolve())
+    return cfg

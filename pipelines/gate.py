@@ -1,0 +1,195 @@
+"""Holdout evaluation shared by candidate and production, and the quality gate.
+
+Leakage and the holdout
+-----------------------
+The holdout is **time-based**: the newest events are the test part, the rest trains. The
+production model was trained by an earlier run on a snapshot that ends at its
+``info.data.max_timestamp`` ("trained until"). Scoring its vectors on events it was trained on
+would reward memorisation (its user *and* item vectors encode them), so:
+
+* **fresh holdout** (the normal nightly case once new events have arrived): when at least
+  ``min_fresh_ratio`` of the snapshot is newer than production's trained-until time, the cutoff
+  is exactly that time. The holdout then holds only events production never saw; the production
+  bundle's own vectors are scored on it, against the candidate fit on the events before it;
+* **no fresh data** (production's data overlaps any usable holdout, e.g. a rerun on the same
+  snapshot): the newest ``test_ratio`` of events are the holdout and production's *recipe*
+  (kind and params from its bundle manifest) is refit on the same train part, so both sides
+  are compared on equal footing. ``production_eval`` records which of the two happened.
+
+Both sides are scored on the same users (test users production can score) and the same test
+items; items production does not know count as misses.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from pipelines.config import GateConfig
+from recsys.evaluation.beyond import catalog_coverage
+from recsys.evaluation.metrics import ranking_metrics_at_k
+from recsys.evaluation.splits import Split, time_split
+from recsys.evaluation.topk import top_k_scores
+from recsys.matrix import InteractionMatrix
+
+logger = logging.getLogger(__name__)
+
+
+def choose_cutoff(events: pd.DataFrame, test_ratio: float, trained_until: pd.Timestamp | None,
+                  min_fresh_ratio: float = 0.01) -> tuple[pd.Timestamp, str]:
+    """``(cutoff, mode)``: mode ``fresh`` (cutoff just after production's data) or ``refit``."""
+    if len(events) < 2:
+        raise ValueError("need at least two events for a holdout split")
+    ts = events["timestamp"]
+    if trained_until is not None:
+        fresh = int((ts > trained_until).sum())
+        if fresh >= max(1, min_fresh_ratio * len(ts)) and fresh < len(ts):
+            return ts[ts > trained_until].min(), "fresh"
+    return ts.sort_values(kind="stable").iloc[min(len(ts) - 1, int(len(ts) * (1 - test_ratio)))], "refit"
+
+
+def time_holdout(events: pd.DataFrame, cutoff: pd.Timestamp) -> Split:
+    """Events at or after ``cutoff`` as the holdout."""
+    split = time_split(events, cutoff)
+    if split.report["n_test"] == 0:
+        raise ValueError("the time holdout holds no scorable events (every test user/item is new)")
+    return split
+
+
+@dataclass
+class Holdout:
+    """The split in one common id space (the candidate's: every id seen before the cutoff)."""
+
+    split: Split
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    train: sp.csr_matrix  # raw counts in the common space (exclusions)
+    test: sp.csr_matrix
+    cutoff: pd.Timestamp
+
+    @classmethod
+    def build(cls, events: pd.DataFrame, cutoff: pd.Timestamp) -> "Holdout":
+        split = time_holdout(events, cutoff)
+        train = InteractionMatrix.from_events(split.train, weighting="none")
+        test = InteractionMatrix.from_events(split.test, user_ids=train.user_ids, item_ids=train.item_ids, weighting="none")
+        return cls(split, train.user_ids, train.item_ids, train.matrix, test.matrix, pd.Timestamp(split.report["cutoff"]))
+
+    def eval_users(self, limit: int, seed: int, known: np.ndarray | None = None) -> np.ndarray:
+        users = np.flatnonzero(np.diff(self.test.indptr) > 0)
+        if known is not None:
+            users = users[known[users]]
+        if len(users) > limit:
+            users = np.sort(np.random.default_rng(seed).choice(users, limit, replace=False))
+        return users
+
+
+def score(
+    holdout: Holdout,
+    users: np.ndarray,
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    metric: str,
+    k: int,
+    *,
+    user_rows: np.ndarray | None = None,
+    item_map: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Ranking metrics + coverage for ``users`` (rows of the common space).
+
+    ``user_rows`` — rows of ``user_vectors`` for those users (default: the same rows);
+    ``item_map`` — common-space column for each row of ``item_vectors`` (-1: not in the common
+    space); default identity.
+    """
+    user_rows = users if user_rows is None else user_rows
+    n_common = len(holdout.item_ids)
+    if item_map is None:
+        exclude = holdout.train[users]
+    else:
+        # exclusions in the model's item space: common column -> model row
+        inverse = np.full(n_common, -1, dtype=np.int64)
+        known = item_map >= 0
+        inverse[item_map[known]] = np.flatnonzero(known)
+        sub = holdout.train[users].tocoo()
+        cols = inverse[sub.col]
+        keep = cols >= 0
+        exclude = sp.csr_matrix((np.ones(keep.sum(), np.float32), (sub.row[keep], cols[keep])), shape=(len(users), len(item_vectors)))
+    rec, _ = top_k_scores(np.asarray(user_vectors)[user_rows], item_vectors, k, exclude=exclude, metric=metric)
+    if item_map is not None:
+        rec = np.where(rec >= 0, item_map[np.maximum(rec, 0)], -1)
+    test = holdout.test[users]
+    metrics = ranking_metrics_at_k(rec, test, k, n_items_total=n_common)
+    out = {f"{name}_at_{k}": float(v) for name, v in metrics.items() if name != "n_users"}
+    out["coverage"] = catalog_coverage(rec, n_common)
+    out["eval_users"] = float(len(users))
+    return out
+
+
+def trained_until(bundle) -> pd.Timestamp | None:
+    data = (bundle.info or {}).get("data", {}) or {}
+    return pd.Timestamp(data["max_timestamp"]) if data.get("max_timestamp") else None
+
+
+def production_user_mask(holdout: Holdout, bundle, mode: str) -> np.ndarray | None:
+    """Common-space users production can score (None: all, when its recipe is refit here)."""
+    if mode == "refit":
+        return None
+    return pd.Index(bundle.user_ids.astype(str)).get_indexer(pd.Index(holdout.user_ids.astype(str))) >= 0
+
+
+def score_production(holdout: Holdout, bundle, users: np.ndarray, k: int) -> dict[str, float]:
+    """Score a production ``ModelBundle``'s own vectors on a fresh holdout (see module doc)."""
+    item_map = pd.Index(holdout.item_ids.astype(str)).get_indexer(pd.Index(bundle.item_ids.astype(str))).astype(np.int64)
+    user_rows = pd.Index(bundle.user_ids.astype(str)).get_indexer(pd.Index(holdout.user_ids.astype(str))[users])
+    if (user_rows < 0).any():
+        raise ValueError("production cannot score some evaluation users (pick users with production_user_mask)")
+    return score(holdout, users, bundle.user_vectors, bundle.item_vectors, bundle.metric, k, user_rows=user_rows, item_map=item_map)
+
+
+@dataclass
+class GateDecision:
+    passed: bool
+    reasons: list[str]
+    checks: dict[str, Any]
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons) if self.reasons else "passed"
+
+
+def decide(cfg: GateConfig, candidate: dict[str, float], production: dict[str, float] | None,
+           index_recall: dict[str, float], vectors_finite: bool) -> GateDecision:
+    """Candidate vs production on the same holdout, index recall and sanity bounds."""
+    reasons: list[str] = []
+    checks: dict[str, Any] = {}
+    if not vectors_finite:
+        reasons.append("sanity: the candidate's embeddings contain NaN or infinite values")
+    for name in [cfg.metric, *cfg.also]:
+        value = candidate.get(name)
+        if value is None or not math.isfinite(value):
+            reasons.append(f"metric {name} is missing or not finite for the candidate ({value})")
+            continue
+        if production is not None:
+            ref = production.get(name)
+            if ref is not None and math.isfinite(ref):
+                floor = ref * (1 - cfg.relative_tolerance)
+                checks[f"{name}_floor"] = floor
+                if value < floor:
+                    reasons.append(f"{name} {value:.4f} < production {ref:.4f} (tolerance {cfg.relative_tolerance:.0%})")
+    for role, recall in index_recall.items():
+        checks[f"index_{role}_recall"] = recall
+        if not recall >= cfg.min_index_recall:
+            reasons.append(f"index {role} recall@10 {recall:.3f} < {cfg.min_index_recall}")
+    cov = candidate.get("coverage", float("nan"))
+    if not cov >= cfg.min_coverage:
+        reasons.append(f"sanity: coverage {cov:.4f} < {cfg.min_coverage}")
+    if production is not None and production.get("coverage", 0) > 0:
+        floor = production["coverage"] * (1 - cfg.max_coverage_drop)
+        if cov < floor:
+            reasons.append(f"sanity: coverage collapsed to {cov:.4f} (production {production['coverage']:.4f}, floor {floor:.4f})")
+    return GateDecision(passed=not reasons, reasons=reasons, checks=checks)

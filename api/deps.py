@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, HTTPException, Query, Request, Security
+from fastapi.security import APIKeyHeader
 
-from api.serving import LoadedModel, ModelHolder
+from api.keys import KeyChecker
+from api.serving import LoadedModel, ModelHolder, ReloadError, UnknownVersion
 from feature_store import FeatureStore
+from recsys.settings import Settings
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key (writes, /admin/*, and reads when configured)")
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
 
 
 def get_holder(request: Request) -> ModelHolder:
@@ -18,10 +27,58 @@ def get_store(request: Request) -> FeatureStore:
     return request.app.state.store
 
 
+def get_keys(request: Request) -> KeyChecker:
+    return request.app.state.keys
+
+
 def get_model(holder: Annotated[ModelHolder, Depends(get_holder)]) -> LoadedModel:
     return holder.current
 
 
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 StoreDep = Annotated[FeatureStore, Depends(get_store)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
+
+
+def _check_key(key: str | None, keys: KeyChecker) -> None:
+    if not key:
+        raise HTTPException(status_code=401, detail={"field": "X-API-Key", "message": "an API key is required (header X-API-Key)"},
+                            headers={"WWW-Authenticate": "APIKey"})
+    if not keys.valid(key):
+        raise HTTPException(status_code=403, detail={"field": "X-API-Key", "message": "the API key is not valid"})
+
+
+def require_key(key: Annotated[str | None, Security(api_key_header)], keys: Annotated[KeyChecker, Depends(get_keys)]) -> None:
+    """Writes and /admin/*: 401 without a key, 403 with a wrong one."""
+    _check_key(key, keys)
+
+
+def read_key(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> None:
+    """Reads: open unless ``RECSYS_READS_REQUIRE_KEY`` is set."""
+    if request.app.state.settings.reads_require_key:
+        _check_key(key, request.app.state.keys)
+
+
+def pinned_version(
+    model_version: Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[0-9]+$",
+                                               description="serve this registry version instead of the alias")] = None,
+    x_model_version: Annotated[str | None, Header(min_length=1, max_length=64, pattern=r"^[0-9]+$",
+                                                  description="same as ?model_version=")] = None,
+) -> str | None:
+    return model_version or x_model_version
+
+
+PinDep = Annotated[str | None, Depends(pinned_version)]
+
+
+def resolve(holder: ModelHolder, user_id: str | None, pinned: str | None) -> tuple[LoadedModel, str]:
+    """Model + variant for a request; 404 for an unknown pinned version, 503 when it can't load."""
+    try:
+        model, variant = holder.for_user(user_id, pinned)
+    except UnknownVersion:
+        raise HTTPException(status_code=404, detail={"field": "model_version", "message": f"no model version {pinned}"})
+    except ReloadError as exc:
+        raise HTTPException(status_code=503, detail={"field": "model_version", "message": exc.reason})
+    holder.sync_catalog()
+    return model, variant

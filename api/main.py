@@ -8,8 +8,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api.routes import health, recommendations
-from api.serving import ModelHolder, ModelNotReady
+from api.keys import KeyChecker
+from api.metrics import MetricsMiddleware
+from api.routes import admin, catalog, events, health, recommendations
+from api.serving import ModelHolder, ModelNotReady, ReloadError
+from api.tables import init_api_tables
 from feature_store import FeatureStore
 from recsys.settings import Settings, get_settings
 
@@ -22,23 +25,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         store = FeatureStore(settings.database_url)
+        init_api_tables(store.engine)
         holder = ModelHolder(settings, store)
-        try:
-            holder.load_alias()
-        except Exception:  # the server still starts and reports not-ready
-            logger.exception("could not load the model behind alias %s", settings.model_alias)
+        for alias in holder.aliases:
+            try:
+                holder.load_alias(alias)
+            except ReloadError as exc:  # the server still starts and reports not-ready
+                logger.error("could not load alias %s: %s", alias, exc.reason)
+            except Exception:
+                logger.exception("could not load the model behind alias %s", alias)
         app.state.settings, app.state.store, app.state.holder = settings, store, holder
-        yield
+        app.state.keys = KeyChecker(store.engine, settings.api_key_list)
+        holder.start_polling()
+        try:
+            yield
+        finally:
+            holder.stop()
+            store.dispose()
 
-    app = FastAPI(title="recsys", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="recsys", version="0.2.0", lifespan=lifespan,
                   description="Embedding-based recommendations: collaborative, content and hybrid.")
 
     @app.exception_handler(ModelNotReady)
     async def _not_ready(request: Request, exc: ModelNotReady) -> JSONResponse:
-        return JSONResponse(status_code=503, content={"detail": str(exc)})
+        return JSONResponse(status_code=503, content={"detail": {"field": None, "message": str(exc)}})
 
+    app.add_middleware(MetricsMiddleware)
     app.include_router(health.router)
     app.include_router(recommendations.router)
+    app.include_router(events.router)
+    app.include_router(catalog.router)
+    app.include_router(admin.router)
     return app
 
 

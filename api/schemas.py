@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+# External ids: 1..255 characters, no NUL (PostgreSQL text can't hold it), not blank.
+Id = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00]*\S[^\x00]*$")]
+Text = Annotated[str, StringConstraints(max_length=10_000, pattern=r"^[^\x00]*$")]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00]*$")]
+AttrValue = Union[Annotated[str, StringConstraints(max_length=1000, pattern=r"^[^\x00]*$")], int, float, bool, None]
+Mode = Literal["collaborative", "content", "hybrid"]
+Fusion = Literal["weighted", "rrf"]
+
+_MIN_TS = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MAX_TS = datetime(2200, 1, 1, tzinfo=timezone.utc)
 
 
+class ErrorDetail(BaseModel):
+    field: str | None = None
+    message: str
+
+
+class Error(BaseModel):
+    detail: ErrorDetail | str | list[Any]
+
+
+# ---- recommendations -----------------------------------------------------------------------
 class RecommendedItem(BaseModel):
     item_id: str
     score: float
@@ -12,20 +36,173 @@ class RecommendedItem(BaseModel):
     reason: str | None = None
 
 
-class UserRecommendations(BaseModel):
+class _Answer(BaseModel):
+    model_version: str
+    variant: str = Field(description="A/B variant (alias) that answered, or 'pinned'")
+    strategy: str
+    mode: str | None = None
+    offset: int = 0
+    items: list[RecommendedItem]
+
+
+class UserRecommendations(_Answer):
     user_id: str
-    model_version: str
-    strategy: str
-    items: list[RecommendedItem]
 
 
-class SimilarItems(BaseModel):
+class SimilarItems(_Answer):
     item_id: str
-    model_version: str
-    strategy: str
-    items: list[RecommendedItem]
 
 
+class SearchResults(_Answer):
+    query: str
+
+
+class SessionRecommendations(_Answer):
+    pass
+
+
+class FiltersIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    exclude_items: list[Id] = Field(default_factory=list, max_length=1000)
+    include_categories: list[Label] = Field(default_factory=list, max_length=100)
+    exclude_categories: list[Label] = Field(default_factory=list, max_length=100)
+    include_attributes: dict[Label, list[AttrValue]] = Field(default_factory=dict, max_length=50)
+    exclude_attributes: dict[Label, list[AttrValue]] = Field(default_factory=dict, max_length=50)
+
+
+class SessionRequest(BaseModel):
+    """An anonymous session: the items it touched (optionally weighted)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_ids: list[Id] = Field(min_length=1, max_length=1000)
+    weights: list[Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]] | None = Field(
+        default=None, description="one positive weight per item id")
+    session_id: Id | None = Field(default=None, description="stable id used for the A/B split")
+    k: int = Field(10, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=10_000)
+    filters: FiltersIn = Field(default_factory=FiltersIn)
+    mode: Mode | None = None
+    cf_weight: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False)
+    content_weight: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False)
+    fusion: Fusion | None = None
+    diversity: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+
+    @field_validator("weights")
+    @classmethod
+    def _same_length(cls, v, info):  # noqa: ANN001
+        items = info.data.get("item_ids")
+        if v is not None and items is not None and len(v) != len(items):
+            raise ValueError(f"{len(v)} weights for {len(items)} item_ids")
+        return v
+
+
+# ---- events --------------------------------------------------------------------------------
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: Id | None = Field(None, description="idempotency key; default derived from the other fields")
+    user_id: Id
+    item_id: Id
+    event_type: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00]*$")] = "interaction"
+    value: float = Field(1.0, ge=-1e12, le=1e12, allow_inf_nan=False)
+    timestamp: datetime | None = Field(None, description="when it happened (default: now); naive times are UTC")
+    variant: Label | None = Field(None, description="A/B variant named by the recommendation response")
+    model_version: Label | None = Field(None, description="model version named by the recommendation response")
+
+    @field_validator("timestamp")
+    @classmethod
+    def _in_range(cls, v: datetime | None) -> datetime | None:
+        if v is None:
+            return v
+        if v.tzinfo is None:
+            v = v.replace(tzinfo=timezone.utc)
+        if not (_MIN_TS <= v < _MAX_TS):
+            raise ValueError("timestamp must be between 1970-01-01 and 2200-01-01")
+        return v
+
+
+class EventsAccepted(BaseModel):
+    received: int
+    inserted: int
+    duplicates: int
+
+
+# ---- catalog -------------------------------------------------------------------------------
+class ItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: Id
+    title: Text = ""
+    description: Text = ""
+    categories: list[Label] = Field(default_factory=list, max_length=100)
+    attributes: dict[Label, AttrValue] = Field(default_factory=dict, max_length=100)
+    available: bool = True
+
+
+class ItemUpdate(BaseModel):
+    """PUT body: the whole item except its id (taken from the path)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: Text = ""
+    description: Text = ""
+    categories: list[Label] = Field(default_factory=list, max_length=100)
+    attributes: dict[Label, AttrValue] = Field(default_factory=dict, max_length=100)
+    available: bool = True
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    title: str
+    description: str
+    categories: list[str]
+    attributes: dict[str, Any]
+    available: bool
+
+
+class UserIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: Id
+    attributes: dict[Label, AttrValue] = Field(default_factory=dict, max_length=100)
+
+
+class UserUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    attributes: dict[Label, AttrValue] = Field(default_factory=dict, max_length=100)
+
+
+class UserOut(BaseModel):
+    user_id: str
+    attributes: dict[str, Any]
+
+
+class Written(BaseModel):
+    written: int
+
+
+# ---- operations ----------------------------------------------------------------------------
 class Health(BaseModel):
     status: str
     model_version: str | None = None
+    variants: dict[str, str] = Field(default_factory=dict)
+
+
+class ReloadResult(BaseModel):
+    version: str | None
+    previous_version: str | None
+    swapped: bool
+
+
+class Reloaded(BaseModel):
+    results: dict[str, ReloadResult]
+    served: dict[str, str]
+
+
+class LoadedModels(BaseModel):
+    served: dict[str, str]
+    cached_versions: list[str]
+    split: dict[str, float]

@@ -25,6 +25,22 @@ class Settings(BaseSettings):
     registered_model_name: str = "recsys"
     model_alias: str = "production"
 
+    # ---- HTTP API (api/) --------------------------------------------------------------
+    #: API keys accepted for writes and /admin/* (comma-separated or JSON list); keys can also
+    #: live sha256-hashed in the api_keys table (``python -m api.keys create NAME``). With no key
+    #: configured anywhere every write is refused (401/403): secure by default.
+    api_keys: str = ""
+    #: also require a key on read routes (recommendations, search, similar)
+    reads_require_key: bool = False
+    #: poll the registry alias every N seconds and swap in a new version (0 = off)
+    reload_poll_seconds: float = 30.0
+    #: how many model versions (pinned or A/B) a worker keeps loaded at once
+    model_cache_size: int = 4
+    #: A/B split between aliases, e.g. ``production=0.9,challenger=0.1`` (empty = all traffic
+    #: on ``model_alias``); a user's variant is a stable hash of the user id and the salt
+    ab_split: str = ""
+    ab_salt: str = "recsys-ab"
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":
         self.data_dir = Path(self.data_dir).expanduser().resolve()
@@ -35,6 +51,31 @@ class Settings(BaseSettings):
         if not self.mlflow_artifact_root:
             self.mlflow_artifact_root = (self.data_dir / "mlartifacts").as_uri()
         return self
+
+    @property
+    def api_key_list(self) -> list[str]:
+        raw = self.api_keys.strip()
+        if raw.startswith("["):
+            import json
+
+            return [str(k) for k in json.loads(raw) if str(k)]
+        return [k.strip() for k in raw.split(",") if k.strip()]
+
+    @property
+    def ab_weights(self) -> dict[str, float]:
+        """Alias -> traffic share (normalized to sum 1); empty dict when no split is configured."""
+        out: dict[str, float] = {}
+        for part in self.ab_split.split(","):
+            if not part.strip():
+                continue
+            alias, _, share = part.partition("=")
+            if not alias.strip() or not share.strip():
+                raise ValueError(f"RECSYS_AB_SPLIT: expected alias=share, got {part!r}")
+            out[alias.strip()] = float(share)
+        if out and (any(v < 0 for v in out.values()) or sum(out.values()) <= 0):
+            raise ValueError("RECSYS_AB_SPLIT: shares must be >= 0 and sum to more than 0")
+        total = sum(out.values())
+        return {a: v / total for a, v in out.items()}
 
     @property
     def cache_dir(self) -> Path:

@@ -1,12 +1,29 @@
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
 
+from api import metrics
 from api.deps import HolderDep
-from api.schemas import Health
+from api.schemas import Error, Health
 
 router = APIRouter(tags=["operations"])
 
 
 @router.get("/health", response_model=Health)
-def health(holder: HolderDep) -> Health:
+async def health(holder: HolderDep) -> Health:
     """Liveness: the process answers. Names the served model version when one is loaded."""
-    return Health(status="ok", model_version=holder.current.version if holder.ready else None)
+    return Health(status="ok", model_version=holder.current.version if holder.ready else None, variants=holder.served())
+
+
+@router.get("/ready", response_model=Health, responses={503: {"model": Error, "description": "no model loaded yet"}})
+async def ready(holder: HolderDep):
+    """Readiness: 200 once a model is loaded, 503 before."""
+    if not holder.ready:
+        return JSONResponse(status_code=503, content={"detail": {"field": None, "message": "no model loaded yet"}})
+    return Health(status="ready", model_version=holder.current.version, variants=holder.served())
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}, "description": "Prometheus metrics"}})
+def prometheus_metrics() -> Response:
+    """Prometheus exposition (aggregated over workers in multiprocess mode)."""
+    body, content_type = metrics.render()
+    return Response(content=body, media_type=content_type)

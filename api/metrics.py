@@ -1,0 +1,71 @@
+"""Prometheus metrics. With ``PROMETHEUS_MULTIPROC_DIR`` set (several uvicorn workers) the
+values are written to that folder by every worker and ``/metrics`` aggregates them."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY
+
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+REQUEST_LATENCY = Histogram(
+    "recsys_http_request_duration_seconds",
+    "HTTP request latency by route template",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+EVENTS_INGESTED = Counter("recsys_events_ingested_total", "Events received by POST /events", ["result"])
+MODEL_SWAPS = Counter("recsys_model_swaps_total", "Model versions swapped in", ["alias"])
+MODEL_RELOAD_FAILURES = Counter("recsys_model_reload_failures_total", "Model loads refused", ["alias"])
+MODEL_INFO = Gauge(
+    "recsys_model_version_info",
+    "1 for the model version each alias is served from (0 once replaced)",
+    ["alias", "version"],
+    multiprocess_mode="liveall",
+)
+CATALOG_CHANGES = Counter("recsys_catalog_changes_applied_total", "Catalog changes applied to loaded models")
+
+
+def set_model_info(alias: str, old: str | None, new: str) -> None:
+    if old is not None and old != new:
+        MODEL_INFO.labels(alias=alias, version=old).set(0)
+    MODEL_INFO.labels(alias=alias, version=new).set(1)
+
+
+def render() -> tuple[bytes, str]:
+    if MULTIPROCESS:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: latency per route *template* (``/users/{user_id}/recommendations``)."""
+
+    def __init__(self, app) -> None:  # noqa: ANN001
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message) -> None:  # noqa: ANN001
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            REQUEST_LATENCY.labels(scope["method"], template, str(status["code"])).observe(time.perf_counter() - start)

@@ -1,0 +1,34 @@
+"""/admin/*: model lifecycle (API key required)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse
+
+from api.deps import HolderDep, require_key
+from api.schemas import Error, LoadedModels, Reloaded
+from api.serving import ReloadError
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_key)])
+
+
+@router.post("/reload", response_model=Reloaded,
+             responses={401: {"model": Error}, 403: {"model": Error}, 409: {"model": Error, "description": "the new version was refused; the old one keeps serving"}})
+def reload(holder: HolderDep,
+           alias: Annotated[str | None, Query(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_-]+$", description="one alias (default: every served alias)")] = None):
+    """Load the versions behind the served aliases now and swap them in once verified."""
+    try:
+        results = holder.reload(alias)
+    except ReloadError as exc:
+        return JSONResponse(status_code=409, content={"detail": {
+            "field": "alias", "alias": exc.alias, "version": exc.version, "message": exc.reason,
+            "served": holder.served()}})
+    return Reloaded(results=results, served=holder.served())
+
+
+@router.get("/models", response_model=LoadedModels, responses={401: {"model": Error}, 403: {"model": Error}})
+def models(holder: HolderDep) -> LoadedModels:
+    """Which versions this worker serves and caches."""
+    return LoadedModels(served=holder.served(), cached_versions=list(holder._versions), split=holder.split)

@@ -1,0 +1,107 @@
+"""Catalog writes: items and users. An item made unavailable or deleted is never recommended
+again from the next request on, in every worker (see api.serving: catalog generation)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Path
+
+from api.deps import HolderDep, StoreDep, read_key, require_key
+from api.schemas import Error, ItemIn, ItemOut, ItemUpdate, UserIn, UserOut, UserUpdate, Written
+from feature_store import NotFoundError
+from recsys.datasets.base import DatasetError
+
+router = APIRouter(tags=["catalog"])
+
+IdPath = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[^\x00]*\S[^\x00]*$")]
+WRITE_ERRORS = {401: {"model": Error}, 403: {"model": Error}, 422: {"model": Error}}
+NOT_FOUND = {404: {"model": Error}}
+
+
+def _bad(exc: Exception, field: str) -> HTTPException:
+    return HTTPException(status_code=422, detail={"field": field, "message": str(exc)})
+
+
+# ---- items ---------------------------------------------------------------------------------
+@router.post("/items", response_model=Written, status_code=201, responses=WRITE_ERRORS, dependencies=[Depends(require_key)])
+def create_items(
+    body: Annotated[ItemIn | Annotated[list[ItemIn], Body(min_length=1, max_length=10_000)], Body()],
+    holder: HolderDep,
+    store: StoreDep,
+) -> Written:
+    """Insert or update one item or a list (upsert by item_id)."""
+    items = body if isinstance(body, list) else [body]
+    try:
+        n = store.upsert_items([i.model_dump() for i in items])
+    except DatasetError as exc:
+        raise _bad(exc, "items")
+    holder.record_catalog_change([i.item_id for i in items])
+    return Written(written=n)
+
+
+@router.put("/items/{item_id}", response_model=ItemOut, responses=WRITE_ERRORS, dependencies=[Depends(require_key)])
+def put_item(item_id: IdPath, body: ItemUpdate, holder: HolderDep, store: StoreDep) -> ItemOut:
+    """Create or replace the item."""
+    try:
+        store.upsert_items([{"item_id": item_id, **body.model_dump()}])
+    except DatasetError as exc:
+        raise _bad(exc, "item")
+    holder.record_catalog_change([item_id])
+    return ItemOut(item_id=item_id, **body.model_dump())
+
+
+@router.delete("/items/{item_id}", response_model=ItemOut, responses={**WRITE_ERRORS, **NOT_FOUND}, dependencies=[Depends(require_key)])
+def delete_item(item_id: IdPath, holder: HolderDep, store: StoreDep) -> ItemOut:
+    """Soft delete: the item stays for past events but is never recommended again."""
+    try:
+        store.delete_item(item_id)
+    except NotFoundError:
+        raise HTTPException(status_code=404, detail={"field": "item_id", "message": f"unknown item: {item_id}"})
+    holder.record_catalog_change([item_id])
+    return _item_out(store.get_item(item_id))
+
+
+@router.get("/items/{item_id}", response_model=ItemOut, responses=NOT_FOUND, dependencies=[Depends(read_key)])
+def get_item(item_id: IdPath, store: StoreDep) -> ItemOut:
+    row = store.get_item(item_id)
+    if row is None:
+        raise HTTPException(status_code=404, detail={"field": "item_id", "message": f"unknown item: {item_id}"})
+    return _item_out(row)
+
+
+def _item_out(row: dict) -> ItemOut:
+    return ItemOut(item_id=row["item_id"], title=row["title"] or "", description=row["description"] or "",
+                   categories=list(row["categories"] or []), attributes=dict(row["attributes"] or {}),
+                   available=bool(row["available"]))
+
+
+# ---- users ---------------------------------------------------------------------------------
+@router.post("/users", response_model=Written, status_code=201, responses=WRITE_ERRORS, dependencies=[Depends(require_key)])
+def create_users(
+    body: Annotated[UserIn | Annotated[list[UserIn], Body(min_length=1, max_length=10_000)], Body()],
+    store: StoreDep,
+) -> Written:
+    """Insert or update one user or a list (upsert by user_id)."""
+    users = body if isinstance(body, list) else [body]
+    try:
+        return Written(written=store.upsert_users([u.model_dump() for u in users]))
+    except DatasetError as exc:
+        raise _bad(exc, "users")
+
+
+@router.put("/users/{user_id}", response_model=UserOut, responses=WRITE_ERRORS, dependencies=[Depends(require_key)])
+def put_user(user_id: IdPath, body: UserUpdate, store: StoreDep) -> UserOut:
+    try:
+        store.upsert_users([{"user_id": user_id, **body.model_dump()}])
+    except DatasetError as exc:
+        raise _bad(exc, "user")
+    return UserOut(user_id=user_id, attributes=body.attributes)
+
+
+@router.get("/users/{user_id}", response_model=UserOut, responses=NOT_FOUND, dependencies=[Depends(read_key)])
+def get_user(user_id: IdPath, store: StoreDep) -> UserOut:
+    row = store.get_user(user_id)
+    if row is None:
+        raise HTTPException(status_code=404, detail={"field": "user_id", "message": f"unknown user: {user_id}"})
+    return UserOut(user_id=row["user_id"], attributes=dict(row["attributes"] or {}))

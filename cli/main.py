@@ -233,5 +233,8 @@ def demo(
 from cli.experiment import app as experiment_app  # noqa: E402 - registered after the commands above
 app.add_typer(experiment_app, name="experiment")
 
+from cli import model as _model_cli, pipeline as _pipeline_cli  # noqa: E402 - registered after the commands above
+app.add_typer(_pipeline_cli.app, name="pipeline"); app.add_typer(_model_cli.app, name="model")
+
 if __name__ == "__main__":
     app()

@@ -202,3 +202,52 @@ def download_run_artifact(client: MlflowClient, run_id: str, path: str, dst: Pat
 # =============================================================================================
 # end of experiment helpers
 # =============================================================================================
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipeline registry helpers (pipelines/pipeline.py, cli/model.py): version listing and rollback
+# ---------------------------------------------------------------------------------------------
+
+
+def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
+    """Every version of ``name``, newest first: version, aliases, tags, its run's metrics."""
+    from datetime import datetime, timezone
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return []
+    aliases: dict[str, list[str]] = {}
+    try:
+        for alias, version in (client.get_registered_model(name).aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+    except MlflowException:
+        pass
+    rows = []
+    for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        try:
+            metrics = run_metrics(client, v.run_id) if v.run_id else {}
+        except MlflowException:
+            metrics = {}
+        created = datetime.fromtimestamp(v.creation_timestamp / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if v.creation_timestamp else ""
+        rows.append({"version": str(v.version), "aliases": sorted(aliases.get(str(v.version), [])), "tags": dict(v.tags or {}),
+                     "metrics": metrics, "run_id": v.run_id, "created": created})
+    return rows
+
+
+def rollback_alias(client: MlflowClient, name: str, alias: str) -> tuple[str, str]:
+    """Move ``alias`` to the newest version older than its current one that was promoted and
+    never rejected; tag the version moved away from ``rolled_back``. Returns (old, new)."""
+    from datetime import datetime, timezone
+
+    current = resolve_alias(client, name, alias)
+    if current is None:
+        raise ValueError(f"alias {name}@{alias} does not exist: nothing to roll back")
+    good = [r for r in list_versions(client, name)
+            if int(r["version"]) < int(current.version) and "promoted" in r["tags"] and "rejected" not in r["tags"]]
+    if not good:
+        raise ValueError(f"no earlier promoted version to roll {name}@{alias} back to (it is at version {current.version})")
+    target = good[0]["version"]
+    set_alias(client, name, alias, target)
+    client.set_model_version_tag(name, str(current.version), "rolled_back", datetime.now(timezone.utc).isoformat())
+    return str(current.version), target

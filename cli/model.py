@@ -1,0 +1,55 @@
+"""`recsys model …`: the registry's versions, and rolling an alias back to the previous good one."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cli.pipeline import cli_errors
+
+app = typer.Typer(help="Registered model versions: list, rollback.", no_args_is_help=True, add_completion=False)
+console = Console()
+
+
+@app.command("list")
+@cli_errors
+def list_versions(limit: Annotated[int, typer.Option(min=1, help="newest N versions")] = 20) -> None:
+    """Versions with their gate outcome, metrics and tags, newest first."""
+    from pipelines import tracking
+    from recsys.settings import get_settings
+
+    settings = get_settings()
+    client = tracking.setup(settings)
+    rows = tracking.list_versions(client, settings.registered_model_name)[:limit]
+    table = Table(title=f"{settings.registered_model_name} versions")
+    for col in ("version", "aliases", "gate", "ndcg@10", "recall@10", "coverage", "created", "tags"):
+        table.add_column(col, justify="right" if col in ("version", "ndcg@10", "recall@10", "coverage") else "left")
+    for r in rows:
+        m = r["metrics"]
+        fmt = lambda k: f"{m[k]:.4f}" if k in m else "-"  # noqa: E731
+        gate = r["tags"].get("gate", "-")
+        if "rejected" in r["tags"]:
+            gate = f"[red]rejected[/]: {r['tags']['rejected'][:60]}"
+        elif "promoted" in r["tags"]:
+            gate = "[green]promoted[/]"
+        other = ", ".join(f"{k}={v}" for k, v in sorted(r["tags"].items()) if k not in ("rejected", "gate", "promoted", "manifest_sha256"))
+        table.add_row(r["version"], ",".join(r["aliases"]) or "", gate, fmt("ndcg_at_10"), fmt("recall_at_10"), fmt("coverage"),
+                      r["created"], other)
+    console.print(table)
+
+
+@app.command()
+@cli_errors
+def rollback(alias: Annotated[Optional[str], typer.Option(help="alias to move (default: RECSYS_MODEL_ALIAS)")] = None) -> None:
+    """Move the alias to the previous good version (promoted before, never rejected)."""
+    from pipelines import tracking
+    from recsys.settings import get_settings
+
+    settings = get_settings()
+    client = tracking.setup(settings)
+    alias = alias or settings.model_alias
+    old, new = tracking.rollback_alias(client, settings.registered_model_name, alias)
+    console.print(f"{settings.registered_model_name}@{alias}: version {old} -> {new}")

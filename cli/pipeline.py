@@ -1,0 +1,108 @@
+"""`recsys pipeline …`: run the training pipeline once (cron, systemd, Kubernetes) or on a schedule.
+
+Exit codes of ``recsys pipeline run``: 0 the run completed (the candidate was promoted or
+rejected by the gate; the output says which), 1 a stage crashed (rerun with the same
+``--run-id`` to resume), 2 bad command line or config, 3 another run of the same pipeline holds
+the lock, 4 data validation stopped the run before training.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+app = typer.Typer(help="Scheduled training: snapshot → validate → train → evaluate → index → gate → register → promote → notify.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_LOCKED = 3
+EXIT_STOPPED = 4
+
+
+def cli_errors(fn: Callable) -> Callable:
+    """Expected failures: one line on stderr, exit code 2 (3 when the pipeline lock is held)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from mlflow.exceptions import MlflowException
+
+        from pipelines.config import ConfigError
+        from pipelines.lock import LockHeld
+        from recsys.bundle import BundleError
+        from recsys.datasets.base import DatasetError
+
+        try:
+            return fn(*args, **kwargs)
+        except LockHeld as exc:
+            err_console.print(f"[bold yellow]locked:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=EXIT_LOCKED)
+        except (ConfigError, DatasetError, BundleError, FileNotFoundError, ValueError, MlflowException) as exc:
+            err_console.print(f"[bold red]error:[/] {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2)
+
+    return wrapper
+
+
+def _quiet_console_logs() -> None:
+    """Without -v the stage log goes to the run's pipeline.log, not the terminal."""
+    root = logging.getLogger()
+    if root.level > logging.INFO:
+        for handler in root.handlers:
+            handler.setLevel(max(handler.level, logging.WARNING))
+
+
+@app.command()
+@cli_errors
+def run(
+    config: Annotated[Path, typer.Argument(help="pipeline YAML (see pipelines/examples/nightly.yaml)")],
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="resume this run (or start it under this id)")] = None,
+) -> None:
+    """Run the pipeline once; with --run-id of a crashed run, resume after its last completed stage."""
+    from pipelines.config import load_config
+    from pipelines.pipeline import STAGES, run_pipeline
+    from recsys.settings import get_settings
+
+    cfg = load_config(config)
+    _quiet_console_logs()
+    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err_console, transient=False) as progress:
+        task = progress.add_task(f"pipeline {cfg.name}", total=len(STAGES))
+
+        def on_stage(stage: str, event: str) -> None:
+            if event == "start":
+                progress.update(task, description=f"pipeline {cfg.name}: {stage}")
+            else:
+                progress.advance(task)
+
+        result = run_pipeline(get_settings(), cfg, run_id=run_id, on_stage=on_stage)
+    console.print(f"run {result.run_id}: [bold]{result.status}[/] — {result.reason}" + (f" (version {result.version})" if result.version else ""),
+                  highlight=False, soft_wrap=True)
+    console.print(f"state and log: {result.run_dir}", highlight=False)
+    if result.status == "stopped":
+        raise typer.Exit(code=EXIT_STOPPED)
+
+
+@app.command()
+@cli_errors
+def schedule(
+    config: Annotated[Path, typer.Argument(help="pipeline YAML")],
+    cron: Annotated[Optional[str], typer.Option(help='crontab expression, e.g. "0 3 * * *"')] = None,
+    interval_seconds: Annotated[Optional[float], typer.Option(min=0.1, help="fire every N seconds instead of a cron expression")] = None,
+    max_runs: Annotated[Optional[int], typer.Option(min=1, help="exit after this many firings (tests)")] = None,
+    timezone: Annotated[str, typer.Option(help="time zone of the cron expression")] = "UTC",
+) -> None:
+    """Run the pipeline on a schedule (APScheduler); each firing is a `recsys pipeline run` child process."""
+    from pipelines.config import load_config
+    from pipelines.schedule import run_schedule
+
+    if (cron is None) == (interval_seconds is None):
+        raise ValueError("give exactly one of --cron and --interval-seconds")
+    load_config(config)  # fail fast on a bad file
+    run_schedule(config, cron=cron, interval_seconds=interval_seconds, max_runs=max_runs, timezone=timezone)

@@ -24,22 +24,35 @@ class Split:
     report: dict = field(default_factory=dict)
 
 
-def _finalize(events: pd.DataFrame, train_mask: np.ndarray, test_mask: np.ndarray, method: str, **extra) -> Split:
-    train = events.loc[train_mask].reset_index(drop=True)
-    test = events.loc[test_mask].reset_index(drop=True)
-    user_known = test["user_id"].isin(set(train["user_id"])).to_numpy()
-    item_known = test["item_id"].isin(set(train["item_id"])).to_numpy()
+def _codes(column: pd.Series) -> tuple[np.ndarray, int]:
+    """Integer codes 0..n-1 of an id column (much faster than set/isin on string ids)."""
+    codes, uniques = pd.factorize(column, sort=False)
+    return codes.astype(np.int64), len(uniques)
+
+
+def _finalize(
+    events: pd.DataFrame, train_mask: np.ndarray, test_mask: np.ndarray, method: str,
+    codes: dict | None = None, **extra,
+) -> Split:
+    codes = codes or {}
+    users, n_users = codes.get("user_id") or _codes(events["user_id"])
+    items, n_items = codes.get("item_id") or _codes(events["item_id"])
+    user_in_train = np.bincount(users[train_mask], minlength=n_users) > 0
+    item_in_train = np.bincount(items[train_mask], minlength=n_items) > 0
+    test_users, test_items = users[test_mask], items[test_mask]
+    user_known, item_known = user_in_train[test_users], item_in_train[test_items]
     keep = user_known & item_known
+    test_idx = np.flatnonzero(test_mask)
     report = {
         "method": method,
-        "n_train": int(len(train)),
+        "n_train": int(train_mask.sum()),
         "n_test": int(keep.sum()),
-        "n_test_before_filter": int(len(test)),
-        "test_users_not_in_train": int(test.loc[~user_known, "user_id"].nunique()),
-        "test_items_not_in_train": int(test.loc[~item_known, "item_id"].nunique()),
+        "n_test_before_filter": int(len(test_idx)),
+        "test_users_not_in_train": int(np.unique(test_users[~user_known]).size),
+        "test_items_not_in_train": int(np.unique(test_items[~item_known]).size),
         "dropped_test_events": int((~keep).sum()),
-        "n_train_users": int(train["user_id"].nunique()),
-        "n_test_users": int(test.loc[keep, "user_id"].nunique()),
+        "n_train_users": int(user_in_train.sum()),
+        "n_test_users": int(np.unique(test_users[keep]).size),
         **extra,
     }
     if report["dropped_test_events"]:
@@ -50,12 +63,24 @@ def _finalize(events: pd.DataFrame, train_mask: np.ndarray, test_mask: np.ndarra
             report["test_users_not_in_train"],
             report["test_items_not_in_train"],
         )
-    return Split(train=train, test=test.loc[keep].reset_index(drop=True), report=report)
+    train = events.iloc[np.flatnonzero(train_mask)].reset_index(drop=True)
+    test = events.iloc[test_idx[keep]].reset_index(drop=True)
+    return Split(train=train, test=test, report=report)
 
 
-def _group_rank(keys: pd.Series, values: np.ndarray) -> np.ndarray:
-    """1-based rank of ``values`` within each group of ``keys`` (ties by row order)."""
-    return pd.Series(values, index=keys.index).groupby(keys.to_numpy()).rank(method="first").to_numpy().astype(np.int64)
+def _group_rank(groups: np.ndarray, n_groups: int, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(1-based rank of ``key`` within each group, group size), per row.
+
+    ``key`` is a permutation of ``0..n-1`` (a random order, or a position in time), so
+    ``group * n + key`` is a unique int64 sort key: one argsort instead of a lexsort.
+    """
+    n = len(groups)
+    counts = np.bincount(groups, minlength=n_groups)
+    order = np.argsort(groups * np.int64(n) + key)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(len(groups), dtype=np.int64)
+    rank[order] = np.arange(len(groups)) - starts[groups[order]] + 1
+    return rank, counts[groups]
 
 
 def random_split(events: pd.DataFrame, test_ratio: float = 0.2, seed: int = 42, min_user_events: int = 2) -> Split:
@@ -68,17 +93,15 @@ def random_split(events: pd.DataFrame, test_ratio: float = 0.2, seed: int = 42, 
     if not 0.0 < test_ratio < 1.0:
         raise ValueError(f"test_ratio must be in (0, 1), got {test_ratio}")
     events = events.reset_index(drop=True)
-    rng = np.random.default_rng(seed)
-    key = rng.random(len(events))
-    users = events["user_id"]
-    n = users.map(users.value_counts()).to_numpy(dtype=np.int64)
+    key = np.random.default_rng(seed).permutation(len(events))
+    users, n_users = _codes(events["user_id"])
+    rank, n = _group_rank(users, n_users, key)
     n_test = np.minimum(np.maximum(np.floor(test_ratio * n + 0.5).astype(np.int64), 1), n - 1)
     n_test[n < max(min_user_events, 2)] = 0
-    rank = _group_rank(users, key)
     test_mask = rank <= n_test
     return _finalize(
-        events, ~test_mask, test_mask, "random", test_ratio=test_ratio, seed=seed, min_user_events=min_user_events,
-        users_only_in_train=int(users[n_test == 0].nunique()),
+        events, ~test_mask, test_mask, "random", codes={"user_id": (users, n_users)}, test_ratio=test_ratio, seed=seed, min_user_events=min_user_events,
+        users_only_in_train=int(np.unique(users[n_test == 0]).size),
     )
 
 
@@ -91,20 +114,17 @@ def leave_last_n_split(events: pd.DataFrame, n: int = 1, seed: int = 42) -> Spli
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     events = events.reset_index(drop=True)
-    rng = np.random.default_rng(seed)
-    tie = rng.random(len(events))
+    tie = np.random.default_rng(seed).random(len(events))
     ts = pd.to_datetime(events["timestamp"], utc=True).astype("int64").to_numpy()
-    users = events["user_id"].to_numpy()
-    order = np.lexsort((tie, ts))  # ascending by time, then by tie key
-    sorted_users = pd.Series(users[order])
-    from_end = sorted_users.groupby(sorted_users.to_numpy()).cumcount(ascending=False).to_numpy()
-    count = sorted_users.map(sorted_users.value_counts()).to_numpy()
-    test_sorted = (from_end < n) & (count > n)
-    test_mask = np.zeros(len(events), dtype=bool)
-    test_mask[order] = test_sorted
+    users, n_users = _codes(events["user_id"])
+    # rank by (timestamp, tie) within user; the last n ranks are the latest events
+    key = np.empty(len(events), dtype=np.int64)
+    key[np.lexsort((tie, ts))] = np.arange(len(events))  # global position in time order
+    rank, count = _group_rank(users, n_users, key)
+    test_mask = (rank > count - n) & (count > n)
     return _finalize(
-        events, ~test_mask, test_mask, "leave_last_n", n=n, seed=seed,
-        users_only_in_train=int(pd.unique(users[order][count <= n]).size),
+        events, ~test_mask, test_mask, "leave_last_n", codes={"user_id": (users, n_users)}, n=n, seed=seed,
+        users_only_in_train=int(np.unique(users[count <= n]).size),
     )
 
 
@@ -145,15 +165,14 @@ def stratified_split(
         raise ValueError(f"ratio must be in (0, 1), got {ratio}")
     column = "user_id" if filter_by == "user" else "item_id"
     events = events.reset_index(drop=True)
-    groups = events[column]
-    count = groups.map(groups.value_counts()).to_numpy(dtype=np.int64)
+    groups, n_groups = _codes(events[column])
+    key = np.random.default_rng(seed).permutation(len(events))
+    rank, count = _group_rank(groups, n_groups, key)
     eligible = count >= min_rating
-    key = np.random.default_rng(seed).random(len(events))
-    rank = _group_rank(groups, key)
     frac = rank / count
     train_mask = eligible & (frac <= ratio)
     test_mask = eligible & (frac > ratio)
     return _finalize(
-        events, train_mask, test_mask, "stratified", ratio=ratio, seed=seed, filter_by=filter_by,
+        events, train_mask, test_mask, "stratified", codes={column: (groups, n_groups)}, ratio=ratio, seed=seed, filter_by=filter_by,
         min_rating=min_rating, filtered_min_rating_events=int((~eligible).sum()),
     )

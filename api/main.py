@@ -6,7 +6,9 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.keys import KeyChecker
 from api.metrics import MetricsMiddleware
@@ -49,6 +51,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(ModelNotReady)
     async def _not_ready(request: Request, exc: ModelNotReady) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": {"field": None, "message": str(exc)}})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # A body that isn't decodable JSON: answer like every other invalid input (422).
+            return JSONResponse(status_code=422, content={"detail": [
+                {"loc": ["body"], "msg": "the body is not valid JSON", "type": "json_invalid"}]})
+        return await http_exception_handler(request, exc)
 
     app.add_middleware(MetricsMiddleware)
     app.include_router(health.router)

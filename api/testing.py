@@ -23,11 +23,12 @@ def free_port() -> int:
 
 
 def prepare(data_dir: Path, *, users: int = 600, items: int = 300, events: int = 30_000, clusters: int = 6,
-            seed: int = 7, database_url: str | None = None, factors: int = 32, iterations: int = 8) -> dict:
+            seed: int = 7, database_url: str | None = None, factors: int = 32, iterations: int = 8,
+            content: str | None = None) -> dict:
     """Generate data into a fresh store under ``data_dir``, train ALS, register as version 1
     behind ``production``. Returns the environment for a server on it."""
     from feature_store import FeatureStore
-    from pipelines.train import IndexConfig, ModelConfig, TrainConfig, train
+    from pipelines.train import train
     from recsys.datasets.synthetic import generate_synthetic
     from recsys.settings import Settings
 
@@ -37,14 +38,16 @@ def prepare(data_dir: Path, *, users: int = 600, items: int = 300, events: int =
     settings = Settings(data_dir=data_dir, database_url=database_url or "")
     data = generate_synthetic(n_users=users, n_items=items, n_events=events, n_clusters=clusters, seed=seed)
     FeatureStore(settings.database_url).ingest(data)
-    train(settings, training_config(factors, iterations, "production"))
+    train(settings, training_config(factors, iterations, "production", content=content))
     return env
 
 
-def training_config(factors: int = 32, iterations: int = 8, alias: str | None = "production", seed: int = 42):
-    from pipelines.train import IndexConfig, ModelConfig, TrainConfig
+def training_config(factors: int = 32, iterations: int = 8, alias: str | None = "production", seed: int = 42,
+                    content: str | None = None):
+    """A small, fast ALS config; ``content="tfidf"`` adds a text encoder (hybrid, /search)."""
+    from pipelines.train import ContentConfig, IndexConfig, ModelConfig, TrainConfig
 
-    return TrainConfig(model=ModelConfig(kind="als", params={"factors": factors, "regularization": 0.05, "iterations": iterations}),
+    return TrainConfig(content=ContentConfig(kind=content) if content else None,model=ModelConfig(kind="als", params={"factors": factors, "regularization": 0.05, "iterations": iterations}),
                        index=IndexConfig(n_trees=10, recall_queries=50), eval_users=500, promote_alias=alias, seed=seed)
 
 

@@ -72,7 +72,7 @@ def top_k_scores(
             r = np.repeat(np.arange(len(batch)), np.diff(sub.indptr))
             scores[r, sub.indices] = -np.inf
         if kk < n_items:
-            part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+            part = np.argpartition(scores, n_items - kk, axis=1)[:, n_items - kk :]  # no negated copy
         else:
             part = np.broadcast_to(np.arange(n_items), (len(batch), n_items))
         part_scores = np.take_along_axis(scores, part, axis=1)

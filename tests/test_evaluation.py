@@ -190,6 +190,8 @@ def test_top_k_user_rows_and_aligned_exclude_and_cosine():
     assert (cs <= 1 + 1e-6).all()
     with pytest.raises(ValueError):
         top_k_scores(U, V, 5, metric="euclid")
+    with pytest.raises(ValueError):  # neither one row per user vector nor per user_rows entry
+        top_k_scores(U, V, 5, exclude=exclude[:7], user_rows=rows)
 
 
 def test_top_k_pads_when_too_few_candidates():

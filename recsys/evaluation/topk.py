@@ -61,6 +61,11 @@ def top_k_scores(
         if exclude.shape[1] != n_items:
             raise ValueError(f"exclude has {exclude.shape[1]} columns but there are {n_items} items")
         aligned = user_rows is not None and exclude.shape[0] == len(rows) and exclude.shape[0] < U.shape[0]
+        if not aligned and exclude.shape[0] != U.shape[0]:
+            raise ValueError(
+                f"exclude has {exclude.shape[0]} rows: expected {U.shape[0]} (one per user vector)"
+                + (f" or {len(rows)} (one per user_rows entry)" if user_rows is not None else "")
+            )
     kk = min(k, n_items)
     out_idx = np.full((len(rows), k), -1, dtype=np.int64)
     out_scores = np.full((len(rows), k), -np.inf, dtype=np.float32)

@@ -116,13 +116,15 @@ def fit_model(config: TrainConfig, matrix: InteractionMatrix, dataset: Dataset):
     model = make_model(kind, **params)
     if kind in CONTENT_KINDS:
         return model.fit(dataset.items, item_ids=matrix.item_ids, matrix=matrix.matrix)
-    if kind == "lightfm":
+    members = params.get("members", []) if kind == "ensemble" else [{"kind": kind, "params": params}]
+    lightfm = [m.get("params", {}) for m in members if m["kind"] == "lightfm"]
+    if lightfm:
         f = config.features
         item_features = user_features = None
-        if params.get("use_item_features", True) and (f.item_categories or f.item_text):
+        if any(p.get("use_item_features", True) for p in lightfm) and (f.item_categories or f.item_text):
             item_features, _ = build_item_features(dataset.items, matrix.item_ids, identity=f.identity,
                                                    categories=f.item_categories, text=f.item_text)
-        if params.get("use_user_features", True) and f.user_attributes:
+        if any(p.get("use_user_features", True) for p in lightfm) and f.user_attributes:
             user_features, _ = build_user_features(dataset.users, matrix.user_ids, identity=f.identity)
         return model.fit(matrix.matrix, item_features=item_features, user_features=user_features)
     return model.fit(matrix.matrix)

@@ -269,12 +269,12 @@ def test_mapper_requires_fit():
 
 
 def test_registry_knows_all_kinds_and_rejects_unknown():
-    assert set(MODEL_KINDS) == {"als", "bpr", "lightfm", "tags", "tfidf", "sbert"}
+    assert set(MODEL_KINDS) == {"als", "bpr", "lightfm", "tags", "tfidf", "sbert", "ease", "ensemble"}
     for kind in ("als", "bpr", "lightfm", "tags", "tfidf"):
         model = make_model(kind)
         assert model.kind == kind and model.get_params()
     assert make_model("bpr", factors=7).factors == 7
-    with pytest.raises(ValueError, match="als, bpr, lightfm, sbert, tags, tfidf"):
+    with pytest.raises(ValueError, match="als, bpr, ease, ensemble, lightfm, sbert, tags, tfidf"):
         make_model("svd")
 
 
@@ -282,3 +282,23 @@ def test_importing_registry_does_not_import_torch():
     code = "import sys, recsys.models.registry; print('torch' in sys.modules or 'sentence_transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_ensemble_dot_space_ranks_like_per_user_standardized_blend():
+    """The concatenated vectors rank exactly like Σ w·z-score of the members' scores."""
+    from recsys.hybrid import _zscore
+    from recsys.models.ensemble import EnsembleEmbedder
+
+    data = generate_synthetic(n_users=300, n_items=150, n_events=12_000, n_clusters=4, seed=5)
+    matrix = InteractionMatrix.from_events(data.events)
+    ens = EnsembleEmbedder([{"kind": "als", "params": {"factors": 8, "iterations": 5}, "weight": 0.6},
+                            {"kind": "bpr", "params": {"factors": 8, "iterations": 20}, "weight": 0.4}]).fit(matrix.matrix)
+    assert ens.item_vectors_.shape[1] == 8 + 9  # BPR carries its bias column
+    a, b = ens.models_
+    expected = 0.6 * _zscore(a.user_vectors_ @ a.item_vectors_.T) + 0.4 * _zscore(b.user_vectors_ @ b.item_vectors_.T)
+    served = ens.user_vectors_ @ ens.item_vectors_.T
+    # same ranking: the difference per user is a constant (the dropped means)
+    diff = served - expected
+    np.testing.assert_allclose(diff - diff.mean(axis=1, keepdims=True), 0, atol=1e-3)
+    folded = ens.fold_in(np.array([0, 1, 2]))
+    assert folded.shape == (17,) and np.isfinite(folded).all()

@@ -10,6 +10,7 @@ from recsys.models.base import Embedder
 from recsys.models.bpr import BPREmbedder
 from recsys.models.content import SentenceEncoder, TagEncoder, TfidfEncoder
 from recsys.models.ease import EASEEmbedder
+from recsys.models.ensemble import EnsembleEmbedder
 from recsys.models.lightfm import LightFMEmbedder
 
 MODEL_KINDS: dict[str, type[Embedder]] = {
@@ -20,6 +21,7 @@ MODEL_KINDS: dict[str, type[Embedder]] = {
     "tfidf": TfidfEncoder,
     "sbert": SentenceEncoder,
     "ease": EASEEmbedder,
+    "ensemble": EnsembleEmbedder,
 }
 
 #: kinds whose ``fit`` takes the items frame rather than the interaction matrix

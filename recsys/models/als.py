@@ -45,17 +45,18 @@ class ALSEmbedder(Embedder):
         from implicit.cpu.als import AlternatingLeastSquares
         from threadpoolctl import threadpool_limits
 
-        model = AlternatingLeastSquares(
-            factors=self.factors,
-            regularization=self.regularization,
-            iterations=self.iterations,
-            alpha=1.0,
-            random_state=self.random_state,
-            num_threads=self.num_threads,
-            dtype=np.float32,
-        )
-        # implicit parallelizes itself; a multi-threaded BLAS underneath only contends with it.
+        # implicit parallelizes itself; a multi-threaded BLAS underneath only contends with it
+        # (implicit checks this when the model is constructed).
         with threadpool_limits(1, "blas"):
+            model = AlternatingLeastSquares(
+                factors=self.factors,
+                regularization=self.regularization,
+                iterations=self.iterations,
+                alpha=1.0,
+                random_state=self.random_state,
+                num_threads=self.num_threads,
+                dtype=np.float32,
+            )
             model.fit(sp.csr_matrix(matrix, dtype=np.float32), show_progress=self.show_progress)
         self.model_ = model
         self.user_vectors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)

@@ -71,9 +71,9 @@ def main() -> int:
                                                 weighting=config.weighting, alpha=config.alpha)
         bare = 0.0
         for name, m in (("holdout", holdout), ("full", full)):
-            model = AlternatingLeastSquares(alpha=1.0, random_state=config.seed, dtype=np.float32, **config.model.params)
             t = time.perf_counter()
-            with threadpool_limits(1, "blas"):
+            with threadpool_limits(1, "blas"):  # as ALSEmbedder does: implicit's own advice
+                model = AlternatingLeastSquares(alpha=1.0, random_state=config.seed, dtype=np.float32, **config.model.params)
                 model.fit(m.matrix, show_progress=False)
             seconds = time.perf_counter() - t
             bare += seconds

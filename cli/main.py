@@ -235,6 +235,8 @@ app.add_typer(experiment_app, name="experiment")
 
 from cli import model as _model_cli, pipeline as _pipeline_cli  # noqa: E402 - registered after the commands above
 app.add_typer(_pipeline_cli.app, name="pipeline"); app.add_typer(_model_cli.app, name="model")
+from cli.online import online_report as _online_report; app.command("online-report")(_online_report)  # noqa: E402,E702
+
 
 if __name__ == "__main__":
     app()

@@ -251,3 +251,29 @@ def rollback_alias(client: MlflowClient, name: str, alias: str) -> tuple[str, st
     set_alias(client, name, alias, target)
     client.set_model_version_tag(name, str(current.version), "rolled_back", datetime.now(timezone.utc).isoformat())
     return str(current.version), target
+
+
+# ---------------------------------------------------------------------------------------------
+# Online experiments (api/ A/B split, experiments/online.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def log_online_metrics(settings: Settings, version: str | int, metrics: dict[str, float], *, tags: dict[str, str] | None = None) -> str | None:
+    """Log online (A/B) metrics onto the MLflow run that produced a registered version.
+
+    Returns the run id, or None when the version does not exist.
+    """
+    client = setup(settings)
+    mv = get_version(client, settings.registered_model_name, version)
+    if mv is None or not mv.run_id:
+        return None
+    for key, value in metrics.items():
+        client.log_metric(mv.run_id, key, float(value))
+    for key, value in (tags or {}).items():
+        client.set_tag(mv.run_id, key, str(value))
+    return mv.run_id
+
+
+# ---------------------------------------------------------------------------------------------
+# end of online experiments
+# ---------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def candidates(spec: ExperimentSpec, trials: int, seed: int | None = None) -> li
     models = searchable(spec)
     rng = np.random.default_rng(spec.seed if seed is None else seed)
     if spec.search.method == "grid":
-        grid = [c for m in models for c in m.grid()]
+        grid = [c for m in models for c in m.grid(for_search=True)]
         if len(grid) > trials:
             pick = np.sort(rng.choice(len(grid), trials, replace=False))
             grid = [grid[i] for i in pick]

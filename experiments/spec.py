@@ -167,6 +167,9 @@ class ModelSpec(_Strict):
     weighting: Any = "confidence"
     alpha: Any = 1.0
     features: FeatureSpec = Field(default_factory=FeatureSpec)
+    #: search space for ``recsys experiment search`` only: model params and/or ``weighting`` /
+    #: ``alpha`` as lists or ranges; overrides ``params`` there, ignored by ``run``
+    search: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("kind")
     @classmethod
@@ -185,6 +188,14 @@ class ModelSpec(_Strict):
     @classmethod
     def _alpha(cls, v: Any) -> Any:
         return _parse_space(v)
+
+    @field_validator("search")
+    @classmethod
+    def _search(cls, v: dict[str, Any]) -> dict[str, Any]:
+        out = {k: _parse_space(x) for k, x in v.items()}
+        if "weighting" in out:
+            cls._weighting(v["weighting"])
+        return out
 
     @field_validator("weighting")
     @classmethod
@@ -205,7 +216,7 @@ class ModelSpec(_Strict):
         import inspect
 
         allowed = {p for p in inspect.signature(cls.__init__).parameters if p != "self"}
-        unknown = sorted(set(self.params) - allowed)
+        unknown = sorted((set(self.params) | (set(self.search) - {"weighting", "alpha"})) - allowed)
         if unknown:
             raise ValueError(f"model kind {self.kind!r} has no parameter {unknown[0]!r}; its parameters: {', '.join(sorted(allowed))}")
         if (self.features.items or self.features.users) and self.kind != "lightfm":
@@ -213,16 +224,20 @@ class ModelSpec(_Strict):
         return self
 
     # -- search spaces -------------------------------------------------------------------
-    def space(self) -> dict[str, Any]:
-        """All searchable dimensions: model params plus ``weighting`` / ``alpha``."""
-        return {**{f"params.{k}": v for k, v in self.params.items()}, "weighting": self.weighting, "alpha": self.alpha}
+    def space(self, for_search: bool = False) -> dict[str, Any]:
+        """All dimensions: model params plus ``weighting`` / ``alpha`` (with ``for_search``,
+        overridden by the model's ``search`` entries)."""
+        out = {**{f"params.{k}": v for k, v in self.params.items()}, "weighting": self.weighting, "alpha": self.alpha}
+        if for_search:
+            out.update({(k if k in ("weighting", "alpha") else f"params.{k}"): v for k, v in self.search.items()})
+        return out
 
-    def has_ranges(self) -> bool:
-        return any(isinstance(v, Range) for v in self.space().values())
+    def has_ranges(self, for_search: bool = True) -> bool:
+        return any(isinstance(v, Range) for v in self.space(for_search).values())
 
-    def grid(self) -> list["ModelConfig"]:
+    def grid(self, for_search: bool = False) -> list["ModelConfig"]:
         """Every combination of the grid values (ranges are refused: they are for ``search``)."""
-        space = self.space()
+        space = self.space(for_search)
         ranged = [k for k, v in space.items() if isinstance(v, Range)]
         if ranged:
             raise SpecError(f"model {self.label()!r}: {ranged[0]} is a random range; ranges are for `recsys experiment search`")
@@ -232,7 +247,7 @@ class ModelSpec(_Strict):
 
     def sample(self, rng: np.random.Generator) -> "ModelConfig":
         out = {}
-        for k, v in self.space().items():
+        for k, v in self.space(for_search=True).items():
             if isinstance(v, Range):
                 out[k] = v.sample(rng)
             elif isinstance(v, list):
@@ -241,9 +256,9 @@ class ModelSpec(_Strict):
                 out[k] = v
         return self._config(out)
 
-    def n_grid(self) -> int:
+    def n_grid(self, for_search: bool = True) -> int:
         n = 1
-        for v in self.space().values():
+        for v in self.space(for_search).values():
             if isinstance(v, Range):
                 return 0
             n *= len(v) if isinstance(v, list) else 1

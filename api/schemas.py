@@ -189,6 +189,7 @@ class Health(BaseModel):
     status: str
     model_version: str | None = None
     variants: dict[str, str] = Field(default_factory=dict)
+    pid: int = Field(0, description="the worker process that answered")
 
 
 class ReloadResult(BaseModel):

@@ -59,7 +59,7 @@ def settings_for(env: dict):
 
 @contextmanager
 def live_server(env: dict, *, workers: int = 1, port: int | None = None, extra_env: dict | None = None,
-                ready_timeout: float = 90, log_path: Path | None = None) -> Iterator[str]:
+                ready_timeout: float = 180, log_path: Path | None = None) -> Iterator[str]:
     """``uvicorn api.main:app`` in a subprocess; yields its base URL once /ready answers 200."""
     port = port or free_port()
     full_env = {**env, **(extra_env or {})}

@@ -1,3 +1,5 @@
+import os
+
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
@@ -11,7 +13,7 @@ router = APIRouter(tags=["operations"])
 @router.get("/health", response_model=Health)
 async def health(holder: HolderDep) -> Health:
     """Liveness: the process answers. Names the served model version when one is loaded."""
-    return Health(status="ok", model_version=holder.current.version if holder.ready else None, variants=holder.served())
+    return Health(status="ok", model_version=holder.current.version if holder.ready else None, variants=holder.served(), pid=os.getpid())
 
 
 @router.get("/ready", response_model=Health, responses={503: {"model": Error, "description": "no model loaded yet"}})
@@ -19,7 +21,7 @@ async def ready(holder: HolderDep):
     """Readiness: 200 once a model is loaded, 503 before."""
     if not holder.ready:
         return JSONResponse(status_code=503, content={"detail": {"field": None, "message": "no model loaded yet"}})
-    return Health(status="ready", model_version=holder.current.version, variants=holder.served())
+    return Health(status="ready", model_version=holder.current.version, variants=holder.served(), pid=os.getpid())
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}, "description": "Prometheus metrics"}})

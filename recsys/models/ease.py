@@ -2,7 +2,11 @@
 
 EASE learns an item×item weight matrix ``B`` with a zero diagonal in closed form:
 
-    P = (XᵀX + λI)⁻¹,   B = I − P · diag(1 / diag(P))
+    P = (XᵀX + λI + p/(1−p)·diag(XᵀX))⁻¹,   B = I − P · diag(1 / diag(P))
+
+``dropout`` p > 0 adds the emphasized-denoising term of Steck's DLAE (NeurIPS 2020): the
+closed form of training on inputs with items dropped at rate p, a per-item penalty that grows
+with the item's popularity; p = 0 is plain EASE.
 
 and scores user u's items by ``x_u B`` (``x_u`` the user's row of the interaction matrix). That is
 a dot product, so the model is exported as vectors: ``user_vectors_ = X`` (one column per item)
@@ -31,19 +35,23 @@ class EASEEmbedder(Embedder):
     l2 : ridge strength λ on ``B`` (Steck's λ; a few hundred for MovieLens-sized data).
     binarize : fit on 0/1 interactions (the paper's setting) rather than the matrix weights.
     max_items : refuse catalogues wider than this (memory is 8·n_items² bytes).
+    dropout : DLAE input-dropout rate p in [0, 1) (0 = EASE).
     """
 
     kind = "ease"
     metric = "dot"
 
-    def __init__(self, l2: float = 500.0, binarize: bool = True, max_items: int = 30_000) -> None:
+    def __init__(self, l2: float = 500.0, binarize: bool = True, max_items: int = 30_000, dropout: float = 0.0) -> None:
         self.l2 = l2
         self.binarize = binarize
         self.max_items = max_items
+        self.dropout = dropout
 
     def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> "EASEEmbedder":
         if self.l2 <= 0:
             raise ValueError(f"l2 must be > 0, got {self.l2}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         X = sp.csr_matrix(matrix, dtype=np.float64)
         X.eliminate_zeros()
         n_users, n_items = X.shape
@@ -52,7 +60,7 @@ class EASEEmbedder(Embedder):
         if self.binarize:
             X.data = np.ones_like(X.data)
         G = (X.T @ X).toarray()
-        G[np.diag_indices(n_items)] += self.l2
+        G[np.diag_indices(n_items)] += self.l2 + self.dropout / (1.0 - self.dropout) * np.diag(G)
         P = np.linalg.inv(G)
         B = -P / np.diag(P)[None, :]
         B[np.diag_indices(n_items)] = 0.0

@@ -195,6 +195,7 @@ class Pipeline:
             self.state.save()
             mlflow.log_dict(self.config.model_dump(mode="json"), "pipeline_config.json")
         self.parent_id = parent.info.run_id
+        self.experiment_id = parent.info.experiment_id
         logger.info("pipeline %s run %s (%s; MLflow run %s)", self.config.name, self.run_id, "resumed" if resumed else "new", self.parent_id)
         try:
             for stage in STAGES:
@@ -237,7 +238,7 @@ class Pipeline:
         self.state.mark(stage, "running")
         attempt = int(self.state.data["stages"][stage].get("attempts", 0)) + 1
         self.state.data["stages"][stage]["attempts"] = attempt
-        with mlflow.start_run(run_name=stage, nested=True, tags={"stage": stage, "attempt": str(attempt), "pipeline_run_id": self.run_id}):
+        with mlflow.start_run(run_name=stage, nested=True, experiment_id=self.experiment_id, tags={"stage": stage, "attempt": str(attempt), "pipeline_run_id": self.run_id}):
             try:
                 _maybe_fail(stage, "start")
                 outputs = getattr(self, f"_stage_{stage}")()

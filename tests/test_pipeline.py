@@ -110,8 +110,11 @@ def test_crash_at_each_stage_keeps_production_and_resumes(production_dir, tmp_pa
     client = tracking.setup(s)
     parent = client.get_run(result.mlflow_run_id)
     assert parent.data.tags["status"] == "completed"
-    assert any(k.startswith("sha256/") for k in client.search_runs([parent.info.experiment_id],
-               f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.stage = 'snapshot'")[0].data.tags)
+    nested = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    finished = {r.data.tags["stage"]: r for r in nested if r.info.status == "FINISHED"}
+    assert set(finished) == set(STAGES), "one finished nested run per stage"
+    assert any(k.startswith("sha256/snapshot/events.parquet") for k in finished["snapshot"].data.tags)
+    assert sum(r.data.tags["stage"] == crashed for r in nested) == 2  # the failed attempt and the resumed one
 
 
 # --------------------------------------------------------------------------- bad data

@@ -5,24 +5,26 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pandas as pd
-from sqlalchemy import select
+from feature_store import FeatureStore
 
-from feature_store import FeatureStore, events_table, items_table, users_table
+
+# The hot path of every recommendation: plain SQL through the driver (no per-call statement
+# compilation); same query as FeatureStore.user_history plus the newest created_at.
+_HISTORY_SQL = (
+    "SELECT i.item_id, e.created_at FROM events e JOIN items i ON e.item_pk = i.id "
+    "JOIN users u ON e.user_pk = u.id WHERE u.user_id = {p} ORDER BY e.ts, e.id"
+)
 
 
 def user_history(store: FeatureStore, user_id: str) -> tuple[list[str], datetime | None]:
     """The user's item ids (oldest first, repeats kept) and when the newest event was stored."""
-    stmt = (
-        select(items_table.c.item_id, events_table.c.created_at)
-        .select_from(events_table.join(items_table, events_table.c.item_pk == items_table.c.id))
-        .join(users_table, events_table.c.user_pk == users_table.c.id)
-        .where(users_table.c.user_id == str(user_id))
-        .order_by(events_table.c.ts, events_table.c.id)
-    )
+    sql = _HISTORY_SQL.format(p="?" if store.dialect == "sqlite" else "%s")
     with store.engine.connect() as conn:
-        rows = conn.execute(stmt).all()
+        rows = conn.exec_driver_sql(sql, (str(user_id),)).all()
     newest = max((r[1] for r in rows if r[1] is not None), default=None)
-    if newest is not None and newest.tzinfo is None:  # SQLite's CURRENT_TIMESTAMP is naive UTC
+    if isinstance(newest, str):  # SQLite returns CURRENT_TIMESTAMP text ("YYYY-MM-DD HH:MM:SS", UTC)
+        newest = datetime.fromisoformat(newest)
+    if newest is not None and newest.tzinfo is None:
         newest = newest.replace(tzinfo=timezone.utc)
     return [r[0] for r in rows], newest
 

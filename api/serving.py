@@ -280,8 +280,8 @@ class ModelHolder:
 
     # ---- catalog generation --------------------------------------------------------------
     def _catalog_seq(self) -> int:
-        with self.store.engine.connect() as conn:
-            return int(conn.execute(select(func.max(catalog_changes_table.c.seq))).scalar() or 0)
+        with self.store.engine.connect() as conn:  # driver SQL: this runs on every request
+            return int(conn.exec_driver_sql("SELECT max(seq) FROM api_catalog_changes").scalar() or 0)
 
     def record_catalog_change(self, item_ids: list[str]) -> None:
         """Append changed item ids to the log (call after the store write committed), then apply."""

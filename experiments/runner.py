@@ -293,7 +293,7 @@ def index_recall(model, data: PreparedData, n_queries: int, seed: int) -> float 
     index = make_index("annoy", model.metric, n_trees=50).build(model.item_vectors_)
     rng = np.random.default_rng(seed)
     queries = model.user_vectors_[rng.choice(len(model.user_vectors_), min(n_queries, len(model.user_vectors_)), replace=False)]
-    return index.measure_recall(model.item_vectors_, queries, k=10)
+    return index.tune(model.item_vectors_, queries, k=10)
 
 
 def fit_and_evaluate(config: ModelConfig, data: PreparedData, spec: ExperimentSpec, *, with_breakdown: bool = True,

@@ -46,7 +46,9 @@ class ModelConfig(_Config):
 class IndexConfig(_Config):
     kind: Literal["annoy", "exact"] = "annoy"
     n_trees: int = 50
+    #: -1: tuned at build time to the smallest value reaching ``target_recall``
     search_k: int = -1
+    target_recall: float = 0.95
     recall_queries: int = 200
 
 
@@ -200,11 +202,13 @@ def build_bundle(config: TrainConfig, model, matrix: InteractionMatrix, info: di
     if encoder is not None:
         spaces.append(("content", "cosine", extras["content"], extras["content"]))
     for role, metric, vectors, queries in spaces:
-        params = {"n_trees": config.index.n_trees, "search_k": config.index.search_k} if config.index.kind == "annoy" else {}
+        params = ({"n_trees": config.index.n_trees, "search_k": config.index.search_k, "target_recall": config.index.target_recall}
+                  if config.index.kind == "annoy" else {})
         index = make_index(config.index.kind, metric, **params).build(vectors)
         if config.index.kind == "annoy":
             sample = queries[rng.choice(len(queries), min(config.index.recall_queries, len(queries)), replace=False)]
-            info[f"index_{role}_recall_at_10"] = index.measure_recall(vectors, sample, k=10)
+            info[f"index_{role}_recall_at_10"] = index.tune(vectors, sample, k=10)
+            info[f"index_{role}_search_k"] = index.search_k
         indexes[role] = index
     return ModelBundle(
         kind=model.kind,

@@ -1,5 +1,8 @@
 """Annoy against exact search for every metric; save/load/checksum behaviour."""
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -66,3 +69,20 @@ def test_corrupt_index_is_refused(tmp_path, vectors):
         f.write(b"\x00garbage\x00")
     with pytest.raises(IndexError_, match="checksum"):
         AnnoyItemIndex.load(tmp_path / "idx")
+
+
+def test_tune_reaches_target_recall_on_clustered_dot_vectors():
+    """Annoy's default search_k misses most neighbours on clustered ALS-like vectors; tuning fixes it."""
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(10, 16)) * 3
+    items = (centers[rng.integers(0, 10, 3000)] + rng.normal(size=(3000, 16))).astype(np.float32)
+    items *= rng.lognormal(0, 0.5, (3000, 1)).astype(np.float32)  # varied norms, as MF popularity gives
+    queries = (centers[rng.integers(0, 10, 100)] + rng.normal(size=(100, 16))).astype(np.float32)
+    default = AnnoyItemIndex("dot", n_trees=10).build(items)
+    before = default.measure_recall(items, queries)
+    tuned = AnnoyItemIndex("dot", n_trees=10, target_recall=0.95).build(items)
+    after = tuned.tune(items, queries)
+    assert after >= 0.95 and tuned.search_k > 10 * 10
+    assert after > before
+    meta = tuned.save(Path(tempfile.mkdtemp()) / "idx")
+    assert meta["search_k"] == tuned.search_k  # the tuned value travels with the file

@@ -2,41 +2,21 @@
 
 from __future__ import annotations
 
-import functools
 import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
+
+import sys
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-import sys
+from cli.common import UsageError, cli_errors, err_console
 
 # tables are wide: when piped (not a terminal), do not squeeze them into 80 columns
 console = Console(width=None if sys.stdout.isatty() else 180)
-err_console = Console(stderr=True)
 
-
-def _main():
-    """``cli.main``, imported when a command runs (it imports this module to register it)."""
-    import cli.main
-
-    return cli.main
-
-
-def UsageError(message: str) -> Exception:  # noqa: N802 - reads like the exception it builds
-    return _main().UsageError(message)
-
-
-def cli_errors(fn):
-    """``cli.main.cli_errors``, looked up at call time: one line ``error: ...``, exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return _main().cli_errors(fn)(*args, **kwargs)
-
-    return wrapper
 
 app = typer.Typer(help="Offline experiments: compare models on one split, read past runs back, search parameters.",
                   no_args_is_help=True, add_completion=False)

@@ -1,52 +1,28 @@
 """The `recsys` command. Names and options here are a contract for scripts and cron jobs.
 
-Every failure the user can fix prints one line `error: …` on stderr and exits with code 2.
+Every failure the user can fix prints one line `error: …` on stderr and exits with code 2
+(see cli/common.py).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from cli import experiment as experiment_cli
+from cli import model as model_cli
+from cli import online as online_cli
+from cli import pipeline as pipeline_cli
+from cli.common import UsageError, cli_errors, console, err_console
+
 app = typer.Typer(help="Embedding-based recommendation service: data → embeddings → MLflow → Annoy → HTTP.", no_args_is_help=True, add_completion=False)
-console = Console()
-err_console = Console(stderr=True)
-
 FORMATS = ("movielens-100k", "movielens-1m", "goodbooks-10k", "csv", "parquet")
-
-
-class UsageError(Exception):
-    """A problem the user can fix from the command line."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from recsys.bundle import BundleError
-    from recsys.datasets.base import DatasetError
-
-    return (UsageError, DatasetError, BundleError, FileNotFoundError, ValueError)
-
-
-def cli_errors(fn: Callable) -> Callable:
-    """Turn expected failures into one clear line and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except _user_errors() as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2)
-
-    return wrapper
 
 
 @app.callback()
@@ -230,12 +206,10 @@ def demo(
     console.print(f"MLflow UI:       mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
 
 
-from cli.experiment import app as experiment_app  # noqa: E402 - registered after the commands above
-app.add_typer(experiment_app, name="experiment")
-
-from cli import model as _model_cli, pipeline as _pipeline_cli  # noqa: E402 - registered after the commands above
-app.add_typer(_pipeline_cli.app, name="pipeline"); app.add_typer(_model_cli.app, name="model")
-from cli.online import online_report as _online_report; app.command("online-report")(_online_report)  # noqa: E402,E702
+app.add_typer(experiment_cli.app, name="experiment")
+app.add_typer(pipeline_cli.app, name="pipeline")
+app.add_typer(model_cli.app, name="model")
+app.command("online-report")(online_cli.online_report)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.pipeline import cli_errors
+from cli.common import cli_errors
 
 app = typer.Typer(help="Registered model versions: list, rollback.", no_args_is_help=True, add_completion=False)
 console = Console()

@@ -8,46 +8,21 @@ the lock, 4 data validation stopped the run before training.
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+
+from cli.common import EXIT_LOCKED, cli_errors, err_console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(help="Scheduled training: snapshot → validate → train → evaluate → index → gate → register → promote → notify.",
                   no_args_is_help=True, add_completion=False)
 console = Console()
-err_console = Console(stderr=True)
 
-EXIT_LOCKED = 3
 EXIT_STOPPED = 4
-
-
-def cli_errors(fn: Callable) -> Callable:
-    """Expected failures: one line on stderr, exit code 2 (3 when the pipeline lock is held)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from mlflow.exceptions import MlflowException
-
-        from pipelines.config import ConfigError
-        from pipelines.lock import LockHeld
-        from recsys.bundle import BundleError
-        from recsys.datasets.base import DatasetError
-
-        try:
-            return fn(*args, **kwargs)
-        except LockHeld as exc:
-            err_console.print(f"[bold yellow]locked:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=EXIT_LOCKED)
-        except (ConfigError, DatasetError, BundleError, FileNotFoundError, ValueError, MlflowException) as exc:
-            err_console.print(f"[bold red]error:[/] {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2)
-
-    return wrapper
 
 
 def _quiet_console_logs() -> None:

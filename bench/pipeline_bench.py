@@ -112,7 +112,7 @@ def main() -> int:
     table.add_row("[bold]total run[/]", f"{total:.1f}", f"{peak / 2**20:,.0f}")
     table.add_row("(generate + ingest, child process)", f"{ingest_s:.1f}", "-")
     console.print(table)
-    console.print(f"metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if k.endswith("_at_10") or k == "coverage"))
+    console.print("metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if k.endswith("_at_10") or k == "coverage"))
     ok = peak < LIMIT_BYTES
     console.print(f"peak RSS {peak / 2**30:.2f} GiB {'<' if ok else '>='} 6 GiB target: {'OK' if ok else 'FAIL'}")
     return 0 if ok else 1

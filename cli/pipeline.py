@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from cli.common import EXIT_LOCKED, cli_errors, err_console
+from cli.common import cli_errors, err_console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(help="Scheduled training: snapshot → validate → train → evaluate → index → gate → register → promote → notify.",

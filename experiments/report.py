@@ -140,7 +140,7 @@ def rich_table(df: pd.DataFrame, k: int, title: str = ""):
             text = _fmt(row.get(c, float("nan")))
             cells.append(f"[bold green]{text}[/]" if best.get(c) == name else text)
         if isinstance(row.get("error"), str):
-            cells = [f"[red]failed[/]"] + [""] * (len(cols) - 1)
+            cells = ["[red]failed[/]"] + [""] * (len(cols) - 1)
         table.add_row(str(name), *cells)
     return table
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import random
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, HTTPException
+from sqlalchemy.exc import OperationalError
 
 from api import metrics
 from api.deps import HolderDep, StoreDep, require_key
@@ -17,6 +20,8 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["events"], dependencies=[Depends(require_key)])
 
 MAX_BATCH = 10_000
+MAX_ATTEMPTS = 8
+RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 
 
 @router.post(
@@ -38,10 +43,22 @@ def post_events(
         record = e.model_dump(exclude={"variant", "model_version"}, exclude_none=True)
         record["variant"] = holder.variant_label(e.user_id, e.variant, e.model_version)
         records.append(record)
-    try:
-        inserted, duplicates = store.add_events(records)
-    except DatasetError as exc:  # e.g. an unknown item: the transaction rolled back
-        raise HTTPException(status_code=422, detail={"field": "item_id", "message": str(exc)})
+    # One lock order for every batch (PostgreSQL: concurrent batches with overlapping event ids
+    # otherwise deadlock on the unique index).
+    records.sort(key=lambda r: str(r.get("event_id", "")))
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            inserted, duplicates = store.add_events(records)
+            break
+        except DatasetError as exc:  # e.g. an unknown item: the transaction rolled back
+            raise HTTPException(status_code=422, detail={"field": "item_id", "message": str(exc)})
+        except OperationalError as exc:
+            # Deadlock / serialization failure: the whole transaction rolled back and the
+            # insert is idempotent, so running it again is safe.
+            if getattr(exc.orig, "pgcode", None) not in RETRYABLE or attempt == MAX_ATTEMPTS - 1:
+                raise
+            logger.warning("events batch retried after %s (attempt %d)", exc.orig.pgcode, attempt + 1)
+            time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
     metrics.EVENTS_INGESTED.labels(result="inserted").inc(inserted)
     metrics.EVENTS_INGESTED.labels(result="duplicate").inc(duplicates)
     return EventsAccepted(received=len(records), inserted=inserted, duplicates=duplicates)

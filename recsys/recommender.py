@@ -328,7 +328,8 @@ class Recommender:
         if diversity is not None and diversity < 1.0:
             ids, scores = self._mmr(ids, scores, diversity, n)
         ids, scores = ids[offset:n], scores[offset:n]
-        return [self._scored(int(i), float(s), self._reason(int(i), seen, mode)) for i, s in zip(ids, scores)]
+        reasons = self._reasons(ids, seen, mode)
+        return [self._scored(int(i), float(s), r) for i, s, r in zip(ids, scores, reasons)]
 
     def _top_blended(self, cf_s, ct_s, weights, fusion, n, exclude, allowed) -> tuple[np.ndarray, np.ndarray]:
         """Blend over the whole catalog (exact: see recsys.hybrid), then the top-n allowed."""
@@ -363,18 +364,18 @@ class Recommender:
             self._cf_unit = self.cf_vectors / np.maximum(norms, 1e-12)
         return self._cf_unit
 
-    def _reason(self, j: int, seen: np.ndarray, mode: str) -> str | None:
-        """Which of the user's items this recommendation is closest to, in the mode's space."""
-        if len(seen) == 0:
-            return None
+    def _reasons(self, ids: np.ndarray, seen: np.ndarray, mode: str) -> list[str | None]:
+        """For each recommended item, which of the user's recent items it is closest to, in
+        the mode's space (one matrix product for the whole list)."""
+        if len(seen) == 0 or len(ids) == 0:
+            return [None] * len(ids)
         recent = seen[-50:]
         if mode == "content":
             space, template = self.content_vectors, "similar text to {}"
         else:
             space, template = self._unit_cf(), "because you interacted with {}"
-        anchor = recent[int(np.argmax(pairwise_scores(space[j], space[recent], "cosine")[0]))]
-        label = self.titles[anchor] or self.item_ids[anchor]
-        return template.format(label)
+        anchors = recent[np.argmax(pairwise_scores(space[ids], space[recent], "cosine"), axis=1)]
+        return [template.format(self.titles[a] or self.item_ids[a]) for a in anchors]
 
     def _positions(self, item_ids: Iterable[str]) -> np.ndarray:
         pos = self.item_pos
@@ -389,7 +390,8 @@ class Recommender:
         n_indexed = self._n_indexed()
         exclude_set = set(np.asarray(exclude).tolist())
         result: tuple[np.ndarray, np.ndarray] | None = None
-        if index is not None and index.metric == metric:
+        # An index is used only where it beats a scan (measured at build: prefer_exact).
+        if index is not None and index.metric == metric and not getattr(index, "prefer_exact", False):
             fetch = n + len(exclude_set) + 16
             while True:
                 ids, scores = index.query(query, min(fetch, n_indexed))

@@ -86,3 +86,6 @@ def test_tune_reaches_target_recall_on_clustered_dot_vectors():
     assert after > before
     meta = tuned.save(Path(tempfile.mkdtemp()) / "idx")
     assert meta["search_k"] == tuned.search_k  # the tuned value travels with the file
+    # latencies are measured at build so serving can pick the faster of Annoy and a scan
+    assert meta["query_ms"] > 0 and meta["exact_query_ms"] > 0
+    assert tuned.prefer_exact == (meta["exact_query_ms"] < meta["query_ms"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,9 @@ class AnnoyItemIndex(ItemIndex):
         self.dims = 0
         self._n_items = 0
         self.recall_at_10_: float | None = None
+        #: per-query latency at the tuned search_k, and of exact numpy search, measured at build
+        self.query_ms_: float | None = None
+        self.exact_query_ms_: float | None = None
 
     def build(self, vectors: np.ndarray) -> "AnnoyItemIndex":
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -120,8 +124,28 @@ class AnnoyItemIndex(ItemIndex):
             if recall >= self.target_recall or self.search_k >= ceiling:
                 break
             self.search_k = min(self.search_k * 2, ceiling)
-        logger.info("annoy %s index: search_k=%d gives recall@%d %.3f", self.metric, self.search_k, k, recall)
+        self._time_queries(vectors, queries, k)
+        logger.info("annoy %s index: search_k=%d gives recall@%d %.3f (%.2f ms/query; exact %.2f ms)",
+                    self.metric, self.search_k, k, recall, self.query_ms_, self.exact_query_ms_)
         return recall
+
+    def _time_queries(self, vectors: np.ndarray, queries: np.ndarray, k: int) -> None:
+        exact = ExactIndex(self.metric).build(vectors)
+        sample = queries[: min(len(queries), 50)]
+        start = time.perf_counter()
+        for q in sample:
+            self.query(q, k)
+        self.query_ms_ = (time.perf_counter() - start) / len(sample) * 1000
+        start = time.perf_counter()
+        for q in sample:
+            exact.query(q, k)
+        self.exact_query_ms_ = (time.perf_counter() - start) / len(sample) * 1000
+
+    @property
+    def prefer_exact(self) -> bool:
+        """True when, at the recall target, exact search measured faster than Annoy (small
+        catalogs: Annoy pays off only when a scan of all items costs more than its search)."""
+        return self.query_ms_ is not None and self.exact_query_ms_ is not None and self.exact_query_ms_ < self.query_ms_
 
     def save(self, folder: Path) -> dict:
         folder = Path(folder)
@@ -136,6 +160,8 @@ class AnnoyItemIndex(ItemIndex):
             "n_trees": self.n_trees,
             "search_k": self.search_k,
             "recall_at_10": self.recall_at_10_,
+            "query_ms": self.query_ms_,
+            "exact_query_ms": self.exact_query_ms_,
             "sha256": file_sha256(path),
         }
         (folder / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -162,6 +188,7 @@ class AnnoyItemIndex(ItemIndex):
             raise IndexError_(f"index {path} holds {ann.get_n_items()} items, metadata says {meta['n_items']}")
         index.index_, index.dims, index._n_items = ann, meta["dims"], meta["n_items"]
         index.recall_at_10_ = meta.get("recall_at_10")
+        index.query_ms_, index.exact_query_ms_ = meta.get("query_ms"), meta.get("exact_query_ms")
         return index
 
 

@@ -1,4 +1,9 @@
-"""Dependencies injected into routes."""
+"""Dependencies injected into routes.
+
+They are ``async def`` on purpose: each is a few attribute reads, and FastAPI runs a plain
+``def`` dependency in its thread pool — two dozen thread hops per request cost more than the
+recommendation itself (bench/serve_bench.py).
+"""
 
 from __future__ import annotations
 
@@ -15,23 +20,23 @@ from recsys.settings import Settings
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key (writes, /admin/*, and reads when configured)")
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_holder(request: Request) -> ModelHolder:
+async def get_holder(request: Request) -> ModelHolder:
     return request.app.state.holder
 
 
-def get_store(request: Request) -> FeatureStore:
+async def get_store(request: Request) -> FeatureStore:
     return request.app.state.store
 
 
-def get_keys(request: Request) -> KeyChecker:
+async def get_keys(request: Request) -> KeyChecker:
     return request.app.state.keys
 
 
-def get_model(holder: Annotated[ModelHolder, Depends(get_holder)]) -> LoadedModel:
+async def get_model(holder: Annotated[ModelHolder, Depends(get_holder)]) -> LoadedModel:
     return holder.current
 
 
@@ -49,18 +54,18 @@ def _check_key(key: str | None, keys: KeyChecker) -> None:
         raise HTTPException(status_code=403, detail={"field": "X-API-Key", "message": "the API key is not valid"})
 
 
-def require_key(key: Annotated[str | None, Security(api_key_header)], keys: Annotated[KeyChecker, Depends(get_keys)]) -> None:
+async def require_key(key: Annotated[str | None, Security(api_key_header)], keys: Annotated[KeyChecker, Depends(get_keys)]) -> None:
     """Writes and /admin/*: 401 without a key, 403 with a wrong one."""
     _check_key(key, keys)
 
 
-def read_key(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> None:
+async def read_key(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> None:
     """Reads: open unless ``RECSYS_READS_REQUIRE_KEY`` is set."""
     if request.app.state.settings.reads_require_key:
         _check_key(key, request.app.state.keys)
 
 
-def pinned_version(
+async def pinned_version(
     model_version: Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[0-9]+$",
                                                description="serve this registry version instead of the alias")] = None,
     x_model_version: Annotated[str | None, Header(min_length=1, max_length=64, pattern=r"^[0-9]+$",

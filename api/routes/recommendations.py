@@ -5,6 +5,7 @@ All business rules are the Recommender's; these routes map query parameters and 
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
@@ -82,6 +83,21 @@ class RankParams:
         self.weights = None if cf_weight is None else (cf_weight, content_weight)
 
 
+def on_event_loop(cls):
+    """``cls`` as an ``async`` dependency with the same parameters (see api/deps.py: a sync
+    dependency costs a thread-pool hop per request)."""
+
+    async def dependency(**params):
+        return cls(**params)
+
+    dependency.__signature__ = inspect.signature(cls)
+    return dependency
+
+
+Rules = Annotated[RuleParams, Depends(on_event_loop(RuleParams))]
+Rank = Annotated[RankParams, Depends(on_event_loop(RankParams))]
+
+
 def _attrs(values: list[str], field: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for v in values:
@@ -106,8 +122,8 @@ async def user_recommendations(
     holder: HolderDep,
     store: StoreDep,
     pinned: PinDep,
-    rules: Annotated[RuleParams, Depends()],
-    rank: Annotated[RankParams, Depends()],
+    rules: Rules,
+    rank: Rank,
     k: K = 10,
     offset: Offset = 0,
     exclude_seen: Annotated[bool, Query(description="leave out items the user already interacted with")] = True,
@@ -135,7 +151,7 @@ def similar_items(
     item_id: IdPath,
     holder: HolderDep,
     pinned: PinDep,
-    rules: Annotated[RuleParams, Depends()],
+    rules: Rules,
     k: K = 10,
     offset: Offset = 0,
     mode: Annotated[Mode | None, Query(description="collaborative, content or hybrid (default: the model's)")] = None,
@@ -158,7 +174,7 @@ def search(
     q: Annotated[str, Query(min_length=1, max_length=1000, description="free text")],
     holder: HolderDep,
     pinned: PinDep,
-    rules: Annotated[RuleParams, Depends()],
+    rules: Rules,
     k: K = 10,
     offset: Offset = 0,
     user_id: Annotated[str | None, Query(min_length=1, max_length=255, description="for the A/B split")] = None,

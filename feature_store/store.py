@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from sqlalchemy import Connection, Engine, Table, bindparam, func, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from tqdm.auto import tqdm
@@ -75,6 +77,9 @@ class IngestResult:
     items_upserted: int
     events_inserted: int
     events_duplicate: int
+
+
+_MAX_TX_RETRIES = 5
 
 
 class FeatureStore:
@@ -159,9 +164,18 @@ class FeatureStore:
             ids[mask] = given_ids[mask].astype(str).to_numpy()
             events["event_id"] = pd.Series(ids, dtype="str")
         variant = frame["variant"].reset_index(drop=True) if "variant" in frame else None
-        with self.engine.begin() as conn:
-            inserted = self._write_events(conn, events, create_users=True, variant=variant)
-        return inserted, len(events) - inserted
+        for attempt in range(_MAX_TX_RETRIES):
+            try:
+                with self.engine.begin() as conn:
+                    inserted = self._write_events(conn, events, create_users=True, variant=variant)
+                return inserted, len(events) - inserted
+            except OperationalError as exc:
+                # A deadlock / serialization victim rolled back whole: retrying is safe (idempotent).
+                if getattr(exc.orig, "pgcode", None) not in ("40P01", "40001") or attempt == _MAX_TX_RETRIES - 1:
+                    raise
+                logger.info("add_events: transaction retried after %s", exc.orig.pgcode)
+                time.sleep(0.01 * (attempt + 1) * (1 + random.random()))
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ snapshot
 
@@ -401,7 +415,8 @@ class FeatureStore:
             missing = pd.unique(user_ids[user_pk < 0])
             if not create_users:
                 raise DatasetError(f"events reference unknown user(s): {', '.join(map(repr, missing[:10]))}")
-            self._upsert(conn, users_table, "user_id", [{"user_id": str(u), "attributes": {}} for u in missing], False)
+            # Sorted: concurrent writers then take row locks in one order (no deadlock cycle).
+            self._upsert(conn, users_table, "user_id", [{"user_id": str(u), "attributes": {}} for u in sorted(map(str, missing))], False)
             user_pk = self._lookup_pks(conn, users_table, "user_id", user_ids)
         ts = events["timestamp"]
         ts_ms = ts.array.as_unit("ns").asi8 // 1_000_000  # floor division: exact for pre-1970 too
@@ -420,8 +435,12 @@ class FeatureStore:
                 ),
             }
         )
-        if self.dialect == "postgresql" and len(rows) >= _PG_COPY_MIN_ROWS:
-            return self._copy_events_pg(conn, rows, progress)
+        if self.dialect == "postgresql":
+            # Concurrent batches that share event ids (client retries) must lock unique-index
+            # entries in the same order, or PostgreSQL finds a deadlock cycle between them.
+            rows = rows.sort_values("event_id", kind="stable", ignore_index=True)
+            if len(rows) >= _PG_COPY_MIN_ROWS:
+                return self._copy_events_pg(conn, rows, progress)
         return self._executemany_events(conn, rows, progress)
 
     def _executemany_events(self, conn: Connection, rows: pd.DataFrame, progress: bool) -> int:
@@ -495,7 +514,7 @@ class FeatureStore:
                 buf.seek(0)
                 cur.copy_expert(copy_sql, buf)
             cur.execute(
-                f"INSERT INTO events ({cols}) SELECT {cols} FROM _events_in ON CONFLICT (event_id) DO NOTHING"
+                f"INSERT INTO events ({cols}) SELECT {cols} FROM _events_in ORDER BY event_id ON CONFLICT (event_id) DO NOTHING"
             )
             inserted = cur.rowcount
             cur.execute("DROP TABLE _events_in")

@@ -20,7 +20,7 @@ import pandas as pd
 import yaml
 
 from experiments import runner
-from experiments.spec import BASELINE_KINDS, ExperimentSpec, ModelConfig, SpecError, name_configs, parse_metric
+from experiments.spec import BASELINE_KINDS, ExperimentSpec, ModelConfig, SpecError, parse_metric
 from pipelines import tracking
 from recsys.datasets import Dataset
 from recsys.evaluation.splits import Split

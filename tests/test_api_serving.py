@@ -4,7 +4,6 @@ catalog changes, API keys, validation, version pinning and refused corrupt versi
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest

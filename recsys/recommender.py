@@ -24,6 +24,7 @@ import pandas as pd
 from recsys.bundle import ModelBundle
 from recsys.hybrid import blend
 from recsys.index.exact import pairwise_scores, top_k_from_scores
+from recsys.models.als import als_user_solve
 
 logger = logging.getLogger(__name__)
 
@@ -286,15 +287,11 @@ class Recommender:
         For ALS this is exactly the user step of training; for BPR/LightFM vectors it is a
         least-squares approximation of the user's position in the same space.
         """
-        Y = self.cf_vectors.astype(np.float64)
         if self._gram is None:
+            Y = self.cf_vectors.astype(np.float64)
             self._gram = Y.T @ Y
-        pos, inverse = np.unique(np.asarray(item_positions, np.int64), return_inverse=True)
-        c = np.ones(len(item_positions)) if counts is None else np.asarray(counts, np.float64)
-        confidence = 1.0 + self._alpha * np.bincount(inverse, weights=c)
-        Yu = Y[pos]
-        A = self._gram + (Yu.T * (confidence - 1.0)) @ Yu + self._regularization * np.eye(Y.shape[1])
-        return np.linalg.solve(A, Yu.T @ confidence).astype(np.float32)
+        counts = np.ones(len(item_positions)) if counts is None else np.asarray(counts, np.float64)
+        return als_user_solve(self.cf_vectors, item_positions, 1.0 + self._alpha * counts, self._regularization, gram=self._gram)
 
     def content_profile(self, item_positions: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
         c = np.ones(len(item_positions)) if counts is None else np.asarray(counts, np.float64)

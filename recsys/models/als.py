@@ -71,18 +71,24 @@ class ALSEmbedder(Embedder):
         return als_user_solve(self.item_vectors_, item_indices, w, self.regularization)
 
 
-def als_user_solve(item_vectors: np.ndarray, item_indices: np.ndarray, confidence: np.ndarray, regularization: float) -> np.ndarray:
+def als_user_solve(item_vectors: np.ndarray, item_indices: np.ndarray, confidence: np.ndarray, regularization: float,
+                   gram: np.ndarray | None = None) -> np.ndarray:
     """Exact ALS user update: (YᵀY + Yᵤᵀ(Cᵤ−I)Yᵤ + λI) x = Yᵤᵀ Cᵤ p.
 
     Same solve as implicit's ``recalculate_user``, but over our float32 arrays, so it works for
     any bundle without the implicit model object (e.g. in the API, from memory-mapped vectors).
+    Repeated items are summed into one confidence. ``gram`` (YᵀY) may be passed in by callers
+    that solve for many users against the same items.
     """
     factors = item_vectors.shape[1]
     if len(item_indices) == 0:
         return np.zeros(factors, np.float32)
-    Y = item_vectors.astype(np.float64)
-    Yu = Y[item_indices]
-    c = confidence.astype(np.float64)
-    A = Y.T @ Y + (Yu.T * (c - 1.0)) @ Yu + regularization * np.eye(factors)
-    b = Yu.T @ c
-    return np.linalg.solve(A, b).astype(np.float32)
+    pos, inverse = np.unique(np.asarray(item_indices, np.int64), return_inverse=True)
+    # confidence of a repeated item: 1 + Σ (cᵢ − 1)
+    c = 1.0 + np.bincount(inverse, weights=np.asarray(confidence, np.float64) - 1.0)
+    Yu = np.asarray(item_vectors[pos], dtype=np.float64)
+    if gram is None:
+        Y = np.asarray(item_vectors, dtype=np.float64)
+        gram = Y.T @ Y
+    A = gram + (Yu.T * (c - 1.0)) @ Yu + regularization * np.eye(factors)
+    return np.linalg.solve(A, Yu.T @ c).astype(np.float32)

@@ -7,6 +7,7 @@ Every failure the user can fix prints one line `error: …` on stderr and exits 
 from __future__ import annotations
 
 import logging
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
@@ -201,8 +202,12 @@ def demo(
         console.print(table)
     console.rule("next")
     console.print(f"data and MLflow store live in {settings.data_dir}")
-    console.print("serve the API:   recsys serve --port 8000")
+    recsys_cmd = sys.argv[0] if Path(sys.argv[0]).name == "recsys" else "recsys"  # as the user invoked it
+    console.print(f"serve the API:   RECSYS_API_KEYS=dev-key {recsys_cmd} serve --port 8000")
     console.print("then try:        curl 'http://127.0.0.1:8000/users/u1/recommendations?k=5'")
+    console.print("                 curl 'http://127.0.0.1:8000/search?q=rocket+orbit&k=5'")
+    console.print("""                 curl -X POST -H 'X-API-Key: dev-key' -H 'content-type: application/json' """
+                  """-d '{"user_id": "u1", "item_id": "i3", "event_type": "click"}' http://127.0.0.1:8000/events""")
     console.print(f"MLflow UI:       mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
 
 

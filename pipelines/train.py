@@ -51,6 +51,12 @@ class IndexConfig(_Config):
     search_k: int = -1
     target_recall: float = 0.95
     recall_queries: int = 200
+    #: distance metric per index. ``user`` defaults to the model's own (``dot`` for matrix
+    #: factorization: Annoy's ranking then equals the model's score); any of cosine, dot,
+    #: euclidean, manhattan, hamming may be chosen for each.
+    user_metric: Literal["cosine", "dot", "euclidean", "manhattan", "hamming"] | None = None
+    item_metric: Literal["cosine", "dot", "euclidean", "manhattan", "hamming"] = "cosine"
+    content_metric: Literal["cosine", "dot", "euclidean", "manhattan", "hamming"] = "cosine"
 
 
 class ContentConfig(_Config):
@@ -197,11 +203,12 @@ def build_bundle(config: TrainConfig, model, matrix: InteractionMatrix, info: di
         info["hybrid"]["content_kind"] = encoder.kind
         info["cold_start_items"] = int(len(cold))
     indexes = {}
-    # "user": the model's own ranking metric; "item": cosine for item-to-item similarity;
-    # "content": cosine over content vectors.
-    spaces = [("user", model.metric, item_vectors, model.user_vectors_), ("item", "cosine", item_vectors, item_vectors)]
+    # Metric per index (IndexConfig): "user" defaults to the model's own ranking metric, "item"
+    # (item-to-item similarity) and "content" to cosine.
+    ix = config.index
+    spaces = [("user", ix.user_metric or model.metric, item_vectors, model.user_vectors_), ("item", ix.item_metric, item_vectors, item_vectors)]
     if encoder is not None:
-        spaces.append(("content", "cosine", extras["content"], extras["content"]))
+        spaces.append(("content", ix.content_metric, extras["content"], extras["content"]))
     for role, metric, vectors, queries in spaces:
         params = ({"n_trees": config.index.n_trees, "search_k": config.index.search_k, "target_recall": config.index.target_recall}
                   if config.index.kind == "annoy" else {})

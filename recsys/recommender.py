@@ -253,12 +253,12 @@ class Recommender:
         allowed = self._allowed_mask(filters)
         n = k + offset
         if mode == "collaborative":
-            ranked = self._search("item", "cosine", self.cf_vectors, self.cf_vectors[j], n, exclude, allowed)
+            ranked = self._search("item", self._metric("item"), self.cf_vectors, self.cf_vectors[j], n, exclude, allowed)
         elif mode == "content":
-            ranked = self._search("content", "cosine", self.content_vectors, self.content_vectors[j], n, exclude, allowed)
+            ranked = self._search("content", self._metric("content"), self.content_vectors, self.content_vectors[j], n, exclude, allowed)
         else:
-            cf_s = pairwise_scores(self.cf_vectors[j], self.cf_vectors, "cosine")[0]
-            ct_s = pairwise_scores(self.content_vectors[j], self.content_vectors, "cosine")[0]
+            cf_s = pairwise_scores(self.cf_vectors[j], self.cf_vectors, self._metric("item"))[0]
+            ct_s = pairwise_scores(self.content_vectors[j], self.content_vectors, self._metric("content"))[0]
             ranked = self._top_blended(cf_s, ct_s, None, None, n, exclude, allowed)
         reason = {"collaborative": "liked by the same users", "content": "similar text", "hybrid": "similar item"}[mode]
         items = [self._scored(i, s, reason) for i, s in zip(*ranked)][offset : offset + k]
@@ -270,7 +270,8 @@ class Recommender:
         if encoder is None or self.content_vectors is None or not getattr(encoder, "supports_text", True):
             raise SearchUnavailable("this model has no text encoder: train with a tfidf or sbert content model for /search")
         vector = encoder.transform([query])[0]
-        ids, scores = self._search("content", "cosine", self.content_vectors, vector, k + offset, np.empty(0, np.int64), self._allowed_mask(filters))
+        ids, scores = self._search("content", self._metric("content"), self.content_vectors, vector, k + offset,
+                                   np.empty(0, np.int64), self._allowed_mask(filters))
         items = [self._scored(i, s, "matches the query text") for i, s in zip(ids, scores)][offset : offset + k]
         return RecommendationResult("search", items, "content")
 
@@ -298,6 +299,14 @@ class Recommender:
         profile = (self.content_vectors[item_positions] * c[:, None]).sum(0)
         return (profile / max(np.linalg.norm(profile), 1e-12)).astype(np.float32)
 
+    def _metric(self, role: str) -> str:
+        """The metric each space is searched with: its index's (chosen per index at training);
+        without an index, the model's own for users and cosine for item/content similarity."""
+        index = self.bundle.indexes.get(role)
+        if index is not None:
+            return index.metric
+        return self.bundle.metric if role == "user" else "cosine"
+
     def _mode(self, mode: str | None) -> str:
         mode = mode or self.default_mode
         if mode not in MODES:
@@ -311,16 +320,16 @@ class Recommender:
         # With MMR, re-rank a wider pool than we return.
         n = k + offset
         pool = n if diversity is None or diversity >= 1.0 else max(3 * n, n + 30)
-        metric = self.bundle.metric
+        metric = self._metric("user")
         if mode == "collaborative":
             ids, scores = self._search("user", metric, self.cf_vectors, cf_vector, pool, exclude, allowed)
         else:
             profile = self.content_profile(seen, counts)
             if mode == "content":
-                ids, scores = self._search("content", "cosine", self.content_vectors, profile, pool, exclude, allowed)
+                ids, scores = self._search("content", self._metric("content"), self.content_vectors, profile, pool, exclude, allowed)
             else:
                 cf_s = pairwise_scores(cf_vector, self.cf_vectors, metric)[0]
-                ct_s = pairwise_scores(profile, self.content_vectors, "cosine")[0]
+                ct_s = pairwise_scores(profile, self.content_vectors, self._metric("content"))[0]
                 ids, scores = self._top_blended(cf_s, ct_s, weights, fusion, pool, exclude, allowed)
         if diversity is not None and diversity < 1.0:
             ids, scores = self._mmr(ids, scores, diversity, n)

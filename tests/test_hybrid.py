@@ -76,3 +76,26 @@ def test_blend_weighted_is_scale_free_and_rrf_uses_ranks():
     np.testing.assert_allclose(rrf, [1 / 63 + 1 / 61, 1 / 62 + 1 / 62, 1 / 61 + 1 / 63], rtol=1e-6)
     with pytest.raises(ValueError, match="fusion"):
         blend(cf, ct, (1, 1), "magic")
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "manhattan", "hamming"])
+def test_index_metric_is_selectable_per_index(metric):
+    """A config's item/content metric reaches the Annoy index and the answers follow it."""
+    from pipelines.train import IndexConfig
+    from recsys.index.exact import pairwise_scores
+
+    data = generate_synthetic(n_users=200, n_items=120, n_events=6_000, n_clusters=4, seed=2)
+    config = TrainConfig(model=ModelConfig(kind="als", params={"factors": 8, "iterations": 5}),
+                         content=ContentConfig(kind="tags", params={"n_components": 8}),
+                         index=IndexConfig(item_metric=metric, content_metric=metric))
+    full = InteractionMatrix.from_events(data.events, alpha=config.alpha)
+    bundle = build_bundle(config, fit_model(config, full, data), full, {}, data, fit_content(config, data, full.item_ids))
+    assert bundle.indexes["item"].metric == metric and bundle.indexes["content"].metric == metric
+    assert bundle.indexes["user"].metric == "dot"
+    rec = Recommender(bundle, data.items)
+    item = bundle.item_ids[0]
+    got = rec.similar_items(item, k=5, mode="collaborative").items
+    exact = pairwise_scores(bundle.item_vectors[0], bundle.item_vectors, metric)[0]
+    exact[0] = -np.inf
+    # same scores as an exact search with that metric (ties allowed for hamming)
+    np.testing.assert_allclose(sorted((i.score for i in got), reverse=True), np.sort(exact)[::-1][:5], atol=1e-4)

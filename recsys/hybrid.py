@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.index.exact import pairwise_scores
+from recsys.index.exact import pairwise_scores, top_k_rows
 
 FUSIONS = ("weighted", "rrf")
 RRF_K = 60  # Cormack, Clarke & Büttcher's constant
@@ -77,11 +77,5 @@ def hybrid_top_k(
         if exclude is not None:
             block = exclude[start:stop].tocoo()
             fused[block.row, block.col] = -np.inf
-        kk = min(k, fused.shape[1])
-        part = np.argpartition(-fused, kk - 1, axis=1)[:, :kk]
-        rows = np.arange(stop - start)[:, None]
-        order = np.argsort(-fused[rows, part], axis=1, kind="stable")
-        top = part[rows, order]
-        top[~np.isfinite(fused[rows, top])] = -1
-        out[start:stop, :kk] = top
+        out[start:stop] = top_k_rows(fused, k)[0]
     return out

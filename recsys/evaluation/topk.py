@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from recsys.index.exact import top_k_rows
+
 METRICS = ("dot", "cosine")
 
 
@@ -66,9 +68,8 @@ def top_k_scores(
                 f"exclude has {exclude.shape[0]} rows: expected {U.shape[0]} (one per user vector)"
                 + (f" or {len(rows)} (one per user_rows entry)" if user_rows is not None else "")
             )
-    kk = min(k, n_items)
-    out_idx = np.full((len(rows), k), -1, dtype=np.int64)
-    out_scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
+    out_idx = np.empty((len(rows), k), dtype=np.int64)
+    out_scores = np.empty((len(rows), k), dtype=np.float32)
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         scores = U[batch] @ V.T
@@ -76,16 +77,5 @@ def top_k_scores(
             sub = exclude[start : start + len(batch)] if aligned else exclude[batch]
             r = np.repeat(np.arange(len(batch)), np.diff(sub.indptr))
             scores[r, sub.indices] = -np.inf
-        if kk < n_items:
-            part = np.argpartition(scores, n_items - kk, axis=1)[:, n_items - kk :]  # no negated copy
-        else:
-            part = np.broadcast_to(np.arange(n_items), (len(batch), n_items))
-        part_scores = np.take_along_axis(scores, part, axis=1)
-        # best first; ties by lower item index
-        order = np.lexsort((part, -part_scores), axis=1)
-        idx = np.take_along_axis(part, order, axis=1)
-        sc = np.take_along_axis(part_scores, order, axis=1)
-        idx = np.where(np.isneginf(sc), -1, idx)
-        out_idx[start : start + len(batch), :kk] = idx
-        out_scores[start : start + len(batch), :kk] = sc
+        out_idx[start : start + len(batch)], out_scores[start : start + len(batch)] = top_k_rows(scores, k)
     return out_idx, out_scores

@@ -92,9 +92,6 @@ class AnnoyItemIndex(ItemIndex):
         order = np.argsort(-scores, kind="stable")[:k]
         return ids[order], scores[order]
 
-    def query_batch(self, queries: np.ndarray, k: int) -> np.ndarray:
-        return np.stack([self.query(q, k)[0] for q in queries])
-
     def measure_recall(self, vectors: np.ndarray, queries: np.ndarray, k: int = 10, truth: np.ndarray | None = None) -> float:
         """Recall@k of this index against exact search with the same metric."""
         if truth is None:

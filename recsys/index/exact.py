@@ -33,17 +33,42 @@ def pairwise_scores(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np
     raise ValueError(check_metric(metric))
 
 
+def top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best columns of every row of ``scores`` (higher is better), best first.
+
+    Returns (indices int64 (n, k), scores float32 (n, k)); entries scored ``-inf`` (excluded)
+    come back as index ``-1``, and rows with fewer than k columns are padded with -1 / -inf.
+    Equal scores are ordered by lower column index. The one top-k used by exact search,
+    evaluation and the hybrid blend.
+    """
+    scores = np.atleast_2d(np.asarray(scores, dtype=np.float32))
+    n_rows, n_cols = scores.shape
+    kk = min(k, n_cols)
+    out_idx = np.full((n_rows, k), -1, dtype=np.int64)
+    out_scores = np.full((n_rows, k), -np.inf, dtype=np.float32)
+    if kk <= 0:
+        return out_idx, out_scores
+    if kk < n_cols:
+        part = np.argpartition(scores, n_cols - kk, axis=1)[:, n_cols - kk :]  # no negated copy
+    else:
+        part = np.broadcast_to(np.arange(n_cols), (n_rows, n_cols))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    idx = np.take_along_axis(part, order, axis=1)
+    top = np.take_along_axis(part_scores, order, axis=1)
+    out_idx[:, :kk] = np.where(np.isneginf(top), -1, idx)
+    out_scores[:, :kk] = top
+    return out_idx, out_scores
+
+
 def top_k_from_scores(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of one score vector, skipping ``exclude``; only real (non-excluded) entries."""
     scores = np.asarray(scores, dtype=np.float32).copy()
     if exclude is not None and len(exclude):
         scores[np.asarray(exclude, dtype=np.int64)] = -np.inf
-    k = min(k, len(scores))
-    if k <= 0:
-        return np.empty(0, np.int64), np.empty(0, np.float32)
-    part = np.argpartition(-scores, k - 1)[:k]
-    order = part[np.argsort(-scores[part], kind="stable")]
-    order = order[np.isfinite(scores[order])]
-    return order.astype(np.int64), scores[order]
+    idx, top = top_k_rows(scores, k)
+    keep = idx[0] >= 0
+    return idx[0][keep], top[0][keep]
 
 
 class ExactIndex(ItemIndex):
@@ -68,11 +93,7 @@ class ExactIndex(ItemIndex):
 
     def query_batch(self, queries: np.ndarray, k: int) -> np.ndarray:
         """Top-k rows for many queries at once (used for recall measurement)."""
-        scores = pairwise_scores(queries, self.vectors, self.metric)
-        k = min(k, scores.shape[1])
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        rows = np.arange(len(scores))[:, None]
-        return part[rows, np.argsort(-scores[rows, part], axis=1, kind="stable")]
+        return top_k_rows(pairwise_scores(queries, self.vectors, self.metric), k)[0]
 
     def save(self, folder: Path) -> dict:
         folder = Path(folder)

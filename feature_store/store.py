@@ -80,6 +80,10 @@ class IngestResult:
 
 
 _MAX_TX_RETRIES = 5
+_HISTORY_SQL = (
+    "SELECT i.item_id, e.created_at FROM events e JOIN items i ON e.item_pk = i.id "
+    "JOIN users u ON e.user_pk = u.id WHERE u.user_id = {p} ORDER BY e.ts, e.id"
+)
 
 
 class FeatureStore:
@@ -261,15 +265,20 @@ class FeatureStore:
 
     def user_history(self, user_id: str) -> list[str]:
         """Item ids the user interacted with, oldest first (repeats kept)."""
-        stmt = (
-            select(items_table.c.item_id)
-            .select_from(events_table.join(items_table, events_table.c.item_pk == items_table.c.id))
-            .join(users_table, events_table.c.user_pk == users_table.c.id)
-            .where(users_table.c.user_id == str(user_id))
-            .order_by(events_table.c.ts, events_table.c.id)
-        )
+        return self.user_activity(user_id)[0]
+
+    def user_activity(self, user_id: str) -> tuple[list[str], datetime | None]:
+        """The user's item ids (oldest first, repeats kept) and when their newest event was
+        stored (UTC). Plain driver SQL: this runs on every recommendation request."""
+        sql = _HISTORY_SQL.format(p="?" if self.dialect == "sqlite" else "%s")
         with self.engine.connect() as conn:
-            return [r[0] for r in conn.execute(stmt)]
+            rows = conn.exec_driver_sql(sql, (str(user_id),)).all()
+        newest = max((r[1] for r in rows if r[1] is not None), default=None)
+        if isinstance(newest, str):  # SQLite returns CURRENT_TIMESTAMP text ("YYYY-MM-DD HH:MM:SS", UTC)
+            newest = datetime.fromisoformat(newest)
+        if newest is not None and newest.tzinfo is None:
+            newest = newest.replace(tzinfo=timezone.utc)
+        return [r[0] for r in rows], newest
 
     def item_popularity(self, limit: int | None = None) -> pd.Series:
         """Event count per item_id, most popular first (ties by item_id)."""

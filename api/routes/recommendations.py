@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 
 from api.deps import HolderDep, PinDep, StoreDep, read_key, resolve
-from api.history import has_fresh_events, user_history
+from api.history import has_fresh_events
 from api.schemas import (
     Error,
     Fusion,
@@ -134,7 +134,7 @@ async def user_recommendations(
     the event loop than to hand to the thread pool (measured by bench/serve_bench.py).
     """
     model, variant = resolve(holder, user_id, pinned)
-    history, newest = user_history(store, user_id)
+    history, newest = store.user_activity(user_id)
     refresh = has_fresh_events(newest, model.trained_as_of)
     try:
         result = model.recommender.recommend_for_user(

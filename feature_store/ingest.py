@@ -132,10 +132,13 @@ def write_events(
             "event_type": events["event_type"].to_numpy(dtype=object),
             "value": events["value"].to_numpy(dtype=np.float64),
             "ts": ts_ms,
-            "variant": (
+            # object dtype, so a missing variant stays None (SQL NULL): pandas would infer a str
+            # column holding NaN, which psycopg2 sends as the float 'NaN'.
+            "variant": pd.Series(
                 variant.astype(object).where(variant.notna(), None).to_numpy()
                 if variant is not None
-                else np.full(len(events), None, dtype=object)
+                else np.full(len(events), None, dtype=object),
+                dtype=object,
             ),
         }
     )

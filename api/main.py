@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         store = FeatureStore(settings.database_url)
-        init_api_tables(store.engine)
+        init_api_tables(store)
         holder = ModelHolder(settings, store)
         for alias in holder.aliases:
             try:
@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except Exception:
                 logger.exception("could not load the model behind alias %s", alias)
         app.state.settings, app.state.store, app.state.holder = settings, store, holder
-        app.state.keys = KeyChecker(store.engine, settings.api_key_list)
+        app.state.keys = KeyChecker(store, settings.api_key_list)
         holder.start_polling()
         try:
             yield

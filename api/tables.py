@@ -1,37 +1,22 @@
 """Tables the API owns, on the feature store's engine (kept apart from the store's own metadata).
 
-- ``api_keys``: sha256 of each API key (the key itself is never stored), revocable.
 - ``api_catalog_changes``: an append-only log of item ids changed through the API. Its max
   ``seq`` is the catalog *generation*: every worker compares it with the generation its loaded
   models have seen (one primary-key lookup per request) and re-reads only the changed items.
+
+(API keys live in the feature store: ``feature_store.tables.api_keys_table``.)
 """
 
 from __future__ import annotations
 
-from sqlalchemy import (
-    Boolean,
-    Column,
-    DateTime,
-    Engine,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    func,
-    false,
-)
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, func
+
+if TYPE_CHECKING:
+    from feature_store import FeatureStore
 
 metadata = MetaData()
-
-api_keys_table = Table(
-    "api_keys",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String(255), nullable=False),
-    Column("key_sha256", String(64), nullable=False, unique=True),
-    Column("revoked", Boolean, nullable=False, server_default=false()),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-)
 
 catalog_changes_table = Table(
     "api_catalog_changes",
@@ -42,5 +27,5 @@ catalog_changes_table = Table(
 )
 
 
-def init_api_tables(engine: Engine) -> None:
-    metadata.create_all(engine)
+def init_api_tables(store: FeatureStore) -> None:
+    metadata.create_all(store.engine)

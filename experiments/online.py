@@ -14,9 +14,7 @@ import math
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, distinct, func, select
-
-from feature_store import FeatureStore, events_table
+from feature_store import FeatureStore
 from pipelines import tracking
 from recsys.settings import Settings
 
@@ -57,35 +55,28 @@ class VariantStats:
 
 
 def variant_stats(store: FeatureStore, outcomes=OUTCOMES, since: datetime | None = None, z: float = 1.959963984540054) -> list[VariantStats]:
-    ev = events_table
-    where = [ev.c.variant.is_not(None)]
-    if since is not None:
-        where.append(ev.c.ts >= int(since.timestamp() * 1000))
-    cond = and_(*where)
-    with store.engine.connect() as conn:
-        base = conn.execute(
-            select(ev.c.variant, func.count(distinct(ev.c.user_pk)), func.count()).where(cond).group_by(ev.c.variant)
-        ).all()
-        hits = {o: dict(conn.execute(
-            select(ev.c.variant, func.count(distinct(ev.c.user_pk))).where(and_(cond, ev.c.event_type == o)).group_by(ev.c.variant)
-        ).all()) for o in outcomes}
+    """Per variant (sorted by name): exposed users, events, and each outcome's rate with its Wilson interval."""
     out = []
-    for variant, users, events in sorted(base):
-        alias, _, version = str(variant).rpartition(":")
+    for row in store.variant_activity(outcomes, since):
+        alias, _, version = row.variant.rpartition(":")
         if not alias:
-            alias, version = str(variant), None
-        succ = {o: int(hits[o].get(variant, 0)) for o in outcomes}
+            alias, version = row.variant, None
+        succ = {o: row.users_with[o] for o in outcomes}
         out.append(VariantStats(
-            variant=str(variant), alias=alias, version=version, users=int(users), events=int(events), successes=succ,
-            rates={o: succ[o] / users if users else 0.0 for o in outcomes},
-            intervals={o: wilson_interval(succ[o], int(users), z) for o in outcomes},
+            variant=row.variant, alias=alias, version=version, users=row.users, events=row.events, successes=succ,
+            rates={o: succ[o] / row.users if row.users else 0.0 for o in outcomes},
+            intervals={o: wilson_interval(succ[o], row.users, z) for o in outcomes},
         ))
     return out
 
 
 def report(settings: Settings, *, outcomes=OUTCOMES, since: datetime | None = None, log_to_mlflow: bool = True) -> list[VariantStats]:
     """Compute the per-variant stats and log each onto its version's MLflow run."""
-    stats = variant_stats(FeatureStore(settings.database_url), outcomes, since)
+    store = FeatureStore(settings.database_url)
+    try:
+        stats = variant_stats(store, outcomes, since)
+    finally:
+        store.dispose()
     if log_to_mlflow:
         summary = {s.variant: {o: round(s.rates[o], 5) for o in outcomes} for s in stats}
         for s in stats:

@@ -1,4 +1,4 @@
-"""Feature store tables: items, users, events (SQLModel on SQLAlchemy 2, SQLite and PostgreSQL).
+"""Online store tables: items, users, events, api_keys (SQLModel on SQLAlchemy 2, SQLite and PostgreSQL).
 
 External ids (``item_id``, ``user_id``, ``event_id``) are strings; rows are joined through integer
 surrogate keys so the 5M-row events table stays narrow and fast to scan. ``events.ts`` is epoch
@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, Float, ForeignKey, String, Text, func, true
+from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, Float, ForeignKey, String, Text, false, func, true
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -62,7 +62,20 @@ class Event(SQLModel, table=True):
     created_at: Optional[datetime] = Field(default=None, sa_column=_created())
 
 
+class ApiKey(SQLModel, table=True):
+    """An API key of the HTTP API: only its sha256 is stored (the key is shown once, at creation)."""
+
+    __tablename__ = "api_keys"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=Column(String(255), nullable=False))
+    key_sha256: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
+    revoked: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
+    created_at: Optional[datetime] = Field(default=None, sa_column=_created())
+
+
 items_table = Item.__table__
 users_table = User.__table__
 events_table = Event.__table__
+api_keys_table = ApiKey.__table__
 metadata = SQLModel.metadata

@@ -1,0 +1,95 @@
+"""Activity: reads over the events table for serving and reports — a user's recent history,
+item popularity, event counts, and per-A/B-variant exposure and outcome counts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pandas as pd
+from sqlalchemy import Connection, case, distinct, func, select
+
+from feature_store.backends import Backend
+from feature_store.tables import events_table, items_table
+
+
+@dataclass(frozen=True)
+class VariantActivity:
+    """Events attributed to one A/B variant (``events.variant``, e.g. ``"production:3"``)."""
+
+    variant: str
+    #: distinct users with at least one event attributed to the variant (the exposed users)
+    users: int
+    #: events attributed to the variant
+    events: int
+    #: event type -> distinct users with at least one event of that type in the variant
+    users_with: dict[str, int]
+
+
+def user_activity(conn: Connection, backend: Backend, user_id: str) -> tuple[list[str], datetime | None]:
+    """The user's item ids (oldest first, repeats kept) and when their newest event was stored (UTC)."""
+    rows = backend.user_activity_rows(conn, user_id)
+    newest = max((r[1] for r in rows if r[1] is not None), default=None)
+    if isinstance(newest, str):  # SQLite returns CURRENT_TIMESTAMP text ("YYYY-MM-DD HH:MM:SS", UTC)
+        newest = datetime.fromisoformat(newest)
+    if newest is not None and newest.tzinfo is None:
+        newest = newest.replace(tzinfo=UTC)
+    return [r[0] for r in rows], newest
+
+
+def item_popularity(conn: Connection, limit: int | None = None) -> pd.Series:
+    """Event count per item_id, most popular first (ties by item_id)."""
+    n = func.count(events_table.c.id).label("n")
+    stmt = (
+        select(items_table.c.item_id, n)
+        .select_from(events_table.join(items_table, events_table.c.item_pk == items_table.c.id))
+        .group_by(items_table.c.item_id)
+        .order_by(n.desc(), items_table.c.item_id)
+    )
+    if limit is not None:
+        stmt = stmt.limit(int(limit))
+    rows = conn.execute(stmt).all()
+    return pd.Series(
+        [int(r[1]) for r in rows],
+        index=pd.Index([r[0] for r in rows], dtype="str", name="item_id"),
+        name="count",
+        dtype="int64",
+    )
+
+
+def count_events(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(events_table)).scalar_one())
+
+
+def variant_activity(
+    conn: Connection, event_types: Sequence[str], since: datetime | None = None
+) -> list[VariantActivity]:
+    """Per variant (sorted by name): exposed users, events, and users with each event type.
+
+    Only events that carry a variant count; ``since`` (naive = UTC) keeps events at or after it.
+    """
+    ev = events_table
+    event_types = list(dict.fromkeys(event_types))
+    cols = [ev.c.variant, func.count(distinct(ev.c.user_pk)), func.count()]
+    cols += [func.count(distinct(case((ev.c.event_type == t, ev.c.user_pk)))) for t in event_types]
+    stmt = select(*cols).where(ev.c.variant.is_not(None)).group_by(ev.c.variant)
+    if since is not None:
+        stmt = stmt.where(ev.c.ts >= _epoch_ms(since))
+    return [
+        VariantActivity(
+            variant=str(row[0]),
+            users=int(row[1]),
+            events=int(row[2]),
+            users_with={t: int(n) for t, n in zip(event_types, row[3:])},
+        )
+        # Sorted here, not by ORDER BY: the server's collation would order names differently.
+        for row in sorted(conn.execute(stmt).all(), key=lambda r: str(r[0]))
+    ]
+
+
+def _epoch_ms(when: datetime) -> int:
+    ts = pd.Timestamp(when)
+    if ts.tzinfo is None:
+        ts = ts.tz_localize("UTC")
+    return int(ts.tz_convert("UTC").value // 1_000_000)

@@ -1,0 +1,149 @@
+"""Ingest: events into the online store — id resolution, idempotent bulk insert, API records.
+
+External string ids are mapped to integer surrogate keys in pandas; events are stored with
+those keys and epoch-millisecond times. The dialect's bulk path (executemany or COPY) is the
+backend's :meth:`~feature_store.backends.Backend.insert_events`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, Table, bindparam, select
+
+from feature_store.backends import Backend
+from feature_store.catalog import insert_missing_users
+from feature_store.tables import items_table, users_table
+from recsys.datasets.base import DatasetError, normalize_events
+
+# Up to this many distinct ids are looked up with IN (...); more and the whole id table is read.
+_IN_LOOKUP_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    users_upserted: int
+    items_upserted: int
+    events_inserted: int
+    events_duplicate: int
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    """Normalized events (``EVENT_COLUMNS``) plus the variant each is attributed to (or None)."""
+
+    events: pd.DataFrame
+    variant: pd.Series | None = None
+
+
+def events_from_records(records: Sequence[dict[str, Any]]) -> EventBatch:
+    """Event dicts (API / ``add_events``) as a normalized batch.
+
+    Keys: user_id, item_id (required), event_type, value, timestamp (datetime, ISO string or
+    epoch seconds; default now), event_id (default: derived from the other fields), variant.
+    """
+    frame = pd.DataFrame.from_records(list(records))
+    now = pd.Timestamp.now(tz="UTC")
+    if "timestamp" not in frame:
+        frame["timestamp"] = now
+    else:
+        frame["timestamp"] = [now if _missing(v) else v for v in frame["timestamp"]]
+        if frame["timestamp"].map(lambda v: isinstance(v, (int, float))).all():
+            frame["timestamp"] = pd.to_numeric(frame["timestamp"])
+    # Per-record defaults, so one record leaving a field out doesn't fail the batch.
+    for col, default in (("value", 1.0), ("event_type", "interaction")):
+        if col in frame:
+            frame[col] = [default if _missing(v) else v for v in frame[col]]
+    given_ids = frame.get("event_id")
+    events = normalize_events(frame.drop(columns=["event_id"], errors="ignore"))
+    if given_ids is not None:
+        # Keep caller ids where given; derived ids only fill the gaps.
+        mask = given_ids.notna().to_numpy()
+        ids = np.array(events["event_id"].to_numpy(dtype=object), dtype=object)
+        ids[mask] = given_ids[mask].astype(str).to_numpy()
+        events["event_id"] = pd.Series(ids, dtype="str")
+    variant = frame["variant"].reset_index(drop=True) if "variant" in frame else None
+    return EventBatch(events=events, variant=variant)
+
+
+def lookup_pks(conn: Connection, table: Table, key: str, ids: np.ndarray) -> np.ndarray:
+    """Surrogate key for each external id in ``ids`` (-1 where unknown)."""
+    uniq = pd.unique(ids)
+    col = table.c[key]
+    if len(uniq) <= _IN_LOOKUP_LIMIT:
+        stmt = select(table.c.id, col).where(col.in_(bindparam("ids", expanding=True)))
+        rows = conn.execute(stmt, {"ids": [str(u) for u in uniq]}).all()
+    else:
+        rows = conn.execute(select(table.c.id, col)).all()
+    known = pd.Index([r[1] for r in rows], dtype="str")
+    pks = np.array([r[0] for r in rows], dtype=np.int64)
+    pos = known.get_indexer(ids)
+    out = np.full(len(ids), -1, dtype=np.int64)
+    hit = pos >= 0
+    out[hit] = pks[pos[hit]]
+    return out
+
+
+def write_events(
+    conn: Connection,
+    backend: Backend,
+    batch: EventBatch,
+    *,
+    create_users: bool,
+    chunk_size: int,
+    progress: bool = False,
+) -> int:
+    """Insert the batch's events (stored event ids are skipped); returns how many were inserted.
+
+    Every item must exist (DatasetError otherwise); unknown users are created when
+    ``create_users``, else they are a DatasetError too.
+    """
+    events = batch.events
+    if len(events) == 0:
+        return 0
+    item_ids = events["item_id"].to_numpy()
+    item_pk = lookup_pks(conn, items_table, "item_id", item_ids)
+    if (item_pk < 0).any():
+        missing = pd.unique(item_ids[item_pk < 0])
+        raise DatasetError(
+            f"events reference {len(missing)} unknown item(s): {', '.join(map(repr, missing[:10]))}"
+            + (" ..." if len(missing) > 10 else "")
+        )
+    user_ids = events["user_id"].to_numpy()
+    user_pk = lookup_pks(conn, users_table, "user_id", user_ids)
+    if (user_pk < 0).any():
+        missing = pd.unique(user_ids[user_pk < 0])
+        if not create_users:
+            raise DatasetError(f"events reference unknown user(s): {', '.join(map(repr, missing[:10]))}")
+        insert_missing_users(conn, backend, missing)
+        user_pk = lookup_pks(conn, users_table, "user_id", user_ids)
+    ts = events["timestamp"]
+    ts_ms = ts.array.as_unit("ns").asi8 // 1_000_000  # floor division: exact for pre-1970 too
+    variant = batch.variant
+    rows = pd.DataFrame(
+        {
+            "event_id": events["event_id"].to_numpy(dtype=object),
+            "user_pk": user_pk,
+            "item_pk": item_pk,
+            "event_type": events["event_type"].to_numpy(dtype=object),
+            "value": events["value"].to_numpy(dtype=np.float64),
+            "ts": ts_ms,
+            # object dtype, so a missing variant stays None (SQL NULL): pandas would infer a str
+            # column holding NaN, which psycopg2 sends as the float 'NaN'.
+            "variant": pd.Series(
+                variant.astype(object).where(variant.notna(), None).to_numpy()
+                if variant is not None
+                else np.full(len(events), None, dtype=object),
+                dtype=object,
+            ),
+        }
+    )
+    return backend.insert_events(conn, rows, chunk_size=chunk_size, progress=progress)
+
+
+def _missing(v: Any) -> bool:
+    return v is None or v is pd.NaT or (isinstance(v, float) and np.isnan(v))

@@ -139,7 +139,8 @@ def mlflow_server(root: Path, *, port: int | None = None, backend_store_uri: str
     """A real ``mlflow server`` process (see mlflow_server_command); yields once /health answers."""
     port = port or free_port()
     root.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    # No MLflow job runner (GenAI evaluation jobs; unused here): seven fewer processes.
+    env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with _server("mlflow server", mlflow_server_command(root, port, backend_store_uri), url=f"http://127.0.0.1:{port}",
                  log_path=root / "mlflow-server.log", ready_path="/health", ready_timeout=ready_timeout,
                  env=env) as server:

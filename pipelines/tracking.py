@@ -39,8 +39,10 @@ def ensure_experiment(settings: Settings, name: str) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
+    # No artifact root (a tracking server): the server's default, proxied through the server.
+    location = f"{settings.mlflow_artifact_root.rstrip('/')}/{name}" if settings.mlflow_artifact_root else None
     try:
-        return mlflow.create_experiment(name, artifact_location=f"{settings.mlflow_artifact_root.rstrip('/')}/{name}")
+        return mlflow.create_experiment(name, artifact_location=location)
     except MlflowException:  # created concurrently by another process
         return mlflow.get_experiment_by_name(name).experiment_id
 

@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".recsys")
     database_url: str = ""
     mlflow_tracking_uri: str = ""
+    #: where new experiments keep their artifacts. Empty with a tracking *server* (http/https
+    #: URI): the server decides, so with its default ``--serve-artifacts`` every upload and
+    #: download goes through it (``mlflow-artifacts:/``) and no process needs a shared disk.
     mlflow_artifact_root: str = ""
     experiment_name: str = "recsys"
     registered_model_name: str = "recsys"
@@ -48,9 +51,14 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.data_dir / 'feature_store.db'}"
         if not self.mlflow_tracking_uri:
             self.mlflow_tracking_uri = f"sqlite:///{self.data_dir / 'mlflow.db'}"
-        if not self.mlflow_artifact_root:
+        if not self.mlflow_artifact_root and not self.uses_tracking_server:
             self.mlflow_artifact_root = (self.data_dir / "mlartifacts").as_uri()
         return self
+
+    @property
+    def uses_tracking_server(self) -> bool:
+        """MLflow is a remote tracking server (not a local SQLite/file store)."""
+        return self.mlflow_tracking_uri.split("://", 1)[0].lower() in ("http", "https")
 
     @property
     def api_key_list(self) -> list[str]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 # ---------------------------------------------------------------------------------------------
-# Database fixtures (feature store): sqlite_url, postgres_url, db_url
+# Database fixtures (feature store): sqlite_url, postgres_url, postgres_url_module, db_url
 # ---------------------------------------------------------------------------------------------
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -19,8 +21,8 @@ def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'fs' / 'feature_store.db'}"
 
 
-@pytest.fixture
-def postgres_url():
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
     """A fresh, uniquely named database on the local PostgreSQL server, dropped afterwards.
 
     Skips when the server is unreachable, except under CI (env CI set), where that is a failure.
@@ -45,6 +47,20 @@ def postgres_url():
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh database for one test (see fresh_postgres_database)."""
+    with fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def postgres_url_module():
+    """A fresh database shared by the tests of one module (e.g. several server processes on it)."""
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

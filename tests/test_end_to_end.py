@@ -2,15 +2,13 @@
 uvicorn over real HTTP."""
 
 import os
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from servers import RECSYS, serve_process
 
 from feature_store import FeatureStore
 from recsys.datasets.synthetic import generate_synthetic
@@ -19,13 +17,6 @@ pytestmark = pytest.mark.slow
 
 N_CLUSTERS = 6
 GEN = ["--users", "600", "--items", "300", "--events", "30000", "--clusters", str(N_CLUSTERS), "--seed", "7"]
-RECSYS = [sys.executable, "-m", "cli.main"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -50,27 +41,9 @@ def trained(env):
 
 
 @pytest.fixture(scope="module")
-def server(trained):
-    port = free_port()
-    proc = subprocess.Popen(RECSYS + ["serve", "--host", "127.0.0.1", "--port", str(port)], env=trained,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).json().get("model_version"):
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited:\n{proc.stdout.read()}")
-        time.sleep(0.3)
-    else:
-        proc.kill()
-        raise AssertionError("server did not become ready")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=10)
+def server(trained, tmp_path_factory):
+    with serve_process(trained, log_path=tmp_path_factory.mktemp("serve") / "serve.log") as proc:
+        yield proc.url
 
 
 @pytest.fixture(scope="module")

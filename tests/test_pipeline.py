@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+from servers import RECSYS, serve_process
 
 from feature_store import FeatureStore
 from pipelines import tracking
@@ -24,7 +22,6 @@ from recsys.bundle import ModelBundle
 from recsys.datasets.synthetic import generate_synthetic
 from recsys.settings import Settings
 
-RECSYS = [sys.executable, "-m", "cli.main"]
 GOOD = {"kind": "als", "params": {"factors": 16, "iterations": 8, "regularization": 0.05}}
 BAD = {"kind": "als", "params": {"factors": 1, "iterations": 1}}
 
@@ -276,32 +273,15 @@ def test_schedule_fires_twice_and_lock_stops_overlap(settings, tmp_path):
 # --------------------------------------------------------------------------- server reload
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_promotion_reaches_running_server(settings, tmp_path):
     ingest(settings)
     first = run_pipeline(settings, cfg(BAD, gate={"min_index_recall": 0.0}), run_id="first")
     assert first.status == "promoted"
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "RECSYS_API_KEYS": "secret-key", "RECSYS_RELOAD_POLL_SECONDS": "0"}
-    server = subprocess.Popen(RECSYS + ["serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).json().get("model_version") == first.version:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, server.stdout.read()
-            assert time.time() < deadline, "server did not come up"
-            time.sleep(0.3)
+    with serve_process(env, log_path=tmp_path / "serve.log") as server:
+        base = server.url
+        assert httpx.get(f"{base}/health", timeout=5).json()["model_version"] == first.version
         probe = httpx.post(f"{base}/admin/reload", timeout=30)
         if probe.status_code == 404:
             pytest.skip("the server has no POST /admin/reload yet")
@@ -315,6 +295,3 @@ def test_promotion_reaches_running_server(settings, tmp_path):
         notified = json.loads((second.run_dir / "notify" / "results.json").read_text())
         assert notified[0]["status"] == 200
         assert httpx.get(f"{base}/health", timeout=5).json()["model_version"] == second.version
-    finally:
-        server.terminate()
-        server.wait(timeout=20)

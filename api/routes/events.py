@@ -12,12 +12,13 @@ from sqlalchemy.exc import OperationalError
 
 from api import metrics
 from api.deps import HolderDep, StoreDep, require_key
+from api.request_guards import StrictJSONRoute
 from api.schemas import Error, EventIn, EventsAccepted
 from recsys.datasets.base import DatasetError
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(tags=["events"], dependencies=[Depends(require_key)])
+router = APIRouter(tags=["events"], dependencies=[Depends(require_key)], route_class=StrictJSONRoute)
 
 MAX_BATCH = 10_000
 MAX_ATTEMPTS = 8

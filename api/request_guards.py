@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recsys.validation import JSON_INT_MAX, JSON_INT_MIN, InvalidJSON, loads_json
+from recsys.validation import InvalidJSON, loads_json
 
 #: errors listed in one 422 answer; the rest are counted in a last entry
 MAX_ERRORS = 20
@@ -178,7 +178,7 @@ def _preview(value: Any) -> Any:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
-        return value if JSON_INT_MIN <= value <= JSON_INT_MAX else _NO_PREVIEW
+        return value if abs(value) < 10**15 else _NO_PREVIEW
     if isinstance(value, float):
         return value if math.isfinite(value) else _NO_PREVIEW
     if isinstance(value, str):

@@ -40,6 +40,7 @@ from recsys.datasets.base import (
     normalize_items,
     normalize_users,
 )
+from recsys.validation import InvalidValue, check_record
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,8 @@ class FeatureStore:
         """
         if not records:
             return 0, 0
+        _check_records(records, "event", ids=("user_id", "item_id", "event_id"), labels=("event_type", "variant"),
+                       numbers=("value", "timestamp"))
         frame = pd.DataFrame.from_records(list(records))
         now = pd.Timestamp.now(tz="UTC")
         if "timestamp" not in frame:
@@ -657,9 +660,21 @@ def _records_frame(records: Sequence[dict[str, Any]], key: str, what: str) -> pd
     for i, r in enumerate(records):
         if not isinstance(r, dict) or r.get(key) in (None, ""):
             raise DatasetError(f"{what} record {i} has no {key!r}: {r!r}")
+    _check_records(records, what, ids=(key,), texts=("title", "description"), label_lists=("categories",),
+                   json_values=("attributes",))
     frame = pd.DataFrame.from_records(list(records))
     no_events = pd.DataFrame({c: pd.Series(dtype="str") for c in ("user_id", "item_id")})
     return normalize_items(frame, no_events) if what == "item" else normalize_users(frame, no_events)
+
+
+def _check_records(records: Sequence[dict[str, Any]], what: str, **fields: tuple[str, ...]) -> None:
+    """The API's input rules (recsys.validation) for every caller: nothing unstorable or
+    unreachable (NUL, '/', NaN, lone surrogates) gets into a table."""
+    for i, record in enumerate(records):
+        try:
+            check_record(record, **fields)
+        except InvalidValue as exc:
+            raise DatasetError(f"{what} record {i}: {exc}") from None
 
 
 def _public_row(row: Any) -> dict[str, Any] | None:

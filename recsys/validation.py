@@ -12,9 +12,9 @@ Rules, and why:
   no other control characters.
 - labels (categories, attribute keys, event types, variants): the same characters, 1..255.
 - free text (titles, descriptions, attribute string values): no NUL, no lone surrogate.
-- JSON values (attributes): finite numbers only (NaN/Infinity are not JSON), integers within 64
-  bits (larger ones are not portable across the databases and JSON libraries), strings as free
-  text, nested at most a few levels.
+- JSON values (attributes): finite numbers only (NaN/Infinity are not JSON), integers included:
+  one that no float can hold (10**400) is refused too, strings as free text, nested at most a
+  few levels.
 - JSON text (request bodies): :func:`loads_json` parses it as I-JSON (RFC 7493): no NaN/Infinity
   tokens, no number that overflows a float (``1e400``), no lone surrogate in a string or key.
   Python's ``json.loads`` accepts all of these, and none of them can be stored or sent back.
@@ -35,7 +35,6 @@ ID_MAX_LENGTH = 255
 LABEL_MAX_LENGTH = 255
 TEXT_MAX_LENGTH = 10_000
 JSON_MAX_DEPTH = 4
-JSON_INT_MIN, JSON_INT_MAX = -(2**63), 2**63 - 1
 
 # Characters no stored string may hold: NUL and the other C0 controls except tab/newline/CR,
 # DEL, and lone surrogates.
@@ -109,9 +108,11 @@ def json_problem(value: Any, depth: int = 0) -> str | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, (int, np.integer)):
-        if JSON_INT_MIN <= int(value) <= JSON_INT_MAX:
-            return None
-        return f"is an integer of {int(value).bit_length()} bits (at most 64)"
+        try:
+            float(value)  # readers (pandas, feature encoders, JSON clients) take numbers as floats
+        except OverflowError:
+            return f"is an integer of {int(value).bit_length():,} bits, too large for a number"
+        return None
     if isinstance(value, (float, np.floating)):
         return None if math.isfinite(float(value)) else f"is not a finite number ({value!r})"
     if isinstance(value, str):

@@ -210,10 +210,16 @@ class _Refused:
         self.token, self.message = token, message
 
 
-# A lone surrogate can only come from a \uD800-\uDFFF escape or a raw surrogate in the text;
-# this cheap test spares the walk over the parsed value for nearly every document.
-_SURROGATE_HINT = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _may_hold_surrogates(data: bytes | str) -> bool:
+    """Cheap test that spares the walk over the parsed value for nearly every document: a lone
+    surrogate comes from a ``\\udXXX`` escape, or raw from bytes decoded with surrogatepass
+    (UTF-8 lead byte 0xED) or a str that holds one."""
+    if isinstance(data, bytes):
+        return b"\\ud" in data or b"\\uD" in data or b"\xed" in data
+    return "\\ud" in data or "\\uD" in data or (not data.isascii() and _LONE_SURROGATE.search(data) is not None)
 
 
 def loads_json(data: bytes | bytearray | str) -> Any:
@@ -222,11 +228,15 @@ def loads_json(data: bytes | bytearray | str) -> Any:
     :class:`InvalidJSON` (a ``json.JSONDecodeError``) with the path of the first one.
     Malformed JSON raises ``json.JSONDecodeError`` as ``json.loads`` does."""
     if isinstance(data, (bytes, bytearray)):
-        # Exactly what json.loads does with bytes (surrogatepass included), done once here so the
-        # surrogate test below sees the same text.
-        text = bytes(data).decode(json.detect_encoding(data), "surrogatepass")
+        data = bytes(data)
+        # What json.loads does with bytes (surrogatepass included); UTF-16/32 bodies are tested
+        # for surrogates as text.
+        encoding = json.detect_encoding(data)
+        text = data.decode(encoding, "surrogatepass")
+        suspect = _may_hold_surrogates(data if encoding == "utf-8" else text)
     else:
         text = data
+        suspect = _may_hold_surrogates(text)
     refused: list[_Refused] = []
 
     def refuse(token: str, message: str) -> _Refused:
@@ -250,7 +260,7 @@ def loads_json(data: bytes | bytearray | str) -> Any:
             return refuse(token, f"an integer of {len(token):,} digits is too long")
 
     value = json.loads(text, parse_constant=parse_constant, parse_float=parse_float, parse_int=parse_int)
-    if refused or _SURROGATE_HINT.search(text):
+    if refused or suspect:
         found = _first_refused(value)
         if found is not None:
             path, message, token = found

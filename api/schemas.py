@@ -48,7 +48,7 @@ Text = _string(rules.text_problem, "text_invalid", min_length=0, max_length=rule
                pattern=rules.TEXT_PATTERN)
 SearchText = _string(lambda v: rules.text_problem(v, max_length=1000) or (None if v else "must not be empty"),
                      "text_invalid", min_length=1, max_length=1000, pattern=rules.TEXT_PATTERN)
-#: one attribute value: a string, a finite number (integers within 64 bits), a boolean or null
+#: one attribute value: a string, a finite number (an integer too, if a float can hold it), a boolean or null
 AttrValue = Annotated[str | int | float | bool | None, _rule(rules.json_problem, "json_value_invalid")]
 Mode = Literal["collaborative", "content", "hybrid"]
 Fusion = Literal["weighted", "rrf"]

@@ -202,7 +202,8 @@ class InvalidJSON(json.JSONDecodeError):
 
 
 class _Refused:
-    """Stands in for a number token json.loads would turn into nan/inf (found after parsing)."""
+    """Stands in for a number token no Python number holds as written (nan, inf, an int too long
+    to convert); the path to it is found after parsing."""
 
     __slots__ = ("message", "token")
 

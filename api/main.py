@@ -7,12 +7,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.keys import KeyChecker
 from api.metrics import MetricsMiddleware
+from api.request_guards import BodySizeLimit, validation_error_response
 from api.routes import admin, catalog, events, health, recommendations
+from api.schemas import Error
 from api.serving import ModelHolder, ModelNotReady, ReloadError
 from api.tables import init_api_tables
 from feature_store import FeatureStore
@@ -46,7 +49,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store.dispose()
 
     app = FastAPI(title="recsys", version="0.2.0", lifespan=lifespan,
-                  description="Embedding-based recommendations: collaborative, content and hybrid.")
+                  description="Embedding-based recommendations: collaborative, content and hybrid.",
+                  responses={413: {"model": Error, "description": "request body over RECSYS_MAX_BODY_BYTES"}})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error_response(exc)
 
     @app.exception_handler(ModelNotReady)
     async def _not_ready(request: Request, exc: ModelNotReady) -> JSONResponse:
@@ -60,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 {"loc": ["body"], "msg": "the body is not valid JSON", "type": "json_invalid"}]})
         return await http_exception_handler(request, exc)
 
+    # Outermost last: metrics also count the 413s of the body limit.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     app.include_router(health.router)
     app.include_router(recommendations.router)

@@ -6,11 +6,21 @@ from __future__ import annotations
 import os
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import REGISTRY
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
+#: the method label takes these values and "other": a label value per made-up method string
+#: would let any client grow /metrics without bound
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REQUEST_LATENCY = Histogram(
     "recsys_http_request_duration_seconds",
     "HTTP request latency by route template",
@@ -46,19 +56,23 @@ def render() -> tuple[bytes, str]:
 
 
 class MetricsMiddleware:
-    """Pure ASGI middleware: latency per route *template* (``/users/{user_id}/recommendations``)."""
+    """Pure ASGI middleware: latency per route *template* (``/users/{user_id}/recommendations``).
 
-    def __init__(self, app) -> None:  # noqa: ANN001
+    Every label value is bounded by the app, never by the client: the method is one of
+    :data:`HTTP_METHODS` or "other", the route a template of this app or "unmatched", the
+    status an HTTP status the app sent."""
+
+    def __init__(self, app) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+    async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
         status = {"code": 500}
 
-        async def send_wrapper(message) -> None:  # noqa: ANN001
+        async def send_wrapper(message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
             await send(message)
@@ -68,4 +82,5 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            REQUEST_LATENCY.labels(scope["method"], template, str(status["code"])).observe(time.perf_counter() - start)
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
+            REQUEST_LATENCY.labels(method, template, str(status["code"])).observe(time.perf_counter() - start)

@@ -2,21 +2,59 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Annotated, Any, Literal, Union
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
-# External ids: 1..255 characters, no NUL (PostgreSQL text can't hold it), not blank.
-Id = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00]*\S[^\x00]*$")]
-Text = Annotated[str, StringConstraints(max_length=10_000, pattern=r"^[^\x00]*$")]
-Label = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00]*$")]
-AttrValue = Union[Annotated[str, StringConstraints(max_length=1000, pattern=r"^[^\x00]*$")], int, float, bool, None]
+from recsys import validation as rules
+
+
+def _rule(problem: Callable[[Any], str | None], error_type: str) -> AfterValidator:
+    """A pydantic validator from a recsys.validation rule: its reason becomes the error message."""
+
+    def check(value: Any) -> Any:
+        if (reason := problem(value)) is not None:
+            raise PydanticCustomError(error_type, "{reason}", {"reason": reason})
+        return value
+
+    return AfterValidator(check)
+
+
+def _string(problem: Callable[[Any], str | None], error_type: str, *, min_length: int, max_length: int,
+            pattern: str) -> Any:
+    # The rule is checked by recsys.validation alone (one message per problem); the JSON schema
+    # states the same constraints for clients and for schemathesis.
+    schema = {"type": "string", "minLength": min_length, "maxLength": max_length, "pattern": pattern}
+    return Annotated[str, _rule(problem, error_type), WithJsonSchema(schema)]
+
+
+# External ids (users, items, events): see recsys.validation for the rules and why.
+Id = _string(rules.id_problem, "id_invalid", min_length=1, max_length=rules.ID_MAX_LENGTH, pattern=rules.ID_PATTERN)
+Label = _string(rules.label_problem, "label_invalid", min_length=1, max_length=rules.LABEL_MAX_LENGTH,
+                pattern=rules.LABEL_PATTERN)
+EventType = _string(lambda v: rules.label_problem(v, max_length=64), "label_invalid", min_length=1, max_length=64,
+                    pattern=rules.LABEL_PATTERN)
+Text = _string(rules.text_problem, "text_invalid", min_length=0, max_length=rules.TEXT_MAX_LENGTH,
+               pattern=rules.TEXT_PATTERN)
+SearchText = _string(lambda v: rules.text_problem(v, max_length=1000) or (None if v else "must not be empty"),
+                     "text_invalid", min_length=1, max_length=1000, pattern=rules.TEXT_PATTERN)
+#: one attribute value: a string, a finite number (an integer too, if a float can hold it), a boolean or null
+AttrValue = Annotated[str | int | float | bool | None, _rule(rules.json_problem, "json_value_invalid")]
 Mode = Literal["collaborative", "content", "hybrid"]
 Fusion = Literal["weighted", "rrf"]
 
-_MIN_TS = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MAX_TS = datetime(2200, 1, 1, tzinfo=timezone.utc)
+_MIN_TS = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_TS = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 class ErrorDetail(BaseModel):
@@ -91,7 +129,7 @@ class SessionRequest(BaseModel):
 
     @field_validator("weights")
     @classmethod
-    def _same_length(cls, v, info):  # noqa: ANN001
+    def _same_length(cls, v, info):
         items = info.data.get("item_ids")
         if v is not None and items is not None and len(v) != len(items):
             raise ValueError(f"{len(v)} weights for {len(items)} item_ids")
@@ -105,7 +143,7 @@ class EventIn(BaseModel):
     event_id: Id | None = Field(None, description="idempotency key; default derived from the other fields")
     user_id: Id
     item_id: Id
-    event_type: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00]*$")] = "interaction"
+    event_type: EventType = "interaction"
     value: float = Field(1.0, ge=-1e12, le=1e12, allow_inf_nan=False)
     timestamp: datetime | None = Field(None, description="when it happened (default: now); naive times are UTC")
     variant: Label | None = Field(None, description="A/B variant named by the recommendation response")
@@ -117,7 +155,7 @@ class EventIn(BaseModel):
         if v is None:
             return v
         if v.tzinfo is None:
-            v = v.replace(tzinfo=timezone.utc)
+            v = v.replace(tzinfo=UTC)
         if not (_MIN_TS <= v < _MAX_TS):
             raise ValueError("timestamp must be between 1970-01-01 and 2200-01-01")
         return v

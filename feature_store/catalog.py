@@ -18,6 +18,7 @@ from recsys.datasets.base import (
     normalize_items,
     normalize_users,
 )
+from recsys.validation import InvalidValue, check_record
 
 
 class NotFoundError(KeyError):
@@ -37,9 +38,21 @@ def records_frame(records: Sequence[dict[str, Any]], key: str, what: str) -> pd.
     for i, r in enumerate(records):
         if not isinstance(r, dict) or r.get(key) in (None, ""):
             raise DatasetError(f"{what} record {i} has no {key!r}: {r!r}")
+    check_records(records, what, ids=(key,), texts=("title", "description"), label_lists=("categories",),
+                  json_values=("attributes",))
     frame = pd.DataFrame.from_records(list(records))
     no_events = pd.DataFrame({c: pd.Series(dtype="str") for c in ("user_id", "item_id")})
     return normalize_items(frame, no_events) if what == "item" else normalize_users(frame, no_events)
+
+
+def check_records(records: Sequence[dict[str, Any]], what: str, **fields: tuple[str, ...]) -> None:
+    """The API's input rules (recsys.validation) for every caller: nothing unstorable or
+    unreachable (NUL, '/', NaN, lone surrogates) gets into a table."""
+    for i, record in enumerate(records):
+        try:
+            check_record(record, **fields)
+        except InvalidValue as exc:
+            raise DatasetError(f"{what} record {i}: {exc}") from None
 
 
 def upsert_items(conn: Connection, backend: Backend, items: pd.DataFrame, *, placeholders_overwrite: bool) -> int:

@@ -16,7 +16,7 @@ import pandas as pd
 from sqlalchemy import Connection, Table, bindparam, select
 
 from feature_store.backends import Backend
-from feature_store.catalog import insert_missing_users
+from feature_store.catalog import check_records, insert_missing_users
 from feature_store.tables import items_table, users_table
 from recsys.datasets.base import DatasetError, normalize_events
 
@@ -46,6 +46,8 @@ def events_from_records(records: Sequence[dict[str, Any]]) -> EventBatch:
     Keys: user_id, item_id (required), event_type, value, timestamp (datetime, ISO string or
     epoch seconds; default now), event_id (default: derived from the other fields), variant.
     """
+    check_records(records, "event", ids=("user_id", "item_id", "event_id"), labels=("event_type", "variant"),
+                  numbers=("value", "timestamp"))
     frame = pd.DataFrame.from_records(list(records))
     now = pd.Timestamp.now(tz="UTC")
     if "timestamp" not in frame:

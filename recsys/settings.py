@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     #: on ``model_alias``); a user's variant is a stable hash of the user id and the salt
     ab_split: str = ""
     ab_salt: str = "recsys-ab"
+    #: largest request body accepted (bytes); bigger ones get 413 before they are read. The
+    #: default holds a 10,000-event batch (the /events maximum) with room for item attributes.
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":

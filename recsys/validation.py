@@ -12,14 +12,20 @@ Rules, and why:
   no other control characters.
 - labels (categories, attribute keys, event types, variants): the same characters, 1..255.
 - free text (titles, descriptions, attribute string values): no NUL, no lone surrogate.
-- JSON values (attributes): finite numbers only (NaN/Infinity are not JSON), strings as free
-  text, nested at most a few levels.
+- JSON values (attributes): finite numbers only (NaN/Infinity are not JSON), integers included:
+  one that no float can hold (10**400) is refused too, strings as free text, nested at most a
+  few levels.
+- JSON text (request bodies): :func:`loads_json` parses it as I-JSON (RFC 7493): no NaN/Infinity
+  tokens, no number that overflows a float (``1e400``), no lone surrogate in a string or key.
+  Python's ``json.loads`` accepts all of these, and none of them can be stored or sent back.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -102,6 +108,10 @@ def json_problem(value: Any, depth: int = 0) -> str | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, (int, np.integer)):
+        try:
+            float(value)  # readers (pandas, feature encoders, JSON clients) take numbers as floats
+        except OverflowError:
+            return f"is an integer of {int(value).bit_length():,} bits, too large for a number"
         return None
     if isinstance(value, (float, np.floating)):
         return None if math.isfinite(float(value)) else f"is not a finite number ({value!r})"
@@ -148,6 +158,141 @@ def check_json(value: Any, field: str) -> Any:
     return value
 
 
+def check_record(
+    record: Mapping[str, Any],
+    *,
+    ids: Iterable[str] = (),
+    labels: Iterable[str] = (),
+    label_lists: Iterable[str] = (),
+    texts: Iterable[str] = (),
+    json_values: Iterable[str] = (),
+    numbers: Iterable[str] = (),
+) -> None:
+    """Check the named fields of one record (absent or None fields are skipped); raises
+    :class:`InvalidValue` naming the first field that breaks its rule."""
+    for rule, names in ((id_problem, ids), (label_problem, labels), (text_problem, texts), (json_problem, json_values)):
+        for name in names:
+            if (value := record.get(name)) is not None and (p := rule(value)) is not None:
+                raise InvalidValue(name, p)
+    for name in label_lists:
+        for i, value in enumerate(record.get(name) or ()):
+            if (p := label_problem(value)) is not None:
+                raise InvalidValue(f"{name}[{i}]", p)
+    for name in numbers:
+        value = record.get(name)
+        is_number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+        if is_number and (p := json_problem(value)) is not None:
+            raise InvalidValue(name, p)
+
+
+# ---- JSON text --------------------------------------------------------------------------------
+class InvalidJSON(json.JSONDecodeError):
+    """Syntactically JSON, but not storable: a non-finite number or a lone surrogate.
+
+    ``path`` locates the value from the document root (object keys and array indexes), so an
+    HTTP error can name the field: ``("events", 3, "value")``.
+    """
+
+    def __init__(self, msg: str, doc: str, pos: int, path: tuple[str | int, ...] = ()) -> None:
+        super().__init__(msg, doc, pos)
+        self.path = tuple(path)
+
+    def __reduce__(self):  # keep the path when pickled
+        return self.__class__, (self.msg, self.doc, self.pos, self.path)
+
+
+class _Refused:
+    """Stands in for a number token no Python number holds as written (nan, inf, an int too long
+    to convert); the path to it is found after parsing."""
+
+    __slots__ = ("message", "token")
+
+    def __init__(self, token: str, message: str) -> None:
+        self.token, self.message = token, message
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _may_hold_surrogates(data: bytes | str) -> bool:
+    """Cheap test that spares the walk over the parsed value for nearly every document: a lone
+    surrogate comes from a ``\\udXXX`` escape, or raw from bytes decoded with surrogatepass
+    (UTF-8 lead byte 0xED) or a str that holds one."""
+    if isinstance(data, bytes):
+        return b"\\ud" in data or b"\\uD" in data or b"\xed" in data
+    return "\\ud" in data or "\\uD" in data or (not data.isascii() and _LONE_SURROGATE.search(data) is not None)
+
+
+def loads_json(data: bytes | bytearray | str) -> Any:
+    """``json.loads`` for text from outside: refuses ``NaN``, ``Infinity``, ``-Infinity``, numbers
+    that overflow a float (``1e400``) or are too long to convert, and lone surrogates, raising
+    :class:`InvalidJSON` (a ``json.JSONDecodeError``) with the path of the first one.
+    Malformed JSON raises ``json.JSONDecodeError`` as ``json.loads`` does."""
+    if isinstance(data, (bytes, bytearray)):
+        data = bytes(data)
+        # What json.loads does with bytes (surrogatepass included); UTF-16/32 bodies are tested
+        # for surrogates as text.
+        encoding = json.detect_encoding(data)
+        text = data.decode(encoding, "surrogatepass")
+        suspect = _may_hold_surrogates(data if encoding == "utf-8" else text)
+    else:
+        text = data
+        suspect = _may_hold_surrogates(text)
+    refused: list[_Refused] = []
+
+    def refuse(token: str, message: str) -> _Refused:
+        marker = _Refused(token, message)
+        refused.append(marker)
+        return marker
+
+    def parse_constant(token: str) -> _Refused:  # NaN, Infinity, -Infinity
+        return refuse(token, f"{token} is not a JSON number (numbers must be finite)")
+
+    def parse_float(token: str) -> float | _Refused:
+        value = float(token)
+        if math.isinf(value):
+            return refuse(token, f"{_short(token)} is too large for a number (it overflows to infinity)")
+        return value
+
+    def parse_int(token: str) -> int | _Refused:
+        try:
+            return int(token)
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            return refuse(token, f"an integer of {len(token):,} digits is too long")
+
+    value = json.loads(text, parse_constant=parse_constant, parse_float=parse_float, parse_int=parse_int)
+    if refused or suspect:
+        found = _first_refused(value)
+        if found is not None:
+            path, message, token = found
+            raise InvalidJSON(message, text, max(text.find(token), 0) if token else 0, path)
+    return value
+
+
+def _first_refused(value: Any) -> tuple[tuple[str | int, ...], str, str] | None:
+    """(path, message, token) of the first refused number or lone surrogate, in document order."""
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), value)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, _Refused):
+            return path, node.message, node.token
+        if isinstance(node, str):
+            if (bad := _LONE_SURROGATE.search(node)) is not None:
+                return path, f"contains {_char_name(bad.group())}, which is not valid Unicode", ""
+        elif isinstance(node, dict):
+            for key in node:
+                if (bad := _LONE_SURROGATE.search(key)) is not None:
+                    return path, f"has a key that contains {_char_name(bad.group())}, which is not valid Unicode", ""
+            stack.extend(((*path, k), v) for k, v in reversed(node.items()))
+        elif isinstance(node, list):
+            stack.extend(((*path, i), v) for i, v in reversed(list(enumerate(node))))
+    return None
+
+
+def _short(token: str, limit: int = 40) -> str:
+    return token if len(token) <= limit else token[:limit] + f"… ({len(token):,} characters)"
+
+
 def first_bad_id(ids: pd.Series) -> tuple[int, str] | None:
     """(row position, reason) of the first invalid id in a column of strings, or None.
 
@@ -189,17 +334,20 @@ def _char_name(ch: str) -> str:
 __all__ = [
     "ID_MAX_LENGTH",
     "ID_PATTERN",
-    "InvalidValue",
     "LABEL_PATTERN",
     "TEXT_PATTERN",
+    "InvalidJSON",
+    "InvalidValue",
     "check_id",
     "check_json",
     "check_label",
+    "check_record",
     "check_text",
     "first_bad_id",
     "first_bad_label",
     "id_problem",
     "json_problem",
     "label_problem",
+    "loads_json",
     "text_problem",
 ]

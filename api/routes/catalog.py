@@ -8,13 +8,24 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, HTTPException, Path
 
 from api.deps import HolderDep, StoreDep, read_key, require_key
-from api.schemas import Error, ItemIn, ItemOut, ItemUpdate, UserIn, UserOut, UserUpdate, Written
+from api.request_guards import StrictJSONRoute
+from api.schemas import (
+    Error,
+    Id,
+    ItemIn,
+    ItemOut,
+    ItemUpdate,
+    UserIn,
+    UserOut,
+    UserUpdate,
+    Written,
+)
 from feature_store import NotFoundError
 from recsys.datasets.base import DatasetError
 
-router = APIRouter(tags=["catalog"])
+router = APIRouter(tags=["catalog"], route_class=StrictJSONRoute)
 
-IdPath = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[^\x00]*\S[^\x00]*$")]
+IdPath = Annotated[Id, Path()]
 WRITE_ERRORS = {401: {"model": Error}, 403: {"model": Error}, 422: {"model": Error}}
 NOT_FOUND = {404: {"model": Error}}
 

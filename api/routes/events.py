@@ -9,13 +9,14 @@ from fastapi import APIRouter, Body, Depends, HTTPException
 
 from api import metrics
 from api.deps import HolderDep, StoreDep, require_key
+from api.request_guards import StrictJSONRoute
 from api.schemas import Error, EventIn, EventsAccepted
 from feature_store import WriteConflict
 from recsys.datasets.base import DatasetError
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(tags=["events"], dependencies=[Depends(require_key)])
+router = APIRouter(tags=["events"], dependencies=[Depends(require_key)], route_class=StrictJSONRoute)
 
 MAX_BATCH = 10_000
 

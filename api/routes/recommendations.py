@@ -12,20 +12,29 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 
 from api.deps import HolderDep, PinDep, StoreDep, read_key, resolve
 from api.history import has_fresh_events
+from api.request_guards import StrictJSONRoute
 from api.schemas import (
     Error,
     Fusion,
+    Id,
+    Label,
     Mode,
     RecommendedItem,
     SearchResults,
+    SearchText,
     SessionRecommendations,
     SessionRequest,
     SimilarItems,
     UserRecommendations,
 )
-from recsys.recommender import Filters, RecommendationResult, SearchUnavailable, UnknownItemError
+from recsys.recommender import (
+    Filters,
+    RecommendationResult,
+    SearchUnavailable,
+    UnknownItemError,
+)
 
-router = APIRouter(tags=["recommendations"], dependencies=[Depends(read_key)])
+router = APIRouter(tags=["recommendations"], dependencies=[Depends(read_key)], route_class=StrictJSONRoute)
 
 ERRORS = {
     401: {"model": Error, "description": "API key missing (when reads require one)"},
@@ -35,10 +44,11 @@ ERRORS = {
     503: {"model": Error, "description": "no model loaded, or the model lacks what the request needs"},
 }
 
-IdPath = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[^\x00]+$")]
+IdPath = Annotated[Id, Path()]
 K = Annotated[int, Query(ge=1, le=1000, description="number of items to return")]
 Offset = Annotated[int, Query(ge=0, le=10_000, description="skip this many items (pagination)")]
-Labels = Annotated[list[Annotated[str, Query(min_length=1, max_length=255)]], Query(max_length=100)]
+#: key:value query filters (a label, then any text): checked whole as a label here, split in _attrs
+AttrFilter = Label
 
 
 class RuleParams:
@@ -46,11 +56,11 @@ class RuleParams:
 
     def __init__(
         self,
-        include_category: Annotated[list[str], Query(max_length=100, description="only items in one of these categories")] = [],  # noqa: B006
-        exclude_category: Annotated[list[str], Query(max_length=100, description="no items in these categories")] = [],  # noqa: B006
-        include_attr: Annotated[list[str], Query(max_length=100, description="key:value — only items whose attribute key has one of the given values")] = [],  # noqa: B006
-        exclude_attr: Annotated[list[str], Query(max_length=100, description="key:value — no items whose attribute key has this value")] = [],  # noqa: B006
-        exclude_item: Annotated[list[str], Query(max_length=1000, description="never return these item ids")] = [],  # noqa: B006
+        include_category: Annotated[list[Label], Query(max_length=100, description="only items in one of these categories")] = [],  # noqa: B006
+        exclude_category: Annotated[list[Label], Query(max_length=100, description="no items in these categories")] = [],  # noqa: B006
+        include_attr: Annotated[list[AttrFilter], Query(max_length=100, description="key:value — only items whose attribute key has one of the given values")] = [],  # noqa: B006
+        exclude_attr: Annotated[list[AttrFilter], Query(max_length=100, description="key:value — no items whose attribute key has this value")] = [],  # noqa: B006
+        exclude_item: Annotated[list[Id], Query(max_length=1000, description="never return these item ids")] = [],  # noqa: B006
     ) -> None:
         self.filters = Filters(
             exclude_items=tuple(exclude_item),
@@ -155,7 +165,7 @@ def similar_items(
     k: K = 10,
     offset: Offset = 0,
     mode: Annotated[Mode | None, Query(description="collaborative, content or hybrid (default: the model's)")] = None,
-    user_id: Annotated[str | None, Query(min_length=1, max_length=255, description="for the A/B split")] = None,
+    user_id: Annotated[Id | None, Query(description="for the A/B split")] = None,
 ) -> SimilarItems:
     """Items nearest to this item (collaborative, content or hybrid similarity)."""
     model, variant = resolve(holder, user_id, pinned)
@@ -171,13 +181,13 @@ def similar_items(
 
 @router.get("/search", response_model=SearchResults, responses=ERRORS)
 def search(
-    q: Annotated[str, Query(min_length=1, max_length=1000, description="free text")],
+    q: Annotated[SearchText, Query(description="free text")],
     holder: HolderDep,
     pinned: PinDep,
     rules: Rules,
     k: K = 10,
     offset: Offset = 0,
-    user_id: Annotated[str | None, Query(min_length=1, max_length=255, description="for the A/B split")] = None,
+    user_id: Annotated[Id | None, Query(description="for the A/B split")] = None,
 ) -> SearchResults:
     """Items whose content matches the text (needs a model trained with a text encoder)."""
     model, variant = resolve(holder, user_id, pinned)

@@ -206,20 +206,26 @@ def _dict_column(col: pd.Series | None, n: int) -> list:
 
 def _check_ids(frame: pd.DataFrame, table: str, *columns: str) -> None:
     for col in columns:
-        values = frame[col]
-        missing = np.flatnonzero(values.isna().to_numpy())
-        if len(missing):
-            raise DatasetError.bad_value(table, int(missing[0]), col, "is missing")
-        if (bad := first_bad_id(values)) is not None:
-            raise DatasetError.bad_value(table, bad[0], col, bad[1])
+        _check_column(frame[col], table, col, first_bad_id, distinct_first=col != "event_id")
 
 
 def _check_labels(frame: pd.DataFrame, table: str, column: str) -> None:
-    values = frame[column]
+    _check_column(frame[column], table, column, first_bad_label, distinct_first=True)
+
+
+def _check_column(values: pd.Series, table: str, column: str, first_bad, *, distinct_first: bool) -> None:
     missing = np.flatnonzero(values.isna().to_numpy())
     if len(missing):
         raise DatasetError.bad_value(table, int(missing[0]), column, "is missing")
-    if (bad := first_bad_label(values)) is not None:
+    if distinct_first:
+        # A user or item id repeats on many events: check each distinct value once (pd.unique
+        # keeps first-appearance order, so the first bad distinct value is the first bad row's).
+        distinct = pd.Series(pd.unique(values), dtype=values.dtype)
+        if (bad := first_bad(distinct)) is None:
+            return
+        row = int(np.flatnonzero((values == distinct.iloc[bad[0]]).to_numpy())[0])
+        raise DatasetError.bad_value(table, row, column, bad[1])
+    if (bad := first_bad(values)) is not None:
         raise DatasetError.bad_value(table, bad[0], column, bad[1])
 
 

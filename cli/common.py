@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING
@@ -41,14 +42,20 @@ class UsageError(Exception):
     """A problem the user can fix from the command line."""
 
 
+# Exception classes whose message is meant for the user, by module: looked up only in modules
+# already imported (an exception cannot come from a module never loaded), so reporting an error
+# does not import MLflow.
+_USER_ERROR_CLASSES = {
+    "mlflow.exceptions": "MlflowException",
+    "pipelines.config": "ConfigError",
+    "recsys.bundle": "BundleError",
+    "recsys.datasets.base": "DatasetError",
+}
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from mlflow.exceptions import MlflowException
-
-    from pipelines.config import ConfigError
-    from recsys.bundle import BundleError
-    from recsys.datasets.base import DatasetError
-
-    return (UsageError, ConfigError, DatasetError, BundleError, FileNotFoundError, ValueError, MlflowException)
+    loaded = tuple(getattr(sys.modules[module], name) for module, name in _USER_ERROR_CLASSES.items() if module in sys.modules)
+    return (UsageError, FileNotFoundError, ValueError, *loaded)
 
 
 def cli_errors(fn: Callable) -> Callable:

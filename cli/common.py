@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -244,6 +245,30 @@ def train_lock(settings: Settings) -> Iterator[str]:
             raise LockHeld(f"another `recsys train` of model {settings.registered_model_name!r} is running ({exc})") from None
         logger.info("holding the train lock %s", where)
         yield where
+
+
+class OneLineErrorsGroup(TyperGroup):
+    """The root command: command-line syntax errors (unknown option, bad --as-of, missing
+    argument) are one ``error:`` line with exit code 2 too, instead of click's usage panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as exc:  # click's exceptions (typer vendors click)
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                sys.exit(exc.exit_code)  # typer has printed the help already
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            text = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            message = (text.strip().splitlines() or [type(exc).__name__])[0]
+            err_console.print(f"[bold red]error:[/] {escape(message)}{escape(hint)}", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            err_console.print("aborted", highlight=False)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def apply_cli_errors(app: typer.Typer) -> None:

@@ -21,6 +21,7 @@ from cli import model as model_cli
 from cli import online as online_cli
 from cli import pipeline as pipeline_cli
 from cli.common import (
+    OneLineErrorsGroup,
     UsageError,
     apply_cli_errors,
     cli_errors,
@@ -33,7 +34,7 @@ from cli.common import (
     train_lock,
 )
 
-app = typer.Typer(help="Embedding-based recommendation service: data → embeddings → MLflow → Annoy → HTTP.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(cls=OneLineErrorsGroup, help="Embedding-based recommendation service: data → embeddings → MLflow → Annoy → HTTP.", no_args_is_help=True, add_completion=False)
 FORMATS = ("movielens-100k", "movielens-1m", "goodbooks-10k", "csv", "parquet")
 
 

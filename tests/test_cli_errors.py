@@ -51,7 +51,7 @@ class Env:
         saved = dict(os.environ)
         os.environ.update({k: v for k, v in self.vars.items() if k.startswith("RECSYS_")})
         try:
-            result = CliRunner().invoke(app, list(args))
+            result = CliRunner().invoke(app, list(args), prog_name="recsys")
         finally:
             os.environ.clear()
             os.environ.update(saved)
@@ -266,6 +266,31 @@ def test_serve_on_a_busy_port_fails_before_loading_anything(sqlite_env):
         # no model is registered: without the port check first, serve would start and fail later
         assert_one_error(sqlite_env.run("serve", "--host", "127.0.0.1", "--port", str(port)),
                          f"error: port {port} on 127.0.0.1 is in use")
+
+
+# ------------------------------------------------------------------ command-line syntax
+
+SYNTAX_CASES = {
+    "bad --as-of": (["train", "--as-of", "yesterday-ish"], ["Invalid value for '--as-of'", "recsys train --help"]),
+    "unknown command": (["trian"], ["No such command 'trian'"]),
+    "unknown sub-command": (["model", "lst"], ["No such command 'lst'", "recsys model --help"]),
+    "unknown option": (["ingest", "csv", "x.csv", "--mapp", "a=b"], ["No such option: --mapp"]),
+    "missing argument": (["ingest"], ["Missing argument 'FORMAT'"]),
+    "port out of range": (["serve", "--port", "70000"], ["Invalid value for '--port'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(SYNTAX_CASES))
+def test_bad_command_line(sqlite_env, case):
+    args, needles = SYNTAX_CASES[case]
+    before = counts(sqlite_env.database_url)
+    assert_one_error(sqlite_env.invoke(*args), *needles)
+    assert counts(sqlite_env.database_url) == before
+
+
+def test_bad_command_line_real_process(sqlite_env):
+    assert_one_error(sqlite_env.run("train", "--as-of", "yesterday-ish"), "Invalid value for '--as-of'")
+    assert registered_versions(sqlite_env) == 0
 
 
 # ------------------------------------------------------------------ the error boundary

@@ -63,8 +63,11 @@ def _read_train_config(path: Path):
 
     if not path.exists():
         raise UsageError(f"config not found: {path}")
-    with path.open(encoding="utf-8") as f:  # a stream, so YAML errors name the file
-        raw = yaml.safe_load(f)
+    try:
+        with path.open(encoding="utf-8") as f:  # a stream, so YAML errors name the file
+            raw = yaml.safe_load(f)
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"config {path}: not UTF-8 text (byte {exc.start})") from exc
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

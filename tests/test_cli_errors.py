@@ -212,8 +212,10 @@ def test_bad_train_config_real_process(sqlite_env):
     assert registered_versions(sqlite_env) == 0
 
 
-def test_config_directory_and_missing_config(sqlite_env):
+def test_config_directory_binary_and_missing_config(sqlite_env):
     assert_one_error(sqlite_env.invoke("train", "--config", str(sqlite_env.tmp)), "Is a directory")
+    (sqlite_env.tmp / "cfg.yaml").write_bytes(b"model: \xff\xfe\x00\n")
+    assert_one_error(sqlite_env.invoke("train", "--config", str(sqlite_env.tmp / "cfg.yaml")), "cfg.yaml: not UTF-8 text")
     assert_one_error(sqlite_env.invoke("train", "--config", str(sqlite_env.tmp / "nope.yaml")), "config not found")
 
 

@@ -54,6 +54,19 @@ def _store(settings):
     return open_store(settings)
 
 
+def _check_alias(alias: str) -> None:
+    """MLflow's own alias rules, checked before training rather than after registering."""
+    try:
+        from mlflow.utils.validation import (
+            _validate_model_alias_name,
+            _validate_model_alias_name_reserved,
+        )
+    except ImportError:  # private helpers moved: MLflow still refuses a bad alias when setting it
+        return
+    _validate_model_alias_name(alias)
+    _validate_model_alias_name_reserved(alias)
+
+
 def _read_train_config(path: Path):
     """A TrainConfig from YAML; every problem is one line naming the file (and line or field)."""
     import yaml
@@ -165,6 +178,8 @@ def train(
 
         cfg.content = ContentConfig(kind=content)
     cfg.promote_alias = None if no_promote else (alias or settings.model_alias)
+    if cfg.promote_alias is not None:
+        _check_alias(cfg.promote_alias)
     _store(settings).dispose()  # a bad database URL fails here, before the lock and MLflow
     with train_lock(settings), console.status("training") as status:
         result = run_train(settings, cfg, as_of=as_of, on_stage=lambda s: status.update(f"training: {s}"))

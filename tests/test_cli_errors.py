@@ -279,6 +279,8 @@ SYNTAX_CASES = {
     "unknown option": (["ingest", "csv", "x.csv", "--mapp", "a=b"], ["No such option: --mapp"]),
     "missing argument": (["ingest"], ["Missing argument 'FORMAT'"]),
     "port out of range": (["serve", "--port", "70000"], ["Invalid value for '--port'"]),
+    "bad alias": (["train", "--alias", "prod uction"], ["Invalid alias name: 'prod uction'"]),
+    "reserved alias": (["train", "--alias", "v3"], ["'v3' is reserved"]),
 }
 
 
@@ -288,6 +290,7 @@ def test_bad_command_line(sqlite_env, case):
     before = counts(sqlite_env.database_url)
     assert_one_error(sqlite_env.invoke(*args), *needles)
     assert counts(sqlite_env.database_url) == before
+    assert registered_versions(sqlite_env) == 0
 
 
 def test_bad_command_line_real_process(sqlite_env):

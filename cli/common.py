@@ -1,19 +1,39 @@
 """What every `recsys` sub-command shares: consoles and the one error convention.
 
 A failure the user can fix prints one line ``error: …`` on stderr and exits with code 2; a
-pipeline lock held by another run exits with code 3 (cron wrappers tell the two apart).
+lock held by another run exits with code 3 (cron wrappers tell the two apart). Every command
+is wrapped by :func:`cli_errors` (tests/test_cli_errors.py checks that none is missed), which
+maps the exceptions of bad input — bad files, bad YAML, configs that do not validate, a
+database URL that is malformed or unreachable — to that line. Anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
-from typing import Callable
+import logging
+import os
+import re
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from recsys.settings import Settings
 
 console = Console()
 err_console = Console(stderr=True)
+logger = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
 EXIT_LOCKED = 3
@@ -23,14 +43,20 @@ class UsageError(Exception):
     """A problem the user can fix from the command line."""
 
 
+# Exception classes whose message is meant for the user, by module: looked up only in modules
+# already imported (an exception cannot come from a module never loaded), so reporting an error
+# does not import MLflow.
+_USER_ERROR_CLASSES = {
+    "mlflow.exceptions": "MlflowException",
+    "pipelines.config": "ConfigError",
+    "recsys.bundle": "BundleError",
+    "recsys.datasets.base": "DatasetError",
+}
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from mlflow.exceptions import MlflowException
-
-    from pipelines.config import ConfigError
-    from recsys.bundle import BundleError
-    from recsys.datasets.base import DatasetError
-
-    return (UsageError, ConfigError, DatasetError, BundleError, FileNotFoundError, ValueError, MlflowException)
+    loaded = tuple(getattr(sys.modules[module], name) for module, name in _USER_ERROR_CLASSES.items() if module in sys.modules)
+    return (UsageError, FileNotFoundError, ValueError, *loaded)
 
 
 def cli_errors(fn: Callable) -> Callable:
@@ -43,11 +69,213 @@ def cli_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except LockHeld as exc:
-            err_console.print(f"[bold yellow]locked:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=EXIT_LOCKED)
-        except _user_errors() as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=EXIT_USAGE)
+            err_console.print(f"[bold yellow]locked:[/] {escape(_first_line(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=EXIT_LOCKED) from None
+        except Exception as exc:
+            message = error_message(exc)
+            if message is None:
+                raise
+            err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=EXIT_USAGE) from None
 
+    wrapper.__cli_errors__ = True  # type: ignore[attr-defined]
     return wrapper
+
+
+def error_message(exc: BaseException) -> str | None:
+    """The one line for a failure the user can fix, or None for an unexpected one (a bug)."""
+    import yaml
+    from pydantic import ValidationError
+    from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
+
+    if isinstance(exc, ValidationError):
+        return describe_validation_error(exc)
+    if isinstance(exc, yaml.YAMLError):
+        return describe_yaml_error(exc)
+    if isinstance(exc, (ArgumentError, OperationalError, InterfaceError)):
+        return describe_database_error(exc, _database_url())
+    if isinstance(exc, OSError) and exc.filename is not None:
+        # IsADirectoryError, NotADirectoryError, PermissionError, FileNotFoundError, ...
+        return f"{exc.filename}: {exc.strerror or exc}"
+    if isinstance(exc, _user_errors()):
+        return _first_line(exc)
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(exc).__name__
+
+
+def describe_validation_error(exc: ValidationError, what: str | None = None, model: type | None = None) -> str:
+    """``what field.path: message, got 'value'`` for the first problem of a pydantic error;
+    with ``model`` (the validated class), an unknown key is answered with the known ones."""
+    errors = exc.errors()
+    err = errors[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    where = ".".join(str(p) for p in loc)
+    if exc.title == "Settings" and what is None:
+        what, where = "environment", f"RECSYS_{where.upper()}"
+    what = what if what is not None else exc.title
+    message = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        known = _known_fields(model, loc[:-1]) if model is not None else None
+        message = "unknown key" + (f"; known keys here: {', '.join(known)}" if known else "")
+    elif err["type"] != "missing" and isinstance(value, (str, int, float)) and not isinstance(value, bool) and "unknown" not in err["type"]:
+        shown = repr(value)
+        message += f", got {shown if len(shown) <= 60 else shown[:57] + '...'}"
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"{what} {where or '(top level)'}: {message}{more}"
+
+
+def _known_fields(model: type, path: tuple) -> list[str] | None:
+    """Field names of the pydantic model found by following ``path`` from ``model``."""
+    import typing
+
+    from pydantic import BaseModel
+
+    for name in path:
+        field = model.model_fields.get(name) if isinstance(name, str) else None
+        if field is None:
+            return None
+        candidates = [a for a in (field.annotation, *typing.get_args(field.annotation))
+                      if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not candidates:
+            return None
+        model = candidates[0]
+    return list(model.model_fields)
+
+
+def describe_yaml_error(exc: Exception) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or _first_line(exc)
+    if mark is None:
+        return f"invalid YAML: {problem}"
+    name = "" if mark.name.startswith("<") else f"{mark.name} "
+    return f"{name}line {mark.line + 1} column {mark.column + 1}: invalid YAML: {problem}"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (also when SQLAlchemy cannot parse it)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # unparseable: hide whatever sits between "user:" and "@"
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def describe_database_error(exc: Exception, url: str | None) -> str:
+    """``cannot use the database URL: <the driver's first line>``."""
+    reason = _first_line(getattr(exc, "orig", None) or exc)
+    if url:
+        reason = reason.replace(url, mask_url(url))
+    where = f" {mask_url(url)}" if url else ""
+    return f"cannot use the database{where}: {reason}"
+
+
+def _database_url() -> str | None:
+    try:
+        from recsys.settings import get_settings
+
+        return get_settings().database_url
+    except ValueError:  # the settings themselves do not validate: the raw variable is all we have
+        return os.environ.get("RECSYS_DATABASE_URL")
+
+
+def get_settings() -> Settings:
+    """The settings, with the database URL's syntax checked (a typo is one line naming it)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from recsys.settings import get_settings as settings_from_env
+
+    settings = settings_from_env()
+    try:
+        make_url(settings.database_url)
+    except (ArgumentError, ValueError) as exc:
+        raise UsageError(describe_database_error(exc, settings.database_url)) from exc
+    return settings
+
+
+def open_store(settings: Settings):
+    """The feature store of ``settings``, connected once (a bad URL fails here, naming it)."""
+    from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
+
+    from feature_store import FeatureStore
+
+    try:
+        return FeatureStore(settings.database_url)
+    except (ArgumentError, OperationalError, InterfaceError) as exc:
+        raise UsageError(describe_database_error(exc, settings.database_url)) from exc
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` once and let go, so a busy port is refused before anything loads."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot bind {host}:{port}: {exc.strerror}") from exc
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UsageError(f"port {port} on {host} is in use") from exc
+            raise UsageError(f"cannot bind {host}:{port}: {exc.strerror}") from exc
+
+
+def train_lock_name(settings: Settings) -> str:
+    return "train:" + re.sub(r"[^A-Za-z0-9_.-]", "_", settings.registered_model_name)
+
+
+@contextmanager
+def train_lock(settings: Settings) -> Iterator[str]:
+    """One ``recsys train`` per registered model at a time, held for the whole run: two at once
+    would both register and race for the alias. A second run raises LockHeld (exit code 3)."""
+    from pipelines.lock import LockHeld, pipeline_lock
+
+    with ExitStack() as stack:
+        try:
+            where = stack.enter_context(pipeline_lock(train_lock_name(settings), settings.database_url, settings.data_dir / "locks"))
+        except LockHeld as exc:
+            raise LockHeld(f"another `recsys train` of model {settings.registered_model_name!r} is running ({exc})") from None
+        logger.info("holding the train lock %s", where)
+        yield where
+
+
+class OneLineErrorsGroup(TyperGroup):
+    """The root command: command-line syntax errors (unknown option, bad --as-of, missing
+    argument) are one ``error:`` line with exit code 2 too, instead of click's usage panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as exc:  # click's exceptions (typer vendors click)
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                sys.exit(exc.exit_code)  # typer has printed the help already
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            text = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            message = (text.strip().splitlines() or [type(exc).__name__])[0]
+            err_console.print(f"[bold red]error:[/] {escape(message)}{escape(hint)}", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            err_console.print("aborted", highlight=False)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def apply_cli_errors(app: typer.Typer) -> None:
+    """Wrap every command registered on ``app`` (and its sub-apps) that is not wrapped yet."""
+    for info in app.registered_commands:
+        if info.callback is not None and not getattr(info.callback, "__cli_errors__", False):
+            info.callback = cli_errors(info.callback)
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            apply_cli_errors(group.typer_instance)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
-
-import sys
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from cli.common import UsageError, cli_errors, err_console
 
@@ -23,7 +28,7 @@ app = typer.Typer(help="Offline experiments: compare models on one split, read p
 
 
 def _settings():
-    from recsys.settings import get_settings
+    from cli.common import get_settings
 
     return get_settings()
 
@@ -54,7 +59,7 @@ def _with_progress(progress: Progress, what: str):
 @cli_errors
 def run(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="experiment spec (YAML)")],
-    report_dir: Annotated[Optional[Path], typer.Option("--report-dir", help="report folder (default reports/<experiment>-<timestamp>/)")] = None,
+    report_dir: Annotated[Path | None, typer.Option("--report-dir", help="report folder (default reports/<experiment>-<timestamp>/)")] = None,
 ) -> None:
     """Train and evaluate every model configuration of SPEC on one split; one MLflow parent run
     with a child run per configuration; comparison table and report."""
@@ -78,13 +83,19 @@ def run(
 @app.command()
 @cli_errors
 def compare(
-    run_ids: Annotated[Optional[list[str]], typer.Argument(metavar="RUN_ID...", help="parent runs (their child runs are compared) or child runs")] = None,
-    experiment: Annotated[Optional[str], typer.Option("--experiment", help="compare the latest experiment run of this MLflow experiment")] = None,
-    report_dir: Annotated[Optional[Path], typer.Option("--report-dir", help="also write a report folder here")] = None,
-    k: Annotated[Optional[int], typer.Option(help="cut-off shown in the table (default 10, or the middle one)")] = None,
+    run_ids: Annotated[list[str] | None, typer.Argument(metavar="RUN_ID...", help="parent runs (their child runs are compared) or child runs")] = None,
+    experiment: Annotated[str | None, typer.Option("--experiment", help="compare the latest experiment run of this MLflow experiment")] = None,
+    report_dir: Annotated[Path | None, typer.Option("--report-dir", help="also write a report folder here")] = None,
+    k: Annotated[int | None, typer.Option(help="cut-off shown in the table (default 10, or the middle one)")] = None,
 ) -> None:
     """Read past experiment runs from MLflow into the comparison table (and report)."""
-    from experiments.report import breakdowns_from_runs, comparison_from_runs, ks_of, rich_table, write_report
+    from experiments.report import (
+        breakdowns_from_runs,
+        comparison_from_runs,
+        ks_of,
+        rich_table,
+        write_report,
+    )
     from pipelines import tracking
 
     if bool(run_ids) == bool(experiment):
@@ -119,9 +130,9 @@ def compare(
 @cli_errors
 def search(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="experiment spec whose parameter lists/ranges are searched")],
-    trials: Annotated[Optional[int], typer.Option(min=1, help="number of trials (default: the spec's search.trials)")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="write the best configuration here (TrainConfig YAML for recsys train --config)")] = None,
-    report_dir: Annotated[Optional[Path], typer.Option("--report-dir", help="folder for trials.csv and best.yaml")] = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="number of trials (default: the spec's search.trials)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="write the best configuration here (TrainConfig YAML for recsys train --config)")] = None,
+    report_dir: Annotated[Path | None, typer.Option("--report-dir", help="folder for trials.csv and best.yaml")] = None,
 ) -> None:
     """Random or grid search over SPEC's parameter spaces; each trial an MLflow child run."""
     from rich.table import Table

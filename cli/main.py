@@ -10,7 +10,7 @@ import logging
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.logging import RichHandler
@@ -20,9 +20,21 @@ from cli import experiment as experiment_cli
 from cli import model as model_cli
 from cli import online as online_cli
 from cli import pipeline as pipeline_cli
-from cli.common import UsageError, cli_errors, console, err_console
+from cli.common import (
+    OneLineErrorsGroup,
+    UsageError,
+    apply_cli_errors,
+    cli_errors,
+    console,
+    describe_validation_error,
+    ensure_port_free,
+    err_console,
+    get_settings,
+    open_store,
+    train_lock,
+)
 
-app = typer.Typer(help="Embedding-based recommendation service: data → embeddings → MLflow → Annoy → HTTP.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(cls=OneLineErrorsGroup, help="Embedding-based recommendation service: data → embeddings → MLflow → Annoy → HTTP.", no_args_is_help=True, add_completion=False)
 FORMATS = ("movielens-100k", "movielens-1m", "goodbooks-10k", "csv", "parquet")
 
 
@@ -35,15 +47,48 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log prog
 
 
 def _settings():
-    from recsys.settings import get_settings
-
     return get_settings()
 
 
 def _store(settings):
-    from feature_store import FeatureStore
+    return open_store(settings)
 
-    return FeatureStore(settings.database_url)
+
+def _check_alias(alias: str) -> None:
+    """MLflow's own alias rules, checked before training rather than after registering."""
+    try:
+        from mlflow.utils.validation import (
+            _validate_model_alias_name,
+            _validate_model_alias_name_reserved,
+        )
+    except ImportError:  # private helpers moved: MLflow still refuses a bad alias when setting it
+        return
+    _validate_model_alias_name(alias)
+    _validate_model_alias_name_reserved(alias)
+
+
+def _read_train_config(path: Path):
+    """A TrainConfig from YAML; every problem is one line naming the file (and line or field)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from pipelines.train import TrainConfig
+
+    if not path.exists():
+        raise UsageError(f"config not found: {path}")
+    try:
+        with path.open(encoding="utf-8") as f:  # a stream, so YAML errors name the file
+            raw = yaml.safe_load(f)
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"config {path}: not UTF-8 text (byte {exc.start})") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UsageError(f"config {path}: expected a mapping of TrainConfig fields at the top level, got {type(raw).__name__}")
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise UsageError(f"{describe_validation_error(exc, 'config', TrainConfig)} (in {path})") from exc
 
 
 def _print_ingest(result, settings) -> None:
@@ -61,7 +106,7 @@ def generate(
     events: Annotated[int, typer.Option(min=1, help="number of events")] = 100_000,
     clusters: Annotated[int, typer.Option(min=1, help="latent taste clusters")] = 8,
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
-    out: Annotated[Optional[Path], typer.Option(help="write Parquet files to this folder instead of the feature store")] = None,
+    out: Annotated[Path | None, typer.Option(help="write Parquet files to this folder instead of the feature store")] = None,
 ) -> None:
     """Generate a seeded synthetic dataset into the feature store (or Parquet files)."""
     from recsys.datasets.synthetic import generate_synthetic
@@ -84,8 +129,8 @@ def generate(
 def ingest(
     fmt: Annotated[str, typer.Argument(metavar="FORMAT", help=f"one of: {', '.join(FORMATS)}")],
     path: Annotated[Path, typer.Argument(help="dataset folder (MovieLens, goodbooks) or events file (csv, parquet)")],
-    map_: Annotated[Optional[list[str]], typer.Option("--map", help="column mapping OURS=THEIRS for csv/parquet, e.g. --map user_id=customer")] = None,
-    items_path: Annotated[Optional[Path], typer.Option("--items", help="items file for csv/parquet")] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help="column mapping OURS=THEIRS for csv/parquet, e.g. --map user_id=customer")] = None,
+    items_path: Annotated[Path | None, typer.Option("--items", help="items file for csv/parquet")] = None,
 ) -> None:
     """Load a dataset into the feature store (idempotent: re-ingesting adds nothing)."""
     from recsys.datasets import load_dataset
@@ -102,32 +147,30 @@ def ingest(
         kwargs["mapping"] = dict(m.split("=", 1) for m in map_)
     if items_path is not None:
         kwargs["items_path"] = items_path
+    settings = _settings()
+    store = _store(settings)  # a bad database URL is reported before a long read
     with console.status(f"reading {fmt} from {path}"):
         dataset = load_dataset(fmt, path, **kwargs)
-    settings = _settings()
-    _print_ingest(_store(settings).ingest(dataset, progress=True), settings)
+    _print_ingest(store.ingest(dataset, progress=True), settings)
 
 
 @app.command()
 @cli_errors
 def train(
-    config: Annotated[Optional[Path], typer.Option(help="YAML training config (default: ALS with default params)")] = None,
-    as_of: Annotated[Optional[datetime], typer.Option(help="snapshot time: only events at or before it")] = None,
-    alias: Annotated[Optional[str], typer.Option(help="alias to promote on success (default from settings)")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML training config (default: ALS with default params)")] = None,
+    as_of: Annotated[datetime | None, typer.Option(help="snapshot time: only events at or before it")] = None,
+    alias: Annotated[str | None, typer.Option(help="alias to promote on success (default from settings)")] = None,
     no_promote: Annotated[bool, typer.Option("--no-promote", help="register but do not move the alias")] = False,
-    content: Annotated[Optional[str], typer.Option(help="also train a content encoder (tags, tfidf, sbert): hybrid modes, /search, cold start")] = None,
+    content: Annotated[str | None, typer.Option(help="also train a content encoder (tags, tfidf, sbert): hybrid modes, /search, cold start")] = None,
 ) -> None:
-    """Train on the feature store's snapshot, track in MLflow, register and promote."""
-    import yaml
+    """Train on the feature store's snapshot, track in MLflow, register and promote.
 
-    from pipelines.train import TrainConfig, train as run_train
+    One run per registered model at a time: a second exits with code 3 and registers nothing."""
+    from pipelines.train import TrainConfig
+    from pipelines.train import train as run_train
 
     settings = _settings()
-    cfg = TrainConfig()
-    if config is not None:
-        if not config.exists():
-            raise UsageError(f"config not found: {config}")
-        cfg = TrainConfig.model_validate(yaml.safe_load(config.read_text()) or {})
+    cfg = _read_train_config(config) if config is not None else TrainConfig()
     if content is not None:
         if content not in ("tags", "tfidf", "sbert"):
             raise UsageError(f"--content must be one of tags, tfidf, sbert; got {content!r}")
@@ -135,7 +178,10 @@ def train(
 
         cfg.content = ContentConfig(kind=content)
     cfg.promote_alias = None if no_promote else (alias or settings.model_alias)
-    with console.status("training") as status:
+    if cfg.promote_alias is not None:
+        _check_alias(cfg.promote_alias)
+    _store(settings).dispose()  # a bad database URL fails here, before the lock and MLflow
+    with train_lock(settings), console.status("training") as status:
         result = run_train(settings, cfg, as_of=as_of, on_stage=lambda s: status.update(f"training: {s}"))
     table = Table(title=f"trained {cfg.model.kind} — run {result.run_id}")
     table.add_column("metric")
@@ -158,6 +204,7 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
 ) -> None:
     """Serve the HTTP API with uvicorn."""
+    ensure_port_free(host, port)  # before loading anything: a busy port is a usage error
     import uvicorn
 
     uvicorn.run("api.main:app", host=host, port=port, workers=workers, log_level="info")
@@ -172,10 +219,11 @@ def demo(
 ) -> None:
     """Generate data, ingest, train, and print a few users' recommendations."""
     from pipelines import tracking
+    from pipelines.train import ContentConfig, TrainConfig
+    from pipelines.train import train as run_train
     from recsys.bundle import ModelBundle
     from recsys.datasets.synthetic import generate_synthetic
     from recsys.recommender import Recommender
-    from pipelines.train import ContentConfig, TrainConfig, train as run_train
 
     settings = _settings()
     console.rule("1. generate + ingest")
@@ -183,7 +231,7 @@ def demo(
     store = _store(settings)
     _print_ingest(store.ingest(dataset, progress=True), settings)
     console.rule("2. train (ALS + TF-IDF content, hybrid) → MLflow → Annoy")
-    with console.status("training") as status:
+    with train_lock(settings), console.status("training") as status:
         config = TrainConfig(content=ContentConfig(kind="tfidf"))
         result = run_train(settings, config, on_stage=lambda s: status.update(f"training: {s}"))
     console.print(f"model version {result.version}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.metrics.items() if k.endswith("_at_10") and k.split("_")[0] in ("precision", "ndcg", "hybrid")))
@@ -214,7 +262,9 @@ def demo(
 app.add_typer(experiment_cli.app, name="experiment")
 app.add_typer(pipeline_cli.app, name="pipeline")
 app.add_typer(model_cli.app, name="model")
-app.command("online-report")(online_cli.online_report)
+app.command("online-report")(cli_errors(online_cli.online_report))
+# The one error boundary: any command registered without @cli_errors gets it here.
+apply_cli_errors(app)
 
 
 if __name__ == "__main__":

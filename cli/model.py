@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -18,8 +18,8 @@ console = Console()
 @cli_errors
 def list_versions(limit: Annotated[int, typer.Option(min=1, help="newest N versions")] = 20) -> None:
     """Versions with their gate outcome, metrics and tags, newest first."""
+    from cli.common import get_settings
     from pipelines import tracking
-    from recsys.settings import get_settings
 
     settings = get_settings()
     client = tracking.setup(settings)
@@ -29,7 +29,7 @@ def list_versions(limit: Annotated[int, typer.Option(min=1, help="newest N versi
         table.add_column(col, justify="right" if col in ("version", "ndcg@10", "recall@10", "coverage") else "left")
     for r in rows:
         m = r["metrics"]
-        fmt = lambda k: f"{m[k]:.4f}" if k in m else "-"  # noqa: E731
+        fmt = lambda k, m=m: f"{m[k]:.4f}" if k in m else "-"
         gate = r["tags"].get("gate", "-")
         if "rejected" in r["tags"]:
             gate = f"[red]rejected[/]: {r['tags']['rejected'][:60]}"
@@ -43,10 +43,10 @@ def list_versions(limit: Annotated[int, typer.Option(min=1, help="newest N versi
 
 @app.command()
 @cli_errors
-def rollback(alias: Annotated[Optional[str], typer.Option(help="alias to move (default: RECSYS_MODEL_ALIAS)")] = None) -> None:
+def rollback(alias: Annotated[str | None, typer.Option(help="alias to move (default: RECSYS_MODEL_ALIAS)")] = None) -> None:
     """Move the alias to the previous good version (promoted before, never rejected)."""
+    from cli.common import get_settings
     from pipelines import tracking
-    from recsys.settings import get_settings
 
     settings = get_settings()
     client = tracking.setup(settings)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -13,13 +13,13 @@ console = Console()
 
 
 def online_report(
-    outcome: Annotated[Optional[list[str]], typer.Option(help="event types counted as successes (repeatable)")] = None,
-    since: Annotated[Optional[datetime], typer.Option(help="only events at or after this time")] = None,
+    outcome: Annotated[list[str] | None, typer.Option(help="event types counted as successes (repeatable)")] = None,
+    since: Annotated[datetime | None, typer.Option(help="only events at or after this time")] = None,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="print only; don't log to the versions' MLflow runs")] = False,
 ) -> None:
     """Per A/B variant: exposed users, click/purchase rate with a 95% Wilson interval; logged to MLflow."""
+    from cli.common import get_settings
     from experiments.online import OUTCOMES, report
-    from recsys.settings import get_settings
 
     outcomes = tuple(outcome) if outcome else OUTCOMES
     stats = report(get_settings(), outcomes=outcomes, since=since, log_to_mlflow=not no_mlflow)

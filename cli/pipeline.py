@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from cli.common import cli_errors, err_console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(help="Scheduled training: snapshot → validate → train → evaluate → index → gate → register → promote → notify.",
                   no_args_is_help=True, add_completion=False)
@@ -37,12 +43,12 @@ def _quiet_console_logs() -> None:
 @cli_errors
 def run(
     config: Annotated[Path, typer.Argument(help="pipeline YAML (see pipelines/examples/nightly.yaml)")],
-    run_id: Annotated[Optional[str], typer.Option("--run-id", help="resume this run (or start it under this id)")] = None,
+    run_id: Annotated[str | None, typer.Option("--run-id", help="resume this run (or start it under this id)")] = None,
 ) -> None:
     """Run the pipeline once; with --run-id of a crashed run, resume after its last completed stage."""
+    from cli.common import get_settings
     from pipelines.config import load_config
     from pipelines.pipeline import STAGES, run_pipeline
-    from recsys.settings import get_settings
 
     cfg = load_config(config)
     _quiet_console_logs()
@@ -68,9 +74,9 @@ def run(
 @cli_errors
 def schedule(
     config: Annotated[Path, typer.Argument(help="pipeline YAML")],
-    cron: Annotated[Optional[str], typer.Option(help='crontab expression, e.g. "0 3 * * *"')] = None,
-    interval_seconds: Annotated[Optional[float], typer.Option(min=0.1, help="fire every N seconds instead of a cron expression")] = None,
-    max_runs: Annotated[Optional[int], typer.Option(min=1, help="exit after this many firings (tests)")] = None,
+    cron: Annotated[str | None, typer.Option(help='crontab expression, e.g. "0 3 * * *"')] = None,
+    interval_seconds: Annotated[float | None, typer.Option(min=0.1, help="fire every N seconds instead of a cron expression")] = None,
+    max_runs: Annotated[int | None, typer.Option(min=1, help="exit after this many firings (tests)")] = None,
     timezone: Annotated[str, typer.Option(help="time zone of the cron expression")] = "UTC",
 ) -> None:
     """Run the pipeline on a schedule (APScheduler); each firing is a `recsys pipeline run` child process."""

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Literal
 
 import mlflow
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from recsys.bundle import ModelBundle
 from recsys.datasets.base import Dataset, DatasetError
@@ -27,7 +27,7 @@ from recsys.matrix import InteractionMatrix
 from recsys.features import build_item_features, build_user_features
 from recsys.hybrid import content_profiles, hybrid_top_k
 from recsys.models.coldstart import ContentToCFMapper
-from recsys.models.registry import CONTENT_KINDS, make_model
+from recsys.models.registry import CONTENT_KINDS, MODEL_KINDS, make_model, validate_params
 from recsys.settings import Settings
 from pipelines import tracking
 
@@ -39,9 +39,25 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _known_kind(kind: str) -> str:
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; known kinds: {', '.join(sorted(MODEL_KINDS))}")
+    return kind
+
+
+def _checked_params(params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    # Checked against the model's constructor when the config is read, not when training
+    # reaches the fit: a typo or a wrong type is then a config error naming model.params.<name>.
+    kind = info.data.get("kind")
+    return params if kind is None else validate_params(kind, params)
+
+
 class ModelConfig(_Config):
     kind: str = "als"
     params: dict[str, Any] = Field(default_factory=lambda: {"factors": 64, "regularization": 0.05, "iterations": 15})
+
+    _kind = field_validator("kind")(_known_kind)
+    _params = field_validator("params")(_checked_params)
 
 
 class IndexConfig(_Config):
@@ -64,6 +80,8 @@ class ContentConfig(_Config):
 
     kind: Literal["tags", "tfidf", "sbert"] = "tfidf"
     params: dict[str, Any] = Field(default_factory=dict)
+
+    _params = field_validator("params")(_checked_params)
 
 
 class HybridConfig(_Config):

@@ -117,17 +117,91 @@ def test_parquet_and_epoch_seconds(tmp_path):
     ("body", "match"),
     [
         ("user_id,item_id,value\n1,a,1\n2,b,2,9\n", "line 3"),  # wrong field count
-        ("user_id,item_id,value\n1,a,1\n2,b,lots\n", "line 3: value is not a number: 'lots'"),
-        ("user_id,item_id,timestamp\n1,a,2024-01-01\n2,b,yesterday\n", "line 3: timestamp is not a time"),
-        ("user_id,item_id\n1,a\n,b\n", "line 3: empty user_id"),
+        ("user_id,item_id,value\n1,a,1\n2,b,lots\n", r"bad.csv line 3 \(data row 2\): value is not a number: 'lots'$"),
+        ("user_id,item_id,timestamp\n1,a,2024-01-01\n2,b,yesterday\n", r"line 3 \(data row 2\): timestamp 'yesterday' is not a time"),
+        ("user_id,item_id\n1,a\n,b\n", r"line 3 \(data row 2\): user_id must not be empty or blank"),
         ("user,item_id\n1,a\n", r"missing required column\(s\): user_id"),
         ("user_id,item_id\n", "no events"),
+        # ids follow recsys.validation: length, '/', control characters
+        ("user_id,item_id\n1,a\n2," + "x" * 100_000 + "\n", r"line 3 \(data row 2\): item_id is 100,000 characters long \(at most 255\)$"),
+        ("user_id,item_id\n1,a/b\n", r"line 2 \(data row 1\): item_id contains '/'"),
+        ('user_id,item_id\n1,"a\tb"\n', r"line 2 \(data row 1\): item_id contains a control character \(U\+0009\)"),
+        ("user_id,item_id,event_type\n1,a,view\n2,b, \n", r"line 3 \(data row 2\): event_type must not be empty or blank"),
+        ("user_id,item_id,value\n1,a,1\n2,b,inf\n", r"line 3 \(data row 2\): value is not a finite number"),
     ],
 )
 def test_malformed_csv(tmp_path, body, match):
     _write(tmp_path / "bad.csv", body)
     with pytest.raises(DatasetError, match=match):
         load_dataset("csv", tmp_path / "bad.csv")
+
+
+def test_bad_timestamp_reported_at_its_file_line_with_its_own_value(tmp_path):
+    # epoch seconds with one bad value among them; a blank line and a quoted field spanning two
+    # lines before it: pandas' row position alone would name the wrong line.
+    _write(tmp_path / "ev.csv", 'user_id,item_id,note,timestamp\nu1,i1,x,1700000000\n\nu2,i2,"two\nlines",1700000060\n'
+                               "u3,i3,y,1700000120\nu4,i4,z,notatime\nu5,i5,w,1700000180\n")
+    with pytest.raises(DatasetError, match=r"ev.csv line 7 \(data row 4\): timestamp 'notatime' is not a time"):
+        load_dataset("csv", tmp_path / "ev.csv")
+
+
+def test_epoch_seconds_out_of_range_is_not_a_time(tmp_path):
+    _write(tmp_path / "ev.csv", "user_id,item_id,timestamp\nu1,i1,1700000000\nu2,i2,1700000000000000\n")
+    with pytest.raises(DatasetError, match=r"line 3 \(data row 2\): timestamp '1700000000000000' is not a time"):
+        load_dataset("csv", tmp_path / "ev.csv")
+
+
+@pytest.mark.parametrize(
+    ("timestamps", "match"),
+    [
+        (["2024-01-01", "2024-01-02", "bad", "2024-01-04"], "data row 3: timestamp 'bad' is not a time"),
+        ([1.7e9, float("nan"), 1.7e9], r"data row 2: timestamp \(empty\) is not a time"),
+        ([1.7e9, 1.7e9, 1e20], r"data row 3: timestamp 1e\+20 is not a time"),
+    ],
+)
+def test_parquet_bad_timestamp_names_data_row_and_value(tmp_path, timestamps, match):
+    n = len(timestamps)
+    pd.DataFrame({"user_id": [f"u{i}" for i in range(n)], "item_id": ["x"] * n, "timestamp": timestamps}).to_parquet(tmp_path / "ev.parquet")
+    with pytest.raises(DatasetError, match=match):
+        load_dataset("parquet", tmp_path / "ev.parquet")
+
+
+def test_parquet_bad_id_names_data_row_and_column(tmp_path):
+    pd.DataFrame({"customer": ["ok", "a\x00b"], "item_id": ["x", "y"]}).to_parquet(tmp_path / "ev.parquet")
+    with pytest.raises(DatasetError, match=r"ev.parquet data row 2: user_id \(column 'customer'\) contains a control character \(U\+0000\)"):
+        load_table(tmp_path / "ev.parquet", "parquet", mapping={"user_id": "customer"})
+
+
+def test_bad_item_in_items_file_names_that_file(tmp_path):
+    _write(tmp_path / "ev.csv", "user_id,item_id\n1,a\n")
+    _write(tmp_path / "items.csv", "item_id,title,categories\na,Apple,fruit\nb,Banana,fruit|\x01bad\n")
+    with pytest.raises(DatasetError, match=r"items.csv line 3 \(data row 2\): categories label contains a control character"):
+        load_table(tmp_path / "ev.csv", "csv", items_path=tmp_path / "items.csv")
+
+
+def test_mixed_epoch_seconds_and_dates_are_accepted(tmp_path):
+    _write(tmp_path / "ev.csv", "user_id,item_id,timestamp\nu1,i1,1700000000\nu2,i2,2024-01-02T00:00:00Z\n")
+    ds = load_dataset("csv", tmp_path / "ev.csv")
+    assert ds.events["timestamp"].tolist() == [pd.Timestamp(1_700_000_000, unit="s", tz="UTC"), pd.Timestamp("2024-01-02", tz="UTC")]
+
+
+def test_directory_instead_of_file_and_file_instead_of_folder(tmp_path):
+    with pytest.raises(DatasetError, match="is a directory"):
+        load_dataset("csv", tmp_path)
+    _write(tmp_path / "ev.csv", "user_id,item_id\n1,a\n")
+    with pytest.raises(DatasetError, match="is a file: give the unpacked folder"):
+        load_dataset("movielens-100k", tmp_path / "ev.csv")
+
+
+def test_dataset_normalization_refuses_bad_ids_for_every_source():
+    from recsys.datasets.base import Dataset
+
+    with pytest.raises(DatasetError, match=r"event row 1: user_id contains a lone surrogate") as info:
+        Dataset(events=pd.DataFrame({"user_id": pd.Series(["ok", "bad\ud800"], dtype=object), "item_id": ["a", "b"]}))
+    assert (info.value.table, info.value.row, info.value.column) == ("events", 1, "user_id")
+    with pytest.raises(DatasetError, match=r"user row 0: attributes \['score'\] is not a finite number"):
+        Dataset(events=pd.DataFrame({"user_id": ["u"], "item_id": ["a"]}),
+                users=pd.DataFrame({"user_id": ["u"], "attributes": [{"score": float("nan")}]}))
 
 
 def test_unknown_format_and_missing_file(tmp_path):

@@ -18,7 +18,7 @@ __all__ = [
     "generate_synthetic",
     "load_dataset",
     "load_goodbooks_10k",
-    "load_movielens_100k",
     "load_movielens_1m",
+    "load_movielens_100k",
     "load_table",
 ]

@@ -2,12 +2,18 @@
 
 Every loader raises :class:`DatasetError` with the path, line or column at fault; ids are kept
 as the strings found in the files (read with ``dtype=str`` so "007" stays "007").
+
+Where a bad value is: text files name the file's line as an editor shows it (1-based, the
+header and blank lines counted) and the data row (1-based, header and blank lines not
+counted), e.g. ``events.csv line 7 (data row 5)``; Parquet files name the data row (1-based).
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,6 +53,76 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
+def _require_file(path: Path, what: str) -> Path:
+    if _require(path, what).is_dir():
+        raise DatasetError(f"{what} {path} is a directory: give the file itself")
+    return path
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not _require(path, what).is_dir():
+        raise DatasetError(f"{what} {path} is a file: give the unpacked folder")
+    return path
+
+
+Where = Callable[[int], str]
+
+
+def _text_file_where(path: Path, *, header: bool, sep: str = ",", encoding: str = "utf-8") -> Where:
+    """``where(i)`` for data row ``i`` (0-based, as pandas numbers it) of a delimited text file."""
+
+    def where(i: int) -> str:
+        line = _line_of_data_row(path, i, header=header, sep=sep, encoding=encoding)
+        return f"{path} line {line} (data row {i + 1})" if line is not None else f"{path} data row {i + 1}"
+
+    return where
+
+
+def _parquet_where(path: Path) -> Where:
+    return lambda i: f"{path} data row {i + 1}"
+
+
+def _line_of_data_row(path: Path, row: int, *, header: bool, sep: str, encoding: str) -> int | None:
+    """The line on which data row ``row`` (0-based) starts, counting lines as an editor does.
+
+    Read again only when reporting an error: pandas skips blank lines and lets a quoted field
+    span lines, so the row position alone does not give the line.
+    """
+    csv.field_size_limit(sys.maxsize)  # a hostile 100 MB field must not stop the error report
+    try:
+        with path.open(newline="", encoding=encoding, errors="replace") as f:
+            reader = csv.reader(f, delimiter=sep)
+            last_line, seen = 0, -1 if header else 0
+            for record in reader:
+                start, last_line = last_line + 1, reader.line_num
+                if not record or (len(record) == 1 and not record[0].strip()):
+                    continue  # pandas skips blank lines
+                if seen == row:
+                    return start
+                seen += 1
+    except (OSError, csv.Error):
+        return None
+    return None
+
+
+def _build(source: Path, name: str, events: pd.DataFrame, items: pd.DataFrame | None = None,
+           users: pd.DataFrame | None = None, where: dict[str, Where] | None = None,
+           columns: dict[tuple[str, str], str] | None = None) -> Dataset:
+    """The normalized :class:`Dataset`; a bad value is reported at its file line via ``where``
+    (table name -> locator), under the file's column name from ``columns``."""
+    try:
+        dataset = Dataset(events=events, items=items, users=users, name=name)
+    except DatasetError as exc:
+        locate = (where or {}).get(exc.table or "")
+        if exc.row is None or exc.problem is None:
+            raise
+        if locate is None:
+            raise DatasetError(f"{source}: {exc}") from exc
+        column = (columns or {}).get((exc.table, exc.column), exc.column)
+        raise DatasetError(f"{locate(exc.row)}: {column} {exc.problem}") from exc
+    return _nonempty(dataset, source)
+
+
 def _nonempty(dataset: Dataset, source: Path) -> Dataset:
     if len(dataset.events) == 0:
         raise DatasetError(f"no events in {source}")
@@ -61,6 +137,8 @@ def _read_delimited(path: Path, sep: str, names: list[str], usecols: list[int] |
             path, sep=sep, header=None, names=names, usecols=usecols, dtype=str, keep_default_na=False,
             engine="c", **kw,
         )
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise DatasetError(f"cannot parse {path}: {exc}") from exc
 
@@ -93,8 +171,8 @@ def _movie_description(title: str, genres: list[str], year: int | None) -> str:
 
 def load_movielens_100k(path: str | Path) -> Dataset:
     """The unpacked ``ml-100k`` folder: u.data ratings, u.item movies (genres), u.user users."""
-    root = _require(Path(path), "MovieLens 100K folder")
-    data = _read_delimited(_require(root / "u.data", "ratings file"), "\t", ["user_id", "item_id", "value", "timestamp"])
+    root = _require_dir(Path(path), "MovieLens 100K folder")
+    data = _read_delimited(_require_file(root / "u.data", "ratings file"), "\t", ["user_id", "item_id", "value", "timestamp"])
     value = _numeric(data["value"], root / "u.data", "rating", 1)
     ts = _numeric(data["timestamp"], root / "u.data", "timestamp", 1).astype("int64")
     events = pd.DataFrame(
@@ -125,7 +203,8 @@ def load_movielens_100k(path: str | Path) -> Dataset:
                 ],
             }
         )
-    return _nonempty(Dataset(events=events, items=items, users=users, name="movielens-100k"), root)
+    return _build(root, "movielens-100k", events, items, users,
+                  where={"events": _text_file_where(root / "u.data", header=False, sep="\t")})
 
 
 def _movie_items(raw: pd.DataFrame, categories: list[list[str]]) -> pd.DataFrame:
@@ -173,8 +252,8 @@ def _read_double_colon(path: Path, names: list[str]) -> pd.DataFrame:
 
 def load_movielens_1m(path: str | Path) -> Dataset:
     """The unpacked ``ml-1m`` folder: ratings.dat, movies.dat, users.dat (``::``-separated, latin-1)."""
-    root = _require(Path(path), "MovieLens 1M folder")
-    ratings_path = _require(root / "ratings.dat", "ratings file")
+    root = _require_dir(Path(path), "MovieLens 1M folder")
+    ratings_path = _require_file(root / "ratings.dat", "ratings file")
     # 1M lines: split on ':' with the C parser and keep every other field (the '::' gaps are empty).
     r = _read_delimited(ratings_path, ":", ["user_id", "_a", "item_id", "_b", "value", "_c", "timestamp"],
                         encoding="latin-1")
@@ -214,7 +293,8 @@ def load_movielens_1m(path: str | Path) -> Dataset:
                 ],
             }
         )
-    return _nonempty(Dataset(events=events, items=items, users=users, name="movielens-1m"), root)
+    return _build(root, "movielens-1m", events, items, users,
+                  where={"events": _text_file_where(ratings_path, header=False, sep=":", encoding="latin-1")})
 
 
 # ---------------------------------------------------------------------- goodbooks-10k
@@ -226,8 +306,8 @@ def load_goodbooks_10k(path: str | Path, *, max_tags: int = 5) -> Dataset:
     Ratings carry no time; they get epoch 0 plus their row number in seconds, which keeps the
     file's order for time-based splits and makes ids deterministic.
     """
-    root = _require(Path(path), "goodbooks-10k folder")
-    ratings_path = _require(root / "ratings.csv", "ratings file")
+    root = _require_dir(Path(path), "goodbooks-10k folder")
+    ratings_path = _require_file(root / "ratings.csv", "ratings file")
     r = _read_csv(ratings_path)
     _require_columns(r, ["user_id", "book_id", "rating"], ratings_path)
     events = pd.DataFrame(
@@ -272,7 +352,8 @@ def load_goodbooks_10k(path: str | Path, *, max_tags: int = 5) -> Dataset:
             rows.append({"item_id": bid, "title": title, "description": ". ".join(desc) + ".",
                          "categories": cats, "attributes": attrs, "available": True})
         items = pd.DataFrame(rows)
-    return _nonempty(Dataset(events=events, items=items, name="goodbooks-10k"), root)
+    return _build(root, "goodbooks-10k", events, items, where={"events": _text_file_where(ratings_path, header=True)},
+                  columns={("events", "item_id"): "book_id"})
 
 
 def _top_tags(root: Path, books: pd.DataFrame, max_tags: int) -> dict[str, list[str]]:
@@ -294,11 +375,13 @@ def _top_tags(root: Path, books: pd.DataFrame, max_tags: int) -> dict[str, list[
 
 def _read_csv(path: Path) -> pd.DataFrame:
     """CSV with a header, all columns as str; a malformed line raises DatasetError naming it."""
-    _require(path, "file")
+    _require_file(path, "file")
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False, engine="c")
     except pd.errors.EmptyDataError as exc:
         raise DatasetError(f"{path} is empty") from exc
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         # pandas says "Expected 3 fields in line 5, saw 4": line numbers count the header.
         raise DatasetError(f"malformed CSV {path}: {exc}") from exc
@@ -326,34 +409,36 @@ def load_table(
     """
     if fmt not in ("csv", "parquet"):
         raise DatasetError(f"unknown table format {fmt!r}: expected 'csv' or 'parquet'")
-    path = _require(Path(path), "events file")
+    path = _require_file(Path(path), "events file")
     mapping = dict(mapping or {})
     unknown = set(mapping) - set(EVENT_FIELDS)
     if unknown:
         raise DatasetError(f"mapping names unknown field(s) {sorted(unknown)}; known: {EVENT_FIELDS}")
     raw = _read_csv(path) if fmt == "csv" else _read_parquet(path)
-    # CSV data starts on line 2 (after the header); parquet rows are reported 0-based.
-    where = (lambda i: f"{path} line {i + 2}") if fmt == "csv" else (lambda i: f"{path} row {i}")
+    where = _text_file_where(path, header=True) if fmt == "csv" else _parquet_where(path)
     source = {ours: mapping.get(ours, ours) for ours in EVENT_FIELDS}
     missing = [f"{ours} (column {theirs!r})" for ours, theirs in source.items()
                if ours in ("user_id", "item_id") and theirs not in raw.columns]
     if missing:
         raise DatasetError(f"{path} is missing required column(s): {', '.join(missing)}; it has {list(raw.columns)}")
-    events = pd.DataFrame({"user_id": raw[source["user_id"]].astype(str), "item_id": raw[source["item_id"]].astype(str)})
-    for ours in ("user_id", "item_id"):
-        empty = np.flatnonzero((events[ours].str.strip() == "").to_numpy())
-        if len(empty):
-            raise DatasetError(f"{where(int(empty[0]))}: empty {ours}")
+    # ids and labels stay as read (checked, then converted, by the Dataset normalization)
+    events = pd.DataFrame({"user_id": raw[source["user_id"]], "item_id": raw[source["item_id"]]})
     if source["event_type"] in raw:
-        events["event_type"] = raw[source["event_type"]].astype(str)
+        events["event_type"] = raw[source["event_type"]]
     if source["value"] in raw:
         events["value"] = _checked_numbers(raw[source["value"]], "value", where)
     if source["timestamp"] in raw:
         events["timestamp"] = _checked_times(raw[source["timestamp"]], where)
     if source["event_id"] in raw:
-        events["event_id"] = raw[source["event_id"]].astype(str)
-    items = _load_items_table(Path(items_path), fmt, source["item_id"]) if items_path is not None else None
-    return _nonempty(Dataset(events=events, items=items, name=path.stem), path)
+        events["event_id"] = raw[source["event_id"]]
+    locate = {"events": where}
+    items = None
+    if items_path is not None:
+        items_path = _require_file(Path(items_path), "items file")
+        items = _load_items_table(items_path, fmt, source["item_id"])
+        locate["items"] = _text_file_where(items_path, header=True) if fmt == "csv" else _parquet_where(items_path)
+    columns = {("events", ours): f"{ours} (column {theirs!r})" for ours, theirs in source.items() if ours != theirs}
+    return _build(path, path.stem, events, items, where=locate, columns=columns)
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -363,7 +448,7 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         raise DatasetError(f"cannot read parquet {path}: {exc}") from exc
 
 
-def _checked_numbers(col: pd.Series, name: str, where: Callable[[int], str]) -> pd.Series:
+def _checked_numbers(col: pd.Series, name: str, where: Where) -> pd.Series:
     if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
         out = col.astype("float64")
     else:
@@ -371,38 +456,80 @@ def _checked_numbers(col: pd.Series, name: str, where: Callable[[int], str]) -> 
     bad = np.flatnonzero(out.isna().to_numpy())
     if len(bad):
         i = int(bad[0])
-        raise DatasetError(f"{where(i)}: {name} is not a number: {col.iloc[i]!r}")
+        raise DatasetError(f"{where(i)}: {name} is not a number: {_shown(col.iloc[i])}")
     return out.astype("float64")
 
 
-def _checked_times(col: pd.Series, where: Callable[[int], str]) -> pd.Series:
+# datetime64[ns] holds about ±292 years around 1970: epoch seconds beyond this are not times
+_MAX_EPOCH_SECONDS = 9.2e9
+
+
+def _checked_times(col: pd.Series, where: Where) -> pd.Series:
+    """Times from datetimes, epoch seconds or date strings (each value on its own: a column may
+    mix them); the first value that is none of these is reported with its own text."""
+    col = col.reset_index(drop=True)
     if pd.api.types.is_datetime64_any_dtype(col):
         out = pd.to_datetime(col, utc=True)
+    elif pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        out = _epoch_seconds(col.astype("float64"))
     else:
-        text = col.astype(str).str.strip()
+        text = pd.Series([v.strip() if isinstance(v, str) else ("" if _blank(v) else str(v)) for v in col], dtype=object)
         as_num = pd.to_numeric(text, errors="coerce")
-        if len(text) and as_num.notna().all():
-            out = pd.to_datetime(as_num, unit="s", utc=True)  # epoch seconds
-        else:
-            try:
-                out = pd.to_datetime(text, utc=True, errors="coerce", format="mixed")
-            except (ValueError, TypeError):
-                out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
+        out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
+        is_num = as_num.notna().to_numpy()
+        if is_num.any():
+            out[is_num] = _epoch_seconds(as_num[is_num])
+        is_text = ~is_num & (text != "").to_numpy()
+        if is_text.any():
+            out[is_text] = _date_strings(text[is_text])
     bad = np.flatnonzero(out.isna().to_numpy())
     if len(bad):
         i = int(bad[0])
-        raise DatasetError(f"{where(i)}: timestamp is not a time: {col.iloc[i]!r}")
+        raise DatasetError(f"{where(i)}: timestamp {_shown(col.iloc[i])} is not a time "
+                           "(expected epoch seconds or a date such as 2024-01-31T12:00:00Z)")
     return out
 
 
+def _epoch_seconds(seconds: pd.Series) -> pd.Series:
+    ok = np.isfinite(seconds.to_numpy()) & (np.abs(seconds.to_numpy()) < _MAX_EPOCH_SECONDS)
+    out = pd.Series(pd.NaT, index=seconds.index, dtype="datetime64[ns, UTC]")
+    if ok.any():
+        out[ok] = pd.to_datetime(seconds[ok], unit="s", utc=True).astype("datetime64[ns, UTC]")
+    return out
+
+
+def _date_strings(text: pd.Series) -> pd.Series:
+    try:
+        parsed = pd.to_datetime(text, utc=True, errors="coerce", format="mixed")
+    except (ValueError, TypeError, OverflowError):  # out-of-range dates can escape errors="coerce"
+        parsed = pd.Series([_one_date(v) for v in text], index=text.index, dtype="datetime64[ns, UTC]")
+    return parsed.astype("datetime64[ns, UTC]")
+
+
+def _one_date(value: str) -> pd.Timestamp:
+    try:
+        stamp = pd.Timestamp(value)
+        return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    except (ValueError, TypeError, OverflowError):
+        return pd.NaT
+
+
+def _shown(value: Any) -> str:
+    """A cell as the user wrote it: 'abc', 1e+20, or 'empty'."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if _blank(value) or value is pd.NaT:
+        return "(empty)"
+    return repr(value)
+
+
 def _load_items_table(path: Path, fmt: str, item_col: str) -> pd.DataFrame:
-    path = _require(path, "items file")
     raw = _read_csv(path) if fmt == "csv" else _read_parquet(path)
     id_col = "item_id" if "item_id" in raw else item_col
     _require_columns(raw, [id_col], path)
     known = {id_col, "title", "description", "categories", "available"}
     extra = [c for c in raw.columns if c not in known]
-    items = pd.DataFrame({"item_id": raw[id_col].astype(str)})
+    items = pd.DataFrame({"item_id": raw[id_col]})
     for col in ("title", "description"):
         if col in raw:
             items[col] = raw[col].fillna("").astype(str)

@@ -1,9 +1,9 @@
 """Tables the API owns, on the feature store's engine (kept apart from the store's own metadata).
 
 - ``api_keys``: sha256 of each API key (the key itself is never stored), revocable.
-- ``api_catalog_changes``: an append-only log of item ids changed through the API. Its max
-  ``seq`` is the catalog *generation*: every worker compares it with the generation its loaded
-  models have seen (one primary-key lookup per request) and re-reads only the changed items.
+
+The catalog change log and the reload generation shared by workers live in
+``feature_store/control.py``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    func,
     false,
+    func,
 )
 
 metadata = MetaData()
@@ -32,15 +32,6 @@ api_keys_table = Table(
     Column("revoked", Boolean, nullable=False, server_default=false()),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
-
-catalog_changes_table = Table(
-    "api_catalog_changes",
-    metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
-    Column("item_id", String(255), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-)
-
 
 def init_api_tables(engine: Engine) -> None:
     metadata.create_all(engine)

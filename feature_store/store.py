@@ -7,6 +7,7 @@ integer surrogate keys in pandas; events are stored with those keys and epoch-mi
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import random
@@ -26,6 +27,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from tqdm.auto import tqdm
 
+from feature_store.control import ServingControl
 from feature_store.db import init_db, make_engine
 from feature_store.tables import events_table, items_table, users_table
 from recsys.datasets.base import (
@@ -113,6 +115,11 @@ class FeatureStore:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    @functools.cached_property
+    def control(self) -> ServingControl:
+        """Serving control state shared by API workers (feature_store/control.py)."""
+        return ServingControl(self.engine)
 
     # ------------------------------------------------------------------ ingest
 

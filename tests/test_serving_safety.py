@@ -205,9 +205,12 @@ def test_gate_refuses_degenerate_fresh_holdout(tmp_path, monkeypatch):
     base = run_pipeline(settings, cfg, run_id="base")
     assert base.status == "promoted", base.reason
     # A flood of bot-like events: three known users clicking, over and over, items they had.
-    bots = ["u1", "u2", "u3"]
+    bots = data.events["user_id"].value_counts().index[:3].tolist()
     seen = {u: data.events.loc[data.events["user_id"] == u, "item_id"].unique()[:3].tolist() for u in bots}
-    store.add_events([{"user_id": u, "item_id": seen[u][n % 3]} for u in bots for n in range(150)])
+    now = time.time()
+    inserted, _ = store.add_events([{"event_id": f"bot-{u}-{n}", "user_id": u, "item_id": seen[u][n % 3], "timestamp": now - n}
+                                    for u in bots for n in range(150)])
+    assert inserted == 450
     flooded = run_pipeline(settings, cfg, run_id="flooded")
     assert flooded.status == "rejected"
     decision = json.loads((flooded.run_dir / "gate" / "decision.json").read_text())
@@ -215,7 +218,7 @@ def test_gate_refuses_degenerate_fresh_holdout(tmp_path, monkeypatch):
     assert state["stages"]["train"]["outputs"]["holdout_mode"] == "fresh"
     assert {"holdout_too_small", "holdout_uninformative"} <= set(decision["refused_by"]), decision
     assert decision["checks"]["holdout_eval_users"] == 3
-    assert tracking.resolve_alias(tracking.setup(settings), settings.registered_model_name, "production").version == base.version
+    assert str(tracking.resolve_alias(tracking.setup(settings), settings.registered_model_name, "production").version) == base.version
 
 
 def test_gate_refuses_losing_the_content_space_unless_allowed(tmp_path, monkeypatch):
@@ -228,7 +231,7 @@ def test_gate_refuses_losing_the_content_space_unless_allowed(tmp_path, monkeypa
     decision = json.loads((lost.run_dir / "gate" / "decision.json").read_text())
     assert decision["refused_by"] == ["capability_loss"], decision
     assert {"content_space", "search"} <= set(decision["checks"]["capabilities_lost"])
-    assert tracking.resolve_alias(tracking.setup(settings), settings.registered_model_name, "production").version == "1"
+    assert str(tracking.resolve_alias(tracking.setup(settings), settings.registered_model_name, "production").version) == "1"
     allowed = run_pipeline(settings, pipeline_cfg(gate={**gate, "allow_capability_loss": True}), run_id="allowed")
     assert allowed.status == "promoted", allowed.reason
 

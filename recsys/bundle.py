@@ -172,7 +172,7 @@ class ModelBundle:
             return data
 
         def array(rel: str) -> np.ndarray:
-            return np.load(io.BytesIO(read(rel)), allow_pickle=False)
+            return npy_from_bytes(read(rel))
 
         def index(role: str):
             prefix = f"index_{role}/"
@@ -204,6 +204,21 @@ class ModelBundle:
         if bundle.dims != manifest["dims"]:
             raise BundleError(f"bundle dims {bundle.dims} differ from manifest {manifest['dims']}")
         return bundle
+
+
+def npy_from_bytes(data: bytes) -> np.ndarray:
+    """A read-only array over the bytes of a ``.npy`` file, without copying them (the bytes
+    object is private to the process; a copy would double the peak memory of a load)."""
+    f = io.BytesIO(data)
+    version = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(f)
+    if dtype.hasobject:
+        raise BundleError("bundle arrays must not hold Python objects")
+    count = int(np.prod(shape, dtype=np.int64))
+    if f.tell() + count * dtype.itemsize > len(data):
+        raise BundleError("array file is truncated")
+    return np.frombuffer(data, dtype=dtype, count=count, offset=f.tell()).reshape(shape, order="F" if fortran_order else "C")
 
 
 def _capabilities(extras, objects) -> frozenset[str]:

@@ -44,9 +44,10 @@ def measure(path: str, mode: str) -> dict:
     import psutil
 
     def shmem() -> int:
-        for line in open("/proc/meminfo"):
-            if line.startswith("Shmem:"):
-                return int(line.split()[1]) * 1024
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("Shmem:"):
+                    return int(line.split()[1]) * 1024
         return 0
 
     proc = psutil.Process()

@@ -189,7 +189,7 @@ def test_decide_names_each_refusing_rule():
     d = decide(cfg, ok, None, {}, True, popularity={"ndcg_at_10": 0.3}, holdout=stats)
     assert d.refused_by == ["below_popularity"]
     assert decide(GateConfig(popularity_baseline=False), ok, None, {}, True, popularity={"ndcg_at_10": 0.3}, holdout=stats).passed
-    caps = dict(production_capabilities={"collaborative", "content_space", "search"}, candidate_capabilities={"collaborative"})
+    caps = {"production_capabilities": {"collaborative", "content_space", "search"}, "candidate_capabilities": {"collaborative"}}
     d = decide(cfg, ok, ok, {}, True, holdout=stats, **caps)
     assert d.refused_by == ["capability_loss"] and "content_space, search" in d.reason
     assert decide(GateConfig(allow_capability_loss=True), ok, ok, {}, True, holdout=stats, **caps).passed

@@ -123,11 +123,21 @@ def fetch_bundle_checked(settings: Settings, version: ModelVersion, *, refresh: 
             return FetchedBundle(target, digest)
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(tmp / "bundle"),
                                                          tracking_uri=settings.mlflow_tracking_uri))
-        if target.exists():  # stale or corrupt copy: move aside first, so the rename is atomic
+        if target.exists():
+            if not refresh and (target / "manifest.json").is_file():
+                return FetchedBundle(target, digest)  # another worker placed it meanwhile: keep theirs
+            # a corrupt copy: move it aside first, so the rename below is atomic
             old = root / f".old-{target.name}-{os.getpid()}-{threading.get_ident()}"
-            os.replace(target, old)
+            try:
+                os.replace(target, old)
+            except OSError:  # another worker moved it first
+                pass
             shutil.rmtree(old, ignore_errors=True)
-        os.replace(local, target)
+        try:
+            os.replace(local, target)
+        except OSError:  # another worker placed a fresh copy first
+            if not (target / "manifest.json").is_file():
+                raise
         logger.info("downloaded bundle of %s version %s into %s", version.name, version.version, target)
         return FetchedBundle(target, digest)
     finally:

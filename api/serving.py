@@ -9,7 +9,8 @@ Lifecycle
   Recommender with the current catalog, smoke-tests it, and only then switches one reference.
 - A cached copy that fails verification is downloaded again at once from the artifact store
   (the truth) and loaded; only when that copy is bad too is the version refused
-  (:class:`ReloadError`), and the old model keeps serving.
+  (:class:`ReloadError`), and the old model keeps serving. With no old model (a start), the
+  newest earlier promoted, never rejected version is served instead (``_last_good``).
 - Pinned versions (``?model_version=``) live in a small LRU. Loading one that is not loaded
   needs an API key (api/deps.py) and runs off the event loop, one at a time per process
   (:meth:`ModelHolder.load_pinned`).
@@ -223,12 +224,32 @@ class ModelHolder:
         except ReloadError as exc:
             exc.alias = alias
             metrics.MODEL_RELOAD_FAILURES.labels(alias=alias).inc()
-            raise
+            model = self._last_good(alias, str(version.version)) if old is None else None
+            if model is None:
+                raise
         self._by_alias[alias] = model  # the atomic swap: one reference
         metrics.MODEL_SWAPS.labels(alias=alias).inc()
         metrics.set_model_info(alias, old.version if old else None, model.version)
         logger.info("alias %s now served from version %s (was %s)", alias, model.version, old.version if old else None)
         return model
+
+    def _last_good(self, alias: str, failed: str) -> LoadedModel | None:
+        """Nothing is served for ``alias`` and its version is bad even fresh from the artifact
+        store: serve the newest earlier version that was promoted and never rejected or rolled
+        back (the rule of ``recsys model rollback``) rather than answer 503. The alias stays
+        where it is; every poll tries its version again."""
+        for row in tracking.list_versions(self.client(), self.settings.registered_model_name):
+            tags = row["tags"]
+            if int(row["version"]) >= int(failed) or "promoted" not in tags or "rejected" in tags or "rolled_back" in tags:
+                continue
+            mv = tracking.get_version(self.client(), self.settings.registered_model_name, row["version"])
+            try:
+                model = self._load(mv)
+            except ReloadError:
+                continue
+            logger.error("alias %s: version %s cannot be served; serving the last good version %s instead", alias, failed, model.version)
+            return model
+        return None
 
     def reload(self, alias: str | None = None) -> dict[str, dict]:
         """Reload one alias or every served alias; raises ReloadError on the first failure."""

@@ -168,6 +168,26 @@ def test_bad_artifact_in_store_is_refused_and_old_version_keeps_serving(tmp_path
         assert r.status_code == 200 and r.json()["served"] == {"production": v2}
 
 
+def test_start_with_a_bad_version_serves_the_last_good_one(tmp_path):
+    env = prepare(tmp_path / "data")
+    settings = app_settings(env)
+    client = tracking.setup(settings)
+    name = settings.registered_model_name
+    client.set_model_version_tag(name, "1", "promoted", "yes")  # as the pipeline tags it
+    v2 = train(settings_for(env), training_config(seed=4)).version
+    client.set_model_version_tag(name, v2, "promoted", "yes")
+    artifact = Path(tracking.get_version(client, name, v2).source.removeprefix("file://")) / "item_vectors.npy"
+    good = artifact.read_bytes()
+    artifact.write_bytes(good[:-64] + os.urandom(64))
+    with client_for(settings) as api:
+        assert api.get("/ready").status_code == 200
+        assert api.get("/health").json()["variants"] == {"production": "1"}
+        assert top(api)["model_version"] == "1"
+        artifact.write_bytes(good)
+        r = api.post("/admin/reload", headers=AUTH)
+        assert r.status_code == 200 and r.json()["served"] == {"production": v2}, r.text
+
+
 # --------------------------------------------------------------------------- 4. the gate
 
 GOOD = {"kind": "als", "params": {"factors": 16, "iterations": 8, "regularization": 0.05}}

@@ -13,7 +13,13 @@ from fastapi import Depends, Header, HTTPException, Query, Request, Security
 from fastapi.security import APIKeyHeader
 
 from api.keys import KeyChecker
-from api.serving import LoadedModel, ModelHolder, ReloadError, UnknownVersion
+from api.serving import (
+    LoadedModel,
+    LoaderBusy,
+    ModelHolder,
+    ReloadError,
+    UnknownVersion,
+)
 from feature_store import FeatureStore
 from recsys.settings import Settings
 
@@ -65,25 +71,46 @@ async def read_key(request: Request, key: Annotated[str | None, Security(api_key
         _check_key(key, request.app.state.keys)
 
 
-async def pinned_version(
+async def pinned_model(
+    request: Request,
+    holder: Annotated[ModelHolder, Depends(get_holder)],
+    key: Annotated[str | None, Security(api_key_header)],
     model_version: Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[0-9]+$",
-                                               description="serve this registry version instead of the alias")] = None,
+                                               description="serve this registry version instead of the alias "
+                                                           "(a version this worker has not loaded needs an API key)")] = None,
     x_model_version: Annotated[str | None, Header(min_length=1, max_length=64, pattern=r"^[0-9]+$",
                                                   description="same as ?model_version=")] = None,
-) -> str | None:
-    return model_version or x_model_version
+) -> LoadedModel | None:
+    """The pinned version's model, or None when the request pins nothing.
 
-
-PinDep = Annotated[str | None, Depends(pinned_version)]
-
-
-def resolve(holder: ModelHolder, user_id: str | None, pinned: str | None) -> tuple[LoadedModel, str]:
-    """Model + variant for a request; 404 for an unknown pinned version, 503 when it can't load."""
+    A version already loaded (served or cached) is open to every reader. Loading another one
+    reads the registry and a bundle, so it needs an API key (401/403 as for writes) and runs
+    in the holder's loader thread, one at a time per process: the event loop never blocks on
+    it, and a request for a second version while one loads gets 503 with Retry-After.
+    """
+    version = model_version or x_model_version
+    if version is None:
+        return None
+    model = holder.loaded_version(version)
+    if model is not None:
+        return model
+    _check_key(key, request.app.state.keys)
     try:
-        model, variant = holder.for_user(user_id, pinned)
+        return await holder.load_pinned(version)
     except UnknownVersion:
-        raise HTTPException(status_code=404, detail={"field": "model_version", "message": f"no model version {pinned}"})
+        raise HTTPException(status_code=404, detail={"field": "model_version", "message": f"no model version {version}"})
+    except LoaderBusy as exc:
+        raise HTTPException(status_code=503, detail={"field": "model_version", "message": str(exc)},
+                            headers={"Retry-After": "2"})
     except ReloadError as exc:
         raise HTTPException(status_code=503, detail={"field": "model_version", "message": exc.reason})
+
+
+PinDep = Annotated[LoadedModel | None, Depends(pinned_model)]
+
+
+def resolve(holder: ModelHolder, user_id: str | None, pinned: LoadedModel | None) -> tuple[LoadedModel, str]:
+    """Model + variant for a request (``pinned`` from :func:`pinned_model`); no loading here."""
+    model, variant = holder.for_user(user_id, pinned)
     holder.sync_catalog()
     return model, variant

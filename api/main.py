@@ -17,7 +17,6 @@ from api.request_guards import BodySizeLimit, validation_error_response
 from api.routes import admin, catalog, events, health, recommendations
 from api.schemas import Error
 from api.serving import ModelHolder, ModelNotReady, ReloadError
-from api.tables import init_api_tables
 from feature_store import FeatureStore
 from recsys.settings import Settings, get_settings
 
@@ -30,7 +29,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         store = FeatureStore(settings.database_url)
-        init_api_tables(store)
         holder = ModelHolder(settings, store)
         for alias in holder.aliases:
             try:
@@ -41,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 logger.exception("could not load the model behind alias %s", alias)
         app.state.settings, app.state.store, app.state.holder = settings, store, holder
         app.state.keys = KeyChecker(store, settings.api_key_list)
-        holder.start_polling()
+        holder.start_watching()
         try:
             yield
         finally:

@@ -3,45 +3,54 @@
 Lifecycle
 ---------
 - Each served *alias* (``production``, plus the aliases of an A/B split) maps to one loaded
-  version. A reload (``POST /admin/reload`` or the alias poller) fetches the new version's
-  bundle, verifies it (``ModelBundle.load(verify=True)``: sha256 of every file, dims, ids),
-  builds the Recommender with the current catalog, smoke-tests it, and only then switches one
-  reference. Any failure is logged and raised as :class:`ReloadError`; the old model keeps
-  serving. A cached bundle that fails verification is moved aside, so the next reload
-  downloads it again from the registry.
-- Pinned versions (``?model_version=``) are loaded on demand into a small LRU.
+  version. A reload fetches the new version's bundle (cached by run id + manifest sha256,
+  pipelines/tracking.py), loads a private verified copy (``ModelBundle.load``: sha256 of every
+  file on the bytes used, dims, ids; nothing stays mapped from the cache folder), builds the
+  Recommender with the current catalog, smoke-tests it, and only then switches one reference.
+- A cached copy that fails verification is downloaded again at once from the artifact store
+  (the truth) and loaded; only when that copy is bad too is the version refused
+  (:class:`ReloadError`), and the old model keeps serving. With no old model (a start), the
+  newest earlier promoted, never rejected version is served instead (``_last_good``).
+- Pinned versions (``?model_version=``) live in a small LRU. Loading one that is not loaded
+  needs an API key (api/deps.py) and runs off the event loop, one at a time per process
+  (:meth:`ModelHolder.load_pinned`).
 
-Catalog changes across workers
-------------------------------
-Every uvicorn worker holds its own models. Catalog writes made through the API append the
-changed item ids to ``api_catalog_changes`` (after the feature-store write commits); the max
-``seq`` of that log is the catalog generation. Before answering, a request compares it with
-the generation its model has seen (one primary-key lookup) and, when behind, re-reads just the
-changed items and applies them (availability, metadata, cold-start items). So an item deleted
-through any worker is never returned by any worker from the next request on. Changes written
-behind the API's back (CLI ingest) are picked up when a model is (re)loaded.
+Across workers and replicas
+---------------------------
+Every uvicorn worker holds its own models; the shared state is in the database
+(feature_store/control.py):
+
+- *reload generation*: ``POST /admin/reload`` reloads its own worker, then bumps it (so does
+  the pipeline's notify stage). A watcher thread in every worker checks it every
+  ``RELOAD_CHECK_SECONDS`` and reloads its aliases when it moved. The same thread polls the
+  registry aliases every ``RECSYS_RELOAD_POLL_SECONDS`` (promotions made without notify).
+- *catalog generation*: catalog writes made through the API log the changed item ids (after
+  the feature-store write commits). Before answering, a request compares the log's generation
+  with the one its model has seen (one primary-key lookup) and, when behind, re-reads just the
+  changed items and applies them. So an item deleted through any worker is never returned by
+  any worker from the next request on. Changes written behind the API's back (CLI ingest) are
+  picked up when a model is (re)loaded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
-import shutil
+import os
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
 
 from api import metrics
-from api.tables import catalog_changes_table
-from feature_store import FeatureStore, items_table
+from feature_store import FeatureStore
 from pipelines import tracking
-from recsys.bundle import ModelBundle
+from recsys.bundle import BundleError, ModelBundle
 from recsys.recommender import Recommender, SearchUnavailable
 from recsys.settings import Settings
 
@@ -64,6 +73,18 @@ class UnknownVersion(LookupError):
     pass
 
 
+class LoaderBusy(RuntimeError):
+    """Another pinned version is being loaded in this process; retry shortly."""
+
+    def __init__(self, loading: str) -> None:
+        super().__init__(f"version {loading} is being loaded; retry in a moment")
+        self.loading = loading
+
+
+#: how often every worker checks the shared reload generation (seconds)
+RELOAD_CHECK_SECONDS = 0.5
+
+
 @dataclass(eq=False)
 class LoadedModel:
     version: str
@@ -73,6 +94,9 @@ class LoadedModel:
     trained_as_of: pd.Timestamp | None = None
     #: catalog generation (api_catalog_changes.seq) this model's catalog reflects
     catalog_seq: int = 0
+    manifest_sha256: str = ""
+    #: name of the thread that loaded it (pinned loads run in the ``pinned-load`` pool)
+    load_thread: str = ""
     loaded_at: float = field(default_factory=time.time)
 
 
@@ -100,13 +124,20 @@ class ModelHolder:
         self.aliases: list[str] = list(self.split) or [settings.model_alias]
         if settings.model_alias not in self.aliases:
             self.aliases.insert(0, settings.model_alias)
+        self.control = store.control
+        self.registry = tracking.RegistryClient(settings)
         self._by_alias: dict[str, LoadedModel] = {}
         self._versions: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._versions_lock = threading.Lock()
         self._load_lock = threading.Lock()  # one load at a time per process
+        self._alias_lock = threading.RLock()  # resolve + load + swap of an alias, one at a time
         self._catalog_lock = threading.Lock()
-        self._client = None
+        self._pin_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pinned-load")
+        self._pin_loading: tuple[str, asyncio.Future] | None = None  # touched on the event loop only
         self._stop = threading.Event()
-        self._poller: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
+        #: the reload generation this worker has acted on (read before the first load)
+        self.reload_generation = self.control.reload_generation()
 
     # ---- what is served ------------------------------------------------------------------
     @property
@@ -126,10 +157,13 @@ class ModelHolder:
     def served(self) -> dict[str, str]:
         return {alias: m.version for alias, m in self._by_alias.items()}
 
-    def for_user(self, user_id: str | None, pinned: str | None = None) -> tuple[LoadedModel, str]:
+    def cached_versions(self) -> list[str]:
+        return list(self._versions)
+
+    def for_user(self, user_id: str | None, pinned: LoadedModel | None = None) -> tuple[LoadedModel, str]:
         """The model answering this request and the variant name reported with it."""
-        if pinned:
-            return self.get_version(pinned), "pinned"
+        if pinned is not None:
+            return pinned, "pinned"
         if user_id is not None and self.split:
             alias = assign_variant(user_id, self.split, self.settings.ab_salt)
             model = self._by_alias.get(alias)
@@ -155,9 +189,13 @@ class ModelHolder:
 
     # ---- loading -------------------------------------------------------------------------
     def client(self):
-        if self._client is None:
-            self._client = tracking.setup(self.settings)
-        return self._client
+        """The MLflow client (rebuilt when the tracking store file was replaced)."""
+        reconnects = self.registry.reconnects
+        client = self.registry.get()
+        if self.registry.reconnects != reconnects:
+            with self._versions_lock:  # pinned versions of the old registry mean nothing now
+                self._versions.clear()
+        return client
 
     def load_alias(self, alias: str | None = None) -> LoadedModel | None:
         """Serve the version behind ``alias``; returns None when the alias does not exist.
@@ -165,6 +203,10 @@ class ModelHolder:
         Raises :class:`ReloadError` when the version cannot be loaded (the old model stays).
         """
         alias = alias or self.settings.model_alias
+        with self._alias_lock:
+            return self._load_alias(alias)
+
+    def _load_alias(self, alias: str) -> LoadedModel | None:
         try:
             version = tracking.resolve_alias(self.client(), self.settings.registered_model_name, alias)
         except Exception as exc:
@@ -175,19 +217,39 @@ class ModelHolder:
             logger.warning("no model version behind alias %s@%s", self.settings.registered_model_name, alias)
             return None
         old = self._by_alias.get(alias)
-        if old is not None and old.version == str(version.version):
+        if old is not None and old.version == str(version.version) and old.run_id == version.run_id:
             return old
         try:
             model = self._load(version)
         except ReloadError as exc:
             exc.alias = alias
             metrics.MODEL_RELOAD_FAILURES.labels(alias=alias).inc()
-            raise
+            model = self._last_good(alias, str(version.version)) if old is None else None
+            if model is None:
+                raise
         self._by_alias[alias] = model  # the atomic swap: one reference
         metrics.MODEL_SWAPS.labels(alias=alias).inc()
         metrics.set_model_info(alias, old.version if old else None, model.version)
         logger.info("alias %s now served from version %s (was %s)", alias, model.version, old.version if old else None)
         return model
+
+    def _last_good(self, alias: str, failed: str) -> LoadedModel | None:
+        """Nothing is served for ``alias`` and its version is bad even fresh from the artifact
+        store: serve the newest earlier version that was promoted and never rejected or rolled
+        back (the rule of ``recsys model rollback``) rather than answer 503. The alias stays
+        where it is; every poll tries its version again."""
+        for row in tracking.list_versions(self.client(), self.settings.registered_model_name):
+            tags = row["tags"]
+            if int(row["version"]) >= int(failed) or "promoted" not in tags or "rejected" in tags or "rolled_back" in tags:
+                continue
+            mv = tracking.get_version(self.client(), self.settings.registered_model_name, row["version"])
+            try:
+                model = self._load(mv)
+            except ReloadError:
+                continue
+            logger.error("alias %s: version %s cannot be served; serving the last good version %s instead", alias, failed, model.version)
+            return model
+        return None
 
     def reload(self, alias: str | None = None) -> dict[str, dict]:
         """Reload one alias or every served alias; raises ReloadError on the first failure."""
@@ -202,93 +264,162 @@ class ModelHolder:
             }
         return out
 
-    def get_version(self, version: str) -> LoadedModel:
-        """A pinned version: from the LRU or loaded now. Raises UnknownVersion / ReloadError."""
+    def loaded_version(self, version: str) -> LoadedModel | None:
+        """A version this worker already holds (served by an alias or in the LRU); no I/O."""
         version = str(version)
-        for model in self._by_alias.values():
+        for model in list(self._by_alias.values()):
             if model.version == version:
                 return model
-        model = self._versions.get(version)
+        with self._versions_lock:
+            model = self._versions.get(version)
+            if model is not None:
+                self._versions.move_to_end(version)
+            return model
+
+    async def load_pinned(self, version: str) -> LoadedModel:
+        """A pinned version, loaded now if needed — in the ``pinned-load`` thread, never on the
+        event loop, and one at a time per process: a request for the version being loaded
+        waits for it, a request for another one gets :class:`LoaderBusy`.
+
+        Raises UnknownVersion / ReloadError / LoaderBusy. Call on the event loop.
+        """
+        version = str(version)
+        model = self.loaded_version(version)
         if model is not None:
-            self._versions.move_to_end(version)
+            return model
+        if self._pin_loading is not None:
+            loading, future = self._pin_loading
+            if loading != version:
+                raise LoaderBusy(loading)
+        else:
+            future = asyncio.get_running_loop().run_in_executor(self._pin_executor, self._load_pinned, version)
+            self._pin_loading = (version, future)
+
+            def done(_f, fut=future) -> None:
+                if self._pin_loading is not None and self._pin_loading[1] is fut:
+                    self._pin_loading = None
+
+            future.add_done_callback(done)
+        return await asyncio.shield(future)
+
+    def _load_pinned(self, version: str) -> LoadedModel:
+        model = self.loaded_version(version)
+        if model is not None:
             return model
         mv = tracking.get_version(self.client(), self.settings.registered_model_name, version)
         if mv is None:
             raise UnknownVersion(version)
         model = self._load(mv)
-        self._versions[version] = model
-        while len(self._versions) > max(self.settings.model_cache_size, 1):
-            self._versions.popitem(last=False)
+        with self._versions_lock:
+            self._versions[version] = model
+            while len(self._versions) > max(self.settings.model_cache_size, 1):
+                self._versions.popitem(last=False)
         return model
 
     def _load(self, mv) -> LoadedModel:
         version = str(mv.version)
         with self._load_lock:
-            cached = self._versions.get(version)
-            if cached is not None:
+            with self._versions_lock:
+                cached = self._versions.get(version)
+            if cached is not None and cached.run_id == mv.run_id:
                 return cached
-            for model in self._by_alias.values():
-                if model.version == version:
+            for model in list(self._by_alias.values()):
+                if model.version == version and model.run_id == mv.run_id:
                     return model
             start = time.perf_counter()
-            path: Path | None = None
             try:
-                path = tracking.fetch_bundle(self.settings, mv)
-                bundle = ModelBundle.load(path, verify=True)
-                seq = self._catalog_seq()
+                bundle, digest = self._fetch_and_verify(mv)
+                seq = self.control.catalog_generation()
                 recommender = Recommender(bundle, self.store.items_frame())
                 _smoke_test(recommender, bundle)
             except Exception as exc:
                 reason = f"version {version} refused: {exc.__class__.__name__}: {exc}"
                 logger.error("%s (keeping the model that is being served)", reason)
-                if path is not None:
-                    _quarantine(path)
                 raise ReloadError(None, version, reason) from exc
             as_of = (bundle.info.get("data") or {}).get("as_of")
             trained_as_of = pd.Timestamp(as_of) if as_of else None
             if trained_as_of is not None and trained_as_of.tzinfo is None:
                 trained_as_of = trained_as_of.tz_localize("UTC")
             model = LoadedModel(version=version, run_id=mv.run_id, recommender=recommender,
-                                trained_as_of=trained_as_of, catalog_seq=seq)
+                                trained_as_of=trained_as_of, catalog_seq=seq, manifest_sha256=digest,
+                                load_thread=threading.current_thread().name)
         logger.info("loaded version %s (%s, %d items) in %.2fs", version, bundle.kind, len(bundle.item_ids),
                     time.perf_counter() - start)
         return model
 
-    # ---- alias polling -------------------------------------------------------------------
-    def start_polling(self) -> None:
-        interval = self.settings.reload_poll_seconds
-        if interval <= 0 or self._poller is not None:
+    def _fetch_and_verify(self, mv) -> tuple[ModelBundle, str]:
+        """A verified private copy of the version's bundle. A cached copy that fails
+        verification is downloaded again from the artifact store at once; a copy fresh from
+        the store that fails too means the version itself is bad (BundleError)."""
+        fetched = tracking.fetch_bundle_checked(self.settings, mv)
+        try:
+            return ModelBundle.load(fetched.path, verify=True, manifest_sha256=fetched.manifest_sha256), fetched.manifest_sha256
+        except BundleError as exc:
+            metrics.MODEL_RELOAD_FAILURES.labels(alias="cache").inc()
+            logger.error("cached bundle of version %s failed verification (%s): downloading it again", mv.version, exc)
+        fetched = tracking.fetch_bundle_checked(self.settings, mv, refresh=True)
+        return ModelBundle.load(fetched.path, verify=True, manifest_sha256=fetched.manifest_sha256), fetched.manifest_sha256
+
+    # ---- reloads across workers, alias polling --------------------------------------------
+    def announce_reload(self, requested_by: str) -> int:
+        """Tell every worker (and replica) on this database to reload: bump the generation.
+        Call after this worker reloaded; it does not reload again for its own bump."""
+        generation = self.control.bump_reload_generation(requested_by)
+        self.reload_generation = max(self.reload_generation, generation)
+        return generation
+
+    def check_reload_generation(self) -> bool:
+        """Reload every alias if the shared generation moved; True when it had."""
+        generation = self.control.reload_generation()
+        if generation <= self.reload_generation:
+            return False
+        logger.info("reload generation %d (had %d): reloading %s", generation, self.reload_generation, self.aliases)
+        self.reload_generation = generation
+        self._reload_each("reload generation")
+        return True
+
+    def _reload_each(self, why: str) -> None:
+        for alias in self.aliases:
+            try:
+                self.load_alias(alias)
+            except ReloadError as exc:
+                logger.error("%s: %s", why, exc.reason)
+            except Exception:
+                logger.exception("%s: reloading alias %s failed", why, alias)
+
+    def start_watching(self) -> None:
+        """Background thread: the reload generation every RELOAD_CHECK_SECONDS, the registry
+        aliases every ``reload_poll_seconds`` (0: no alias polling)."""
+        if self._watcher is not None:
             return
+        poll_every = self.settings.reload_poll_seconds
 
         def loop() -> None:
-            while not self._stop.wait(interval):
-                for alias in self.aliases:
-                    try:
-                        self.load_alias(alias)
-                    except ReloadError as exc:
-                        logger.error("alias poll: %s", exc.reason)
-                    except Exception:
-                        logger.exception("alias poll failed for %s", alias)
+            next_poll = time.monotonic() + poll_every
+            while not self._stop.wait(RELOAD_CHECK_SECONDS):
+                try:
+                    self.check_reload_generation()
+                except Exception:
+                    logger.exception("could not read the reload generation")
+                if poll_every > 0 and time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + poll_every
+                    self._reload_each("alias poll")
 
-        self._poller = threading.Thread(target=loop, name="alias-poller", daemon=True)
-        self._poller.start()
+        self._watcher = threading.Thread(target=loop, name=f"model-watcher-{os.getpid()}", daemon=True)
+        self._watcher.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._poller is not None:
-            self._poller.join(timeout=5)
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        self._pin_executor.shutdown(wait=False, cancel_futures=True)
 
     # ---- catalog generation --------------------------------------------------------------
-    def _catalog_seq(self) -> int:
-        with self.store.engine.connect() as conn:  # driver SQL: this runs on every request
-            return int(conn.exec_driver_sql("SELECT max(seq) FROM api_catalog_changes").scalar() or 0)
-
     def record_catalog_change(self, item_ids: list[str]) -> None:
-        """Append changed item ids to the log (call after the store write committed), then apply."""
+        """Log changed item ids (call after the store write committed), then apply them."""
         if not item_ids:
             return
-        with self.store.engine.begin() as conn:
-            conn.execute(catalog_changes_table.insert(), [{"item_id": str(i)} for i in item_ids])
+        self.control.append_catalog_changes(item_ids)
         self.sync_catalog()
 
     def sync_catalog(self) -> None:
@@ -296,17 +427,13 @@ class ModelHolder:
         models = list(self._by_alias.values()) + list(self._versions.values())
         if not models:
             return
-        seq = self._catalog_seq()
+        seq = self.control.catalog_generation()
         if all(m.catalog_seq >= seq for m in models):
             return
         with self._catalog_lock:
             since = min(m.catalog_seq for m in models)
-            with self.store.engine.connect() as conn:
-                ids = sorted({r[0] for r in conn.execute(
-                    select(catalog_changes_table.c.item_id).where(
-                        catalog_changes_table.c.seq > since, catalog_changes_table.c.seq <= seq)
-                )})
-                frame = _items_frame(conn, ids)
+            ids = self.control.changed_item_ids(since, seq)
+            frame = self.control.items_by_ids(ids)
             for model in models:
                 if model.catalog_seq >= seq:
                     continue
@@ -324,22 +451,6 @@ class ModelHolder:
             metrics.CATALOG_CHANGES.inc(len(ids))
 
 
-def _items_frame(conn, item_ids: list[str]) -> pd.DataFrame:
-    cols = ["item_id", "title", "description", "categories", "attributes", "available"]
-    if not item_ids:
-        return pd.DataFrame({c: [] for c in cols})
-    rows = []
-    for lo in range(0, len(item_ids), 500):
-        rows += conn.execute(
-            select(*(items_table.c[c] for c in cols)).where(items_table.c.item_id.in_(item_ids[lo : lo + 500]))
-        ).all()
-    frame = pd.DataFrame([tuple(r) for r in rows], columns=cols)
-    frame["categories"] = [list(c or []) for c in frame["categories"]]
-    frame["attributes"] = [dict(a or {}) for a in frame["attributes"]]
-    frame["available"] = frame["available"].astype(bool)
-    return frame
-
-
 def _smoke_test(recommender: Recommender, bundle: ModelBundle) -> None:
     """Answer one request of each kind before the model may serve traffic."""
     if len(bundle.item_ids) == 0:
@@ -351,14 +462,3 @@ def _smoke_test(recommender: Recommender, bundle: ModelBundle) -> None:
         recommender.recommend_for_user(str(bundle.user_ids[0]), (), k=1)
     recommender.similar_items(str(bundle.item_ids[0]), k=1)
     recommender.popular(1)
-
-
-def _quarantine(path: Path) -> None:
-    """Move a cached bundle that failed to load aside, so the next attempt downloads it again."""
-    try:
-        if path.exists():
-            target = path.with_name(f".corrupt-{path.name}-{int(time.time() * 1000)}")
-            path.rename(target)
-            shutil.rmtree(target, ignore_errors=True)
-    except OSError as exc:  # another worker moved it first
-        logger.debug("could not quarantine %s: %s", path, exc)

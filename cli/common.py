@@ -14,7 +14,6 @@ import errno
 import functools
 import logging
 import os
-import re
 import socket
 import sys
 from collections.abc import Callable, Iterator
@@ -86,13 +85,13 @@ def error_message(exc: BaseException) -> str | None:
     """The one line for a failure the user can fix, or None for an unexpected one (a bug)."""
     import yaml
     from pydantic import ValidationError
-    from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
+    from feature_store.db import CONNECTION_ERRORS, describe_database_error
 
     if isinstance(exc, ValidationError):
         return describe_validation_error(exc)
     if isinstance(exc, yaml.YAMLError):
         return describe_yaml_error(exc)
-    if isinstance(exc, (ArgumentError, OperationalError, InterfaceError)):
+    if isinstance(exc, CONNECTION_ERRORS):
         return describe_database_error(exc, _database_url())
     if isinstance(exc, OSError) and exc.filename is not None:
         # IsADirectoryError, NotADirectoryError, PermissionError, FileNotFoundError, ...
@@ -156,26 +155,6 @@ def describe_yaml_error(exc: Exception) -> str:
     return f"{name}line {mark.line + 1} column {mark.column + 1}: invalid YAML: {problem}"
 
 
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (also when SQLAlchemy cannot parse it)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):  # unparseable: hide whatever sits between "user:" and "@"
-        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
-
-
-def describe_database_error(exc: Exception, url: str | None) -> str:
-    """``cannot use the database URL: <the driver's first line>``."""
-    reason = _first_line(getattr(exc, "orig", None) or exc)
-    if url:
-        reason = reason.replace(url, mask_url(url))
-    where = f" {mask_url(url)}" if url else ""
-    return f"cannot use the database{where}: {reason}"
-
-
 def _database_url() -> str | None:
     try:
         from recsys.settings import get_settings
@@ -187,28 +166,25 @@ def _database_url() -> str | None:
 
 def get_settings() -> Settings:
     """The settings, with the database URL's syntax checked (a typo is one line naming it)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
+    from feature_store.db import DatabaseUrlError, check_database_url
     from recsys.settings import get_settings as settings_from_env
 
     settings = settings_from_env()
     try:
-        make_url(settings.database_url)
-    except (ArgumentError, ValueError) as exc:
-        raise UsageError(describe_database_error(exc, settings.database_url)) from exc
+        check_database_url(settings.database_url)
+    except DatabaseUrlError as exc:
+        raise UsageError(str(exc)) from exc
     return settings
 
 
 def open_store(settings: Settings):
     """The feature store of ``settings``, connected once (a bad URL fails here, naming it)."""
-    from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
-
     from feature_store import FeatureStore
+    from feature_store.db import CONNECTION_ERRORS, describe_database_error
 
     try:
         return FeatureStore(settings.database_url)
-    except (ArgumentError, OperationalError, InterfaceError) as exc:
+    except CONNECTION_ERRORS as exc:
         raise UsageError(describe_database_error(exc, settings.database_url)) from exc
 
 

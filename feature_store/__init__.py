@@ -5,6 +5,7 @@ from feature_store.activity import VariantActivity
 from feature_store.admin import key_hash
 from feature_store.backends import LockHeld
 from feature_store.catalog import NotFoundError
+from feature_store.control import ServingControl
 from feature_store.db import init_db, make_engine
 from feature_store.ingest import IngestResult
 from feature_store.store import FeatureStore
@@ -29,6 +30,7 @@ __all__ = [
     "LockHeld",
     "NotFoundError",
     "RetryPolicy",
+    "ServingControl",
     "User",
     "VariantActivity",
     "WriteConflict",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,45 @@ import numpy as np
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 
 from feature_store.tables import metadata
 
 logger = logging.getLogger(__name__)
+
+#: errors that mean "the database URL is wrong or the database is unreachable", not a bug
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (ArgumentError, OperationalError, InterfaceError)
+
+
+class DatabaseUrlError(ValueError):
+    """A database URL that cannot be parsed; the message names it with the password hidden."""
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (also when SQLAlchemy cannot parse it)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # unparseable: hide whatever sits between "user:" and "@"
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def describe_database_error(exc: Exception, url: str | None) -> str:
+    """``cannot use the database URL: <the driver's first line>`` (password hidden)."""
+    source = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(source).splitlines() if line.strip()]
+    reason = lines[0] if lines else type(source).__name__
+    if url:
+        reason = reason.replace(url, mask_url(url))
+    where = f" {mask_url(url)}" if url else ""
+    return f"cannot use the database{where}: {reason}"
+
+
+def check_database_url(url: str) -> None:
+    """Raise :class:`DatabaseUrlError` when ``url`` is not a database URL SQLAlchemy can parse."""
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise DatabaseUrlError(describe_database_error(exc, url)) from exc
 
 
 def _json_default(value: Any) -> Any:

@@ -10,6 +10,7 @@ lost a race with a concurrent writer (:mod:`feature_store.transactions`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from feature_store import activity, admin, catalog, ingest
 from feature_store.activity import VariantActivity
 from feature_store.backends import backend_for
 from feature_store.catalog import NotFoundError
+from feature_store.control import ServingControl
 from feature_store.db import init_db, make_engine
 from feature_store.ingest import EventBatch, IngestResult
 from feature_store.transactions import RetryPolicy, run_write
@@ -84,6 +86,11 @@ class FeatureStore:
     def _write(self, what: str, work: Callable[[Connection], T]) -> T:
         """``work(conn)`` in one write transaction under the store's retry policy."""
         return run_write(self.engine, self.backend, self.retry, what, work)
+
+    @functools.cached_property
+    def control(self) -> ServingControl:
+        """Serving control state shared by API workers (feature_store/control.py)."""
+        return ServingControl(self.engine)
 
     # ------------------------------------------------------------------ ingest
 

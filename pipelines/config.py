@@ -119,6 +119,16 @@ class GateConfig(_Strict):
     min_coverage: float = Field(0.0, ge=0, le=1)
     #: sanity: candidate coverage must be >= production coverage * (1 - max_coverage_drop)
     max_coverage_drop: float = Field(0.5, ge=0, le=1)
+    #: a holdout with fewer evaluation users, or fewer distinct scorable (user, item) test pairs
+    #: among them (a bot repeating clicks adds events, not pairs), cannot tell models apart:
+    #: the gate refuses (rule ``holdout_too_small``)
+    min_eval_users: int = Field(20, ge=1)
+    min_holdout_interactions: int = Field(50, ge=1)
+    #: refuse a candidate that ranks below plain popularity on the same holdout (same tolerance)
+    popularity_baseline: bool = True
+    #: promote even if the candidate lacks a capability production has (content space, /search,
+    #: content/hybrid modes); by default that is refused (rule ``capability_loss``)
+    allow_capability_loss: bool = False
 
 
 class NotifyConfig(_Strict):

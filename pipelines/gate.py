@@ -18,13 +18,25 @@ would reward memorisation (its user *and* item vectors encode them), so:
 
 Both sides are scored on the same users (test users production can score) and the same test
 items; items production does not know count as misses.
+
+What the gate refuses (each reason names its rule, ``GateDecision.refused_by``)
+------------------------------------------------------------------------------
+A comparison is only as good as the holdout. A flood of bot-like events made a fresh holdout
+where production *and* a broken candidate both scored nDCG 0, and "0 >= 0 × 0.98" promoted it.
+So besides the metric floors, the index recall and the coverage sanity checks, the gate refuses
+when the holdout cannot tell models apart — too few evaluation users or scorable events
+(``holdout_too_small``), a gate metric of 0 (``holdout_uninformative``: nothing was ranked
+right, by either side), a candidate below plain popularity on the same holdout
+(``below_popularity``) — and when the candidate lacks a capability production has, e.g. its
+content space and with it /search (``capability_loss``, unless ``allow_capability_loss``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -151,11 +163,33 @@ def score_production(holdout: Holdout, bundle, users: np.ndarray, k: int) -> dic
     return score(holdout, users, bundle.user_vectors, bundle.item_vectors, bundle.metric, k, user_rows=user_rows, item_map=item_map)
 
 
+def score_popularity(holdout: Holdout, users: np.ndarray, k: int) -> dict[str, float]:
+    """The popularity baseline on the same holdout: every user gets the items most interacted
+    with in the holdout's train part (their own seen items excluded), scored like a model."""
+    counts = np.asarray(holdout.train.sum(axis=0), dtype=np.float32).ravel()
+    return score(holdout, users, np.ones((len(holdout.user_ids), 1), np.float32), counts[:, None], "dot", k)
+
+
+@dataclass(frozen=True)
+class HoldoutStats:
+    """How much the holdout can say: evaluation users and their distinct scorable (user, item) test pairs."""
+
+    eval_users: int
+    test_interactions: int
+
+
+#: rule names a GateDecision reports in ``refused_by``
+RULES = ("sanity_finite", "metric_missing", "metric_regression", "index_recall", "coverage", "coverage_collapse",
+         "holdout_too_small", "holdout_uninformative", "below_popularity", "capability_loss")
+
+
 @dataclass
 class GateDecision:
     passed: bool
     reasons: list[str]
     checks: dict[str, Any]
+    #: the rules that refused (see RULES), in the order they fired, each once
+    refused_by: list[str] = field(default_factory=list)
 
     @property
     def reason(self) -> str:
@@ -163,16 +197,32 @@ class GateDecision:
 
 
 def decide(cfg: GateConfig, candidate: dict[str, float], production: dict[str, float] | None,
-           index_recall: dict[str, float], vectors_finite: bool) -> GateDecision:
-    """Candidate vs production on the same holdout, index recall and sanity bounds."""
+           index_recall: dict[str, float], vectors_finite: bool, *, popularity: dict[str, float] | None = None,
+           holdout: HoldoutStats | None = None, production_capabilities: Iterable[str] | None = None,
+           candidate_capabilities: Iterable[str] | None = None) -> GateDecision:
+    """Candidate vs production on the same holdout, whether the holdout can tell them apart,
+    the popularity baseline, lost capabilities, index recall and sanity bounds."""
     reasons: list[str] = []
+    refused_by: list[str] = []
     checks: dict[str, Any] = {}
+
+    def refuse(rule: str, message: str) -> None:
+        reasons.append(f"{rule}: {message}")
+        if rule not in refused_by:
+            refused_by.append(rule)
+
     if not vectors_finite:
-        reasons.append("sanity: the candidate's embeddings contain NaN or infinite values")
+        refuse("sanity_finite", "the candidate's embeddings contain NaN or infinite values")
+    if holdout is not None:
+        checks["holdout_eval_users"], checks["holdout_test_interactions"] = holdout.eval_users, holdout.test_interactions
+        if holdout.eval_users < cfg.min_eval_users:
+            refuse("holdout_too_small", f"{holdout.eval_users} evaluation users < {cfg.min_eval_users}: the holdout cannot tell models apart")
+        if holdout.test_interactions < cfg.min_holdout_interactions:
+            refuse("holdout_too_small", f"{holdout.test_interactions} distinct scorable (user, item) holdout interactions < {cfg.min_holdout_interactions}: the holdout cannot tell models apart")
     for name in [cfg.metric, *cfg.also]:
         value = candidate.get(name)
         if value is None or not math.isfinite(value):
-            reasons.append(f"metric {name} is missing or not finite for the candidate ({value})")
+            refuse("metric_missing", f"metric {name} is missing or not finite for the candidate ({value})")
             continue
         if production is not None:
             ref = production.get(name)
@@ -180,16 +230,37 @@ def decide(cfg: GateConfig, candidate: dict[str, float], production: dict[str, f
                 floor = ref * (1 - cfg.relative_tolerance)
                 checks[f"{name}_floor"] = floor
                 if value < floor:
-                    reasons.append(f"{name} {value:.4f} < production {ref:.4f} (tolerance {cfg.relative_tolerance:.0%})")
+                    refuse("metric_regression", f"{name} {value:.4f} < production {ref:.4f} (tolerance {cfg.relative_tolerance:.0%})")
+    value = candidate.get(cfg.metric)
+    if value is not None and math.isfinite(value) and value <= 0:
+        ref = production.get(cfg.metric) if production is not None else None
+        refuse("holdout_uninformative", f"{cfg.metric} is {value:.4f} for the candidate"
+               + (f" and {ref:.4f} for production" if ref is not None else "")
+               + ": the holdout ranks nothing right, it cannot tell models apart")
+    if cfg.popularity_baseline and popularity is not None and value is not None and math.isfinite(value):
+        base = popularity.get(cfg.metric)
+        if base is not None and math.isfinite(base):
+            floor = base * (1 - cfg.relative_tolerance)
+            checks[f"popularity_{cfg.metric}"] = base
+            if value < floor:
+                refuse("below_popularity", f"{cfg.metric} {value:.4f} < popularity baseline {base:.4f} on the same holdout")
+    if production_capabilities is not None and candidate_capabilities is not None:
+        lost = sorted(set(production_capabilities) - set(candidate_capabilities))
+        checks["capabilities_lost"] = lost
+        if lost and not cfg.allow_capability_loss:
+            refuse("capability_loss", f"the candidate lacks {', '.join(lost)} that production serves "
+                   "(set gate.allow_capability_loss: true to accept)")
+        elif lost:
+            logger.warning("gate: capability loss allowed by config: %s", ", ".join(lost))
     for role, recall in index_recall.items():
         checks[f"index_{role}_recall"] = recall
         if not recall >= cfg.min_index_recall:
-            reasons.append(f"index {role} recall@10 {recall:.3f} < {cfg.min_index_recall}")
+            refuse("index_recall", f"index {role} recall@10 {recall:.3f} < {cfg.min_index_recall}")
     cov = candidate.get("coverage", float("nan"))
     if not cov >= cfg.min_coverage:
-        reasons.append(f"sanity: coverage {cov:.4f} < {cfg.min_coverage}")
+        refuse("coverage", f"sanity: coverage {cov:.4f} < {cfg.min_coverage}")
     if production is not None and production.get("coverage", 0) > 0:
         floor = production["coverage"] * (1 - cfg.max_coverage_drop)
         if cov < floor:
-            reasons.append(f"sanity: coverage collapsed to {cov:.4f} (production {production['coverage']:.4f}, floor {floor:.4f})")
-    return GateDecision(passed=not reasons, reasons=reasons, checks=checks)
+            refuse("coverage_collapse", f"sanity: coverage collapsed to {cov:.4f} (production {production['coverage']:.4f}, floor {floor:.4f})")
+    return GateDecision(passed=not reasons, reasons=reasons, checks=checks, refused_by=refused_by)

@@ -41,11 +41,22 @@ import scipy.sparse as sp
 
 from pipelines import tracking
 from pipelines.config import ConfigError, PipelineConfig
-from pipelines.gate import GateDecision, Holdout, choose_cutoff, decide, production_user_mask, score, score_production, trained_until
+from pipelines.gate import (
+    GateDecision,
+    Holdout,
+    HoldoutStats,
+    choose_cutoff,
+    decide,
+    production_user_mask,
+    score,
+    score_popularity,
+    score_production,
+    trained_until,
+)
 from pipelines.lock import pipeline_lock
 from pipelines.train import ModelConfig, TrainConfig, build_bundle, fit_model
 from pipelines.validate import ValidationFailed, snapshot_stats, validate_snapshot
-from recsys.bundle import ModelBundle
+from recsys.bundle import ModelBundle, manifest_capabilities
 from recsys.index.annoy_index import file_sha256
 from recsys.matrix import InteractionMatrix
 from recsys.settings import Settings
@@ -369,7 +380,8 @@ class Pipeline:
         production: dict[str, Any] | None = None
         if prod_bundle is not None:
             production = {"version": str(prod_version.version), "trained_until": until.isoformat() if until is not None else None,
-                          "eval": "bundle vectors on a fresh holdout" if mode == "fresh" else "recipe refit on the holdout's train part"}
+                          "eval": "bundle vectors on a fresh holdout" if mode == "fresh" else "recipe refit on the holdout's train part",
+                          "capabilities": sorted(prod_bundle.capabilities)}
             if mode == "refit":
                 params = dict(prod_bundle.params or {})
                 weighting, alpha = params.pop("weighting", "confidence"), float(params.pop("alpha", 1.0))
@@ -419,14 +431,21 @@ class Pipeline:
             prod_bundle = ModelBundle.load(tracking.fetch_bundle(self.settings, prod_version), verify=True)
         mask = production_user_mask(holdout, prod_bundle, tr["holdout_mode"]) if prod_bundle is not None else None
         users = holdout.eval_users(ev.eval_users, ev.seed, mask)
+        # No evaluation users (none known to both sides) is not an error of the run: the gate
+        # refuses such a holdout (holdout_too_small), with the metrics left out.
+        empty = {"eval_users": 0.0}
+        result: dict[str, Any] = {"cutoff": holdout.cutoff.isoformat(), "eval_users": int(len(users)),
+                                  "test_interactions": int(holdout.test[users].nnz) if len(users) else 0, "candidates": {}}
         if len(users) == 0:
-            raise ValueError("no holdout users to evaluate on (none is known to both the candidate and production)")
-        result: dict[str, Any] = {"cutoff": holdout.cutoff.isoformat(), "eval_users": int(len(users)), "candidates": {}}
+            logger.warning("evaluate: no holdout users known to both the candidate and production")
         for cand in self.state.output("train")["candidates"]:
             vec = np.load(self.run_dir / "train" / str(cand["index"]) / "eval_vectors.npz")
-            m = score(holdout, users, vec["user_vectors"], vec["item_vectors"], cand["metric"], ev.k)
+            m = score(holdout, users, vec["user_vectors"], vec["item_vectors"], cand["metric"], ev.k) if len(users) else dict(empty)
             result["candidates"][cand["label"]] = m
             mlflow.log_metrics({f"{cand['label']}.{k}": v for k, v in m.items() if math.isfinite(v)})
+        result["popularity"] = score_popularity(holdout, users, ev.k) if len(users) else None
+        if result["popularity"] is not None:
+            mlflow.log_metrics({f"popularity.{k}": v for k, v in result["popularity"].items() if math.isfinite(v)})
         gate_metric = self.config.gate.metric
 
         def key(label: str) -> float:
@@ -437,7 +456,9 @@ class Pipeline:
         best = next(c for c in self.state.output("train")["candidates"] if c["label"] == best_label)
         result["best"] = best_label
         if prod_bundle is not None:
-            if tr["holdout_mode"] == "fresh":
+            if len(users) == 0:
+                pm = dict(empty)
+            elif tr["holdout_mode"] == "fresh":
                 pm = score_production(holdout, prod_bundle, users, ev.k)
             else:
                 vec = np.load(self.run_dir / "train" / "production" / "eval_vectors.npz")
@@ -488,16 +509,34 @@ class Pipeline:
         cand = metrics["candidates"][metrics["best"]]
         prod = metrics["production"]["metrics"] if metrics.get("production") else None
         recall = {k.removeprefix("index_").removesuffix("_recall_at_10"): v for k, v in idx["recall"].items()}
-        decision: GateDecision = decide(self.config.gate, cand, prod, recall, idx["vectors_finite"])
-        out = {"passed": decision.passed, "reason": decision.reason, "reasons": decision.reasons, "checks": decision.checks,
+        candidate_caps = manifest_capabilities(_read_json(self.run_dir / "index" / "bundle" / "manifest.json"))
+        decision: GateDecision = decide(
+            self.config.gate, cand, prod, recall, idx["vectors_finite"], popularity=metrics.get("popularity"),
+            holdout=HoldoutStats(int(metrics["eval_users"]), int(metrics.get("test_interactions", 0))),
+            production_capabilities=self._production_capabilities(metrics.get("production")),
+            candidate_capabilities=candidate_caps)
+        out = {"passed": decision.passed, "reason": decision.reason, "reasons": decision.reasons,
+               "refused_by": decision.refused_by, "checks": decision.checks,
                "production_version": metrics["production"]["version"] if metrics.get("production") else None,
                "production_eval": (metrics.get("production") or {}).get("eval")}
         _write_json(self.run_dir / "gate" / "decision.json", out)
         mlflow.set_tags({"gate": "passed" if decision.passed else "rejected", "gate_reason": decision.reason[:5000]})
         self.client.set_tag(self.parent_id, "gate", "passed" if decision.passed else "rejected")
         self.client.set_tag(self.parent_id, "gate_reason", decision.reason[:5000])
+        if decision.refused_by:
+            self.client.set_tag(self.parent_id, "gate_refused_by", ",".join(decision.refused_by))
         (logger.info if decision.passed else logger.warning)("gate %s: %s", "passed" if decision.passed else "REJECTED", decision.reason)
         return {**out, "_log_artifacts": ["gate/decision.json"]}
+
+    def _production_capabilities(self, production: dict[str, Any] | None) -> list[str] | None:
+        """What production serves (recorded at train; read from its manifest for older runs)."""
+        if production is None:
+            return None
+        if "capabilities" in production:
+            return production["capabilities"]
+        mv = tracking.get_version(self.client, self.model_name, production["version"])
+        path = tracking.fetch_bundle(self.settings, mv)
+        return sorted(manifest_capabilities(_read_json(path / "manifest.json")))
 
     def _find_registered(self):
         try:
@@ -549,8 +588,11 @@ class Pipeline:
         return {"promoted": True, "version": version, "previous": current_v}
 
     def _stage_notify(self) -> dict[str, Any]:
-        if not self.state.output("promote").get("promoted") or not self.config.notify.urls:
+        if not self.state.output("promote").get("promoted"):
             return {"notified": []}
+        generation = self._bump_reload_generation()
+        if not self.config.notify.urls:
+            return {"notified": [], "reload_generation": generation}
         import httpx
 
         cfg = self.config.notify
@@ -572,7 +614,25 @@ class Pipeline:
         _write_json(self.run_dir / "notify" / "results.json", results)
         if failed and cfg.required:
             raise RuntimeError(f"{len(failed)} server(s) could not be told to reload: {failed[0]['url']}")
-        return {"notified": results}
+        return {"notified": results, "reload_generation": generation}
+
+    def _bump_reload_generation(self) -> int | None:
+        """Every API worker on this database reloads within a second (feature_store/control.py);
+        the notify URLs reach servers on other databases. A failure here only warns: the alias
+        has moved, and the servers' alias poll will see it."""
+        from feature_store import FeatureStore
+
+        try:
+            store = FeatureStore(self.settings.database_url, create=False)
+            try:
+                generation = store.control.bump_reload_generation(f"pipeline {self.config.name} run {self.run_id}")
+            finally:
+                store.dispose()
+        except Exception as exc:  # noqa: BLE001 - whatever the database says, the run has promoted
+            logger.warning("notify: could not bump the reload generation in the feature store: %s", exc)
+            return None
+        logger.info("notify: reload generation %d", generation)
+        return generation
 
 
 def _list_artifacts(client, run_id: str, path: str) -> list:

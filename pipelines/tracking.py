@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import mlflow
 
@@ -87,21 +89,140 @@ def get_version(client: MlflowClient, name: str, version: str | int) -> ModelVer
         return None
 
 
+class FetchedBundle(NamedTuple):
+    path: Path
+    #: sha256 of the manifest as downloaded from the artifact store (check it at load)
+    manifest_sha256: str
+
+
 def fetch_bundle(settings: Settings, version: ModelVersion) -> Path:
-    """Local folder with the version's bundle, downloaded once into the cache (atomically)."""
-    target = settings.cache_dir / "models" / version.name / str(version.version)
-    if (target / "manifest.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{version.version}.", dir=target.parent))
+    """Local folder with the version's bundle (see :func:`fetch_bundle_checked`)."""
+    return fetch_bundle_checked(settings, version).path
+
+
+def fetch_bundle_checked(settings: Settings, version: ModelVersion, *, refresh: bool = False) -> FetchedBundle:
+    """The version's bundle in the local cache, keyed by what identifies its content.
+
+    The cache folder is ``<run id>-<manifest sha256>``: the manifest is fetched from the
+    artifact store (the truth) first, so a recreated MLflow store whose new "version 1" is
+    another bundle never gets the old cached copy. ``refresh`` downloads again over a cached
+    copy (a cached file failed verification). The whole bundle is downloaded into a temporary
+    sibling and renamed, so a folder is never half-written.
+    """
+    root = settings.cache_dir / "bundles" / version.name
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version.version}.", dir=root))
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(tmp), tracking_uri=settings.mlflow_tracking_uri)
+        manifest = mlflow.artifacts.download_artifacts(artifact_uri=f"{version.source.rstrip('/')}/manifest.json",
+                                                       dst_path=str(tmp / "manifest"), tracking_uri=settings.mlflow_tracking_uri)
+        digest = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()
+        tagged = (version.tags or {}).get("manifest_sha256")
+        if tagged and tagged != digest:
+            raise ValueError(f"version {version.version}: the artifact store's manifest.json (sha256 {digest[:12]}…) "
+                             f"is not the registered one ({tagged[:12]}…)")
+        target = root / f"{version.run_id or 'norun'}-{digest}"
+        if not refresh and (target / "manifest.json").is_file():
+            return FetchedBundle(target, digest)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(tmp / "bundle"),
+                                                         tracking_uri=settings.mlflow_tracking_uri))
         if target.exists():
-            shutil.rmtree(target)
-        os.replace(local, target)
+            if not refresh and (target / "manifest.json").is_file():
+                return FetchedBundle(target, digest)  # another worker placed it meanwhile: keep theirs
+            # a corrupt copy: move it aside first, so the rename below is atomic
+            old = root / f".old-{target.name}-{os.getpid()}-{threading.get_ident()}"
+            try:
+                os.replace(target, old)
+            except OSError:  # another worker moved it first
+                pass
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(local, target)
+        except OSError:  # another worker placed a fresh copy first
+            if not (target / "manifest.json").is_file():
+                raise
+        logger.info("downloaded bundle of %s version %s into %s", version.name, version.version, target)
+        return FetchedBundle(target, digest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def store_identity(uri: str) -> tuple[int, int] | None:
+    """(device, inode) of a SQLite tracking store file; None for other stores or no file."""
+    path = _sqlite_path(uri)
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def forget_store(uri: str) -> None:
+    """Drop MLflow's process-wide caches for ``uri``: its SQLAlchemy engines (their pooled
+    connections keep reading a replaced, unlinked SQLite file) and the cached store objects.
+
+    MLflow has no public call for this; these are its internals (mlflow 3.x), hence the guard.
+    """
+    try:
+        from mlflow.store.model_registry.sqlalchemy_store import (
+            SqlAlchemyStore as RegistrySqlStore,
+        )
+        from mlflow.store.tracking.sqlalchemy_store import (
+            SqlAlchemyStore as TrackingSqlStore,
+        )
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        for store_cls in (TrackingSqlStore, RegistrySqlStore):
+            with store_cls._engine_map_lock:
+                engine = store_cls._engine_map.pop(uri, None)
+            if engine is not None:
+                engine.dispose()
+        tracking_utils._tracking_store_registry._get_store_with_resolved_uri.cache_clear()
+        registry_utils._get_store_registry()._get_store_with_resolved_uri.cache_clear()
+    except (ImportError, AttributeError) as exc:  # another MLflow version: a new client still helps
+        logger.warning("could not reset MLflow's cached stores for %s: %s", uri, exc)
+
+
+class RegistryClient:
+    """The MlflowClient a long-running server uses; notices a replaced SQLite tracking store.
+
+    A store file replaced under a running server (recreated store, restored backup) would
+    otherwise be read forever through connections to the old, unlinked file. Each ``get()``
+    compares the file's (device, inode) with the one the client was built on — one ``stat`` —
+    and rebuilds the client, and MLflow's cached engines, when it changed.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: MlflowClient | None = None
+        self._identity: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+        #: how many times the store was found replaced (for logs and tests)
+        self.reconnects = 0
+
+    def get(self) -> MlflowClient:
+        uri = self.settings.mlflow_tracking_uri
+        identity = store_identity(uri)
+        with self._lock:
+            if self._client is not None and identity == self._identity:
+                return self._client
+            if self._client is not None:
+                logger.warning("MLflow tracking store %s was replaced (file identity %s -> %s): reconnecting",
+                               uri, self._identity, identity)
+                forget_store(uri)
+                self.reconnects += 1
+            self._client = setup(self.settings)
+            self._identity = store_identity(uri)
+            return self._client
 
 
 def run_metrics(client: MlflowClient, run_id: str) -> dict[str, Any]:

@@ -1,13 +1,20 @@
 """ModelBundle: the one verified artifact that moves from training to serving.
 
 A folder holding ``manifest.json`` (model kind, params, dims, metric, data stats, metrics,
-sha256 of every other file), the id arrays, the vectors (``.npy``, memory-mapped on load)
-and the item indexes. Written atomically: built in a temporary sibling folder, then renamed.
-``ModelBundle.load`` re-hashes every file and refuses a bundle that does not match.
+sha256 of every other file), the id arrays, the vectors (``.npy``) and the item indexes.
+Written atomically: built in a temporary sibling folder, then renamed.
+
+``ModelBundle.load`` gives the process its own copy of everything: arrays and objects are read
+into memory, Annoy indexes are mapped from a private sealed copy (recsys/index/annoy_index.py).
+Each file's sha256 is checked on the very bytes that are used, so a bundle folder changed
+under a running server (a write, a truncation) can't change or crash what it serves, and a
+corrupt file is refused at load.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import os
@@ -22,7 +29,7 @@ import joblib
 import numpy as np
 
 from recsys.index.annoy_index import file_sha256, load_index
-from recsys.index.base import ItemIndex
+from recsys.index.base import IndexError_, ItemIndex
 
 logger = logging.getLogger(__name__)
 
@@ -129,43 +136,104 @@ class ModelBundle:
         logger.info("wrote bundle %s (%s, %d users, %d items)", folder, self.kind, len(self.user_ids), len(self.item_ids))
         return folder
 
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What serving can do with this bundle (see :func:`manifest_capabilities`)."""
+        return _capabilities(self.extras, self.objects)
+
     @classmethod
-    def load(cls, folder: Path, verify: bool = True) -> "ModelBundle":
-        """Load (vectors memory-mapped); with ``verify`` every file's sha256 must match."""
+    def load(cls, folder: Path, verify: bool = True, manifest_sha256: str | None = None) -> ModelBundle:
+        """Load a private in-memory copy; with ``verify`` every file's sha256 must match the
+        manifest (and the manifest ``manifest_sha256`` when given)."""
         folder = Path(folder)
         try:
-            manifest = json.loads((folder / MANIFEST).read_text())
+            raw_manifest = (folder / MANIFEST).read_bytes()
+            manifest = json.loads(raw_manifest)
         except (OSError, ValueError) as exc:
             raise BundleError(f"bundle manifest unreadable in {folder}: {exc}") from exc
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise BundleError(f"bundle format {manifest.get('format_version')} is not {FORMAT_VERSION}")
+        if manifest_sha256 is not None and hashlib.sha256(raw_manifest).hexdigest() != manifest_sha256:
+            raise BundleError("bundle manifest.json does not match its checksum")
+        if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+            fmt = manifest.get("format_version") if isinstance(manifest, dict) else None
+            raise BundleError(f"bundle format {fmt} is not {FORMAT_VERSION}")
+        digests: dict[str, str] = manifest["files"] if verify else {}
         if verify:
-            for rel, digest in manifest["files"].items():
-                path = folder / rel
-                if not path.exists():
-                    raise BundleError(f"bundle file missing: {rel}")
-                if file_sha256(path) != digest:
-                    raise BundleError(f"bundle file {rel} does not match its checksum")
+            missing = [rel for rel in digests if not (folder / rel).is_file()]
+            if missing:
+                raise BundleError(f"bundle file missing: {missing[0]}")
+
+        def read(rel: str) -> bytes:
+            try:
+                data = (folder / rel).read_bytes()
+            except OSError as exc:
+                raise BundleError(f"bundle file {rel} unreadable: {exc}") from exc
+            if verify and hashlib.sha256(data).hexdigest() != digests.get(rel):
+                raise BundleError(f"bundle file {rel} does not match its checksum")
+            return data
+
+        def array(rel: str) -> np.ndarray:
+            return npy_from_bytes(read(rel))
+
+        def index(role: str):
+            prefix = f"index_{role}/"
+            return load_index(folder / f"index_{role}", verify=verify,
+                              digests={rel[len(prefix):]: d for rel, d in digests.items() if rel.startswith(prefix)})
+
         try:
             bundle = cls(
                 kind=manifest["kind"],
                 params=manifest["params"],
                 metric=manifest["metric"],
-                user_ids=np.array(json.loads((folder / "user_ids.json").read_text()), dtype=object),
-                item_ids=np.array(json.loads((folder / "item_ids.json").read_text()), dtype=object),
-                user_vectors=np.load(folder / "user_vectors.npy", mmap_mode="r"),
-                item_vectors=np.load(folder / "item_vectors.npy", mmap_mode="r"),
-                item_popularity=np.load(folder / "item_popularity.npy"),
-                indexes={role: load_index(folder / f"index_{role}", verify=False) for role in manifest["indexes"]},
-                extras={name: np.load(folder / f"extra_{name}.npy", mmap_mode="r") for name in manifest["extras"]},
-                objects={name: joblib.load(folder / f"object_{name}.joblib") for name in manifest.get("objects", [])},
+                user_ids=np.array(json.loads(read("user_ids.json")), dtype=object),
+                item_ids=np.array(json.loads(read("item_ids.json")), dtype=object),
+                user_vectors=array("user_vectors.npy"),
+                item_vectors=array("item_vectors.npy"),
+                item_popularity=array("item_popularity.npy"),
+                indexes={role: index(role) for role in manifest["indexes"]},
+                extras={name: array(f"extra_{name}.npy") for name in manifest["extras"]},
+                objects={name: joblib.load(io.BytesIO(read(f"object_{name}.joblib"))) for name in manifest.get("objects", [])},
                 info=manifest["info"],
                 path=folder,
             )
         except BundleError:
             raise
+        except IndexError_ as exc:
+            raise BundleError(f"bundle {folder}: {exc}") from exc
         except Exception as exc:  # a truncated .npy or annoy file surfaces here
             raise BundleError(f"bundle {folder} could not be loaded: {exc}") from exc
         if bundle.dims != manifest["dims"]:
             raise BundleError(f"bundle dims {bundle.dims} differ from manifest {manifest['dims']}")
         return bundle
+
+
+def npy_from_bytes(data: bytes) -> np.ndarray:
+    """A read-only array over the bytes of a ``.npy`` file, without copying them (the bytes
+    object is private to the process; a copy would double the peak memory of a load)."""
+    f = io.BytesIO(data)
+    version = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(f)
+    if dtype.hasobject:
+        raise BundleError("bundle arrays must not hold Python objects")
+    count = int(np.prod(shape, dtype=np.int64))
+    if f.tell() + count * dtype.itemsize > len(data):
+        raise BundleError("array file is truncated")
+    return np.frombuffer(data, dtype=dtype, count=count, offset=f.tell()).reshape(shape, order="F" if fortran_order else "C")
+
+
+def _capabilities(extras, objects) -> frozenset[str]:
+    caps = {"collaborative"}
+    if "content" in extras:
+        caps |= {"content_space", "mode:content", "mode:hybrid"}
+        if "text_encoder" in objects:
+            caps.add("search")
+            if "cf_mapper" in objects:
+                caps.add("cold_start_items")
+    return frozenset(caps)
+
+
+def manifest_capabilities(manifest: dict[str, Any]) -> frozenset[str]:
+    """What a bundle can serve, from its manifest alone: ``collaborative``; with content vectors
+    ``content_space`` and the ``mode:content`` / ``mode:hybrid`` modes; with the text encoder
+    ``search`` (/search); with the content→CF mapper ``cold_start_items``."""
+    return _capabilities(manifest.get("extras") or [], manifest.get("objects") or [])

@@ -199,25 +199,33 @@ def test_session_recommendations(server, data):
 
 
 def test_pin_version_and_refuse_corrupt_reload(server, env):
+    from pathlib import Path
+
     from pipelines import tracking
     from pipelines.train import train
 
     settings = settings_for(env)
     v2 = train(settings, training_config(alias=None, seed=2)).version
     assert v2 == "2"
+    # Loading a version that is not loaded yet needs a key; once loaded it is open to readers.
+    r = httpx.get(f"{server}/users/u1/recommendations", params={"model_version": "2"})
+    assert r.status_code == 401 and r.json()["detail"]["field"] == "X-API-Key"
+    assert httpx.get(f"{server}/users/u1/recommendations", params={"model_version": "2"}, headers=AUTH).json()["model_version"] == "2"
     assert recs(server, "u1", model_version="2")["model_version"] == "2"
     r = httpx.get(f"{server}/users/u1/recommendations", headers={"X-Model-Version": "2"})
     assert r.json()["model_version"] == "2" and r.json()["variant"] == "pinned"
     assert recs(server, "u1")["model_version"] == "1"
-    r = httpx.get(f"{server}/users/u1/recommendations", params={"model_version": "99"})
+    r = httpx.get(f"{server}/users/u1/recommendations", params={"model_version": "99"}, headers=AUTH)
     assert r.status_code == 404 and r.json()["detail"]["field"] == "model_version"
 
-    # A new version behind the alias whose cached index is corrupt: refused, old one keeps serving.
+    # A new version behind the alias whose artifact in the store is corrupt: refused, the old
+    # one keeps serving (a corrupt *cached* copy is simply downloaded again: test_serving_safety).
     v3 = train(settings, training_config(alias="production", seed=3)).version
     client = tracking.setup(settings)
-    path = tracking.fetch_bundle(settings, tracking.get_version(client, settings.registered_model_name, v3))
-    index_file = next(p for p in sorted(path.rglob("*")) if p.is_file() and "index_user" in str(p.relative_to(path)))
-    raw = bytearray(index_file.read_bytes())
+    source = Path(tracking.get_version(client, settings.registered_model_name, v3).source.removeprefix("file://"))
+    index_file = next(p for p in sorted(source.rglob("*")) if p.is_file() and "index_user" in str(p.relative_to(source)))
+    good = index_file.read_bytes()
+    raw = bytearray(good)
     raw[len(raw) // 2] ^= 0xFF
     index_file.write_bytes(bytes(raw))
     r = httpx.post(f"{server}/admin/reload", headers=AUTH, timeout=120)
@@ -226,7 +234,8 @@ def test_pin_version_and_refuse_corrupt_reload(server, env):
     assert detail["version"] == v3 and "checksum" in detail["message"] and detail["served"] == {"production": "1"}
     assert recs(server, "u1")["model_version"] == "1"
     assert httpx.get(f"{server}/health").json()["model_version"] == "1"
-    # The corrupt copy was moved aside: the next reload downloads it again and swaps.
+    # Repaired in the store: the next reload downloads it again and swaps.
+    index_file.write_bytes(good)
     r = httpx.post(f"{server}/admin/reload", headers=AUTH, timeout=120)
     assert r.status_code == 200, r.text
     assert r.json()["results"]["production"] == {"version": v3, "previous_version": "1", "swapped": True}

@@ -296,16 +296,11 @@ def test_serialization_failure_without_retries_surfaces_as_write_conflict(serial
 
 # --------------------------------------------------------------------------- the SQL boundary
 
-# api/serving.py and the catalog change log in api/tables.py are moving into
-# feature_store/control.py in a parallel change; until then they are the only exceptions.
-_NOT_YET_MOVED = {"api/serving.py", "api/tables.py"}
-
-
 def _grep(pattern: str) -> set[str]:
     proc = subprocess.run(["grep", "-rlE", "--include=*.py", pattern, "api", "experiments", "pipelines", "cli"],
                           check=False, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode in (0, 1), proc.stderr  # 1 = no match
-    return set(proc.stdout.split()) - _NOT_YET_MOVED
+    return set(proc.stdout.split())
 
 
 def test_sql_lives_only_in_feature_store():

@@ -196,7 +196,7 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path):
 def test_gate_promotes_better_rejects_worse_and_rollback(settings):
     ingest(settings)
     # a weak production (factors=1, index recall relaxed so it can be promoted at all)
-    weak = run_pipeline(settings, cfg(BAD, gate={"min_index_recall": 0.0}), run_id="weak")
+    weak = run_pipeline(settings, cfg(BAD, gate={"min_index_recall": 0.0, "popularity_baseline": False}), run_id="weak")
     assert weak.status == "promoted", weak.reason
     good = run_pipeline(settings, cfg(), run_id="good")
     assert good.status == "promoted", good.reason
@@ -276,7 +276,7 @@ def test_schedule_fires_twice_and_lock_stops_overlap(settings, tmp_path):
 @pytest.mark.slow
 def test_promotion_reaches_running_server(settings, tmp_path):
     ingest(settings)
-    first = run_pipeline(settings, cfg(BAD, gate={"min_index_recall": 0.0}), run_id="first")
+    first = run_pipeline(settings, cfg(BAD, gate={"min_index_recall": 0.0, "popularity_baseline": False}), run_id="first")
     assert first.status == "promoted"
     env = {**os.environ, "RECSYS_API_KEYS": "secret-key", "RECSYS_RELOAD_POLL_SECONDS": "0"}
     with serve_process(env, log_path=tmp_path / "serve.log") as server:

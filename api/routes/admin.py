@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -18,17 +19,22 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
              responses={401: {"model": Error}, 403: {"model": Error}, 409: {"model": Error, "description": "the new version was refused; the old one keeps serving"}})
 def reload(holder: HolderDep,
            alias: Annotated[str | None, Query(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_-]+$", description="one alias (default: every served alias)")] = None):
-    """Load the versions behind the served aliases now and swap them in once verified."""
+    """Load the versions behind the served aliases now and swap them in once verified.
+
+    Answers once this worker swapped; it then bumps the shared reload generation, so every
+    other worker (and replica on the same database) follows within about a second.
+    """
     try:
         results = holder.reload(alias)
     except ReloadError as exc:
         return JSONResponse(status_code=409, content={"detail": {
             "field": "alias", "alias": exc.alias, "version": exc.version, "message": exc.reason,
             "served": holder.served()}})
+    holder.announce_reload(f"admin/reload pid {os.getpid()}")
     return Reloaded(results=results, served=holder.served())
 
 
 @router.get("/models", response_model=LoadedModels, responses={401: {"model": Error}, 403: {"model": Error}})
 def models(holder: HolderDep) -> LoadedModels:
     """Which versions this worker serves and caches."""
-    return LoadedModels(served=holder.served(), cached_versions=list(holder._versions), split=holder.split)
+    return LoadedModels(served=holder.served(), cached_versions=holder.cached_versions(), split=holder.split)

@@ -1,11 +1,22 @@
-"""Annoy approximate index, memory-mapped on load so server workers share one copy."""
+"""Annoy approximate index.
+
+Loading maps a *private* copy: the file is copied (and hashed on the way) into an anonymous,
+sealed memory file (``memfd``; an unlinked temporary file where memfd is unavailable), and Annoy
+maps that. Nothing outside the process can write into or truncate what is being served — a
+write into the bundle cache changed live answers, and truncating it killed the process with
+SIGBUS. The price is one copy of the index per process (workers no longer share page cache).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+import os
+import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +41,57 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def read_verified(path: Path, expected_sha256: str | None = None) -> bytes:
+    """The file's bytes, read once; ``IndexError_`` when they do not hash to ``expected_sha256``."""
+    data = Path(path).read_bytes()
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise IndexError_(f"{path} does not match its checksum")
+    return data
+
+
+def _private_fd() -> tuple[int, bool]:
+    """A writable fd no other process can reach by path; True when it can be sealed (memfd)."""
+    if hasattr(os, "memfd_create"):
+        try:
+            return os.memfd_create("recsys-index", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING), True
+        except OSError:  # e.g. a seccomp profile without memfd
+            pass
+    fd, name = tempfile.mkstemp(prefix=".recsys-index-")
+    os.unlink(name)  # unlinked now; the open fd (then Annoy's) keeps it alive
+    return fd, False
+
+
+def _seal(fd: int) -> None:
+    import fcntl
+
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+
+
+def private_copy(path: Path, expected_sha256: str | None = None) -> int:
+    """Copy ``path`` into a private (sealed, unlinked) file, hashing what was copied.
+
+    Returns the open fd (caller closes it once the copy is mapped). The checksum is taken over
+    the bytes written to the copy, so what is served is exactly what was verified.
+    """
+    fd, sealable = _private_fd()
+    try:
+        h = hashlib.sha256()
+        with open(path, "rb") as src:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                h.update(block)
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(fd, view):]
+        if expected_sha256 is not None and h.hexdigest() != expected_sha256:
+            raise IndexError_(f"index file {path} does not match its checksum")
+        if sealable:
+            _seal(fd)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class AnnoyItemIndex(ItemIndex):
     kind = "annoy"
 
@@ -49,7 +111,7 @@ class AnnoyItemIndex(ItemIndex):
         self.query_ms_: float | None = None
         self.exact_query_ms_: float | None = None
 
-    def build(self, vectors: np.ndarray) -> "AnnoyItemIndex":
+    def build(self, vectors: np.ndarray) -> AnnoyItemIndex:
         vectors = np.asarray(vectors, dtype=np.float32)
         if self.metric == "hamming":
             vectors = binary_codes(vectors)
@@ -165,22 +227,31 @@ class AnnoyItemIndex(ItemIndex):
         return meta
 
     @classmethod
-    def load(cls, folder: Path, verify: bool = True) -> "AnnoyItemIndex":
-        """Memory-map a saved index; with ``verify``, refuse a file whose checksum or shape is off."""
+    def load(cls, folder: Path, verify: bool = True, digests: Mapping[str, str] | None = None) -> AnnoyItemIndex:
+        """Map a private copy of a saved index (see module doc). With ``verify`` the copy must
+        hash to ``digests[INDEX_FILE]`` (the bundle manifest's) or else the metadata's sha256;
+        ``digests[META_FILE]`` checks the metadata itself."""
         folder = Path(folder)
+        digests = digests or {}
         try:
-            meta = json.loads((folder / META_FILE).read_text())
+            meta = json.loads(read_verified(folder / META_FILE, digests.get(META_FILE) if verify else None))
         except (OSError, ValueError) as exc:
             raise IndexError_(f"index metadata unreadable in {folder}: {exc}") from exc
-        path = folder / INDEX_FILE
+        return cls._load_private(folder / INDEX_FILE, meta, (digests.get(INDEX_FILE) or meta["sha256"]) if verify else None)
+
+    @classmethod
+    def _load_private(cls, path: Path, meta: dict, expected_sha256: str | None) -> AnnoyItemIndex:
         if not path.exists():
             raise IndexError_(f"index file missing: {path}")
-        if verify and file_sha256(path) != meta["sha256"]:
-            raise IndexError_(f"index file {path} does not match its checksum")
         index = cls(meta["metric"], meta["n_trees"], meta["search_k"])
         ann = _Annoy(meta["dims"], ANNOY_METRIC[meta["metric"]])
-        if not ann.load(str(path), prefault=False):
-            raise IndexError_(f"annoy could not load {path}")
+        fd = private_copy(path, expected_sha256)
+        try:
+            # Annoy opens the path itself and keeps its own fd and mapping; ours can go.
+            if not ann.load(f"/proc/self/fd/{fd}" if os.path.exists(f"/proc/self/fd/{fd}") else str(path), prefault=False):
+                raise IndexError_(f"annoy could not load {path}")
+        finally:
+            os.close(fd)
         if ann.get_n_items() != meta["n_items"]:
             raise IndexError_(f"index {path} holds {ann.get_n_items()} items, metadata says {meta['n_items']}")
         index.index_, index.dims, index._n_items = ann, meta["dims"], meta["n_items"]
@@ -189,11 +260,22 @@ class AnnoyItemIndex(ItemIndex):
         return index
 
 
-def load_index(folder: Path, verify: bool = True) -> ItemIndex:
-    meta = json.loads((Path(folder) / META_FILE).read_text())
+def load_index(folder: Path, verify: bool = True, digests: Mapping[str, str] | None = None) -> ItemIndex:
+    """An index the process owns: Annoy maps a private copy, exact vectors are read into memory.
+
+    ``digests`` (file name in the index folder → sha256, from the bundle manifest) are checked
+    on the very bytes that are used, when ``verify``.
+    """
+    folder = Path(folder)
+    digests = (digests or {}) if verify else {}
+    try:
+        meta = json.loads(read_verified(folder / META_FILE, digests.get(META_FILE)))
+    except (OSError, ValueError) as exc:
+        raise IndexError_(f"index metadata unreadable in {folder}: {exc}") from exc
     if meta["kind"] == "annoy":
-        return AnnoyItemIndex.load(folder, verify=verify)
-    return ExactIndex.load(folder)
+        return AnnoyItemIndex._load_private(folder / INDEX_FILE, meta, (digests.get(INDEX_FILE) or meta["sha256"]) if verify else None)
+    vectors = np.load(io.BytesIO(read_verified(folder / "vectors.npy", digests.get("vectors.npy"))))
+    return ExactIndex(meta["metric"]).build(vectors)
 
 
 def make_index(kind: str, metric: str, **params) -> ItemIndex:

@@ -14,6 +14,7 @@ import errno
 import functools
 import logging
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable, Iterator
@@ -85,6 +86,7 @@ def error_message(exc: BaseException) -> str | None:
     """The one line for a failure the user can fix, or None for an unexpected one (a bug)."""
     import yaml
     from pydantic import ValidationError
+
     from feature_store.db import CONNECTION_ERRORS, describe_database_error
 
     if isinstance(exc, ValidationError):

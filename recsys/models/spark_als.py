@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -88,11 +89,15 @@ class SparkALSEmbedder(ALSEmbedder):
             from pyspark.ml.recommendation import ALS
             from pyspark.sql import functions as F
 
+            # One ALS block per core: Spark's default of 10 only adds tasks on a small master.
+            blocks = max(2, spark.sparkContext.defaultParallelism)
+            spark.conf.set("spark.sql.shuffle.partitions", str(blocks))
             interactions = read_interactions(spark, write_interactions(matrix, work / "interactions"))
             ratings = interactions.select(USER_COL, ITEM_COL, F.greatest(F.col(WEIGHT_COL) - 1.0, F.lit(MIN_RATING)).alias("rating"))
             spark.sparkContext.setCheckpointDir(str(work / "checkpoints"))
             als = ALS(rank=self.factors, maxIter=self.iterations, regParam=reg_param, alpha=1.0, implicitPrefs=True,
-                      userCol=USER_COL, itemCol=ITEM_COL, ratingCol="rating", nonnegative=False)
+                      userCol=USER_COL, itemCol=ITEM_COL, ratingCol="rating", nonnegative=False,
+                      numUserBlocks=blocks, numItemBlocks=blocks)
             if self.random_state is not None:
                 als.setSeed(int(self.random_state))
             logger.info("Spark ALS on %s: %d users × %d items, %d interactions, rank %d, %d iterations, regParam %.3g",
@@ -148,7 +153,11 @@ def read_interactions(spark: "SparkSession", location: str) -> "DataFrame":
 def _collect_factors(factors: "DataFrame", n_rows: int, rank: int) -> np.ndarray:
     """Spark's (id, features) rows as a float32 array aligned with the matrix; rows Spark never
     saw (no interactions) stay zero, as implicit leaves them."""
-    frame = factors.toPandas()
+    with warnings.catch_warnings():
+        # pyspark 4.0–4.3 warns that it does not "fully support" pandas 3; this conversion
+        # (int ids, float arrays through Arrow) is checked by tests/test_spark_engine.py.
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+        frame = factors.toPandas()
     out = np.zeros((n_rows, rank), dtype=np.float32)
     if len(frame):
         out[frame["id"].to_numpy(dtype=np.int64)] = np.stack(frame["features"].to_numpy()).astype(np.float32)

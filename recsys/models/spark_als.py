@@ -22,9 +22,10 @@ import sys
 import tempfile
 import uuid
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -75,7 +76,7 @@ class SparkALSEmbedder(ALSEmbedder):
       cluster's executor cores). ``show_progress`` turns on Spark's console progress bar.
     """
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> "SparkALSEmbedder":
+    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> SparkALSEmbedder:
         from recsys.settings import Settings
 
         settings = Settings()
@@ -85,7 +86,8 @@ class SparkALSEmbedder(ALSEmbedder):
             logger.warning("%d entries have confidence below 1; Spark ALS treats them as confidence 1",
                            int((matrix.data < 1.0).sum()))
         reg_param = spark_reg_param(self.regularization, matrix)
-        with _work_folder(settings) as work, spark_session(settings, show_progress=self.show_progress) as spark:
+        with (_quiet_pyspark_warnings(), _work_folder(settings) as work,
+              spark_session(settings, show_progress=self.show_progress) as spark):
             from pyspark.ml.recommendation import ALS
             from pyspark.sql import functions as F
 
@@ -145,19 +147,15 @@ def write_interactions(matrix: sp.csr_matrix, folder: Path) -> str:
     return str(folder)
 
 
-def read_interactions(spark: "SparkSession", location: str) -> "DataFrame":
+def read_interactions(spark: SparkSession, location: str) -> DataFrame:
     """The triplets :func:`write_interactions` wrote, as a Spark DataFrame."""
     return spark.read.parquet(location)
 
 
-def _collect_factors(factors: "DataFrame", n_rows: int, rank: int) -> np.ndarray:
+def _collect_factors(factors: DataFrame, n_rows: int, rank: int) -> np.ndarray:
     """Spark's (id, features) rows as a float32 array aligned with the matrix; rows Spark never
     saw (no interactions) stay zero, as implicit leaves them."""
-    with warnings.catch_warnings():
-        # pyspark 4.0–4.3 warns that it does not "fully support" pandas 3; this conversion
-        # (int ids, float arrays through Arrow) is checked by tests/test_spark_engine.py.
-        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
-        frame = factors.toPandas()
+    frame = factors.toPandas()
     out = np.zeros((n_rows, rank), dtype=np.float32)
     if len(frame):
         out[frame["id"].to_numpy(dtype=np.int64)] = np.stack(frame["features"].to_numpy()).astype(np.float32)
@@ -178,7 +176,7 @@ def require_spark() -> None:
 
 
 @contextmanager
-def spark_session(settings: "Settings", *, app_name: str = "recsys-als", show_progress: bool = False) -> Iterator["SparkSession"]:
+def spark_session(settings: Settings, *, app_name: str = "recsys-als", show_progress: bool = False) -> Iterator[SparkSession]:
     """A Spark session on ``settings.spark_master`` for one fit, stopped afterwards.
 
     An already active session (one the caller made) is used as it is and left running.
@@ -200,6 +198,8 @@ def spark_session(settings: "Settings", *, app_name: str = "recsys-als", show_pr
         "spark.ui.showConsoleProgress": "true" if show_progress else "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.pyspark.python": os.environ["PYSPARK_PYTHON"],
+        # WARN and above from the JVM's first line on (setLogLevel below only acts once it runs)
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={_log4j2_file().as_uri()}",
         **settings.spark_conf,
     }
     builder = SparkSession.builder.master(settings.spark_master).appName(app_name)
@@ -215,7 +215,38 @@ def spark_session(settings: "Settings", *, app_name: str = "recsys-als", show_pr
 
 
 @contextmanager
-def _work_folder(settings: "Settings") -> Iterator[Path]:
+def _quiet_pyspark_warnings() -> Iterator[None]:
+    """pyspark 4.0–4.3 warns that it does not "fully support" pandas 3 (and about a pandas keyword
+    it passes); the one conversion used here (int ids and float arrays through Arrow) is checked
+    by tests/test_spark_engine.py."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"pyspark\.")
+        yield
+
+
+_LOG4J2 = """\
+rootLogger.level = warn
+rootLogger.appenderRef.stderr.ref = stderr
+appender.console.type = Console
+appender.console.name = stderr
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+"""
+
+
+def _log4j2_file() -> Path:
+    """The driver's log4j2 configuration (WARN), written once per user into the temp folder."""
+    path = Path(tempfile.gettempdir()) / f"recsys-spark-log4j2-{os.getuid()}.properties"
+    if not path.exists() or path.read_text() != _LOG4J2:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(_LOG4J2)
+        tmp.replace(path)
+    return path
+
+
+@contextmanager
+def _work_folder(settings: Settings) -> Iterator[Path]:
     """A fresh folder for one fit's hand-off and checkpoints, removed afterwards: under
     ``settings.spark_work_dir`` when set (shared storage on a cluster), else a temp folder."""
     if settings.spark_work_dir:

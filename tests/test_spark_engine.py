@@ -33,9 +33,9 @@ ML100K = next((p for p in ML100K_CANDIDATES if (p / "u.data").exists()), None)
 SMALL = {"factors": 16, "regularization": 0.05, "iterations": 5}
 
 
-@pytest.fixture(autouse=True)
-def spark_available(monkeypatch):
-    """Skip without pyspark or Java, except under CI (env CI set), where that is a failure."""
+def _local_spark(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skip without pyspark or Java, except under CI (env CI set), where that is a failure;
+    point the engine at ``local[2]``."""
     try:
         require_spark()
     except SparkUnavailableError as exc:
@@ -48,6 +48,22 @@ def spark_available(monkeypatch):
     monkeypatch.delenv("RECSYS_SPARK_WORK_DIR", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def spark_available(monkeypatch):
+    _local_spark(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def local_fit(tmp_path_factory) -> tuple[sp.csr_matrix, SparkALSEmbedder, Path]:
+    """One small Spark ALS fit on ``local[2]`` (with a work folder) shared by the tests below."""
+    work = tmp_path_factory.mktemp("spark-work")
+    with pytest.MonkeyPatch.context() as mp:
+        _local_spark(mp)
+        mp.setenv("RECSYS_SPARK_WORK_DIR", str(work))
+        matrix = small_matrix()
+        return matrix, SparkALSEmbedder(**SMALL).fit(matrix), work
+
+
 def small_matrix(seed: int = 3) -> sp.csr_matrix:
     from recsys.datasets.synthetic import generate_synthetic
     from recsys.matrix import InteractionMatrix
@@ -56,19 +72,18 @@ def small_matrix(seed: int = 3) -> sp.csr_matrix:
     return InteractionMatrix.from_events(data.events, weighting="confidence", alpha=2.0).matrix
 
 
-def test_user_vectors_solve_the_implicit_normal_equations(tmp_path, monkeypatch):
+def test_user_vectors_solve_the_implicit_normal_equations(local_fit):
     """Spark's last sweep solves users against the final items. With our mapping each user
     vector must be the Hu–Koren–Volinsky solve with confidence c = the matrix entry (what
     implicit uses) and Spark's ALS-WR penalty regParam·n_u: a wrong alpha/rating mapping fails."""
     from recsys.models.als import als_user_solve
 
-    monkeypatch.setenv("RECSYS_SPARK_WORK_DIR", str(tmp_path / "work"))
-    matrix = small_matrix()
-    model = SparkALSEmbedder(**SMALL).fit(matrix)
+    matrix, model, work = local_fit
     assert model.user_vectors_.dtype == np.float32 and model.item_vectors_.dtype == np.float32
     assert model.user_vectors_.shape == (matrix.shape[0], 16) and model.item_vectors_.shape == (matrix.shape[1], 16)
     assert model.kind == "als" and model.metric == "dot"
-    assert list((tmp_path / "work").iterdir()) == []  # the hand-off folder is cleaned up
+    assert model.spark_application_id_.startswith("local-")
+    assert list(work.iterdir()) == []  # the hand-off folder is cleaned up
     counts = np.diff(matrix.indptr)
     users = np.flatnonzero(counts)[:40]
     for u in users:
@@ -105,9 +120,7 @@ def test_movielens_ndcg_within_ten_percent_of_implicit():
         return float(ranking_metrics_at_k(top, test.matrix, 10, user_rows=users)["ndcg"])
 
     implicit_ndcg = ndcg(ALSEmbedder(**config.model.params).fit(train.matrix))
-    spark_model = SparkALSEmbedder(**config.model.params).fit(train.matrix)
-    assert spark_model.spark_application_id_.startswith("local-")
-    spark_ndcg = ndcg(spark_model)
+    spark_ndcg = ndcg(SparkALSEmbedder(**config.model.params).fit(train.matrix))
     assert implicit_ndcg > 0.2  # a real model, not two equally broken ones
     assert abs(spark_ndcg - implicit_ndcg) <= 0.10 * implicit_ndcg, (spark_ndcg, implicit_ndcg)
 
@@ -133,7 +146,7 @@ def test_spark_trained_version_is_registered_promoted_and_served(tmp_path):
     assert result.metrics["ndcg_at_10"] > 0.05  # clustered data: a working model beats random by far
 
     client = tracking.setup(settings)
-    assert client.get_model_version_by_alias(settings.registered_model_name, "production").version == "1"
+    assert str(client.get_model_version_by_alias(settings.registered_model_name, "production").version) == "1"
 
     user = str(data.events["user_id"].iloc[0])
     with TestClient(create_app(settings)) as api:
@@ -215,9 +228,8 @@ def standalone_cluster(folder: Path) -> Iterator[tuple[str, str]]:
                 _stop(p)
 
 
-def test_trains_on_a_standalone_cluster(tmp_path, monkeypatch):
-    matrix = small_matrix(seed=5)
-    local = SparkALSEmbedder(**SMALL).fit(matrix)
+def test_trains_on_a_standalone_cluster(local_fit, tmp_path, monkeypatch):
+    matrix, local, _ = local_fit
     with standalone_cluster(tmp_path) as (master_url, status_url):
         monkeypatch.setenv("RECSYS_SPARK_MASTER", master_url)
         # The driver (this process) must be reachable by the executor the worker starts.

@@ -20,10 +20,12 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,15 +88,18 @@ class SparkALSEmbedder(ALSEmbedder):
             logger.warning("%d entries have confidence below 1; Spark ALS treats them as confidence 1",
                            int((matrix.data < 1.0).sum()))
         reg_param = spark_reg_param(self.regularization, matrix)
+        marks = [("start", time.perf_counter())]
         with (_quiet_pyspark_warnings(), _work_folder(settings) as work,
               spark_session(settings, show_progress=self.show_progress) as spark):
             from pyspark.ml.recommendation import ALS
             from pyspark.sql import functions as F
 
+            marks.append(("session", time.perf_counter()))
             # One ALS block per core: Spark's default of 10 only adds tasks on a small master.
             blocks = max(2, spark.sparkContext.defaultParallelism)
             spark.conf.set("spark.sql.shuffle.partitions", str(blocks))
             interactions = read_interactions(spark, write_interactions(matrix, work / "interactions"))
+            marks.append(("handoff", time.perf_counter()))
             ratings = interactions.select(USER_COL, ITEM_COL, F.greatest(F.col(WEIGHT_COL) - 1.0, F.lit(MIN_RATING)).alias("rating"))
             spark.sparkContext.setCheckpointDir(str(work / "checkpoints"))
             als = ALS(rank=self.factors, maxIter=self.iterations, regParam=reg_param, alpha=1.0, implicitPrefs=True,
@@ -105,11 +110,17 @@ class SparkALSEmbedder(ALSEmbedder):
             logger.info("Spark ALS on %s: %d users × %d items, %d interactions, rank %d, %d iterations, regParam %.3g",
                         spark.sparkContext.master, n_users, n_items, matrix.nnz, self.factors, self.iterations, reg_param)
             model = als.fit(ratings)
+            marks.append(("als", time.perf_counter()))
             self.user_vectors_ = _collect_factors(model.userFactors, n_users, self.factors)
             self.item_vectors_ = _collect_factors(model.itemFactors, n_items, self.factors)
             self.spark_application_id_ = spark.sparkContext.applicationId
+            marks.append(("collect", time.perf_counter()))
         self.model_ = None  # the Spark model lives in a JVM that is gone; the vectors are the model
         self.reg_param_ = reg_param
+        marks.append(("stop", time.perf_counter()))
+        #: seconds per step: session start, Parquet hand-off, ALS, collecting factors, stop
+        self.timings_ = {name: end - begin for (_, begin), (name, end) in pairwise(marks)}
+        logger.info("Spark ALS done: %s", {k: round(v, 2) for k, v in self.timings_.items()})
         return self
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -256,3 +257,14 @@ def test_engine_spark_only_for_als():
     with pytest.raises(ValidationError, match="engine 'spark' trains kind 'als' only"):
         ModelConfig(kind="bpr", engine="spark")
     assert ModelConfig(kind="als", engine="spark").engine == "spark"
+
+
+def test_missing_pyspark_or_java_is_a_clear_error(monkeypatch):
+    with monkeypatch.context() as without_pyspark:
+        without_pyspark.setitem(sys.modules, "pyspark", None)  # as if the extra were not installed
+        with pytest.raises(SparkUnavailableError, match=r"pip install 'recsys-service\[spark\]'"):
+            SparkALSEmbedder(**SMALL).fit(sp.identity(3, format="csr", dtype=np.float32))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    with pytest.raises(SparkUnavailableError, match="needs a Java runtime"):
+        require_spark()

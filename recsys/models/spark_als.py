@@ -49,8 +49,9 @@ MIN_RATING = 1e-6
 USER_COL, ITEM_COL, WEIGHT_COL = "user", "item", "weight"
 
 
-class SparkUnavailableError(RuntimeError):
-    """pyspark or Java is missing: the Spark engine cannot start."""
+class SparkUnavailableError(ValueError):
+    """pyspark or Java is missing: the Spark engine cannot start. A ValueError like other fixable
+    configuration errors, so the CLI reports it as one line ``error: …`` (exit code 2)."""
 
 
 class SparkALSEmbedder(ALSEmbedder):

@@ -133,7 +133,10 @@ def test_spark_trained_version_is_registered_promoted_and_served(tmp_path):
     from feature_store import FeatureStore
     from pipelines import tracking
     from pipelines.train import IndexConfig, ModelConfig, TrainConfig, train
+    from recsys.bundle import ModelBundle
     from recsys.datasets.synthetic import generate_synthetic
+    from recsys.matrix import InteractionMatrix
+    from recsys.models.als import ALSEmbedder
     from recsys.settings import Settings
 
     settings = Settings(data_dir=tmp_path / "data", reload_poll_seconds=0)
@@ -147,7 +150,17 @@ def test_spark_trained_version_is_registered_promoted_and_served(tmp_path):
     assert result.metrics["ndcg_at_10"] > 0.05  # clustered data: a working model beats random by far
 
     client = tracking.setup(settings)
-    assert str(client.get_model_version_by_alias(settings.registered_model_name, "production").version) == "1"
+    version = tracking.resolve_alias(client, settings.registered_model_name, "production")
+    assert str(version.version) == "1"
+    # The registered bundle holds Spark's factors: a direct Spark fit (same seed) on the same
+    # matrix reproduces them, and they are not implicit's.
+    bundle = ModelBundle.load(tracking.fetch_bundle(settings, version))
+    assert bundle.kind == "als" and bundle.metric == "dot" and bundle.item_vectors.dtype == np.float32
+    events = FeatureStore(settings.database_url).snapshot().events
+    full = InteractionMatrix.from_events(events, weighting=config.weighting, alpha=config.alpha)
+    assert list(full.item_ids) == list(bundle.item_ids)
+    np.testing.assert_allclose(bundle.item_vectors, SparkALSEmbedder(**SMALL).fit(full.matrix).item_vectors_, rtol=1e-3, atol=1e-4)
+    assert not np.allclose(bundle.item_vectors, ALSEmbedder(**SMALL).fit(full.matrix).item_vectors_, atol=1e-2)
 
     user = str(data.events["user_id"].iloc[0])
     with TestClient(create_app(settings)) as api:

@@ -183,18 +183,24 @@ def test_spark_trained_version_is_registered_promoted_and_served(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
+def _status(url: str) -> dict:
+    """The master's JSON status; ``{}`` while its web UI is not answering JSON yet."""
+    try:
+        r = httpx.get(url, timeout=2)
+        return r.json() if r.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
 def _wait_for(what: str, check, timeout: float, procs: list[subprocess.Popen], log: Path):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for p in procs:
             if p.poll() is not None:
                 raise RuntimeError(f"a Spark daemon exited ({p.returncode}) while waiting for {what}: {log.read_text()[-3000:]}")
-        try:
-            value = check()
-            if value:
-                return value
-        except httpx.HTTPError:
-            pass
+        value = check()
+        if value:
+            return value
         time.sleep(0.3)
     raise TimeoutError(f"{what} not within {timeout}s: {log.read_text()[-3000:]}")
 
@@ -228,13 +234,13 @@ def standalone_cluster(folder: Path) -> Iterator[tuple[str, str]]:
             procs.append(subprocess.Popen([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                                            "--port", str(port), "--webui-port", str(ui_port)],
                                           env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
-            _wait_for("the master", lambda: httpx.get(status_url, timeout=2).json().get("status") == "ALIVE", 90, procs, log)
+            _wait_for("the master", lambda: _status(status_url).get("status") == "ALIVE", 90, procs, log)
             (folder / "worker").mkdir()
             procs.append(subprocess.Popen([spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
                                            "--cores", "1", "--memory", "1g", "--webui-port", str(worker_ui_port),
                                            "--work-dir", str(folder / "worker"), master_url],
                                           env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
-            _wait_for("the worker to register", lambda: any(w["state"] == "ALIVE" for w in httpx.get(status_url, timeout=2).json()["workers"]),
+            _wait_for("the worker to register", lambda: any(w["state"] == "ALIVE" for w in _status(status_url).get("workers", [])),
                       90, procs, log)
             yield master_url, status_url
         finally:
@@ -254,7 +260,7 @@ def test_trains_on_a_standalone_cluster(local_fit, tmp_path, monkeypatch):
         app_id = remote.spark_application_id_
         assert app_id.startswith("app-"), app_id  # a standalone master's id, not local-…
         completed = _wait_for("the application to be listed as completed",
-                              lambda: [a for a in httpx.get(status_url, timeout=2).json()["completedapps"] if a["id"] == app_id],
+                              lambda: [a for a in _status(status_url).get("completedapps", []) if a["id"] == app_id],
                               30, [], tmp_path / "cluster.log")
         assert completed[0]["state"] == "FINISHED"
     # Same seed, same blocks (2): the cluster's factors are the local run's.

@@ -4,7 +4,8 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# `make test EXTRAS=test,text` also installs the Sentence-BERT encoder (torch pinned, CPU).
+# `make test EXTRAS=test,text` also installs the Sentence-BERT encoder (torch pinned, CPU);
+# `,spark` adds pyspark for the Spark ALS engine (needs Java 17).
 EXTRAS ?= test
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))

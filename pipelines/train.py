@@ -55,6 +55,16 @@ def _checked_params(params: dict[str, Any], info: ValidationInfo) -> dict[str, A
 class ModelConfig(_Config):
     kind: str = "als"
     params: dict[str, Any] = Field(default_factory=lambda: {"factors": 64, "regularization": 0.05, "iterations": 15})
+    #: where ALS is fitted: in this process (implicit) or on Spark (``RECSYS_SPARK_MASTER``); the
+    #: same params and the same kind of bundle either way (recsys.models.spark_als)
+    engine: Literal["implicit", "spark"] = "implicit"
+
+    @field_validator("engine")
+    @classmethod
+    def _engine_supports_kind(cls, engine: str, info: ValidationInfo) -> str:
+        if engine == "spark" and info.data.get("kind") != "als":
+            raise ValueError(f"engine 'spark' trains kind 'als' only, not {info.data.get('kind')!r}")
+        return engine
 
     _kind = field_validator("kind")(_known_kind)
     _params = field_validator("params")(_checked_params)
@@ -140,6 +150,10 @@ def _stage(name: str, timings: dict[str, float], on_stage: Callable[[str], None]
 def fit_model(config: TrainConfig, matrix: InteractionMatrix, dataset: Dataset):
     """Fit the configured model on ``matrix`` (LightFM gets side features from ``dataset``)."""
     kind, params = config.model.kind, config.model.params
+    if config.model.engine == "spark":
+        from recsys.models.spark_als import SparkALSEmbedder
+
+        return SparkALSEmbedder(**params).fit(matrix.matrix)
     model = make_model(kind, **params)
     if kind in CONTENT_KINDS:
         return model.fit(dataset.items, item_ids=matrix.item_ids, matrix=matrix.matrix)

@@ -47,6 +47,18 @@ class Settings(BaseSettings):
     #: default holds a 10,000-event batch (the /events maximum) with room for item attributes.
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
 
+    # ---- Spark training engine (``model: {kind: als, engine: spark}``) --------------------
+    #: where Spark ALS runs: ``local[*]`` (this machine), ``spark://host:7077`` (a standalone
+    #: cluster) or ``k8s://https://host:443`` (Kubernetes)
+    spark_master: str = "local[*]"
+    #: folder for the interaction hand-off (Parquet) and ALS checkpoints of each fit (removed
+    #: afterwards); empty = a temp folder. On a cluster every executor must read it: shared storage.
+    spark_work_dir: str = ""
+    #: driver JVM heap; applies when a process starts its first Spark session
+    spark_driver_memory: str = "2g"
+    #: more Spark properties as a JSON object, e.g. ``{"spark.executor.memory": "8g"}``
+    spark_conf: dict[str, str] = {}
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":
         self.data_dir = Path(self.data_dir).expanduser().resolve()

@@ -305,4 +305,5 @@ def _grep(pattern: str) -> set[str]:
 
 def test_sql_lives_only_in_feature_store():
     assert _grep(r'import sqlalchemy|from sqlalchemy|sqlmodel|[^_a-zA-Z]text\("|\bSELECT\b') == set()
-    assert _grep(r"\.engine\b") == set()
+    # the store's SQLAlchemy engine (not e.g. a config's ``model.engine`` field)
+    assert _grep(r"store\.engine\b|\.engine\.(connect|begin|dispose|url)\b") == set()

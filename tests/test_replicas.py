@@ -144,7 +144,7 @@ def test_bundles_travel_through_the_mlflow_server(cluster):
     assert stored, "the server's artifact destination holds no bundle"
     assert not (cluster.root / "trainer" / "mlartifacts").exists(), "the trainer wrote artifacts to its own disk"
     for name in ("replica-a", "replica-b"):
-        cached = list((cluster.root / name / "cache" / "models" / "recsys").glob("*/manifest.json"))
+        cached = list((cluster.root / name / "cache" / "bundles" / "recsys").glob("*/manifest.json"))
         assert cached, f"{name} has no downloaded bundle"
 
 

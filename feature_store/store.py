@@ -27,6 +27,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from tqdm.auto import tqdm
 
 from feature_store.db import init_db, make_engine
+from feature_store.export import export_events
+from feature_store.offline import ExportResult, OfflineStore, cutoff_millis, default_offline_uri
 from feature_store.tables import events_table, items_table, users_table
 from recsys.datasets.base import (
     EVENT_COLUMNS,
@@ -97,9 +99,14 @@ class FeatureStore:
         Create missing tables on construction.
     chunk_size : int
         Events per insert batch during ingest.
+    offline_uri : str, optional
+        The offline Parquet event log (see :mod:`feature_store.offline`); default from
+        :func:`feature_store.offline.default_offline_uri`. ``""`` means none: snapshots then
+        read SQL.
     """
 
-    def __init__(self, engine_or_url: Engine | str, *, create: bool = True, chunk_size: int = CHUNK_SIZE):
+    def __init__(self, engine_or_url: Engine | str, *, create: bool = True, chunk_size: int = CHUNK_SIZE,
+                 offline_uri: str | None = None):
         self.engine = make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
         self.dialect = self.engine.dialect.name
         if self.dialect not in ("sqlite", "postgresql"):
@@ -107,6 +114,9 @@ class FeatureStore:
         self.chunk_size = int(chunk_size)
         if create:
             init_db(self.engine)
+        if offline_uri is None:
+            offline_uri = default_offline_uri(self.engine.url.render_as_string(hide_password=False))
+        self.offline = OfflineStore(offline_uri) if offline_uri else None
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -129,6 +139,10 @@ class FeatureStore:
             n_items = self._upsert_items(conn, dataset.items, placeholders_overwrite=False)
             n_users = self._upsert_users(conn, dataset.users, placeholders_overwrite=False)
             inserted = self._write_events(conn, dataset.events, create_users=False, progress=progress)
+        if self.offline is not None and inserted:
+            # The offline half right after the commit (a crash here only delays it: the next
+            # export picks the committed rows up by the watermark).
+            self.export_offline(progress=progress)
         result = IngestResult(
             users_upserted=n_users,
             items_upserted=n_items,
@@ -183,12 +197,24 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ snapshot
 
-    def snapshot(self, as_of: datetime | None = None) -> Dataset:
-        """All events with ``timestamp <= as_of`` (default now) plus the full item and user tables."""
-        as_of_ts = pd.Timestamp(as_of if as_of is not None else datetime.now(timezone.utc))
-        if as_of_ts.tzinfo is None:
-            as_of_ts = as_of_ts.tz_localize("UTC")  # naive times are taken as UTC
-        cutoff_ms = int(as_of_ts.tz_convert("UTC").value // 1_000_000)
+    def export_offline(self, *, progress: bool = False, **kwargs: Any) -> ExportResult:
+        """Append committed events past the offline log's watermark (see feature_store.export)."""
+        if self.offline is None:
+            raise ValueError("this feature store has no offline store (offline_uri)")
+        return export_events(self.engine, self.offline, progress=progress, **kwargs)
+
+    def snapshot(self, as_of: datetime | None = None, *, source: str = "auto") -> Dataset:
+        """All events with ``timestamp <= as_of`` (default now) plus the full item and user tables.
+
+        ``source``: ``"offline"`` exports what is new and reads the Parquet log (ids come back
+        as pandas Categorical); ``"sql"`` reads the events table; ``"auto"`` is offline when the
+        store has an offline log.
+        """
+        if source not in ("auto", "sql", "offline"):
+            raise ValueError(f"source must be auto, sql or offline, got {source!r}")
+        if source == "offline" or (source == "auto" and self.offline is not None):
+            return self._snapshot_offline(as_of)
+        as_of_ts, cutoff_ms = cutoff_millis(as_of)
         start = time.perf_counter()
         with self.engine.connect() as conn:
             # Events first: items and users are never hard-deleted, so every key read here
@@ -209,7 +235,7 @@ class FeatureStore:
                 "timestamp": pd.to_datetime(ev["ts"], unit="ms", utc=True).astype("datetime64[ns, UTC]"),
             }
         )
-        name = f"snapshot-{as_of_ts.tz_convert('UTC').isoformat()}"
+        name = f"snapshot-{as_of_ts.isoformat()}"
         dataset = Dataset(events=events, items=items[ITEM_COLUMNS], users=users[USER_COLUMNS], name=name)
         logger.info(
             "snapshot as of %s: %d events, %d items, %d users in %.2fs (event read %.2fs)",
@@ -220,6 +246,22 @@ class FeatureStore:
             time.perf_counter() - start,
             t_events,
         )
+        return dataset
+
+    def _snapshot_offline(self, as_of: datetime | None) -> Dataset:
+        as_of_ts, cutoff_ms = cutoff_millis(as_of)
+        start = time.perf_counter()
+        self.export_offline()
+        t_export = time.perf_counter() - start
+        events = self.offline.read_events(cutoff_ms)
+        t_events = time.perf_counter() - start - t_export
+        # The catalog after the events: items and users are never hard-deleted.
+        with self.engine.connect() as conn:
+            users, items = self._read_users(conn), self._read_items(conn)
+        dataset = Dataset(events=events, items=items[ITEM_COLUMNS], users=users[USER_COLUMNS],
+                          name=f"snapshot-{as_of_ts.isoformat()}")
+        logger.info("offline snapshot as of %s: %d events, %d items, %d users in %.2fs (export %.2fs, event read %.2fs)",
+                    as_of_ts, len(events), len(items), len(users), time.perf_counter() - start, t_export, t_events)
         return dataset
 
     # ------------------------------------------------------------------ catalog

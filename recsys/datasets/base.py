@@ -2,7 +2,8 @@
 
 Column contract (all ids are strings: the dataset's own ids, e.g. MovieLens user "1"):
 
-``events``  event_id (str, unique), user_id (str), item_id (str), event_type (str:
+``events``  event_id (str, unique), user_id (str), item_id (str) — either may be a pandas
+            Categorical of str (the offline snapshot's form: codes, no per-row strings) —, event_type (str:
             view/click/purchase/rating/...), value (float64), timestamp (datetime64[ns, UTC])
 ``items``   item_id (str, unique), title (str), description (str), categories (list[str]),
             attributes (dict), available (bool)
@@ -77,12 +78,7 @@ def normalize_events(events: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise DatasetError(f"events are missing required columns: {sorted(missing)}")
     events = events.reset_index(drop=True)
-    out = pd.DataFrame(
-        {
-            "user_id": events["user_id"].astype(str),
-            "item_id": events["item_id"].astype(str),
-        }
-    )
+    out = pd.DataFrame({"user_id": _id_column(events["user_id"]), "item_id": _id_column(events["item_id"])})
     out["event_type"] = (
         events["event_type"].astype(str).values if "event_type" in events else "interaction"
     )
@@ -111,6 +107,14 @@ def normalize_events(events: pd.DataFrame) -> pd.DataFrame:
     else:
         out["event_id"] = make_event_ids(out)
     return out[EVENT_COLUMNS].reset_index(drop=True)
+
+
+def _id_column(col: pd.Series) -> pd.Series:
+    """Ids as str; a Categorical stays one (only its categories are made str)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cats = col.cat.categories
+        return col if cats.dtype == "str" else col.cat.rename_categories(cats.astype(str))
+    return col.astype(str)
 
 
 def normalize_items(items: pd.DataFrame | None, events: pd.DataFrame) -> pd.DataFrame:

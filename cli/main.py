@@ -20,6 +20,7 @@ from cli import experiment as experiment_cli
 from cli import model as model_cli
 from cli import online as online_cli
 from cli import pipeline as pipeline_cli
+from cli import store as store_cli
 from cli.common import UsageError, cli_errors, console, err_console
 
 app = typer.Typer(help="Embedding-based recommendation service: data → embeddings → MLflow → Annoy → HTTP.", no_args_is_help=True, add_completion=False)
@@ -214,6 +215,7 @@ def demo(
 app.add_typer(experiment_cli.app, name="experiment")
 app.add_typer(pipeline_cli.app, name="pipeline")
 app.add_typer(model_cli.app, name="model")
+app.add_typer(store_cli.app, name="store")
 app.command("online-report")(online_cli.online_report)
 
 

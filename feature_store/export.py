@@ -22,11 +22,9 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import OperationalError
-
 from tqdm.auto import tqdm
 
 from feature_store.offline import EVENT_SCHEMA, ExportResult, OfflineStore

@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -190,7 +190,7 @@ class OfflineStore:
         try:
             known = self._read_json(rel)["source"]
         except FileNotFoundError:
-            self._write_json(rel, {"source": source, "created_at": datetime.now(timezone.utc).isoformat()})
+            self._write_json(rel, {"source": source, "created_at": datetime.now(UTC).isoformat()})
             return
         if known != source:
             raise OfflineStoreError(f"offline store {self.uri} holds the event log of {known}, not of {source}")
@@ -267,7 +267,7 @@ class OfflineStore:
         self._write_json(
             marker,
             {"lo": lo, "hi": hi, "rows": table.num_rows, "files": [f.as_dict() for f in written],
-             "committed_at": datetime.now(timezone.utc).isoformat()},
+             "committed_at": datetime.now(UTC).isoformat()},
         )
         self._delete(posixpath.join(_LOG, f"intent-{lo:020d}.json"))
         return written
@@ -364,7 +364,7 @@ class OfflineStore:
             self._write_json(
                 posixpath.join(_LOG, f"checkpoint-{state.watermark:020d}.json"),
                 {"hi": state.watermark, "files": [f.as_dict() for f in live], "rows": sum(f.rows for f in live),
-                 "committed_at": datetime.now(timezone.utc).isoformat()},
+                 "committed_at": datetime.now(UTC).isoformat()},
             )
         if before_cleanup is not None:
             before_cleanup()
@@ -390,7 +390,7 @@ class OfflineStore:
         for info in self.fs.get_file_info(sel):
             if info.type != pafs.FileType.File:
                 continue
-            rel = info.path[len(root):] if info.path.startswith(root) else info.path
+            rel = info.path.removeprefix(root)
             if rel in live_paths or not rel.endswith(".parquet"):
                 continue
             if _seq_range_of(rel)[1] <= checkpoint_hi:
@@ -443,17 +443,22 @@ def _file_order(f: LogFile) -> tuple[str, int]:
 
 
 def _categorical(column: pa.ChunkedArray) -> pd.Series:
+    """A dictionary column as a Categorical with sorted categories (so the result does not
+    depend on how rows happen to be spread over files)."""
     if column.num_chunks == 0:
         return pd.Series(pd.Categorical([], categories=pd.Index([], dtype="str")))
     chunk = column.combine_chunks() if column.num_chunks > 1 else column.chunk(0)
-    categories = pd.Index(chunk.dictionary.to_pandas(), dtype="str")
-    codes = chunk.indices.to_numpy(zero_copy_only=False)
-    return pd.Series(pd.Categorical.from_codes(codes, categories=categories))
+    dictionary = np.asarray(chunk.dictionary.to_pandas(), dtype=object)
+    order = np.argsort(dictionary, kind="stable")
+    rank = np.empty(len(order), dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    codes = rank[chunk.indices.to_numpy(zero_copy_only=False)]
+    return pd.Series(pd.Categorical.from_codes(codes, categories=pd.Index(dictionary[order], dtype="str")))
 
 
 def cutoff_millis(as_of: datetime | pd.Timestamp | None) -> tuple[pd.Timestamp, int]:
     """(as_of as a UTC Timestamp, epoch ms) — naive times are taken as UTC; None means now."""
-    ts = pd.Timestamp(as_of if as_of is not None else datetime.now(timezone.utc))
+    ts = pd.Timestamp(as_of if as_of is not None else datetime.now(UTC))
     if ts.tzinfo is None:
         ts = ts.tz_localize("UTC")
     ts = ts.tz_convert("UTC")

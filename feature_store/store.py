@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from feature_store.db import init_db, make_engine
 from feature_store.export import export_events
-from feature_store.offline import ExportResult, OfflineStore, cutoff_millis, default_offline_uri
+from feature_store.offline import ExportResult, OfflineStore, OfflineStoreError, cutoff_millis, default_offline_uri
 from feature_store.tables import events_table, items_table, users_table
 from recsys.datasets.base import (
     EVENT_COLUMNS,
@@ -140,9 +140,12 @@ class FeatureStore:
             n_users = self._upsert_users(conn, dataset.users, placeholders_overwrite=False)
             inserted = self._write_events(conn, dataset.events, create_users=False, progress=progress)
         if self.offline is not None and inserted:
-            # The offline half right after the commit (a crash here only delays it: the next
-            # export picks the committed rows up by the watermark).
-            self.export_offline(progress=progress)
+            # The offline half right after the commit. A failure here only delays it (the next
+            # export picks the committed rows up by the watermark), so it is not the ingest's.
+            try:
+                self.export_offline(progress=progress)
+            except (OfflineStoreError, OSError) as exc:
+                logger.warning("events committed to SQL but not yet exported (run `recsys store export`): %s", exc)
         result = IngestResult(
             users_upserted=n_users,
             items_upserted=n_items,

@@ -87,6 +87,8 @@ class EventReader:
                 "event_id": rows["event_id"],
                 "user_id": user,
                 "item_id": item,
+                "user_pk": rows["user_pk"],
+                "item_pk": rows["item_pk"],
                 "event_type": rows["event_type"],
                 "value": rows["value"],
                 "ts": pa.array(rows["ts"], pa.int64()).cast(pa.timestamp("ms", tz="UTC")),

@@ -47,13 +47,19 @@ import pyarrow.parquet as pq
 logger = logging.getLogger(__name__)
 
 #: Column layout of every log file. ``seq`` is the SQL store's ``events.id``; ``event_id`` the
-#: idempotency key (kept: pipeline validation and experiment split hashes use it).
+#: idempotency key (kept: pipeline validation and experiment split hashes use it). The string
+#: ids make the log readable on its own (Spark, DuckDB); ``user_pk``/``item_pk`` are the
+#: store's surrogate keys, which never change: the snapshot reads those integers and takes the
+#: strings once per user/item from the catalog — date files each carry their own dictionary
+#: of string ids, so reading those costs as much as plain strings.
 EVENT_SCHEMA = pa.schema(
     [
         ("seq", pa.int64()),
         ("event_id", pa.string()),
         ("user_id", pa.string()),
         ("item_id", pa.string()),
+        ("user_pk", pa.int64()),
+        ("item_pk", pa.int64()),
         ("event_type", pa.string()),
         ("value", pa.float64()),
         ("ts", pa.timestamp("ms", tz="UTC")),
@@ -312,18 +318,31 @@ class OfflineStore:
         table = table.unify_dictionaries() if any(c in _DICTIONARY_COLUMNS for c in need) else table
         return table.select(columns)
 
-    def read_events(self, cutoff_ms: int | None = None) -> pd.DataFrame:
+    def read_events(self, cutoff_ms: int | None = None, *, users: pd.Series | None = None,
+                    items: pd.Series | None = None) -> pd.DataFrame:
         """Events in the Dataset column contract: ``user_id``/``item_id`` as pandas Categorical
-        (string categories), ``event_type``/``event_id`` as str, ``timestamp`` datetime64[ns, UTC]."""
-        table = self.read_table(cutoff_ms, ["event_id", "user_id", "item_id", "event_type", "value", "ts"])
+        (string categories), ``event_type``/``event_id`` as str, ``timestamp`` datetime64[ns, UTC].
+
+        ``users``/``items``: the catalog's string ids indexed by surrogate key (what the SQL
+        store holds). Given, ids are decoded from the integer key columns (fast); otherwise
+        from the log's own string columns.
+        """
+        by_key = users is not None and items is not None
+        ids = ["user_pk", "item_pk"] if by_key else ["user_id", "item_id"]
+        table = self.read_table(cutoff_ms, ["event_id", *ids, "event_type", "value", "ts"])
+        if by_key:
+            user_col = _categorical_from_keys(table.column("user_pk"), users, "users")
+            item_col = _categorical_from_keys(table.column("item_pk"), items, "items")
+        else:
+            user_col, item_col = _categorical(table.column("user_id")), _categorical(table.column("item_id"))
         return pd.DataFrame(
             {
                 "event_id": pd.Series(table.column("event_id").to_pandas(), dtype="str"),
-                "user_id": _categorical(table.column("user_id")),
-                "item_id": _categorical(table.column("item_id")),
+                "user_id": user_col,
+                "item_id": item_col,
                 "event_type": pd.Series(table.column("event_type").cast(pa.string()).to_pandas(), dtype="str"),
                 "value": table.column("value").to_numpy(),
-                "timestamp": pd.to_datetime(table.column("ts").cast(pa.int64()).to_numpy(), unit="ms", utc=True).astype("datetime64[ns, UTC]"),
+                "timestamp": table.column("ts").cast(pa.timestamp("ns", tz="UTC")).to_pandas(),
             }
         )
 
@@ -454,6 +473,18 @@ def _categorical(column: pa.ChunkedArray) -> pd.Series:
     rank[order] = np.arange(len(order), dtype=np.int32)
     codes = rank[chunk.indices.to_numpy(zero_copy_only=False)]
     return pd.Series(pd.Categorical.from_codes(codes, categories=pd.Index(dictionary[order], dtype="str")))
+
+
+def _categorical_from_keys(keys: pa.ChunkedArray, ids: pd.Series, what: str) -> pd.Series:
+    """Surrogate keys -> Categorical over the catalog's ids (categories in key order; the
+    matrix keeps only the ids that occur, sorted)."""
+    pks = ids.index.to_numpy(dtype=np.int64)
+    position = np.full(int(pks.max()) + 1 if len(pks) else 1, -1, dtype=np.int32)
+    position[pks] = np.arange(len(pks), dtype=np.int32)
+    k = keys.to_numpy()
+    if len(k) and (k.max() >= len(position) or (position[k] < 0).any()):
+        raise OfflineStoreError(f"the offline log references {what} the catalog does not have")
+    return pd.Series(pd.Categorical.from_codes(position[k], categories=pd.Index(ids.to_numpy(), dtype="str")))
 
 
 def cutoff_millis(as_of: datetime | pd.Timestamp | None) -> tuple[pd.Timestamp, int]:

@@ -123,7 +123,7 @@ def normalize_items(items: pd.DataFrame | None, events: pd.DataFrame) -> pd.Data
     if "item_id" not in items:
         raise DatasetError("items are missing the 'item_id' column")
     items["item_id"] = items["item_id"].astype(str)
-    known = set(items["item_id"])
+    known = pd.Index(items["item_id"])
     extra = pd.unique(events.loc[~events["item_id"].isin(known), "item_id"])
     if len(extra):
         items = pd.concat([items, pd.DataFrame({"item_id": extra})], ignore_index=True)
@@ -141,7 +141,7 @@ def normalize_users(users: pd.DataFrame | None, events: pd.DataFrame) -> pd.Data
     if "user_id" not in users:
         raise DatasetError("users are missing the 'user_id' column")
     users["user_id"] = users["user_id"].astype(str)
-    known = set(users["user_id"])
+    known = pd.Index(users["user_id"])
     extra = pd.unique(events.loc[~events["user_id"].isin(known), "user_id"])
     if len(extra):
         users = pd.concat([users, pd.DataFrame({"user_id": extra})], ignore_index=True)

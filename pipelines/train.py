@@ -186,7 +186,7 @@ def build_bundle(config: TrainConfig, model, matrix: InteractionMatrix, info: di
     """
     rng = np.random.default_rng(config.seed)
     item_ids, item_vectors = matrix.item_ids, model.item_vectors_
-    popularity = np.diff(matrix.matrix.tocsc().indptr).astype(np.float64)
+    popularity = np.bincount(matrix.matrix.indices, minlength=matrix.matrix.shape[1]).astype(np.float64)  # users per item
     extras, objects = {}, {}
     if encoder is not None:
         catalog = dataset.items

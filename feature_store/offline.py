@@ -330,6 +330,10 @@ class OfflineStore:
         by_key = users is not None and items is not None
         ids = ["user_pk", "item_pk"] if by_key else ["user_id", "item_id"]
         table = self.read_table(cutoff_ms, ["event_id", *ids, "event_type", "value", "ts"])
+        if by_key and (table.column("user_pk").null_count or table.column("item_pk").null_count):
+            # Files written before the key columns existed: decode their string ids instead.
+            by_key = False
+            table = self.read_table(cutoff_ms, ["event_id", "user_id", "item_id", "event_type", "value", "ts"])
         if by_key:
             user_col = _categorical_from_keys(table.column("user_pk"), users, "users")
             item_col = _categorical_from_keys(table.column("item_pk"), items, "items")

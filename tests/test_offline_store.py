@@ -354,3 +354,34 @@ def test_default_offline_uri_sits_beside_a_sqlite_file(tmp_path):
     store = FeatureStore(f"sqlite:///{tmp_path / 'x' / 'fs.db'}")
     assert store.offline is not None and Path(store.offline.uri) == (tmp_path / "x" / "offline").resolve()
     assert FeatureStore("sqlite://").offline is None
+
+
+# --------------------------------------------------------------------------- train path
+
+
+def test_train_exports_api_events_before_its_snapshot(tmp_path):
+    """Events posted through the API after the last export are in the next model: `train`
+    exports before it snapshots, and the snapshot reads the Parquet log."""
+    from pipelines import tracking
+    from pipelines.train import IndexConfig, ModelConfig, TrainConfig, train
+    from recsys.bundle import ModelBundle
+    from recsys.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "data")
+    store = FeatureStore(settings.database_url, offline_uri=settings.offline_store_uri)
+    store.ingest(generate_synthetic(n_users=80, n_items=40, n_events=3000, seed=2))
+    api_side = FeatureStore(store.engine, create=False, offline_uri="")  # the API writes SQL only
+    api_side.add_events([{"user_id": "fresh-user", "item_id": "i1", "event_id": f"api{i}"} for i in range(3)])
+    assert store.offline.state().watermark < _sql_ids(store).max()
+    config = TrainConfig(model=ModelConfig(kind="als", params={"factors": 8, "iterations": 3}),
+                         index=IndexConfig(n_trees=5, recall_queries=20), promote_alias=None)
+    result = train(settings, config)
+    assert list(result.timings)[:2] == ["export", "snapshot"]
+    _assert_exactly_once(store)
+    client = tracking.setup(settings)
+    bundle = ModelBundle.load(tracking.fetch_bundle(settings, tracking.get_version(client, settings.registered_model_name, result.version)))
+    assert "fresh-user" in set(bundle.user_ids.tolist())
+    for role in ("user", "item"):
+        serving = bundle.info[f"index_{role}_serving"]
+        expected = 1.0 if serving == "exact" else bundle.info[f"index_{role}_annoy_recall"]
+        assert bundle.info[f"index_{role}_recall_at_10"] == expected

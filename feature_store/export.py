@@ -27,7 +27,12 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import OperationalError
 from tqdm.auto import tqdm
 
-from feature_store.offline import EVENT_SCHEMA, ExportResult, OfflineStore
+from feature_store.offline import (
+    EVENT_SCHEMA,
+    ExportResult,
+    OfflineStore,
+    OfflineStoreError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +187,11 @@ def export_events(
     except BoundUnavailable as exc:
         logger.warning("offline export skipped, log stays at sequence %d: %s", lo, exc)
         return ExportResult(events=0, batches=0, seconds=time.perf_counter() - start, watermark=lo)
+    if top < lo:
+        raise OfflineStoreError(
+            f"offline store {offline.uri} is at sequence {lo} but the database only reaches {top}: "
+            "was the database recreated? Point RECSYS_OFFLINE_STORE_URI at a new location"
+        )
     reader = EventReader(engine)
     exported = batches = 0
     with tqdm(total=max(top - lo, 0), desc="export", unit="seq", disable=not progress) as bar:

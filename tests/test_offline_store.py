@@ -116,6 +116,12 @@ def test_export_refuses_another_stores_log(tmp_path):
     a.export_offline()
     with pytest.raises(OfflineStoreError, match="holds the event log of"):
         b.export_offline()
+    # The same database file recreated empty: the log is ahead of it and says so.
+    a.dispose()
+    (tmp_path / "a.db").unlink()
+    recreated = _store(f"sqlite:///{tmp_path / 'a.db'}", tmp_path, "shared")
+    with pytest.raises(OfflineStoreError, match="database recreated"):
+        recreated.export_offline()
 
 
 # --------------------------------------------------------------------------- PostgreSQL in-flight

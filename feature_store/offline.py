@@ -404,6 +404,8 @@ class OfflineStore:
         export or compaction). Files above it are never touched: an export may be writing them."""
         removed = []
         for name in self._log_names():
+            if not name.endswith(".json"):  # a marker being written right now
+                continue
             if (name.startswith("checkpoint-") and int(name[11:-5]) < checkpoint_hi) or (
                 name.startswith(("batch-", "intent-")) and int(name.split("-")[1][:-5]) < checkpoint_hi
             ):

@@ -1,8 +1,11 @@
 """Feature store ingest/snapshot benchmark.
 
 Ingests ``generate_synthetic(n_users=20000, n_items=5000, n_events=1_000_000)`` into a fresh
-SQLite file (or ``--url``), re-ingests it (must add 0 rows), and snapshots it. Prints a table;
-exits non-zero when the first ingest takes longer than ``--max-seconds`` (default 60).
+SQLite file (or ``--url``) and exports it to the offline Parquet log (what ``recsys ingest``
+does: SQL half, then the offline half), re-ingests it (must add 0 rows to either half), and
+snapshots it from SQL and from Parquet. Then a crash half way through an export into a second
+log: what it leaves, and that the re-run ends with every event exactly once. Prints a table;
+exits non-zero when ingest + export takes longer than ``--max-seconds`` (default 60).
 
     .venv/bin/python bench/ingest_bench.py [--events N] [--url URL] [--snapshot-events N]
 
@@ -20,6 +23,7 @@ import time
 from pathlib import Path
 
 from feature_store import FeatureStore
+from feature_store.offline import OfflineStore
 from recsys.datasets import generate_synthetic
 
 logger = logging.getLogger("ingest_bench")
@@ -46,17 +50,48 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
         url = args.url or f"sqlite:///{Path(tmp) / 'bench.db'}"
         dataset, t_gen = _timed(generate_synthetic, n_users=args.users, n_items=args.items, n_events=args.events)
-        store = FeatureStore(url)
-        if store.count_events():
+        sql_only = FeatureStore(url, offline_uri="")
+        if sql_only.count_events():
             print(f"refusing to benchmark a non-empty store: {url}", file=sys.stderr)
             return 2
+        store = FeatureStore(sql_only.engine, create=False, offline_uri=str(Path(tmp) / "offline"))
         rows: list[tuple[str, int, float]] = [("generate", args.events, t_gen)]
-        first, t_ingest = _timed(store.ingest, dataset, progress=args.progress)
-        rows.append(("ingest", first.events_inserted, t_ingest))
+        first, t_ingest = _timed(sql_only.ingest, dataset, progress=args.progress)
+        rows.append(("ingest (SQL half)", first.events_inserted, t_ingest))
+        exported, t_export = _timed(store.export_offline, progress=args.progress)
+        rows.append(("export (offline half)", exported.events, t_export))
+        rows.append(("ingest total, both halves", first.events_inserted, t_ingest + t_export))
+        state = store.offline.state()
         again, t_again = _timed(store.ingest, dataset, progress=args.progress)
         rows.append(("re-ingest (0 new expected)", again.events_inserted, t_again))
-        snap, t_snap = _timed(store.snapshot)
-        rows.append(("snapshot", len(snap.events), t_snap))
+        reingest_offline_rows = store.offline.state().rows - state.rows
+        snap, t_snap = _timed(store.snapshot, source="sql")
+        rows.append(("snapshot from SQL", len(snap.events), t_snap))
+        snap, t_snap = _timed(store.snapshot, source="offline")
+        rows.append(("snapshot from Parquet", len(snap.events), t_snap))
+        del snap
+
+        # A crash half way through an export (between two partition files of the first batch).
+        crash_log = OfflineStore(str(Path(tmp) / "offline-crash"))
+        crashing = FeatureStore(store.engine, create=False, offline_uri=crash_log.uri)
+        written: list[str] = []
+
+        def crash_after_three(rel: str) -> None:
+            written.append(rel)
+            if len(written) == 3:
+                raise RuntimeError("simulated crash")
+
+        try:
+            crashing.export_offline(batch_events=max(args.events // 4, 1), after_file=crash_after_three)
+        except RuntimeError:
+            pass
+        left = crash_log.state()
+        print(f"crash mid-export left: {len(written)} data files of an uncommitted batch on disk, "
+              f"{left.rows} committed rows, watermark {left.watermark} (readers see {crash_log.read_table().num_rows} rows)")
+        resumed, t_resume = _timed(crashing.export_offline, batch_events=max(args.events // 4, 1))
+        rows.append(("export re-run after crash", resumed.events, t_resume))
+        seqs = crash_log.read_table(columns=["seq"]).column("seq").to_numpy()
+        exactly_once = len(seqs) == len(set(seqs.tolist())) == store.count_events()
 
         if args.snapshot_events > args.events:
             seed = 1
@@ -67,22 +102,30 @@ def main(argv: list[str] | None = None) -> int:
                 res, t = _timed(store.ingest, extra, progress=args.progress)
                 rows.append((f"ingest more (seed {seed})", res.events_inserted, t))
                 seed += 1
-            big, t_big = _timed(store.snapshot)
-            rows.append(("snapshot (large)", len(big.events), t_big))
+            big, t_big = _timed(store.snapshot, source="sql")
+            rows.append(("SQL snapshot (large)", len(big.events), t_big))
+            big, t_big = _timed(store.snapshot, source="offline")
+            rows.append(("Parquet snapshot (large)", len(big.events), t_big))
         store.dispose()
 
     print(f"\nfeature store benchmark on {url.split(':')[0]}")
-    print(f"{'step':<28} {'rows':>10} {'seconds':>9} {'rows/s':>11}")
+    print(f"{'step':<30} {'rows':>10} {'seconds':>9} {'rows/s':>11}")
     for name, n, secs in rows:
-        print(f"{name:<28} {n:>10,} {secs:>9.2f} {n / secs if secs else 0:>11,.0f}")
+        print(f"{name:<30} {n:>10,} {secs:>9.2f} {n / secs if secs else 0:>11,.0f}")
 
     failures = []
     if again.events_inserted != 0 or again.events_duplicate != args.events:
         failures.append(f"re-ingest inserted {again.events_inserted} rows (expected 0)")
     if first.events_inserted != args.events:
         failures.append(f"first ingest inserted {first.events_inserted} of {args.events} events")
-    if t_ingest > args.max_seconds:
-        failures.append(f"ingest took {t_ingest:.1f}s > {args.max_seconds:.0f}s")
+    if reingest_offline_rows:
+        failures.append(f"re-ingest added {reingest_offline_rows} rows to the offline log (expected 0)")
+    if exported.events != args.events:
+        failures.append(f"export wrote {exported.events} of {args.events} events")
+    if not exactly_once:
+        failures.append("after the crash and re-run the log does not hold every event exactly once")
+    if t_ingest + t_export > args.max_seconds:
+        failures.append(f"ingest + export took {t_ingest + t_export:.1f}s > {args.max_seconds:.0f}s")
     for f in failures:
         print(f"FAIL: {f}", file=sys.stderr)
     return 1 if failures else 0

@@ -1,4 +1,5 @@
-"""`recsys pipeline schedule`: APScheduler's BlockingScheduler firing `recsys pipeline run`.
+"""`recsys pipeline schedule`: APScheduler's BlockingScheduler firing `recsys store export`
+then `recsys pipeline run`.
 
 Each firing runs the pipeline in a child process (``python -m cli.main pipeline run CONFIG``):
 memory is returned after every run and a crash cannot take the scheduler down. Within one
@@ -20,11 +21,25 @@ EXIT_MEANING = {0: "completed", 1: "crashed (rerun with its --run-id to resume)"
                 3: "skipped: another run of this pipeline holds the lock", 4: "stopped by data validation"}
 
 
+def export_offline() -> int:
+    """Append the events posted since the last export to the offline log (``recsys store
+    export`` in a child process); returns its exit code. A failure is logged, not fatal: the
+    pipeline's snapshot exports again, and the watermark makes a later export catch up."""
+    cmd = [sys.executable, "-m", "cli.main", "store", "export"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    lines = proc.stdout.strip().splitlines() or proc.stderr.strip().splitlines() or [""]
+    logger.log(logging.INFO if proc.returncode == 0 else logging.WARNING, "schedule: store export exited %d: %s",
+               proc.returncode, lines[-1])
+    return proc.returncode
+
+
 def fire(config: Path) -> int:
-    """One firing: run the pipeline in a child process; returns its exit code."""
+    """One firing: export new events to the offline log, then run the pipeline in a child
+    process; returns the pipeline's exit code."""
+    export_offline()
     cmd = [sys.executable, "-m", "cli.main", "pipeline", "run", str(config)]
     logger.info("schedule: starting %s", " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     tail = (proc.stdout.strip().splitlines() or [""])[-2:] + (proc.stderr.strip().splitlines() or [""])[-1:]
     level = logging.INFO if proc.returncode == 0 else logging.WARNING
     logger.log(level, "schedule: run exited %d (%s): %s", proc.returncode, EXIT_MEANING.get(proc.returncode, "failed"),

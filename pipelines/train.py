@@ -183,7 +183,9 @@ def evaluate_holdout(config: TrainConfig, dataset: Dataset, full: InteractionMat
     With a content encoder, the content-only and hybrid rankings are scored on the same split
     (prefixes ``content_`` and ``hybrid_``); unprefixed metrics are the collaborative model's.
     """
-    split = random_split(dataset.events, test_ratio=config.test_ratio, seed=config.seed)
+    # Only the columns the matrices need: the split then copies codes and floats, not 5M
+    # event-id strings and timestamps it never looks at (same rows, same order: same split).
+    split = random_split(dataset.events[["user_id", "item_id", "value"]], test_ratio=config.test_ratio, seed=config.seed)
     train = InteractionMatrix.from_events(split.train, user_ids=full.user_ids, item_ids=full.item_ids, weighting=config.weighting, alpha=config.alpha)
     test = InteractionMatrix.from_events(split.test, user_ids=full.user_ids, item_ids=full.item_ids, weighting="none")
     model = fit_model(config, train, dataset)
@@ -216,7 +218,7 @@ def build_bundle(config: TrainConfig, model, matrix: InteractionMatrix, info: di
     """
     rng = np.random.default_rng(config.seed)
     item_ids, item_vectors = matrix.item_ids, model.item_vectors_
-    popularity = np.diff(matrix.matrix.tocsc().indptr).astype(np.float64)
+    popularity = np.bincount(matrix.matrix.indices, minlength=matrix.matrix.shape[1]).astype(np.float64)  # users per item
     extras, objects = {}, {}
     if encoder is not None:
         catalog = dataset.items
@@ -247,7 +249,13 @@ def build_bundle(config: TrainConfig, model, matrix: InteractionMatrix, info: di
         index = make_index(config.index.kind, metric, **params).build(vectors)
         if config.index.kind == "annoy":
             sample = queries[rng.choice(len(queries), min(config.index.recall_queries, len(queries)), replace=False)]
-            info[f"index_{role}_recall_at_10"] = index.tune(vectors, sample, k=10)
+            # Tuning stops once Annoy is slower than a scan short of the recall target: serving
+            # then answers by exact scan (recall 1 by construction), and more search_k would
+            # only make Annoy slower still.
+            annoy_recall = index.tune(vectors, sample, k=10, stop_when_slower=True)
+            info[f"index_{role}_serving"] = "exact" if index.prefer_exact else "annoy"
+            info[f"index_{role}_annoy_recall"] = annoy_recall
+            info[f"index_{role}_recall_at_10"] = 1.0 if index.prefer_exact else annoy_recall
             info[f"index_{role}_search_k"] = index.search_k
         indexes[role] = index
     return ModelBundle(
@@ -279,9 +287,15 @@ def train(
 
     config = config or TrainConfig()
     timings: dict[str, float] = {}
+    if dataset is None:
+        store = FeatureStore(settings.database_url, offline_uri=settings.offline_store_uri)
+        with _stage("export", timings, on_stage):
+            # Events posted through the API since the last export join the offline log first.
+            store.export_offline()
     with _stage("snapshot", timings, on_stage):
         if dataset is None:
-            dataset = FeatureStore(settings.database_url).snapshot(as_of)
+            dataset = store.snapshot(as_of)
+            store.dispose()
         if len(dataset.events) == 0:
             raise DatasetError("the snapshot holds no events: ingest data first (recsys ingest / recsys generate)")
     with _stage("matrix", timings, on_stage):

@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     experiment_name: str = "recsys"
     registered_model_name: str = "recsys"
     model_alias: str = "production"
+    #: the offline event log (Parquet, partitioned by event date) that training reads: a
+    #: local folder or any URI ``pyarrow.fs.FileSystem.from_uri`` opens (``s3://bucket/prefix``,
+    #: ``gs://…``, ``hdfs://…``; credentials come from the usual environment of that filesystem).
+    #: Default ``$RECSYS_DATA_DIR/offline``.
+    offline_store_uri: str = ""
 
     # ---- HTTP API (api/) --------------------------------------------------------------
     #: API keys accepted for writes and /admin/* (comma-separated or JSON list); keys can also
@@ -64,6 +69,8 @@ class Settings(BaseSettings):
         self.data_dir = Path(self.data_dir).expanduser().resolve()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'feature_store.db'}"
+        if not self.offline_store_uri:
+            self.offline_store_uri = str(self.data_dir / "offline")
         if not self.mlflow_tracking_uri:
             self.mlflow_tracking_uri = f"sqlite:///{self.data_dir / 'mlflow.db'}"
         if not self.mlflow_artifact_root and not self.uses_tracking_server:

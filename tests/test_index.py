@@ -89,3 +89,17 @@ def test_tune_reaches_target_recall_on_clustered_dot_vectors():
     # latencies are measured at build so serving can pick the faster of Annoy and a scan
     assert meta["query_ms"] > 0 and meta["exact_query_ms"] > 0
     assert tuned.prefer_exact == (meta["exact_query_ms"] < meta["query_ms"])
+
+
+def test_tune_stopping_early_never_serves_annoy_below_target():
+    """With stop_when_slower, tuning may stop short of the recall target only when Annoy is
+    already slower than a scan — and then serving must scan (prefer_exact)."""
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(8, 16)) * 3
+    items = (centers[rng.integers(0, 8, 2000)] + rng.normal(size=(2000, 16))).astype(np.float32)
+    queries = (centers[rng.integers(0, 8, 60)] + rng.normal(size=(60, 16))).astype(np.float32)
+    index = AnnoyItemIndex("dot", n_trees=10, target_recall=0.99).build(items)
+    recall = index.tune(items, queries, stop_when_slower=True)
+    assert index.query_ms_ is not None and index.exact_query_ms_ is not None
+    assert recall >= 0.99 or index.prefer_exact
+    assert recall == index.recall_at_10_

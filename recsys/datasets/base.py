@@ -2,7 +2,8 @@
 
 Column contract (all ids are strings: the dataset's own ids, e.g. MovieLens user "1"):
 
-``events``  event_id (str, unique), user_id (str), item_id (str), event_type (str:
+``events``  event_id (str, unique), user_id (str), item_id (str) — either may be a pandas
+            Categorical of str (the offline snapshot's form: codes, no per-row strings) —, event_type (str:
             view/click/purchase/rating/...), value (float64), timestamp (datetime64[ns, UTC])
 ``items``   item_id (str, unique), title (str), description (str), categories (list[str]),
             attributes (dict), available (bool)
@@ -107,12 +108,7 @@ def normalize_events(events: pd.DataFrame, *, validate: bool = True) -> pd.DataF
         _check_ids(events, "events", "user_id", "item_id")
     if validate and "event_type" in events:
         _check_labels(events, "events", "event_type")
-    out = pd.DataFrame(
-        {
-            "user_id": events["user_id"].astype(str),
-            "item_id": events["item_id"].astype(str),
-        }
-    )
+    out = pd.DataFrame({"user_id": _id_column(events["user_id"]), "item_id": _id_column(events["item_id"])})
     out["event_type"] = (
         events["event_type"].astype(str).values if "event_type" in events else "interaction"
     )
@@ -146,6 +142,14 @@ def normalize_events(events: pd.DataFrame, *, validate: bool = True) -> pd.DataF
     return out[EVENT_COLUMNS].reset_index(drop=True)
 
 
+def _id_column(col: pd.Series) -> pd.Series:
+    """Ids as str; a Categorical stays one (only its categories are made str)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cats = col.cat.categories
+        return col if cats.dtype == "str" else col.cat.rename_categories(cats.astype(str))
+    return col.astype(str)
+
+
 def normalize_items(items: pd.DataFrame | None, events: pd.DataFrame, *, validate: bool = True) -> pd.DataFrame:
     items = items if items is not None and len(items.columns) else empty_items()
     items = items.copy()
@@ -158,7 +162,7 @@ def normalize_items(items: pd.DataFrame | None, events: pd.DataFrame, *, validat
         _check_categories(items)
         _check_json(items, "items", "attributes")
     items["item_id"] = items["item_id"].astype(str)
-    known = set(items["item_id"])
+    known = pd.Index(items["item_id"])
     extra = pd.unique(events.loc[~events["item_id"].isin(known), "item_id"])
     if len(extra):
         items = pd.concat([items, pd.DataFrame({"item_id": extra})], ignore_index=True)
@@ -180,7 +184,7 @@ def normalize_users(users: pd.DataFrame | None, events: pd.DataFrame, *, validat
         _check_ids(users, "users", "user_id")
         _check_json(users, "users", "attributes")
     users["user_id"] = users["user_id"].astype(str)
-    known = set(users["user_id"])
+    known = pd.Index(users["user_id"])
     extra = pd.unique(events.loc[~events["user_id"].isin(known), "user_id"])
     if len(extra):
         users = pd.concat([users, pd.DataFrame({"user_id": extra})], ignore_index=True)

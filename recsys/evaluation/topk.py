@@ -68,6 +68,8 @@ def top_k_scores(
                 f"exclude has {exclude.shape[0]} rows: expected {U.shape[0]} (one per user vector)"
                 + (f" or {len(rows)} (one per user_rows entry)" if user_rows is not None else "")
             )
+    if k < n_items:
+        return _top_k_implicit(U, V, k, rows, None if exclude is None else exclude if aligned else exclude[rows])
     out_idx = np.empty((len(rows), k), dtype=np.int64)
     out_scores = np.empty((len(rows), k), dtype=np.float32)
     for start in range(0, len(rows), batch_size):
@@ -79,3 +81,21 @@ def top_k_scores(
             scores[r, sub.indices] = -np.inf
         out_idx[start : start + len(batch)], out_scores[start : start + len(batch)] = top_k_rows(scores, k)
     return out_idx, out_scores
+
+
+def _top_k_implicit(U: np.ndarray, V: np.ndarray, k: int, rows: np.ndarray, exclude: sp.csr_matrix | None) -> tuple[np.ndarray, np.ndarray]:
+    """The same top-k through implicit's C++ selection (``implicit.cpu.topk``, the one its
+    ``recommend`` uses): numpy's introselect degrades on real factor-model scores (2048 × 20k
+    ALS scores: 2.6 s vs 0.09 s on random ones), a heap does not. Returned items are then put
+    in our order (score desc, lower index first); padding as documented above."""
+    from implicit.cpu.topk import topk
+
+    if exclude is not None:
+        exclude = sp.csr_matrix(exclude, dtype=np.float32)
+        exclude.sort_indices()
+    idx, scores = topk(np.ascontiguousarray(V), np.ascontiguousarray(U[rows]), k, filter_query_items=exclude, num_threads=0)
+    idx, scores = idx.astype(np.int64), scores.astype(np.float32)
+    empty = (scores <= np.finfo(np.float32).min) | (idx < 0)  # implicit scores filtered items -FLT_MAX
+    idx[empty], scores[empty] = -1, -np.inf
+    order = np.lexsort((np.where(empty, np.iinfo(np.int64).max, idx), -scores), axis=1)
+    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(scores, order, axis=1)

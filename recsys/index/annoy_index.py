@@ -165,40 +165,57 @@ class AnnoyItemIndex(ItemIndex):
             self.recall_at_10_ = recall
         return recall
 
-    def tune(self, vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
+    def tune(self, vectors: np.ndarray, queries: np.ndarray, k: int = 10, *, stop_when_slower: bool = False) -> float:
         """Pick the smallest ``search_k`` (doubling from Annoy's default) whose recall@k on
-        ``queries`` reaches ``target_recall``; returns that recall.
+        ``queries`` reaches ``target_recall``; returns the recall at the chosen value.
 
         Annoy's default search_k (n_trees·k) can be far too small: on clustered ALS vectors with
         a ``dot`` metric it gave recall@10 of 0.1–0.3, so the build measures and tunes instead
         of trusting it. An explicit ``search_k`` (not -1) is kept and only measured.
+
+        With ``stop_when_slower``, an exact scan is timed first and doubling stops as soon as
+        Annoy, still short of the target, is already slower per query than the scan: a larger
+        search_k only costs more, and :attr:`prefer_exact` then tells serving to scan. The
+        latencies recorded are those measured in the loop, so that decision is the one made here.
         """
         truth = ExactIndex(self.metric).build(vectors).query_batch(queries, k)
         if self.search_k != -1:
             return self.measure_recall(vectors, queries, k, truth)
+        exact_ms = self._exact_ms(vectors, queries, k) if stop_when_slower else None
         ceiling = max(self._n_items * self.n_trees, self.n_trees * k)
         self.search_k = self.n_trees * k
         while True:
+            start = time.perf_counter()
             recall = self.measure_recall(vectors, queries, k, truth)
+            annoy_ms = (time.perf_counter() - start) / max(len(queries), 1) * 1000
             if recall >= self.target_recall or self.search_k >= ceiling:
                 break
+            if exact_ms is not None and annoy_ms >= exact_ms:
+                self.query_ms_, self.exact_query_ms_ = annoy_ms, exact_ms
+                logger.info("annoy %s index: at search_k=%d recall@%d %.3f and %.2f ms/query, slower than an exact "
+                            "scan (%.2f ms): serving scans", self.metric, self.search_k, k, recall, annoy_ms, exact_ms)
+                return recall
             self.search_k = min(self.search_k * 2, ceiling)
         self._time_queries(vectors, queries, k)
         logger.info("annoy %s index: search_k=%d gives recall@%d %.3f (%.2f ms/query; exact %.2f ms)",
                     self.metric, self.search_k, k, recall, self.query_ms_, self.exact_query_ms_)
         return recall
 
-    def _time_queries(self, vectors: np.ndarray, queries: np.ndarray, k: int) -> None:
+    def _exact_ms(self, vectors: np.ndarray, queries: np.ndarray, k: int) -> float:
         exact = ExactIndex(self.metric).build(vectors)
+        sample = queries[: min(len(queries), 50)]
+        start = time.perf_counter()
+        for q in sample:
+            exact.query(q, k)
+        return (time.perf_counter() - start) / max(len(sample), 1) * 1000
+
+    def _time_queries(self, vectors: np.ndarray, queries: np.ndarray, k: int) -> None:
         sample = queries[: min(len(queries), 50)]
         start = time.perf_counter()
         for q in sample:
             self.query(q, k)
         self.query_ms_ = (time.perf_counter() - start) / len(sample) * 1000
-        start = time.perf_counter()
-        for q in sample:
-            exact.query(q, k)
-        self.exact_query_ms_ = (time.perf_counter() - start) / len(sample) * 1000
+        self.exact_query_ms_ = self._exact_ms(vectors, queries, k)
 
     @property
     def prefer_exact(self) -> bool:

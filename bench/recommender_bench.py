@@ -30,11 +30,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.train import IndexConfig, ModelConfig, TrainConfig, build_bundle, fit_model  # noqa: E402
-from recsys.bundle import ModelBundle  # noqa: E402
-from recsys.datasets.synthetic import generate_synthetic  # noqa: E402
-from recsys.matrix import InteractionMatrix  # noqa: E402
-from recsys.recommender import Filters, Recommender  # noqa: E402
+from pipelines.train import (
+    IndexConfig,
+    ModelConfig,
+    TrainConfig,
+    build_bundle,
+    fit_model,
+)
+from recsys.bundle import ModelBundle
+from recsys.datasets.synthetic import generate_synthetic
+from recsys.matrix import InteractionMatrix
+from recsys.recommender import Filters, Recommender
 
 USERS = int(os.environ.get("RECSYS_BENCH_USERS", "20000"))
 ITEMS = int(os.environ.get("RECSYS_BENCH_ITEMS", "10000"))
@@ -81,7 +87,7 @@ def main() -> int:
         items = list(rec.item_pos)
         item_picks = [items[i] for i in rng.integers(0, len(items), CALLS)]
         sessions = [[items[j] for j in rng.integers(0, len(items), 5)] for _ in range(CALLS)]
-        category = sorted({c for cats in rec.categories for c in cats})[0]
+        category = min({c for cats in rec.categories for c in cats})
         only_category = Filters(include_categories=(category,))
         rows = {
             "user recs (known user, k=10)": lambda i: rec.recommend_for_user(picks[i], history[picks[i]], 10),

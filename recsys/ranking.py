@@ -1,0 +1,372 @@
+"""Ranking over a served model's item vector spaces: scoring, blending, business rules, MMR
+diversity and explanations. No user modelling (recsys.recommender turns a user or a session
+into query vectors) and no catalog bookkeeping (recsys.catalog_state).
+
+Spaces: the collaborative (CF) item vectors, searched with the model's metric for users
+(``user`` index role) and with cosine for item-to-item similarity (``item``); optionally the
+content vectors (``content``). Each role uses its Annoy index where that was measured faster at
+build (``prefer_exact`` false), otherwise an exact scan of all rows.
+
+Per-request cost is kept to the scan itself: unit-norm copies of the vectors are cached (cosine
+never re-normalizes the catalog), the popularity order is cached, an unfiltered request uses
+the catalog's shared availability mask, and reasons are built only for the items returned.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from recsys.catalog_state import NO_FILTERS, CatalogState, Filters
+from recsys.hybrid import FUSIONS, blend
+from recsys.index.annoy_index import AnnoyItemIndex
+from recsys.index.base import ItemIndex
+from recsys.index.exact import pairwise_scores
+
+MODES = ("collaborative", "content", "hybrid")
+#: index role → vector space it searches
+SPACE_OF_ROLE = {"user": "cf", "item": "cf", "content": "content"}
+#: how many of the user's most recent items an explanation may point to
+REASON_ANCHORS = 50
+
+_NO_POSITIONS = np.empty(0, np.int64)
+_NO_POSITIONS.flags.writeable = False
+
+
+class UnknownItemError(KeyError):
+    def __init__(self, item_id: str) -> None:
+        super().__init__(item_id)
+        self.item_id = item_id
+
+
+class SearchUnavailable(RuntimeError):
+    """The served bundle has no content encoder (text search, content mode, new items)."""
+
+
+class RankRequestError(ValueError):
+    """A ranking option out of its domain; ``field`` names the option."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass
+class ScoredItem:
+    item_id: str
+    score: float
+    title: str = ""
+    reason: str | None = None
+
+
+@dataclass
+class RecommendationResult:
+    strategy: str
+    items: list[ScoredItem] = field(default_factory=list)
+    mode: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class RankRequest:
+    """What one ranked list must satisfy. Validated on construction (``RankRequestError``)."""
+
+    mode: str = "collaborative"
+    k: int = 10
+    offset: int = 0
+    #: item positions never returned (e.g. what the user has already seen); repeats allowed.
+    #: Any sequence of ints; stored as an int64 array.
+    exclude: np.ndarray | Sequence[int] = ()
+    filters: Filters = NO_FILTERS
+    #: (cf, content) weights of the hybrid blend; None: the model's default
+    blend_weights: tuple[float, float] | None = None
+    #: "weighted" or "rrf"; None: the model's default
+    fusion: str | None = None
+    #: MMR λ in [0, 1] (1 = pure relevance); None: no re-ranking
+    diversity: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise RankRequestError("mode", f"must be one of {MODES}, got {self.mode!r}")
+        for name, low in (("k", 1), ("offset", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise RankRequestError(name, f"must be an integer >= {low}, got {value!r}")
+        exclude = np.asarray(() if self.exclude is None else self.exclude)
+        if exclude.size == 0:
+            exclude = _NO_POSITIONS
+        elif exclude.ndim != 1 or not np.issubdtype(exclude.dtype, np.integer) or exclude.min() < 0:
+            raise RankRequestError("exclude", "must be a 1-D array of item positions (integers >= 0)")
+        object.__setattr__(self, "exclude", exclude.astype(np.int64, copy=False))
+        if self.blend_weights is not None:
+            weights = tuple(self.blend_weights)
+            if len(weights) != 2 or not all(_finite_number(w) and w >= 0 for w in weights):
+                raise RankRequestError("blend_weights", f"must be two finite numbers >= 0, got {self.blend_weights!r}")
+            if sum(weights) <= 0:
+                raise RankRequestError("blend_weights", "must not both be 0")
+            object.__setattr__(self, "blend_weights", tuple(float(w) for w in weights))
+        if self.fusion is not None and self.fusion not in FUSIONS:
+            raise RankRequestError("fusion", f"must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.diversity is not None and not (_finite_number(self.diversity) and 0 <= self.diversity <= 1):
+            raise RankRequestError("diversity", f"must be a number in [0, 1], got {self.diversity!r}")
+
+    @property
+    def n(self) -> int:
+        """Rows needed before the offset is cut: ``k + offset``."""
+        return self.k + self.offset
+
+    @property
+    def pool(self) -> int:
+        """Candidates to fetch: with MMR a wider pool is re-ranked than returned."""
+        return self.n if self.diversity is None or self.diversity >= 1.0 else max(3 * self.n, self.n + 30)
+
+
+def _finite_number(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+class Ranker:
+    """Ranked item lists over the CF (and optional content) item vectors of one model."""
+
+    def __init__(
+        self,
+        catalog: CatalogState,
+        cf_vectors: np.ndarray,
+        popularity: np.ndarray,
+        *,
+        content_vectors: np.ndarray | None = None,
+        indexes: Mapping[str, ItemIndex] | None = None,
+        model_metric: str = "dot",
+        default_blend_weights: Sequence[float] = (0.5, 0.5),
+        default_fusion: str = "weighted",
+    ) -> None:
+        self.catalog = catalog
+        # np.asarray drops the memmap subclass: row reads stay plain ndarray views
+        self._vectors: dict[str, np.ndarray] = {"cf": np.asarray(cf_vectors, dtype=np.float32)}
+        if content_vectors is not None:
+            self._vectors["content"] = np.asarray(content_vectors, dtype=np.float32)
+        self.popularity = np.asarray(popularity, dtype=np.float64)
+        self.indexes = dict(indexes or {})
+        #: rows the indexes hold; rows after these were added since training (scored exactly)
+        self.n_indexed = len(self._vectors["cf"])
+        self.model_metric = model_metric
+        self.default_blend_weights = tuple(float(w) for w in default_blend_weights)
+        self.default_fusion = default_fusion
+        self._caches_dropped()
+
+    # ---- spaces ------------------------------------------------------------------------
+    @property
+    def has_content(self) -> bool:
+        return "content" in self._vectors
+
+    def vectors(self, space: str) -> np.ndarray:
+        return self._vectors[space]
+
+    def extend(self, cf_vectors: np.ndarray, content_vectors: np.ndarray | None = None) -> None:
+        """Append rows for items added to the catalog after training (zero popularity)."""
+        cf_vectors = np.asarray(cf_vectors, np.float32)
+        grown = {"cf": np.vstack([self._vectors["cf"], cf_vectors])}
+        if self.has_content:
+            if content_vectors is None or len(content_vectors) != len(cf_vectors):
+                raise ValueError("content vectors are needed for every added item")
+            grown["content"] = np.vstack([self._vectors["content"], np.asarray(content_vectors, np.float32)])
+        self._vectors = grown
+        self.popularity = np.concatenate([self.popularity, np.zeros(len(cf_vectors))])
+        self._caches_dropped()
+
+    def _caches_dropped(self) -> None:
+        self._unit: dict[str, np.ndarray] = {}
+        self._popular_order: np.ndarray | None = None
+
+    def unit_vectors(self, space: str) -> np.ndarray:
+        """L2-normalized rows of a space (cached until the space grows)."""
+        unit = self._unit.get(space)
+        if unit is None:
+            vectors = self._vectors[space]
+            unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            self._unit[space] = unit
+        return unit
+
+    def metric(self, role: str) -> str:
+        """The metric each role is searched with: its index's (chosen per index at training);
+        without an index, the model's own for users and cosine for item/content similarity."""
+        index = self.indexes.get(role)
+        if index is not None:
+            return index.metric
+        return self.model_metric if role == "user" else "cosine"
+
+    def exact_scores(self, role: str, query: np.ndarray) -> np.ndarray:
+        """Scores of every row of the role's space against one query (a fresh float32 array)."""
+        metric, space = self.metric(role), SPACE_OF_ROLE[role]
+        q = np.asarray(query, np.float32).ravel()
+        if metric == "dot":
+            return self._vectors[space] @ q
+        if metric == "cosine":
+            return self.unit_vectors(space) @ (q / max(float(np.linalg.norm(q)), 1e-12))
+        return pairwise_scores(q, self._vectors[space], metric)[0]
+
+    # ---- lists -------------------------------------------------------------------------
+    def rank(self, request: RankRequest, cf_vector: np.ndarray, seen: np.ndarray,
+             content_profile: np.ndarray | None = None) -> list[ScoredItem]:
+        """A user's (or session's) list: ``cf_vector`` in the CF space, ``content_profile``
+        in the content space (content and hybrid modes), ``seen`` explains each item."""
+        allowed = self.catalog.mask(request.filters)
+        pool, mode = request.pool, request.mode
+        if mode == "collaborative":
+            ids, scores = self.top("user", cf_vector, pool, request.exclude, allowed)
+        elif mode == "content":
+            ids, scores = self.top("content", content_profile, pool, request.exclude, allowed)
+        else:
+            ids, scores = self._blend_top(self.exact_scores("user", cf_vector), self.exact_scores("content", content_profile),
+                                          request, pool, request.exclude, allowed)
+        if request.diversity is not None and request.diversity < 1.0:
+            ids, scores = self._mmr(ids, scores, request.diversity, request.n)
+        ids, scores = ids[request.offset : request.n], scores[request.offset : request.n]
+        return self._scored(ids, scores, self._reasons(ids, seen, mode))
+
+    def similar(self, position: int, request: RankRequest) -> list[ScoredItem]:
+        """Items nearest to the item at ``position`` (which is never returned)."""
+        allowed = self.catalog.mask(request.filters)
+        exclude = np.concatenate([request.exclude, [position]]).astype(np.int64)
+        if request.mode == "collaborative":
+            ids, scores = self.top("item", self._vectors["cf"][position], request.n, exclude, allowed)
+        elif request.mode == "content":
+            ids, scores = self.top("content", self._vectors["content"][position], request.n, exclude, allowed)
+        else:
+            ids, scores = self._blend_top(self.exact_scores("item", self._vectors["cf"][position]),
+                                          self.exact_scores("content", self._vectors["content"][position]),
+                                          request, request.n, exclude, allowed)
+        reason = {"collaborative": "liked by the same users", "content": "similar text", "hybrid": "similar item"}[request.mode]
+        ids, scores = ids[request.offset : request.n], scores[request.offset : request.n]
+        return self._scored(ids, scores, [reason] * len(ids))
+
+    def nearest_content(self, vector: np.ndarray, request: RankRequest, reason: str) -> list[ScoredItem]:
+        """Items whose content vector is nearest to ``vector`` (e.g. an encoded query text)."""
+        ids, scores = self.top("content", vector, request.n, request.exclude, self.catalog.mask(request.filters))
+        ids, scores = ids[request.offset : request.n], scores[request.offset : request.n]
+        return self._scored(ids, scores, [reason] * len(ids))
+
+    def popular(self, request: RankRequest) -> list[ScoredItem]:
+        if self._popular_order is None:
+            self._popular_order = np.argsort(-self.popularity, kind="stable")
+        order = self._popular_order
+        allowed = self.catalog.mask(request.filters)
+        if len(request.exclude):
+            allowed = allowed.copy()
+            allowed[request.exclude] = False
+        ids = order[allowed[order]][request.offset : request.n]
+        return self._scored(ids, self.popularity[ids], ["popular"] * len(ids))
+
+    # ---- scoring -----------------------------------------------------------------------
+    def top(self, role: str, query: np.ndarray, n: int, exclude: np.ndarray,
+            allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n allowed, non-excluded rows of the role's space, best first.
+
+        Through the role's index with over-fetching when it is faster than a scan, falling back
+        to the exact scan when filters leave too few; rows added after training are not in the
+        index and are scored exactly and merged in."""
+        index = self.indexes.get(role)
+        vectors = self._vectors[SPACE_OF_ROLE[role]]
+        # An index is used only where it beats a scan (measured at build: prefer_exact); an
+        # exact index would do this same scan.
+        if not isinstance(index, AnnoyItemIndex) or index.prefer_exact:
+            return _select(self.exact_scores(role, query), n, exclude, allowed)
+        n_indexed = self.n_indexed
+        result = None
+        fetch = n + len(exclude) + 16
+        while True:
+            ids, scores = index.query(query, min(fetch, n_indexed))
+            keep = allowed[ids] & ~np.isin(ids, exclude)
+            if keep.sum() >= n:
+                result = (ids[keep][:n], scores[keep][:n])
+                break
+            if fetch >= n_indexed:
+                break
+            fetch *= 4
+        if result is None:
+            return _select(self.exact_scores(role, query), n, exclude, allowed)
+        if len(vectors) > n_indexed:  # cold-start items added since training
+            extra = np.arange(n_indexed, len(vectors))
+            extra = extra[allowed[extra] & ~np.isin(extra, exclude)]
+            if len(extra):
+                extra_scores = pairwise_scores(query, vectors[extra], self.metric(role))[0]
+                ids = np.concatenate([result[0], extra])
+                scores = np.concatenate([result[1], extra_scores])
+                order = np.argsort(-scores, kind="stable")[:n]
+                result = (ids[order], scores[order])
+        return result[0].astype(np.int64), result[1].astype(np.float32)
+
+    def _blend_top(self, cf_scores: np.ndarray, content_scores: np.ndarray, request: RankRequest, n: int,
+                   exclude: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Blend over the whole catalog (exact: see recsys.hybrid), then the top-n allowed."""
+        weights = request.blend_weights or self.default_blend_weights
+        fused = blend(cf_scores, content_scores, weights, request.fusion or self.default_fusion)[0]
+        return _select(fused, n, exclude, allowed)
+
+    def _mmr(self, ids: np.ndarray, scores: np.ndarray, lam: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Maximal marginal relevance (Carbonell & Goldstein): λ·relevance − (1−λ)·max similarity
+        to what is already picked, on cosine of the CF item vectors."""
+        if len(ids) == 0:
+            return ids, scores
+        vecs = self.unit_vectors("cf")[ids]
+        relevance = lam * _minmax(scores)
+        sim = (1 - lam) * (vecs @ vecs.T)
+        picked = [int(np.argmax(relevance))]
+        penalty = sim[picked[0]].copy()
+        remaining = np.ones(len(ids), bool)
+        remaining[picked[0]] = False
+        while len(picked) < min(n, len(ids)):
+            nxt = int(np.argmax(np.where(remaining, relevance - penalty, -np.inf)))
+            picked.append(nxt)
+            remaining[nxt] = False
+            np.maximum(penalty, sim[nxt], out=penalty)
+        picked = np.asarray(picked)
+        return ids[picked], scores[picked]
+
+    def _reasons(self, ids: np.ndarray, seen: np.ndarray, mode: str) -> list[str | None]:
+        """For each returned item, which of the user's recent items it is closest to, in the
+        mode's space (one small matrix product for the returned list only)."""
+        if len(seen) == 0 or len(ids) == 0:
+            return [None] * len(ids)
+        recent = np.asarray(seen[-REASON_ANCHORS:], np.int64)
+        if mode == "content":
+            unit, template = self.unit_vectors("content"), "similar text to {}"
+        else:
+            unit, template = self.unit_vectors("cf"), "because you interacted with {}"
+        anchors = recent[np.argmax(unit[ids] @ unit[recent].T, axis=1)]
+        titles, item_ids = self.catalog.titles, self.catalog.item_ids
+        return [template.format(titles[a] or item_ids[a]) for a in anchors.tolist()]
+
+    def _scored(self, ids: np.ndarray, scores: np.ndarray, reasons: Sequence[str | None]) -> list[ScoredItem]:
+        titles, item_ids = self.catalog.titles, self.catalog.item_ids
+        return [ScoredItem(item_id=item_ids[j], score=s, title=titles[j], reason=r)
+                for j, s, r in zip(np.asarray(ids).tolist(), np.asarray(scores, np.float64).tolist(), reasons)]
+
+
+def _select(scores: np.ndarray, n: int, exclude: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n of one fresh score vector (overwritten in place) over allowed, non-excluded rows;
+    best first, ties by lower position. Same order as index.exact.top_k_from_scores without its
+    2-D machinery and copies (this runs on every request)."""
+    scores = np.asarray(scores, np.float32)
+    scores[~allowed] = -np.inf
+    scores[exclude] = -np.inf
+    size = len(scores)
+    kk = min(n, size)
+    if kk <= 0:
+        return _NO_POSITIONS, np.empty(0, np.float32)
+    part = np.argpartition(scores, size - kk)[size - kk :] if kk < size else np.arange(size)
+    top = scores[part]
+    order = np.lexsort((part, -top))
+    ids, top = part[order], top[order]
+    keep = top > -np.inf
+    return ids[keep].astype(np.int64), top[keep]
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    span = x.max() - x.min() if len(x) else 0.0
+    return np.zeros_like(x) if span <= 0 else (x - x.min()) / span

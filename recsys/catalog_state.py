@@ -120,8 +120,14 @@ class CatalogState:
 
     def positions(self, item_ids: Iterable[str]) -> np.ndarray:
         """Positions of the known ids, in order (repeats kept, unknown ids skipped)."""
-        pos = self.item_pos
-        return np.array([pos[i] for i in item_ids if i in pos], dtype=np.int64)
+        return np.array([j for j in map(self.item_pos.get, item_ids) if j is not None], dtype=np.int64)
+
+    def blocked(self, filters: Filters = NO_FILTERS) -> np.ndarray:
+        """Positions not allowed (the complement of ``mask``); without filters the cached
+        unavailable positions, usually none."""
+        if filters.empty:
+            return self._unavailable
+        return np.flatnonzero(~self.mask(filters))
 
     def mask(self, filters: Filters = NO_FILTERS) -> np.ndarray:
         """Allowed positions: available and passing every filter. Without filters this is the

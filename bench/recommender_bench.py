@@ -9,18 +9,19 @@ user's recommendation (the serve bench's request) costs more than TARGET_USER_US
     OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/recommender_bench.py
     RECSYS_BENCH_ITEMS=20000 RECSYS_BENCH_CALLS=2000 .venv/bin/python bench/recommender_bench.py
 
-Why 300 µs: at the serve bench's peak a bare FastAPI endpoint costs ~220 µs of CPU; the
-throughput ratio target (recommendations ≥ 0.5 × /health) leaves ~220 µs for everything a
-recommendation adds (two SQL reads, validation, serialization). The model's share must be
-well under that; 300 µs is the regression line on this 2-core box (exact scan of 10k×64
-float32 ≈ 60 µs + top-k ≈ 40 µs + Python glue), not the goal.
+Figures are the best of REPEATS runs of CALLS calls each (the least disturbed by other work on
+the machine). Why 150 µs: the serve bench's target (recommendations ≥ 0.5 × /health, ~220 µs
+of CPU for a bare endpoint) leaves ~220 µs for all a recommendation adds, SQL reads, validation
+and serialization included, so the model's share must stay well under it. Its floor on this
+box is the exact scan of 10k×64 float32 (~35-50 µs, memory bound) plus argpartition (~16 µs);
+150 µs is that plus the Python around it with headroom for a shared 2-core machine. Before the
+split it measured 165-215 µs; after, 80-90 µs.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -46,8 +47,8 @@ USERS = int(os.environ.get("RECSYS_BENCH_USERS", "20000"))
 ITEMS = int(os.environ.get("RECSYS_BENCH_ITEMS", "10000"))
 EVENTS = int(os.environ.get("RECSYS_BENCH_EVENTS", "400000"))
 CALLS = int(os.environ.get("RECSYS_BENCH_CALLS", "1000"))
-REPEATS = int(os.environ.get("RECSYS_BENCH_REPEATS", "5"))
-TARGET_USER_US = float(os.environ.get("RECSYS_BENCH_TARGET_US", "300"))
+REPEATS = int(os.environ.get("RECSYS_BENCH_REPEATS", "7"))
+TARGET_USER_US = float(os.environ.get("RECSYS_BENCH_TARGET_US", "150"))
 
 
 def build(tmp: Path) -> tuple[Recommender, dict[str, list[str]], list[str]]:
@@ -63,7 +64,7 @@ def build(tmp: Path) -> tuple[Recommender, dict[str, list[str]], list[str]]:
 
 
 def per_call_us(call, n: int) -> float:
-    """Median over REPEATS of the mean µs per call of ``call(i)`` for i in range(n)."""
+    """Best over REPEATS of the mean µs per call of ``call(i)`` for i in range(n)."""
     call(0)  # warm caches (gram matrix, unit vectors, masks)
     runs = []
     for _ in range(REPEATS):
@@ -71,7 +72,7 @@ def per_call_us(call, n: int) -> float:
         for i in range(n):
             call(i)
         runs.append((time.perf_counter() - start) / n * 1e6)
-    return statistics.median(runs)
+    return min(runs)
 
 
 def main() -> int:
@@ -99,7 +100,7 @@ def main() -> int:
             "popular (k=10)": lambda i: rec.popular(10),
         }
         results = {name: per_call_us(call, CALLS) for name, call in rows.items()}
-    print(f"{'request':<32}{'µs/call':>10}")
+    print(f"{'request':<32}{'µs/call':>10}   (best of {REPEATS} × {CALLS:,} calls, one thread)")
     for name, us in results.items():
         print(f"{name:<32}{us:>10.1f}")
     user_us = results["user recs (known user, k=10)"]

@@ -91,13 +91,15 @@ class CatalogState:
         ``update``); returns the ids appended, in order."""
         new = [str(i) for i in dict.fromkeys(item_ids) if str(i) not in self.item_pos]
         start = len(self.item_ids)
-        self.item_ids.extend(new)
-        self.item_pos.update({item_id: start + i for i, item_id in enumerate(new)})
+        # Every per-item list grows before ``item_ids``, which publishes the new rows: a request
+        # running meanwhile ranks len(item_ids) rows and finds all their facts.
         self.titles.extend("" for _ in new)
         self.categories.extend(frozenset() for _ in new)
         self.attributes.extend({} for _ in new)
         self._available = np.concatenate([self._available, np.ones(len(new), bool)])
         self._changed()
+        self.item_pos.update({item_id: start + i for i, item_id in enumerate(new)})
+        self.item_ids.extend(new)
         return new
 
     def _changed(self) -> None:

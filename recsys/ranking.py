@@ -228,15 +228,23 @@ class Ranker:
             return index.metric
         return self.model_metric if role == "user" else "cosine"
 
-    def exact_scores(self, role: str, query: np.ndarray) -> np.ndarray:
-        """Scores of every row of the role's space against one query (a fresh float32 array)."""
+    def rows(self) -> int:
+        """Rows a request may rank: the items the catalog lists. ``add_items`` grows the vectors
+        first and publishes the ids last, so a request that runs meanwhile sees a consistent
+        prefix (read once per request)."""
+        return len(self.catalog.item_ids)
+
+    def exact_scores(self, role: str, query: np.ndarray, rows: int | None = None) -> np.ndarray:
+        """Scores of the first ``rows`` rows (default: all listed) of the role's space against
+        one query (a fresh float32 array)."""
         metric, space = self.metric(role), SPACE_OF_ROLE[role]
+        rows = self.rows() if rows is None else rows
         q = np.asarray(query, np.float32).ravel()
         if metric == "dot":
-            return self._vectors[space] @ q
+            return self._vectors[space][:rows] @ q
         if metric == "cosine":
-            return self.unit_vectors(space) @ (q / max(float(np.linalg.norm(q)), 1e-12))
-        return pairwise_scores(q, self._vectors[space], metric)[0]
+            return self.unit_vectors(space)[:rows] @ (q / max(float(np.linalg.norm(q)), 1e-12))
+        return pairwise_scores(q, self._vectors[space][:rows], metric)[0]
 
     # ---- lists -------------------------------------------------------------------------
     def rank(self, request: RankRequest, cf_vector: np.ndarray, seen: np.ndarray,
@@ -249,7 +257,8 @@ class Ranker:
         elif mode == "content":
             ids, scores = self.top("content", content_profile, pool, request.exclude, filters)
         else:
-            ids, scores = self._blend_top(self.exact_scores("user", cf_vector), self.exact_scores("content", content_profile),
+            rows = self.rows()
+            ids, scores = self._blend_top(self.exact_scores("user", cf_vector, rows), self.exact_scores("content", content_profile, rows),
                                           request, pool, request.exclude)
         if request.diversity is not None and request.diversity < 1.0:
             ids, scores = self._mmr(ids, scores, request.diversity, request.n)
@@ -264,8 +273,9 @@ class Ranker:
         elif request.mode == "content":
             ids, scores = self.top("content", self._vectors["content"][position], request.n, exclude, request.filters)
         else:
-            ids, scores = self._blend_top(self.exact_scores("item", self._vectors["cf"][position]),
-                                          self.exact_scores("content", self._vectors["content"][position]),
+            rows = self.rows()
+            ids, scores = self._blend_top(self.exact_scores("item", self._vectors["cf"][position], rows),
+                                          self.exact_scores("content", self._vectors["content"][position], rows),
                                           request, request.n, exclude)
         reason = {"collaborative": "liked by the same users", "content": "similar text", "hybrid": "similar item"}[request.mode]
         ids, scores = ids[request.offset : request.n], scores[request.offset : request.n]
@@ -278,8 +288,9 @@ class Ranker:
         return self._scored(ids, scores, [reason] * len(ids))
 
     def popular(self, request: RankRequest) -> list[ScoredItem]:
-        if self._popular_order is None:
-            self._popular_order = np.argsort(-self.popularity, kind="stable")
+        rows = self.rows()
+        if self._popular_order is None or len(self._popular_order) != rows:
+            self._popular_order = np.argsort(-self.popularity[:rows], kind="stable")
         order = self._popular_order
         allowed = self.catalog.mask(request.filters)
         if len(request.exclude):
@@ -315,8 +326,9 @@ class Ranker:
             fetch *= 4
         if result is None:
             return _select(self.exact_scores(role, query), n, exclude, self.catalog.blocked(filters))
-        if len(vectors) > n_indexed:  # cold-start items added since training
-            extra = np.arange(n_indexed, len(vectors))
+        rows = self.rows()
+        if rows > n_indexed:  # cold-start items added since training
+            extra = np.arange(n_indexed, rows)
             extra = extra[allowed[extra] & ~np.isin(extra, exclude)]
             if len(extra):
                 extra_scores = pairwise_scores(query, vectors[extra], self.metric(role))[0]
@@ -378,6 +390,8 @@ def _select(scores: np.ndarray, n: int, exclude: np.ndarray, blocked: np.ndarray
     ``blocked`` positions; best first, ties by lower position, only real entries. The order of
     index.exact.top_k_from_scores, without its 2-D machinery and copies (this runs per request)."""
     scores = np.asarray(scores, np.float32)
+    if len(blocked) and blocked[-1] >= len(scores):  # items being added (see Ranker.rows)
+        blocked = blocked[blocked < len(scores)]
     scores[blocked] = -np.inf
     scores[exclude] = -np.inf
     if len(blocked) * 2 > len(scores):

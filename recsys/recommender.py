@@ -123,9 +123,10 @@ class Recommender:
         content = encoder.transform(new).astype(np.float32)
         cf = mapper.predict(content).astype(np.float32)
         with self._lock:
-            ids = self.catalog.add(new["item_id"].astype(str).tolist())
+            # vectors first, ids last: requests running meanwhile rank a consistent prefix
             self.ranker.extend(cf, content)
             self._gram = None
+            ids = self.catalog.add(new["item_id"].astype(str).tolist())
         self.update_catalog(items)
         logger.info("added %d cold-start items", len(ids))
         return ids

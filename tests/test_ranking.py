@@ -156,3 +156,33 @@ def test_blend_weights_and_their_former_names_give_the_same_lists(hybrid):
     with pytest.raises(RankRequestError) as info:
         rec.recommend_for_items(session, None, 10, mode="hybrid", blend_weights=(0, 0))
     assert info.value.field == "blend_weights"
+
+
+def test_added_items_are_ranked_filtered_and_explained_like_the_others():
+    data = generate_synthetic(n_users=300, n_items=200, n_events=9_000, n_clusters=4, seed=6)
+    config = TrainConfig(model=ModelConfig(kind="als", params={"factors": 8, "iterations": 5}),
+                         content=ContentConfig(kind="tfidf", params={"n_components": 16}))
+    full = InteractionMatrix.from_events(data.events, alpha=config.alpha)
+    bundle = build_bundle(config, fit_model(config, full, data), full, {}, data, fit_content(config, data, full.item_ids))
+    rec = Recommender(bundle, data.items)
+    n = len(rec.item_ids)
+    # New items: copies of existing ones under new ids (same text → near their originals).
+    originals = data.items.iloc[:6]
+    new = originals.assign(item_id=[f"new-{i}" for i in range(6)], categories=[["fresh"]] * 6)
+    assert rec.add_items(new) == new["item_id"].tolist()
+    assert rec.item_ids[n:] == new["item_id"].tolist() and len(rec.cf_vectors) == n + 6 == len(rec.content_vectors)
+    assert rec.add_items(new) == []  # already known: only a catalog update
+    only_new = Filters(include_categories=("fresh",))
+    for mode in ("collaborative", "content", "hybrid"):
+        got = rec.similar_items("new-0", 10, mode=mode, filters=only_new).items
+        assert {i.item_id for i in got} == {f"new-{i}" for i in range(1, 6)}, mode
+    assert rec.similar_items(originals["item_id"].iloc[0], 1, mode="content").items[0].item_id == "new-0"
+    hits = rec.search(originals["title"].iloc[0], 3, filters=only_new).items
+    assert hits[0].item_id == "new-0"
+    user_id = data.events["user_id"].iloc[0]
+    got = rec.recommend_for_user(user_id, [originals["item_id"].iloc[0]], 10, mode="collaborative", filters=only_new,
+                                 refresh=True).items
+    assert {i.item_id for i in got} == set(new["item_id"]) and all(i.reason for i in got)
+    assert rec.popular(6, filters=only_new).items[-1].score == 0.0  # no interactions yet
+    rec.update_catalog(new.assign(available=False).iloc[:3])
+    assert {i.item_id for i in rec.popular(10, filters=only_new).items} == {f"new-{i}" for i in range(3, 6)}

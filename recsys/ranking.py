@@ -190,9 +190,9 @@ class Ranker:
 
     def unit_vectors(self, space: str) -> np.ndarray:
         """L2-normalized rows of a space (cached until the space grows)."""
+        vectors = self._vectors[space]
         unit = self._unit.get(space)
-        if unit is None:
-            vectors = self._vectors[space]
+        if unit is None or len(unit) != len(vectors):  # (a request racing ``extend`` may cache the old rows)
             unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
             self._unit[space] = unit
         return unit

@@ -2,6 +2,9 @@
 
     py-spy record --pid PID --duration 20 --rate 200 --format raw --output raw.txt --nonblocking
     .venv/bin/python bench/profiles/summarize.py raw.txt [--top 15] [--under FUNC]
+    .venv/bin/python bench/profiles/summarize.py bench/profiles/serve_before.raw.gz
+
+(serve_before/serve_after.raw.gz are the raw profiles the .txt summaries were made from.)
 
 Prints the top functions by total and by own time (share of all samples; line numbers folded
 into the function), then how the samples of a request split into stages (first matching
@@ -11,6 +14,7 @@ stage from the root of each stack down; see STAGES).
 from __future__ import annotations
 
 import argparse
+import gzip
 import re
 from collections import Counter
 from pathlib import Path
@@ -40,8 +44,9 @@ def fold(frame: str) -> str:
 
 
 def load(path: Path) -> list[tuple[list[str], int]]:
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
     samples = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         if not line.strip():
             continue
         stack, count = line.rsplit(" ", 1)

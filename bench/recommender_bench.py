@@ -15,7 +15,7 @@ of CPU for a bare endpoint) leaves ~220 µs for all a recommendation adds, SQL r
 and serialization included, so the model's share must stay well under it. Its floor on this
 box is the exact scan of 10k×64 float32 (~35-50 µs, memory bound) plus argpartition (~16 µs);
 150 µs is that plus the Python around it with headroom for a shared 2-core machine. Before the
-split it measured 165-215 µs; after, 80-90 µs.
+split it measured 115-270 µs on this (busy, shared) box; after, 75-90 µs.
 """
 
 from __future__ import annotations

@@ -1,0 +1,424 @@
+"""Ranking over a served model's item vector spaces: scoring, blending, business rules, MMR
+diversity and explanations. No user modelling (recsys.recommender turns a user or a session
+into query vectors) and no catalog bookkeeping (recsys.catalog_state).
+
+Spaces: the collaborative (CF) item vectors, searched with the model's metric for users
+(``user`` index role) and with cosine for item-to-item similarity (``item``); optionally the
+content vectors (``content``). Each role uses its Annoy index where that was measured faster at
+build (``prefer_exact`` false), otherwise an exact scan of all rows.
+
+Per-request cost is kept to the scan itself: unit-norm copies of the vectors are cached (cosine
+never re-normalizes the catalog), the popularity order is cached, an unfiltered request uses
+the catalog's shared availability mask, and reasons are built only for the items returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from recsys.catalog_state import NO_FILTERS, CatalogState, Filters
+from recsys.hybrid import FUSIONS, blend
+from recsys.index.annoy_index import AnnoyItemIndex
+from recsys.index.base import ItemIndex
+from recsys.index.exact import pairwise_scores
+
+logger = logging.getLogger(__name__)
+
+MODES = ("collaborative", "content", "hybrid")
+#: index role → vector space it searches
+SPACE_OF_ROLE = {"user": "cf", "item": "cf", "content": "content"}
+#: how many of the user's most recent items an explanation may point to
+REASON_ANCHORS = 50
+
+_NO_POSITIONS = np.empty(0, np.int64)
+_NO_POSITIONS.flags.writeable = False
+
+
+class UnknownItemError(KeyError):
+    def __init__(self, item_id: str) -> None:
+        super().__init__(item_id)
+        self.item_id = item_id
+
+
+class SearchUnavailable(RuntimeError):
+    """The served bundle has no content encoder (text search, content mode, new items)."""
+
+
+class RankRequestError(ValueError):
+    """A ranking option out of its domain; ``field`` names the option."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(slots=True)
+class ScoredItem:
+    item_id: str
+    score: float
+    title: str = ""
+    reason: str | None = None
+
+
+@dataclass
+class RecommendationResult:
+    strategy: str
+    items: list[ScoredItem] = field(default_factory=list)
+    mode: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class RankRequest:
+    """What one ranked list must satisfy. Validated on construction (``RankRequestError``)."""
+
+    mode: str = "collaborative"
+    k: int = 10
+    offset: int = 0
+    #: item positions never returned (e.g. what the user has already seen); repeats allowed.
+    #: Any sequence of ints; stored as an int64 array.
+    exclude: np.ndarray | Sequence[int] = ()
+    filters: Filters = NO_FILTERS
+    #: (cf, content) weights of the hybrid blend; None: the model's default
+    blend_weights: tuple[float, float] | None = None
+    #: "weighted" or "rrf"; None: the model's default
+    fusion: str | None = None
+    #: MMR λ in [0, 1] (1 = pure relevance); None: no re-ranking
+    diversity: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise RankRequestError("mode", f"must be one of {MODES}, got {self.mode!r}")
+        for name, low in (("k", 1), ("offset", 0)):
+            value = getattr(self, name)
+            if not (type(value) is int or isinstance(value, np.integer)) or value < low:
+                raise RankRequestError(name, f"must be an integer >= {low}, got {value!r}")
+        exclude = np.asarray(() if self.exclude is None else self.exclude)
+        if exclude.size == 0:
+            exclude = _NO_POSITIONS
+        elif exclude.ndim != 1 or exclude.dtype.kind not in "iu" or exclude.min() < 0:
+            raise RankRequestError("exclude", "must be a 1-D array of item positions (integers >= 0)")
+        object.__setattr__(self, "exclude", exclude.astype(np.int64, copy=False))
+        if self.blend_weights is not None:
+            weights = tuple(self.blend_weights)
+            if len(weights) != 2 or not all(_finite_number(w) and w >= 0 for w in weights):
+                raise RankRequestError("blend_weights", f"must be two finite numbers >= 0, got {self.blend_weights!r}")
+            if sum(weights) <= 0:
+                raise RankRequestError("blend_weights", "must not both be 0")
+            object.__setattr__(self, "blend_weights", tuple(float(w) for w in weights))
+        if self.fusion is not None and self.fusion not in FUSIONS:
+            raise RankRequestError("fusion", f"must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.diversity is not None and not (_finite_number(self.diversity) and 0 <= self.diversity <= 1):
+            raise RankRequestError("diversity", f"must be a number in [0, 1], got {self.diversity!r}")
+
+    @property
+    def n(self) -> int:
+        """Rows needed before the offset is cut: ``k + offset``."""
+        return self.k + self.offset
+
+    @property
+    def pool(self) -> int:
+        """Candidates to fetch: with MMR a wider pool is re-ranked than returned."""
+        return self.n if self.diversity is None or self.diversity >= 1.0 else max(3 * self.n, self.n + 30)
+
+
+def _finite_number(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+class Ranker:
+    """Ranked item lists over the CF (and optional content) item vectors of one model."""
+
+    def __init__(
+        self,
+        catalog: CatalogState,
+        cf_vectors: np.ndarray,
+        popularity: np.ndarray,
+        *,
+        content_vectors: np.ndarray | None = None,
+        indexes: Mapping[str, ItemIndex] | None = None,
+        model_metric: str = "dot",
+        default_blend_weights: Sequence[float] = (0.5, 0.5),
+        default_fusion: str = "weighted",
+    ) -> None:
+        self.catalog = catalog
+        # np.asarray drops the memmap subclass: row reads stay plain ndarray views
+        self._vectors: dict[str, np.ndarray] = {"cf": np.asarray(cf_vectors, dtype=np.float32)}
+        if content_vectors is not None:
+            self._vectors["content"] = np.asarray(content_vectors, dtype=np.float32)
+        self.popularity = np.asarray(popularity, dtype=np.float64)
+        self.indexes = dict(indexes or {})
+        #: rows the indexes hold; rows after these were added since training (scored exactly)
+        self.n_indexed = len(self._vectors["cf"])
+        self.model_metric = model_metric
+        self.default_blend_weights = tuple(float(w) for w in default_blend_weights)
+        self.default_fusion = default_fusion
+        self._caches_dropped()
+        #: roles answered through their Annoy index (the rest by an exact scan)
+        self.indexed_roles = frozenset(role for role in self.indexes if self._index_beats_scan(role))
+
+    # ---- spaces ------------------------------------------------------------------------
+    @property
+    def has_content(self) -> bool:
+        return "content" in self._vectors
+
+    def vectors(self, space: str) -> np.ndarray:
+        return self._vectors[space]
+
+    def extend(self, cf_vectors: np.ndarray, content_vectors: np.ndarray | None = None) -> None:
+        """Append rows for items added to the catalog after training (zero popularity)."""
+        cf_vectors = np.asarray(cf_vectors, np.float32)
+        grown = {"cf": np.vstack([self._vectors["cf"], cf_vectors])}
+        if self.has_content:
+            if content_vectors is None or len(content_vectors) != len(cf_vectors):
+                raise ValueError("content vectors are needed for every added item")
+            grown["content"] = np.vstack([self._vectors["content"], np.asarray(content_vectors, np.float32)])
+        self._vectors = grown
+        self.popularity = np.concatenate([self.popularity, np.zeros(len(cf_vectors))])
+        self._caches_dropped()
+
+    def _caches_dropped(self) -> None:
+        self._unit: dict[str, np.ndarray] = {}
+        self._popular_order: np.ndarray | None = None
+
+    def unit_vectors(self, space: str) -> np.ndarray:
+        """L2-normalized rows of a space (cached until the space grows)."""
+        vectors = self._vectors[space]
+        unit = self._unit.get(space)
+        if unit is None or len(unit) != len(vectors):  # (a request racing ``extend`` may cache the old rows)
+            unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            self._unit[space] = unit
+        return unit
+
+    def _index_beats_scan(self, role: str) -> bool:
+        """Whether the role's Annoy index answers faster than an exact scan here.
+
+        The build measured Annoy against ``ExactIndex`` (``prefer_exact``), whose cosine scan
+        re-normalizes every vector per query; this scan uses cached unit vectors and is several
+        times cheaper (10k×64: ~30 µs vs ~1.3 ms), so an index kept at build may lose to it now.
+        The scan is timed on a few item rows and compared with the index's build-time latency."""
+        index = self.indexes[role]
+        if not isinstance(index, AnnoyItemIndex) or index.prefer_exact:
+            return False
+        if index.query_ms_ is None or role not in SPACE_OF_ROLE:
+            return True
+        vectors = self._vectors[SPACE_OF_ROLE[role]]
+        self.exact_scores(role, vectors[0])  # fills the unit-vector cache outside the timing
+        timings = []
+        for query in vectors[:: max(1, len(vectors) // 5)][:5]:
+            start = time.perf_counter()
+            _select(self.exact_scores(role, query), 10, _NO_POSITIONS, _NO_POSITIONS)
+            timings.append(time.perf_counter() - start)
+        scan_ms = min(timings) * 1000  # the best of a few: robust to a busy machine
+        logger.debug("%s role: annoy %.3f ms/query at build, exact scan %.3f ms now", role, index.query_ms_, scan_ms)
+        return index.query_ms_ < scan_ms
+
+    def metric(self, role: str) -> str:
+        """The metric each role is searched with: its index's (chosen per index at training);
+        without an index, the model's own for users and cosine for item/content similarity."""
+        index = self.indexes.get(role)
+        if index is not None:
+            return index.metric
+        return self.model_metric if role == "user" else "cosine"
+
+    def rows(self) -> int:
+        """Rows a request may rank: the items the catalog lists. ``add_items`` grows the vectors
+        first and publishes the ids last, so a request that runs meanwhile sees a consistent
+        prefix (read once per request)."""
+        return len(self.catalog.item_ids)
+
+    def exact_scores(self, role: str, query: np.ndarray, rows: int | None = None) -> np.ndarray:
+        """Scores of the first ``rows`` rows (default: all listed) of the role's space against
+        one query (a fresh float32 array)."""
+        metric, space = self.metric(role), SPACE_OF_ROLE[role]
+        rows = self.rows() if rows is None else rows
+        q = np.asarray(query, np.float32).ravel()
+        if metric == "dot":
+            return self._vectors[space][:rows] @ q
+        if metric == "cosine":
+            return self.unit_vectors(space)[:rows] @ (q / max(float(np.linalg.norm(q)), 1e-12))
+        return pairwise_scores(q, self._vectors[space][:rows], metric)[0]
+
+    # ---- lists -------------------------------------------------------------------------
+    def rank(self, request: RankRequest, cf_vector: np.ndarray, seen: np.ndarray,
+             content_profile: np.ndarray | None = None) -> list[ScoredItem]:
+        """A user's (or session's) list: ``cf_vector`` in the CF space, ``content_profile``
+        in the content space (content and hybrid modes), ``seen`` explains each item."""
+        pool, mode, filters = request.pool, request.mode, request.filters
+        if mode == "collaborative":
+            ids, scores = self.top("user", cf_vector, pool, request.exclude, filters)
+        elif mode == "content":
+            ids, scores = self.top("content", content_profile, pool, request.exclude, filters)
+        else:
+            rows = self.rows()
+            ids, scores = self._blend_top(self.exact_scores("user", cf_vector, rows), self.exact_scores("content", content_profile, rows),
+                                          request, pool, request.exclude)
+        if request.diversity is not None and request.diversity < 1.0:
+            ids, scores = self._mmr(ids, scores, request.diversity, request.n)
+        ids, scores = ids[request.offset : request.n], scores[request.offset : request.n]
+        return self._scored(ids, scores, self._reasons(ids, seen, mode))
+
+    def similar(self, position: int, request: RankRequest) -> list[ScoredItem]:
+        """Items nearest to the item at ``position`` (which is never returned)."""
+        exclude = np.append(request.exclude, position)
+        if request.mode == "collaborative":
+            ids, scores = self.top("item", self._vectors["cf"][position], request.n, exclude, request.filters)
+        elif request.mode == "content":
+            ids, scores = self.top("content", self._vectors["content"][position], request.n, exclude, request.filters)
+        else:
+            rows = self.rows()
+            ids, scores = self._blend_top(self.exact_scores("item", self._vectors["cf"][position], rows),
+                                          self.exact_scores("content", self._vectors["content"][position], rows),
+                                          request, request.n, exclude)
+        reason = {"collaborative": "liked by the same users", "content": "similar text", "hybrid": "similar item"}[request.mode]
+        ids, scores = ids[request.offset : request.n], scores[request.offset : request.n]
+        return self._scored(ids, scores, [reason] * len(ids))
+
+    def nearest_content(self, vector: np.ndarray, request: RankRequest, reason: str) -> list[ScoredItem]:
+        """Items whose content vector is nearest to ``vector`` (e.g. an encoded query text)."""
+        ids, scores = self.top("content", vector, request.n, request.exclude, request.filters)
+        ids, scores = ids[request.offset : request.n], scores[request.offset : request.n]
+        return self._scored(ids, scores, [reason] * len(ids))
+
+    def popular(self, request: RankRequest) -> list[ScoredItem]:
+        rows = self.rows()
+        if self._popular_order is None or len(self._popular_order) != rows:
+            self._popular_order = np.argsort(-self.popularity[:rows], kind="stable")
+        order = self._popular_order
+        allowed = self.catalog.mask(request.filters)
+        if len(request.exclude):
+            allowed = allowed.copy()
+            allowed[request.exclude] = False
+        ids = order[allowed[order]][request.offset : request.n]
+        return self._scored(ids, self.popularity[ids], ["popular"] * len(ids))
+
+    # ---- scoring -----------------------------------------------------------------------
+    def top(self, role: str, query: np.ndarray, n: int, exclude: np.ndarray,
+            filters: Filters = NO_FILTERS) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n allowed, non-excluded rows of the role's space, best first.
+
+        Through the role's index with over-fetching when it is faster than a scan, falling back
+        to the exact scan when filters leave too few; rows added after training are not in the
+        index and are scored exactly and merged in."""
+        if role not in self.indexed_roles:
+            return _select(self.exact_scores(role, query), n, exclude, self.catalog.blocked(filters))
+        index = self.indexes[role]
+        vectors = self._vectors[SPACE_OF_ROLE[role]]
+        allowed = self.catalog.mask(filters)
+        n_indexed = self.n_indexed
+        result = None
+        fetch = n + len(exclude) + 16
+        while True:
+            ids, scores = index.query(query, min(fetch, n_indexed))
+            keep = allowed[ids] & ~np.isin(ids, exclude)
+            if keep.sum() >= n:
+                result = (ids[keep][:n], scores[keep][:n])
+                break
+            if fetch >= n_indexed:
+                break
+            fetch *= 4
+        if result is None:
+            return _select(self.exact_scores(role, query), n, exclude, self.catalog.blocked(filters))
+        rows = self.rows()
+        if rows > n_indexed:  # cold-start items added since training
+            extra = np.arange(n_indexed, rows)
+            extra = extra[allowed[extra] & ~np.isin(extra, exclude)]
+            if len(extra):
+                extra_scores = pairwise_scores(query, vectors[extra], self.metric(role))[0]
+                ids = np.concatenate([result[0], extra])
+                scores = np.concatenate([result[1], extra_scores])
+                order = np.argsort(-scores, kind="stable")[:n]
+                result = (ids[order], scores[order])
+        return result[0].astype(np.int64), result[1].astype(np.float32)
+
+    def _blend_top(self, cf_scores: np.ndarray, content_scores: np.ndarray, request: RankRequest, n: int,
+                   exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Blend over the whole catalog (exact: see recsys.hybrid), then the top-n allowed."""
+        weights = request.blend_weights or self.default_blend_weights
+        fused = blend(cf_scores, content_scores, weights, request.fusion or self.default_fusion)[0]
+        return _select(fused, n, exclude, self.catalog.blocked(request.filters))
+
+    def _mmr(self, ids: np.ndarray, scores: np.ndarray, lam: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Maximal marginal relevance (Carbonell & Goldstein): λ·relevance − (1−λ)·max similarity
+        to what is already picked, on cosine of the CF item vectors."""
+        if len(ids) == 0:
+            return ids, scores
+        vecs = self.unit_vectors("cf")[ids]
+        relevance = lam * _minmax(scores)
+        sim = (1 - lam) * (vecs @ vecs.T)
+        picked = [int(np.argmax(relevance))]
+        penalty = sim[picked[0]].copy()
+        remaining = np.ones(len(ids), bool)
+        remaining[picked[0]] = False
+        while len(picked) < min(n, len(ids)):
+            nxt = int(np.argmax(np.where(remaining, relevance - penalty, -np.inf)))
+            picked.append(nxt)
+            remaining[nxt] = False
+            np.maximum(penalty, sim[nxt], out=penalty)
+        picked = np.asarray(picked)
+        return ids[picked], scores[picked]
+
+    def _reasons(self, ids: np.ndarray, seen: np.ndarray, mode: str) -> list[str | None]:
+        """For each returned item, which of the user's recent items it is closest to, in the
+        mode's space (one small matrix product for the returned list only)."""
+        if len(seen) == 0 or len(ids) == 0:
+            return [None] * len(ids)
+        recent = np.asarray(seen[-REASON_ANCHORS:], np.int64)
+        if mode == "content":
+            unit, template = self.unit_vectors("content"), "similar text to {}"
+        else:
+            unit, template = self.unit_vectors("cf"), "because you interacted with {}"
+        anchors = recent[np.argmax(unit[ids] @ unit[recent].T, axis=1)]
+        titles, item_ids = self.catalog.titles, self.catalog.item_ids
+        return [template.format(titles[a] or item_ids[a]) for a in anchors.tolist()]
+
+    def _scored(self, ids: np.ndarray, scores: np.ndarray, reasons: Sequence[str | None]) -> list[ScoredItem]:
+        titles, item_ids = self.catalog.titles, self.catalog.item_ids
+        return [ScoredItem(item_id=item_ids[j], score=s, title=titles[j], reason=r)
+                for j, s, r in zip(np.asarray(ids).tolist(), np.asarray(scores, np.float64).tolist(), reasons)]
+
+
+def _select(scores: np.ndarray, n: int, exclude: np.ndarray, blocked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n of one fresh score vector (overwritten in place), skipping ``exclude`` and
+    ``blocked`` positions; best first, ties by lower position, only real entries. The order of
+    index.exact.top_k_from_scores, without its 2-D machinery and copies (this runs per request)."""
+    scores = np.asarray(scores, np.float32)
+    if len(blocked) and blocked[-1] >= len(scores):  # items being added (see Ranker.rows)
+        blocked = blocked[blocked < len(scores)]
+    scores[blocked] = -np.inf
+    scores[exclude] = -np.inf
+    if len(blocked) * 2 > len(scores):
+        # Mostly blocked (a narrow filter): argpartition crawls over many equal -inf entries
+        # (220 µs instead of 16 on 10k items), so pick among the allowed entries only.
+        candidates = np.flatnonzero(scores > -np.inf)
+        ids = candidates[_top_unordered(scores[candidates], n)]
+    else:
+        ids = _top_unordered(scores, n)
+    top = scores[ids]
+    order = np.lexsort((ids, -top))
+    ids, top = ids[order], top[order]
+    keep = top > -np.inf
+    return ids[keep], top[keep]
+
+
+def _top_unordered(scores: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the n highest scores, in no particular order."""
+    size = len(scores)
+    if n >= size:
+        return np.arange(size)
+    if n <= 0:
+        return _NO_POSITIONS
+    return np.argpartition(scores, size - n)[size - n :]
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    span = x.max() - x.min() if len(x) else 0.0
+    return np.zeros_like(x) if span <= 0 else (x - x.min()) / span

@@ -84,12 +84,26 @@ class BodySizeLimit:
             await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"detail": {"field": "body", "message": (
-            f"the request body is larger than {self.max_bytes:,} bytes (RECSYS_MAX_BODY_BYTES)")}}).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            # the rest of the body is never read, so the connection can't carry another request
-            (b"connection", b"close")]})
+        body = json.dumps(
+            {
+                "detail": {
+                    "field": "body",
+                    "message": (f"the request body is larger than {self.max_bytes:,} bytes (RECSYS_MAX_BODY_BYTES)"),
+                }
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    # the rest of the body is never read, so the connection can't carry another request
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -143,8 +157,9 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
     errors = list(exc.errors())
     detail = [_error_entry(err, exc.__cause__) for err in errors[:MAX_ERRORS]]
     if len(errors) > MAX_ERRORS:
-        detail.append({"loc": ["body"], "msg": f"{len(errors) - MAX_ERRORS:,} more errors not listed",
-                       "type": "too_many_errors"})
+        detail.append(
+            {"loc": ["body"], "msg": f"{len(errors) - MAX_ERRORS:,} more errors not listed", "type": "too_many_errors"}
+        )
     return JSONResponse(status_code=422, content={"detail": detail})
 
 

@@ -30,8 +30,9 @@ def _rule(problem: Callable[[Any], str | None], error_type: str) -> AfterValidat
     return AfterValidator(check)
 
 
-def _string(problem: Callable[[Any], str | None], error_type: str, *, min_length: int, max_length: int,
-            pattern: str) -> Any:
+def _string(
+    problem: Callable[[Any], str | None], error_type: str, *, min_length: int, max_length: int, pattern: str
+) -> Any:
     # The rule is checked by recsys.validation alone (one message per problem); the JSON schema
     # states the same constraints for clients and for schemathesis.
     schema = {"type": "string", "minLength": min_length, "maxLength": max_length, "pattern": pattern}
@@ -40,14 +41,26 @@ def _string(problem: Callable[[Any], str | None], error_type: str, *, min_length
 
 # External ids (users, items, events): see recsys.validation for the rules and why.
 Id = _string(rules.id_problem, "id_invalid", min_length=1, max_length=rules.ID_MAX_LENGTH, pattern=rules.ID_PATTERN)
-Label = _string(rules.label_problem, "label_invalid", min_length=1, max_length=rules.LABEL_MAX_LENGTH,
-                pattern=rules.LABEL_PATTERN)
-EventType = _string(lambda v: rules.label_problem(v, max_length=64), "label_invalid", min_length=1, max_length=64,
-                    pattern=rules.LABEL_PATTERN)
-Text = _string(rules.text_problem, "text_invalid", min_length=0, max_length=rules.TEXT_MAX_LENGTH,
-               pattern=rules.TEXT_PATTERN)
-SearchText = _string(lambda v: rules.text_problem(v, max_length=1000) or (None if v else "must not be empty"),
-                     "text_invalid", min_length=1, max_length=1000, pattern=rules.TEXT_PATTERN)
+Label = _string(
+    rules.label_problem, "label_invalid", min_length=1, max_length=rules.LABEL_MAX_LENGTH, pattern=rules.LABEL_PATTERN
+)
+EventType = _string(
+    lambda v: rules.label_problem(v, max_length=64),
+    "label_invalid",
+    min_length=1,
+    max_length=64,
+    pattern=rules.LABEL_PATTERN,
+)
+Text = _string(
+    rules.text_problem, "text_invalid", min_length=0, max_length=rules.TEXT_MAX_LENGTH, pattern=rules.TEXT_PATTERN
+)
+SearchText = _string(
+    lambda v: rules.text_problem(v, max_length=1000) or (None if v else "must not be empty"),
+    "text_invalid",
+    min_length=1,
+    max_length=1000,
+    pattern=rules.TEXT_PATTERN,
+)
 #: one attribute value: a string, a finite number (an integer too, if a float can hold it), a boolean or null
 AttrValue = Annotated[str | int | float | bool | None, _rule(rules.json_problem, "json_value_invalid")]
 Mode = Literal["collaborative", "content", "hybrid"]
@@ -116,7 +129,8 @@ class SessionRequest(BaseModel):
 
     item_ids: list[Id] = Field(min_length=1, max_length=1000)
     weights: list[Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]] | None = Field(
-        default=None, description="one positive weight per item id")
+        default=None, description="one positive weight per item id"
+    )
     session_id: Id | None = Field(default=None, description="stable id used for the A/B split")
     k: int = Field(10, ge=1, le=1000)
     offset: int = Field(0, ge=0, le=10_000)

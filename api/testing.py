@@ -7,9 +7,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 
@@ -22,9 +22,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def prepare(data_dir: Path, *, users: int = 600, items: int = 300, events: int = 30_000, clusters: int = 6,
-            seed: int = 7, database_url: str | None = None, factors: int = 32, iterations: int = 8,
-            content: str | None = None) -> dict:
+def prepare(
+    data_dir: Path,
+    *,
+    users: int = 600,
+    items: int = 300,
+    events: int = 30_000,
+    clusters: int = 6,
+    seed: int = 7,
+    database_url: str | None = None,
+    factors: int = 32,
+    iterations: int = 8,
+    content: str | None = None,
+) -> dict:
     """Generate data into a fresh store under ``data_dir``, train ALS, register as version 1
     behind ``production``. Returns the environment for a server on it."""
     from feature_store import FeatureStore
@@ -42,13 +52,20 @@ def prepare(data_dir: Path, *, users: int = 600, items: int = 300, events: int =
     return env
 
 
-def training_config(factors: int = 32, iterations: int = 8, alias: str | None = "production", seed: int = 42,
-                    content: str | None = None):
+def training_config(
+    factors: int = 32, iterations: int = 8, alias: str | None = "production", seed: int = 42, content: str | None = None
+):
     """A small, fast ALS config; ``content="tfidf"`` adds a text encoder (hybrid, /search)."""
     from pipelines.train import ContentConfig, IndexConfig, ModelConfig, TrainConfig
 
-    return TrainConfig(content=ContentConfig(kind=content) if content else None,model=ModelConfig(kind="als", params={"factors": factors, "regularization": 0.05, "iterations": iterations}),
-                       index=IndexConfig(n_trees=10, recall_queries=50), eval_users=500, promote_alias=alias, seed=seed)
+    return TrainConfig(
+        content=ContentConfig(kind=content) if content else None,
+        model=ModelConfig(kind="als", params={"factors": factors, "regularization": 0.05, "iterations": iterations}),
+        index=IndexConfig(n_trees=10, recall_queries=50),
+        eval_users=500,
+        promote_alias=alias,
+        seed=seed,
+    )
 
 
 def settings_for(env: dict):
@@ -58,14 +75,34 @@ def settings_for(env: dict):
 
 
 @contextmanager
-def live_server(env: dict, *, workers: int = 1, port: int | None = None, extra_env: dict | None = None,
-                ready_timeout: float = 180, log_path: Path | None = None) -> Iterator[str]:
+def live_server(
+    env: dict,
+    *,
+    workers: int = 1,
+    port: int | None = None,
+    extra_env: dict | None = None,
+    ready_timeout: float = 180,
+    log_path: Path | None = None,
+) -> Iterator[str]:
     """``uvicorn api.main:app`` in a subprocess; yields its base URL once /ready answers 200."""
     port = port or free_port()
     full_env = {**env, **(extra_env or {})}
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
-    cmd = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
     proc = subprocess.Popen(cmd, env=full_env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -77,7 +114,9 @@ def live_server(env: dict, *, workers: int = 1, port: int | None = None, extra_e
             except httpx.HTTPError:
                 pass
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}" + (f" (log: {log_path})" if log_path else ""))
+                raise RuntimeError(
+                    f"server exited with {proc.returncode}" + (f" (log: {log_path})" if log_path else "")
+                )
             if time.time() > deadline:
                 raise RuntimeError("server did not become ready")
             time.sleep(0.2)

@@ -30,11 +30,21 @@ def build(folder: Path, items: int, users: int, factors: int, n_trees: int) -> P
     rng = np.random.default_rng(0)
     item_vectors = rng.normal(size=(items, factors)).astype(np.float32)
     user_vectors = rng.normal(size=(users, factors)).astype(np.float32)
-    indexes = {"user": AnnoyItemIndex("dot", n_trees=n_trees, search_k=2000).build(item_vectors),
-               "item": AnnoyItemIndex("cosine", n_trees=n_trees, search_k=2000).build(item_vectors)}
-    bundle = ModelBundle(kind="als", params={}, metric="dot", user_ids=np.array([f"u{i}" for i in range(users)], dtype=object),
-                         item_ids=np.array([f"i{i}" for i in range(items)], dtype=object), user_vectors=user_vectors,
-                         item_vectors=item_vectors, item_popularity=np.ones(items), indexes=indexes)
+    indexes = {
+        "user": AnnoyItemIndex("dot", n_trees=n_trees, search_k=2000).build(item_vectors),
+        "item": AnnoyItemIndex("cosine", n_trees=n_trees, search_k=2000).build(item_vectors),
+    }
+    bundle = ModelBundle(
+        kind="als",
+        params={},
+        metric="dot",
+        user_ids=np.array([f"u{i}" for i in range(users)], dtype=object),
+        item_ids=np.array([f"i{i}" for i in range(items)], dtype=object),
+        user_vectors=user_vectors,
+        item_vectors=item_vectors,
+        item_popularity=np.ones(items),
+        indexes=indexes,
+    )
     return bundle.save(folder / "bundle")
 
 
@@ -78,7 +88,7 @@ def measure(path: str, mode: str) -> dict:
     loaded = snap()
     # touch everything: sum the arrays, and query each index enough to visit all its nodes
     float(np.asarray(vectors).sum()) + float(np.asarray(users).sum())
-    for role, index in indexes.items():
+    for index in indexes.values():
         ann = index.index_ if mode == "private" else index
         for i in range(0, len(vectors), 10):
             ann.get_nns_by_item(i, 10, search_k=2000)
@@ -102,16 +112,23 @@ def main() -> None:
         sizes = {str(p.relative_to(path)): p.stat().st_size for p in path.rglob("*") if p.is_file()}
         total = sum(sizes.values())
         ann = sum(v for k, v in sizes.items() if k.endswith(".ann"))
-        print(f"bundle: {args.items} items, {args.users} users, {args.factors} factors: {total / MB:.1f} MB on disk "
-              f"({ann / MB:.1f} MB Annoy)")
+        print(
+            f"bundle: {args.items} items, {args.users} users, {args.factors} factors: {total / MB:.1f} MB on disk "
+            f"({ann / MB:.1f} MB Annoy)"
+        )
         for mode in ("mmap", "private"):
-            out = json.loads(subprocess.run([sys.executable, __file__, "--measure", str(path), mode], check=True,
-                                            capture_output=True, text=True).stdout)
+            out = json.loads(
+                subprocess.run(
+                    [sys.executable, __file__, "--measure", str(path), mode], check=True, capture_output=True, text=True
+                ).stdout
+            )
             b = out["before"]
             for stage in ("loaded", "touched"):
                 s = out[stage]
-                print(f"{mode:8s} {stage:8s} RSS +{(s['rss'] - b['rss']) / MB:6.1f} MB  USS +{(s['uss'] - b['uss']) / MB:6.1f} MB  "
-                      f"PSS +{(s['pss'] - b['pss']) / MB:6.1f} MB  system Shmem +{(s['shmem_system'] - b['shmem_system']) / MB:6.1f} MB")
+                print(
+                    f"{mode:8s} {stage:8s} RSS +{(s['rss'] - b['rss']) / MB:6.1f} MB  USS +{(s['uss'] - b['uss']) / MB:6.1f} MB  "
+                    f"PSS +{(s['pss'] - b['pss']) / MB:6.1f} MB  system Shmem +{(s['shmem_system'] - b['shmem_system']) / MB:6.1f} MB"
+                )
 
 
 if __name__ == "__main__":

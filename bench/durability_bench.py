@@ -22,9 +22,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sqlalchemy import func, select  # noqa: E402
+
 from api.testing import live_server, prepare, settings_for  # noqa: E402
 from feature_store import FeatureStore, events_table  # noqa: E402
-from sqlalchemy import func, select  # noqa: E402
 
 logger = logging.getLogger("durability_bench")
 
@@ -43,8 +44,16 @@ def make_batches(n_events: int, seed: int = 0) -> tuple[list[list[dict]], list[l
     valid_ids = [f"dur-{i}" for i in range(n_events)]
     batches, malformed = [], []
     for lo in range(0, n_events, BATCH):
-        batch = [{"event_id": eid, "user_id": f"load-user-{rng.randrange(5000)}", "item_id": f"i{rng.randrange(N_ITEMS)}",
-                  "event_type": rng.choice(["view", "click", "purchase"]), "value": 1.0} for eid in valid_ids[lo:lo + BATCH]]
+        batch = [
+            {
+                "event_id": eid,
+                "user_id": f"load-user-{rng.randrange(5000)}",
+                "item_id": f"i{rng.randrange(N_ITEMS)}",
+                "event_type": rng.choice(["view", "click", "purchase"]),
+                "value": 1.0,
+            }
+            for eid in valid_ids[lo : lo + BATCH]
+        ]
         # duplicates: repeat a few ids of this or an earlier batch
         for _ in range(max(1, len(batch) // 20)):
             j = rng.randrange(min(lo + BATCH, n_events))
@@ -53,8 +62,15 @@ def make_batches(n_events: int, seed: int = 0) -> tuple[list[list[dict]], list[l
         batches.append(batch)
         if (lo // BATCH) % 5 == 0:  # every 5th: a malformed batch: one bad record poisons the whole batch
             bad = [{"event_id": f"bad-{lo}-{k}", "user_id": "u1", "item_id": "i1"} for k in range(10)]
-            bad.append(rng.choice([{"user_id": "u1"}, {"user_id": "u1", "item_id": "i1", "value": "NaN-ish"},
-                                   {"user_id": "u1", "item_id": "no-such-item", "event_id": f"bad-{lo}-x"}]))
+            bad.append(
+                rng.choice(
+                    [
+                        {"user_id": "u1"},
+                        {"user_id": "u1", "item_id": "i1", "value": "NaN-ish"},
+                        {"user_id": "u1", "item_id": "no-such-item", "event_id": f"bad-{lo}-x"},
+                    ]
+                )
+            )
             malformed.append(bad)
     # re-send ~5% of whole batches (a client retrying after a timeout)
     resend = [batches[i] for i in rng.sample(range(len(batches)), max(1, len(batches) // 20))]
@@ -102,18 +118,24 @@ def post_all(base: str, batches: list[list[dict]], malformed: list[list[dict]]) 
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     with tempfile.TemporaryDirectory(prefix="durability-") as tmp:
-        env = prepare(Path(tmp), users=200, items=N_ITEMS, events=3000, database_url=os.environ.get("RECSYS_DATABASE_URL"))
+        env = prepare(
+            Path(tmp), users=200, items=N_ITEMS, events=3000, database_url=os.environ.get("RECSYS_DATABASE_URL")
+        )
         store = FeatureStore(settings_for(env).database_url)
         with store.engine.connect() as conn:
             before = conn.execute(select(func.count()).select_from(events_table)).scalar_one()
         batches, malformed, expected = make_batches(N_EVENTS)
         sent = sum(len(b) for b in batches)
-        with live_server(env, workers=WORKERS, extra_env={"RECSYS_API_KEYS": KEY, "RECSYS_RELOAD_POLL_SECONDS": "0"}) as base:
+        with live_server(
+            env, workers=WORKERS, extra_env={"RECSYS_API_KEYS": KEY, "RECSYS_RELOAD_POLL_SECONDS": "0"}
+        ) as base:
             start = time.perf_counter()
             stats = post_all(base, batches, malformed)
             elapsed = time.perf_counter() - start
         with store.engine.connect() as conn:
-            stored = [r[0] for r in conn.execute(select(events_table.c.event_id).where(events_table.c.event_id.like("dur-%")))]
+            stored = [
+                r[0] for r in conn.execute(select(events_table.c.event_id).where(events_table.c.event_id.like("dur-%")))
+            ]
             bad_stored = conn.execute(select(func.count()).where(events_table.c.event_id.like("bad-%"))).scalar_one()
             total = conn.execute(select(func.count()).select_from(events_table)).scalar_one()
         lost = len(expected - set(stored))
@@ -122,15 +144,25 @@ def main() -> int:
         db = store.dialect
     print(f"{'database':<28}{db}")
     print(f"{'valid unique events':<28}{len(expected):,}")
-    print(f"{'event records sent':<28}{sent:,} in {len(batches):,} batches + {len(malformed)} malformed batches, {CLIENTS} clients")
+    print(
+        f"{'event records sent':<28}{sent:,} in {len(batches):,} batches + {len(malformed)} malformed batches, {CLIENTS} clients"
+    )
     print(f"{'time':<28}{elapsed:.1f} s ({sent / elapsed:,.0f} records/s)")
     print(f"{'responses':<28}{stats}")
     print(f"{'stored':<28}{len(stored):,} (store total {total:,}, before {before:,})")
     print(f"{'lost / duplicated / extra':<28}{lost} / {duplicated} / {extra}")
-    ok = (lost == 0 and duplicated == 0 and extra == 0 and stats["unexpected"] == 0
-          and stats["inserted"] == len(expected) and total == before + len(expected))
-    print(f"{'PASS' if ok else 'FAIL'}: {len(expected):,} events, {lost} lost, {duplicated} duplicated, {extra} extra, "
-          f"{stats['rejected']} malformed batches rejected, {sent / elapsed:,.0f} records/s on {db}")
+    ok = (
+        lost == 0
+        and duplicated == 0
+        and extra == 0
+        and stats["unexpected"] == 0
+        and stats["inserted"] == len(expected)
+        and total == before + len(expected)
+    )
+    print(
+        f"{'PASS' if ok else 'FAIL'}: {len(expected):,} events, {lost} lost, {duplicated} duplicated, {extra} extra, "
+        f"{stats['rejected']} malformed batches rejected, {sent / elapsed:,.0f} records/s on {db}"
+    )
     return 0 if ok else 1
 
 

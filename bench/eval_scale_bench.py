@@ -56,12 +56,21 @@ def main() -> int:
 
     start = time.perf_counter()
     with console.status(f"generating {args.events:,} synthetic events"):
-        dataset = generate_synthetic(n_users=args.users, n_items=args.items, n_events=args.events, n_clusters=16, seed=42)
+        dataset = generate_synthetic(
+            n_users=args.users, n_items=args.items, n_events=args.events, n_clusters=16, seed=42
+        )
     t_gen = time.perf_counter() - start
-    spec = parse_spec({
-        "name": "eval-scale", "dataset": {"format": "synthetic"}, "split": {"method": "random", "test_ratio": 0.2},
-        "k": [5, 10, 20], "seed": 42, "models": MODELS, "breakdown_attribute": "age_group",
-    })
+    spec = parse_spec(
+        {
+            "name": "eval-scale",
+            "dataset": {"format": "synthetic"},
+            "split": {"method": "random", "test_ratio": 0.2},
+            "k": [5, 10, 20],
+            "seed": 42,
+            "models": MODELS,
+            "breakdown_attribute": "age_group",
+        }
+    )
     with tempfile.TemporaryDirectory(prefix="eval-scale-") as tmp:
         root = args.keep or Path(tmp)
         settings = Settings(data_dir=root / "data")
@@ -69,14 +78,21 @@ def main() -> int:
         status.start()
         start = time.perf_counter()
         try:
-            result = run_experiment(spec, settings, dataset=dataset, report_dir=root / "report",
-                                    on_model=lambda name, i, n: status.update(f"model {i + 1}/{n}: {name}"))
+            result = run_experiment(
+                spec,
+                settings,
+                dataset=dataset,
+                report_dir=root / "report",
+                on_model=lambda name, i, n: status.update(f"model {i + 1}/{n}: {name}"),
+            )
         finally:
             status.stop()
         total = time.perf_counter() - start
         df = result.comparison
-        table = Table(title=f"evaluation at scale: {len(dataset.events):,} events, {dataset.events['user_id'].nunique():,} users, "
-                            f"{dataset.events['item_id'].nunique():,} items; {int(df['eval_users'].iloc[0]):,} test users, k = 5/10/20")
+        table = Table(
+            title=f"evaluation at scale: {len(dataset.events):,} events, {dataset.events['user_id'].nunique():,} users, "
+            f"{dataset.events['item_id'].nunique():,} items; {int(df['eval_users'].iloc[0]):,} test users, k = 5/10/20"
+        )
         for col in ("model", "eval s (alone)", "train s", "ndcg@10", "recall@10", "coverage@10", "annoy R@10"):
             table.add_column(col, justify="left" if col == "model" else "right")
         for name, row in df.iterrows():
@@ -84,11 +100,20 @@ def main() -> int:
                 table.add_row(name, "failed", row["error"][:60], "", "", "", "")
                 continue
             annoy = row.get("index_recall_at_10")
-            table.add_row(name, f"{row['time_eval_s']:.2f}", f"{row['time_train_s']:.2f}", f"{row['ndcg_at_10']:.4f}",
-                          f"{row['recall_at_10']:.4f}", f"{row['coverage_at_10']:.4f}", "—" if annoy != annoy else f"{annoy:.3f}")
+            table.add_row(
+                name,
+                f"{row['time_eval_s']:.2f}",
+                f"{row['time_train_s']:.2f}",
+                f"{row['ndcg_at_10']:.4f}",
+                f"{row['recall_at_10']:.4f}",
+                f"{row['coverage_at_10']:.4f}",
+                "—" if annoy != annoy else f"{annoy:.3f}",
+            )
         console.print(table)
-        console.print(f"data generation {t_gen:.1f}s; experiment (split + 10 models + report + MLflow) {total:.1f}s; "
-                      f"evaluation alone, all models: {df['time_eval_s'].sum():.1f}s")
+        console.print(
+            f"data generation {t_gen:.1f}s; experiment (split + 10 models + report + MLflow) {total:.1f}s; "
+            f"evaluation alone, all models: {df['time_eval_s'].sum():.1f}s"
+        )
         console.print(f"report: {result.report_dir}" + ("" if args.keep else " (temporary; --keep DIR to keep it)"))
     return 0
 

@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError:
             pass
         left = crash_log.state()
-        print(f"crash mid-export left: {len(written)} data files of an uncommitted batch on disk, "
-              f"{left.rows} committed rows, watermark {left.watermark} (readers see {crash_log.read_table().num_rows} rows)")
+        print(
+            f"crash mid-export left: {len(written)} data files of an uncommitted batch on disk, "
+            f"{left.rows} committed rows, watermark {left.watermark} (readers see {crash_log.read_table().num_rows} rows)"
+        )
         resumed, t_resume = _timed(crashing.export_offline, batch_events=max(args.events // 4, 1))
         rows.append(("export re-run after crash", resumed.events, t_resume))
         seqs = crash_log.read_table(columns=["seq"]).column("seq").to_numpy()

@@ -103,7 +103,9 @@ def main() -> int:
         result = run_pipeline(Settings(), config, on_stage=sampler.on_stage)
         total = time.perf_counter() - t0
     peak = max(sampler.peaks.values())
-    table = Table(title=f"pipeline on {args.events:,} events ({args.users:,} users, {args.items:,} items), SQLite — {result.status}")
+    table = Table(
+        title=f"pipeline on {args.events:,} events ({args.users:,} users, {args.items:,} items), SQLite — {result.status}"
+    )
     table.add_column("stage")
     table.add_column("wall (s)", justify="right")
     table.add_column("peak RSS (MiB)", justify="right")
@@ -112,7 +114,10 @@ def main() -> int:
     table.add_row("[bold]total run[/]", f"{total:.1f}", f"{peak / 2**20:,.0f}")
     table.add_row("(generate + ingest, child process)", f"{ingest_s:.1f}", "-")
     console.print(table)
-    console.print("metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if k.endswith("_at_10") or k == "coverage"))
+    console.print(
+        "metrics: "
+        + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if k.endswith("_at_10") or k == "coverage")
+    )
     ok = peak < LIMIT_BYTES
     console.print(f"peak RSS {peak / 2**30:.2f} GiB {'<' if ok else '>='} 6 GiB target: {'OK' if ok else 'FAIL'}")
     return 0 if ok else 1

@@ -53,8 +53,11 @@ TARGET_USER_US = float(os.environ.get("RECSYS_BENCH_TARGET_US", "150"))
 
 def build(tmp: Path) -> tuple[Recommender, dict[str, list[str]], list[str]]:
     data = generate_synthetic(n_users=USERS, n_items=ITEMS, n_events=EVENTS, n_clusters=20, seed=7)
-    config = TrainConfig(model=ModelConfig(kind="als", params={"factors": 64, "regularization": 0.05, "iterations": 10}),
-                         index=IndexConfig(n_trees=10, recall_queries=50), seed=42)
+    config = TrainConfig(
+        model=ModelConfig(kind="als", params={"factors": 64, "regularization": 0.05, "iterations": 10}),
+        index=IndexConfig(n_trees=10, recall_queries=50),
+        seed=42,
+    )
     matrix = InteractionMatrix.from_events(data.events, alpha=config.alpha)
     bundle = build_bundle(config, fit_model(config, matrix, data), matrix, {}, data)
     bundle = ModelBundle.load(bundle.save(tmp / "bundle"))
@@ -80,9 +83,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="recommender-bench-") as tmp:
         start = time.perf_counter()
         rec, history, users = build(Path(tmp))
-        print(f"bundle: {len(rec.item_pos):,} items, {len(users):,} users; built in {time.perf_counter() - start:.0f} s; "
-              f"user index {rec.bundle.indexes['user'].metric} "
-              f"({'exact scan' if rec.bundle.indexes['user'].prefer_exact else 'annoy'})")
+        print(
+            f"bundle: {len(rec.item_pos):,} items, {len(users):,} users; built in {time.perf_counter() - start:.0f} s; "
+            f"user index {rec.bundle.indexes['user'].metric} "
+            f"({'exact scan' if rec.bundle.indexes['user'].prefer_exact else 'annoy'})"
+        )
         rng = np.random.default_rng(0)
         picks = [users[i] for i in rng.integers(0, len(users), CALLS)]
         items = list(rec.item_pos)
@@ -92,9 +97,15 @@ def main() -> int:
         only_category = Filters(include_categories=(category,))
         rows = {
             "user recs (known user, k=10)": lambda i: rec.recommend_for_user(picks[i], history[picks[i]], 10),
-            "user recs, category filter": lambda i: rec.recommend_for_user(picks[i], history[picks[i]], 10, filters=only_category),
-            "user recs, fold-in (refresh)": lambda i: rec.recommend_for_user(picks[i], history[picks[i]], 10, refresh=True),
-            "user recs, MMR diversity 0.7": lambda i: rec.recommend_for_user(picks[i], history[picks[i]], 10, diversity=0.7),
+            "user recs, category filter": lambda i: rec.recommend_for_user(
+                picks[i], history[picks[i]], 10, filters=only_category
+            ),
+            "user recs, fold-in (refresh)": lambda i: rec.recommend_for_user(
+                picks[i], history[picks[i]], 10, refresh=True
+            ),
+            "user recs, MMR diversity 0.7": lambda i: rec.recommend_for_user(
+                picks[i], history[picks[i]], 10, diversity=0.7
+            ),
             "similar items (k=10)": lambda i: rec.similar_items(item_picks[i], 10),
             "session, 5 items (k=10)": lambda i: rec.recommend_for_items(sessions[i], None, 10),
             "popular (k=10)": lambda i: rec.popular(10),
@@ -105,7 +116,9 @@ def main() -> int:
         print(f"{name:<32}{us:>10.1f}")
     user_us = results["user recs (known user, k=10)"]
     ok = user_us <= TARGET_USER_US
-    print(f"{'PASS' if ok else 'FAIL'}: known-user recommendation {user_us:.0f} µs/call (target <= {TARGET_USER_US:.0f} µs)")
+    print(
+        f"{'PASS' if ok else 'FAIL'}: known-user recommendation {user_us:.0f} µs/call (target <= {TARGET_USER_US:.0f} µs)"
+    )
     return 0 if ok else 1
 
 

@@ -39,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     model = encoder._encoder()
     logger.info(
         "device=%s torch=%s threads=%d cpu=%s texts=%d mean_words=%.1f",
-        model.device, torch.__version__, torch.get_num_threads(), platform.processor() or platform.machine(), len(texts), mean_words,
+        model.device,
+        torch.__version__,
+        torch.get_num_threads(),
+        platform.processor() or platform.machine(),
+        len(texts),
+        mean_words,
     )
     logger.info("%10s %8s %10s %12s", "batch_size", "texts", "seconds", "items/s")
     results = []
@@ -53,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         results.append((batch_size, seconds, len(texts) / seconds))
         logger.info("%10d %8d %10.2f %12.1f", batch_size, len(texts), seconds, len(texts) / seconds)
     best = max(results, key=lambda r: r[2])
-    logger.info("summary: SBERT all-MiniLM-L6-v2 on %s: best %.1f items/s (batch_size=%d, %d texts)", model.device, best[2], best[0], len(texts))
+    logger.info(
+        "summary: SBERT all-MiniLM-L6-v2 on %s: best %.1f items/s (batch_size=%d, %d texts)",
+        model.device,
+        best[2],
+        best[0],
+        len(texts),
+    )
     return 0
 
 

@@ -55,11 +55,14 @@ def main() -> int:
 
     t = time.perf_counter()
     data = generate_synthetic(n_users=n_users, n_items=n_items, n_events=n_events, n_clusters=20, seed=1)
-    events = data.events.assign(user_id=data.events["user_id"].astype("category"), item_id=data.events["item_id"].astype("category"))
+    events = data.events.assign(
+        user_id=data.events["user_id"].astype("category"), item_id=data.events["item_id"].astype("category")
+    )
     full = InteractionMatrix.from_events(events, weighting=config.weighting, alpha=config.alpha)
     split = random_split(events, test_ratio=config.test_ratio, seed=config.seed)
-    train = InteractionMatrix.from_events(split.train, user_ids=full.user_ids, item_ids=full.item_ids,
-                                          weighting=config.weighting, alpha=config.alpha)
+    train = InteractionMatrix.from_events(
+        split.train, user_ids=full.user_ids, item_ids=full.item_ids, weighting=config.weighting, alpha=config.alpha
+    )
     test = InteractionMatrix.from_events(split.test, user_ids=full.user_ids, item_ids=full.item_ids, weighting="none")
     prepare = time.perf_counter() - t
     del data, events, split
@@ -67,7 +70,14 @@ def main() -> int:
     users = np.sort(np.random.default_rng(config.seed).choice(users, min(config.eval_users, len(users)), replace=False))
 
     def ndcg(model) -> float:
-        top = top_k_scores(model.user_vectors_, model.item_vectors_, config.k, exclude=train.matrix[users], user_rows=users, metric="dot")[0]
+        top = top_k_scores(
+            model.user_vectors_,
+            model.item_vectors_,
+            config.k,
+            exclude=train.matrix[users],
+            user_rows=users,
+            metric="dot",
+        )[0]
         return float(ranking_metrics_at_k(top, test.matrix, config.k, user_rows=users)["ndcg"])
 
     t = time.perf_counter()
@@ -87,8 +97,10 @@ def main() -> int:
     spark_ndcg = ndcg(spark_model)
 
     master = os.environ["RECSYS_SPARK_MASTER"]
-    table = Table(title=f"Spark ALS ({master}) vs implicit ALS: {n_users:,} users × {n_items:,} items × {n_events:,} events, "
-                        f"{train.matrix.nnz:,} training pairs, params {params}")
+    table = Table(
+        title=f"Spark ALS ({master}) vs implicit ALS: {n_users:,} users × {n_items:,} items × {n_events:,} events, "
+        f"{train.matrix.nnz:,} training pairs, params {params}"
+    )
     table.add_column("step")
     table.add_column("seconds", justify="right")
     table.add_column(f"nDCG@{config.k}", justify="right")
@@ -100,8 +112,10 @@ def main() -> int:
     console.print(table)
     ratio, quality = spark_seconds / implicit_seconds, spark_ndcg / implicit_ndcg
     ok = quality >= MIN_NDCG_RATIO
-    print(f"Spark fit {spark_seconds:.1f}s / implicit fit {implicit_seconds:.1f}s = ratio {ratio:.2f} (reported, no target); "
-          f"nDCG@{config.k} {spark_ndcg:.4f} vs {implicit_ndcg:.4f} = {quality:.3f} (>= {MIN_NDCG_RATIO}): {'PASS' if ok else 'FAIL'}")
+    print(
+        f"Spark fit {spark_seconds:.1f}s / implicit fit {implicit_seconds:.1f}s = ratio {ratio:.2f} (reported, no target); "
+        f"nDCG@{config.k} {spark_ndcg:.4f} vs {implicit_ndcg:.4f} = {quality:.3f} (>= {MIN_NDCG_RATIO}): {'PASS' if ok else 'FAIL'}"
+    )
     return 0 if ok else 1
 
 

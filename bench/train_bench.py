@@ -77,13 +77,16 @@ def main() -> int:
         dataset = store.snapshot()
         full = InteractionMatrix.from_events(dataset.events, weighting=config.weighting, alpha=config.alpha)
         split = random_split(dataset.events, test_ratio=config.test_ratio, seed=config.seed)
-        holdout = InteractionMatrix.from_events(split.train, user_ids=full.user_ids, item_ids=full.item_ids,
-                                                weighting=config.weighting, alpha=config.alpha)
+        holdout = InteractionMatrix.from_events(
+            split.train, user_ids=full.user_ids, item_ids=full.item_ids, weighting=config.weighting, alpha=config.alpha
+        )
         bare = 0.0
         for name, m in (("holdout", holdout), ("full", full)):
             t = time.perf_counter()
             with threadpool_limits(1, "blas"):  # as ALSEmbedder does: implicit's own advice
-                model = AlternatingLeastSquares(alpha=1.0, random_state=config.seed, dtype=np.float32, **config.model.params)
+                model = AlternatingLeastSquares(
+                    alpha=1.0, random_state=config.seed, dtype=np.float32, **config.model.params
+                )
                 model.fit(m.matrix, show_progress=False)
             seconds = time.perf_counter() - t
             bare += seconds
@@ -91,7 +94,9 @@ def main() -> int:
         rows.append(("bare fits total", bare))
 
     ratio = path_time / bare
-    table = Table(title=f"train path vs bare implicit ALS ({n_users:,} users × {n_items:,} items × {n_events:,} events)")
+    table = Table(
+        title=f"train path vs bare implicit ALS ({n_users:,} users × {n_items:,} items × {n_events:,} events)"
+    )
     table.add_column("step")
     table.add_column("seconds", justify="right")
     for name, seconds in rows:
@@ -99,7 +104,9 @@ def main() -> int:
     console.print(table)
     console.print("metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if k.endswith("_at_10")))
     ok = ratio <= TARGET
-    print(f"train path {path_time:.1f}s / bare fits {bare:.1f}s = ratio {ratio:.3f} (target <= {TARGET}): {'PASS' if ok else 'FAIL'}")
+    print(
+        f"train path {path_time:.1f}s / bare fits {bare:.1f}s = ratio {ratio:.3f} (target <= {TARGET}): {'PASS' if ok else 'FAIL'}"
+    )
     return 0 if ok else 1
 
 

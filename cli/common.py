@@ -55,7 +55,9 @@ _USER_ERROR_CLASSES = {
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    loaded = tuple(getattr(sys.modules[module], name) for module, name in _USER_ERROR_CLASSES.items() if module in sys.modules)
+    loaded = tuple(
+        getattr(sys.modules[module], name) for module, name in _USER_ERROR_CLASSES.items() if module in sys.modules
+    )
     return (UsageError, FileNotFoundError, ValueError, *loaded)
 
 
@@ -123,7 +125,12 @@ def describe_validation_error(exc: ValidationError, what: str | None = None, mod
     if err["type"] == "extra_forbidden":
         known = _known_fields(model, loc[:-1]) if model is not None else None
         message = "unknown key" + (f"; known keys here: {', '.join(known)}" if known else "")
-    elif err["type"] != "missing" and isinstance(value, (str, int, float)) and not isinstance(value, bool) and "unknown" not in err["type"]:
+    elif (
+        err["type"] != "missing"
+        and isinstance(value, (str, int, float))
+        and not isinstance(value, bool)
+        and "unknown" not in err["type"]
+    ):
         shown = repr(value)
         message += f", got {shown if len(shown) <= 60 else shown[:57] + '...'}"
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
@@ -140,8 +147,11 @@ def _known_fields(model: type, path: tuple) -> list[str] | None:
         field = model.model_fields.get(name) if isinstance(name, str) else None
         if field is None:
             return None
-        candidates = [a for a in (field.annotation, *typing.get_args(field.annotation))
-                      if isinstance(a, type) and issubclass(a, BaseModel)]
+        candidates = [
+            a
+            for a in (field.annotation, *typing.get_args(field.annotation))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
         if not candidates:
             return None
         model = candidates[0]
@@ -193,7 +203,9 @@ def open_store(settings: Settings):
 def ensure_port_free(host: str, port: int) -> None:
     """Bind ``host:port`` once and let go, so a busy port is refused before anything loads."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except socket.gaierror as exc:
         raise UsageError(f"cannot bind {host}:{port}: {exc.strerror}") from exc
     with socket.socket(family, kind, proto) as sock:
@@ -218,9 +230,13 @@ def train_lock(settings: Settings) -> Iterator[str]:
 
     with ExitStack() as stack:
         try:
-            where = stack.enter_context(pipeline_lock(train_lock_name(settings), settings.database_url, settings.data_dir / "locks"))
+            where = stack.enter_context(
+                pipeline_lock(train_lock_name(settings), settings.database_url, settings.data_dir / "locks")
+            )
         except LockHeld as exc:
-            raise LockHeld(f"another `recsys train` of model {settings.registered_model_name!r} is running ({exc})") from None
+            raise LockHeld(
+                f"another `recsys train` of model {settings.registered_model_name!r} is running ({exc})"
+            ) from None
         logger.info("holding the train lock %s", where)
         yield where
 
@@ -231,7 +247,9 @@ class OneLineErrorsGroup(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
-            return super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+            return super().main(
+                args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
+            )
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
         except typer.TyperException as exc:  # click's exceptions (typer vendors click)

@@ -23,8 +23,11 @@ from cli.common import UsageError, cli_errors, err_console
 console = Console(width=None if sys.stdout.isatty() else 180)
 
 
-app = typer.Typer(help="Offline experiments: compare models on one split, read past runs back, search parameters.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Offline experiments: compare models on one split, read past runs back, search parameters.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
 def _settings():
@@ -42,8 +45,14 @@ def _spec(path: Path):
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err_console, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
 
 
 def _with_progress(progress: Progress, what: str):
@@ -59,7 +68,9 @@ def _with_progress(progress: Progress, what: str):
 @cli_errors
 def run(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="experiment spec (YAML)")],
-    report_dir: Annotated[Path | None, typer.Option("--report-dir", help="report folder (default reports/<experiment>-<timestamp>/)")] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option("--report-dir", help="report folder (default reports/<experiment>-<timestamp>/)")
+    ] = None,
 ) -> None:
     """Train and evaluate every model configuration of SPEC on one split; one MLflow parent run
     with a child run per configuration; comparison table and report."""
@@ -71,7 +82,9 @@ def run(
     with _progress() as progress:
         task, on_model = _with_progress(progress, "models")
         progress.update(task, description="loading data and splitting")
-        result = run_experiment(spec, settings, base_dir=spec_path.parent, spec_path=spec_path, report_dir=report_dir, on_model=on_model)
+        result = run_experiment(
+            spec, settings, base_dir=spec_path.parent, spec_path=spec_path, report_dir=report_dir, on_model=on_model
+        )
     console.print(rich_table(result.comparison, spec.main_k, title=f"{spec.name} — metrics @ {spec.main_k}"))
     for r in result.results:
         if r.error:
@@ -83,8 +96,13 @@ def run(
 @app.command()
 @cli_errors
 def compare(
-    run_ids: Annotated[list[str] | None, typer.Argument(metavar="RUN_ID...", help="parent runs (their child runs are compared) or child runs")] = None,
-    experiment: Annotated[str | None, typer.Option("--experiment", help="compare the latest experiment run of this MLflow experiment")] = None,
+    run_ids: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="RUN_ID...", help="parent runs (their child runs are compared) or child runs"),
+    ] = None,
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", help="compare the latest experiment run of this MLflow experiment")
+    ] = None,
     report_dir: Annotated[Path | None, typer.Option("--report-dir", help="also write a report folder here")] = None,
     k: Annotated[int | None, typer.Option(help="cut-off shown in the table (default 10, or the middle one)")] = None,
 ) -> None:
@@ -121,17 +139,31 @@ def compare(
     if report_dir is not None:
         with tempfile.TemporaryDirectory() as tmp:
             breakdowns = breakdowns_from_runs(client, runs, Path(tmp))
-            write_report(df, report_dir, title="Comparison of " + ", ".join(r.info.run_id[:8] for r in parents), ks=ks, main_k=main_k,
-                         breakdowns=breakdowns, context={"runs": ", ".join(r.info.run_id for r in parents)})
+            write_report(
+                df,
+                report_dir,
+                title="Comparison of " + ", ".join(r.info.run_id[:8] for r in parents),
+                ks=ks,
+                main_k=main_k,
+                breakdowns=breakdowns,
+                context={"runs": ", ".join(r.info.run_id for r in parents)},
+            )
         console.print(f"report: {report_dir}/report.md")
 
 
 @app.command()
 @cli_errors
 def search(
-    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="experiment spec whose parameter lists/ranges are searched")],
-    trials: Annotated[int | None, typer.Option(min=1, help="number of trials (default: the spec's search.trials)")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="write the best configuration here (TrainConfig YAML for recsys train --config)")] = None,
+    spec_path: Annotated[
+        Path, typer.Argument(metavar="SPEC", help="experiment spec whose parameter lists/ranges are searched")
+    ],
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="number of trials (default: the spec's search.trials)")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="write the best configuration here (TrainConfig YAML for recsys train --config)"),
+    ] = None,
     report_dir: Annotated[Path | None, typer.Option("--report-dir", help="folder for trials.csv and best.yaml")] = None,
 ) -> None:
     """Random or grid search over SPEC's parameter spaces; each trial an MLflow child run."""
@@ -144,15 +176,29 @@ def search(
     with _progress() as progress:
         task, on_trial = _with_progress(progress, "trials")
         progress.update(task, description="loading data and splitting")
-        result = run_search(spec, settings, trials=trials, out=out, base_dir=spec_path.parent, report_dir=report_dir, on_trial=on_trial)
+        result = run_search(
+            spec, settings, trials=trials, out=out, base_dir=spec_path.parent, report_dir=report_dir, on_trial=on_trial
+        )
     key = result.metric
     ok = result.trials.dropna(subset=[key]).sort_values(key, ascending=False).head(10)
     table = Table(title=f"{spec.name} search — top trials by {key} ({spec.search.holdout} holdout)")
     for col in ("trial", key, "weighting", "alpha", "params", "time_train_s"):
         table.add_column(col, overflow="fold")
     for _, row in ok.iterrows():
-        table.add_row(row["trial"], f"{row[key]:.4f}", str(row["weighting"]), f"{row['alpha']:g}", row["params"], f"{row.get('time_train_s', float('nan')):.2f}")
+        table.add_row(
+            row["trial"],
+            f"{row[key]:.4f}",
+            str(row["weighting"]),
+            f"{row['alpha']:g}",
+            row["params"],
+            f"{row.get('time_train_s', float('nan')):.2f}",
+        )
     console.print(table)
-    console.print(f"best: {result.best.name} {key}={result.best_score:.4f} kind={result.best.kind} params={result.best.params} "
-                  f"weighting={result.best.weighting} alpha={result.best.alpha:g}")
-    console.print(f"search run {result.parent_run_id}" + (f"; best config written to {result.out_path}" if result.out_path else ""))
+    console.print(
+        f"best: {result.best.name} {key}={result.best_score:.4f} kind={result.best.kind} params={result.best.params} "
+        f"weighting={result.best.weighting} alpha={result.best.alpha:g}"
+    )
+    console.print(
+        f"search run {result.parent_run_id}"
+        + (f"; best config written to {result.out_path}" if result.out_path else "")
+    )

@@ -15,7 +15,9 @@ console = Console()
 def online_report(
     outcome: Annotated[list[str] | None, typer.Option(help="event types counted as successes (repeatable)")] = None,
     since: Annotated[datetime | None, typer.Option(help="only events at or after this time")] = None,
-    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="print only; don't log to the versions' MLflow runs")] = False,
+    no_mlflow: Annotated[
+        bool, typer.Option("--no-mlflow", help="print only; don't log to the versions' MLflow runs")
+    ] = False,
 ) -> None:
     """Per A/B variant: exposed users, click/purchase rate with a 95% Wilson interval; logged to MLflow."""
     from cli.common import get_settings

@@ -24,8 +24,11 @@ from rich.progress import (
 
 from cli.common import cli_errors, err_console
 
-app = typer.Typer(help="Scheduled training: snapshot → validate → train → evaluate → index → gate → register → promote → notify.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Scheduled training: snapshot → validate → train → evaluate → index → gate → register → promote → notify.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 console = Console()
 
 EXIT_STOPPED = 4
@@ -52,8 +55,15 @@ def run(
 
     cfg = load_config(config)
     _quiet_console_logs()
-    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=err_console, transient=False) as progress:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    ) as progress:
         task = progress.add_task(f"pipeline {cfg.name}", total=len(STAGES))
 
         def on_stage(stage: str, event: str) -> None:
@@ -63,8 +73,12 @@ def run(
                 progress.advance(task)
 
         result = run_pipeline(get_settings(), cfg, run_id=run_id, on_stage=on_stage)
-    console.print(f"run {result.run_id}: [bold]{result.status}[/] — {result.reason}" + (f" (version {result.version})" if result.version else ""),
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"run {result.run_id}: [bold]{result.status}[/] — {result.reason}"
+        + (f" (version {result.version})" if result.version else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
     console.print(f"state and log: {result.run_dir}", highlight=False)
     if result.status == "stopped":
         raise typer.Exit(code=EXIT_STOPPED)
@@ -75,7 +89,9 @@ def run(
 def schedule(
     config: Annotated[Path, typer.Argument(help="pipeline YAML")],
     cron: Annotated[str | None, typer.Option(help='crontab expression, e.g. "0 3 * * *"')] = None,
-    interval_seconds: Annotated[float | None, typer.Option(min=0.1, help="fire every N seconds instead of a cron expression")] = None,
+    interval_seconds: Annotated[
+        float | None, typer.Option(min=0.1, help="fire every N seconds instead of a cron expression")
+    ] = None,
     max_runs: Annotated[int | None, typer.Option(min=1, help="exit after this many firings (tests)")] = None,
     timezone: Annotated[str, typer.Option(help="time zone of the cron expression")] = "UTC",
 ) -> None:

@@ -13,7 +13,9 @@ import typer
 
 from cli.common import UsageError, cli_errors, console
 
-app = typer.Typer(help="Offline event log (Parquet): export from SQL, compact, status.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Offline event log (Parquet): export from SQL, compact, status.", no_args_is_help=True, add_completion=False
+)
 
 
 def _store():
@@ -36,20 +38,26 @@ def export(
     """Append the events committed since the last export to the offline log."""
     store = _store()
     result = store.export_offline(progress=True, batch_events=batch_events, lock_timeout_ms=lock_timeout_ms)
-    console.print(f"exported {result.events:,} events in {result.batches} batch(es) to {store.offline.uri} "
-                  f"in {result.seconds:.2f}s ({result.events_per_second:,.0f} events/s); watermark {result.watermark}")
+    console.print(
+        f"exported {result.events:,} events in {result.batches} batch(es) to {store.offline.uri} "
+        f"in {result.seconds:.2f}s ({result.events_per_second:,.0f} events/s); watermark {result.watermark}"
+    )
 
 
 @app.command()
 @cli_errors
 def compact(
-    small_rows: Annotated[int, typer.Option(min=2, help="files with fewer rows than this are merged per date")] = 1_000_000,
+    small_rows: Annotated[
+        int, typer.Option(min=2, help="files with fewer rows than this are merged per date")
+    ] = 1_000_000,
 ) -> None:
     """Merge small files per date partition (readers see every row once throughout)."""
     store = _store()
     result = store.offline.compact(small_rows=small_rows)
-    console.print(f"compacted {store.offline.uri}: {result.files_before:,} files -> {result.files_after:,} "
-                  f"({result.rows:,} rows, {len(result.removed):,} files removed) in {result.seconds:.2f}s")
+    console.print(
+        f"compacted {store.offline.uri}: {result.files_before:,} files -> {result.files_after:,} "
+        f"({result.rows:,} rows, {len(result.removed):,} files removed) in {result.seconds:.2f}s"
+    )
 
 
 @app.command()
@@ -58,5 +66,7 @@ def status() -> None:
     """Watermark, committed rows and files of the offline log."""
     store = _store()
     state = store.offline.state()
-    console.print(f"{store.offline.uri}: watermark {state.watermark}, {state.rows:,} events in {len(state.files):,} files "
-                  f"(checkpoint at {state.checkpoint}, {len(state.batch_markers)} batch(es) since)")
+    console.print(
+        f"{store.offline.uri}: watermark {state.watermark}, {state.rows:,} events in {len(state.files):,} files "
+        f"(checkpoint at {state.checkpoint}, {len(state.batch_markers)} batch(es) since)"
+    )

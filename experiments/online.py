@@ -54,7 +54,9 @@ class VariantStats:
         return out
 
 
-def variant_stats(store: FeatureStore, outcomes=OUTCOMES, since: datetime | None = None, z: float = 1.959963984540054) -> list[VariantStats]:
+def variant_stats(
+    store: FeatureStore, outcomes=OUTCOMES, since: datetime | None = None, z: float = 1.959963984540054
+) -> list[VariantStats]:
     """Per variant (sorted by name): exposed users, events, and each outcome's rate with its Wilson interval."""
     out = []
     for row in store.variant_activity(outcomes, since):
@@ -62,15 +64,24 @@ def variant_stats(store: FeatureStore, outcomes=OUTCOMES, since: datetime | None
         if not alias:
             alias, version = row.variant, None
         succ = {o: row.users_with[o] for o in outcomes}
-        out.append(VariantStats(
-            variant=row.variant, alias=alias, version=version, users=row.users, events=row.events, successes=succ,
-            rates={o: succ[o] / row.users if row.users else 0.0 for o in outcomes},
-            intervals={o: wilson_interval(succ[o], row.users, z) for o in outcomes},
-        ))
+        out.append(
+            VariantStats(
+                variant=row.variant,
+                alias=alias,
+                version=version,
+                users=row.users,
+                events=row.events,
+                successes=succ,
+                rates={o: succ[o] / row.users if row.users else 0.0 for o in outcomes},
+                intervals={o: wilson_interval(succ[o], row.users, z) for o in outcomes},
+            )
+        )
     return out
 
 
-def report(settings: Settings, *, outcomes=OUTCOMES, since: datetime | None = None, log_to_mlflow: bool = True) -> list[VariantStats]:
+def report(
+    settings: Settings, *, outcomes=OUTCOMES, since: datetime | None = None, log_to_mlflow: bool = True
+) -> list[VariantStats]:
     """Compute the per-variant stats and log each onto its version's MLflow run."""
     store = FeatureStore(settings.database_url)
     try:
@@ -82,8 +93,9 @@ def report(settings: Settings, *, outcomes=OUTCOMES, since: datetime | None = No
         for s in stats:
             if s.version is None or not s.version.isdigit():
                 continue
-            run_id = tracking.log_online_metrics(settings, s.version, s.metrics(),
-                                                 tags={"online_variant": s.alias, "online_report": str(summary)})
+            run_id = tracking.log_online_metrics(
+                settings, s.version, s.metrics(), tags={"online_variant": s.alias, "online_report": str(summary)}
+            )
             logger.info("logged online metrics of %s to run %s", s.variant, run_id)
     return stats
 

@@ -8,8 +8,9 @@ import json
 import logging
 import math
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,8 +45,16 @@ def ks_of(columns: Iterable[str]) -> list[int]:
 
 def _ordered(df: pd.DataFrame) -> pd.DataFrame:
     metrics = metric_columns(df.columns)
-    rest = [c for c in df.columns if c not in metrics and c not in INFO_COLUMNS and c not in TIME_COLUMNS and c != "error"]
-    cols = [c for c in INFO_COLUMNS if c in df] + metrics + [c for c in TIME_COLUMNS if c in df] + rest + (["error"] if "error" in df else [])
+    rest = [
+        c for c in df.columns if c not in metrics and c not in INFO_COLUMNS and c not in TIME_COLUMNS and c != "error"
+    ]
+    cols = (
+        [c for c in INFO_COLUMNS if c in df]
+        + metrics
+        + [c for c in TIME_COLUMNS if c in df]
+        + rest
+        + (["error"] if "error" in df else [])
+    )
     return df[cols]
 
 
@@ -53,8 +62,14 @@ def comparison_frame(results) -> pd.DataFrame:
     """One row per model configuration (index ``model``) from ``runner.ModelResult``s."""
     rows = []
     for r in results:
-        row: dict[str, Any] = {"model": r.config.name, "kind": r.config.kind, "run_id": r.run_id,
-                               "params": json.dumps({**r.config.params, "weighting": r.config.weighting, "alpha": r.config.alpha}, default=str)}
+        row: dict[str, Any] = {
+            "model": r.config.name,
+            "kind": r.config.kind,
+            "run_id": r.run_id,
+            "params": json.dumps(
+                {**r.config.params, "weighting": r.config.weighting, "alpha": r.config.alpha}, default=str
+            ),
+        }
         row.update(r.metrics)
         if r.error:
             row["error"] = r.error
@@ -69,8 +84,12 @@ def comparison_from_runs(runs) -> pd.DataFrame:
         p, m, tags = run.data.params, run.data.metrics, run.data.tags
         params = {k.removeprefix("param."): v for k, v in p.items() if k.startswith("param.")}
         params.update({k: p[k] for k in ("weighting", "alpha") if k in p})
-        row: dict[str, Any] = {"model": tags.get("recsys.experiment.config", tags.get("mlflow.runName", run.info.run_id)),
-                               "kind": p.get("kind", ""), "run_id": run.info.run_id, "params": json.dumps(params)}
+        row: dict[str, Any] = {
+            "model": tags.get("recsys.experiment.config", tags.get("mlflow.runName", run.info.run_id)),
+            "kind": p.get("kind", ""),
+            "run_id": run.info.run_id,
+            "params": json.dumps(params),
+        }
         row.update({k: v for k, v in m.items() if not k.endswith("_by_k")})
         if run.info.status == "FAILED":
             row["error"] = tags.get("recsys.experiment.error", "failed")
@@ -132,8 +151,16 @@ def rich_table(df: pd.DataFrame, k: int, title: str = ""):
     table = Table(title=title or f"metrics @ {k}", show_lines=False)
     table.add_column("model", overflow="fold")
     for c in cols:
-        table.add_column(c.replace(f"_at_{k}", f"@{k}").replace("avg_rec_popularity", "ARP").replace("coverage", "cov").replace("diversity", "ILD").replace("index_recall_at_10", "annoy R@10")
-                         .replace("time_train_s", "train s").replace("time_eval_s", "eval s"), justify="right")
+        table.add_column(
+            c.replace(f"_at_{k}", f"@{k}")
+            .replace("avg_rec_popularity", "ARP")
+            .replace("coverage", "cov")
+            .replace("diversity", "ILD")
+            .replace("index_recall_at_10", "annoy R@10")
+            .replace("time_train_s", "train s")
+            .replace("time_eval_s", "eval s"),
+            justify="right",
+        )
     for name, row in df.iterrows():
         cells = []
         for c in cols:
@@ -148,6 +175,7 @@ def rich_table(df: pd.DataFrame, k: int, title: str = ""):
 # ----------------------------------------------------------------------------------------------
 # plots
 # ----------------------------------------------------------------------------------------------
+
 
 def _plt():
     import matplotlib
@@ -176,8 +204,16 @@ def plot_metric_bars(df: pd.DataFrame, k: int, path: Path) -> None:
         ax.invert_yaxis()
         ax.set_title(f"{m}@{k} (best: {best})", fontsize=8)
         pos = list(values.index).index(best)
-        ax.annotate("★ best", (values[best], pos), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7, color="tab:orange")
-    for ax in list(axes.flat)[len(names):]:
+        ax.annotate(
+            "★ best",
+            (values[best], pos),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=7,
+            color="tab:orange",
+        )
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -273,8 +309,27 @@ def write_report(
     lines += [f"## Metrics @ {main_k}", "", "Best per column in **bold** (lowest for avg_rec_popularity and gini).", ""]
     lines += [_markdown_table(ok[main_columns(ok, main_k) + [c for c in TIME_COLUMNS if c in ok]], best), ""]
     lines += ["![metric bars](metric_bars.png)", "", "## Metrics at every k", ""]
-    lines += [_markdown_table(ok[[c for c in metric_columns(ok.columns) if _METRIC_RE.match(c)["name"] in ("precision", "recall", "ndcg", "map")]], best), ""]
-    lines += ["![metric@k](metric_at_k.png)", "", "## Popularity bias vs coverage", "", "![popularity vs coverage](popularity_vs_coverage.png)", ""]
+    lines += [
+        _markdown_table(
+            ok[
+                [
+                    c
+                    for c in metric_columns(ok.columns)
+                    if _METRIC_RE.match(c)["name"] in ("precision", "recall", "ndcg", "map")
+                ]
+            ],
+            best,
+        ),
+        "",
+    ]
+    lines += [
+        "![metric@k](metric_at_k.png)",
+        "",
+        "## Popularity bias vs coverage",
+        "",
+        "![popularity vs coverage](popularity_vs_coverage.png)",
+        "",
+    ]
     lines += ["## Training time", "", "![training time](training_time.png)", ""]
     if "error" in df and df["error"].notna().any():
         lines += ["## Failed configurations", ""] + [f"- {n}: {e}" for n, e in df["error"].dropna().items()] + [""]
@@ -284,10 +339,15 @@ def write_report(
             fname = f"breakdown_{_safe(name)}.csv"
             table.to_csv(out_dir / fname, index=False)
             lines += [f"### {name}", "", f"[{fname}]({fname})", ""]
-            t = table.set_index(table["dimension"].astype(str) + "=" + table["group"].astype(str)).drop(columns=["dimension", "group", "k"])
+            t = table.set_index(table["dimension"].astype(str) + "=" + table["group"].astype(str)).drop(
+                columns=["dimension", "group", "k"]
+            )
             t.index.name = "group"
             lines += [_markdown_table(t), ""]
-    lines += ["## Parameters", ""] + [f"- **{n}** ({row.get('kind', '')}): `{row.get('params', '')}` run `{row.get('run_id', '')}`" for n, row in df.iterrows()]
+    lines += ["## Parameters", ""] + [
+        f"- **{n}** ({row.get('kind', '')}): `{row.get('params', '')}` run `{row.get('run_id', '')}`"
+        for n, row in df.iterrows()
+    ]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     logger.info("report written to %s", out_dir)
     return out_dir
@@ -299,7 +359,9 @@ def breakdowns_from_runs(client, runs, tmp: Path) -> dict[str, pd.DataFrame]:
 
     out = {}
     for run in runs:
-        local = tracking.download_run_artifact(client, run.info.run_id, "breakdown/breakdown.csv", tmp / run.info.run_id)
+        local = tracking.download_run_artifact(
+            client, run.info.run_id, "breakdown/breakdown.csv", tmp / run.info.run_id
+        )
         if local is not None and local.exists():
             name = run.data.tags.get("recsys.experiment.config", run.info.run_name)
             out[name] = pd.read_csv(local)

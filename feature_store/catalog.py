@@ -40,8 +40,14 @@ def records_frame(records: Sequence[dict[str, Any]], key: str, what: str) -> pd.
     for i, r in enumerate(records):
         if not isinstance(r, dict) or r.get(key) in (None, ""):
             raise DatasetError(f"{what} record {i} has no {key!r}: {r!r}")
-    check_records(records, what, ids=(key,), texts=("title", "description"), label_lists=("categories",),
-                  json_values=("attributes",))
+    check_records(
+        records,
+        what,
+        ids=(key,),
+        texts=("title", "description"),
+        label_lists=("categories",),
+        json_values=("attributes",),
+    )
     frame = pd.DataFrame.from_records(list(records))
     no_events = pd.DataFrame({c: pd.Series(dtype="str") for c in ("user_id", "item_id")})
     return normalize_items(frame, no_events) if what == "item" else normalize_users(frame, no_events)
@@ -77,8 +83,7 @@ def upsert_items(conn: Connection, backend: Backend, items: pd.DataFrame, *, pla
     if placeholders_overwrite:
         return backend.upsert(conn, items_table, "item_id", rows, overwrite=True)
     blank = [
-        not (r["title"] or r["description"] or r["categories"] or r["attributes"]) and r["available"]
-        for r in rows
+        not (r["title"] or r["description"] or r["categories"] or r["attributes"]) and r["available"] for r in rows
     ]
     full = [r for r, b in zip(rows, blank) if not b]
     empty = [r for r, b in zip(rows, blank) if b]

@@ -64,7 +64,9 @@ def safe_max_seq(engine: Engine, *, lock_timeout_ms: int = 5_000) -> int:
                 conn.execute(text("LOCK TABLE events IN SHARE MODE"))
             except OperationalError as exc:
                 if getattr(exc.orig, "pgcode", None) == "55P03":  # lock_not_available
-                    raise BoundUnavailable(f"events table busy for {lock_timeout_ms} ms (a long write in flight)") from exc
+                    raise BoundUnavailable(
+                        f"events table busy for {lock_timeout_ms} ms (a long write in flight)"
+                    ) from exc
                 raise
         return int(conn.execute(text("SELECT coalesce(max(id), 0) FROM events")).scalar_one())
 
@@ -121,10 +123,16 @@ class EventReader:
             table = csv.read_csv(
                 buf,
                 read_options=csv.ReadOptions(column_names=names),
-                convert_options=csv.ConvertOptions(column_types={f.name: f.type for f in _ROW_TYPE},
-                                                   strings_can_be_null=False, quoted_strings_can_be_null=False),
+                convert_options=csv.ConvertOptions(
+                    column_types={f.name: f.type for f in _ROW_TYPE},
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                ),
             )
-            return {n: table.column(n).combine_chunks() if table.num_rows else pa.array([], _ROW_TYPE.field(n).type) for n in names}
+            return {
+                n: table.column(n).combine_chunks() if table.num_rows else pa.array([], _ROW_TYPE.field(n).type)
+                for n in names
+            }
         cur = conn.connection.driver_connection.cursor()
         chunks = []
         try:
@@ -139,7 +147,11 @@ class EventReader:
     def _strings(self, conn: Connection, table: str, column: str, pks: pa.Array) -> pa.Array:
         pk = pks.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
         positions, strings = self._ids.get(table, (np.full(1, -1, np.int64), pa.array([], pa.string())))
-        missing = np.unique(pk[(pk >= len(positions)) | (positions[np.minimum(pk, len(positions) - 1)] < 0)]) if len(pk) else pk
+        missing = (
+            np.unique(pk[(pk >= len(positions)) | (positions[np.minimum(pk, len(positions) - 1)] < 0)])
+            if len(pk)
+            else pk
+        )
         if len(missing):
             if len(missing) <= _IN_LOOKUP_LIMIT:
                 found = conn.execute(
@@ -208,6 +220,12 @@ def export_events(
             lo = hi
     result = ExportResult(events=exported, batches=batches, seconds=time.perf_counter() - start, watermark=lo)
     if exported:
-        logger.info("exported %d events to %s in %.2fs (%.0f events/s), watermark %d",
-                    exported, offline.uri, result.seconds, result.events_per_second, lo)
+        logger.info(
+            "exported %d events to %s in %.2fs (%.0f events/s), watermark %d",
+            exported,
+            offline.uri,
+            result.seconds,
+            result.events_per_second,
+            lo,
+        )
     return result

@@ -46,8 +46,13 @@ def events_from_records(records: Sequence[dict[str, Any]]) -> EventBatch:
     Keys: user_id, item_id (required), event_type, value, timestamp (datetime, ISO string or
     epoch seconds; default now), event_id (default: derived from the other fields), variant.
     """
-    check_records(records, "event", ids=("user_id", "item_id", "event_id"), labels=("event_type", "variant"),
-                  numbers=("value", "timestamp"))
+    check_records(
+        records,
+        "event",
+        ids=("user_id", "item_id", "event_id"),
+        labels=("event_type", "variant"),
+        numbers=("value", "timestamp"),
+    )
     frame = pd.DataFrame.from_records(list(records))
     now = pd.Timestamp.now(tz="UTC")
     if "timestamp" not in frame:

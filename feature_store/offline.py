@@ -250,7 +250,9 @@ class OfflineStore:
     def begin_batch(self, lo: int, hi: int) -> None:
         self._write_json(posixpath.join(_LOG, f"intent-{lo:020d}.json"), {"lo": lo, "hi": hi})
 
-    def write_batch(self, lo: int, hi: int, table: pa.Table, *, after_file: Callable[[str], None] | None = None) -> list[LogFile]:
+    def write_batch(
+        self, lo: int, hi: int, table: pa.Table, *, after_file: Callable[[str], None] | None = None
+    ) -> list[LogFile]:
         """Write batch (lo, hi] as one file per event date, then its commit marker.
 
         ``table`` holds exactly the events with ``lo < seq <= hi`` (any order), in
@@ -272,8 +274,13 @@ class OfflineStore:
             return written
         self._write_json(
             marker,
-            {"lo": lo, "hi": hi, "rows": table.num_rows, "files": [f.as_dict() for f in written],
-             "committed_at": datetime.now(UTC).isoformat()},
+            {
+                "lo": lo,
+                "hi": hi,
+                "rows": table.num_rows,
+                "files": [f.as_dict() for f in written],
+                "committed_at": datetime.now(UTC).isoformat(),
+            },
         )
         self._delete(posixpath.join(_LOG, f"intent-{lo:020d}.json"))
         return written
@@ -305,8 +312,14 @@ class OfflineStore:
         chosen = sorted((f for f in files if cutoff_ms is None or f.min_ts <= cutoff_ms), key=_file_order)
         straddle = cutoff_ms is not None and any(f.max_ts > cutoff_ms for f in chosen)
         fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(_DICTIONARY_COLUMNS)))
-        schema = pa.schema([pa.field(n, pa.dictionary(pa.int32(), pa.string())) if n in _DICTIONARY_COLUMNS else EVENT_SCHEMA.field(n)
-                            for n in EVENT_SCHEMA.names])
+        schema = pa.schema(
+            [
+                pa.field(n, pa.dictionary(pa.int32(), pa.string()))
+                if n in _DICTIONARY_COLUMNS
+                else EVENT_SCHEMA.field(n)
+                for n in EVENT_SCHEMA.names
+            ]
+        )
         if not chosen:
             return schema.empty_table().select(columns)
         dataset = ds.dataset([self._path(f.path) for f in chosen], schema=schema, format=fmt, filesystem=self.fs)
@@ -318,8 +331,9 @@ class OfflineStore:
         table = table.unify_dictionaries() if any(c in _DICTIONARY_COLUMNS for c in need) else table
         return table.select(columns)
 
-    def read_events(self, cutoff_ms: int | None = None, *, users: pd.Series | None = None,
-                    items: pd.Series | None = None) -> pd.DataFrame:
+    def read_events(
+        self, cutoff_ms: int | None = None, *, users: pd.Series | None = None, items: pd.Series | None = None
+    ) -> pd.DataFrame:
         """Events in the Dataset column contract: ``user_id``/``item_id`` as pandas Categorical
         (string categories), ``event_type``/``event_id`` as str, ``timestamp`` datetime64[ns, UTC].
 
@@ -352,7 +366,9 @@ class OfflineStore:
 
     # ------------------------------------------------------------------ compaction
 
-    def compact(self, *, small_rows: int = 1_000_000, before_cleanup: Callable[[], None] | None = None) -> CompactResult:
+    def compact(
+        self, *, small_rows: int = 1_000_000, before_cleanup: Callable[[], None] | None = None
+    ) -> CompactResult:
         """Merge the small files of each date partition into one; commit with a checkpoint.
 
         Order of work: merged files are written whole first (invisible: no marker names them),
@@ -386,16 +402,31 @@ class OfflineStore:
         if changed or state.batch_markers:
             self._write_json(
                 posixpath.join(_LOG, f"checkpoint-{state.watermark:020d}.json"),
-                {"hi": state.watermark, "files": [f.as_dict() for f in live], "rows": sum(f.rows for f in live),
-                 "committed_at": datetime.now(UTC).isoformat()},
+                {
+                    "hi": state.watermark,
+                    "files": [f.as_dict() for f in live],
+                    "rows": sum(f.rows for f in live),
+                    "committed_at": datetime.now(UTC).isoformat(),
+                },
             )
         if before_cleanup is not None:
             before_cleanup()
         removed = self._collect_garbage(state.watermark, {f.path for f in live})
-        result = CompactResult(files_before=len(state.files), files_after=len(live), rows=sum(f.rows for f in live),
-                               seconds=time.perf_counter() - start, removed=removed)
-        logger.info("compacted %s: %d files -> %d (%d rows) in %.2fs", self.uri, result.files_before, result.files_after,
-                    result.rows, result.seconds)
+        result = CompactResult(
+            files_before=len(state.files),
+            files_after=len(live),
+            rows=sum(f.rows for f in live),
+            seconds=time.perf_counter() - start,
+            removed=removed,
+        )
+        logger.info(
+            "compacted %s: %d files -> %d (%d rows) in %.2fs",
+            self.uri,
+            result.files_before,
+            result.files_after,
+            result.rows,
+            result.seconds,
+        )
         return result
 
     def _collect_garbage(self, checkpoint_hi: int, live_paths: set[str]) -> list[str]:
@@ -502,9 +533,6 @@ def cutoff_millis(as_of: datetime | pd.Timestamp | None) -> tuple[pd.Timestamp, 
     return ts, int(ts.value // 1_000_000)
 
 
-
-
-
 def default_offline_uri(database_url: str) -> str | None:
     """Where a FeatureStore on ``database_url`` keeps its offline log when not told.
 
@@ -518,7 +546,9 @@ def default_offline_uri(database_url: str) -> str | None:
 
     settings = get_settings()
     url = make_url(database_url)
-    if url.render_as_string(hide_password=False) == make_url(settings.database_url).render_as_string(hide_password=False):
+    if url.render_as_string(hide_password=False) == make_url(settings.database_url).render_as_string(
+        hide_password=False
+    ):
         return settings.offline_store_uri
     db = url.database
     if url.get_backend_name() == "sqlite" and db and db != ":memory:" and not db.startswith("file:"):
@@ -526,4 +556,16 @@ def default_offline_uri(database_url: str) -> str | None:
 
         return str(Path(db).expanduser().resolve().parent / "offline")
     return None
-__all__ = ["EVENT_SCHEMA", "CompactResult", "ExportResult", "LogFile", "LogState", "OfflineStore", "OfflineStoreError", "cutoff_millis", "default_offline_uri"]
+
+
+__all__ = [
+    "EVENT_SCHEMA",
+    "CompactResult",
+    "ExportResult",
+    "LogFile",
+    "LogState",
+    "OfflineStore",
+    "OfflineStoreError",
+    "cutoff_millis",
+    "default_offline_uri",
+]

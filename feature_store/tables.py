@@ -8,7 +8,7 @@ milliseconds UTC as BIGINT: integer comparisons and reads are much cheaper than 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, Float, ForeignKey, String, Text, false, func, true
 from sqlalchemy.dialects.postgresql import JSONB
@@ -25,31 +25,31 @@ def _created() -> Column:
 class Item(SQLModel, table=True):
     __tablename__ = "items"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     item_id: str = Field(sa_column=Column(String(255), unique=True, nullable=False))
     title: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
     description: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
     categories: list[str] = Field(default_factory=list, sa_column=Column(JSONType, nullable=False))
     attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
     available: bool = Field(default=True, sa_column=Column(Boolean, nullable=False, server_default=true()))
-    created_at: Optional[datetime] = Field(default=None, sa_column=_created())
-    updated_at: Optional[datetime] = Field(default=None, sa_column=_created())
+    created_at: datetime | None = Field(default=None, sa_column=_created())
+    updated_at: datetime | None = Field(default=None, sa_column=_created())
 
 
 class User(SQLModel, table=True):
     __tablename__ = "users"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     user_id: str = Field(sa_column=Column(String(255), unique=True, nullable=False))
     attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
-    created_at: Optional[datetime] = Field(default=None, sa_column=_created())
-    updated_at: Optional[datetime] = Field(default=None, sa_column=_created())
+    created_at: datetime | None = Field(default=None, sa_column=_created())
+    updated_at: datetime | None = Field(default=None, sa_column=_created())
 
 
 class Event(SQLModel, table=True):
     __tablename__ = "events"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     # Idempotency key: re-sending or re-ingesting the same event is a no-op.
     event_id: str = Field(sa_column=Column(String(255), unique=True, nullable=False))
     user_pk: int = Field(sa_column=Column(ForeignKey("users.id"), nullable=False, index=True))
@@ -58,8 +58,8 @@ class Event(SQLModel, table=True):
     value: float = Field(default=1.0, sa_column=Column(Float, nullable=False))
     ts: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
     # A/B variant or model version the event is attributed to (filled by the serving side).
-    variant: Optional[str] = Field(default=None, sa_column=Column(String(255), nullable=True))
-    created_at: Optional[datetime] = Field(default=None, sa_column=_created())
+    variant: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
+    created_at: datetime | None = Field(default=None, sa_column=_created())
 
 
 class ApiKey(SQLModel, table=True):
@@ -67,11 +67,11 @@ class ApiKey(SQLModel, table=True):
 
     __tablename__ = "api_keys"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     name: str = Field(sa_column=Column(String(255), nullable=False))
     key_sha256: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
     revoked: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
-    created_at: Optional[datetime] = Field(default=None, sa_column=_created())
+    created_at: datetime | None = Field(default=None, sa_column=_created())
 
 
 items_table = Item.__table__

@@ -53,8 +53,9 @@ from recsys.matrix import InteractionMatrix
 logger = logging.getLogger(__name__)
 
 
-def choose_cutoff(events: pd.DataFrame, test_ratio: float, trained_until: pd.Timestamp | None,
-                  min_fresh_ratio: float = 0.01) -> tuple[pd.Timestamp, str]:
+def choose_cutoff(
+    events: pd.DataFrame, test_ratio: float, trained_until: pd.Timestamp | None, min_fresh_ratio: float = 0.01
+) -> tuple[pd.Timestamp, str]:
     """``(cutoff, mode)``: mode ``fresh`` (cutoff just after production's data) or ``refit``."""
     if len(events) < 2:
         raise ValueError("need at least two events for a holdout split")
@@ -86,11 +87,15 @@ class Holdout:
     cutoff: pd.Timestamp
 
     @classmethod
-    def build(cls, events: pd.DataFrame, cutoff: pd.Timestamp) -> "Holdout":
+    def build(cls, events: pd.DataFrame, cutoff: pd.Timestamp) -> Holdout:
         split = time_holdout(events, cutoff)
         train = InteractionMatrix.from_events(split.train, weighting="none")
-        test = InteractionMatrix.from_events(split.test, user_ids=train.user_ids, item_ids=train.item_ids, weighting="none")
-        return cls(split, train.user_ids, train.item_ids, train.matrix, test.matrix, pd.Timestamp(split.report["cutoff"]))
+        test = InteractionMatrix.from_events(
+            split.test, user_ids=train.user_ids, item_ids=train.item_ids, weighting="none"
+        )
+        return cls(
+            split, train.user_ids, train.item_ids, train.matrix, test.matrix, pd.Timestamp(split.report["cutoff"])
+        )
 
     def eval_users(self, limit: int, seed: int, known: np.ndarray | None = None) -> np.ndarray:
         users = np.flatnonzero(np.diff(self.test.indptr) > 0)
@@ -130,7 +135,9 @@ def score(
         sub = holdout.train[users].tocoo()
         cols = inverse[sub.col]
         keep = cols >= 0
-        exclude = sp.csr_matrix((np.ones(keep.sum(), np.float32), (sub.row[keep], cols[keep])), shape=(len(users), len(item_vectors)))
+        exclude = sp.csr_matrix(
+            (np.ones(keep.sum(), np.float32), (sub.row[keep], cols[keep])), shape=(len(users), len(item_vectors))
+        )
     rec, _ = top_k_scores(np.asarray(user_vectors)[user_rows], item_vectors, k, exclude=exclude, metric=metric)
     if item_map is not None:
         rec = np.where(rec >= 0, item_map[np.maximum(rec, 0)], -1)
@@ -156,11 +163,22 @@ def production_user_mask(holdout: Holdout, bundle, mode: str) -> np.ndarray | No
 
 def score_production(holdout: Holdout, bundle, users: np.ndarray, k: int) -> dict[str, float]:
     """Score a production ``ModelBundle``'s own vectors on a fresh holdout (see module doc)."""
-    item_map = pd.Index(holdout.item_ids.astype(str)).get_indexer(pd.Index(bundle.item_ids.astype(str))).astype(np.int64)
+    item_map = (
+        pd.Index(holdout.item_ids.astype(str)).get_indexer(pd.Index(bundle.item_ids.astype(str))).astype(np.int64)
+    )
     user_rows = pd.Index(bundle.user_ids.astype(str)).get_indexer(pd.Index(holdout.user_ids.astype(str))[users])
     if (user_rows < 0).any():
         raise ValueError("production cannot score some evaluation users (pick users with production_user_mask)")
-    return score(holdout, users, bundle.user_vectors, bundle.item_vectors, bundle.metric, k, user_rows=user_rows, item_map=item_map)
+    return score(
+        holdout,
+        users,
+        bundle.user_vectors,
+        bundle.item_vectors,
+        bundle.metric,
+        k,
+        user_rows=user_rows,
+        item_map=item_map,
+    )
 
 
 def score_popularity(holdout: Holdout, users: np.ndarray, k: int) -> dict[str, float]:
@@ -179,8 +197,18 @@ class HoldoutStats:
 
 
 #: rule names a GateDecision reports in ``refused_by``
-RULES = ("sanity_finite", "metric_missing", "metric_regression", "index_recall", "coverage", "coverage_collapse",
-         "holdout_too_small", "holdout_uninformative", "below_popularity", "capability_loss")
+RULES = (
+    "sanity_finite",
+    "metric_missing",
+    "metric_regression",
+    "index_recall",
+    "coverage",
+    "coverage_collapse",
+    "holdout_too_small",
+    "holdout_uninformative",
+    "below_popularity",
+    "capability_loss",
+)
 
 
 @dataclass
@@ -196,10 +224,18 @@ class GateDecision:
         return "; ".join(self.reasons) if self.reasons else "passed"
 
 
-def decide(cfg: GateConfig, candidate: dict[str, float], production: dict[str, float] | None,
-           index_recall: dict[str, float], vectors_finite: bool, *, popularity: dict[str, float] | None = None,
-           holdout: HoldoutStats | None = None, production_capabilities: Iterable[str] | None = None,
-           candidate_capabilities: Iterable[str] | None = None) -> GateDecision:
+def decide(
+    cfg: GateConfig,
+    candidate: dict[str, float],
+    production: dict[str, float] | None,
+    index_recall: dict[str, float],
+    vectors_finite: bool,
+    *,
+    popularity: dict[str, float] | None = None,
+    holdout: HoldoutStats | None = None,
+    production_capabilities: Iterable[str] | None = None,
+    candidate_capabilities: Iterable[str] | None = None,
+) -> GateDecision:
     """Candidate vs production on the same holdout, whether the holdout can tell them apart,
     the popularity baseline, lost capabilities, index recall and sanity bounds."""
     reasons: list[str] = []
@@ -214,11 +250,20 @@ def decide(cfg: GateConfig, candidate: dict[str, float], production: dict[str, f
     if not vectors_finite:
         refuse("sanity_finite", "the candidate's embeddings contain NaN or infinite values")
     if holdout is not None:
-        checks["holdout_eval_users"], checks["holdout_test_interactions"] = holdout.eval_users, holdout.test_interactions
+        checks["holdout_eval_users"], checks["holdout_test_interactions"] = (
+            holdout.eval_users,
+            holdout.test_interactions,
+        )
         if holdout.eval_users < cfg.min_eval_users:
-            refuse("holdout_too_small", f"{holdout.eval_users} evaluation users < {cfg.min_eval_users}: the holdout cannot tell models apart")
+            refuse(
+                "holdout_too_small",
+                f"{holdout.eval_users} evaluation users < {cfg.min_eval_users}: the holdout cannot tell models apart",
+            )
         if holdout.test_interactions < cfg.min_holdout_interactions:
-            refuse("holdout_too_small", f"{holdout.test_interactions} distinct scorable (user, item) holdout interactions < {cfg.min_holdout_interactions}: the holdout cannot tell models apart")
+            refuse(
+                "holdout_too_small",
+                f"{holdout.test_interactions} distinct scorable (user, item) holdout interactions < {cfg.min_holdout_interactions}: the holdout cannot tell models apart",
+            )
     for name in [cfg.metric, *cfg.also]:
         value = candidate.get(name)
         if value is None or not math.isfinite(value):
@@ -230,26 +275,37 @@ def decide(cfg: GateConfig, candidate: dict[str, float], production: dict[str, f
                 floor = ref * (1 - cfg.relative_tolerance)
                 checks[f"{name}_floor"] = floor
                 if value < floor:
-                    refuse("metric_regression", f"{name} {value:.4f} < production {ref:.4f} (tolerance {cfg.relative_tolerance:.0%})")
+                    refuse(
+                        "metric_regression",
+                        f"{name} {value:.4f} < production {ref:.4f} (tolerance {cfg.relative_tolerance:.0%})",
+                    )
     value = candidate.get(cfg.metric)
     if value is not None and math.isfinite(value) and value <= 0:
         ref = production.get(cfg.metric) if production is not None else None
-        refuse("holdout_uninformative", f"{cfg.metric} is {value:.4f} for the candidate"
-               + (f" and {ref:.4f} for production" if ref is not None else "")
-               + ": the holdout ranks nothing right, it cannot tell models apart")
+        refuse(
+            "holdout_uninformative",
+            f"{cfg.metric} is {value:.4f} for the candidate"
+            + (f" and {ref:.4f} for production" if ref is not None else "")
+            + ": the holdout ranks nothing right, it cannot tell models apart",
+        )
     if cfg.popularity_baseline and popularity is not None and value is not None and math.isfinite(value):
         base = popularity.get(cfg.metric)
         if base is not None and math.isfinite(base):
             floor = base * (1 - cfg.relative_tolerance)
             checks[f"popularity_{cfg.metric}"] = base
             if value < floor:
-                refuse("below_popularity", f"{cfg.metric} {value:.4f} < popularity baseline {base:.4f} on the same holdout")
+                refuse(
+                    "below_popularity", f"{cfg.metric} {value:.4f} < popularity baseline {base:.4f} on the same holdout"
+                )
     if production_capabilities is not None and candidate_capabilities is not None:
         lost = sorted(set(production_capabilities) - set(candidate_capabilities))
         checks["capabilities_lost"] = lost
         if lost and not cfg.allow_capability_loss:
-            refuse("capability_loss", f"the candidate lacks {', '.join(lost)} that production serves "
-                   "(set gate.allow_capability_loss: true to accept)")
+            refuse(
+                "capability_loss",
+                f"the candidate lacks {', '.join(lost)} that production serves "
+                "(set gate.allow_capability_loss: true to accept)",
+            )
         elif lost:
             logger.warning("gate: capability loss allowed by config: %s", ", ".join(lost))
     for role, recall in index_recall.items():
@@ -262,5 +318,8 @@ def decide(cfg: GateConfig, candidate: dict[str, float], production: dict[str, f
     if production is not None and production.get("coverage", 0) > 0:
         floor = production["coverage"] * (1 - cfg.max_coverage_drop)
         if cov < floor:
-            refuse("coverage_collapse", f"sanity: coverage collapsed to {cov:.4f} (production {production['coverage']:.4f}, floor {floor:.4f})")
+            refuse(
+                "coverage_collapse",
+                f"sanity: coverage collapsed to {cov:.4f} (production {production['coverage']:.4f}, floor {floor:.4f})",
+            )
     return GateDecision(passed=not reasons, reasons=reasons, checks=checks, refused_by=refused_by)

@@ -17,8 +17,13 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-EXIT_MEANING = {0: "completed", 1: "crashed (rerun with its --run-id to resume)", 2: "config or usage error",
-                3: "skipped: another run of this pipeline holds the lock", 4: "stopped by data validation"}
+EXIT_MEANING = {
+    0: "completed",
+    1: "crashed (rerun with its --run-id to resume)",
+    2: "config or usage error",
+    3: "skipped: another run of this pipeline holds the lock",
+    4: "stopped by data validation",
+}
 
 
 def export_offline() -> int:
@@ -28,8 +33,12 @@ def export_offline() -> int:
     cmd = [sys.executable, "-m", "cli.main", "store", "export"]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     lines = proc.stdout.strip().splitlines() or proc.stderr.strip().splitlines() or [""]
-    logger.log(logging.INFO if proc.returncode == 0 else logging.WARNING, "schedule: store export exited %d: %s",
-               proc.returncode, lines[-1])
+    logger.log(
+        logging.INFO if proc.returncode == 0 else logging.WARNING,
+        "schedule: store export exited %d: %s",
+        proc.returncode,
+        lines[-1],
+    )
     return proc.returncode
 
 
@@ -42,19 +51,34 @@ def fire(config: Path) -> int:
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     tail = (proc.stdout.strip().splitlines() or [""])[-2:] + (proc.stderr.strip().splitlines() or [""])[-1:]
     level = logging.INFO if proc.returncode == 0 else logging.WARNING
-    logger.log(level, "schedule: run exited %d (%s): %s", proc.returncode, EXIT_MEANING.get(proc.returncode, "failed"),
-               " | ".join(t for t in tail if t))
+    logger.log(
+        level,
+        "schedule: run exited %d (%s): %s",
+        proc.returncode,
+        EXIT_MEANING.get(proc.returncode, "failed"),
+        " | ".join(t for t in tail if t),
+    )
     return proc.returncode
 
 
-def run_schedule(config: Path, *, cron: str | None = None, interval_seconds: float | None = None,
-                 max_runs: int | None = None, timezone: str = "UTC") -> list[int]:
+def run_schedule(
+    config: Path,
+    *,
+    cron: str | None = None,
+    interval_seconds: float | None = None,
+    max_runs: int | None = None,
+    timezone: str = "UTC",
+) -> list[int]:
     """Block and fire on the schedule; returns the exit codes when ``max_runs`` is reached."""
     from apscheduler.schedulers.blocking import BlockingScheduler
     from apscheduler.triggers.cron import CronTrigger
     from apscheduler.triggers.interval import IntervalTrigger
 
-    trigger = CronTrigger.from_crontab(cron, timezone=timezone) if cron else IntervalTrigger(seconds=interval_seconds, timezone=timezone)
+    trigger = (
+        CronTrigger.from_crontab(cron, timezone=timezone)
+        if cron
+        else IntervalTrigger(seconds=interval_seconds, timezone=timezone)
+    )
     scheduler = BlockingScheduler(timezone=timezone)
     codes: list[int] = []
 

@@ -18,6 +18,8 @@ import mlflow
 
 # Downloads of a few bundle files need no progress bar in server and CLI logs.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+from datetime import UTC
+
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -113,18 +115,26 @@ def fetch_bundle_checked(settings: Settings, version: ModelVersion, *, refresh: 
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version.version}.", dir=root))
     try:
-        manifest = mlflow.artifacts.download_artifacts(artifact_uri=f"{version.source.rstrip('/')}/manifest.json",
-                                                       dst_path=str(tmp / "manifest"), tracking_uri=settings.mlflow_tracking_uri)
+        manifest = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{version.source.rstrip('/')}/manifest.json",
+            dst_path=str(tmp / "manifest"),
+            tracking_uri=settings.mlflow_tracking_uri,
+        )
         digest = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()
         tagged = (version.tags or {}).get("manifest_sha256")
         if tagged and tagged != digest:
-            raise ValueError(f"version {version.version}: the artifact store's manifest.json (sha256 {digest[:12]}…) "
-                             f"is not the registered one ({tagged[:12]}…)")
+            raise ValueError(
+                f"version {version.version}: the artifact store's manifest.json (sha256 {digest[:12]}…) "
+                f"is not the registered one ({tagged[:12]}…)"
+            )
         target = root / f"{version.run_id or 'norun'}-{digest}"
         if not refresh and (target / "manifest.json").is_file():
             return FetchedBundle(target, digest)
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(tmp / "bundle"),
-                                                         tracking_uri=settings.mlflow_tracking_uri))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=version.source, dst_path=str(tmp / "bundle"), tracking_uri=settings.mlflow_tracking_uri
+            )
+        )
         if target.exists():
             if not refresh and (target / "manifest.json").is_file():
                 return FetchedBundle(target, digest)  # another worker placed it meanwhile: keep theirs
@@ -216,8 +226,12 @@ class RegistryClient:
             if self._client is not None and identity == self._identity:
                 return self._client
             if self._client is not None:
-                logger.warning("MLflow tracking store %s was replaced (file identity %s -> %s): reconnecting",
-                               uri, self._identity, identity)
+                logger.warning(
+                    "MLflow tracking store %s was replaced (file identity %s -> %s): reconnecting",
+                    uri,
+                    self._identity,
+                    identity,
+                )
                 forget_store(uri)
                 self.reconnects += 1
             self._client = setup(self.settings)
@@ -307,8 +321,12 @@ def latest_parent_run(client: MlflowClient, experiment_name: str, kind_tag: str 
     exp = client.get_experiment_by_name(experiment_name)
     if exp is None:
         raise ValueError(f"no MLflow experiment named {experiment_name!r}")
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{kind_tag}` = 'parent'",
-                              max_results=1, order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{kind_tag}` = 'parent'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
     if not runs:
         raise ValueError(f"experiment {experiment_name!r} has no experiment runs")
     return runs[0]
@@ -334,7 +352,7 @@ def download_run_artifact(client: MlflowClient, run_id: str, path: str, dst: Pat
 
 def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
     """Every version of ``name``, newest first: version, aliases, tags, its run's metrics."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     try:
         versions = client.search_model_versions(f"name='{name}'")
@@ -352,27 +370,44 @@ def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
             metrics = run_metrics(client, v.run_id) if v.run_id else {}
         except MlflowException:
             metrics = {}
-        created = datetime.fromtimestamp(v.creation_timestamp / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if v.creation_timestamp else ""
-        rows.append({"version": str(v.version), "aliases": sorted(aliases.get(str(v.version), [])), "tags": dict(v.tags or {}),
-                     "metrics": metrics, "run_id": v.run_id, "created": created})
+        created = (
+            datetime.fromtimestamp(v.creation_timestamp / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            if v.creation_timestamp
+            else ""
+        )
+        rows.append(
+            {
+                "version": str(v.version),
+                "aliases": sorted(aliases.get(str(v.version), [])),
+                "tags": dict(v.tags or {}),
+                "metrics": metrics,
+                "run_id": v.run_id,
+                "created": created,
+            }
+        )
     return rows
 
 
 def rollback_alias(client: MlflowClient, name: str, alias: str) -> tuple[str, str]:
     """Move ``alias`` to the newest version older than its current one that was promoted and
     never rejected; tag the version moved away from ``rolled_back``. Returns (old, new)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     current = resolve_alias(client, name, alias)
     if current is None:
         raise ValueError(f"alias {name}@{alias} does not exist: nothing to roll back")
-    good = [r for r in list_versions(client, name)
-            if int(r["version"]) < int(current.version) and "promoted" in r["tags"] and "rejected" not in r["tags"]]
+    good = [
+        r
+        for r in list_versions(client, name)
+        if int(r["version"]) < int(current.version) and "promoted" in r["tags"] and "rejected" not in r["tags"]
+    ]
     if not good:
-        raise ValueError(f"no earlier promoted version to roll {name}@{alias} back to (it is at version {current.version})")
+        raise ValueError(
+            f"no earlier promoted version to roll {name}@{alias} back to (it is at version {current.version})"
+        )
     target = good[0]["version"]
     set_alias(client, name, alias, target)
-    client.set_model_version_tag(name, str(current.version), "rolled_back", datetime.now(timezone.utc).isoformat())
+    client.set_model_version_tag(name, str(current.version), "rolled_back", datetime.now(UTC).isoformat())
     return str(current.version), target
 
 
@@ -381,7 +416,9 @@ def rollback_alias(client: MlflowClient, name: str, alias: str) -> tuple[str, st
 # ---------------------------------------------------------------------------------------------
 
 
-def log_online_metrics(settings: Settings, version: str | int, metrics: dict[str, float], *, tags: dict[str, str] | None = None) -> str | None:
+def log_online_metrics(
+    settings: Settings, version: str | int, metrics: dict[str, float], *, tags: dict[str, str] | None = None
+) -> str | None:
     """Log online (A/B) metrics onto the MLflow run that produced a registered version.
 
     Returns the run id, or None when the version does not exist.

@@ -45,7 +45,9 @@ class ValidationReport:
         return {"ok": self.ok, "reasons": self.reasons, "checks": self.checks}
 
 
-def snapshot_stats(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame, *, active_days: float = 7.0) -> dict[str, Any]:
+def snapshot_stats(
+    events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame, *, active_days: float = 7.0
+) -> dict[str, Any]:
     """Counts, time range, active users and the top-item distribution of a snapshot.
 
     ``items``/``users`` are the catalogue tables *before* any de-duplication, so duplicate ids
@@ -64,8 +66,12 @@ def snapshot_stats(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFram
         "items_catalog_provided": bool(len(items)),
         "users_catalog_provided": bool(len(users)),
     }
-    stats["unknown_item_events"] = int((~events["item_id"].isin(pd.Index(items["item_id"]))).sum()) if len(items) and n else 0
-    stats["unknown_user_events"] = int((~events["user_id"].isin(pd.Index(users["user_id"]))).sum()) if len(users) and n else 0
+    stats["unknown_item_events"] = (
+        int((~events["item_id"].isin(pd.Index(items["item_id"]))).sum()) if len(items) and n else 0
+    )
+    stats["unknown_user_events"] = (
+        int((~events["user_id"].isin(pd.Index(users["user_id"]))).sum()) if len(users) and n else 0
+    )
     if n:
         ts = events["timestamp"]
         tmax = ts.max()
@@ -117,15 +123,28 @@ def check_drift(prev: dict[str, Any], cur: dict[str, Any], cfg: DriftConfig) -> 
     events_change = _rel_change(prev.get("n_events", 0), cur["n_events"])
     active_change = _rel_change(prev.get("active_users", 0), cur["active_users"])
     tv, js = popularity_shift(prev, cur, cfg.top_n)
-    checks = {"events_change": events_change, "active_users_change": active_change, "top_items_tv": tv, "top_items_js": js}
+    checks = {
+        "events_change": events_change,
+        "active_users_change": active_change,
+        "top_items_tv": tv,
+        "top_items_js": js,
+    }
     if events_change > cfg.max_events_change:
-        reasons.append(f"drift: event count changed by {events_change:.0%} ({prev.get('n_events')} -> {cur['n_events']}), limit {cfg.max_events_change:.0%}")
+        reasons.append(
+            f"drift: event count changed by {events_change:.0%} ({prev.get('n_events')} -> {cur['n_events']}), limit {cfg.max_events_change:.0%}"
+        )
     if active_change > cfg.max_active_users_change:
-        reasons.append(f"drift: active users changed by {active_change:.0%} ({prev.get('active_users')} -> {cur['active_users']}), limit {cfg.max_active_users_change:.0%}")
+        reasons.append(
+            f"drift: active users changed by {active_change:.0%} ({prev.get('active_users')} -> {cur['active_users']}), limit {cfg.max_active_users_change:.0%}"
+        )
     if tv > cfg.max_top_items_tv:
-        reasons.append(f"drift: top-{cfg.top_n} item popularity shifted (total variation {tv:.3f} > {cfg.max_top_items_tv})")
+        reasons.append(
+            f"drift: top-{cfg.top_n} item popularity shifted (total variation {tv:.3f} > {cfg.max_top_items_tv})"
+        )
     if js > cfg.max_top_items_js:
-        reasons.append(f"drift: top-{cfg.top_n} item popularity shifted (JS divergence {js:.3f} > {cfg.max_top_items_js})")
+        reasons.append(
+            f"drift: top-{cfg.top_n} item popularity shifted (JS divergence {js:.3f} > {cfg.max_top_items_js})"
+        )
     return reasons, checks
 
 
@@ -157,7 +176,9 @@ def validate_snapshot(
     for what in ("item", "user"):
         n = stats[f"unknown_{what}_events"]
         if n > cfg.max_unknown_ids:
-            reasons.append(f"unknown ids: {n} events reference {what}s missing from the {what}s table (allowed {cfg.max_unknown_ids})")
+            reasons.append(
+                f"unknown ids: {n} events reference {what}s missing from the {what}s table (allowed {cfg.max_unknown_ids})"
+            )
     for what in ("event", "item", "user"):
         n = stats[f"duplicate_{what}_ids"]
         if n > cfg.max_duplicate_ids:

@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -120,10 +120,8 @@ class ModelBundle:
                 "extras": sorted(self.extras),
                 "objects": sorted(self.objects),
                 "info": self.info,
-                "created_at": datetime.now(timezone.utc).isoformat(),
-                "files": {
-                    str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
-                },
+                "created_at": datetime.now(UTC).isoformat(),
+                "files": {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()},
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
             if folder.exists():
@@ -133,7 +131,9 @@ class ModelBundle:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self.path = folder
-        logger.info("wrote bundle %s (%s, %d users, %d items)", folder, self.kind, len(self.user_ids), len(self.item_ids))
+        logger.info(
+            "wrote bundle %s (%s, %d users, %d items)", folder, self.kind, len(self.user_ids), len(self.item_ids)
+        )
         return folder
 
     @property
@@ -176,8 +176,11 @@ class ModelBundle:
 
         def index(role: str):
             prefix = f"index_{role}/"
-            return load_index(folder / f"index_{role}", verify=verify,
-                              digests={rel[len(prefix):]: d for rel, d in digests.items() if rel.startswith(prefix)})
+            return load_index(
+                folder / f"index_{role}",
+                verify=verify,
+                digests={rel[len(prefix) :]: d for rel, d in digests.items() if rel.startswith(prefix)},
+            )
 
         try:
             bundle = cls(
@@ -191,7 +194,9 @@ class ModelBundle:
                 item_popularity=array("item_popularity.npy"),
                 indexes={role: index(role) for role in manifest["indexes"]},
                 extras={name: array(f"extra_{name}.npy") for name in manifest["extras"]},
-                objects={name: joblib.load(io.BytesIO(read(f"object_{name}.joblib"))) for name in manifest.get("objects", [])},
+                objects={
+                    name: joblib.load(io.BytesIO(read(f"object_{name}.joblib"))) for name in manifest.get("objects", [])
+                },
                 info=manifest["info"],
                 path=folder,
             )
@@ -218,7 +223,9 @@ def npy_from_bytes(data: bytes) -> np.ndarray:
     count = int(np.prod(shape, dtype=np.int64))
     if f.tell() + count * dtype.itemsize > len(data):
         raise BundleError("array file is truncated")
-    return np.frombuffer(data, dtype=dtype, count=count, offset=f.tell()).reshape(shape, order="F" if fortran_order else "C")
+    return np.frombuffer(data, dtype=dtype, count=count, offset=f.tell()).reshape(
+        shape, order="F" if fortran_order else "C"
+    )
 
 
 def _capabilities(extras, objects) -> frozenset[str]:

@@ -36,8 +36,13 @@ class Filters:
 
     @property
     def empty(self) -> bool:
-        return not (self.exclude_items or self.include_categories or self.exclude_categories
-                    or self.include_attributes or self.exclude_attributes)
+        return not (
+            self.exclude_items
+            or self.include_categories
+            or self.exclude_categories
+            or self.include_attributes
+            or self.exclude_attributes
+        )
 
 
 NO_FILTERS = Filters()

@@ -48,7 +48,11 @@ def build_item_features(
     Ids of ``item_ids`` absent from ``items`` get only their identity feature (if any).
     """
     frame = _aligned(items, "item_id", item_ids)
-    analyzer = CountVectorizer(token_pattern=TOKEN_PATTERN, stop_words=stop_words, lowercase=True).build_analyzer() if text else None
+    analyzer = (
+        CountVectorizer(token_pattern=TOKEN_PATTERN, stop_words=stop_words, lowercase=True).build_analyzer()
+        if text
+        else None
+    )
     rows: list[set[str]] = []
     for item_id, row in zip(item_ids, frame.itertuples(index=False)):
         feats: set[str] = set()
@@ -107,7 +111,9 @@ def _str(value) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _binarize(rows: list[set[str]], feature_names: Sequence[str] | None, normalize_rows: bool) -> tuple[sp.csr_matrix, np.ndarray]:
+def _binarize(
+    rows: list[set[str]], feature_names: Sequence[str] | None, normalize_rows: bool
+) -> tuple[sp.csr_matrix, np.ndarray]:
     if feature_names is None:
         binarizer = MultiLabelBinarizer(sparse_output=True)
         matrix = binarizer.fit_transform(rows)

@@ -38,7 +38,7 @@ class InteractionMatrix:
         value_column: str = "value",
         bm25_k1: float = 100.0,
         bm25_b: float = 0.8,
-    ) -> "InteractionMatrix":
+    ) -> InteractionMatrix:
         """Aggregate events into a weighted matrix.
 
         Values of repeated (user, item) pairs are summed. ``confidence`` gives
@@ -53,7 +53,11 @@ class InteractionMatrix:
         keep = (rows >= 0) & (cols >= 0)
         if not keep.all():
             logger.info("dropped %d events with ids outside the fixed index space", int((~keep).sum()))
-        values = events[value_column].to_numpy(dtype=np.float32) if value_column in events else np.ones(len(events), np.float32)
+        values = (
+            events[value_column].to_numpy(dtype=np.float32)
+            if value_column in events
+            else np.ones(len(events), np.float32)
+        )
         shape = (len(user_index), len(item_index))
         raw = sp.coo_matrix((values[keep], (rows[keep], cols[keep])), shape=shape).tocsr()
         raw.sum_duplicates()
@@ -100,7 +104,9 @@ def _encode(column: pd.Series, fixed: np.ndarray | None) -> tuple[pd.Index, np.n
     return pd.Index(np.asarray(uniques, dtype=object)), codes
 
 
-def weight(raw: sp.csr_matrix, weighting: str, *, alpha: float = 1.0, bm25_k1: float = 100.0, bm25_b: float = 0.8) -> sp.csr_matrix:
+def weight(
+    raw: sp.csr_matrix, weighting: str, *, alpha: float = 1.0, bm25_k1: float = 100.0, bm25_b: float = 0.8
+) -> sp.csr_matrix:
     """Confidence weights for implicit-feedback models, from summed raw values."""
     if weighting == "none":
         out = raw.astype(np.float32)

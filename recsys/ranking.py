@@ -247,8 +247,9 @@ class Ranker:
         return pairwise_scores(q, self._vectors[space][:rows], metric)[0]
 
     # ---- lists -------------------------------------------------------------------------
-    def rank(self, request: RankRequest, cf_vector: np.ndarray, seen: np.ndarray,
-             content_profile: np.ndarray | None = None) -> list[ScoredItem]:
+    def rank(
+        self, request: RankRequest, cf_vector: np.ndarray, seen: np.ndarray, content_profile: np.ndarray | None = None
+    ) -> list[ScoredItem]:
         """A user's (or session's) list: ``cf_vector`` in the CF space, ``content_profile``
         in the content space (content and hybrid modes), ``seen`` explains each item."""
         pool, mode, filters = request.pool, request.mode, request.filters
@@ -258,8 +259,13 @@ class Ranker:
             ids, scores = self.top("content", content_profile, pool, request.exclude, filters)
         else:
             rows = self.rows()
-            ids, scores = self._blend_top(self.exact_scores("user", cf_vector, rows), self.exact_scores("content", content_profile, rows),
-                                          request, pool, request.exclude)
+            ids, scores = self._blend_top(
+                self.exact_scores("user", cf_vector, rows),
+                self.exact_scores("content", content_profile, rows),
+                request,
+                pool,
+                request.exclude,
+            )
         if request.diversity is not None and request.diversity < 1.0:
             ids, scores = self._mmr(ids, scores, request.diversity, request.n)
         ids, scores = ids[request.offset : request.n], scores[request.offset : request.n]
@@ -274,10 +280,16 @@ class Ranker:
             ids, scores = self.top("content", self._vectors["content"][position], request.n, exclude, request.filters)
         else:
             rows = self.rows()
-            ids, scores = self._blend_top(self.exact_scores("item", self._vectors["cf"][position], rows),
-                                          self.exact_scores("content", self._vectors["content"][position], rows),
-                                          request, request.n, exclude)
-        reason = {"collaborative": "liked by the same users", "content": "similar text", "hybrid": "similar item"}[request.mode]
+            ids, scores = self._blend_top(
+                self.exact_scores("item", self._vectors["cf"][position], rows),
+                self.exact_scores("content", self._vectors["content"][position], rows),
+                request,
+                request.n,
+                exclude,
+            )
+        reason = {"collaborative": "liked by the same users", "content": "similar text", "hybrid": "similar item"}[
+            request.mode
+        ]
         ids, scores = ids[request.offset : request.n], scores[request.offset : request.n]
         return self._scored(ids, scores, [reason] * len(ids))
 
@@ -300,8 +312,9 @@ class Ranker:
         return self._scored(ids, self.popularity[ids], ["popular"] * len(ids))
 
     # ---- scoring -----------------------------------------------------------------------
-    def top(self, role: str, query: np.ndarray, n: int, exclude: np.ndarray,
-            filters: Filters = NO_FILTERS) -> tuple[np.ndarray, np.ndarray]:
+    def top(
+        self, role: str, query: np.ndarray, n: int, exclude: np.ndarray, filters: Filters = NO_FILTERS
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-n allowed, non-excluded rows of the role's space, best first.
 
         Through the role's index with over-fetching when it is faster than a scan, falling back
@@ -338,8 +351,9 @@ class Ranker:
                 result = (ids[order], scores[order])
         return result[0].astype(np.int64), result[1].astype(np.float32)
 
-    def _blend_top(self, cf_scores: np.ndarray, content_scores: np.ndarray, request: RankRequest, n: int,
-                   exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _blend_top(
+        self, cf_scores: np.ndarray, content_scores: np.ndarray, request: RankRequest, n: int, exclude: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Blend over the whole catalog (exact: see recsys.hybrid), then the top-n allowed."""
         weights = request.blend_weights or self.default_blend_weights
         fused = blend(cf_scores, content_scores, weights, request.fusion or self.default_fusion)[0]
@@ -381,8 +395,10 @@ class Ranker:
 
     def _scored(self, ids: np.ndarray, scores: np.ndarray, reasons: Sequence[str | None]) -> list[ScoredItem]:
         titles, item_ids = self.catalog.titles, self.catalog.item_ids
-        return [ScoredItem(item_id=item_ids[j], score=s, title=titles[j], reason=r)
-                for j, s, r in zip(np.asarray(ids).tolist(), np.asarray(scores, np.float64).tolist(), reasons)]
+        return [
+            ScoredItem(item_id=item_ids[j], score=s, title=titles[j], reason=r)
+            for j, s, r in zip(np.asarray(ids).tolist(), np.asarray(scores, np.float64).tolist(), reasons)
+        ]
 
 
 def _select(scores: np.ndarray, n: int, exclude: np.ndarray, blocked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -47,8 +47,18 @@ from recsys.ranking import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "MODES", "NO_FILTERS", "CatalogState", "Filters", "RankRequest", "RankRequestError", "Ranker",
-    "RecommendationResult", "Recommender", "ScoredItem", "SearchUnavailable", "UnknownItemError",
+    "MODES",
+    "NO_FILTERS",
+    "CatalogState",
+    "Filters",
+    "RankRequest",
+    "RankRequestError",
+    "Ranker",
+    "RecommendationResult",
+    "Recommender",
+    "ScoredItem",
+    "SearchUnavailable",
+    "UnknownItemError",
 ]
 
 
@@ -59,8 +69,13 @@ class Recommender:
         content = bundle.extras.get("content")
         hybrid = bundle.info.get("hybrid", {})
         self.ranker = Ranker(
-            self.catalog, bundle.item_vectors, bundle.item_popularity, content_vectors=content, indexes=bundle.indexes,
-            model_metric=bundle.metric, default_blend_weights=tuple(hybrid.get("weights", (0.5, 0.5))),
+            self.catalog,
+            bundle.item_vectors,
+            bundle.item_popularity,
+            content_vectors=content,
+            indexes=bundle.indexes,
+            model_metric=bundle.metric,
+            default_blend_weights=tuple(hybrid.get("weights", (0.5, 0.5))),
             default_fusion=hybrid.get("fusion", "weighted"),
         )
         # np.asarray drops the memmap subclass: one user row is a plain view, no memmap wrapper
@@ -115,7 +130,9 @@ class Recommender:
         """
         encoder, mapper = self.bundle.objects.get("text_encoder"), self.bundle.objects.get("cf_mapper")
         if encoder is None or mapper is None or not self.ranker.has_content:
-            raise SearchUnavailable("this model has no content encoder: new items can't be served before the next training")
+            raise SearchUnavailable(
+                "this model has no content encoder: new items can't be served before the next training"
+            )
         new = items[~items["item_id"].astype(str).isin(self.catalog.item_pos)].drop_duplicates("item_id")
         if new.empty:
             self.update_catalog(items)
@@ -219,17 +236,25 @@ class Recommender:
             raise UnknownItemError(item_id)
         return RecommendationResult("similar", self.ranker.similar(j, request), mode)
 
-    def search(self, query: str, k: int = 10, *, offset: int = 0, filters: Filters = NO_FILTERS) -> RecommendationResult:
+    def search(
+        self, query: str, k: int = 10, *, offset: int = 0, filters: Filters = NO_FILTERS
+    ) -> RecommendationResult:
         """Items whose content embedding is nearest to the encoded query text."""
         encoder = self.bundle.objects.get("text_encoder")
         if encoder is None or not self.ranker.has_content or not encoder.supports_text:
-            raise SearchUnavailable("this model has no text encoder: train with a tfidf or sbert content model for /search")
+            raise SearchUnavailable(
+                "this model has no text encoder: train with a tfidf or sbert content model for /search"
+            )
         request = RankRequest("content", k, offset, (), filters)
         vector = encoder.transform([query])[0]
-        return RecommendationResult("search", self.ranker.nearest_content(vector, request, "matches the query text"), "content")
+        return RecommendationResult(
+            "search", self.ranker.nearest_content(vector, request, "matches the query text"), "content"
+        )
 
     def popular(self, k: int = 10, *, offset: int = 0, filters: Filters = NO_FILTERS) -> RecommendationResult:
-        return RecommendationResult("popular", self.ranker.popular(RankRequest("collaborative", k, offset, (), filters)))
+        return RecommendationResult(
+            "popular", self.ranker.popular(RankRequest("collaborative", k, offset, (), filters))
+        )
 
     # ---- user modelling ------------------------------------------------------------------
     def fold_in(self, item_positions: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:

@@ -121,7 +121,7 @@ def json_problem(value: Any, depth: int = 0) -> str | None:
         return f"is nested deeper than {JSON_MAX_DEPTH} levels"
     if isinstance(value, dict):
         for k, v in value.items():
-            if (p := label_problem(k) if isinstance(k, str) else "has a key that is not a string"):
+            if p := label_problem(k) if isinstance(k, str) else "has a key that is not a string":
                 return f"key {k!r}: {p}" if isinstance(k, str) else p
             if (p := json_problem(v, depth + 1)) is not None:
                 return f"[{k!r}] {p}"

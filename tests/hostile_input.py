@@ -20,19 +20,34 @@ class RawNumber(str):
 #: strings every id/label/text rule is about: lone surrogates, NUL and other controls, '/',
 #: blanks, over-long
 HOSTILE_STRINGS = st.one_of(
-    st.sampled_from(["\ud800", "a\udfffb", "u\x00x", "\x00", "a/b", "/", " ", "\t", "x" * 256, "\x7f", "\x1b[0m",
-                     "\u2028", "é"]),
+    st.sampled_from(
+        ["\ud800", "a\udfffb", "u\x00x", "\x00", "a/b", "/", " ", "\t", "x" * 256, "\x7f", "\x1b[0m", "\u2028", "é"]
+    ),
     st.text(st.characters(codec=None, categories=["Cc", "Cs", "Zs", "Lu"]), min_size=0, max_size=8),
 )
 #: the same for path and query parameters, less what a URL can't carry (surrogates) or what
 #: changes the route rather than the value ('/')
 URL_STRINGS = st.one_of(
     st.sampled_from(["p\x00x", "\x00", " ", "\t", "x" * 256, "\x7f", "\x1b[0m", "\u2028"]),
-    st.text(st.characters(codec="utf-8", categories=["Cc", "Zs", "Lu"], exclude_characters="/"), min_size=1, max_size=8),
+    st.text(
+        st.characters(codec="utf-8", categories=["Cc", "Zs", "Lu"], exclude_characters="/"), min_size=1, max_size=8
+    ),
 )
 HOSTILE_NUMBERS = st.one_of(
-    st.sampled_from([math.nan, math.inf, -math.inf, RawNumber("1e400"), RawNumber("-1e999"), RawNumber("1e-400"),
-                     2**64, -(2**63) - 1, 10**400, -(10**400)]),
+    st.sampled_from(
+        [
+            math.nan,
+            math.inf,
+            -math.inf,
+            RawNumber("1e400"),
+            RawNumber("-1e999"),
+            RawNumber("1e-400"),
+            2**64,
+            -(2**63) - 1,
+            10**400,
+            -(10**400),
+        ]
+    ),
     st.floats(allow_nan=True, allow_infinity=True),
 )
 HOSTILE = st.one_of(HOSTILE_STRINGS, HOSTILE_NUMBERS, st.booleans(), st.none())

@@ -24,8 +24,17 @@ import httpx
 
 from api.testing import ROOT, free_port
 
-__all__ = ["RECSYS", "ServerProcess", "free_port", "mlflow_server", "nginx_binary", "nginx_config", "nginx_proxy",
-           "serve_process", "wait_for_http"]
+__all__ = [
+    "RECSYS",
+    "ServerProcess",
+    "free_port",
+    "mlflow_server",
+    "nginx_binary",
+    "nginx_config",
+    "nginx_proxy",
+    "serve_process",
+    "wait_for_http",
+]
 
 #: the `recsys` command of this checkout (the same interpreter as the tests)
 RECSYS = [sys.executable, "-m", "cli.main"]
@@ -75,8 +84,13 @@ def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
         _signal_group(proc, signal.SIGKILL)  # children that outlived the leader
 
 
-def wait_for_http(server: ServerProcess, path: str, *, timeout: float,
-                  accept: Callable[[httpx.Response], bool] = lambda r: r.status_code == 200) -> httpx.Response:
+def wait_for_http(
+    server: ServerProcess,
+    path: str,
+    *,
+    timeout: float,
+    accept: Callable[[httpx.Response], bool] = lambda r: r.status_code == 200,
+) -> httpx.Response:
     """Poll ``server.url + path`` until ``accept`` holds; RuntimeError (with the log tail) when
     the process exits or the deadline passes first."""
     deadline = time.monotonic() + timeout
@@ -88,22 +102,41 @@ def wait_for_http(server: ServerProcess, path: str, *, timeout: float,
         except httpx.HTTPError:
             pass
         if server.process.poll() is not None:
-            raise RuntimeError(f"{server.name} exited with code {server.process.returncode}; log {server.log_path}:\n"
-                               f"{server.log_tail()}")
+            raise RuntimeError(
+                f"{server.name} exited with code {server.process.returncode}; log {server.log_path}:\n"
+                f"{server.log_tail()}"
+            )
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{server.name} did not answer {path} within {timeout:.0f}s; log {server.log_path}:\n"
-                               f"{server.log_tail()}")
+            raise RuntimeError(
+                f"{server.name} did not answer {path} within {timeout:.0f}s; log {server.log_path}:\n"
+                f"{server.log_tail()}"
+            )
         time.sleep(0.2)
 
 
 @contextmanager
-def _server(name: str, cmd: list[str], *, url: str, log_path: Path, ready_path: str, ready_timeout: float,
-            env: dict[str, str] | None = None, accept: Callable[[httpx.Response], bool] = lambda r: r.status_code == 200,
-            ) -> Iterator[ServerProcess]:
+def _server(
+    name: str,
+    cmd: list[str],
+    *,
+    url: str,
+    log_path: Path,
+    ready_path: str,
+    ready_timeout: float,
+    env: dict[str, str] | None = None,
+    accept: Callable[[httpx.Response], bool] = lambda r: r.status_code == 200,
+) -> Iterator[ServerProcess]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     server = ServerProcess(name=name, url=url, process=proc, log_path=log_path)
     try:
         wait_for_http(server, ready_path, timeout=ready_timeout, accept=accept)
@@ -113,37 +146,69 @@ def _server(name: str, cmd: list[str], *, url: str, log_path: Path, ready_path: 
 
 
 @contextmanager
-def serve_process(env: dict[str, str], *, log_path: Path, port: int | None = None, name: str = "recsys serve",
-                  ready_timeout: float = 180) -> Iterator[ServerProcess]:
+def serve_process(
+    env: dict[str, str],
+    *,
+    log_path: Path,
+    port: int | None = None,
+    name: str = "recsys serve",
+    ready_timeout: float = 180,
+) -> Iterator[ServerProcess]:
     """``recsys serve --host 127.0.0.1 --port PORT`` with ``env``; yields once /ready answers 200
     (a model is loaded)."""
     port = port or free_port()
     cmd = [*RECSYS, "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with _server(name, cmd, url=f"http://127.0.0.1:{port}", log_path=log_path, ready_path="/ready",
-                 ready_timeout=ready_timeout, env=env) as server:
+    with _server(
+        name,
+        cmd,
+        url=f"http://127.0.0.1:{port}",
+        log_path=log_path,
+        ready_path="/ready",
+        ready_timeout=ready_timeout,
+        env=env,
+    ) as server:
         yield server
 
 
 def mlflow_server_command(root: Path, port: int, backend_store_uri: str | None = None) -> list[str]:
     """The MLflow tracking server: runs and registry in ``backend_store_uri`` (default a SQLite
     file under ``root``), artifacts proxied by the server into ``root/artifacts``."""
-    return [sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination", (root / "artifacts").as_uri(),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        (root / "artifacts").as_uri(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
 
 
 @contextmanager
-def mlflow_server(root: Path, *, port: int | None = None, backend_store_uri: str | None = None,
-                  ready_timeout: float = 180) -> Iterator[ServerProcess]:
+def mlflow_server(
+    root: Path, *, port: int | None = None, backend_store_uri: str | None = None, ready_timeout: float = 180
+) -> Iterator[ServerProcess]:
     """A real ``mlflow server`` process (see mlflow_server_command); yields once /health answers."""
     port = port or free_port()
     root.mkdir(parents=True, exist_ok=True)
     # No MLflow job runner (GenAI evaluation jobs; unused here): seven fewer processes.
     env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with _server("mlflow server", mlflow_server_command(root, port, backend_store_uri), url=f"http://127.0.0.1:{port}",
-                 log_path=root / "mlflow-server.log", ready_path="/health", ready_timeout=ready_timeout,
-                 env=env) as server:
+    with _server(
+        "mlflow server",
+        mlflow_server_command(root, port, backend_store_uri),
+        url=f"http://127.0.0.1:{port}",
+        log_path=root / "mlflow-server.log",
+        ready_path="/health",
+        ready_timeout=ready_timeout,
+        env=env,
+    ) as server:
         yield server
 
 
@@ -196,8 +261,9 @@ http {{
 
 
 @contextmanager
-def nginx_proxy(upstreams: list[str], prefix: Path, *, port: int | None = None,
-                ready_timeout: float = 30) -> Iterator[ServerProcess]:
+def nginx_proxy(
+    upstreams: list[str], prefix: Path, *, port: int | None = None, ready_timeout: float = 30
+) -> Iterator[ServerProcess]:
     """nginx in the foreground (``-g 'daemon off;'``) with nginx_config; yields once it answers."""
     binary = nginx_binary()
     if binary is None:
@@ -207,6 +273,13 @@ def nginx_proxy(upstreams: list[str], prefix: Path, *, port: int | None = None,
     conf = prefix / "nginx.conf"
     conf.write_text(nginx_config(upstreams, port=port, prefix=prefix))
     cmd = [binary, "-c", str(conf), "-p", str(prefix), "-e", str(prefix / "error.log"), "-g", "daemon off;"]
-    with _server("nginx", cmd, url=f"http://127.0.0.1:{port}", log_path=prefix / "nginx.out", ready_path="/health",
-                 ready_timeout=ready_timeout, accept=lambda r: True) as server:
+    with _server(
+        "nginx",
+        cmd,
+        url=f"http://127.0.0.1:{port}",
+        log_path=prefix / "nginx.out",
+        ready_path="/health",
+        ready_timeout=ready_timeout,
+        accept=lambda r: True,
+    ) as server:
         yield server

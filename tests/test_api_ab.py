@@ -41,7 +41,11 @@ def test_ab_over_http_and_online_report(tmp_path):
     env = prepare(tmp_path / "ab", users=400, items=200, events=15_000)
     settings = settings_for(env)
     assert train(settings, training_config(alias="challenger", seed=5)).version == "2"
-    extra = {"RECSYS_AB_SPLIT": "production=0.9,challenger=0.1", "RECSYS_API_KEYS": "k", "RECSYS_RELOAD_POLL_SECONDS": "0"}
+    extra = {
+        "RECSYS_AB_SPLIT": "production=0.9,challenger=0.1",
+        "RECSYS_API_KEYS": "k",
+        "RECSYS_RELOAD_POLL_SECONDS": "0",
+    }
     with live_server(env, extra_env=extra) as base:
         assert httpx.get(f"{base}/ready").json()["variants"] == {"production": "1", "challenger": "2"}
         seen = {}
@@ -62,8 +66,16 @@ def test_ab_over_http_and_online_report(tmp_path):
             item = body["items"][0]["item_id"]
             events.append({"user_id": user, "item_id": item, "event_type": "view", "event_id": f"ab-view-{user}"})
             if n % 3 == 0:
-                events.append({"user_id": user, "item_id": item, "event_type": "click", "event_id": f"ab-click-{user}",
-                               "variant": body["variant"], "model_version": body["model_version"]})
+                events.append(
+                    {
+                        "user_id": user,
+                        "item_id": item,
+                        "event_type": "click",
+                        "event_id": f"ab-click-{user}",
+                        "variant": body["variant"],
+                        "model_version": body["model_version"],
+                    }
+                )
         r = httpx.post(f"{base}/events", headers={"X-API-Key": "k"}, json=events)
         assert r.status_code == 200 and r.json()["inserted"] == len(events)
     stats = {s.variant: s for s in report(settings)}
@@ -77,6 +89,11 @@ def test_ab_over_http_and_online_report(tmp_path):
         run = client.get_run(client.get_model_version(settings.registered_model_name, version).run_id)
         assert run.data.metrics["online_click_rate"] == pytest.approx(s.rates["click"])
         assert run.data.tags["online_variant"] == s.alias
-    out = subprocess.run([sys.executable, "-m", "cli.main", "online-report", "--no-mlflow"], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "online-report", "--no-mlflow"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and "challenger:2" in out.stdout, out.stdout + out.stderr

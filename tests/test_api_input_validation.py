@@ -46,8 +46,18 @@ def store(db_url):
 
 
 def _client(db_url: str, mlflow_uri: str, tmp_path, **settings) -> TestClient:
-    return TestClient(create_app(Settings(data_dir=tmp_path, database_url=db_url, mlflow_tracking_uri=mlflow_uri,
-                                          api_keys=KEY, reload_poll_seconds=0, **settings)))
+    return TestClient(
+        create_app(
+            Settings(
+                data_dir=tmp_path,
+                database_url=db_url,
+                mlflow_tracking_uri=mlflow_uri,
+                api_keys=KEY,
+                reload_poll_seconds=0,
+                **settings,
+            )
+        )
+    )
 
 
 @pytest.fixture
@@ -58,9 +68,13 @@ def client(db_url, mlflow_uri, store, tmp_path):
 
 def _contents(store: FeatureStore) -> tuple:
     data = store.snapshot()
-    return (sorted(data.events["event_id"]), sorted(data.items["item_id"]), sorted(data.users["user_id"]),
-            [json.dumps(a, sort_keys=True) for a in data.items.sort_values("item_id")["attributes"]],
-            [json.dumps(a, sort_keys=True) for a in data.users.sort_values("user_id")["attributes"]])
+    return (
+        sorted(data.events["event_id"]),
+        sorted(data.items["item_id"]),
+        sorted(data.users["user_id"]),
+        [json.dumps(a, sort_keys=True) for a in data.items.sort_values("item_id")["attributes"]],
+        [json.dumps(a, sort_keys=True) for a in data.users.sort_values("user_id")["attributes"]],
+    )
 
 
 def _named_fields(body: dict) -> set[str]:
@@ -125,8 +139,12 @@ def test_hostile_input_refused_naming_the_field(client, store):
     wrong = []
     for method, path, body, field in CASES:
         r = client.request(method, path, content=body.encode("utf-8") if body is not None else None, headers=JSON)
-        ok = (400 <= r.status_code < 500 and r.headers["content-type"] == "application/json"
-              and field in _named_fields(r.json()) and len(r.content) < 4000)
+        ok = (
+            400 <= r.status_code < 500
+            and r.headers["content-type"] == "application/json"
+            and field in _named_fields(r.json())
+            and len(r.content) < 4000
+        )
         if not ok:
             wrong.append(f"{method} {path} {body}: expected 4xx naming {field!r}, got {r.status_code} {r.text[:300]}")
     assert not wrong, "\n".join(wrong)
@@ -136,10 +154,12 @@ def test_hostile_input_refused_naming_the_field(client, store):
 def test_bad_id_refused_on_every_route_with_the_same_message(client):
     # One rule (recsys.validation.id_problem) behind body fields, path and query parameters.
     messages = set()
-    for method, path, body in (("POST", "/events", '{"user_id": "u\\u0000x", "item_id": "i1"}'),
-                               ("POST", "/users", '{"user_id": "u\\u0000x"}'),
-                               ("GET", "/users/u%00x", None),
-                               ("GET", "/items/i1/similar?user_id=u%00x", None)):
+    for method, path, body in (
+        ("POST", "/events", '{"user_id": "u\\u0000x", "item_id": "i1"}'),
+        ("POST", "/users", '{"user_id": "u\\u0000x"}'),
+        ("GET", "/users/u%00x", None),
+        ("GET", "/items/i1/similar?user_id=u%00x", None),
+    ):
         r = client.request(method, path, content=body, headers=JSON)
         assert r.status_code == 422
         messages |= {e["msg"] for e in r.json()["detail"] if e["type"] == "id_invalid"}
@@ -149,20 +169,31 @@ def test_bad_id_refused_on_every_route_with_the_same_message(client):
 def test_every_route_with_a_body_parses_strictly(client):
     """A NaN anywhere in any JSON body is refused by the parser, whatever the route (so a new
     route can't bring back the lenient json.loads)."""
-    body_routes = [(method.upper(), path) for path, ops in client.app.openapi()["paths"].items()
-                   for method, op in ops.items() if "requestBody" in op]
+    body_routes = [
+        (method.upper(), path)
+        for path, ops in client.app.openapi()["paths"].items()
+        for method, op in ops.items()
+        if "requestBody" in op
+    ]
     assert len(body_routes) >= 6, body_routes
     for method, path in body_routes:
         url = re.sub(r"\{[^}]+\}", "x1", path)
         r = client.request(method, url, content=b'{"anything": NaN}', headers=JSON)
         assert r.status_code == 422, (method, path, r.text)
-        assert r.json()["detail"][0] == {"loc": ["body", "anything"], "type": "json_invalid",
-                                         "msg": "NaN is not a JSON number (numbers must be finite)"}
+        assert r.json()["detail"][0] == {
+            "loc": ["body", "anything"],
+            "type": "json_invalid",
+            "msg": "NaN is not a JSON number (numbers must be finite)",
+        }
 
 
 def test_valid_input_still_stored(client, store):
-    r = client.post("/items", headers=JSON, content=b'{"item_id": "n1", "title": "caf\\u00e9 \\ud83d\\ude00", '
-                                                    b'"attributes": {"price": 12.5, "n": -9223372036854775808, "big": 100000000000000000000000}}')
+    r = client.post(
+        "/items",
+        headers=JSON,
+        content=b'{"item_id": "n1", "title": "caf\\u00e9 \\ud83d\\ude00", '
+        b'"attributes": {"price": 12.5, "n": -9223372036854775808, "big": 100000000000000000000000}}',
+    )
     assert r.status_code == 201, r.text
     item = store.get_item("n1")
     assert item["title"] == "café 😀" and item["attributes"] == {"price": 12.5, "n": -(2**63), "big": 10**23}
@@ -194,7 +225,9 @@ def test_many_invalid_events_answer_is_capped(client):
 
 
 def test_long_input_is_previewed_not_echoed(client):
-    r = client.post("/events", headers=JSON, content=json.dumps({"user_id": "u1", "item_id": "i1", "value": "v" * 100_000}).encode())
+    r = client.post(
+        "/events", headers=JSON, content=json.dumps({"user_id": "u1", "item_id": "i1", "value": "v" * 100_000}).encode()
+    )
     assert r.status_code == 422 and len(r.content) < 1000
     (error,) = [e for e in r.json()["detail"] if e["loc"][-1] == "value"]
     assert error["input"].startswith("vvvv") and "100,000 characters" in error["input"]
@@ -216,10 +249,20 @@ def _post_chunks(app, path: str, chunks: int, headers: dict[str, str]) -> tuple[
     async def send(message: dict) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-             "client": ("127.0.0.1", 50000), "server": ("testserver", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
     anyio.run(app, scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
@@ -231,8 +274,12 @@ def test_body_over_the_limit_refused_before_it_is_read(client, store):
     # Chunked (no Content-Length): counted as it streams in, cut off at the first MiB past 16.
     status, body, read = _post_chunks(client.app, "/events", 24, JSON)
     assert status == 413
-    assert body == {"detail": {"field": "body",
-                               "message": "the request body is larger than 16,777,216 bytes (RECSYS_MAX_BODY_BYTES)"}}
+    assert body == {
+        "detail": {
+            "field": "body",
+            "message": "the request body is larger than 16,777,216 bytes (RECSYS_MAX_BODY_BYTES)",
+        }
+    }
     assert read == 17
     # With a Content-Length over the limit nothing is read at all.
     status, body, read = _post_chunks(client.app, "/items", 24, {**JSON, "content-length": str(24 * MiB)})
@@ -268,29 +315,59 @@ def test_made_up_methods_and_paths_do_not_grow_metrics(client):
 
 # ---- property-based: hostile leaves anywhere in write bodies --------------------------------
 def _valid_event(i: int) -> dict:
-    return {"event_id": f"p{i}", "user_id": "u1", "item_id": "i1", "event_type": "click", "value": 1.0,
-            "timestamp": "2026-01-01T00:00:00Z"}
+    return {
+        "event_id": f"p{i}",
+        "user_id": "u1",
+        "item_id": "i1",
+        "event_type": "click",
+        "value": 1.0,
+        "timestamp": "2026-01-01T00:00:00Z",
+    }
 
 
-WRITES = st.sampled_from([
-    ("POST", "/events", _valid_event(0)),
-    ("POST", "/events", [_valid_event(1), _valid_event(2)]),
-    ("POST", "/items", {"item_id": "n1", "title": "t", "description": "d", "categories": ["c"],
-                        "attributes": {"price": 1.5, "brand": "b"}}),
-    ("PUT", "/items/n2", {"title": "t", "categories": ["c"], "attributes": {"price": 2}}),
-    ("POST", "/users", {"user_id": "n3", "attributes": {"age": 30, "tier": "gold"}}),
-    ("PUT", "/users/n4", {"attributes": {"age": 30}}),
-    ("POST", "/recommendations", {"item_ids": ["i1", "i2"], "weights": [1.0, 2.0], "k": 3,
-                                  "filters": {"include_attributes": {"brand": ["b"]}}}),
-])
+WRITES = st.sampled_from(
+    [
+        ("POST", "/events", _valid_event(0)),
+        ("POST", "/events", [_valid_event(1), _valid_event(2)]),
+        (
+            "POST",
+            "/items",
+            {
+                "item_id": "n1",
+                "title": "t",
+                "description": "d",
+                "categories": ["c"],
+                "attributes": {"price": 1.5, "brand": "b"},
+            },
+        ),
+        ("PUT", "/items/n2", {"title": "t", "categories": ["c"], "attributes": {"price": 2}}),
+        ("POST", "/users", {"user_id": "n3", "attributes": {"age": 30, "tier": "gold"}}),
+        ("PUT", "/users/n4", {"attributes": {"age": 30}}),
+        (
+            "POST",
+            "/recommendations",
+            {
+                "item_ids": ["i1", "i2"],
+                "weights": [1.0, 2.0],
+                "k": 3,
+                "filters": {"include_attributes": {"brand": ["b"]}},
+            },
+        ),
+    ]
+)
 HOSTILE_WRITES = WRITES.flatmap(lambda w: st.tuples(st.just(w[0]), st.just(w[1]), mutated(w[2])))
 
 
 def test_property_hostile_write_bodies_never_5xx_never_stored_broken(client, store):
     statuses: set[int] = set()
 
-    @settings(max_examples=150, deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=150,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
     @given(HOSTILE_WRITES)
     def check(write):
         method, path, body = write
@@ -334,20 +411,26 @@ def test_store_refuses_values_the_api_refuses(store):
 
 
 def _valid_record(method: str) -> dict:
-    return {"upsert_items": {"item_id": "ok-item"}, "upsert_users": {"user_id": "ok-user"},
-            "add_events": {"event_id": "ok-event", "user_id": "u1", "item_id": "i1"}}[method]
+    return {
+        "upsert_items": {"item_id": "ok-item"},
+        "upsert_users": {"user_id": "ok-user"},
+        "add_events": {"event_id": "ok-event", "user_id": "u1", "item_id": "i1"},
+    }[method]
 
 
 # ---- recsys.validation.loads_json --------------------------------------------------------------
-@pytest.mark.parametrize("text, path, needle", [
-    (b'{"a": NaN}', ("a",), "NaN"),
-    (b'{"a": [1, {"b": -Infinity}]}', ("a", 1, "b"), "-Infinity"),
-    (b'[1e400]', (0,), "1e400"),
-    (b'{"s": "x\\ud800"}', ("s",), "U+D800"),
-    ('{"s": "\udc00"}'.encode("utf-8", "surrogatepass"), ("s",), "U+DC00"),
-    (b'{"k\\udbff": 1}', (), "key"),
-    (b'[' + b'9' * 5000 + b']', (0,), "5,000 digits"),
-])
+@pytest.mark.parametrize(
+    "text, path, needle",
+    [
+        (b'{"a": NaN}', ("a",), "NaN"),
+        (b'{"a": [1, {"b": -Infinity}]}', ("a", 1, "b"), "-Infinity"),
+        (b"[1e400]", (0,), "1e400"),
+        (b'{"s": "x\\ud800"}', ("s",), "U+D800"),
+        ('{"s": "\udc00"}'.encode("utf-8", "surrogatepass"), ("s",), "U+DC00"),
+        (b'{"k\\udbff": 1}', (), "key"),
+        (b"[" + b"9" * 5000 + b"]", (0,), "5,000 digits"),
+    ],
+)
 def test_loads_json_refuses_with_path(text, path, needle):
     with pytest.raises(validation.InvalidJSON) as info:
         validation.loads_json(text)

@@ -20,12 +20,22 @@ KEY = "load-key"
 
 
 def test_durability_small():
-    env = {**os.environ, "RECSYS_DURABILITY_EVENTS": os.environ.get("RECSYS_TEST_DURABILITY_EVENTS", "6000"),
-           "RECSYS_DURABILITY_BATCH": "250"}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "durability_bench.py")], env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "RECSYS_DURABILITY_EVENTS": os.environ.get("RECSYS_TEST_DURABILITY_EVENTS", "6000"),
+        "RECSYS_DURABILITY_BATCH": "250",
+    }
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "durability_bench.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-    assert proc.returncode == 0 and last.startswith("PASS") and "0 lost, 0 duplicated" in last, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0 and last.startswith("PASS") and "0 lost, 0 duplicated" in last, (
+        proc.stdout[-3000:] + proc.stderr[-3000:]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +115,10 @@ def test_alias_poller_picks_up_new_version(env):
 
 def test_catalog_changes_apply_across_workers(env):
     with live_server(env, workers=2, extra_env={"RECSYS_API_KEYS": KEY, "RECSYS_RELOAD_POLL_SECONDS": "0"}) as base:
-        top = [i["item_id"] for i in httpx.get(f"{base}/users/someone-new/recommendations", params={"k": 5}).json()["items"]]
+        top = [
+            i["item_id"]
+            for i in httpx.get(f"{base}/users/someone-new/recommendations", params={"k": 5}).json()["items"]
+        ]
         victim = top[0]
         pids = {httpx.get(f"{base}/health").json()["pid"] for _ in range(30)}
         assert len(pids) == 2, "both workers should answer"

@@ -31,8 +31,15 @@ TESTS_DIR = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One small hybrid (ALS + tf-idf) model in a registry, trained once for the module."""
-    return prepare(tmp_path_factory.mktemp("schema"), users=DATA["n_users"], items=DATA["n_items"],
-                   events=DATA["n_events"], clusters=DATA["n_clusters"], seed=DATA["seed"], content="tfidf")
+    return prepare(
+        tmp_path_factory.mktemp("schema"),
+        users=DATA["n_users"],
+        items=DATA["n_items"],
+        events=DATA["n_events"],
+        clusters=DATA["n_clusters"],
+        seed=DATA["seed"],
+        content="tfidf",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,29 +72,63 @@ def test_hybrid_model_search_and_cold_start(server):
     for mode in ("collaborative", "content", "hybrid"):
         body = httpx.get(f"{server}/items/i3/similar", params={"mode": mode, "k": 5}).json()
         assert body["mode"] == mode and len(body["items"]) == 5
-    body = httpx.get(f"{server}/users/u3/recommendations", params={"mode": "hybrid", "cf_weight": 1, "content_weight": 1, "fusion": "rrf"}).json()
+    body = httpx.get(
+        f"{server}/users/u3/recommendations",
+        params={"mode": "hybrid", "cf_weight": 1, "content_weight": 1, "fusion": "rrf"},
+    ).json()
     assert body["mode"] == "hybrid" and len(body["items"]) == 10
     # A new item is servable at once (content vector + CF vector predicted from content).
-    new = {"item_id": "brand-new-1", "title": "zanzibar quokka telescope", "description": "zanzibar quokka telescope",
-           "categories": ["novelty"]}
+    new = {
+        "item_id": "brand-new-1",
+        "title": "zanzibar quokka telescope",
+        "description": "zanzibar quokka telescope",
+        "categories": ["novelty"],
+    }
     assert httpx.post(f"{server}/items", headers={"X-API-Key": KEY}, json=new).status_code == 201
-    found = [i["item_id"] for i in httpx.get(f"{server}/search", params={"q": "zanzibar quokka telescope", "k": 3}).json()["items"]]
+    found = [
+        i["item_id"]
+        for i in httpx.get(f"{server}/search", params={"q": "zanzibar quokka telescope", "k": 3}).json()["items"]
+    ]
     assert "brand-new-1" in found
     assert httpx.get(f"{server}/items/brand-new-1/similar", params={"mode": "content"}).status_code == 200
     httpx.delete(f"{server}/items/brand-new-1", headers={"X-API-Key": KEY}).raise_for_status()
-    found = [i["item_id"] for i in httpx.get(f"{server}/search", params={"q": "zanzibar quokka telescope", "k": 50}).json()["items"]]
+    found = [
+        i["item_id"]
+        for i in httpx.get(f"{server}/search", params={"q": "zanzibar quokka telescope", "k": 50}).json()["items"]
+    ]
     assert "brand-new-1" not in found
 
 
 def test_openapi_fuzz_with_hostile_values(served, tmp_path):
     base, store = served
     examples = os.environ.get("RECSYS_SCHEMATHESIS_EXAMPLES", "12")
-    cmd = [str(Path(sys.executable).with_name("schemathesis")), "run", f"{base}/openapi.json",
-           "--checks", CHECKS, "--max-examples", examples, "--seed", "1", "-H", f"X-API-Key: {KEY}",
-           "--generation-database", "none", "--exclude-path", "/admin/reload",
-           "--report", "junit", "--report-dir", str(tmp_path), "--no-color"]
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
-           "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(TESTS_DIR.parent), os.environ.get("PYTHONPATH", "")])}
+    cmd = [
+        str(Path(sys.executable).with_name("schemathesis")),
+        "run",
+        f"{base}/openapi.json",
+        "--checks",
+        CHECKS,
+        "--max-examples",
+        examples,
+        "--seed",
+        "1",
+        "-H",
+        f"X-API-Key: {KEY}",
+        "--generation-database",
+        "none",
+        "--exclude-path",
+        "/admin/reload",
+        "--report",
+        "junit",
+        "--report-dir",
+        str(tmp_path),
+        "--no-color",
+    ]
+    env = {
+        **os.environ,
+        "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
+        "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(TESTS_DIR.parent), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
     assert_stored_values_valid(store)
@@ -98,8 +139,10 @@ def test_live_server_refuses_oversized_body_before_reading_it(server):
     while the client has not sent (and the server not read) the other 20 MB."""
     url = urlsplit(server)
     with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
-        sock.sendall(b"POST /events HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                     b"X-API-Key: " + KEY.encode() + b"\r\nContent-Length: 21000000\r\n\r\n" + b"[" + b" " * 65536)
+        sock.sendall(
+            b"POST /events HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"X-API-Key: " + KEY.encode() + b"\r\nContent-Length: 21000000\r\n\r\n" + b"[" + b" " * 65536
+        )
         answer = b""
         while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
             chunk = sock.recv(65536)

@@ -56,15 +56,18 @@ def test_health_ready_metrics(server):
     assert body["status"] == "ready" and body["variants"] == {"production": "1"}
     recs(server, "u1")
     text = httpx.get(f"{server}/metrics").text
-    assert 'recsys_http_request_duration_seconds_bucket{' in text
+    assert "recsys_http_request_duration_seconds_bucket{" in text
     assert 'route="/users/{user_id}/recommendations"' in text
     assert 'recsys_model_version_info{alias="production",version="1"} 1.0' in text
 
 
 def test_every_answer_names_version_and_variant(server, data):
     item = data.items["item_id"][0]
-    for body in (recs(server, "u1"), httpx.get(f"{server}/items/{item}/similar").json(),
-                 httpx.post(f"{server}/recommendations", json={"item_ids": [item]}).json()):
+    for body in (
+        recs(server, "u1"),
+        httpx.get(f"{server}/items/{item}/similar").json(),
+        httpx.post(f"{server}/recommendations", json={"item_ids": [item]}).json(),
+    ):
         assert body["model_version"] == "1" and body["variant"] == "production"
 
 
@@ -73,7 +76,9 @@ def test_fold_in_of_new_user_visible_on_next_call(server, data):
     assert recs(server, user)["strategy"] == "popular"
     clusters = dict(zip(data.items["item_id"], (a["cluster"] for a in data.items["attributes"])))
     touched = [i for i, c in clusters.items() if c == 2][:8]
-    r = httpx.post(f"{server}/events", headers=AUTH, json=[{"user_id": user, "item_id": i, "event_type": "click"} for i in touched])
+    r = httpx.post(
+        f"{server}/events", headers=AUTH, json=[{"user_id": user, "item_id": i, "event_type": "click"} for i in touched]
+    )
     assert r.status_code == 200 and r.json() == {"received": 8, "inserted": 8, "duplicates": 0}
     body = recs(server, user)
     assert body["strategy"] == "fold_in"
@@ -105,13 +110,16 @@ def test_events_idempotent_and_counted(server, store):
     assert one == {"received": 1, "inserted": 0, "duplicates": 1}
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"user_id": "u1"}, "item_id"),
-    ({"user_id": "u1", "item_id": "i1", "value": "lots"}, "value"),
-    ({"user_id": "u1", "item_id": "i1", "timestamp": "yesterday"}, "timestamp"),
-    ({"user_id": "", "item_id": "i1"}, "user_id"),
-    ({"user_id": "u1", "item_id": "i1", "colour": "red"}, "colour"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"user_id": "u1"}, "item_id"),
+        ({"user_id": "u1", "item_id": "i1", "value": "lots"}, "value"),
+        ({"user_id": "u1", "item_id": "i1", "timestamp": "yesterday"}, "timestamp"),
+        ({"user_id": "", "item_id": "i1"}, "user_id"),
+        ({"user_id": "u1", "item_id": "i1", "colour": "red"}, "colour"),
+    ],
+)
 def test_malformed_batch_rejected_whole(server, store, bad, field):
     n = store.count_events()
     good = {"event_id": f"ok-{uuid.uuid4().hex}", "user_id": "u1", "item_id": "i1"}
@@ -123,7 +131,11 @@ def test_malformed_batch_rejected_whole(server, store, bad, field):
 
 def test_unknown_item_event_rejected_nothing_written(server, store):
     n = store.count_events()
-    r = httpx.post(f"{server}/events", headers=AUTH, json=[{"user_id": "u1", "item_id": "i1"}, {"user_id": "u1", "item_id": "no-such-item"}])
+    r = httpx.post(
+        f"{server}/events",
+        headers=AUTH,
+        json=[{"user_id": "u1", "item_id": "i1"}, {"user_id": "u1", "item_id": "no-such-item"}],
+    )
     assert r.status_code == 422 and r.json()["detail"]["field"] == "item_id"
     assert store.count_events() == n
 
@@ -210,7 +222,12 @@ def test_pin_version_and_refuse_corrupt_reload(server, env):
     # Loading a version that is not loaded yet needs a key; once loaded it is open to readers.
     r = httpx.get(f"{server}/users/u1/recommendations", params={"model_version": "2"})
     assert r.status_code == 401 and r.json()["detail"]["field"] == "X-API-Key"
-    assert httpx.get(f"{server}/users/u1/recommendations", params={"model_version": "2"}, headers=AUTH).json()["model_version"] == "2"
+    assert (
+        httpx.get(f"{server}/users/u1/recommendations", params={"model_version": "2"}, headers=AUTH).json()[
+            "model_version"
+        ]
+        == "2"
+    )
     assert recs(server, "u1", model_version="2")["model_version"] == "2"
     r = httpx.get(f"{server}/users/u1/recommendations", headers={"X-Model-Version": "2"})
     assert r.json()["model_version"] == "2" and r.json()["variant"] == "pinned"
@@ -223,7 +240,9 @@ def test_pin_version_and_refuse_corrupt_reload(server, env):
     v3 = train(settings, training_config(alias="production", seed=3)).version
     client = tracking.setup(settings)
     source = Path(tracking.get_version(client, settings.registered_model_name, v3).source.removeprefix("file://"))
-    index_file = next(p for p in sorted(source.rglob("*")) if p.is_file() and "index_user" in str(p.relative_to(source)))
+    index_file = next(
+        p for p in sorted(source.rglob("*")) if p.is_file() and "index_user" in str(p.relative_to(source))
+    )
     good = index_file.read_bytes()
     raw = bytearray(good)
     raw[len(raw) // 2] ^= 0xFF

@@ -19,12 +19,18 @@ def trained():
     matrix = InteractionMatrix.from_events(data.events, alpha=2.0)
     model = ALSEmbedder(factors=16, iterations=10, random_state=0).fit(matrix.matrix)
     bundle = ModelBundle(
-        kind="als", params={"factors": 16, "alpha": 2.0, "regularization": model.regularization}, metric="dot",
-        user_ids=matrix.user_ids, item_ids=matrix.item_ids,
-        user_vectors=model.user_vectors_, item_vectors=model.item_vectors_,
+        kind="als",
+        params={"factors": 16, "alpha": 2.0, "regularization": model.regularization},
+        metric="dot",
+        user_ids=matrix.user_ids,
+        item_ids=matrix.item_ids,
+        user_vectors=model.user_vectors_,
+        item_vectors=model.item_vectors_,
         item_popularity=np.diff(matrix.matrix.tocsc().indptr).astype(float),
-        indexes={"user": AnnoyItemIndex("dot", n_trees=20).build(model.item_vectors_),
-                 "item": AnnoyItemIndex("cosine", n_trees=20).build(model.item_vectors_)},
+        indexes={
+            "user": AnnoyItemIndex("dot", n_trees=20).build(model.item_vectors_),
+            "item": AnnoyItemIndex("cosine", n_trees=20).build(model.item_vectors_),
+        },
         info={"data": data.stats()},
     )
     return data, matrix, model, bundle
@@ -59,9 +65,16 @@ def test_bundle_refuses_missing_file_and_bad_shapes(tmp_path, trained):
     with pytest.raises(BundleError, match="missing"):
         ModelBundle.load(path)
     with pytest.raises(BundleError):
-        ModelBundle(kind="als", params={}, metric="dot", user_ids=["a"], item_ids=["x", "y"],
-                    user_vectors=np.zeros((1, 2), np.float32), item_vectors=np.zeros((3, 2), np.float32),
-                    item_popularity=np.zeros(2))
+        ModelBundle(
+            kind="als",
+            params={},
+            metric="dot",
+            user_ids=["a"],
+            item_ids=["x", "y"],
+            user_vectors=np.zeros((1, 2), np.float32),
+            item_vectors=np.zeros((3, 2), np.float32),
+            item_popularity=np.zeros(2),
+        )
 
 
 def test_manifest_records_dims_and_data(tmp_path, trained):

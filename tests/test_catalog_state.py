@@ -56,7 +56,11 @@ def test_masks_match_the_catalog_rows_and_follow_updates(items):
     changed.at[10, "categories"] = ["fresh-category"]
     changed.at[11, "attributes"] = {"cluster": 99}
     state.update(changed.iloc[:12])
-    for f in [*filter_cases(changed), Filters(include_categories=("fresh-category",)), Filters(include_attributes={"cluster": [99]})]:
+    for f in [
+        *filter_cases(changed),
+        Filters(include_categories=("fresh-category",)),
+        Filters(include_attributes={"cluster": [99]}),
+    ]:
         np.testing.assert_array_equal(state.mask(f), reference_mask(changed, state.item_ids, f), err_msg=str(f))
     assert state.mask(Filters(include_categories=("fresh-category",))).sum() == 1
     assert state.titles[0] == items["title"].iloc[0]

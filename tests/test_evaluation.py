@@ -32,6 +32,7 @@ def csr(rows, n_items):
 
 # ---------------------------------------------------------------- hand-computed metrics
 
+
 def tiny():
     # user 0: relevant {1,3,5}; recs [1,2,3,4] -> hits at ranks 1 and 3
     # user 1: relevant {0};     recs [2,-1,-1,-1] -> no hit
@@ -124,6 +125,7 @@ def test_no_evaluated_users():
 
 # ---------------------------------------------------------------- agreement with implicit
 
+
 @pytest.mark.parametrize("K,density", [(10, 0.1), (3, 0.3)])
 def test_agrees_with_implicit(K, density):
     from implicit.als import AlternatingLeastSquares
@@ -155,6 +157,7 @@ def test_agrees_with_implicit(K, density):
 
 
 # ---------------------------------------------------------------- top-k
+
 
 def test_top_k_matches_brute_force_and_excludes():
     rng = np.random.default_rng(0)
@@ -207,6 +210,7 @@ def test_top_k_pads_when_too_few_candidates():
 
 
 # ---------------------------------------------------------------- baselines
+
 
 def skewed_matrix(n_users=200, n_items=50, seed=0):
     """Item i is chosen with probability proportional to 1/(i+1): popularity follows the index."""
@@ -283,6 +287,7 @@ def test_itemknn_needs_fit_and_pads():
 
 
 # ---------------------------------------------------------------- beyond accuracy
+
 
 def test_coverage_novelty_diversity_popularity_tiny():
     assert catalog_coverage(np.array([[0, 1], [1, -1]]), 4) == pytest.approx(0.5)

@@ -24,8 +24,11 @@ SPEC = {
     "k": [5, 10],
     "breakdown_attribute": "age_group",
     "models": [
-        {"kind": "als", "params": {"factors": [8, 16], "iterations": 5},
-         "search": {"regularization": {"low": 0.001, "high": 1.0, "log": True}, "weighting": ["confidence", "bm25"]}},
+        {
+            "kind": "als",
+            "params": {"factors": [8, 16], "iterations": 5},
+            "search": {"regularization": {"low": 0.001, "high": 1.0, "log": True}, "weighting": ["confidence", "bm25"]},
+        },
         {"kind": "ease", "params": {"l2": 50.0}},
         {"kind": "tags"},
         {"kind": "popular"},
@@ -33,13 +36,28 @@ SPEC = {
     "search": {"trials": 4, "metric": "ndcg@10"},
 }
 EXPECTED_MODELS = ["als[factors=8]", "als[factors=16]", "ease", "tags", "popular"]
-METRIC_NAMES = ["precision", "recall", "ndcg", "map", "hit_rate", "mrr", "auc", "coverage", "novelty", "diversity", "avg_rec_popularity", "gini"]
+METRIC_NAMES = [
+    "precision",
+    "recall",
+    "ndcg",
+    "map",
+    "hit_rate",
+    "mrr",
+    "auc",
+    "coverage",
+    "novelty",
+    "diversity",
+    "avg_rec_popularity",
+    "gini",
+]
 
 
 def _cli(args: list[str], data_dir: Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """``python -m cli.main ...`` in a subprocess, as a user runs it."""
     env = {**os.environ, "RECSYS_DATA_DIR": str(data_dir), "OPENBLAS_NUM_THREADS": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _cli_inproc(args: list[str], data_dir: Path, monkeypatch):
@@ -100,7 +118,10 @@ def test_run_writes_report(experiment_run):
     bd = pd.read_csv(report / "breakdown_ease.csv")
     assert set(bd["dimension"]) == {"activity", "age_group"}
     assert set(bd.loc[bd["dimension"] == "activity", "group"]) == {"cold", "medium", "heavy"}
-    assert bd.loc[bd["dimension"] == "activity", "n_users"].sum() == bd.loc[bd["dimension"] == "age_group", "n_users"].sum()
+    assert (
+        bd.loc[bd["dimension"] == "activity", "n_users"].sum()
+        == bd.loc[bd["dimension"] == "age_group", "n_users"].sum()
+    )
     assert "ease" in experiment_run["stdout"] and "ndcg@10" in experiment_run["stdout"]
 
 
@@ -151,10 +172,14 @@ def test_same_split_for_every_model_in_process():
 def test_compare_reproduces_run_metrics(experiment_run, tmp_path, monkeypatch):
     client = _client(experiment_run["data"])
     exp = client.get_experiment_by_name("tiny")
-    parent = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("recsys.experiment.kind") == "parent"][0]
+    parent = [
+        r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("recsys.experiment.kind") == "parent"
+    ][0]
     out = tmp_path / "cmp"
-    for args in (["experiment", "compare", parent.info.run_id, "--report-dir", str(out)],
-                 ["experiment", "compare", "--experiment", "tiny", "--report-dir", str(out / "by-name")]):
+    for args in (
+        ["experiment", "compare", parent.info.run_id, "--report-dir", str(out)],
+        ["experiment", "compare", "--experiment", "tiny", "--report-dir", str(out / "by-name")],
+    ):
         res = _cli_inproc(args, experiment_run["data"], monkeypatch)
         assert res.exit_code == 0, (res.output, res.exception)
     original = pd.read_csv(experiment_run["report"] / "comparison.csv", index_col="model")
@@ -198,7 +223,11 @@ def test_spec_validation_errors_exit_2(tmp_path, change, field, monkeypatch):
 def test_missing_spec_and_ranges_in_run(tmp_path, monkeypatch):
     # as a user runs it: a real process, one line on stderr, exit code 2
     proc = _cli(["experiment", "run", str(tmp_path / "absent.yaml")], tmp_path / "data")
-    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: spec not found") and len(proc.stderr.strip().splitlines()) == 1
+    assert (
+        proc.returncode == 2
+        and proc.stderr.strip().startswith("error: spec not found")
+        and len(proc.stderr.strip().splitlines()) == 1
+    )
     spec = {**SPEC, "models": [{"kind": "als", "params": {"factors": {"low": 4, "high": 16}}}]}
     path = tmp_path / "ranges.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -210,8 +239,21 @@ def test_search_writes_trainable_best_config(experiment_run, tmp_path, monkeypat
     from pipelines.train import TrainConfig
 
     out = tmp_path / "best.yaml"
-    res = _cli_inproc(["experiment", "search", str(experiment_run["spec"]), "--trials", "4", "--out", str(out),
-                       "--report-dir", str(tmp_path / "search")], experiment_run["data"], monkeypatch)
+    res = _cli_inproc(
+        [
+            "experiment",
+            "search",
+            str(experiment_run["spec"]),
+            "--trials",
+            "4",
+            "--out",
+            str(out),
+            "--report-dir",
+            str(tmp_path / "search"),
+        ],
+        experiment_run["data"],
+        monkeypatch,
+    )
     assert res.exit_code == 0, (res.output, res.exception)
     cfg = TrainConfig.model_validate(yaml.safe_load(out.read_text()))
     assert cfg.model.kind in ("als", "ease")  # baselines and content encoders are not searched
@@ -241,8 +283,13 @@ def test_search_candidates_sample_ranges_and_grids():
     regs = [c.params["regularization"] for c in configs if c.kind == "als"]
     assert all(0.001 <= r <= 1.0 for r in regs) and len(set(regs)) == len(regs)
     assert {c.weighting for c in configs} <= {"confidence", "bm25"}
-    grid_spec = parse_spec({**SPEC, "models": [{"kind": "als", "params": {"factors": [4, 8, 16]}, "weighting": ["bm25", "none"]}],
-                            "search": {"method": "grid", "trials": 100}})
+    grid_spec = parse_spec(
+        {
+            **SPEC,
+            "models": [{"kind": "als", "params": {"factors": [4, 8, 16]}, "weighting": ["bm25", "none"]}],
+            "search": {"method": "grid", "trials": 100},
+        }
+    )
     grid = candidates(grid_spec, 100)
     assert len(grid) == 6 and len({(c.params["factors"], c.weighting) for c in grid}) == 6
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -52,7 +52,10 @@ def test_ingest_snapshot_roundtrip(store, small):
     src = small.items.set_index("item_id")
     assert items.loc["i3", "categories"] == src.loc["i3", "categories"]
     assert items.loc["i3", "attributes"] == src.loc["i3", "attributes"]
-    assert snap.users.set_index("user_id").loc["u4", "attributes"] == small.users.set_index("user_id").loc["u4", "attributes"]
+    assert (
+        snap.users.set_index("user_id").loc["u4", "attributes"]
+        == small.users.set_index("user_id").loc["u4", "attributes"]
+    )
 
 
 def test_reingest_is_idempotent(store, small):
@@ -93,10 +96,17 @@ def test_empty_dataset_rejected(store):
 
 def test_add_events_dedupes_and_creates_users(store, small):
     store.ingest(small)
-    now = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 3, 1, tzinfo=UTC)
     recs = [
-        {"event_id": "live-1", "user_id": "new-user", "item_id": "i1", "event_type": "click", "value": 2.0,
-         "timestamp": now, "variant": "B"},
+        {
+            "event_id": "live-1",
+            "user_id": "new-user",
+            "item_id": "i1",
+            "event_type": "click",
+            "value": 2.0,
+            "timestamp": now,
+            "variant": "B",
+        },
         {"event_id": "live-2", "user_id": "u1", "item_id": "i2", "event_type": "view", "timestamp": now},
     ]
     assert store.add_events(recs) == (2, 0)
@@ -144,7 +154,10 @@ def test_failed_ingest_rolls_back_everything(store, small):
 def test_catalog_ops(store, small):
     store.ingest(small)
     assert store.get_item("nope") is None
-    assert store.upsert_items([{"item_id": "new-1", "title": "Fresh", "categories": ["a", "b"], "attributes": {"p": 1}}]) == 1
+    assert (
+        store.upsert_items([{"item_id": "new-1", "title": "Fresh", "categories": ["a", "b"], "attributes": {"p": 1}}])
+        == 1
+    )
     item = store.get_item("new-1")
     assert item["title"] == "Fresh" and item["categories"] == ["a", "b"] and item["attributes"] == {"p": 1}
     assert item["available"] is True and item["created_at"] is not None

@@ -48,8 +48,14 @@ def _assert_exactly_once(store: FeatureStore) -> None:
 def _events(n: int, start: int = 0, ts: str = "2024-03-01T12:00:00Z", users: int = 5, items: int = 4) -> list[dict]:
     base = pd.Timestamp(ts)
     return [
-        {"event_id": f"ev{start + i}", "user_id": f"u{(start + i) % users}", "item_id": f"i{(start + i) % items}",
-         "event_type": "click", "value": 1.0 + (i % 3), "timestamp": (base + pd.Timedelta(hours=7 * i)).isoformat()}
+        {
+            "event_id": f"ev{start + i}",
+            "user_id": f"u{(start + i) % users}",
+            "item_id": f"i{(start + i) % items}",
+            "event_type": "click",
+            "value": 1.0 + (i % 3),
+            "timestamp": (base + pd.Timedelta(hours=7 * i)).isoformat(),
+        }
         for i in range(n)
     ]
 
@@ -74,7 +80,9 @@ def test_export_is_incremental_and_exactly_once(db_url, tmp_path):
     assert again.events == 12 and again.batches == 1
     _assert_exactly_once(store)
     # Files are partitioned by event date and named by their batch's sequence range.
-    names = {p.relative_to(tmp_path / "offline").as_posix() for p in (tmp_path / "offline" / "events").rglob("*.parquet")}
+    names = {
+        p.relative_to(tmp_path / "offline").as_posix() for p in (tmp_path / "offline" / "events").rglob("*.parquet")
+    }
     assert all(n.split("/")[1].startswith("date=2024-03-") and n.split("/")[2].startswith("part-") for n in names)
 
 
@@ -130,10 +138,20 @@ def test_export_refuses_another_stores_log(tmp_path):
 def _raw_insert(conn, n: int, start: int) -> None:
     user_pk = conn.execute(select(users_table.c.id).limit(1)).scalar_one()
     item_pk = conn.execute(select(items_table.c.id).limit(1)).scalar_one()
-    conn.execute(insert(events_table), [
-        {"event_id": f"raw{start + i}", "user_pk": user_pk, "item_pk": item_pk, "event_type": "click", "value": 1.0,
-         "ts": 1_700_000_000_000 + i} for i in range(n)
-    ])
+    conn.execute(
+        insert(events_table),
+        [
+            {
+                "event_id": f"raw{start + i}",
+                "user_pk": user_pk,
+                "item_pk": item_pk,
+                "event_type": "click",
+                "value": 1.0,
+                "ts": 1_700_000_000_000 + i,
+            }
+            for i in range(n)
+        ],
+    )
 
 
 def test_postgres_export_waits_for_in_flight_writer(postgres_url, tmp_path):
@@ -158,9 +176,12 @@ def test_postgres_export_waits_for_in_flight_writer(postgres_url, tmp_path):
     deadline = time.monotonic() + 30
     with watcher.connect() as conn:
         while time.monotonic() < deadline:
-            waiting = conn.execute(text(
-                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                "WHERE c.relname = 'events' AND l.mode = 'ShareLock' AND NOT l.granted")).scalar_one()
+            waiting = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                    "WHERE c.relname = 'events' AND l.mode = 'ShareLock' AND NOT l.granted"
+                )
+            ).scalar_one()
             if waiting:
                 break
             time.sleep(0.02)
@@ -273,13 +294,24 @@ def test_snapshot_parquet_equals_sql(db_url, tmp_path):
     store.ingest(Dataset(events=events, items=data.items, users=data.users))
     as_of = datetime(2024, 1, 10, 10, 0, tzinfo=UTC)  # equal to the tied timestamps
     # Posted after the ingest, some before and some after as_of (exported by the snapshot).
-    store.add_events([{"event_id": f"late{i}", "user_id": f"new{i % 3}", "item_id": data.items["item_id"].iloc[i],
-                       "timestamp": "2024-01-10T10:00:00Z" if i % 2 else "2030-01-01T00:00:00Z"} for i in range(10)])
+    store.add_events(
+        [
+            {
+                "event_id": f"late{i}",
+                "user_id": f"new{i % 3}",
+                "item_id": data.items["item_id"].iloc[i],
+                "timestamp": "2024-01-10T10:00:00Z" if i % 2 else "2030-01-01T00:00:00Z",
+            }
+            for i in range(10)
+        ]
+    )
     for when in (as_of, None):
         sql = store.snapshot(when, source="sql")
         parquet = store.snapshot(when, source="offline")
         assert isinstance(parquet.events["user_id"].dtype, pd.CategoricalDtype)
-        decoded = parquet.events.assign(user_id=parquet.events["user_id"].astype(str), item_id=parquet.events["item_id"].astype(str))
+        decoded = parquet.events.assign(
+            user_id=parquet.events["user_id"].astype(str), item_id=parquet.events["item_id"].astype(str)
+        )
         pd.testing.assert_frame_equal(decoded, sql.events)
         a = InteractionMatrix.from_events(sql.events, weighting="confidence", alpha=2.0)
         b = InteractionMatrix.from_events(parquet.events, weighting="confidence", alpha=2.0)
@@ -379,13 +411,18 @@ def test_train_exports_api_events_before_its_snapshot(tmp_path):
     api_side = FeatureStore(store.engine, create=False, offline_uri="")  # the API writes SQL only
     api_side.add_events([{"user_id": "fresh-user", "item_id": "i1", "event_id": f"api{i}"} for i in range(3)])
     assert store.offline.state().watermark < _sql_ids(store).max()
-    config = TrainConfig(model=ModelConfig(kind="als", params={"factors": 8, "iterations": 3}),
-                         index=IndexConfig(n_trees=5, recall_queries=20), promote_alias=None)
+    config = TrainConfig(
+        model=ModelConfig(kind="als", params={"factors": 8, "iterations": 3}),
+        index=IndexConfig(n_trees=5, recall_queries=20),
+        promote_alias=None,
+    )
     result = train(settings, config)
     assert list(result.timings)[:2] == ["export", "snapshot"]
     _assert_exactly_once(store)
     client = tracking.setup(settings)
-    bundle = ModelBundle.load(tracking.fetch_bundle(settings, tracking.get_version(client, settings.registered_model_name, result.version)))
+    bundle = ModelBundle.load(
+        tracking.fetch_bundle(settings, tracking.get_version(client, settings.registered_model_name, result.version))
+    )
     assert "fresh-user" in set(bundle.user_ids.tolist())
     for role in ("user", "item"):
         serving = bundle.info[f"index_{role}_serving"]

@@ -81,7 +81,9 @@ def test_keys_command_creates_and_revokes(db_url, tmp_path):
     env = {**os.environ, "RECSYS_DATABASE_URL": db_url, "RECSYS_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
 
     def keys(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "api.keys", *args], check=False, env=env, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "api.keys", *args], check=False, env=env, capture_output=True, text=True, timeout=120
+        )
 
     created = keys("create", "ops")
     assert created.returncode == 0, created.stderr
@@ -126,7 +128,11 @@ def test_variant_activity_and_stats(store):
     by = {r.variant: r for r in rows}
     assert (by["production:3"].users, by["production:3"].events) == (3, 5)
     assert by["production:3"].users_with == {"click": 2, "purchase": 1}
-    assert (by["challenger:4"].users, by["challenger:4"].events, by["challenger:4"].users_with) == (1, 1, {"click": 1, "purchase": 0})
+    assert (by["challenger:4"].users, by["challenger:4"].events, by["challenger:4"].users_with) == (
+        1,
+        1,
+        {"click": 1, "purchase": 0},
+    )
 
     recent = {r.variant: r for r in store.variant_activity(["click"], since=new - timedelta(seconds=1))}
     assert set(recent) == {"holdout", "production:3"}
@@ -154,8 +160,12 @@ with pipeline_lock(sys.argv[1], sys.argv[2], Path(sys.argv[3])) as held:
 
 def _lock_dies_with_holder(name: str, url: str, lock_dir: Path, held_message: str) -> None:
     """Another process holds the lock: we are refused; it is killed: the lock is free again."""
-    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, name, url, str(lock_dir)], stdout=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, name, url, str(lock_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         assert proc.stdout.readline().startswith("held")
         with pytest.raises(LockHeld, match=held_message), pipeline_lock(name, url, lock_dir):
@@ -196,8 +206,12 @@ def test_advisory_lock_on_postgres(postgres_url, tmp_path):
         with store.exclusive_lock("nightly", tmp_path) as held:
             assert held.startswith("pg_advisory_lock(")
             with store.engine.connect() as conn:
-                n = conn.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                                        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")).scalar()
+                n = conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                    )
+                ).scalar()
             assert n == 1
             with pytest.raises(LockHeld, match="advisory lock"), other.exclusive_lock("nightly", tmp_path):
                 pass
@@ -221,18 +235,24 @@ def _race_serializable_insert(postgres_url: str, store: FeatureStore) -> tuple[i
     outcome: list = []
     try:
         with other.connect() as blocker:
-            blocker.execute(text(
-                "INSERT INTO events (event_id, user_pk, item_pk, event_type, value, ts) "
-                "SELECT 'race-1', u.id, i.id, 'click', 1, 0 FROM users u, items i "
-                "WHERE u.user_id = 'u1' AND i.item_id = 'i1'"
-            ))
+            blocker.execute(
+                text(
+                    "INSERT INTO events (event_id, user_pk, item_pk, event_type, value, ts) "
+                    "SELECT 'race-1', u.id, i.id, 'click', 1, 0 FROM users u, items i "
+                    "WHERE u.user_id = 'u1' AND i.item_id = 'i1'"
+                )
+            )
 
             def write() -> None:
                 try:
-                    outcome.append(store.add_events([
-                        {"event_id": "race-1", "user_id": "u1", "item_id": "i1"},
-                        {"event_id": "race-2", "user_id": "u2", "item_id": "i2"},
-                    ]))
+                    outcome.append(
+                        store.add_events(
+                            [
+                                {"event_id": "race-1", "user_id": "u1", "item_id": "i1"},
+                                {"event_id": "race-2", "user_id": "u2", "item_id": "i2"},
+                            ]
+                        )
+                    )
                 except BaseException as exc:  # noqa: BLE001 - handed back to the test
                     outcome.append(exc)
 
@@ -240,10 +260,14 @@ def _race_serializable_insert(postgres_url: str, store: FeatureStore) -> tuple[i
             writer.start()
 
             def store_waits_on_lock() -> bool:
-                return bool(blocker.execute(text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-                )).scalar())
+                return bool(
+                    blocker.execute(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                        )
+                    ).scalar()
+                )
 
             _poll(store_waits_on_lock, "the store's insert to wait on the uncommitted event")
             blocker.commit()
@@ -277,7 +301,9 @@ def test_serialization_failure_is_retried_by_the_store(serializable_url, caplog)
             result = _race_serializable_insert(serializable_url, store)
         # The first attempt failed with 40001, the retry saw race-1 committed: a duplicate.
         assert result == (1, 1)
-        assert any("could not serialize" in r.getMessage() and "running it again" in r.getMessage() for r in caplog.records)
+        assert any(
+            "could not serialize" in r.getMessage() and "running it again" in r.getMessage() for r in caplog.records
+        )
         assert store.count_events() == 100 + 2
     finally:
         store.dispose()
@@ -296,9 +322,15 @@ def test_serialization_failure_without_retries_surfaces_as_write_conflict(serial
 
 # --------------------------------------------------------------------------- the SQL boundary
 
+
 def _grep(pattern: str) -> set[str]:
-    proc = subprocess.run(["grep", "-rlE", "--include=*.py", pattern, "api", "experiments", "pipelines", "cli"],
-                          check=False, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["grep", "-rlE", "--include=*.py", pattern, "api", "experiments", "pipelines", "cli"],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode in (0, 1), proc.stderr  # 1 = no match
     return set(proc.stdout.split())
 

@@ -64,9 +64,16 @@ def als():
     data = generate_synthetic(n_users=300, n_items=400, n_events=12_000, n_clusters=4, seed=9)
     matrix = InteractionMatrix.from_events(data.events, alpha=2.0)
     model = ALSEmbedder(factors=12, iterations=8, random_state=0).fit(matrix.matrix)
-    bundle = ModelBundle(kind="als", params={"alpha": 2.0, "regularization": model.regularization}, metric="dot",
-                         user_ids=matrix.user_ids, item_ids=matrix.item_ids, user_vectors=model.user_vectors_,
-                         item_vectors=model.item_vectors_, item_popularity=np.diff(matrix.matrix.tocsc().indptr).astype(float))
+    bundle = ModelBundle(
+        kind="als",
+        params={"alpha": 2.0, "regularization": model.regularization},
+        metric="dot",
+        user_ids=matrix.user_ids,
+        item_ids=matrix.item_ids,
+        user_vectors=model.user_vectors_,
+        item_vectors=model.item_vectors_,
+        item_popularity=np.diff(matrix.matrix.tocsc().indptr).astype(float),
+    )
     history = data.events.sort_values("timestamp").groupby("user_id")["item_id"].agg(list)
     return data, bundle, history
 
@@ -84,14 +91,20 @@ def test_user_lists_equal_a_brute_force_ranking_under_filters(als):
     rec = Recommender(bundle, data.items)
     cats = sorted({c for cs in data.items["categories"] for c in cs})
     rec.set_available(rec.item_ids[5], False)
-    cases = [Filters(), Filters(include_categories=(cats[1],)), Filters(exclude_categories=(cats[0],)),
-             Filters(include_attributes={"cluster": [2]}, exclude_items=tuple(rec.item_ids[:30]))]
+    cases = [
+        Filters(),
+        Filters(include_categories=(cats[1],)),
+        Filters(exclude_categories=(cats[0],)),
+        Filters(include_attributes={"cluster": [2]}, exclude_items=tuple(rec.item_ids[:30])),
+    ]
     for user_id in history.index[:25]:
         for f in cases:
             for k, offset in ((10, 0), (7, 5)):
                 got = rec.recommend_for_user(user_id, history[user_id], k, offset=offset, filters=f)
                 allowed = rec.catalog.mask(f).copy()
-                assert [i.item_id for i in got.items] == brute_force(bundle, rec, user_id, history[user_id], k, offset, allowed)
+                assert [i.item_id for i in got.items] == brute_force(
+                    bundle, rec, user_id, history[user_id], k, offset, allowed
+                )
                 assert all(i.reason and i.reason.startswith("because you interacted with") for i in got.items)
     # ranking never wrote into the shared availability mask
     assert rec.catalog.mask().sum() == len(rec.item_ids) - 1
@@ -101,7 +114,9 @@ def test_narrow_filter_returns_every_allowed_item_and_nothing_else(als):
     data, bundle, history = als
     rec = Recommender(bundle, data.items)
     keep = tuple(rec.item_ids[10:14])
-    f = Filters(include_attributes={"cluster": [0, 1, 2, 3]}, exclude_items=tuple(i for i in rec.item_ids if i not in keep))
+    f = Filters(
+        include_attributes={"cluster": [0, 1, 2, 3]}, exclude_items=tuple(i for i in rec.item_ids if i not in keep)
+    )
     user_id = history.index[0]
     got = rec.recommend_for_user(user_id, [], 10, filters=f).items
     assert sorted(i.item_id for i in got) == sorted(keep)
@@ -131,10 +146,14 @@ def test_popular_and_sessions_respect_filters_and_exclusions(als):
 @pytest.fixture(scope="module")
 def hybrid():
     data = generate_synthetic(n_users=300, n_items=200, n_events=9_000, n_clusters=4, seed=4)
-    config = TrainConfig(model=ModelConfig(kind="als", params={"factors": 8, "iterations": 5}),
-                         content=ContentConfig(kind="tfidf", params={"n_components": 16}))
+    config = TrainConfig(
+        model=ModelConfig(kind="als", params={"factors": 8, "iterations": 5}),
+        content=ContentConfig(kind="tfidf", params={"n_components": 16}),
+    )
     full = InteractionMatrix.from_events(data.events, alpha=config.alpha)
-    bundle = build_bundle(config, fit_model(config, full, data), full, {}, data, fit_content(config, data, full.item_ids))
+    bundle = build_bundle(
+        config, fit_model(config, full, data), full, {}, data, fit_content(config, data, full.item_ids)
+    )
     return data, Recommender(bundle, data.items)
 
 
@@ -160,10 +179,14 @@ def test_blend_weights_and_their_former_names_give_the_same_lists(hybrid):
 
 def test_added_items_are_ranked_filtered_and_explained_like_the_others():
     data = generate_synthetic(n_users=300, n_items=200, n_events=9_000, n_clusters=4, seed=6)
-    config = TrainConfig(model=ModelConfig(kind="als", params={"factors": 8, "iterations": 5}),
-                         content=ContentConfig(kind="tfidf", params={"n_components": 16}))
+    config = TrainConfig(
+        model=ModelConfig(kind="als", params={"factors": 8, "iterations": 5}),
+        content=ContentConfig(kind="tfidf", params={"n_components": 16}),
+    )
     full = InteractionMatrix.from_events(data.events, alpha=config.alpha)
-    bundle = build_bundle(config, fit_model(config, full, data), full, {}, data, fit_content(config, data, full.item_ids))
+    bundle = build_bundle(
+        config, fit_model(config, full, data), full, {}, data, fit_content(config, data, full.item_ids)
+    )
     rec = Recommender(bundle, data.items)
     n = len(rec.item_ids)
     # New items: copies of existing ones under new ids (same text → near their originals).
@@ -180,8 +203,9 @@ def test_added_items_are_ranked_filtered_and_explained_like_the_others():
     hits = rec.search(originals["title"].iloc[0], 3, filters=only_new).items
     assert hits[0].item_id == "new-0"
     user_id = data.events["user_id"].iloc[0]
-    got = rec.recommend_for_user(user_id, [originals["item_id"].iloc[0]], 10, mode="collaborative", filters=only_new,
-                                 refresh=True).items
+    got = rec.recommend_for_user(
+        user_id, [originals["item_id"].iloc[0]], 10, mode="collaborative", filters=only_new, refresh=True
+    ).items
     assert {i.item_id for i in got} == set(new["item_id"]) and all(i.reason for i in got)
     assert rec.popular(6, filters=only_new).items[-1].score == 0.0  # no interactions yet
     rec.update_catalog(new.assign(available=False).iloc[:3])

@@ -50,8 +50,11 @@ HEADERS = {"X-API-Key": KEY}
 POLL_SECONDS = 0.5
 #: an event written through one replica must change the other's answer within this
 PROPAGATION_LIMIT = 1.0
-TRAIN_CONFIG = {"model": {"kind": "als", "params": {"factors": 16, "iterations": 8, "regularization": 0.05}},
-                "index": {"n_trees": 10, "recall_queries": 50}, "eval_users": 200}
+TRAIN_CONFIG = {
+    "model": {"kind": "als", "params": {"factors": 16, "iterations": 8, "regularization": 0.05}},
+    "index": {"n_trees": 10, "recall_queries": 50},
+    "eval_users": 200,
+}
 GENERATE = ["--users", "300", "--items", "150", "--events", "8000", "--clusters", "5", "--seed", "3"]
 
 
@@ -96,7 +99,11 @@ def health(server: ServerProcess) -> dict:
 
 
 def recommended(server: ServerProcess, user_id: str, k: int = 10) -> list[str]:
-    body = httpx.get(f"{server.url}/users/{user_id}/recommendations", params={"k": k}, timeout=10).raise_for_status().json()
+    body = (
+        httpx.get(f"{server.url}/users/{user_id}/recommendations", params={"k": k}, timeout=10)
+        .raise_for_status()
+        .json()
+    )
     return [i["item_id"] for i in body["items"]]
 
 
@@ -117,20 +124,34 @@ def cluster(tmp_path_factory, postgres_url_module):
     with ExitStack() as stack:
         mlflow = stack.enter_context(mlflow_server(root / "mlflow"))
         base = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
-        trainer_env = {**base, "RECSYS_DATA_DIR": str(root / "trainer"), "RECSYS_DATABASE_URL": postgres_url_module,
-                       "RECSYS_MLFLOW_TRACKING_URI": mlflow.url, "RECSYS_API_KEYS": KEY,
-                       "RECSYS_RELOAD_POLL_SECONDS": str(POLL_SECONDS), "OPENBLAS_NUM_THREADS": "1"}
+        trainer_env = {
+            **base,
+            "RECSYS_DATA_DIR": str(root / "trainer"),
+            "RECSYS_DATABASE_URL": postgres_url_module,
+            "RECSYS_MLFLOW_TRACKING_URI": mlflow.url,
+            "RECSYS_API_KEYS": KEY,
+            "RECSYS_RELOAD_POLL_SECONDS": str(POLL_SECONDS),
+            "OPENBLAS_NUM_THREADS": "1",
+        }
         recsys(["generate", *GENERATE], trainer_env)
         out = recsys(["train", "--config", str(root / "train.yaml")], trainer_env)
         assert "registered recsys version 1, alias production" in out, out
-        a = stack.enter_context(serve_process(replica_env(trainer_env, root / "replica-a"), name="replica A",
-                                              log_path=root / "replica-a.log"))
-        b = stack.enter_context(serve_process(replica_env(trainer_env, root / "replica-b"), name="replica B",
-                                              log_path=root / "replica-b.log"))
-        proxy = stack.enter_context(nginx_proxy([a.url.removeprefix("http://"), b.url.removeprefix("http://")],
-                                                root / "nginx"))
-        c = Cluster(store_url=postgres_url_module, mlflow=mlflow, a=a, b=b, proxy=proxy, root=root,
-                    trainer_env=trainer_env)
+        a = stack.enter_context(
+            serve_process(
+                replica_env(trainer_env, root / "replica-a"), name="replica A", log_path=root / "replica-a.log"
+            )
+        )
+        b = stack.enter_context(
+            serve_process(
+                replica_env(trainer_env, root / "replica-b"), name="replica B", log_path=root / "replica-b.log"
+            )
+        )
+        proxy = stack.enter_context(
+            nginx_proxy([a.url.removeprefix("http://"), b.url.removeprefix("http://")], root / "nginx")
+        )
+        c = Cluster(
+            store_url=postgres_url_module, mlflow=mlflow, a=a, b=b, proxy=proxy, root=root, trainer_env=trainer_env
+        )
         yield c
         print(f"\n[replicas] measured: {json.dumps(c.timings, sort_keys=True)} ({root / 'replica_timings.json'})")
 
@@ -171,10 +192,13 @@ def test_event_on_a_changes_b_within_a_second(cluster, record_property):
         # B's very next answer already reflects the event (then its own latency is all there is),
         # or a later one does within the limit.
         assert polls == 1 or elapsed < PROPAGATION_LIMIT, (
-            f"B's answer to {user_id} changed {elapsed:.3f}s after A acknowledged the event (limit {PROPAGATION_LIMIT}s)")
+            f"B's answer to {user_id} changed {elapsed:.3f}s after A acknowledged the event (limit {PROPAGATION_LIMIT}s)"
+        )
     cluster.record("event_a_to_b_seconds_max", round(max(delays), 4), record_property)
     cluster.record("event_a_to_b_seconds_median", round(statistics.median(delays), 4), record_property)
-    cluster.record("event_a_to_b_changed_on_first_answer", f"{sum(first_answers)}/{len(first_answers)}", record_property)
+    cluster.record(
+        "event_a_to_b_changed_on_first_answer", f"{sum(first_answers)}/{len(first_answers)}", record_property
+    )
 
 
 def test_item_deleted_through_a_is_never_returned_by_b(cluster):
@@ -218,7 +242,9 @@ def test_promotion_reaches_both_replicas(cluster, record_property):
         assert time.monotonic() - moved < 60, f"after 60 s only {sorted(reached)} serve version {new}"
         time.sleep(0.05)
     cluster.record("promotion_to_both_seconds", round(max(reached.values()), 3), record_property)
-    cluster.record("promotion_per_replica_seconds", {k: round(v, 3) for k, v in sorted(reached.items())}, record_property)
+    cluster.record(
+        "promotion_per_replica_seconds", {k: round(v, 3) for k, v in sorted(reached.items())}, record_property
+    )
     for server in (cluster.a, cluster.b):  # and they answer with it
         body = httpx.get(f"{server.url}/users/u5/recommendations", timeout=10).raise_for_status().json()
         assert body["model_version"] == new
@@ -249,7 +275,9 @@ def test_sigkill_during_event_stream_loses_no_acknowledged_event(cluster, record
                     with lock:
                         acked.append(event_id)
 
-    with serve_process(cluster.replica_env("replica-a2"), name="replica A2", log_path=cluster.root / "replica-a2.log") as a2:
+    with serve_process(
+        cluster.replica_env("replica-a2"), name="replica A2", log_path=cluster.root / "replica-a2.log"
+    ) as a2:
         threads = [threading.Thread(target=stream, args=(w, a2.url), daemon=True) for w in range(3)]
         for t in threads:
             t.start()
@@ -268,8 +296,11 @@ def test_sigkill_during_event_stream_loses_no_acknowledged_event(cluster, record
     unacked_stored = sum(e in in_store for e in failed)
     cluster.record("sigkill_acknowledged_events", len(acked), record_property)
     cluster.record("sigkill_unacknowledged_but_stored", unacked_stored, record_property)
-    logger.info("SIGKILL after %d acknowledged events; clients saw the failure within %.2fs", len(acked),
-                time.monotonic() - killed)
+    logger.info(
+        "SIGKILL after %d acknowledged events; clients saw the failure within %.2fs",
+        len(acked),
+        time.monotonic() - killed,
+    )
     assert not lost, f"{len(lost)} acknowledged events are missing from the store, e.g. {lost[:5]}"
 
 

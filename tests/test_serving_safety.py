@@ -36,7 +36,9 @@ AUTH = {"X-API-Key": KEY}
 
 def app_settings(env: dict, **overrides) -> Settings:
     base = settings_for(env)
-    return Settings(data_dir=base.data_dir, database_url=base.database_url, api_keys=KEY, reload_poll_seconds=0, **overrides)
+    return Settings(
+        data_dir=base.data_dir, database_url=base.database_url, api_keys=KEY, reload_poll_seconds=0, **overrides
+    )
 
 
 def client_for(settings: Settings) -> TestClient:
@@ -106,8 +108,9 @@ def test_replaced_tracking_store_file_is_noticed(tmp_path):
         # server has open (a restored backup, a recreated store).
         new_db = settings.data_dir / "mlflow-new.db"
         shutil.copyfile(db, new_db)
-        other = Settings(data_dir=settings.data_dir, database_url=settings.database_url,
-                         mlflow_tracking_uri=f"sqlite:///{new_db}")
+        other = Settings(
+            data_dir=settings.data_dir, database_url=settings.database_url, mlflow_tracking_uri=f"sqlite:///{new_db}"
+        )
         assert train(other, training_config(seed=5)).version == "2"
         os.replace(new_db, db)
         r = client.post("/admin/reload", headers=AUTH)
@@ -194,8 +197,9 @@ GOOD = {"kind": "als", "params": {"factors": 16, "iterations": 8, "regularizatio
 
 
 def pipeline_cfg(**extra) -> PipelineConfig:
-    return PipelineConfig.model_validate({"name": "safety", "models": [GOOD], "evaluation": {"eval_users": 400},
-                                          "index": {"n_trees": 20}, **extra})
+    return PipelineConfig.model_validate(
+        {"name": "safety", "models": [GOOD], "evaluation": {"eval_users": 400}, "index": {"n_trees": 20}, **extra}
+    )
 
 
 def test_decide_names_each_refusing_rule():
@@ -208,8 +212,13 @@ def test_decide_names_each_refusing_rule():
     assert not d.passed and d.refused_by == ["holdout_too_small", "holdout_uninformative"]
     d = decide(cfg, ok, None, {}, True, popularity={"ndcg_at_10": 0.3}, holdout=stats)
     assert d.refused_by == ["below_popularity"]
-    assert decide(GateConfig(popularity_baseline=False), ok, None, {}, True, popularity={"ndcg_at_10": 0.3}, holdout=stats).passed
-    caps = {"production_capabilities": {"collaborative", "content_space", "search"}, "candidate_capabilities": {"collaborative"}}
+    assert decide(
+        GateConfig(popularity_baseline=False), ok, None, {}, True, popularity={"ndcg_at_10": 0.3}, holdout=stats
+    ).passed
+    caps = {
+        "production_capabilities": {"collaborative", "content_space", "search"},
+        "candidate_capabilities": {"collaborative"},
+    }
     d = decide(cfg, ok, ok, {}, True, holdout=stats, **caps)
     assert d.refused_by == ["capability_loss"] and "content_space, search" in d.reason
     assert decide(GateConfig(allow_capability_loss=True), ok, ok, {}, True, holdout=stats, **caps).passed
@@ -228,8 +237,13 @@ def test_gate_refuses_degenerate_fresh_holdout(tmp_path, monkeypatch):
     bots = data.events["user_id"].value_counts().index[:3].tolist()
     seen = {u: data.events.loc[data.events["user_id"] == u, "item_id"].unique()[:3].tolist() for u in bots}
     now = time.time()
-    inserted, _ = store.add_events([{"event_id": f"bot-{u}-{n}", "user_id": u, "item_id": seen[u][n % 3], "timestamp": now - n}
-                                    for u in bots for n in range(150)])
+    inserted, _ = store.add_events(
+        [
+            {"event_id": f"bot-{u}-{n}", "user_id": u, "item_id": seen[u][n % 3], "timestamp": now - n}
+            for u in bots
+            for n in range(150)
+        ]
+    )
     assert inserted == 450
     flooded = run_pipeline(settings, cfg, run_id="flooded")
     assert flooded.status == "rejected"
@@ -238,7 +252,10 @@ def test_gate_refuses_degenerate_fresh_holdout(tmp_path, monkeypatch):
     assert state["stages"]["train"]["outputs"]["holdout_mode"] == "fresh"
     assert {"holdout_too_small", "holdout_uninformative"} <= set(decision["refused_by"]), decision
     assert decision["checks"]["holdout_eval_users"] == 3
-    assert str(tracking.resolve_alias(tracking.setup(settings), settings.registered_model_name, "production").version) == base.version
+    assert (
+        str(tracking.resolve_alias(tracking.setup(settings), settings.registered_model_name, "production").version)
+        == base.version
+    )
 
 
 def test_gate_refuses_losing_the_content_space_unless_allowed(tmp_path, monkeypatch):
@@ -251,7 +268,10 @@ def test_gate_refuses_losing_the_content_space_unless_allowed(tmp_path, monkeypa
     decision = json.loads((lost.run_dir / "gate" / "decision.json").read_text())
     assert decision["refused_by"] == ["capability_loss"], decision
     assert {"content_space", "search"} <= set(decision["checks"]["capabilities_lost"])
-    assert str(tracking.resolve_alias(tracking.setup(settings), settings.registered_model_name, "production").version) == "1"
+    assert (
+        str(tracking.resolve_alias(tracking.setup(settings), settings.registered_model_name, "production").version)
+        == "1"
+    )
     allowed = run_pipeline(settings, pipeline_cfg(gate={**gate, "allow_capability_loss": True}), run_id="allowed")
     assert allowed.status == "promoted", allowed.reason
 
@@ -320,8 +340,11 @@ def test_pinned_version_needs_key_and_loads_off_the_event_loop(trained, monkeypa
         assert client.get("/users/u1/recommendations", params={"model_version": "99"}, headers=AUTH).status_code == 404
         monkeypatch.setattr(tracking, "fetch_bundle_checked", gated_fetch)
         result: dict = {}
-        pinned = threading.Thread(target=lambda: result.update(
-            r=client.get("/users/u1/recommendations", params={"model_version": "2"}, headers=AUTH)))
+        pinned = threading.Thread(
+            target=lambda: result.update(
+                r=client.get("/users/u1/recommendations", params={"model_version": "2"}, headers=AUTH)
+            )
+        )
         pinned.start()
         assert entered.wait(60), "the pinned load did not start"
         # The load is held inside its download; the event loop still answers.

@@ -88,13 +88,20 @@ def test_user_vectors_solve_the_implicit_normal_equations(local_fit):
     counts = np.diff(matrix.indptr)
     users = np.flatnonzero(counts)[:40]
     for u in users:
-        items, conf = matrix.indices[matrix.indptr[u]:matrix.indptr[u + 1]], matrix.data[matrix.indptr[u]:matrix.indptr[u + 1]]
+        items, conf = (
+            matrix.indices[matrix.indptr[u] : matrix.indptr[u + 1]],
+            matrix.data[matrix.indptr[u] : matrix.indptr[u + 1]],
+        )
         expected = als_user_solve(model.item_vectors_, items, conf, model.reg_param_ * counts[u])
         np.testing.assert_allclose(model.user_vectors_[u], expected, rtol=2e-3, atol=2e-4)
     # fold_in answers like the implicit-trained model's (implicit's λ), close to the trained vector
     u = users[0]
-    folded = model.fold_in(matrix.indices[matrix.indptr[u]:matrix.indptr[u + 1]], matrix.data[matrix.indptr[u]:matrix.indptr[u + 1]])
-    assert np.dot(folded, model.user_vectors_[u]) / (np.linalg.norm(folded) * np.linalg.norm(model.user_vectors_[u])) > 0.9
+    folded = model.fold_in(
+        matrix.indices[matrix.indptr[u] : matrix.indptr[u + 1]], matrix.data[matrix.indptr[u] : matrix.indptr[u + 1]]
+    )
+    assert (
+        np.dot(folded, model.user_vectors_[u]) / (np.linalg.norm(folded) * np.linalg.norm(model.user_vectors_[u])) > 0.9
+    )
 
 
 @pytest.mark.skipif(ML100K is None, reason="MovieLens 100K absent (../shared/datasets/ml-100k)")
@@ -111,13 +118,16 @@ def test_movielens_ndcg_within_ten_percent_of_implicit():
     data = load_movielens_100k(ML100K)
     full = InteractionMatrix.from_events(data.events, weighting=config.weighting, alpha=config.alpha)
     split = random_split(data.events, test_ratio=0.2, seed=42)
-    train = InteractionMatrix.from_events(split.train, user_ids=full.user_ids, item_ids=full.item_ids,
-                                          weighting=config.weighting, alpha=config.alpha)
+    train = InteractionMatrix.from_events(
+        split.train, user_ids=full.user_ids, item_ids=full.item_ids, weighting=config.weighting, alpha=config.alpha
+    )
     test = InteractionMatrix.from_events(split.test, user_ids=full.user_ids, item_ids=full.item_ids, weighting="none")
     users = np.flatnonzero(np.diff(test.matrix.indptr) > 0)
 
     def ndcg(model) -> float:
-        top = top_k_scores(model.user_vectors_, model.item_vectors_, 10, exclude=train.matrix[users], user_rows=users, metric="dot")[0]
+        top = top_k_scores(
+            model.user_vectors_, model.item_vectors_, 10, exclude=train.matrix[users], user_rows=users, metric="dot"
+        )[0]
         return float(ranking_metrics_at_k(top, test.matrix, 10, user_rows=users)["ndcg"])
 
     implicit_ndcg = ndcg(ALSEmbedder(**config.model.params).fit(train.matrix))
@@ -143,8 +153,11 @@ def test_spark_trained_version_is_registered_promoted_and_served(tmp_path):
     assert settings.mlflow_tracking_uri.startswith("sqlite:///")
     data = generate_synthetic(n_users=400, n_items=200, n_events=12_000, n_clusters=5, seed=11)
     FeatureStore(settings.database_url).ingest(data)
-    config = TrainConfig(model=ModelConfig(kind="als", engine="spark", params=SMALL),
-                         index=IndexConfig(n_trees=10, recall_queries=50), eval_users=300)
+    config = TrainConfig(
+        model=ModelConfig(kind="als", engine="spark", params=SMALL),
+        index=IndexConfig(n_trees=10, recall_queries=50),
+        eval_users=300,
+    )
     result = train(settings, config)
     assert result.version == "1"
     assert result.metrics["ndcg_at_10"] > 0.05  # clustered data: a working model beats random by far
@@ -159,7 +172,9 @@ def test_spark_trained_version_is_registered_promoted_and_served(tmp_path):
     events = FeatureStore(settings.database_url).snapshot().events
     full = InteractionMatrix.from_events(events, weighting=config.weighting, alpha=config.alpha)
     assert list(full.item_ids) == list(bundle.item_ids)
-    np.testing.assert_allclose(bundle.item_vectors, SparkALSEmbedder(**SMALL).fit(full.matrix).item_vectors_, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(
+        bundle.item_vectors, SparkALSEmbedder(**SMALL).fit(full.matrix).item_vectors_, rtol=1e-3, atol=1e-4
+    )
     assert not np.allclose(bundle.item_vectors, ALSEmbedder(**SMALL).fit(full.matrix).item_vectors_, atol=1e-2)
 
     user = str(data.events["user_id"].iloc[0])
@@ -197,7 +212,9 @@ def _wait_for(what: str, check, timeout: float, procs: list[subprocess.Popen], l
     while time.monotonic() < deadline:
         for p in procs:
             if p.poll() is not None:
-                raise RuntimeError(f"a Spark daemon exited ({p.returncode}) while waiting for {what}: {log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"a Spark daemon exited ({p.returncode}) while waiting for {what}: {log.read_text()[-3000:]}"
+                )
         value = check()
         if value:
             return value
@@ -223,25 +240,69 @@ def standalone_cluster(folder: Path) -> Iterator[tuple[str, str]]:
 
     spark_home = Path(pyspark.__file__).parent
     spark_class = str(spark_home / "bin" / "spark-class")
-    env = {**os.environ, "SPARK_HOME": str(spark_home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_DAEMON_MEMORY": "256m",
-           "SPARK_NO_DAEMONIZE": "1"}
+    env = {
+        **os.environ,
+        "SPARK_HOME": str(spark_home),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "SPARK_DAEMON_MEMORY": "256m",
+        "SPARK_NO_DAEMONIZE": "1",
+    }
     port, ui_port, worker_ui_port = free_port(), free_port(), free_port()
     master_url, status_url = f"spark://127.0.0.1:{port}", f"http://127.0.0.1:{ui_port}/json/"
     log = folder / "cluster.log"
     procs: list[subprocess.Popen] = []
     with open(log, "wb") as out:
         try:
-            procs.append(subprocess.Popen([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                                           "--port", str(port), "--webui-port", str(ui_port)],
-                                          env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        spark_class,
+                        "org.apache.spark.deploy.master.Master",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--webui-port",
+                        str(ui_port),
+                    ],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
             _wait_for("the master", lambda: _status(status_url).get("status") == "ALIVE", 90, procs, log)
             (folder / "worker").mkdir()
-            procs.append(subprocess.Popen([spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                                           "--cores", "1", "--memory", "1g", "--webui-port", str(worker_ui_port),
-                                           "--work-dir", str(folder / "worker"), master_url],
-                                          env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
-            _wait_for("the worker to register", lambda: any(w["state"] == "ALIVE" for w in _status(status_url).get("workers", [])),
-                      90, procs, log)
+            procs.append(
+                subprocess.Popen(
+                    [
+                        spark_class,
+                        "org.apache.spark.deploy.worker.Worker",
+                        "--host",
+                        "127.0.0.1",
+                        "--cores",
+                        "1",
+                        "--memory",
+                        "1g",
+                        "--webui-port",
+                        str(worker_ui_port),
+                        "--work-dir",
+                        str(folder / "worker"),
+                        master_url,
+                    ],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+            _wait_for(
+                "the worker to register",
+                lambda: any(w["state"] == "ALIVE" for w in _status(status_url).get("workers", [])),
+                90,
+                procs,
+                log,
+            )
             yield master_url, status_url
         finally:
             for p in reversed(procs):
@@ -253,15 +314,28 @@ def test_trains_on_a_standalone_cluster(local_fit, tmp_path, monkeypatch):
     with standalone_cluster(tmp_path) as (master_url, status_url):
         monkeypatch.setenv("RECSYS_SPARK_MASTER", master_url)
         # The driver (this process) must be reachable by the executor the worker starts.
-        monkeypatch.setenv("RECSYS_SPARK_CONF", json.dumps({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
-                                                            "spark.executor.memory": "512m", "spark.cores.max": "1"}))
+        monkeypatch.setenv(
+            "RECSYS_SPARK_CONF",
+            json.dumps(
+                {
+                    "spark.driver.host": "127.0.0.1",
+                    "spark.driver.bindAddress": "127.0.0.1",
+                    "spark.executor.memory": "512m",
+                    "spark.cores.max": "1",
+                }
+            ),
+        )
         monkeypatch.setenv("RECSYS_SPARK_WORK_DIR", str(tmp_path / "work"))
         remote = SparkALSEmbedder(**SMALL).fit(matrix)
         app_id = remote.spark_application_id_
         assert app_id.startswith("app-"), app_id  # a standalone master's id, not local-…
-        completed = _wait_for("the application to be listed as completed",
-                              lambda: [a for a in _status(status_url).get("completedapps", []) if a["id"] == app_id],
-                              30, [], tmp_path / "cluster.log")
+        completed = _wait_for(
+            "the application to be listed as completed",
+            lambda: [a for a in _status(status_url).get("completedapps", []) if a["id"] == app_id],
+            30,
+            [],
+            tmp_path / "cluster.log",
+        )
         assert completed[0]["state"] == "FINISHED"
     # Same seed, same blocks (2): the cluster's factors are the local run's.
     np.testing.assert_allclose(remote.user_vectors_, local.user_vectors_, rtol=1e-3, atol=1e-4)

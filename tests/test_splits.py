@@ -77,9 +77,15 @@ def test_leave_last_n_picks_latest():
 
 def test_leave_last_n_ties_broken_by_seed():
     # one user, 4 events at the same instant: which one is "last" depends on the seed only
-    df = normalize_events(pd.DataFrame({
-        "user_id": ["a"] * 4 + ["b"] * 4, "item_id": ["1", "2", "3", "4"] * 2, "timestamp": [5] * 8,
-    }))
+    df = normalize_events(
+        pd.DataFrame(
+            {
+                "user_id": ["a"] * 4 + ["b"] * 4,
+                "item_id": ["1", "2", "3", "4"] * 2,
+                "timestamp": [5] * 8,
+            }
+        )
+    )
     picks = {tuple(leave_last_n_split(df, n=1, seed=s).test.sort_values("user_id")["item_id"]) for s in range(12)}
     assert len(picks) > 1
     assert leave_last_n_split(df, 1, seed=3).test.equals(leave_last_n_split(df, 1, seed=3).test)
@@ -89,10 +95,15 @@ def test_time_split_respects_cutoff_and_reports_absent():
     events = make_events()
     cutoff = events["timestamp"].quantile(0.7)
     # a user and an item that only exist after the cutoff
-    late = normalize_events(pd.DataFrame({
-        "user_id": ["new_user", "new_user", "u1"], "item_id": ["i1", "i2", "new_item"],
-        "timestamp": [cutoff + pd.Timedelta("1D")] * 3,
-    }))
+    late = normalize_events(
+        pd.DataFrame(
+            {
+                "user_id": ["new_user", "new_user", "u1"],
+                "item_id": ["i1", "i2", "new_item"],
+                "timestamp": [cutoff + pd.Timedelta("1D")] * 3,
+            }
+        )
+    )
     events = pd.concat([events, late], ignore_index=True)
     split = time_split(events, cutoff)
     assert_partition(events, split)

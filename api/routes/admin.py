@@ -15,10 +15,27 @@ from api.serving import ReloadError
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_key)])
 
 
-@router.post("/reload", response_model=Reloaded,
-             responses={401: {"model": Error}, 403: {"model": Error}, 409: {"model": Error, "description": "the new version was refused; the old one keeps serving"}})
-def reload(holder: HolderDep,
-           alias: Annotated[str | None, Query(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_-]+$", description="one alias (default: every served alias)")] = None):
+@router.post(
+    "/reload",
+    response_model=Reloaded,
+    responses={
+        401: {"model": Error},
+        403: {"model": Error},
+        409: {"model": Error, "description": "the new version was refused; the old one keeps serving"},
+    },
+)
+def reload(
+    holder: HolderDep,
+    alias: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=255,
+            pattern=r"^[A-Za-z0-9_-]+$",
+            description="one alias (default: every served alias)",
+        ),
+    ] = None,
+):
     """Load the versions behind the served aliases now and swap them in once verified.
 
     Answers once this worker swapped; it then bumps the shared reload generation, so every
@@ -27,9 +44,18 @@ def reload(holder: HolderDep,
     try:
         results = holder.reload(alias)
     except ReloadError as exc:
-        return JSONResponse(status_code=409, content={"detail": {
-            "field": "alias", "alias": exc.alias, "version": exc.version, "message": exc.reason,
-            "served": holder.served()}})
+        return JSONResponse(
+            status_code=409,
+            content={
+                "detail": {
+                    "field": "alias",
+                    "alias": exc.alias,
+                    "version": exc.version,
+                    "message": exc.reason,
+                    "served": holder.served(),
+                }
+            },
+        )
     holder.announce_reload(f"admin/reload pid {os.getpid()}")
     return Reloaded(results=results, served=holder.served())
 

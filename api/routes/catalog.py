@@ -35,7 +35,9 @@ def _bad(exc: Exception, field: str) -> HTTPException:
 
 
 # ---- items ---------------------------------------------------------------------------------
-@router.post("/items", response_model=Written, status_code=201, responses=WRITE_ERRORS, dependencies=[Depends(require_key)])
+@router.post(
+    "/items", response_model=Written, status_code=201, responses=WRITE_ERRORS, dependencies=[Depends(require_key)]
+)
 def create_items(
     body: Annotated[ItemIn | Annotated[list[ItemIn], Body(min_length=1, max_length=10_000)], Body()],
     holder: HolderDep,
@@ -62,7 +64,12 @@ def put_item(item_id: IdPath, body: ItemUpdate, holder: HolderDep, store: StoreD
     return ItemOut(item_id=item_id, **body.model_dump())
 
 
-@router.delete("/items/{item_id}", response_model=ItemOut, responses={**WRITE_ERRORS, **NOT_FOUND}, dependencies=[Depends(require_key)])
+@router.delete(
+    "/items/{item_id}",
+    response_model=ItemOut,
+    responses={**WRITE_ERRORS, **NOT_FOUND},
+    dependencies=[Depends(require_key)],
+)
 def delete_item(item_id: IdPath, holder: HolderDep, store: StoreDep) -> ItemOut:
     """Soft delete: the item stays for past events but is never recommended again."""
     try:
@@ -82,13 +89,20 @@ def get_item(item_id: IdPath, store: StoreDep) -> ItemOut:
 
 
 def _item_out(row: dict) -> ItemOut:
-    return ItemOut(item_id=row["item_id"], title=row["title"] or "", description=row["description"] or "",
-                   categories=list(row["categories"] or []), attributes=dict(row["attributes"] or {}),
-                   available=bool(row["available"]))
+    return ItemOut(
+        item_id=row["item_id"],
+        title=row["title"] or "",
+        description=row["description"] or "",
+        categories=list(row["categories"] or []),
+        attributes=dict(row["attributes"] or {}),
+        available=bool(row["available"]),
+    )
 
 
 # ---- users ---------------------------------------------------------------------------------
-@router.post("/users", response_model=Written, status_code=201, responses=WRITE_ERRORS, dependencies=[Depends(require_key)])
+@router.post(
+    "/users", response_model=Written, status_code=201, responses=WRITE_ERRORS, dependencies=[Depends(require_key)]
+)
 def create_users(
     body: Annotated[UserIn | Annotated[list[UserIn], Body(min_length=1, max_length=10_000)], Body()],
     store: StoreDep,

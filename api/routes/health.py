@@ -13,7 +13,12 @@ router = APIRouter(tags=["operations"])
 @router.get("/health", response_model=Health)
 async def health(holder: HolderDep) -> Health:
     """Liveness: the process answers. Names the served model version when one is loaded."""
-    return Health(status="ok", model_version=holder.current.version if holder.ready else None, variants=holder.served(), pid=os.getpid())
+    return Health(
+        status="ok",
+        model_version=holder.current.version if holder.ready else None,
+        variants=holder.served(),
+        pid=os.getpid(),
+    )
 
 
 @router.get("/ready", response_model=Health, responses={503: {"model": Error, "description": "no model loaded yet"}})
@@ -24,7 +29,11 @@ async def ready(holder: HolderDep):
     return Health(status="ready", model_version=holder.current.version, variants=holder.served(), pid=os.getpid())
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}, "description": "Prometheus metrics"}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus metrics"}},
+)
 def prometheus_metrics() -> Response:
     """Prometheus exposition (aggregated over workers in multiprocess mode)."""
     body, content_type = metrics.render()

@@ -26,9 +26,14 @@ STAGES = (
     ("catalog generation SQL (sync_catalog)", r"^ModelHolder\.sync_catalog "),
     ("SQL history read (user_activity)", r"^FeatureStore\.user_activity "),
     ("Recommender", r"^Recommender\."),
-    ("response model + serialization", (r"^_items |^serialize_response |^_prepare_response_content |"
-                                         r"^jsonable_encoder |Response\.render |^JSONResponse\.__init__ |"
-                                         r"^UserRecommendations|^BaseModel\.__init__ ")),
+    (
+        "response model + serialization",
+        (
+            r"^_items |^serialize_response |^_prepare_response_content |"
+            r"^jsonable_encoder |Response\.render |^JSONResponse\.__init__ |"
+            r"^UserRecommendations|^BaseModel\.__init__ "
+        ),
+    ),
     ("socket write / HTTP send", r"^_SelectorSocketTransport\.write |^RequestResponseCycle\.send "),
     ("HTTP parse / read", r"^_SelectorSocketTransport\._read_ready |^H11Protocol\."),
     ("metrics middleware", r"^MetricsMiddleware\.__call__ \(api/metrics.py:(?!6[47])"),

@@ -106,8 +106,14 @@ class PostgreSQLBackend(Backend):
             buf,
             header=None,
             names=_EVENT_READ_COLUMNS,
-            dtype={"event_id": "str", "user_pk": "int64", "item_pk": "int64", "event_type": "str",
-                   "value": "float64", "ts": "int64"},
+            dtype={
+                "event_id": "str",
+                "user_pk": "int64",
+                "item_pk": "int64",
+                "event_type": "str",
+                "value": "float64",
+                "ts": "int64",
+            },
             keep_default_na=False,
             engine="c",
         )

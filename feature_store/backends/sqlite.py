@@ -96,8 +96,7 @@ class SQLiteBackend(Backend):
         try:
             # The ts index already yields (ts, id) order, so ORDER BY costs no sort.
             cur.execute(
-                "SELECT user_pk, item_pk, ts, value, event_type, event_id FROM events "
-                "WHERE ts <= ? ORDER BY ts, id",
+                "SELECT user_pk, item_pk, ts, value, event_type, event_id FROM events WHERE ts <= ? ORDER BY ts, id",
                 (int(cutoff_ms),),
             )
             # Row tuples -> Arrow struct in C: ~3x faster than zip(*rows) + per-column arrays,

@@ -38,8 +38,15 @@ class DatasetError(ValueError):
     name the file line instead (:meth:`bad_value` builds one).
     """
 
-    def __init__(self, message: str, *, table: str | None = None, row: int | None = None,
-                 column: str | None = None, problem: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        table: str | None = None,
+        row: int | None = None,
+        column: str | None = None,
+        problem: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.table, self.row, self.column, self.problem = table, row, column, problem
 
@@ -109,15 +116,15 @@ def normalize_events(events: pd.DataFrame, *, validate: bool = True) -> pd.DataF
     if validate and "event_type" in events:
         _check_labels(events, "events", "event_type")
     out = pd.DataFrame({"user_id": _id_column(events["user_id"]), "item_id": _id_column(events["item_id"])})
-    out["event_type"] = (
-        events["event_type"].astype(str).values if "event_type" in events else "interaction"
-    )
+    out["event_type"] = events["event_type"].astype(str).values if "event_type" in events else "interaction"
     if "value" in events:
         value = pd.to_numeric(events["value"], errors="coerce")
         finite = np.isfinite(value.to_numpy(dtype="float64", na_value=np.nan))
         if not finite.all():
             bad = int(np.flatnonzero(~finite)[0])
-            raise DatasetError.bad_value("events", bad, "value", f"is not a finite number: {events['value'].iloc[bad]!r}")
+            raise DatasetError.bad_value(
+                "events", bad, "value", f"is not a finite number: {events['value'].iloc[bad]!r}"
+            )
         out["value"] = value.astype("float64").values
     else:
         out["value"] = 1.0
@@ -129,7 +136,9 @@ def normalize_events(events: pd.DataFrame, *, validate: bool = True) -> pd.DataF
             ts = pd.to_datetime(ts, utc=True, errors="coerce")
         if ts.isna().any():
             bad = int(np.flatnonzero(ts.isna().to_numpy())[0])
-            raise DatasetError.bad_value("events", bad, "timestamp", f"is not a time: {events['timestamp'].iloc[bad]!r}")
+            raise DatasetError.bad_value(
+                "events", bad, "timestamp", f"is not a time: {events['timestamp'].iloc[bad]!r}"
+            )
         out["timestamp"] = ts.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
     else:
         out["timestamp"] = pd.Timestamp("1970-01-01", tz="UTC")

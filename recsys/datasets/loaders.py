@@ -26,22 +26,83 @@ from recsys.datasets.base import Dataset, DatasetError
 logger = logging.getLogger(__name__)
 
 ML100K_GENRES = [
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
-    "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 ]
 ML1M_OCCUPATIONS = [
-    "other", "academic/educator", "artist", "clerical/admin", "college/grad student", "customer service",
-    "doctor/health care", "executive/managerial", "farmer", "homemaker", "K-12 student", "lawyer",
-    "programmer", "retired", "sales/marketing", "scientist", "self-employed", "technician/engineer",
-    "tradesman/craftsman", "unemployed", "writer",
+    "other",
+    "academic/educator",
+    "artist",
+    "clerical/admin",
+    "college/grad student",
+    "customer service",
+    "doctor/health care",
+    "executive/managerial",
+    "farmer",
+    "homemaker",
+    "K-12 student",
+    "lawyer",
+    "programmer",
+    "retired",
+    "sales/marketing",
+    "scientist",
+    "self-employed",
+    "technician/engineer",
+    "tradesman/craftsman",
+    "unemployed",
+    "writer",
 ]
 # Goodreads shelf names that say nothing about the book itself.
 GOODBOOKS_SHELF_TAGS = {
-    "to-read", "currently-reading", "favorites", "favourites", "owned", "books-i-own", "owned-books",
-    "my-books", "my-library", "default", "library", "to-buy", "wish-list", "kindle", "ebook", "ebooks",
-    "audiobook", "audiobooks", "books", "book-club", "re-read", "i-own", "own-it", "read", "abandoned",
-    "did-not-finish", "dnf", "own", "on-hold", "maybe", "e-book", "to-read-fiction",
+    "to-read",
+    "currently-reading",
+    "favorites",
+    "favourites",
+    "owned",
+    "books-i-own",
+    "owned-books",
+    "my-books",
+    "my-library",
+    "default",
+    "library",
+    "to-buy",
+    "wish-list",
+    "kindle",
+    "ebook",
+    "ebooks",
+    "audiobook",
+    "audiobooks",
+    "books",
+    "book-club",
+    "re-read",
+    "i-own",
+    "own-it",
+    "read",
+    "abandoned",
+    "did-not-finish",
+    "dnf",
+    "own",
+    "on-hold",
+    "maybe",
+    "e-book",
+    "to-read-fiction",
 }
 EVENT_FIELDS = ["event_id", "user_id", "item_id", "event_type", "value", "timestamp"]
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
@@ -105,9 +166,15 @@ def _line_of_data_row(path: Path, row: int, *, header: bool, sep: str, encoding:
     return None
 
 
-def _build(source: Path, name: str, events: pd.DataFrame, items: pd.DataFrame | None = None,
-           users: pd.DataFrame | None = None, where: dict[str, Where] | None = None,
-           columns: dict[tuple[str, str], str] | None = None) -> Dataset:
+def _build(
+    source: Path,
+    name: str,
+    events: pd.DataFrame,
+    items: pd.DataFrame | None = None,
+    users: pd.DataFrame | None = None,
+    where: dict[str, Where] | None = None,
+    columns: dict[tuple[str, str], str] | None = None,
+) -> Dataset:
     """The normalized :class:`Dataset`; a bad value is reported at its file line via ``where``
     (table name -> locator), under the file's column name from ``columns``."""
     try:
@@ -130,12 +197,21 @@ def _nonempty(dataset: Dataset, source: Path) -> Dataset:
     return dataset
 
 
-def _read_delimited(path: Path, sep: str, names: list[str], usecols: list[int] | None = None, **kw: Any) -> pd.DataFrame:
+def _read_delimited(
+    path: Path, sep: str, names: list[str], usecols: list[int] | None = None, **kw: Any
+) -> pd.DataFrame:
     """Headerless delimited file as str columns; parse errors name the file and line."""
     try:
         return pd.read_csv(
-            path, sep=sep, header=None, names=names, usecols=usecols, dtype=str, keep_default_na=False,
-            engine="c", **kw,
+            path,
+            sep=sep,
+            header=None,
+            names=names,
+            usecols=usecols,
+            dtype=str,
+            keep_default_na=False,
+            engine="c",
+            **kw,
         )
     except OSError as exc:
         raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from exc
@@ -172,12 +248,19 @@ def _movie_description(title: str, genres: list[str], year: int | None) -> str:
 def load_movielens_100k(path: str | Path) -> Dataset:
     """The unpacked ``ml-100k`` folder: u.data ratings, u.item movies (genres), u.user users."""
     root = _require_dir(Path(path), "MovieLens 100K folder")
-    data = _read_delimited(_require_file(root / "u.data", "ratings file"), "\t", ["user_id", "item_id", "value", "timestamp"])
+    data = _read_delimited(
+        _require_file(root / "u.data", "ratings file"), "\t", ["user_id", "item_id", "value", "timestamp"]
+    )
     value = _numeric(data["value"], root / "u.data", "rating", 1)
     ts = _numeric(data["timestamp"], root / "u.data", "timestamp", 1).astype("int64")
     events = pd.DataFrame(
-        {"user_id": data["user_id"], "item_id": data["item_id"], "event_type": "rating", "value": value,
-         "timestamp": ts}
+        {
+            "user_id": data["user_id"],
+            "item_id": data["item_id"],
+            "event_type": "rating",
+            "value": value,
+            "timestamp": ts,
+        }
     )
 
     genres = ML100K_GENRES
@@ -185,7 +268,9 @@ def load_movielens_100k(path: str | Path) -> Dataset:
         g = _read_delimited(root / "u.genre", "|", ["name", "index"], encoding="latin-1")
         g = g[g["name"] != ""]
         genres = list(g.sort_values("index", key=lambda s: s.astype(int))["name"])
-    item_cols = ["item_id", "title", "release_date", "video_release_date", "imdb_url"] + [f"g{i}" for i in range(len(genres))]
+    item_cols = ["item_id", "title", "release_date", "video_release_date", "imdb_url"] + [
+        f"g{i}" for i in range(len(genres))
+    ]
     raw = _read_delimited(_require(root / "u.item", "items file"), "|", item_cols, encoding="latin-1")
     flags = raw[[f"g{i}" for i in range(len(genres))]].to_numpy() == "1"
     items = _movie_items(raw, [[genres[j] for j in np.flatnonzero(row)] for row in flags])
@@ -203,8 +288,14 @@ def load_movielens_100k(path: str | Path) -> Dataset:
                 ],
             }
         )
-    return _build(root, "movielens-100k", events, items, users,
-                  where={"events": _text_file_where(root / "u.data", header=False, sep="\t")})
+    return _build(
+        root,
+        "movielens-100k",
+        events,
+        items,
+        users,
+        where={"events": _text_file_where(root / "u.data", header=False, sep="\t")},
+    )
 
 
 def _movie_items(raw: pd.DataFrame, categories: list[list[str]]) -> pd.DataFrame:
@@ -255,8 +346,9 @@ def load_movielens_1m(path: str | Path) -> Dataset:
     root = _require_dir(Path(path), "MovieLens 1M folder")
     ratings_path = _require_file(root / "ratings.dat", "ratings file")
     # 1M lines: split on ':' with the C parser and keep every other field (the '::' gaps are empty).
-    r = _read_delimited(ratings_path, ":", ["user_id", "_a", "item_id", "_b", "value", "_c", "timestamp"],
-                        encoding="latin-1")
+    r = _read_delimited(
+        ratings_path, ":", ["user_id", "_a", "item_id", "_b", "value", "_c", "timestamp"], encoding="latin-1"
+    )
     if r[["_a", "_b", "_c"]].ne("").any().any() or (r["timestamp"] == "").any():
         bad = int(np.flatnonzero((r[["_a", "_b", "_c"]].ne("").any(axis=1) | r["timestamp"].eq("")).to_numpy())[0])
         raise DatasetError(f"{ratings_path} line {bad + 1}: expected UserID::MovieID::Rating::Timestamp")
@@ -293,8 +385,14 @@ def load_movielens_1m(path: str | Path) -> Dataset:
                 ],
             }
         )
-    return _build(root, "movielens-1m", events, items, users,
-                  where={"events": _text_file_where(ratings_path, header=False, sep=":", encoding="latin-1")})
+    return _build(
+        root,
+        "movielens-1m",
+        events,
+        items,
+        users,
+        where={"events": _text_file_where(ratings_path, header=False, sep=":", encoding="latin-1")},
+    )
 
 
 # ---------------------------------------------------------------------- goodbooks-10k
@@ -349,11 +447,25 @@ def load_goodbooks_10k(path: str | Path, *, max_tags: int = 5) -> Dataset:
                 desc.append("Tags: " + ", ".join(cats))
             if pd.notna(y):
                 desc.append(f"Year: {int(y)}")
-            rows.append({"item_id": bid, "title": title, "description": ". ".join(desc) + ".",
-                         "categories": cats, "attributes": attrs, "available": True})
+            rows.append(
+                {
+                    "item_id": bid,
+                    "title": title,
+                    "description": ". ".join(desc) + ".",
+                    "categories": cats,
+                    "attributes": attrs,
+                    "available": True,
+                }
+            )
         items = pd.DataFrame(rows)
-    return _build(root, "goodbooks-10k", events, items, where={"events": _text_file_where(ratings_path, header=True)},
-                  columns={("events", "item_id"): "book_id"})
+    return _build(
+        root,
+        "goodbooks-10k",
+        events,
+        items,
+        where={"events": _text_file_where(ratings_path, header=True)},
+        columns={("events", "item_id"): "book_id"},
+    )
 
 
 def _top_tags(root: Path, books: pd.DataFrame, max_tags: int) -> dict[str, list[str]]:
@@ -417,8 +529,11 @@ def load_table(
     raw = _read_csv(path) if fmt == "csv" else _read_parquet(path)
     where = _text_file_where(path, header=True) if fmt == "csv" else _parquet_where(path)
     source = {ours: mapping.get(ours, ours) for ours in EVENT_FIELDS}
-    missing = [f"{ours} (column {theirs!r})" for ours, theirs in source.items()
-               if ours in ("user_id", "item_id") and theirs not in raw.columns]
+    missing = [
+        f"{ours} (column {theirs!r})"
+        for ours, theirs in source.items()
+        if ours in ("user_id", "item_id") and theirs not in raw.columns
+    ]
     if missing:
         raise DatasetError(f"{path} is missing required column(s): {', '.join(missing)}; it has {list(raw.columns)}")
     # ids and labels stay as read (checked, then converted, by the Dataset normalization)
@@ -473,7 +588,9 @@ def _checked_times(col: pd.Series, where: Where) -> pd.Series:
     elif pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
         out = _epoch_seconds(col.astype("float64"))
     else:
-        text = pd.Series([v.strip() if isinstance(v, str) else ("" if _blank(v) else str(v)) for v in col], dtype=object)
+        text = pd.Series(
+            [v.strip() if isinstance(v, str) else ("" if _blank(v) else str(v)) for v in col], dtype=object
+        )
         as_num = pd.to_numeric(text, errors="coerce")
         out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
         is_num = as_num.notna().to_numpy()
@@ -485,8 +602,10 @@ def _checked_times(col: pd.Series, where: Where) -> pd.Series:
     bad = np.flatnonzero(out.isna().to_numpy())
     if len(bad):
         i = int(bad[0])
-        raise DatasetError(f"{where(i)}: timestamp {_shown(col.iloc[i])} is not a time "
-                           "(expected epoch seconds or a date such as 2024-01-31T12:00:00Z)")
+        raise DatasetError(
+            f"{where(i)}: timestamp {_shown(col.iloc[i])} is not a time "
+            "(expected epoch seconds or a date such as 2024-01-31T12:00:00Z)"
+        )
     return out
 
 
@@ -539,13 +658,19 @@ def _load_items_table(path: Path, fmt: str, item_col: str) -> pd.DataFrame:
             for v in raw["categories"].fillna("")
         ]
     if "available" in raw:
-        items["available"] = raw["available"].map(
-            lambda v: v if isinstance(v, (bool, np.bool_)) else str(v).strip().lower() not in ("0", "false", "no")
-        ).astype(bool)
-    items["attributes"] = [
-        {c: (v.item() if isinstance(v, np.generic) else v) for c, v in zip(extra, row) if not _blank(v)}
-        for row in raw[extra].itertuples(index=False, name=None)
-    ] if extra else [{} for _ in range(len(raw))]
+        items["available"] = (
+            raw["available"]
+            .map(lambda v: v if isinstance(v, (bool, np.bool_)) else str(v).strip().lower() not in ("0", "false", "no"))
+            .astype(bool)
+        )
+    items["attributes"] = (
+        [
+            {c: (v.item() if isinstance(v, np.generic) else v) for c, v in zip(extra, row) if not _blank(v)}
+            for row in raw[extra].itertuples(index=False, name=None)
+        ]
+        if extra
+        else [{} for _ in range(len(raw))]
+    )
     return items
 
 

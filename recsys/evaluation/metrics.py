@@ -32,8 +32,17 @@ import pandas as pd
 import scipy.sparse as sp
 
 PER_USER_COLUMNS = [
-    "user_row", "n_relevant", "hits", "precision", "precision_implicit", "recall",
-    "ndcg", "map", "hit_rate", "mrr", "auc",
+    "user_row",
+    "n_relevant",
+    "hits",
+    "precision",
+    "precision_implicit",
+    "recall",
+    "ndcg",
+    "map",
+    "hit_rate",
+    "mrr",
+    "auc",
 ]
 
 

@@ -36,8 +36,12 @@ def _codes(column: pd.Series) -> tuple[np.ndarray, int]:
 
 
 def _finalize(
-    events: pd.DataFrame, train_mask: np.ndarray, test_mask: np.ndarray, method: str,
-    codes: dict | None = None, **extra,
+    events: pd.DataFrame,
+    train_mask: np.ndarray,
+    test_mask: np.ndarray,
+    method: str,
+    codes: dict | None = None,
+    **extra,
 ) -> Split:
     codes = codes or {}
     users, n_users = codes.get("user_id") or _codes(events["user_id"])
@@ -105,7 +109,14 @@ def random_split(events: pd.DataFrame, test_ratio: float = 0.2, seed: int = 42, 
     n_test[n < max(min_user_events, 2)] = 0
     test_mask = rank <= n_test
     return _finalize(
-        events, ~test_mask, test_mask, "random", codes={"user_id": (users, n_users)}, test_ratio=test_ratio, seed=seed, min_user_events=min_user_events,
+        events,
+        ~test_mask,
+        test_mask,
+        "random",
+        codes={"user_id": (users, n_users)},
+        test_ratio=test_ratio,
+        seed=seed,
+        min_user_events=min_user_events,
         users_only_in_train=int(np.unique(users[n_test == 0]).size),
     )
 
@@ -128,7 +139,13 @@ def leave_last_n_split(events: pd.DataFrame, n: int = 1, seed: int = 42) -> Spli
     rank, count = _group_rank(users, n_users, key)
     test_mask = (rank > count - n) & (count > n)
     return _finalize(
-        events, ~test_mask, test_mask, "leave_last_n", codes={"user_id": (users, n_users)}, n=n, seed=seed,
+        events,
+        ~test_mask,
+        test_mask,
+        "leave_last_n",
+        codes={"user_id": (users, n_users)},
+        n=n,
+        seed=seed,
         users_only_in_train=int(np.unique(users[count <= n]).size),
     )
 
@@ -178,6 +195,14 @@ def stratified_split(
     train_mask = eligible & (frac <= ratio)
     test_mask = eligible & (frac > ratio)
     return _finalize(
-        events, train_mask, test_mask, "stratified", codes={column: (groups, n_groups)}, ratio=ratio, seed=seed, filter_by=filter_by,
-        min_rating=min_rating, filtered_min_rating_events=int((~eligible).sum()),
+        events,
+        train_mask,
+        test_mask,
+        "stratified",
+        codes={column: (groups, n_groups)},
+        ratio=ratio,
+        seed=seed,
+        filter_by=filter_by,
+        min_rating=min_rating,
+        filtered_min_rating_events=int((~eligible).sum()),
     )

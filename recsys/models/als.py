@@ -41,7 +41,7 @@ class ALSEmbedder(Embedder):
         self.num_threads = num_threads
         self.show_progress = show_progress
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> "ALSEmbedder":
+    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> ALSEmbedder:
         from implicit.cpu.als import AlternatingLeastSquares
         from threadpoolctl import threadpool_limits
 
@@ -71,8 +71,13 @@ class ALSEmbedder(Embedder):
         return als_user_solve(self.item_vectors_, item_indices, w, self.regularization)
 
 
-def als_user_solve(item_vectors: np.ndarray, item_indices: np.ndarray, confidence: np.ndarray, regularization: float,
-                   gram: np.ndarray | None = None) -> np.ndarray:
+def als_user_solve(
+    item_vectors: np.ndarray,
+    item_indices: np.ndarray,
+    confidence: np.ndarray,
+    regularization: float,
+    gram: np.ndarray | None = None,
+) -> np.ndarray:
     """Exact ALS user update: (YᵀY + Yᵤᵀ(Cᵤ−I)Yᵤ + λI) x = Yᵤᵀ Cᵤ p.
 
     Same solve as implicit's ``recalculate_user``, but over our float32 arrays, so it works for

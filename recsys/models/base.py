@@ -37,7 +37,7 @@ class Embedder(ABC):
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
         return {n: getattr(self, n) for n in names}
 
-    def set_params(self, **params: Any) -> "Embedder":
+    def set_params(self, **params: Any) -> Embedder:
         for k, v in params.items():
             if k not in self.get_params():
                 raise ValueError(f"{type(self).__name__} has no parameter {k!r}")
@@ -45,7 +45,7 @@ class Embedder(ABC):
         return self
 
     @abstractmethod
-    def fit(self, matrix: sp.csr_matrix, item_features: Any = None, user_features: Any = None) -> "Embedder":
+    def fit(self, matrix: sp.csr_matrix, item_features: Any = None, user_features: Any = None) -> Embedder:
         """Learn embeddings from a weighted user×item CSR matrix."""
 
     def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:

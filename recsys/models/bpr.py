@@ -49,7 +49,7 @@ class BPREmbedder(Embedder):
         self.show_progress = show_progress
         self.fold_in_negatives = fold_in_negatives
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> "BPREmbedder":
+    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> BPREmbedder:
         from implicit.cpu.bpr import BayesianPersonalizedRanking
 
         model = BayesianPersonalizedRanking(
@@ -68,7 +68,12 @@ class BPREmbedder(Embedder):
         if self.user_vectors_.shape[1] != self.factors + 1 or not np.allclose(self.user_vectors_[:, -1], 1.0):
             # Guard the layout we rely on (implicit 0.7: last user column 1, last item column bias).
             raise RuntimeError("unexpected implicit BPR factor layout: expected a trailing item-bias column")
-        logger.info("BPR fitted: %d users, %d items, %d dims", *self.user_vectors_.shape[:1], self.item_vectors_.shape[0], self.item_vectors_.shape[1])
+        logger.info(
+            "BPR fitted: %d users, %d items, %d dims",
+            *self.user_vectors_.shape[:1],
+            self.item_vectors_.shape[0],
+            self.item_vectors_.shape[1],
+        )
         return self
 
     def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:

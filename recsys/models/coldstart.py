@@ -27,7 +27,7 @@ class ContentToCFMapper:
     def get_params(self) -> dict:
         return {"alpha": self.alpha, "fit_intercept": self.fit_intercept}
 
-    def fit(self, content_vectors_warm: np.ndarray, cf_vectors_warm: np.ndarray) -> "ContentToCFMapper":
+    def fit(self, content_vectors_warm: np.ndarray, cf_vectors_warm: np.ndarray) -> ContentToCFMapper:
         X = np.asarray(content_vectors_warm, dtype=np.float64)
         Y = np.asarray(cf_vectors_warm, dtype=np.float64)
         if X.ndim != 2 or Y.ndim != 2 or len(X) != len(Y):

@@ -47,7 +47,7 @@ class EASEEmbedder(Embedder):
         self.max_items = max_items
         self.dropout = dropout
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> "EASEEmbedder":
+    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> EASEEmbedder:
         if self.l2 <= 0:
             raise ValueError(f"l2 must be > 0, got {self.l2}")
         if not 0.0 <= self.dropout < 1.0:
@@ -76,7 +76,11 @@ class EASEEmbedder(Embedder):
         item_indices = np.asarray(item_indices, dtype=np.int64)
         x = np.zeros(self.item_vectors_.shape[0], np.float32)
         if len(item_indices):
-            w = np.ones(len(item_indices), np.float32) if (weights is None or self.binarize) else np.asarray(weights, np.float32)
+            w = (
+                np.ones(len(item_indices), np.float32)
+                if (weights is None or self.binarize)
+                else np.asarray(weights, np.float32)
+            )
             np.add.at(x, item_indices, w)
             if self.binarize:
                 x = np.minimum(x, 1.0)

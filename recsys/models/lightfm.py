@@ -66,7 +66,9 @@ class LightFMEmbedder(Embedder):
         self.use_sample_weight = use_sample_weight
         self.fold_in_regularization = fold_in_regularization
 
-    def fit(self, matrix: sp.csr_matrix, item_features: sp.spmatrix | None = None, user_features: sp.spmatrix | None = None) -> "LightFMEmbedder":
+    def fit(
+        self, matrix: sp.csr_matrix, item_features: sp.spmatrix | None = None, user_features: sp.spmatrix | None = None
+    ) -> LightFMEmbedder:
         from lightfm import LightFM
 
         if self.loss not in LOSSES:
@@ -104,7 +106,9 @@ class LightFMEmbedder(Embedder):
         self.user_features_ = user_features
         self.item_vectors_ = self.item_vectors_for_features(item_features)
         self.user_vectors_ = self.user_vectors_for_features(user_features)
-        logger.info("LightFM (%s) fitted: %d users, %d items, %d dims", self.loss, n_users, n_items, self.item_vectors_.shape[1])
+        logger.info(
+            "LightFM (%s) fitted: %d users, %d items, %d dims", self.loss, n_users, n_items, self.item_vectors_.shape[1]
+        )
         return self
 
     @staticmethod
@@ -124,14 +128,18 @@ class LightFMEmbedder(Embedder):
         (``recsys.features.build_item_features(..., feature_names=...)``).
         """
         self._check_model()
-        biases, embeddings = self.model_.get_item_representations(self._checked(item_features, self.model_.item_embeddings))
+        biases, embeddings = self.model_.get_item_representations(
+            self._checked(item_features, self.model_.item_embeddings)
+        )
         ones = np.ones((len(biases), 1), np.float32)
         return np.ascontiguousarray(np.hstack([embeddings, ones, biases[:, None]]), dtype=np.float32)
 
     def user_vectors_for_features(self, user_features: sp.spmatrix | None) -> np.ndarray:
         """``[p, b, 1]`` user vectors for rows of user features (new users: by their features)."""
         self._check_model()
-        biases, embeddings = self.model_.get_user_representations(self._checked(user_features, self.model_.user_embeddings))
+        biases, embeddings = self.model_.get_user_representations(
+            self._checked(user_features, self.model_.user_embeddings)
+        )
         ones = np.ones((len(biases), 1), np.float32)
         return np.ascontiguousarray(np.hstack([embeddings, biases[:, None], ones]), dtype=np.float32)
 
@@ -141,7 +149,9 @@ class LightFMEmbedder(Embedder):
             return None
         features = sp.csr_matrix(features, dtype=np.float32)
         if features.shape[1] != embeddings.shape[0]:
-            raise ValueError(f"features have {features.shape[1]} columns, the model has {embeddings.shape[0]} feature embeddings")
+            raise ValueError(
+                f"features have {features.shape[1]} columns, the model has {embeddings.shape[0]} feature embeddings"
+            )
         return features
 
     def _check_model(self) -> None:

@@ -86,12 +86,17 @@ class SparkALSEmbedder(ALSEmbedder):
         matrix = sp.csr_matrix(matrix, dtype=np.float32)
         n_users, n_items = matrix.shape
         if matrix.nnz and float(matrix.data.min()) < 1.0:
-            logger.warning("%d entries have confidence below 1; Spark ALS treats them as confidence 1",
-                           int((matrix.data < 1.0).sum()))
+            logger.warning(
+                "%d entries have confidence below 1; Spark ALS treats them as confidence 1",
+                int((matrix.data < 1.0).sum()),
+            )
         reg_param = spark_reg_param(self.regularization, matrix)
         marks = [("start", time.perf_counter())]
-        with (_quiet_pyspark_warnings(), _work_folder(settings) as work,
-              spark_session(settings, show_progress=self.show_progress) as spark):
+        with (
+            _quiet_pyspark_warnings(),
+            _work_folder(settings) as work,
+            spark_session(settings, show_progress=self.show_progress) as spark,
+        ):
             from pyspark.ml.recommendation import ALS
             from pyspark.sql import functions as F
 
@@ -101,15 +106,35 @@ class SparkALSEmbedder(ALSEmbedder):
             spark.conf.set("spark.sql.shuffle.partitions", str(blocks))
             interactions = read_interactions(spark, write_interactions(matrix, work / "interactions"))
             marks.append(("handoff", time.perf_counter()))
-            ratings = interactions.select(USER_COL, ITEM_COL, F.greatest(F.col(WEIGHT_COL) - 1.0, F.lit(MIN_RATING)).alias("rating"))
+            ratings = interactions.select(
+                USER_COL, ITEM_COL, F.greatest(F.col(WEIGHT_COL) - 1.0, F.lit(MIN_RATING)).alias("rating")
+            )
             spark.sparkContext.setCheckpointDir(str(work / "checkpoints"))
-            als = ALS(rank=self.factors, maxIter=self.iterations, regParam=reg_param, alpha=1.0, implicitPrefs=True,
-                      userCol=USER_COL, itemCol=ITEM_COL, ratingCol="rating", nonnegative=False,
-                      numUserBlocks=blocks, numItemBlocks=blocks)
+            als = ALS(
+                rank=self.factors,
+                maxIter=self.iterations,
+                regParam=reg_param,
+                alpha=1.0,
+                implicitPrefs=True,
+                userCol=USER_COL,
+                itemCol=ITEM_COL,
+                ratingCol="rating",
+                nonnegative=False,
+                numUserBlocks=blocks,
+                numItemBlocks=blocks,
+            )
             if self.random_state is not None:
                 als.setSeed(int(self.random_state))
-            logger.info("Spark ALS on %s: %d users × %d items, %d interactions, rank %d, %d iterations, regParam %.3g",
-                        spark.sparkContext.master, n_users, n_items, matrix.nnz, self.factors, self.iterations, reg_param)
+            logger.info(
+                "Spark ALS on %s: %d users × %d items, %d interactions, rank %d, %d iterations, regParam %.3g",
+                spark.sparkContext.master,
+                n_users,
+                n_items,
+                matrix.nnz,
+                self.factors,
+                self.iterations,
+                reg_param,
+            )
             model = als.fit(ratings)
             marks.append(("als", time.perf_counter()))
             self.user_vectors_ = _collect_factors(model.userFactors, n_users, self.factors)
@@ -147,8 +172,13 @@ def write_interactions(matrix: sp.csr_matrix, folder: Path) -> str:
     import pyarrow.parquet as pq
 
     coo = matrix.tocoo()
-    table = pa.table({USER_COL: coo.row.astype(np.int32), ITEM_COL: coo.col.astype(np.int32),
-                      WEIGHT_COL: coo.data.astype(np.float32)})
+    table = pa.table(
+        {
+            USER_COL: coo.row.astype(np.int32),
+            ITEM_COL: coo.col.astype(np.int32),
+            WEIGHT_COL: coo.data.astype(np.float32),
+        }
+    )
     folder.mkdir(parents=True, exist_ok=True)
     # Several files so executors read in parallel (one row group per ~1M interactions).
     parts = max(1, min(16, -(-len(table) // 1_000_000)))
@@ -180,15 +210,19 @@ def require_spark() -> None:
         import pyspark  # noqa: F401
     except ImportError as exc:
         raise SparkUnavailableError(
-            "the Spark engine needs pyspark: pip install 'recsys-service[spark]' (and a Java 17 runtime)") from exc
+            "the Spark engine needs pyspark: pip install 'recsys-service[spark]' (and a Java 17 runtime)"
+        ) from exc
     java_home = os.environ.get("JAVA_HOME")
     if not (java_home and Path(java_home, "bin", "java").exists()) and shutil.which("java") is None:
-        raise SparkUnavailableError("the Spark engine needs a Java runtime (17): install e.g. openjdk-17-jre-headless "
-                                    "or set JAVA_HOME")
+        raise SparkUnavailableError(
+            "the Spark engine needs a Java runtime (17): install e.g. openjdk-17-jre-headless or set JAVA_HOME"
+        )
 
 
 @contextmanager
-def spark_session(settings: Settings, *, app_name: str = "recsys-als", show_progress: bool = False) -> Iterator[SparkSession]:
+def spark_session(
+    settings: Settings, *, app_name: str = "recsys-als", show_progress: bool = False
+) -> Iterator[SparkSession]:
     """A Spark session on ``settings.spark_master`` for one fit, stopped afterwards.
 
     An already active session (one the caller made) is used as it is and left running.
@@ -268,8 +302,11 @@ def _work_folder(settings: Settings) -> Iterator[Path]:
         folder.mkdir()
     else:
         if not settings.spark_master.startswith("local"):
-            logger.warning("RECSYS_SPARK_WORK_DIR is not set: executors of %s must be able to read this machine's "
-                           "temp folder (true only for a cluster on this host)", settings.spark_master)
+            logger.warning(
+                "RECSYS_SPARK_WORK_DIR is not set: executors of %s must be able to read this machine's "
+                "temp folder (true only for a cluster on this host)",
+                settings.spark_master,
+            )
         folder = Path(tempfile.mkdtemp(prefix="recsys-spark-"))
     try:
         yield folder

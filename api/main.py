@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 logger.exception("could not load the model behind alias %s", alias)
         app.state.settings, app.state.store, app.state.holder = settings, store, holder
         app.state.keys = KeyChecker(store, settings.api_key_list)
+        holder.start_syncing()
         holder.start_watching()
         try:
             yield

@@ -140,16 +140,17 @@ def profile(base: str, tmp: Path, out: Path) -> None:
     """One recommendations run under py-spy (raw stacks), summarised as top self/total frames."""
     pid = worker_pids(base, 1)[0]
     raw = tmp / "profile.txt"
+    seconds = max(int(DURATION.rstrip("s")) - 3, 1)
     spy = subprocess.Popen([str(PY_SPY), "record", "-p", str(pid), "-f", "raw", "-o", str(raw), "-r", "200",
-                            "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)
+                            "-d", str(seconds), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run = wrk(base, "recs", 0, tmp)
-    spy.terminate()
-    spy.wait(timeout=60)
+    spy.wait(timeout=120)
+    shutil.copy(raw, out.with_suffix(".raw"))
     self_n, total_n, samples = Counter(), Counter(), 0
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
-        frames = [f for f in stack.split(";") if f]
+        # function level: "name (file:line)" -> "name (file)"
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";") if f]
         if not frames or not n.isdigit():
             continue
         # idle event-loop waits are not work
@@ -197,7 +198,10 @@ def main() -> int:
             load_after = load()
             rss = {pid: rss_mb(pid) for pid in worker_pids(base, WORKERS)}
             if PROFILE:
-                profile(base, tmp, Path(PROFILE))
+                try:
+                    profile(base, tmp, Path(PROFILE))
+                except Exception as exc:  # the figures above still count
+                    print(f"profile failed: {exc!r}")
         scaled = None
         if COMPARE_WORKERS:
             with live_server(env, workers=COMPARE_WORKERS, extra_env=extra) as base:

@@ -25,7 +25,7 @@ import pyarrow as pa
 from sqlalchemy import Connection, Engine
 
 from feature_store import activity, admin, catalog, ingest
-from feature_store.activity import VariantActivity
+from feature_store.activity import StoredEvent, VariantActivity
 from feature_store.backends import backend_for
 from feature_store.catalog import NotFoundError
 from feature_store.control import ServingControl
@@ -236,6 +236,27 @@ class FeatureStore:
         stored (UTC). Plain driver SQL: this runs on every recommendation request."""
         with self.engine.connect() as conn:
             return activity.user_activity(conn, self.backend, user_id)
+
+    def events_since(self, after_seq: int, limit: int = 10_000, also_seqs: Sequence[int] = ()) -> list[StoredEvent]:
+        """The event feed: events with ``events.id > after_seq`` (at most ``limit``) plus any of
+        ``also_seqs``, by id (serving follows it, api/history.py)."""
+        with self.engine.connect() as conn:
+            return activity.events_since(conn, after_seq, limit, also_seqs)
+
+    def last_event_seq(self) -> int:
+        """The highest ``events.id`` stored (0 when there is none)."""
+        with self.engine.connect() as conn:
+            return activity.last_event_seq(conn)
+
+    def user_events(self, user_id: str) -> list[StoredEvent]:
+        """Every event of one user with its feed position, oldest first."""
+        with self.engine.connect() as conn:
+            return activity.user_events(conn, user_id)
+
+    def recent_users_events(self, n_users: int) -> list[StoredEvent]:
+        """Every event of the ``n_users`` most recently active users, grouped by user, oldest first."""
+        with self.engine.connect() as conn:
+            return activity.recent_users_events(conn, n_users)
 
     def item_popularity(self, limit: int | None = None) -> pd.Series:
         """Event count per item_id, most popular first (ties by item_id)."""

@@ -434,9 +434,9 @@ class ModelHolder:
         self._watcher.start()
 
     def start_syncing(self) -> None:
-        """Join ``serving_workers``, catch up with the catalog, then follow the catalog
-        generation and the event feed every ``history_feed_seconds`` in a background thread
-        (the first thing it does is warm the history cache). Call before serving requests."""
+        """Join ``serving_workers``, catch up with the catalog, warm the history cache with the
+        most recently active users, then follow the catalog generation and the event feed every
+        ``history_feed_seconds`` in a background thread. Call before serving requests."""
         if self._syncer is not None:
             return
         self._report(force=True)  # before the catch-up: a write from now on waits for us
@@ -444,12 +444,16 @@ class ModelHolder:
         self._report(force=True)
         interval = self.settings.history_feed_seconds
 
+        # Warm before serving, not in the thread: a worker busy warming while it already accepts
+        # connections answers slowly and leaves its share of the traffic to the others.
+        start = time.perf_counter()
+        try:
+            warmed = self.history.warm(self.settings.history_cache_users)
+            logger.info("history cache warmed with %d users in %.2fs", warmed, time.perf_counter() - start)
+        except Exception:
+            logger.exception("could not warm the history cache")
+
         def loop() -> None:
-            try:
-                warmed = self.history.warm(self.settings.history_cache_users)
-                logger.info("history cache warmed with %d users", warmed)
-            except Exception:
-                logger.exception("could not warm the history cache")
             while not self._stop.is_set():
                 self.sync_once()
                 self._stop.wait(interval)

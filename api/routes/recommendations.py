@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from api.deps import HolderDep, PinDep, read_key, resolve
 from api.history import is_fresh
+from api.query import query_model
 from api.request_guards import StrictJSONRoute
 from api.schemas import (
     Error,
@@ -103,6 +104,11 @@ class SearchQuery(RuleQuery):
     user_id: Id | None = Field(None, description="for the A/B split")
 
 
+user_query, USER_QUERY_DOC = query_model(UserQuery)
+similar_query, SIMILAR_QUERY_DOC = query_model(SimilarQuery)
+search_query, SEARCH_QUERY_DOC = query_model(SearchQuery)
+
+
 def _attrs(values: list[str], field: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for v in values:
@@ -129,8 +135,10 @@ def _unavailable(exc: SearchUnavailable, field: str) -> HTTPException:
     return HTTPException(status_code=503, detail={"field": field, "message": str(exc)})
 
 
-@router.get("/users/{user_id}/recommendations", response_model=UserRecommendations, responses=ERRORS)
-async def user_recommendations(request: Request, user_id: IdPath, query: Annotated[UserQuery, Query()], pinned: PinDep) -> Response:
+@router.get("/users/{user_id}/recommendations", response_model=UserRecommendations, responses=ERRORS,
+            openapi_extra=USER_QUERY_DOC)
+async def user_recommendations(request: Request, user_id: IdPath, query: Annotated[UserQuery, Depends(user_query)],
+                               pinned: PinDep) -> Response:
     """Top-k items for a user; events posted a moment ago already count (fold-in).
 
     ``async`` on purpose: the history comes from the worker's memory (api/history.py) and the
@@ -152,8 +160,9 @@ async def user_recommendations(request: Request, user_id: IdPath, query: Annotat
         offset=query.offset, items=_items(result)))
 
 
-@router.get("/items/{item_id}/similar", response_model=SimilarItems, responses=ERRORS)
-def similar_items(item_id: IdPath, query: Annotated[SimilarQuery, Query()], holder: HolderDep, pinned: PinDep) -> Response:
+@router.get("/items/{item_id}/similar", response_model=SimilarItems, responses=ERRORS, openapi_extra=SIMILAR_QUERY_DOC)
+def similar_items(item_id: IdPath, query: Annotated[SimilarQuery, Depends(similar_query)], holder: HolderDep,
+                  pinned: PinDep) -> Response:
     """Items nearest to this item (collaborative, content or hybrid similarity)."""
     model, variant = resolve(holder, query.user_id, pinned)
     try:
@@ -167,8 +176,8 @@ def similar_items(item_id: IdPath, query: Annotated[SimilarQuery, Query()], hold
                                               items=_items(result)))
 
 
-@router.get("/search", response_model=SearchResults, responses=ERRORS)
-def search(query: Annotated[SearchQuery, Query()], holder: HolderDep, pinned: PinDep) -> Response:
+@router.get("/search", response_model=SearchResults, responses=ERRORS, openapi_extra=SEARCH_QUERY_DOC)
+def search(query: Annotated[SearchQuery, Depends(search_query)], holder: HolderDep, pinned: PinDep) -> Response:
     """Items whose content matches the text (needs a model trained with a text encoder)."""
     model, variant = resolve(holder, query.user_id, pinned)
     try:

@@ -60,7 +60,7 @@ class UserHistory:
     items: list[str] = field(default_factory=list)
     newest: datetime | None = None
     #: feed ids read from the store above the horizon of that moment (see the module doc)
-    loaded_seqs: set[int] = field(default_factory=set)
+    loaded_seqs: set[int] | None = None
 
     def add(self, event: StoredEvent) -> None:
         self.items.append(sys.intern(event.item_id))
@@ -136,11 +136,15 @@ class HistoryCache:
         if n_users <= 0:
             return 0
         horizon = self.horizon
-        by_user: dict[str, list[StoredEvent]] = {}
-        for event in self.store.recent_users_events(n_users):
-            by_user.setdefault(event.user_id, []).append(event)
-        self._insert(by_user, horizon, stop_when_full=True)
-        return len(by_user)
+        warmed = 0
+        for events in self.store.recent_users_events(min(n_users, self.max_users)):
+            by_user: dict[str, list[StoredEvent]] = {}
+            for event in events:
+                by_user.setdefault(event.user_id, []).append(event)
+            warmed += len(self._insert(by_user, horizon, stop_when_full=True))
+            if len(self._users) >= self.max_users:
+                break
+        return warmed
 
     def _insert(self, by_user: dict[str, list[StoredEvent]], horizon: int, stop_when_full: bool = False) -> dict[str, UserHistory]:
         out = {}
@@ -155,14 +159,15 @@ class HistoryCache:
                     out[user_id] = existing
                     continue
                 entry = UserHistory()
+                loaded = set()
                 for event in events:
                     entry.add(event)
                     if event.seq > horizon:
-                        entry.loaded_seqs.add(event.seq)
+                        loaded.add(event.seq)
                 for event in replay.get(user_id, ()):
-                    if event.seq not in entry.loaded_seqs:
+                    if event.seq not in loaded:
                         entry.add(event)
-                entry.loaded_seqs = {s for s in entry.loaded_seqs if s > self.horizon}
+                entry.loaded_seqs = {s for s in loaded if s > self.horizon} or None
                 out[user_id] = self._users[user_id] = entry
                 while len(self._users) > self.max_users:
                     self._users.popitem(last=False)
@@ -204,8 +209,8 @@ class HistoryCache:
         if entry is None:
             return
         if entry.loaded_seqs:
-            if event.seq in entry.loaded_seqs:  # the miss read already had it
-                entry.loaded_seqs.discard(event.seq)
+            seen = event.seq in entry.loaded_seqs  # the miss read already had it
+            entry.loaded_seqs = {s for s in entry.loaded_seqs if s > self.horizon and s != event.seq} or None
+            if seen:
                 return
-            entry.loaded_seqs = {s for s in entry.loaded_seqs if s > self.horizon}
         entry.add(event)

@@ -200,7 +200,7 @@ def main() -> int:
             if PROFILE:
                 try:
                     profile(base, tmp, Path(PROFILE))
-                except Exception as exc:  # the figures above still count
+                except (OSError, subprocess.SubprocessError, httpx.HTTPError) as exc:  # the figures above still count
                     print(f"profile failed: {exc!r}")
         scaled = None
         if COMPARE_WORKERS:

@@ -147,11 +147,16 @@ def user_events(conn: Connection, user_id: str) -> list[StoredEvent]:
     return _stored(conn.execute(stmt).all())
 
 
-def recent_users_events(conn: Connection, n_users: int) -> list[StoredEvent]:
-    """Every event of the ``n_users`` most recently active users, grouped by user, oldest first."""
-    recent = (select(events_table.c.user_pk).group_by(events_table.c.user_pk)
-              .order_by(func.max(events_table.c.id).desc()).limit(int(n_users)).subquery())
+def recent_user_pks(conn: Connection, n_users: int) -> list[int]:
+    """Keys of the ``n_users`` most recently active users (by their newest event), newest first."""
+    stmt = (select(events_table.c.user_pk).group_by(events_table.c.user_pk)
+            .order_by(func.max(events_table.c.id).desc()).limit(int(n_users)))
+    return [int(r[0]) for r in conn.execute(stmt)]
+
+
+def events_of_user_pks(conn: Connection, user_pks: Sequence[int]) -> list[StoredEvent]:
+    """Every event of the given users, grouped by user, oldest first."""
     stmt = (select(*_FEED_COLUMNS).select_from(_FEED_FROM)
-            .where(events_table.c.user_pk.in_(select(recent.c.user_pk)))
+            .where(events_table.c.user_pk.in_([int(p) for p in user_pks]))
             .order_by(events_table.c.user_pk, events_table.c.ts, events_table.c.id))
     return _stored(conn.execute(stmt).all())

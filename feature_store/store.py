@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -253,10 +253,13 @@ class FeatureStore:
         with self.engine.connect() as conn:
             return activity.user_events(conn, user_id)
 
-    def recent_users_events(self, n_users: int) -> list[StoredEvent]:
-        """Every event of the ``n_users`` most recently active users, grouped by user, oldest first."""
+    def recent_users_events(self, n_users: int, users_per_read: int = 2_000) -> Iterator[list[StoredEvent]]:
+        """Every event of the ``n_users`` most recently active users, most recent users first,
+        read ``users_per_read`` users at a time (one list each, grouped by user, oldest first)."""
         with self.engine.connect() as conn:
-            return activity.recent_users_events(conn, n_users)
+            pks = activity.recent_user_pks(conn, n_users)
+            for lo in range(0, len(pks), users_per_read):
+                yield activity.events_of_user_pks(conn, pks[lo : lo + users_per_read])
 
     def item_popularity(self, limit: int | None = None) -> pd.Series:
         """Event count per item_id, most popular first (ties by item_id)."""

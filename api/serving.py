@@ -469,10 +469,15 @@ class ModelHolder:
             except Exception:
                 logger.exception("serving sync: %s failed", what)
 
+    def _loaded_models(self) -> list[LoadedModel]:
+        """Every model this worker holds (served and cached), snapshotted under the cache lock."""
+        with self._versions_lock:
+            return list(self._by_alias.values()) + list(self._versions.values())
+
     def _report(self, force: bool = False) -> None:
         """Tell ``serving_workers`` the catalog generation this worker applied (when it moved,
         and at least every WORKER_REPORT_SECONDS)."""
-        models = list(self._by_alias.values()) + list(self._versions.values())
+        models = self._loaded_models()
         applied = min((m.catalog_seq for m in models), default=self.control.catalog_generation())
         last_seq, last_at = self._reported
         now = time.time()
@@ -523,7 +528,7 @@ class ModelHolder:
     def sync_catalog(self) -> None:
         """Bring every loaded model up to the catalog generation (one primary-key read when
         nothing changed). Runs in the sync thread and after this worker's own catalog writes."""
-        models = list(self._by_alias.values()) + list(self._versions.values())
+        models = self._loaded_models()
         if not models:
             return
         seq = self.control.catalog_generation()

@@ -145,7 +145,6 @@ def profile(base: str, tmp: Path, out: Path) -> None:
                             "-d", str(seconds), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run = wrk(base, "recs", 0, tmp)
     spy.wait(timeout=120)
-    shutil.copy(raw, out.with_suffix(".raw"))
     self_n, total_n, samples = Counter(), Counter(), 0
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")

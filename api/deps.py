@@ -110,7 +110,6 @@ PinDep = Annotated[LoadedModel | None, Depends(pinned_model)]
 
 
 def resolve(holder: ModelHolder, user_id: str | None, pinned: LoadedModel | None) -> tuple[LoadedModel, str]:
-    """Model + variant for a request (``pinned`` from :func:`pinned_model`); no loading here."""
-    model, variant = holder.for_user(user_id, pinned)
-    holder.sync_catalog()
-    return model, variant
+    """Model + variant for a request (``pinned`` from :func:`pinned_model`); no loading and no
+    I/O here (the catalog is kept current by the holder's sync thread, api/serving.py)."""
+    return holder.for_user(user_id, pinned)

@@ -25,11 +25,17 @@ Every uvicorn worker holds its own models; the shared state is in the database
   ``RELOAD_CHECK_SECONDS`` and reloads its aliases when it moved. The same thread polls the
   registry aliases every ``RECSYS_RELOAD_POLL_SECONDS`` (promotions made without notify).
 - *catalog generation*: catalog writes made through the API log the changed item ids (after
-  the feature-store write commits). Before answering, a request compares the log's generation
-  with the one its model has seen (one primary-key lookup) and, when behind, re-reads just the
-  changed items and applies them. So an item deleted through any worker is never returned by
-  any worker from the next request on. Changes written behind the API's back (CLI ingest) are
-  picked up when a model is (re)loaded.
+  the feature-store write commits). Every worker's sync thread compares the log's generation
+  with the one its models have seen every ``RECSYS_HISTORY_FEED_SECONDS`` and, when behind,
+  re-reads just the changed items and applies them; it reports the generation it applied in
+  ``serving_workers``. The write answers only once every live worker (reported within
+  ``WORKER_ALIVE_SECONDS``) has applied it, or after ``RECSYS_CATALOG_WAIT_SECONDS`` (logged).
+  So an item deleted through any worker is not returned by any live worker from the next
+  request on, and a request costs no SQL for it. Changes written behind the API's back (CLI
+  ingest) are picked up when a model is (re)loaded.
+- *event feed*: the same sync thread follows the store's events (api/history.py), so a user's
+  history comes from memory; an event stored through another worker counts within a poll
+  interval, one stored through this worker from the next request on.
 """
 
 from __future__ import annotations
@@ -38,16 +44,20 @@ import asyncio
 import hashlib
 import logging
 import os
+import socket
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
 
 from api import metrics
+from api.history import HistoryCache, snapshot_cutoff
 from feature_store import FeatureStore
 from pipelines import tracking
 from recsys.bundle import BundleError, ModelBundle
@@ -83,6 +93,10 @@ class LoaderBusy(RuntimeError):
 
 #: how often every worker checks the shared reload generation (seconds)
 RELOAD_CHECK_SECONDS = 0.5
+#: a worker reports itself at least this often (seconds) ...
+WORKER_REPORT_SECONDS = 1.0
+#: ... and one not heard from for this long is not waited for by catalog writes (seconds)
+WORKER_ALIVE_SECONDS = 10.0
 
 
 @dataclass(eq=False)
@@ -98,6 +112,11 @@ class LoadedModel:
     #: name of the thread that loaded it (pinned loads run in the ``pinned-load`` pool)
     load_thread: str = ""
     loaded_at: float = field(default_factory=time.time)
+    #: ``trained_as_of`` as an aware UTC datetime, compared with a user's newest event
+    fresh_cutoff: datetime | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.fresh_cutoff = snapshot_cutoff(self.trained_as_of)
 
 
 def assign_variant(user_id: str, weights: dict[str, float], salt: str) -> str:
@@ -136,6 +155,12 @@ class ModelHolder:
         self._pin_loading: tuple[str, asyncio.Future] | None = None  # touched on the event loop only
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._syncer: threading.Thread | None = None
+        #: users' event histories, kept current by the event feed (api/history.py)
+        self.history = HistoryCache(store, settings.history_cache_users)
+        #: this process in ``serving_workers`` (catalog writes wait for every live worker)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._reported: tuple[int, float] = (-1, 0.0)  # catalog generation reported, when
         #: the reload generation this worker has acted on (read before the first load)
         self.reload_generation = self.control.reload_generation()
 
@@ -408,23 +433,102 @@ class ModelHolder:
         self._watcher = threading.Thread(target=loop, name=f"model-watcher-{os.getpid()}", daemon=True)
         self._watcher.start()
 
+    def start_syncing(self) -> None:
+        """Join ``serving_workers``, catch up with the catalog, warm the history cache with the
+        most recently active users, then follow the catalog generation and the event feed every
+        ``history_feed_seconds`` in a background thread. Call before serving requests."""
+        if self._syncer is not None:
+            return
+        self._report(force=True)  # before the catch-up: a write from now on waits for us
+        self.sync_catalog()
+        self._report(force=True)
+        interval = self.settings.history_feed_seconds
+
+        # Warm before serving, not in the thread: a worker busy warming while it already accepts
+        # connections answers slowly and leaves its share of the traffic to the others.
+        start = time.perf_counter()
+        try:
+            warmed = self.history.warm(self.settings.history_cache_users)
+            logger.info("history cache warmed with %d users in %.2fs", warmed, time.perf_counter() - start)
+        except Exception:
+            logger.exception("could not warm the history cache")
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                self.sync_once()
+                self._stop.wait(interval)
+
+        self._syncer = threading.Thread(target=loop, name=f"serving-sync-{os.getpid()}", daemon=True)
+        self._syncer.start()
+
+    def sync_once(self) -> None:
+        """One round of the sync thread: catalog generation, event feed, report."""
+        for what, step in (("catalog", self.sync_catalog), ("event feed", self.history.poll), ("report", self._report)):
+            try:
+                step()
+            except Exception:
+                logger.exception("serving sync: %s failed", what)
+
+    def _loaded_models(self) -> list[LoadedModel]:
+        """Every model this worker holds (served and cached), snapshotted under the cache lock."""
+        with self._versions_lock:
+            return list(self._by_alias.values()) + list(self._versions.values())
+
+    def _report(self, force: bool = False) -> None:
+        """Tell ``serving_workers`` the catalog generation this worker applied (when it moved,
+        and at least every WORKER_REPORT_SECONDS)."""
+        models = self._loaded_models()
+        applied = min((m.catalog_seq for m in models), default=self.control.catalog_generation())
+        last_seq, last_at = self._reported
+        now = time.time()
+        if force or applied != last_seq or now - last_at >= WORKER_REPORT_SECONDS:
+            self.control.report_worker(self.worker_id, applied, now)
+            self._reported = (applied, now)
+
     def stop(self) -> None:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
+        if self._syncer is not None:
+            self._syncer.join(timeout=5)
+            try:
+                self.control.remove_worker(self.worker_id)
+            except Exception:
+                logger.exception("could not remove worker %s from serving_workers", self.worker_id)
         self._pin_executor.shutdown(wait=False, cancel_futures=True)
 
     # ---- catalog generation --------------------------------------------------------------
     def record_catalog_change(self, item_ids: list[str]) -> None:
-        """Log changed item ids (call after the store write committed), then apply them."""
+        """Log changed item ids (call after the store write committed), apply them here, then
+        wait until every other live worker applied them (at most ``catalog_wait_seconds``).
+        Blocking: call from a thread, not the event loop."""
         if not item_ids:
             return
-        self.control.append_catalog_changes(item_ids)
+        generation = self.control.append_catalog_changes(item_ids)
         self.sync_catalog()
+        self._report()
+        self.wait_catalog_applied(generation)
+
+    def wait_catalog_applied(self, generation: int) -> list[str]:
+        """Wait until no other live worker is behind ``generation``; returns the ones still
+        behind when ``catalog_wait_seconds`` ran out (logged)."""
+        deadline = time.monotonic() + self.settings.catalog_wait_seconds
+        pause = 0.005
+        while True:
+            behind = self.control.workers_behind(generation, time.time() - WORKER_ALIVE_SECONDS, exclude=self.worker_id)
+            if not behind:
+                return []
+            if time.monotonic() >= deadline:
+                logger.warning("catalog generation %d: workers %s have not applied it after %.1fs",
+                               generation, behind, self.settings.catalog_wait_seconds)
+                return behind
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     def sync_catalog(self) -> None:
-        """Bring every loaded model up to the catalog generation (cheap when nothing changed)."""
-        models = list(self._by_alias.values()) + list(self._versions.values())
+        """Bring every loaded model up to the catalog generation (one primary-key read when
+        nothing changed). Runs in the sync thread and after this worker's own catalog writes."""
+        models = self._loaded_models()
         if not models:
             return
         seq = self.control.catalog_generation()

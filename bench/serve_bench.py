@@ -7,6 +7,18 @@ the last line is a PASS/FAIL summary; exit 0 only when ratio >= 0.5 and p99 <= 2
     .venv/bin/python bench/serve_bench.py
     RECSYS_BENCH_ITEMS=20000 RECSYS_BENCH_WORKERS=2 .venv/bin/python bench/serve_bench.py
 
+Extra modes (the base workload and its PASS/FAIL line are unchanged):
+
+- ``RECSYS_BENCH_COMPARE_WORKERS=2``: afterwards, the same data served by 2 workers; a second
+  table with peak recommendations/health, throughput vs the 1-worker run and RSS per worker
+  (target >= 1.6x; part of the exit status).
+- ``RECSYS_BENCH_DATABASE=postgresql``: the store is a fresh database on the local PostgreSQL
+  server (``RECSYS_BENCH_POSTGRES_ADMIN_URL``, default postgres@127.0.0.1:5432), dropped afterwards.
+- ``RECSYS_BENCH_PROFILE=out.txt``: one more recommendations run under ``py-spy record`` against
+  the worker; the top frames (self and total samples) are written to ``out.txt``.
+
+Every table prints the 1-minute load average before and after it (the machine may be shared).
+
 Needs ``wrk`` (Debian/Ubuntu: ``apt-get install wrk``).
 """
 
@@ -19,7 +31,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+import uuid
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
+
+import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,7 +50,12 @@ WORKERS = int(os.environ.get("RECSYS_BENCH_WORKERS", "1"))
 CONNECTIONS = int(os.environ.get("RECSYS_BENCH_CONNECTIONS", "16"))
 THREADS = int(os.environ.get("RECSYS_BENCH_THREADS", "1"))
 DURATION = os.environ.get("RECSYS_BENCH_DURATION", "15s")
-TARGET_RATIO, TARGET_P99_MS = 0.5, 20.0
+COMPARE_WORKERS = int(os.environ.get("RECSYS_BENCH_COMPARE_WORKERS", "0"))
+DATABASE = os.environ.get("RECSYS_BENCH_DATABASE", "sqlite")
+POSTGRES_ADMIN_URL = os.environ.get("RECSYS_BENCH_POSTGRES_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+PROFILE = os.environ.get("RECSYS_BENCH_PROFILE")
+PY_SPY = Path(sys.executable).with_name("py-spy")
+TARGET_RATIO, TARGET_P99_MS, TARGET_SCALING = 0.5, 20.0, 1.6
 
 LUA = """
 math.randomseed(os.time())
@@ -72,35 +95,144 @@ def wrk(base: str, path: str, pace_ms: float, tmp: Path) -> dict:
     return {"rps": rps, "p50": p50, "p99": p99, "non2xx": errors, "socket_errors": sock.group(1) if sock else "none"}
 
 
+def load() -> str:
+    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def worker_pids(base: str, expected: int) -> list[int]:
+    """The worker pids behind ``base`` (each /health names its pid)."""
+    pids: set[int] = set()
+    deadline = time.monotonic() + 30
+    while len(pids) < expected and time.monotonic() < deadline:
+        pids.add(httpx.get(f"{base}/health", timeout=5).json()["pid"])
+    return sorted(pids)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@contextmanager
+def database() -> str | None:
+    """None (SQLite under the data folder) or a fresh PostgreSQL database, dropped afterwards."""
+    if DATABASE == "sqlite":
+        yield None
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"recsys_bench_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def profile(base: str, tmp: Path, out: Path) -> None:
+    """One recommendations run under py-spy (raw stacks), summarised as top self/total frames."""
+    pid = worker_pids(base, 1)[0]
+    raw = tmp / "profile.txt"
+    seconds = max(int(DURATION.rstrip("s")) - 3, 1)
+    spy = subprocess.Popen([str(PY_SPY), "record", "-p", str(pid), "-f", "raw", "-o", str(raw), "-r", "200",
+                            "-d", str(seconds), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = wrk(base, "recs", 0, tmp)
+    spy.wait(timeout=120)
+    self_n, total_n, samples = Counter(), Counter(), 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        # function level: "name (file:line)" -> "name (file)"
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";") if f]
+        if not frames or not n.isdigit():
+            continue
+        # idle event-loop waits are not work
+        if any("select (selectors.py" in f or "_worker (concurrent" in f or "wait (threading.py" in f for f in frames[-2:]):
+            continue
+        samples += int(n)
+        self_n[frames[-1]] += int(n)
+        for f in set(frames):
+            total_n[f] += int(n)
+    lines = [f"py-spy record -r 200 of worker {pid} during a wrk recommendations run ({run['rps']:,.0f} req/s, {load()})",
+             f"{samples} busy samples (idle waits excluded)", "", "top self:"]
+    lines += [f"{100 * n / max(samples, 1):6.1f}%  {f}" for f, n in self_n.most_common(25)]
+    lines += ["", "top total (inclusive):"]
+    lines += [f"{100 * n / max(samples, 1):6.1f}%  {f}" for f, n in total_n.most_common(40)]
+    out.write_text("\n".join(lines) + "\n")
+    print(f"profile written to {out}")
+
+
+def endpoint_rows(base: str, tmp: Path, paced: bool = True) -> dict:
+    rows = {}
+    for name, path in (("recommendations", "recs"), ("health", "/health")):
+        peak = wrk(base, path, 0, tmp)
+        # pace each connection so the total is ~80% of this endpoint's peak
+        target = 0.8 * peak["rps"]
+        pace = CONNECTIONS / target * 1000.0
+        rows[name] = (peak, wrk(base, path, pace, tmp) if paced else None, target)
+    return rows
+
+
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     if shutil.which("wrk") is None:
         print("FAIL: wrk is not installed (apt-get install wrk)")
         return 2
-    with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp, database() as database_url:
         tmp = Path(tmp)
-        env = prepare(tmp / "data", users=USERS, items=ITEMS, events=EVENTS, clusters=20, factors=64, iterations=10)
+        env = prepare(tmp / "data", users=USERS, items=ITEMS, events=EVENTS, clusters=20, factors=64, iterations=10,
+                      database_url=database_url)
         extra = {"RECSYS_RELOAD_POLL_SECONDS": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
         with live_server(env, workers=WORKERS, extra_env=extra) as base:
             # warm up (page in the memory-mapped index, JIT nothing, fill caches)
             wrk(base, "recs", 0, tmp)
-            rows = {}
-            for name, path in (("recommendations", "recs"), ("health", "/health")):
-                peak = wrk(base, path, 0, tmp)
-                # pace each connection so the total is ~80% of this endpoint's peak
-                target = 0.8 * peak["rps"]
-                pace = CONNECTIONS / target * 1000.0
-                paced = wrk(base, path, pace, tmp)
-                rows[name] = (peak, paced, target)
-    print(f"catalog {ITEMS:,} items, {USERS:,} users; {WORKERS} uvicorn worker(s); wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION}")
+            load_before = load()
+            rows = endpoint_rows(base, tmp)
+            load_after = load()
+            rss = {pid: rss_mb(pid) for pid in worker_pids(base, WORKERS)}
+            if PROFILE:
+                try:
+                    profile(base, tmp, Path(PROFILE))
+                except (OSError, subprocess.SubprocessError, httpx.HTTPError) as exc:  # the figures above still count
+                    print(f"profile failed: {exc!r}")
+        scaled = None
+        if COMPARE_WORKERS:
+            with live_server(env, workers=COMPARE_WORKERS, extra_env=extra) as base:
+                wrk(base, "recs", 0, tmp)
+                scaled_load = load()
+                scaled = endpoint_rows(base, tmp, paced=False)
+                scaled_rss = {pid: rss_mb(pid) for pid in worker_pids(base, COMPARE_WORKERS)}
+                scaled_load += " -> " + load()
+    store = "PostgreSQL" if database_url else "SQLite"
+    print(f"catalog {ITEMS:,} items, {USERS:,} users, store {store}; {WORKERS} uvicorn worker(s); "
+          f"wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION}; {load_before} -> {load_after}")
     print(f"{'endpoint':<18}{'pass':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
     for name, (peak, paced, target) in rows.items():
         print(f"{name:<18}{'peak':<10}{peak['rps']:>10,.0f}{peak['p50']:>9.2f}{peak['p99']:>9.2f}{peak['non2xx']:>9}")
         print(f"{'':<18}{'80%':<10}{paced['rps']:>10,.0f}{paced['p50']:>9.2f}{paced['p99']:>9.2f}{paced['non2xx']:>9}  (target {target:,.0f}/s)")
+    print("RSS per worker: " + ", ".join(f"pid {pid} {mb:,.0f} MB" for pid, mb in rss.items()))
     recs_peak, recs_paced, _ = rows["recommendations"]
     ratio = recs_peak["rps"] / rows["health"][0]["rps"]
     errors = sum(r["non2xx"] for pair in rows.values() for r in pair[:2])
     ok = ratio >= TARGET_RATIO and recs_paced["p99"] <= TARGET_P99_MS and errors == 0
+    if scaled is not None:
+        print()
+        print(f"{COMPARE_WORKERS} uvicorn workers, same data and wrk settings; {scaled_load}")
+        print(f"{'endpoint':<18}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'vs 1 worker':>13}")
+        for name, (peak, _, _) in scaled.items():
+            speedup = peak["rps"] / rows[name][0]["rps"]
+            print(f"{name:<18}{peak['rps']:>10,.0f}{peak['p50']:>9.2f}{peak['p99']:>9.2f}{peak['non2xx']:>9}{speedup:>12.2f}x")
+        print("RSS per worker: " + ", ".join(f"pid {pid} {mb:,.0f} MB" for pid, mb in scaled_rss.items()))
+        scaling = scaled["recommendations"][0]["rps"] / recs_peak["rps"]
+        errors += sum(peak["non2xx"] for peak, _, _ in scaled.values())
+        ok = ok and scaling >= TARGET_SCALING and errors == 0
+        print(f"recommendations with {COMPARE_WORKERS} workers = {scaling:.2f}x one worker (target >= {TARGET_SCALING})")
     print(f"throughput ratio recommendations/health = {ratio:.2f} (target >= {TARGET_RATIO})")
     print(f"{'PASS' if ok else 'FAIL'}: recs {recs_peak['rps']:,.0f} req/s vs health {rows['health'][0]['rps']:,.0f} req/s "
           f"(ratio {ratio:.2f} >= {TARGET_RATIO}?), p99 at 80% peak {recs_paced['p99']:.1f} ms (<= {TARGET_P99_MS}?), {errors} errors")

@@ -1,17 +1,19 @@
 """Activity: reads over the events table for serving and reports — a user's recent history,
-item popularity, event counts, and per-A/B-variant exposure and outcome counts."""
+item popularity, event counts, per-A/B-variant exposure and outcome counts, and the event feed
+serving follows (events by ``events.id``, the store's sequence number)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, case, distinct, func, select
+from sqlalchemy import Connection, case, distinct, func, or_, select
 
 from feature_store.backends import Backend
-from feature_store.tables import events_table, items_table
+from feature_store.tables import events_table, items_table, users_table
 
 
 @dataclass(frozen=True)
@@ -93,3 +95,68 @@ def _epoch_ms(when: datetime) -> int:
     if ts.tzinfo is None:
         ts = ts.tz_localize("UTC")
     return int(ts.tz_convert("UTC").value // 1_000_000)
+
+
+# ---- the event feed: serving keeps users' histories in memory (api/history.py) ----------------
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One stored event as serving needs it: ``seq`` is ``events.id`` (the feed position)."""
+
+    seq: int
+    user_id: str
+    item_id: str
+    #: when the row was stored (UTC)
+    stored_at: datetime | None
+
+
+_FEED_COLUMNS = (events_table.c.id, users_table.c.user_id, items_table.c.item_id, events_table.c.created_at)
+_FEED_FROM = events_table.join(users_table, events_table.c.user_pk == users_table.c.id).join(
+    items_table, events_table.c.item_pk == items_table.c.id)
+
+
+def _stored(rows) -> list[StoredEvent]:
+    return [StoredEvent(int(r[0]), r[1], r[2], _utc(r[3])) for r in rows]
+
+
+def _utc(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite returns CURRENT_TIMESTAMP text ("YYYY-MM-DD HH:MM:SS", UTC)
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def events_since(conn: Connection, after_seq: int, limit: int, also_seqs: Sequence[int] = ()) -> list[StoredEvent]:
+    """Events with ``events.id > after_seq`` (at most ``limit``), plus those whose id is in
+    ``also_seqs`` (ids the reader saw missing: a transaction that had not committed yet), by id."""
+    cond = events_table.c.id > int(after_seq)
+    if also_seqs:
+        cond = or_(cond, events_table.c.id.in_([int(s) for s in also_seqs]))
+    stmt = select(*_FEED_COLUMNS).select_from(_FEED_FROM).where(cond).order_by(events_table.c.id).limit(int(limit))
+    return _stored(conn.execute(stmt).all())
+
+
+def last_event_seq(conn: Connection) -> int:
+    return int(conn.execute(select(func.max(events_table.c.id))).scalar() or 0)
+
+
+def user_events(conn: Connection, user_id: str) -> list[StoredEvent]:
+    """Every event of one user, oldest first (``ts``, then id)."""
+    stmt = (select(*_FEED_COLUMNS).select_from(_FEED_FROM).where(users_table.c.user_id == str(user_id))
+            .order_by(events_table.c.ts, events_table.c.id))
+    return _stored(conn.execute(stmt).all())
+
+
+def recent_user_pks(conn: Connection, n_users: int) -> list[int]:
+    """Keys of the ``n_users`` most recently active users (by their newest event), newest first."""
+    stmt = (select(events_table.c.user_pk).group_by(events_table.c.user_pk)
+            .order_by(func.max(events_table.c.id).desc()).limit(int(n_users)))
+    return [int(r[0]) for r in conn.execute(stmt)]
+
+
+def events_of_user_pks(conn: Connection, user_pks: Sequence[int]) -> list[StoredEvent]:
+    """Every event of the given users, grouped by user, oldest first."""
+    stmt = (select(*_FEED_COLUMNS).select_from(_FEED_FROM)
+            .where(events_table.c.user_pk.in_([int(p) for p in user_pks]))
+            .order_by(events_table.c.user_pk, events_table.c.ts, events_table.c.id))
+    return _stored(conn.execute(stmt).all())

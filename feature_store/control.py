@@ -8,6 +8,13 @@ has applied (one primary-key lookup):
 - ``serving_reloads``: reload requests (``POST /admin/reload``, the pipeline's notify stage).
   Every worker watches its max ``seq`` and reloads its aliases when it moves, so a reload sent
   to one worker reaches all of them.
+
+And one small table of the workers themselves:
+
+- ``serving_workers``: each worker's id, the catalog generation it has applied and when it
+  last said so (epoch seconds, its own clock). A catalog write waits until every live worker
+  has applied it (:meth:`ServingControl.workers_behind`), so requests never check the catalog
+  generation themselves (api/serving.py).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Float,
     Integer,
     MetaData,
     String,
@@ -44,6 +52,16 @@ reloads_table = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+workers_table = Table(
+    "serving_workers",
+    metadata,
+    #: ``host:pid:random``, unique per worker process
+    Column("worker_id", String(255), primary_key=True),
+    Column("catalog_seq", Integer, nullable=False),
+    #: epoch seconds of the worker's last report
+    Column("seen_at", Float, nullable=False),
+)
+
 _ITEM_COLUMNS = ["item_id", "title", "description", "categories", "attributes", "available"]
 _IN_CHUNK = 500
 
@@ -56,14 +74,17 @@ class ServingControl:
         metadata.create_all(engine)
 
     # ---- catalog changes ---------------------------------------------------------------
-    def append_catalog_changes(self, item_ids: list[str]) -> None:
-        """Log changed item ids (call after the store write committed)."""
-        if item_ids:
-            with self.engine.begin() as conn:
-                conn.execute(catalog_changes_table.insert(), [{"item_id": str(i)} for i in item_ids])
+    def append_catalog_changes(self, item_ids: list[str]) -> int:
+        """Log changed item ids (call after the store write committed); returns the generation
+        that includes them."""
+        if not item_ids:
+            return self.catalog_generation()
+        with self.engine.begin() as conn:
+            conn.execute(catalog_changes_table.insert(), [{"item_id": str(i)} for i in item_ids])
+            return int(conn.execute(select(func.max(catalog_changes_table.c.seq))).scalar() or 0)
 
     def catalog_generation(self) -> int:
-        # driver SQL: this runs on every request
+        # driver SQL: every worker's sync thread runs this several times a second
         with self.engine.connect() as conn:
             return int(conn.exec_driver_sql("SELECT max(seq) FROM api_catalog_changes").scalar() or 0)
 
@@ -101,3 +122,24 @@ class ServingControl:
     def reload_generation(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.exec_driver_sql("SELECT max(seq) FROM serving_reloads").scalar() or 0)
+
+    # ---- workers -----------------------------------------------------------------------
+    def report_worker(self, worker_id: str, catalog_seq: int, seen_at: float) -> None:
+        """Record that ``worker_id`` is alive and has applied catalog generation ``catalog_seq``."""
+        values = {"catalog_seq": int(catalog_seq), "seen_at": float(seen_at)}
+        with self.engine.begin() as conn:
+            updated = conn.execute(workers_table.update().where(workers_table.c.worker_id == worker_id).values(**values))
+            if updated.rowcount == 0:
+                conn.execute(workers_table.insert().values(worker_id=worker_id, **values))
+
+    def remove_worker(self, worker_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(workers_table.delete().where(workers_table.c.worker_id == worker_id))
+
+    def workers_behind(self, catalog_seq: int, seen_after: float, exclude: str = "") -> list[str]:
+        """Workers seen after ``seen_after`` (epoch seconds) that have not applied ``catalog_seq``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(workers_table.c.worker_id).where(
+                workers_table.c.catalog_seq < int(catalog_seq), workers_table.c.seen_at > float(seen_after),
+                workers_table.c.worker_id != exclude))
+            return sorted(r[0] for r in rows)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +25,7 @@ import pyarrow as pa
 from sqlalchemy import Connection, Engine
 
 from feature_store import activity, admin, catalog, ingest
-from feature_store.activity import VariantActivity
+from feature_store.activity import StoredEvent, VariantActivity
 from feature_store.backends import backend_for
 from feature_store.catalog import NotFoundError
 from feature_store.control import ServingControl
@@ -294,6 +294,30 @@ class FeatureStore:
         stored (UTC). Plain driver SQL: this runs on every recommendation request."""
         with self.engine.connect() as conn:
             return activity.user_activity(conn, self.backend, user_id)
+
+    def events_since(self, after_seq: int, limit: int = 10_000, also_seqs: Sequence[int] = ()) -> list[StoredEvent]:
+        """The event feed: events with ``events.id > after_seq`` (at most ``limit``) plus any of
+        ``also_seqs``, by id (serving follows it, api/history.py)."""
+        with self.engine.connect() as conn:
+            return activity.events_since(conn, after_seq, limit, also_seqs)
+
+    def last_event_seq(self) -> int:
+        """The highest ``events.id`` stored (0 when there is none)."""
+        with self.engine.connect() as conn:
+            return activity.last_event_seq(conn)
+
+    def user_events(self, user_id: str) -> list[StoredEvent]:
+        """Every event of one user with its feed position, oldest first."""
+        with self.engine.connect() as conn:
+            return activity.user_events(conn, user_id)
+
+    def recent_users_events(self, n_users: int, users_per_read: int = 2_000) -> Iterator[list[StoredEvent]]:
+        """Every event of the ``n_users`` most recently active users, most recent users first,
+        read ``users_per_read`` users at a time (one list each, grouped by user, oldest first)."""
+        with self.engine.connect() as conn:
+            pks = activity.recent_user_pks(conn, n_users)
+            for lo in range(0, len(pks), users_per_read):
+                yield activity.events_of_user_pks(conn, pks[lo : lo + users_per_read])
 
     def item_popularity(self, limit: int | None = None) -> pd.Series:
         """Event count per item_id, most popular first (ties by item_id)."""

@@ -51,6 +51,15 @@ class Settings(BaseSettings):
     #: largest request body accepted (bytes); bigger ones get 413 before they are read. The
     #: default holds a 10,000-event batch (the /events maximum) with room for item attributes.
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    #: users whose event history a worker keeps in memory (LRU; filled at start with the most
+    #: recently active users). A user outside it costs one store read, off the event loop.
+    history_cache_users: int = Field(100_000, ge=1)
+    #: how often a worker follows the store's event feed and the catalog generation (seconds):
+    #: events stored through another worker or replica count within about this long
+    history_feed_seconds: float = Field(0.2, gt=0, le=10)
+    #: a catalog write (PUT/DELETE /items...) answers once every live worker applied it, or after
+    #: this many seconds (then logged): from the next request on no worker serves the old item
+    catalog_wait_seconds: float = Field(5.0, ge=0, le=60)
 
     # ---- Spark training engine (``model: {kind: als, engine: spark}``) --------------------
     #: where Spark ALS runs: ``local[*]`` (this machine), ``spark://host:7077`` (a standalone

@@ -48,6 +48,9 @@ def post_events(
         raise HTTPException(status_code=422, detail={"field": "item_id", "message": str(exc)})
     except WriteConflict as exc:  # lost to concurrent writers on every retry: nothing stored
         raise HTTPException(status_code=503, detail={"field": None, "message": str(exc)}, headers={"Retry-After": "1"})
+    if inserted:
+        # Committed: follow the feed now, so this worker's next answer counts these events.
+        holder.history.poll()
     metrics.EVENTS_INGESTED.labels(result="inserted").inc(inserted)
     metrics.EVENTS_INGESTED.labels(result="duplicate").inc(duplicates)
     return EventsAccepted(received=len(records), inserted=inserted, duplicates=duplicates)

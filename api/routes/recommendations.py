@@ -5,13 +5,15 @@ All business rules are the Recommender's; these routes map query parameters and 
 
 from __future__ import annotations
 
-import inspect
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
 
-from api.deps import HolderDep, PinDep, StoreDep, read_key, resolve
-from api.history import has_fresh_events
+from api.deps import HolderDep, PinDep, read_key, resolve
+from api.history import is_fresh
+from api.query import query_model
 from api.request_guards import StrictJSONRoute
 from api.schemas import (
     Error,
@@ -27,6 +29,7 @@ from api.schemas import (
     SimilarItems,
     UserRecommendations,
 )
+from api.serving import ModelHolder
 from recsys.recommender import (
     Filters,
     RecommendationResult,
@@ -45,67 +48,65 @@ ERRORS = {
 }
 
 IdPath = Annotated[Id, Path()]
-K = Annotated[int, Query(ge=1, le=1000, description="number of items to return")]
-Offset = Annotated[int, Query(ge=0, le=10_000, description="skip this many items (pagination)")]
 #: key:value query filters (a label, then any text): checked whole as a label here, split in _attrs
 AttrFilter = Label
 
 
-class RuleParams:
-    """Filters and ranking options shared by every recommendation route (query parameters)."""
+class RuleQuery(BaseModel):
+    """Filters shared by every recommendation route (query parameters, parsed in one pass)."""
 
-    def __init__(
-        self,
-        include_category: Annotated[list[Label], Query(max_length=100, description="only items in one of these categories")] = [],  # noqa: B006
-        exclude_category: Annotated[list[Label], Query(max_length=100, description="no items in these categories")] = [],  # noqa: B006
-        include_attr: Annotated[list[AttrFilter], Query(max_length=100, description="key:value — only items whose attribute key has one of the given values")] = [],  # noqa: B006
-        exclude_attr: Annotated[list[AttrFilter], Query(max_length=100, description="key:value — no items whose attribute key has this value")] = [],  # noqa: B006
-        exclude_item: Annotated[list[Id], Query(max_length=1000, description="never return these item ids")] = [],  # noqa: B006
-    ) -> None:
-        self.filters = Filters(
-            exclude_items=tuple(exclude_item),
-            include_categories=tuple(include_category),
-            exclude_categories=tuple(exclude_category),
-            include_attributes=_attrs(include_attr, "include_attr"),
-            exclude_attributes=_attrs(exclude_attr, "exclude_attr"),
+    include_category: list[Label] = Field([], max_length=100, description="only items in one of these categories")
+    exclude_category: list[Label] = Field([], max_length=100, description="no items in these categories")
+    include_attr: list[AttrFilter] = Field([], max_length=100, description="key:value — only items whose attribute key has one of the given values")
+    exclude_attr: list[AttrFilter] = Field([], max_length=100, description="key:value — no items whose attribute key has this value")
+    exclude_item: list[Id] = Field([], max_length=1000, description="never return these item ids")
+    k: int = Field(10, ge=1, le=1000, description="number of items to return")
+    offset: int = Field(0, ge=0, le=10_000, description="skip this many items (pagination)")
+
+    def filters(self) -> Filters:
+        return Filters(
+            exclude_items=tuple(self.exclude_item),
+            include_categories=tuple(self.include_category),
+            exclude_categories=tuple(self.exclude_category),
+            include_attributes=_attrs(self.include_attr, "include_attr"),
+            exclude_attributes=_attrs(self.exclude_attr, "exclude_attr"),
         )
 
 
-class RankParams:
-    def __init__(
-        self,
-        mode: Annotated[Mode | None, Query(description="collaborative, content or hybrid (default: the model's)")] = None,
-        cf_weight: Annotated[float | None, Query(ge=0, le=1000, description="hybrid: weight of the collaborative score")] = None,
-        content_weight: Annotated[float | None, Query(ge=0, le=1000, description="hybrid: weight of the content score")] = None,
-        fusion: Annotated[Fusion | None, Query(description="hybrid: weighted scores or reciprocal-rank fusion")] = None,
-        diversity: Annotated[float | None, Query(ge=0, le=1, description="MMR lambda: 1 = pure relevance, 0 = pure diversity")] = None,
-    ) -> None:
-        if (cf_weight is None) != (content_weight is None):
-            field = "content_weight" if content_weight is None else "cf_weight"
+class UserQuery(RuleQuery):
+    """GET /users/{user_id}/recommendations: filters plus ranking options."""
+
+    mode: Mode | None = Field(None, description="collaborative, content or hybrid (default: the model's)")
+    cf_weight: float | None = Field(None, ge=0, le=1000, description="hybrid: weight of the collaborative score")
+    content_weight: float | None = Field(None, ge=0, le=1000, description="hybrid: weight of the content score")
+    fusion: Fusion | None = Field(None, description="hybrid: weighted scores or reciprocal-rank fusion")
+    diversity: float | None = Field(None, ge=0, le=1, description="MMR lambda: 1 = pure relevance, 0 = pure diversity")
+    exclude_seen: bool = Field(True, description="leave out items the user already interacted with")
+
+    def weights(self) -> tuple[float, float] | None:
+        if (self.cf_weight is None) != (self.content_weight is None):
+            field = "content_weight" if self.content_weight is None else "cf_weight"
             raise HTTPException(status_code=422, detail={"field": field, "message": "give both cf_weight and content_weight"})
-        if cf_weight is not None and cf_weight + content_weight <= 0:
+        if self.cf_weight is None:
+            return None
+        if self.cf_weight + self.content_weight <= 0:
             raise HTTPException(status_code=422, detail={"field": "cf_weight", "message": "the weights must not both be 0"})
-        self.options: dict[str, Any] = {
-            "mode": mode,
-            "fusion": fusion,
-            "diversity": diversity,
-        }
-        self.weights = None if cf_weight is None else (cf_weight, content_weight)
+        return self.cf_weight, self.content_weight
 
 
-def on_event_loop(cls):
-    """``cls`` as an ``async`` dependency with the same parameters (see api/deps.py: a sync
-    dependency costs a thread-pool hop per request)."""
-
-    async def dependency(**params):
-        return cls(**params)
-
-    dependency.__signature__ = inspect.signature(cls)
-    return dependency
+class SimilarQuery(RuleQuery):
+    mode: Mode | None = Field(None, description="collaborative, content or hybrid (default: the model's)")
+    user_id: Id | None = Field(None, description="for the A/B split")
 
 
-Rules = Annotated[RuleParams, Depends(on_event_loop(RuleParams))]
-Rank = Annotated[RankParams, Depends(on_event_loop(RankParams))]
+class SearchQuery(RuleQuery):
+    q: SearchText = Field(description="free text")
+    user_id: Id | None = Field(None, description="for the A/B split")
+
+
+user_query, USER_QUERY_DOC = query_model(UserQuery)
+similar_query, SIMILAR_QUERY_DOC = query_model(SimilarQuery)
+search_query, SEARCH_QUERY_DOC = query_model(SearchQuery)
 
 
 def _attrs(values: list[str], field: str) -> dict[str, list[str]]:
@@ -118,85 +119,74 @@ def _attrs(values: list[str], field: str) -> dict[str, list[str]]:
     return out
 
 
+def _json(answer: BaseModel) -> Response:
+    """The answer as JSON bytes. Built from values the route already typed, so it is serialized
+    once, without FastAPI's second validation pass (``response_model`` still documents it)."""
+    return Response(content=answer.model_dump_json(), media_type="application/json")
+
+
 def _items(result: RecommendationResult) -> list[RecommendedItem]:
-    return [RecommendedItem(item_id=i.item_id, score=i.score, title=i.title, reason=i.reason) for i in result.items]
+    # model_construct: the fields come typed from the Recommender; validating them again is waste
+    return [RecommendedItem.model_construct(item_id=i.item_id, score=float(i.score), title=i.title, reason=i.reason)
+            for i in result.items]
 
 
 def _unavailable(exc: SearchUnavailable, field: str) -> HTTPException:
     return HTTPException(status_code=503, detail={"field": field, "message": str(exc)})
 
 
-@router.get("/users/{user_id}/recommendations", response_model=UserRecommendations, responses=ERRORS)
-async def user_recommendations(
-    user_id: IdPath,
-    holder: HolderDep,
-    store: StoreDep,
-    pinned: PinDep,
-    rules: Rules,
-    rank: Rank,
-    k: K = 10,
-    offset: Offset = 0,
-    exclude_seen: Annotated[bool, Query(description="leave out items the user already interacted with")] = True,
-) -> UserRecommendations:
+@router.get("/users/{user_id}/recommendations", response_model=UserRecommendations, responses=ERRORS,
+            openapi_extra=USER_QUERY_DOC)
+async def user_recommendations(request: Request, user_id: IdPath, query: Annotated[UserQuery, Depends(user_query)],
+                               pinned: PinDep) -> Response:
     """Top-k items for a user; events posted a moment ago already count (fold-in).
 
-    ``async`` on purpose: the work is ~1-2 ms of CPU plus two indexed reads, cheaper to run on
-    the event loop than to hand to the thread pool (measured by bench/serve_bench.py).
+    ``async`` on purpose: the history comes from the worker's memory (api/history.py) and the
+    work is CPU only, cheaper on the event loop than handed to the thread pool. A user not in
+    the history cache is read from the store in a thread (bench/serve_bench.py).
     """
+    holder: ModelHolder = request.app.state.holder
     model, variant = resolve(holder, user_id, pinned)
-    history, newest = store.user_activity(user_id)
-    refresh = has_fresh_events(newest, model.trained_as_of)
+    history = holder.history.get(user_id) or await run_in_threadpool(holder.history.load, user_id)
     try:
         result = model.recommender.recommend_for_user(
-            user_id, history, k, offset=offset, exclude_seen=exclude_seen, filters=rules.filters,
-            weights=rank.weights, refresh=refresh, **rank.options)
+            user_id, history.items, query.k, offset=query.offset, exclude_seen=query.exclude_seen,
+            filters=query.filters(), mode=query.mode, weights=query.weights(), fusion=query.fusion,
+            diversity=query.diversity, refresh=is_fresh(history.newest, model.fresh_cutoff))
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")
-    return UserRecommendations(user_id=user_id, model_version=model.version, variant=variant, strategy=result.strategy,
-                               mode=result.mode, offset=offset, items=_items(result))
+    return _json(UserRecommendations.model_construct(
+        user_id=user_id, model_version=model.version, variant=variant, strategy=result.strategy, mode=result.mode,
+        offset=query.offset, items=_items(result)))
 
 
-@router.get("/items/{item_id}/similar", response_model=SimilarItems, responses=ERRORS)
-def similar_items(
-    item_id: IdPath,
-    holder: HolderDep,
-    pinned: PinDep,
-    rules: Rules,
-    k: K = 10,
-    offset: Offset = 0,
-    mode: Annotated[Mode | None, Query(description="collaborative, content or hybrid (default: the model's)")] = None,
-    user_id: Annotated[Id | None, Query(description="for the A/B split")] = None,
-) -> SimilarItems:
+@router.get("/items/{item_id}/similar", response_model=SimilarItems, responses=ERRORS, openapi_extra=SIMILAR_QUERY_DOC)
+def similar_items(item_id: IdPath, query: Annotated[SimilarQuery, Depends(similar_query)], holder: HolderDep,
+                  pinned: PinDep) -> Response:
     """Items nearest to this item (collaborative, content or hybrid similarity)."""
-    model, variant = resolve(holder, user_id, pinned)
+    model, variant = resolve(holder, query.user_id, pinned)
     try:
-        result = model.recommender.similar_items(item_id, k, offset=offset, filters=rules.filters, mode=mode)
+        result = model.recommender.similar_items(item_id, query.k, offset=query.offset, filters=query.filters(), mode=query.mode)
     except UnknownItemError:
         raise HTTPException(status_code=404, detail={"field": "item_id", "message": f"unknown item: {item_id}"})
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")
-    return SimilarItems(item_id=item_id, model_version=model.version, variant=variant, strategy=result.strategy,
-                        mode=result.mode, offset=offset, items=_items(result))
+    return _json(SimilarItems.model_construct(item_id=item_id, model_version=model.version, variant=variant,
+                                              strategy=result.strategy, mode=result.mode, offset=query.offset,
+                                              items=_items(result)))
 
 
-@router.get("/search", response_model=SearchResults, responses=ERRORS)
-def search(
-    q: Annotated[SearchText, Query(description="free text")],
-    holder: HolderDep,
-    pinned: PinDep,
-    rules: Rules,
-    k: K = 10,
-    offset: Offset = 0,
-    user_id: Annotated[Id | None, Query(description="for the A/B split")] = None,
-) -> SearchResults:
+@router.get("/search", response_model=SearchResults, responses=ERRORS, openapi_extra=SEARCH_QUERY_DOC)
+def search(query: Annotated[SearchQuery, Depends(search_query)], holder: HolderDep, pinned: PinDep) -> Response:
     """Items whose content matches the text (needs a model trained with a text encoder)."""
-    model, variant = resolve(holder, user_id, pinned)
+    model, variant = resolve(holder, query.user_id, pinned)
     try:
-        result = model.recommender.search(q, k, offset=offset, filters=rules.filters)
+        result = model.recommender.search(query.q, query.k, offset=query.offset, filters=query.filters())
     except SearchUnavailable as exc:
         raise _unavailable(exc, "q")
-    return SearchResults(query=q, model_version=model.version, variant=variant, strategy=result.strategy,
-                         mode=result.mode, offset=offset, items=_items(result))
+    return _json(SearchResults.model_construct(query=query.q, model_version=model.version, variant=variant,
+                                               strategy=result.strategy, mode=result.mode, offset=query.offset,
+                                               items=_items(result)))
 
 
 @router.post("/recommendations", response_model=SessionRecommendations, responses=ERRORS)

@@ -22,7 +22,14 @@ from pathlib import Path
 import numpy as np
 from annoy import AnnoyIndex as _Annoy
 
-from recsys.index.base import IndexError_, ItemIndex, binary_codes, check_metric, query_latencies_ms, recall_at_k
+from recsys.index.base import (
+    IndexError_,
+    ItemIndex,
+    binary_codes,
+    check_metric,
+    query_latencies_ms,
+    recall_at_k,
+)
 from recsys.index.exact import ExactIndex
 
 logger = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ class ItemIndex(ABC):
     dims: int
 
     @abstractmethod
-    def build(self, vectors: np.ndarray) -> "ItemIndex":
+    def build(self, vectors: np.ndarray) -> ItemIndex:
         """Index the rows of ``vectors`` (row i = item column i)."""
 
     @abstractmethod

@@ -95,7 +95,7 @@ class ExactIndex(ItemIndex):
         self._sq_norms: np.ndarray | None = None  # euclidean: ||v||², computed once
         self.dims = 0
 
-    def build(self, vectors: np.ndarray) -> "ExactIndex":
+    def build(self, vectors: np.ndarray) -> ExactIndex:
         vectors = np.asarray(vectors, dtype=np.float32)
         if self.metric == "cosine":
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
@@ -156,7 +156,7 @@ class ExactIndex(ItemIndex):
         return meta
 
     @classmethod
-    def load(cls, folder: Path) -> "ExactIndex":
+    def load(cls, folder: Path) -> ExactIndex:
         folder = Path(folder)
         meta = json.loads((folder / "index.json").read_text())
         return cls(meta["metric"], meta.get("dtype", "float32")).build(np.load(folder / "vectors.npy"))

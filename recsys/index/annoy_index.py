@@ -328,7 +328,7 @@ def load_index(folder: Path, verify: bool = True, digests: Mapping[str, str] | N
         return HnswItemIndex._load_private(folder / HNSW_FILE, meta, (digests.get(HNSW_FILE) or meta["sha256"]) if verify else None)
     if meta["kind"] != "exact":
         raise IndexError_(f"unknown index kind {meta['kind']!r} in {folder}")
-    vectors = np.load(io.BytesIO(read_verified(folder / "vectors.npy", digests.get("vectors.npy"))))
+    vectors = np.load(io.BytesIO(read_verified(folder / "vectors.npy", (digests.get("vectors.npy") or meta.get("sha256")) if verify else None)))
     return ExactIndex(meta["metric"], meta.get("dtype", "float32")).build(vectors)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -71,6 +72,8 @@ def top_k_from_scores(scores: np.ndarray, k: int, exclude: np.ndarray | None = N
     return idx[0][keep], top[0][keep]
 
 
+#: score-matrix entries per block of a batch query (2^24 floats = 64 MB at any catalog size)
+SCORE_BLOCK = 1 << 24
 #: rows converted to float32 at a time when the vectors are stored as float16 (BLAS has no
 #: half-precision path): 65,536 × 64 dims = 16 MB of scratch per call
 F16_CHUNK = 65_536
@@ -141,7 +144,7 @@ class ExactIndex(ItemIndex):
         """Top-k rows and scores for many queries at once: one matrix product per block of
         queries (blocks keep the score matrix near 64 MB at any catalog size)."""
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        block = max(1, (1 << 24) // max(1, self.n_items))
+        block = max(1, SCORE_BLOCK // max(1, self.n_items))
         if len(queries) <= block:
             return top_k_rows(self.scores(queries), k)
         parts = [top_k_rows(self.scores(queries[i : i + block]), k) for i in range(0, len(queries), block)]
@@ -151,7 +154,8 @@ class ExactIndex(ItemIndex):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "vectors.npy", self.vectors)
-        meta = {"kind": self.kind, "metric": self.metric, "dims": int(self.dims), "n_items": self.n_items, "dtype": self.dtype}
+        meta = {"kind": self.kind, "metric": self.metric, "dims": int(self.dims), "n_items": self.n_items, "dtype": self.dtype,
+                "sha256": hashlib.sha256((folder / "vectors.npy").read_bytes()).hexdigest()}
         (folder / "index.json").write_text(json.dumps(meta, indent=2))
         return meta
 

@@ -60,7 +60,7 @@ def test_index_matches_exact_search(vectors, kind, metric):
     assert index.n_items == len(items) and index.metric == metric and index.kind == kind
     for q in queries:
         ids, scores = index.query(q, 10)
-        e_ids, e_scores = exact.query(q, 10)
+        _, e_scores = exact.query(q, 10)
         # Scores are the same quantity on every index (same metric, same sign convention)...
         np.testing.assert_allclose(scores, pairwise_scores(q, items, metric)[0][ids], rtol=1e-4, atol=1e-4)
         # ...best first, and an exhaustive search finds the exact top-10 (hamming has ties: compare scores).
@@ -164,8 +164,8 @@ def test_hnsw_filter_callback_and_overfetch_give_the_same_answer(vectors):
     rng = np.random.default_rng(5)
     for q in queries[:10]:
         exclude = np.concatenate([exact.query(q, 5)[0], rng.choice(800, 40, replace=False)])
-        ids, scores = index.query(q, 10, exclude=exclude)
-        f_ids, f_scores = index.query_filtered(q, 10, exclude)
+        ids, _ = index.query(q, 10, exclude=exclude)
+        f_ids, _ = index.query_filtered(q, 10, exclude)
         assert not set(ids.tolist()) & set(exclude.tolist()) and len(ids) == 10
         np.testing.assert_array_equal(ids, f_ids)
         np.testing.assert_array_equal(ids, exact.query(q, 10, exclude=exclude)[0])

@@ -68,9 +68,10 @@ class IndexConfig(_Config):
     n_trees: int = Field(50, ge=1)
     #: -1: tuned at build time to the smallest value reaching ``target_recall``
     search_k: int = -1
-    #: HNSW graph degree and construction beam
+    #: HNSW graph degree and construction beam (100: 2.5× faster to build than 200 on 100k×64
+    #: ALS-like vectors, for the same recall once ``ef`` is tuned)
     M: int = Field(16, ge=2)
-    ef_construction: int = Field(200, ge=1)
+    ef_construction: int = Field(100, ge=1)
     #: HNSW search beam; -1: tuned at build time to the smallest value reaching ``target_recall``
     ef: int = -1
     #: threads for building indexes (-1: every core)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,7 +36,7 @@ class IndexSettings:
     n_trees: int = 50
     search_k: int = -1
     M: int = 16
-    ef_construction: int = 200
+    ef_construction: int = 100
     ef: int = -1
     num_threads: int = -1
     vector_dtype: str = "float32"
@@ -90,9 +91,12 @@ def _pick(candidates: list[CandidateReport], target: float) -> CandidateReport:
 
 
 def build_index(kind: str, metric: str, vectors: np.ndarray, queries: np.ndarray, settings: IndexSettings | None = None,
-                kinds: tuple[str, ...] = AUTO_KINDS, k: int = 10) -> tuple[ItemIndex, IndexChoice]:
+                kinds: tuple[str, ...] = AUTO_KINDS, k: int = 10,
+                on_candidate: Callable[[ItemIndex, CandidateReport], None] | None = None) -> tuple[ItemIndex, IndexChoice]:
     """Build the index of ``kind`` (annoy, exact, hnsw) — or with ``auto`` every applicable kind
-    of ``kinds`` — tuned on ``queries``; returns the index that serves and the measured choice."""
+    of ``kinds`` — tuned on ``queries``; returns the index that serves and the measured choice.
+    ``on_candidate`` sees every candidate once measured, before a losing one is dropped
+    (bench/ann_bench.py measures each on its own queries there)."""
     settings = settings or IndexSettings()
     vectors = np.asarray(vectors, dtype=np.float32)
     queries = np.asarray(queries, dtype=np.float32)
@@ -123,6 +127,8 @@ def build_index(kind: str, metric: str, vectors: np.ndarray, queries: np.ndarray
         report = CandidateReport(candidate, round(recall, 4), round(float(np.median(query_latencies_ms(index, timed, k))), 4),
                                  round(build_seconds, 2), setting)
         reports.append(report)
+        if on_candidate is not None:
+            on_candidate(index, report)
         logger.info("index %s/%s: recall@%d %.3f, p50 %.3f ms, built in %.1fs%s", metric, candidate, k, report.recall_at_10,
                     report.query_ms_p50, report.build_seconds, f" ({setting=})" if setting is not None else "")
         if best is None or _pick([best[1], report], settings.target_recall) is report:

@@ -37,7 +37,7 @@ META_FILE = "index.json"
 class HnswItemIndex(ItemIndex):
     kind = "hnsw"
 
-    def __init__(self, metric: str = "dot", M: int = 16, ef_construction: int = 200, ef: int = -1,
+    def __init__(self, metric: str = "dot", M: int = 16, ef_construction: int = 100, ef: int = -1,
                  target_recall: float = 0.95, num_threads: int = -1, random_state: int = 42,
                  tune_seconds: float = 120.0) -> None:
         self.metric = check_metric(metric)

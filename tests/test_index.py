@@ -157,18 +157,33 @@ def test_exact_metrics_rank_correctly():
 
 
 # ---- HNSW specifics -----------------------------------------------------------------------
-def test_hnsw_filter_callback_and_overfetch_give_the_same_answer(vectors):
+def test_hnsw_exclusions_filter_callback_and_overfetch_are_both_exact_with_a_wide_beam(vectors):
     items, queries = vectors
     index = HnswItemIndex("dot", ef=400).build(items)
     exact = ExactIndex("dot").build(items)
     rng = np.random.default_rng(5)
     for q in queries[:10]:
         exclude = np.concatenate([exact.query(q, 5)[0], rng.choice(800, 40, replace=False)])
+        expected = exact.query(q, 10, exclude=exclude)[0]
         ids, _ = index.query(q, 10, exclude=exclude)
-        f_ids, _ = index.query_filtered(q, 10, exclude)
         assert not set(ids.tolist()) & set(exclude.tolist()) and len(ids) == 10
-        np.testing.assert_array_equal(ids, f_ids)
-        np.testing.assert_array_equal(ids, exact.query(q, 10, exclude=exclude)[0])
+        np.testing.assert_array_equal(ids, expected)
+        np.testing.assert_array_equal(index.query_overfetch(q, 10, exclude)[0], expected)
+
+
+def test_hnsw_exclusions_recall_at_least_overfetch():
+    """The callback with a beam as wide as over-fetching's (see HnswItemIndex.query) does not lose
+    recall to over-fetching when many of the best items are excluded."""
+    items, queries = clustered(5000, 16, 60)
+    index = HnswItemIndex("dot", M=8, ef_construction=40, ef=10).build(items)
+    exact = ExactIndex("dot").build(items)
+    hits = {"filter": 0, "overfetch": 0}
+    for q in queries:
+        exclude = exact.query(q, 100)[0]
+        truth = set(exact.query(q, 10, exclude=exclude)[0].tolist())
+        hits["filter"] += len(truth & set(index.query(q, 10, exclude=exclude)[0].tolist()))
+        hits["overfetch"] += len(truth & set(index.query_overfetch(q, 10, exclude)[0].tolist()))
+    assert hits["filter"] >= hits["overfetch"]
 
 
 def test_hnsw_ef_tuned_to_about_the_smallest_reaching_target():

@@ -29,6 +29,7 @@ from recsys.index.base import (
     check_metric,
     query_latencies_ms,
     recall_at_k,
+    tuning_bar,
 )
 from recsys.index.exact import ExactIndex
 
@@ -197,6 +198,7 @@ class AnnoyItemIndex(ItemIndex):
         exact_ms = self._exact_ms(vectors, queries, k) if stop_when_slower or slower_than_ms is not None else None
         budget_ms = min(x for x in (exact_ms if stop_when_slower else None, slower_than_ms, float("inf")) if x is not None)
         deadline = time.perf_counter() + self.tune_seconds
+        bar = tuning_bar(self.target_recall, len(queries), k)  # the target, plus one standard error
         ceiling = max(self._n_items * self.n_trees, self.n_trees * k)
         tried: dict[int, tuple[float, float]] = {}  # search_k → (recall, ms/query)
 
@@ -208,7 +210,7 @@ class AnnoyItemIndex(ItemIndex):
             return recall
 
         lo, hi = 0, self.n_trees * k
-        while probe(hi) < self.target_recall:
+        while probe(hi) < bar:
             recall, annoy_ms = tried[hi]
             if annoy_ms >= budget_ms:
                 self.query_ms_, self.exact_query_ms_ = annoy_ms, exact_ms
@@ -225,7 +227,7 @@ class AnnoyItemIndex(ItemIndex):
             lo, hi = hi, min(hi * 2, ceiling)
         while hi - lo > max(1, hi // 20) and time.perf_counter() < deadline:
             mid = (lo + hi) // 2
-            if probe(mid) >= self.target_recall:
+            if probe(mid) >= bar:
                 hi = mid
             else:
                 lo = mid

@@ -24,7 +24,13 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
-from recsys.index.base import IndexError_, ItemIndex, check_metric, recall_at_k
+from recsys.index.base import (
+    IndexError_,
+    ItemIndex,
+    check_metric,
+    recall_at_k,
+    tuning_bar,
+)
 from recsys.index.exact import ExactIndex
 
 logger = logging.getLogger(__name__)
@@ -142,7 +148,8 @@ class HnswItemIndex(ItemIndex):
 
     def tune(self, vectors: np.ndarray, queries: np.ndarray, k: int = 10, truth: np.ndarray | None = None) -> float:
         """Smallest ``ef`` (within ~5 %) whose recall@k on ``queries`` reaches
-        ``target_recall``: doubling from k, then bisection; returns the recall at that ef.
+        ``target_recall`` (plus one standard error: :func:`tuning_bar`): doubling from k, then
+        bisection; returns the recall at that ef.
         An explicit ``ef`` (not -1) is kept and only measured. Stops at ``tune_seconds`` with
         the best ef found (logged when the target was not reached)."""
         if truth is None:
@@ -150,6 +157,7 @@ class HnswItemIndex(ItemIndex):
         if self.ef != -1:
             return self.measure_recall(queries, truth, k)
         deadline = time.perf_counter() + self.tune_seconds
+        bar = tuning_bar(self.target_recall, len(queries), k)
         ceiling = max(k, self._n_items)
         tried: dict[int, float] = {}
 
@@ -161,7 +169,7 @@ class HnswItemIndex(ItemIndex):
         # hi: candidate; lo: largest ef known to miss (hnswlib searches with max(ef, k), so no
         # ef below k is worth probing)
         lo, hi = k - 1, k
-        while probe(hi) < self.target_recall:
+        while probe(hi) < bar:
             lo = hi
             if hi >= ceiling or time.perf_counter() > deadline:
                 logger.warning("hnsw %s index: recall@%d target %.3f not reached (best %.3f at ef=%d, %s)", self.metric, k,
@@ -170,7 +178,7 @@ class HnswItemIndex(ItemIndex):
             hi = min(hi * 2, ceiling)
         while hi - lo > max(1, hi // 20) and time.perf_counter() < deadline:
             mid = (lo + hi) // 2
-            if probe(mid) >= self.target_recall:
+            if probe(mid) >= bar:
                 hi = mid
             else:
                 lo = mid

@@ -176,3 +176,52 @@ def test_cli_refuses_a_missing_output_folder(trained_env):
     out = trained_env["folder"] / "no" / "such" / "recs.parquet"
     result = _invoke("recommend", "--all-users", "--out", str(out))
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+# ---- the index choice as training records it ------------------------------------------------
+def test_train_records_the_index_choice(trained_env):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from pipelines import tracking
+
+    settings = trained_env["settings"]
+    client = tracking.setup(settings)
+    mv = tracking.get_version(client, settings.registered_model_name, trained_env["version"])
+    manifest = json.loads((tracking.fetch_bundle(settings, mv) / "manifest.json").read_text())
+    choice = manifest["info"]["index_choice"]
+    assert set(choice) == {"user", "item"}
+    for role, c in choice.items():
+        kinds = {cand["kind"] for cand in c["candidates"]}
+        assert kinds == {"exact", "hnsw", "annoy"} and c["kind"] in kinds
+        assert manifest["indexes"][role]["kind"] == c["kind"]  # the index file written is the chosen kind
+        chosen = next(cand for cand in c["candidates"] if cand["kind"] == c["kind"])
+        assert chosen["recall_at_10"] >= 0.95
+        # recall first, then latency: nothing reaching the target was faster
+        assert all(cand["query_ms_p50"] >= chosen["query_ms_p50"] for cand in c["candidates"] if cand["recall_at_10"] >= 0.95)
+    run = MlflowClient(settings.mlflow_tracking_uri).get_run(mv.run_id)
+    assert run.data.params["index_kind"] == "auto"
+    assert run.data.params["index_user_kind"] == choice["user"]["kind"]
+    assert run.data.metrics["index_user_recall_at_10"] >= 0.95 and run.data.metrics["index_user_query_ms"] > 0
+    assert {"index_user_exact_query_ms_p50", "index_user_hnsw_recall_at_10", "index_item_annoy_build_seconds"} <= set(run.data.metrics)
+    assert mv.tags["index.user"] == manifest["info"]["index_user_serving"]
+    # `recsys model list` shows it per version
+    from cli.model import index_summary
+
+    summary = index_summary(mv.tags, dict(run.data.metrics))
+    user_part = next(p for p in summary.split("; ") if p.startswith("user "))
+    assert user_part.split()[1] == mv.tags["index.user"] and float(user_part.split()[2]) >= 0.95 and user_part.endswith("ms")
+    listed = _invoke("model", "list")
+    assert listed.exit_code == 0, listed.output
+    assert "index" in listed.output and f"{run.data.metrics['index_user_query_ms']:.2f}ms" in listed.output
+
+
+@pytest.mark.parametrize("kind", ["annoy", "hnsw", "exact"])
+def test_index_config_kind_forces_that_index(data, kind):
+    from recsys.index import AnnoyItemIndex
+
+    bundle = _bundle(data, kind)
+    expected = {"annoy": AnnoyItemIndex, "hnsw": HnswItemIndex, "exact": ExactIndex}[kind]
+    assert all(isinstance(index, expected) for index in bundle.indexes.values())
+    assert [c["kind"] for c in bundle.info["index_choice"]["user"]["candidates"]] == [kind]

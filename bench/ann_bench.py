@@ -5,6 +5,7 @@ classes (recsys/index/), and the index the build chooses (``kind: auto``).
     python bench/ann_bench.py --sizes 100000        # the quick part only
     python bench/ann_bench.py --batch               # batch recommendations, 100k users × 20k items
     python bench/ann_bench.py --filter-check        # HNSW exclusions: over-fetch vs filter callback
+    python bench/ann_bench.py --float16             # exact search over float16 vectors: recall, RSS
 
 Vectors: 64 dims, clustered (256 centres, skewed cluster sizes) with heavy-tailed (log-normal)
 norms, as ALS produces; the same seed for every size. The build tunes on 300 queries; 1,000
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -81,10 +83,10 @@ def serving_rss(folder: Path, queries_path: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_space(n_items: int, metric: str, items: np.ndarray, tune: np.ndarray, held: np.ndarray, work: Path) -> dict:
+def bench_space(n_items: int, metric: str, items: np.ndarray, tune: np.ndarray, held: np.ndarray, work: Path,
+                settings, kinds: tuple[str, ...]) -> dict:
     from recsys.index import (
         ExactIndex,
-        IndexSettings,
         build_index,
         query_latencies_ms,
         recall_at_k,
@@ -104,6 +106,7 @@ def bench_space(n_items: int, metric: str, items: np.ndarray, tune: np.ndarray, 
             "p99_ms": float(np.percentile(latencies, 99)),
             "qps": float(1000.0 / latencies.mean()),
             "build_s": report.build_seconds,
+            "tune_s": report.tune_seconds,
             "setting": report.setting,
             "file_bytes": sum(p.stat().st_size for p in folder.iterdir()),
             "folder": str(folder),
@@ -111,7 +114,7 @@ def bench_space(n_items: int, metric: str, items: np.ndarray, tune: np.ndarray, 
         print(f"  {metric:6s} {report.kind:5s} measured", flush=True)
 
     start = time.perf_counter()
-    _, choice = build_index("auto", metric, items, tune, IndexSettings(target_recall=TARGET), on_candidate=measure)
+    _, choice = build_index("auto", metric, items, tune, settings, kinds=kinds, on_candidate=measure)
     auto_s = time.perf_counter() - start
     queries_path = work / "held_out.npy"
     np.save(queries_path, held)
@@ -142,14 +145,18 @@ def print_result(result: dict) -> None:
     print(f"\n{result['n_items']:,} items × {DIMS} dims, {result['metric']}: chosen {result['chosen']} "
           f"(auto build of all candidates {result['auto_build_s']:.0f}s)")
     print(f"  {'index':6s} {'setting':>8s} {'R@10':>6s} {'tuneR':>6s} {'p50 ms':>8s} {'p99 ms':>8s} {'QPS':>9s} {'build s':>8s} "
-          f"{'file':>7s} {'RSS MB':>7s} {'(base)':>7s}")
+          f"{'(tune)':>7s} {'file':>7s} {'RSS MB':>7s} {'(base)':>7s}")
     for kind, r in sorted(result["indexes"].items()):
         print(f"  {kind:6s} {r['setting'] if r['setting'] is not None else '-':>8} {r['recall_at_10']:6.3f} {r['tune_recall_at_10']:6.3f} "
-              f"{r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['qps']:9.0f} {r['build_s']:8.1f} {r['file_bytes'] / raw:6.2f}× "
+              f"{r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['qps']:9.0f} {r['build_s']:8.1f} {r['tune_s']:7.1f} {r['file_bytes'] / raw:6.2f}× "
               f"{r['rss'] / MB:7.0f} {r['baseline_rss'] / MB:7.0f}")
 
 
-def run_ann(sizes: list[int], metrics: list[str], json_out: Path | None) -> int:
+def run_ann(sizes: list[int], metrics: list[str], json_out: Path | None, kinds: tuple[str, ...], M: int, ef_construction: int) -> int:
+    from recsys.index import IndexSettings
+
+    settings = IndexSettings(target_recall=TARGET, M=M, ef_construction=ef_construction)
+    print(f"candidates {kinds}, HNSW M={M} ef_construction={ef_construction}")
     results = []
     print(f"load before: {os.getloadavg()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="ann-bench-") as tmp:
@@ -157,7 +164,7 @@ def run_ann(sizes: list[int], metrics: list[str], json_out: Path | None) -> int:
             items, queries = clustered_vectors(n_items, TUNE_QUERIES + HELD_OUT)
             tune, held = queries[:TUNE_QUERIES], queries[TUNE_QUERIES:]
             for metric in metrics:
-                result = bench_space(n_items, metric, items, tune, held, Path(tmp))
+                result = bench_space(n_items, metric, items, tune, held, Path(tmp), settings, kinds)
                 result["load_avg"] = os.getloadavg()
                 results.append(result)
                 print_result(result)
@@ -176,6 +183,33 @@ def run_ann(sizes: list[int], metrics: list[str], json_out: Path | None) -> int:
     if not problems:
         print(f"done: at {largest:,} items the chosen index meets every criterion for {', '.join(metrics)}")
     return 1 if problems else 0
+
+
+def run_float16(sizes: list[int], metrics: list[str], n_timed: int = 200) -> int:
+    """Exact search over float16 vs float32 item vectors: recall@10 (against float32), p50, and
+    the RSS of a fresh serving process after ``n_timed`` queries."""
+    from recsys.index import ExactIndex, query_latencies_ms, recall_at_k
+
+    with tempfile.TemporaryDirectory(prefix="ann-f16-") as tmp:
+        for n_items in sizes:
+            items, queries = clustered_vectors(n_items, TUNE_QUERIES + HELD_OUT)
+            held = queries[TUNE_QUERIES:]
+            queries_path = Path(tmp) / "held.npy"
+            np.save(queries_path, held[:n_timed])
+            for metric in metrics:
+                truth = ExactIndex(metric).build(items).query_batch(held, 10)[0]
+                for dtype in ("float32", "float16"):
+                    index = ExactIndex(metric, dtype=dtype).build(items)
+                    folder = Path(tmp) / f"{metric}-{dtype}"
+                    index.save(folder)
+                    recall = recall_at_k(index.query_batch(held, 10)[0], truth)
+                    p50 = float(np.median(query_latencies_ms(index, held[:n_timed], 10)))
+                    del index
+                    rss = serving_rss(folder, queries_path)
+                    print(f"{n_items:,} {metric:6s} exact {dtype}: recall@10 {recall:.4f}, p50 {p50:.2f} ms, serving RSS "
+                          f"{rss['rss'] / MB:.0f} MB (base {rss['baseline_rss'] / MB:.0f}; vectors {items.nbytes / MB:.0f} MB as float32)",
+                          flush=True)
+    return 0
 
 
 def run_filter_check(n_items: int = 100_000, n_queries: int = 300) -> int:
@@ -250,10 +284,16 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--metrics", nargs="+", default=["dot", "cosine"], choices=["dot", "cosine", "euclidean"])
     parser.add_argument("--json", type=Path, help="write every figure here too")
+    parser.add_argument("--kinds", nargs="+", default=["exact", "hnsw", "annoy"], choices=["exact", "hnsw", "annoy"])
+    parser.add_argument("--M", type=int, default=16, help="HNSW graph degree (IndexConfig.M)")
+    parser.add_argument("--ef-construction", type=int, default=100, help="HNSW construction beam (IndexConfig.ef_construction)")
     parser.add_argument("--batch", action="store_true", help="batch recommendations bench (100k users × 20k items)")
     parser.add_argument("--filter-check", action="store_true", help="HNSW exclusions: over-fetch vs filter callback")
+    parser.add_argument("--float16", action="store_true", help="exact search over float16 vs float32 vectors: recall, RSS")
     parser.add_argument("--serve-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    logging.getLogger("recsys").setLevel(logging.INFO)
     if args.serve_child:
         serve_child(*args.serve_child)
         return
@@ -261,7 +301,9 @@ def main() -> None:
         sys.exit(run_batch())
     if args.filter_check:
         sys.exit(run_filter_check())
-    sys.exit(run_ann(args.sizes, args.metrics, args.json))
+    if args.float16:
+        sys.exit(run_float16(args.sizes, args.metrics))
+    sys.exit(run_ann(args.sizes, args.metrics, args.json, tuple(args.kinds), args.M, args.ef_construction))
 
 
 if __name__ == "__main__":

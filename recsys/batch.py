@@ -59,12 +59,33 @@ def seen_matrix(events: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray
     return m
 
 
+# Transitional: main's Recommender (h-ranker) keeps the catalog in ``recommender.catalog``
+# (CatalogState.mask) and decides per role whether serving asks the index
+# (``recommender.ranker.indexed_roles``); this branch's Recommender has ``_allowed_mask`` and
+# asks any index not measured slower than a scan. Once merged, only the first branches remain.
+def allowed_mask(recommender: Recommender, filters: Filters = NO_FILTERS) -> np.ndarray:
+    """Item positions the API may recommend under ``filters``: available and passing them."""
+    catalog = getattr(recommender, "catalog", None)
+    if catalog is not None and hasattr(catalog, "mask"):
+        return np.asarray(catalog.mask(filters), dtype=bool)
+    return recommender._allowed_mask(filters)
+
+
+def serving_uses_index(recommender: Recommender) -> bool:
+    """Whether the API answers user lists through the ``user`` index (else by an exact scan)."""
+    ranker = getattr(recommender, "ranker", None)
+    if ranker is not None:
+        return "user" in ranker.indexed_roles
+    index = recommender.bundle.indexes.get("user")
+    return index is not None and not index.prefer_exact and not isinstance(index, ExactIndex)
+
+
 def batch_path(recommender: Recommender, exact: bool = False) -> str:
     """``scan`` or ``index`` (see module doc) for this model."""
     index = recommender.bundle.indexes.get("user")
     metric = index.metric if index is not None else recommender.bundle.metric
-    serving_scans = index is None or index.prefer_exact or isinstance(index, ExactIndex)
-    if (exact or serving_scans) and metric in SCAN_METRICS and len(recommender.cf_vectors) == len(recommender.bundle.item_ids):
+    if (exact or not serving_uses_index(recommender)) and metric in SCAN_METRICS \
+            and len(recommender.cf_vectors) == len(recommender.bundle.item_ids):
         return "scan"
     return "index"
 
@@ -102,7 +123,7 @@ def _scan(recommender: Recommender, seen: sp.csr_matrix, k: int, filters: Filter
     index = bundle.indexes.get("user")
     metric = index.metric if index is not None else bundle.metric
     # The API's availability and filter rules, computed once for the whole run.
-    allowed = np.flatnonzero(recommender._allowed_mask(filters))
+    allowed = np.flatnonzero(allowed_mask(recommender, filters))
     vectors = recommender.cf_vectors[allowed]
     seen_allowed = seen[:, allowed].tocsr()
     user_vectors = np.asarray(bundle.user_vectors, dtype=np.float32)

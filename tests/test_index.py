@@ -243,6 +243,20 @@ def test_annoy_tune_stops_when_slower_than_a_scan(caplog):
     assert "stopped tuning" in caplog.text
 
 
+def test_tune_stopping_early_never_serves_annoy_below_target():
+    """With stop_when_slower, tuning may stop short of the recall target only when Annoy is
+    already slower than a scan — and then serving must scan (prefer_exact). (From h-offline.)"""
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(8, 16)) * 3
+    items = (centers[rng.integers(0, 8, 2000)] + rng.normal(size=(2000, 16))).astype(np.float32)
+    queries = (centers[rng.integers(0, 8, 60)] + rng.normal(size=(60, 16))).astype(np.float32)
+    index = AnnoyItemIndex("dot", n_trees=10, target_recall=0.99).build(items)
+    recall = index.tune(items, queries, stop_when_slower=True)
+    assert index.query_ms_ is not None and index.exact_query_ms_ is not None
+    assert recall >= 0.99 or index.prefer_exact
+    assert recall == index.recall_at_10_
+
+
 def test_annoy_tune_time_cap_is_logged(caplog):
     items, queries = clustered(3000, 16, 60)
     index = AnnoyItemIndex("dot", n_trees=10, target_recall=1.0, tune_seconds=1e-9).build(items)

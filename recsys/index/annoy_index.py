@@ -212,7 +212,7 @@ class AnnoyItemIndex(ItemIndex):
         lo, hi = 0, self.n_trees * k
         while probe(hi) < bar:
             recall, annoy_ms = tried[hi]
-            if annoy_ms >= budget_ms:
+            if annoy_ms > budget_ms:  # strictly: then prefer_exact holds whenever the scan was the budget
                 self.query_ms_, self.exact_query_ms_ = annoy_ms, exact_ms
                 logger.info("annoy %s index: at search_k=%d recall@%d %.3f and %.2f ms/query, slower than %s (%.2f ms): "
                             "stopped tuning%s", self.metric, hi, k, recall, annoy_ms,

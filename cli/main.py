@@ -21,6 +21,7 @@ from cli import model as model_cli
 from cli import online as online_cli
 from cli import pipeline as pipeline_cli
 from cli import store as store_cli
+from cli import recommend as recommend_cli
 from cli.common import (
     OneLineErrorsGroup,
     UsageError,
@@ -264,6 +265,7 @@ app.add_typer(experiment_cli.app, name="experiment")
 app.add_typer(pipeline_cli.app, name="pipeline")
 app.add_typer(model_cli.app, name="model")
 app.add_typer(store_cli.app, name="store")
+app.command("recommend")(recommend_cli.recommend)
 app.command("online-report")(cli_errors(online_cli.online_report))
 # The one error boundary: any command registered without @cli_errors gets it here.
 apply_cli_errors(app)

@@ -25,7 +25,7 @@ def list_versions(limit: Annotated[int, typer.Option(min=1, help="newest N versi
     client = tracking.setup(settings)
     rows = tracking.list_versions(client, settings.registered_model_name)[:limit]
     table = Table(title=f"{settings.registered_model_name} versions")
-    for col in ("version", "aliases", "gate", "ndcg@10", "recall@10", "coverage", "created", "tags"):
+    for col in ("version", "aliases", "gate", "ndcg@10", "recall@10", "coverage", "index (recall@10, p50)", "created", "tags"):
         table.add_column(col, justify="right" if col in ("version", "ndcg@10", "recall@10", "coverage") else "left")
     for r in rows:
         m = r["metrics"]
@@ -35,10 +35,24 @@ def list_versions(limit: Annotated[int, typer.Option(min=1, help="newest N versi
             gate = f"[red]rejected[/]: {r['tags']['rejected'][:60]}"
         elif "promoted" in r["tags"]:
             gate = "[green]promoted[/]"
-        other = ", ".join(f"{k}={v}" for k, v in sorted(r["tags"].items()) if k not in ("rejected", "gate", "promoted", "manifest_sha256"))
+        other = ", ".join(f"{k}={v}" for k, v in sorted(r["tags"].items())
+                          if k not in ("rejected", "gate", "promoted", "manifest_sha256") and not k.startswith("index."))
         table.add_row(r["version"], ",".join(r["aliases"]) or "", gate, fmt("ndcg_at_10"), fmt("recall_at_10"), fmt("coverage"),
-                      r["created"], other)
+                      index_summary(r["tags"], m), r["created"], other)
     console.print(table)
+
+
+def index_summary(tags: dict[str, str], metrics: dict[str, float]) -> str:
+    """``user hnsw 0.962 0.05ms; item exact 1.000 19.7ms``: the index each space serves with
+    (chosen at training) and what it measured there."""
+    parts = []
+    for key, kind in sorted(tags.items()):
+        if not key.startswith("index."):
+            continue
+        role = key.removeprefix("index.")
+        recall, ms = metrics.get(f"index_{role}_recall_at_10"), metrics.get(f"index_{role}_query_ms")
+        parts.append(" ".join([role, kind] + ([f"{recall:.3f}"] if recall is not None else []) + ([f"{ms:.2f}ms"] if ms is not None else [])))
+    return "; ".join(parts) or "-"
 
 
 @app.command()

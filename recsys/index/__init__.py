@@ -1,5 +1,32 @@
-from recsys.index.annoy_index import AnnoyItemIndex, load_index, make_index
-from recsys.index.base import METRICS, IndexError_, ItemIndex, binary_codes
+from recsys.index.annoy_index import INDEX_KINDS, AnnoyItemIndex, load_index, make_index
+from recsys.index.base import (
+           METRICS,
+           IndexError_,
+           ItemIndex,
+           binary_codes,
+           query_latencies_ms,
+           recall_at_k,
+)
+from recsys.index.choice import CandidateReport, IndexChoice, IndexSettings, build_index
 from recsys.index.exact import ExactIndex, pairwise_scores
+from recsys.index.hnsw_index import HnswItemIndex
 
-__all__ = ["AnnoyItemIndex", "ExactIndex", "ItemIndex", "IndexError_", "METRICS", "binary_codes", "load_index", "make_index", "pairwise_scores"]
+__all__ = [
+           "INDEX_KINDS",
+           "METRICS",
+           "AnnoyItemIndex",
+           "CandidateReport",
+           "ExactIndex",
+           "HnswItemIndex",
+           "IndexChoice",
+           "IndexError_",
+           "IndexSettings",
+           "ItemIndex",
+           "binary_codes",
+           "build_index",
+           "load_index",
+           "make_index",
+           "pairwise_scores",
+           "query_latencies_ms",
+           "recall_at_k",
+]

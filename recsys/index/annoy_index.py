@@ -22,7 +22,15 @@ from pathlib import Path
 import numpy as np
 from annoy import AnnoyIndex as _Annoy
 
-from recsys.index.base import IndexError_, ItemIndex, binary_codes, check_metric
+from recsys.index.base import (
+    IndexError_,
+    ItemIndex,
+    binary_codes,
+    check_metric,
+    query_latencies_ms,
+    recall_at_k,
+    tuning_bar,
+)
 from recsys.index.exact import ExactIndex
 
 logger = logging.getLogger(__name__)
@@ -96,13 +104,15 @@ class AnnoyItemIndex(ItemIndex):
     kind = "annoy"
 
     def __init__(self, metric: str = "dot", n_trees: int = 50, search_k: int = -1, random_state: int = 42,
-                 target_recall: float = 0.95) -> None:
+                 target_recall: float = 0.95, tune_seconds: float = 120.0) -> None:
         self.metric = check_metric(metric)
         self.n_trees = n_trees
         #: nodes inspected per query; -1 before ``tune`` means Annoy's default (n_trees·k)
         self.search_k = search_k
         self.random_state = random_state
         self.target_recall = target_recall
+        #: wall-time cap of ``tune``
+        self.tune_seconds = tune_seconds
         self.index_: _Annoy | None = None
         self.dims = 0
         self._n_items = 0
@@ -157,64 +167,85 @@ class AnnoyItemIndex(ItemIndex):
     def measure_recall(self, vectors: np.ndarray, queries: np.ndarray, k: int = 10, truth: np.ndarray | None = None) -> float:
         """Recall@k of this index against exact search with the same metric."""
         if truth is None:
-            truth = ExactIndex(self.metric).build(vectors).query_batch(queries, k)
-        found = [set(self.query(q, k)[0].tolist()) for q in queries]
-        hits = sum(len(f & set(t.tolist())) for f, t in zip(found, truth))
-        recall = float(hits / max(1, truth.size))
+            truth = ExactIndex(self.metric).build(vectors).query_batch(queries, k)[0]
+        recall = recall_at_k([self.query(q, k)[0] for q in queries], truth)
         if k == 10:
             self.recall_at_10_ = recall
         return recall
 
-    def tune(self, vectors: np.ndarray, queries: np.ndarray, k: int = 10, *, stop_when_slower: bool = False) -> float:
-        """Pick the smallest ``search_k`` (doubling from Annoy's default) whose recall@k on
-        ``queries`` reaches ``target_recall``; returns the recall at the chosen value.
+    def tune(self, vectors: np.ndarray, queries: np.ndarray, k: int = 10, *, stop_when_slower: bool = False,
+             slower_than_ms: float | None = None, truth: np.ndarray | None = None) -> float:
+        """Pick about the smallest ``search_k`` whose recall@k on ``queries`` reaches
+        ``target_recall``: doubling from Annoy's default (n_trees·k) until the target is
+        passed, then bisection between the last miss and the first hit (to ~5 %), so the value
+        does not overshoot by up to 2×. Returns the recall at the chosen value.
 
-        Annoy's default search_k (n_trees·k) can be far too small: on clustered ALS vectors with
-        a ``dot`` metric it gave recall@10 of 0.1–0.3, so the build measures and tunes instead
-        of trusting it. An explicit ``search_k`` (not -1) is kept and only measured.
+        Annoy's default search_k can be far too small: on clustered ALS vectors with a ``dot``
+        metric it gave recall@10 of 0.1–0.3, so the build measures and tunes instead of
+        trusting it. An explicit ``search_k`` (not -1) is kept and only measured.
 
-        With ``stop_when_slower``, an exact scan is timed first and doubling stops as soon as
-        Annoy, still short of the target, is already slower per query than the scan: a larger
+        Doubling stops early (with a log line saying why) when the target is out of reach:
+        at the exhaustive ceiling, after ``tune_seconds``, or — with ``stop_when_slower`` —
+        as soon as Annoy, still short of the target, is slower per query than an exact scan
+        (or than ``slower_than_ms``, e.g. another index that reached the target): a larger
         search_k only costs more, and :attr:`prefer_exact` then tells serving to scan. The
         latencies recorded are those measured in the loop, so that decision is the one made here.
         """
-        truth = ExactIndex(self.metric).build(vectors).query_batch(queries, k)
+        if truth is None:
+            truth = ExactIndex(self.metric).build(vectors).query_batch(queries, k)[0]
         if self.search_k != -1:
             return self.measure_recall(vectors, queries, k, truth)
-        exact_ms = self._exact_ms(vectors, queries, k) if stop_when_slower else None
+        exact_ms = self._exact_ms(vectors, queries, k) if stop_when_slower or slower_than_ms is not None else None
+        budget_ms = min(x for x in (exact_ms if stop_when_slower else None, slower_than_ms, float("inf")) if x is not None)
+        deadline = time.perf_counter() + self.tune_seconds
+        bar = tuning_bar(self.target_recall, len(queries), k)  # the target, plus one standard error
         ceiling = max(self._n_items * self.n_trees, self.n_trees * k)
-        self.search_k = self.n_trees * k
-        while True:
+        tried: dict[int, tuple[float, float]] = {}  # search_k → (recall, ms/query)
+
+        def probe(search_k: int) -> float:
+            self.search_k = search_k
             start = time.perf_counter()
             recall = self.measure_recall(vectors, queries, k, truth)
-            annoy_ms = (time.perf_counter() - start) / max(len(queries), 1) * 1000
-            if recall >= self.target_recall or self.search_k >= ceiling:
-                break
-            if exact_ms is not None and annoy_ms >= exact_ms:
+            tried[search_k] = (recall, (time.perf_counter() - start) / max(len(queries), 1) * 1000)
+            return recall
+
+        lo, hi = 0, self.n_trees * k
+        while probe(hi) < bar:
+            recall, annoy_ms = tried[hi]
+            if annoy_ms > budget_ms:  # strictly: then prefer_exact holds whenever the scan was the budget
                 self.query_ms_, self.exact_query_ms_ = annoy_ms, exact_ms
-                logger.info("annoy %s index: at search_k=%d recall@%d %.3f and %.2f ms/query, slower than an exact "
-                            "scan (%.2f ms): serving scans", self.metric, self.search_k, k, recall, annoy_ms, exact_ms)
+                logger.info("annoy %s index: at search_k=%d recall@%d %.3f and %.2f ms/query, slower than %s (%.2f ms): "
+                            "stopped tuning%s", self.metric, hi, k, recall, annoy_ms,
+                            "an exact scan" if budget_ms == exact_ms else "the alternative", budget_ms,
+                            ", serving scans" if self.prefer_exact else "")
                 return recall
-            self.search_k = min(self.search_k * 2, ceiling)
+            if hi >= ceiling or time.perf_counter() > deadline:
+                logger.warning("annoy %s index: recall@%d target %.3f not reachable (best %.3f at search_k=%d; %s)", self.metric,
+                               k, self.target_recall, recall, hi, "search is exhaustive" if hi >= ceiling else "tuning time cap hit")
+                self._time_queries(vectors, queries, k)
+                return recall
+            lo, hi = hi, min(hi * 2, ceiling)
+        while hi - lo > max(1, hi // 20) and time.perf_counter() < deadline:
+            mid = (lo + hi) // 2
+            if probe(mid) >= bar:
+                hi = mid
+            else:
+                lo = mid
+        self.search_k = hi
+        recall = tried[hi][0]
+        if k == 10:
+            self.recall_at_10_ = recall
         self._time_queries(vectors, queries, k)
-        logger.info("annoy %s index: search_k=%d gives recall@%d %.3f (%.2f ms/query; exact %.2f ms)",
-                    self.metric, self.search_k, k, recall, self.query_ms_, self.exact_query_ms_)
+        logger.info("annoy %s index: search_k=%d gives recall@%d %.3f (%.2f ms/query; exact %.2f ms; %d probes)",
+                    self.metric, self.search_k, k, recall, self.query_ms_, self.exact_query_ms_, len(tried))
         return recall
 
     def _exact_ms(self, vectors: np.ndarray, queries: np.ndarray, k: int) -> float:
         exact = ExactIndex(self.metric).build(vectors)
-        sample = queries[: min(len(queries), 50)]
-        start = time.perf_counter()
-        for q in sample:
-            exact.query(q, k)
-        return (time.perf_counter() - start) / max(len(sample), 1) * 1000
+        return float(np.median(query_latencies_ms(exact, queries[: min(len(queries), 50)], k)))
 
     def _time_queries(self, vectors: np.ndarray, queries: np.ndarray, k: int) -> None:
-        sample = queries[: min(len(queries), 50)]
-        start = time.perf_counter()
-        for q in sample:
-            self.query(q, k)
-        self.query_ms_ = (time.perf_counter() - start) / len(sample) * 1000
+        self.query_ms_ = float(np.median(query_latencies_ms(self, queries[: min(len(queries), 50)], k)))
         self.exact_query_ms_ = self._exact_ms(vectors, queries, k)
 
     @property
@@ -278,11 +309,15 @@ class AnnoyItemIndex(ItemIndex):
 
 
 def load_index(folder: Path, verify: bool = True, digests: Mapping[str, str] | None = None) -> ItemIndex:
-    """An index the process owns: Annoy maps a private copy, exact vectors are read into memory.
+    """An index the process owns: Annoy maps a private copy, HNSW reads one, exact vectors are
+    read into memory.
 
     ``digests`` (file name in the index folder → sha256, from the bundle manifest) are checked
     on the very bytes that are used, when ``verify``.
     """
+    from recsys.index.hnsw_index import INDEX_FILE as HNSW_FILE
+    from recsys.index.hnsw_index import HnswItemIndex
+
     folder = Path(folder)
     digests = (digests or {}) if verify else {}
     try:
@@ -291,13 +326,25 @@ def load_index(folder: Path, verify: bool = True, digests: Mapping[str, str] | N
         raise IndexError_(f"index metadata unreadable in {folder}: {exc}") from exc
     if meta["kind"] == "annoy":
         return AnnoyItemIndex._load_private(folder / INDEX_FILE, meta, (digests.get(INDEX_FILE) or meta["sha256"]) if verify else None)
-    vectors = np.load(io.BytesIO(read_verified(folder / "vectors.npy", digests.get("vectors.npy"))))
-    return ExactIndex(meta["metric"]).build(vectors)
+    if meta["kind"] == "hnsw":
+        return HnswItemIndex._load_private(folder / HNSW_FILE, meta, (digests.get(HNSW_FILE) or meta["sha256"]) if verify else None)
+    if meta["kind"] != "exact":
+        raise IndexError_(f"unknown index kind {meta['kind']!r} in {folder}")
+    vectors = np.load(io.BytesIO(read_verified(folder / "vectors.npy", (digests.get("vectors.npy") or meta.get("sha256")) if verify else None)))
+    return ExactIndex(meta["metric"], meta.get("dtype", "float32")).build(vectors)
+
+
+INDEX_KINDS = ("annoy", "exact", "hnsw")
 
 
 def make_index(kind: str, metric: str, **params) -> ItemIndex:
+    """An unbuilt index of ``kind`` (annoy, exact, hnsw); ``params`` go to its constructor."""
+    from recsys.index.hnsw_index import HnswItemIndex
+
     if kind == "annoy":
         return AnnoyItemIndex(metric, **params)
     if kind == "exact":
-        return ExactIndex(metric)
-    raise ValueError(f"index kind must be 'annoy' or 'exact', got {kind!r}")
+        return ExactIndex(metric, **params)
+    if kind == "hnsw":
+        return HnswItemIndex(metric, **params)
+    raise ValueError(f"index kind must be one of {INDEX_KINDS}, got {kind!r}")

@@ -1,0 +1,139 @@
+"""Recommendations for every user of a model at once (``recsys recommend --all-users``).
+
+The rules are the API's (``GET /users/{id}/recommendations`` in collaborative mode): the
+user's trained vector, items the user interacted with left out, available items only, the
+request's filters. Two ways to get there:
+
+- **scan** — when serving scans too (an exact index, or an Annoy index measured slower than a
+  scan: ``prefer_exact``), or with ``exact=True``: every user batch is one matrix product
+  against the allowed items and a batched top-k (recsys.evaluation.topk). Same lists as the
+  API up to float rounding of the product.
+- **index** — when serving asks an approximate index (HNSW, Annoy): each user goes through
+  :meth:`Recommender.recommend_for_user` itself, so the lists are the API's by construction
+  (the ANN answer depends on how many candidates are fetched, which depends on the history).
+
+Either way, batches of users are yielded as arrays; the caller writes them (cli/recommend.py
+writes Parquet). Trained vectors are used as they are: unlike the API, fresh events posted
+since training are not folded in (``refresh``) — the batch is a snapshot of the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recsys.evaluation.topk import top_k_scores
+from recsys.recommender import NO_FILTERS, Filters, Recommender
+
+logger = logging.getLogger(__name__)
+
+SCAN_METRICS = ("dot", "cosine")
+
+
+@dataclass
+class UserBatch:
+    """Top-k of a block of users: bundle user rows, item positions (-1: fewer than k) and scores."""
+
+    user_rows: np.ndarray
+    item_rows: np.ndarray
+    scores: np.ndarray
+
+
+def seen_matrix(events: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray) -> sp.csr_matrix:
+    """users × items (bundle order) with a stored entry where the user interacted with the item;
+    events of users or items the model does not know are ignored."""
+    users = pd.Index(pd.Series(user_ids, dtype=object).astype(str))
+    items = pd.Index(pd.Series(item_ids, dtype=object).astype(str))
+    rows = users.get_indexer(events["user_id"].astype(str))
+    cols = items.get_indexer(events["item_id"].astype(str))
+    known = (rows >= 0) & (cols >= 0)
+    m = sp.csr_matrix((np.ones(int(known.sum()), np.float32), (rows[known], cols[known])), shape=(len(user_ids), len(item_ids)))
+    m.sum_duplicates()
+    return m
+
+
+def allowed_mask(recommender: Recommender, filters: Filters = NO_FILTERS) -> np.ndarray:
+    """Item positions the API may recommend under ``filters``: available and passing them."""
+    return np.asarray(recommender.catalog.mask(filters), dtype=bool)
+
+
+def serving_uses_index(recommender: Recommender) -> bool:
+    """Whether the API answers user lists through the ``user`` index (else by an exact scan)."""
+    return "user" in recommender.ranker.indexed_roles
+
+
+def batch_path(recommender: Recommender, exact: bool = False) -> str:
+    """``scan`` or ``index`` (see module doc) for this model."""
+    index = recommender.bundle.indexes.get("user")
+    metric = index.metric if index is not None else recommender.bundle.metric
+    if (exact or not serving_uses_index(recommender)) and metric in SCAN_METRICS \
+            and len(recommender.cf_vectors) == len(recommender.bundle.item_ids):
+        return "scan"
+    return "index"
+
+
+def recommend_all(recommender: Recommender, seen: sp.csr_matrix, k: int, *, filters: Filters = NO_FILTERS, exact: bool = False,
+                  batch_size: int = 2048, on_batch: Callable[[int], None] | None = None) -> Iterator[UserBatch]:
+    """Top-``k`` for every user of the bundle, in blocks of ``batch_size`` users (bundle order).
+
+    ``seen``: users × items interactions (rows aligned with ``bundle.user_ids``), left out of
+    each user's list. ``on_batch(n_users)`` is called after each block (progress bars).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    bundle = recommender.bundle
+    n_users = len(bundle.user_ids)
+    if seen.shape != (n_users, len(bundle.item_ids)):
+        raise ValueError(f"seen matrix is {seen.shape}, the model has {n_users} users × {len(bundle.item_ids)} items")
+    seen = sp.csr_matrix(seen)
+    path = batch_path(recommender, exact)
+    start = time.perf_counter()
+    if path == "scan":
+        batches = _scan(recommender, seen, k, filters, batch_size)
+    else:
+        batches = _per_user(recommender, seen, k, filters, batch_size)
+    for batch in batches:
+        yield batch
+        if on_batch is not None:
+            on_batch(len(batch.user_rows))
+    seconds = time.perf_counter() - start
+    logger.info("recommended for %d users (%s path) in %.1fs: %.0f users/s", n_users, path, seconds, n_users / max(seconds, 1e-9))
+
+
+def _scan(recommender: Recommender, seen: sp.csr_matrix, k: int, filters: Filters, batch_size: int) -> Iterator[UserBatch]:
+    bundle = recommender.bundle
+    index = bundle.indexes.get("user")
+    metric = index.metric if index is not None else bundle.metric
+    # The API's availability and filter rules, computed once for the whole run.
+    allowed = np.flatnonzero(allowed_mask(recommender, filters))
+    vectors = recommender.cf_vectors[allowed]
+    seen_allowed = seen[:, allowed].tocsr()
+    user_vectors = np.asarray(bundle.user_vectors, dtype=np.float32)
+    for start in range(0, len(user_vectors), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(user_vectors)))
+        if len(allowed) == 0:
+            yield UserBatch(rows, np.full((len(rows), k), -1, np.int64), np.full((len(rows), k), -np.inf, np.float32))
+            continue
+        ids, scores = top_k_scores(user_vectors, vectors, k, exclude=seen_allowed[rows], user_rows=rows, metric=metric)
+        yield UserBatch(rows, np.where(ids >= 0, allowed[np.maximum(ids, 0)], -1), scores)
+
+
+def _per_user(recommender: Recommender, seen: sp.csr_matrix, k: int, filters: Filters, batch_size: int) -> Iterator[UserBatch]:
+    bundle = recommender.bundle
+    item_ids = np.asarray(recommender.item_ids, dtype=object)
+    for start in range(0, len(bundle.user_ids), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(bundle.user_ids)))
+        ids = np.full((len(rows), k), -1, np.int64)
+        scores = np.full((len(rows), k), -np.inf, np.float32)
+        for i, row in enumerate(rows):
+            history = item_ids[seen.indices[seen.indptr[row] : seen.indptr[row + 1]]].tolist()
+            result = recommender.recommend_for_user(str(bundle.user_ids[row]), history, k, filters=filters, mode="collaborative")
+            ids[i, : len(result.items)] = [recommender.item_pos[it.item_id] for it in result.items]
+            scores[i, : len(result.items)] = [it.score for it in result.items]
+        yield UserBatch(rows, ids, scores)

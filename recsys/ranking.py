@@ -105,7 +105,9 @@ class RankRequest:
             exclude = _NO_POSITIONS
         elif exclude.ndim != 1 or exclude.dtype.kind not in "iu" or exclude.min() < 0:
             raise RankRequestError("exclude", "must be a 1-D array of item positions (integers >= 0)")
-        object.__setattr__(self, "exclude", exclude.astype(np.int64, copy=False))
+        # Unique: a history with repeats is the same exclusion (and asks an approximate index
+        # for the same number of candidates, so its answer does not depend on repeats).
+        object.__setattr__(self, "exclude", np.unique(exclude.astype(np.int64, copy=False)))
         if self.blend_weights is not None:
             weights = tuple(self.blend_weights)
             if len(weights) != 2 or not all(_finite_number(w) and w >= 0 for w in weights):

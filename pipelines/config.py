@@ -14,7 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipelines.train import IndexConfig, ModelConfig, TrainConfig
+from pipelines.train import IndexConfig, TrainConfig
+from recsys.models.config import ModelConfig
 
 
 class ConfigError(ValueError):
@@ -45,27 +46,6 @@ class SourceConfig(_Strict):
         if self.kind == "dataset" and self.path is None:
             raise ValueError("source.kind 'dataset' needs source.path")
         return self
-
-
-class CandidateConfig(_Strict):
-    """One model to train; several are allowed, the best by the gate metric is the candidate."""
-
-    name: str | None = None
-    kind: str = "als"
-    params: dict[str, Any] = Field(default_factory=lambda: {"factors": 64, "regularization": 0.05, "iterations": 15})
-    weighting: Literal["confidence", "bm25", "tfidf", "none"] = "confidence"
-    alpha: float = 2.0
-
-    @field_validator("kind")
-    @classmethod
-    def _collaborative(cls, kind: str) -> str:
-        if kind in UNSUPPORTED_KINDS:
-            raise ValueError(f"model kind {kind!r} needs catalogue features; the pipeline trains collaborative kinds (als, bpr, …) for now")
-        return kind
-
-    @property
-    def label(self) -> str:
-        return self.name or f"{self.kind}-" + "-".join(f"{k}{v}" for k, v in sorted(self.params.items()))
 
 
 class EvaluationConfig(_Strict):
@@ -144,7 +124,9 @@ class NotifyConfig(_Strict):
 class PipelineConfig(_Strict):
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     source: SourceConfig = Field(default_factory=SourceConfig)
-    models: list[CandidateConfig] = Field(default_factory=lambda: [CandidateConfig()], min_length=1)
+    #: models to train (``recsys.models.config.ModelConfig``, the same as ``recsys train``'s
+    #: ``model``); the best by the gate metric is the candidate. ``name`` labels each one.
+    models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()], min_length=1)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
@@ -157,18 +139,19 @@ class PipelineConfig(_Strict):
 
     @field_validator("models")
     @classmethod
-    def _unique_labels(cls, models: list[CandidateConfig]) -> list[CandidateConfig]:
+    def _unique_labels(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        for m in models:
+            if m.kind in UNSUPPORTED_KINDS:
+                raise ValueError(f"model kind {m.kind!r} needs catalogue features; the pipeline trains collaborative kinds (als, bpr, …) for now")
         labels = [m.label for m in models]
         if len(set(labels)) != len(labels):
             raise ValueError(f"model names must be unique, got {labels}")
         return models
 
-    def train_config(self, candidate: CandidateConfig) -> TrainConfig:
+    def train_config(self, candidate: ModelConfig) -> TrainConfig:
         """The train path's config for one candidate (reuses ``pipelines.train``)."""
         return TrainConfig(
-            model=ModelConfig(kind=candidate.kind, params=dict(candidate.params)),
-            weighting=candidate.weighting,
-            alpha=candidate.alpha,
+            model=candidate,
             test_ratio=self.evaluation.test_ratio,
             k=self.evaluation.k,
             eval_users=self.evaluation.eval_users,

@@ -385,8 +385,8 @@ class Pipeline:
             if mode == "refit":
                 params = dict(prod_bundle.params or {})
                 weighting, alpha = params.pop("weighting", "confidence"), float(params.pop("alpha", 1.0))
-                tc = TrainConfig(model=ModelConfig(kind=prod_bundle.kind, params=params), weighting=weighting, alpha=alpha)
-                m = fit_model(tc, InteractionMatrix.from_events(holdout.split.train, user_ids=holdout.user_ids, item_ids=holdout.item_ids,
+                recipe = ModelConfig(kind=prod_bundle.kind, params=params, weighting=weighting, alpha=alpha)
+                m = fit_model(recipe, InteractionMatrix.from_events(holdout.split.train, user_ids=holdout.user_ids, item_ids=holdout.item_ids,
                                                                 weighting=weighting, alpha=alpha), None)
                 (out / "production").mkdir(parents=True, exist_ok=True)
                 np.savez(out / "production" / "eval_vectors.npz", user_vectors=m.user_vectors_, item_vectors=m.item_vectors_)
@@ -401,11 +401,11 @@ class Pipeline:
             t0 = time.perf_counter()
             train_m = InteractionMatrix.from_events(holdout.split.train, user_ids=holdout.user_ids, item_ids=holdout.item_ids,
                                                     weighting=tc.weighting, alpha=tc.alpha)
-            model = fit_model(tc, train_m, None)
+            model = fit_model(tc.model, train_m, None)
             np.savez(folder / "eval_vectors.npz", user_vectors=model.user_vectors_, item_vectors=model.item_vectors_)
             del train_m, model
             full = InteractionMatrix.from_events(events, weighting=tc.weighting, alpha=tc.alpha)
-            model = fit_model(tc, full, None)
+            model = fit_model(tc.model, full, None)
             np.savez(folder / "full_vectors.npz", user_vectors=model.user_vectors_, item_vectors=model.item_vectors_)
             sp.save_npz(folder / "full_matrix.npz", full.matrix)
             _write_json(folder / "ids.json", {"user_ids": full.user_ids.tolist(), "item_ids": full.item_ids.tolist()})

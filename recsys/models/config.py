@@ -9,7 +9,14 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from recsys.matrix import InteractionMatrix
 from recsys.models.registry import CONTENT_KINDS, MODEL_KINDS, validate_params

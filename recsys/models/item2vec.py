@@ -57,7 +57,7 @@ class Item2VecEmbedder(Embedder):
         self.workers = workers
 
     def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None,
-            sequences: Sequence[np.ndarray] | None = None) -> "Item2VecEmbedder":
+            sequences: Sequence[np.ndarray] | None = None) -> Item2VecEmbedder:
         """``sequences``: each matrix row's item columns in time order. Without them each
         user's items are taken in a seeded random order (the window then samples co-occurrence)."""
         from gensim.models import Word2Vec

@@ -206,7 +206,7 @@ class ModelResult:
     error: str | None = None
 
 
-def fit_model(config: ModelConfig, data: PreparedData):
+def fit_on_split(config: ModelConfig, data: PreparedData):
     """``pipelines.train.fit_model`` (the one fit path) on the shared train part."""
     from pipelines.train import fit_model as fit
 
@@ -285,7 +285,7 @@ def fit_and_evaluate(config: ModelConfig, data: PreparedData, spec: ExperimentSp
                      with_index: bool = True) -> tuple[dict[str, float], pd.DataFrame | None]:
     """Fit on the shared train part, score on the shared test part: metrics (+ breakdown)."""
     start = time.perf_counter()
-    model = fit_model(config, data)
+    model = fit_on_split(config, data)
     t_train = time.perf_counter() - start
     start = time.perf_counter()
     recommended = recommend(model, data.eval_users, data.binary_train, max(spec.k))

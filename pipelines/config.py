@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipelines.train import IndexConfig, TrainConfig
 from recsys.models.config import ModelConfig
@@ -42,7 +49,7 @@ class SourceConfig(_Strict):
     users_path: Path | None = None
 
     @model_validator(mode="after")
-    def _need_path(self) -> "SourceConfig":
+    def _need_path(self) -> SourceConfig:
         if self.kind == "dataset" and self.path is None:
             raise ValueError("source.kind 'dataset' needs source.path")
         return self
@@ -121,6 +128,27 @@ class NotifyConfig(_Strict):
     required: bool = False
 
 
+class SearchCadenceConfig(_Strict):
+    """Search the model (``pipelines/search.py``) every ``every``; in between, refit the last
+    winner. The pipeline then trains that one candidate instead of ``models``."""
+
+    every: str = "7d"
+    trials: int = Field(40, ge=1)
+    #: wall-clock cap of one search
+    budget: str = "10m"
+    #: families the pipeline can train without the catalogue (no LightFM side features here)
+    families: list[Literal["als", "ease", "bpr", "itemknn", "item2vec"]] = Field(
+        default_factory=lambda: ["als", "ease", "bpr", "itemknn", "item2vec"], min_length=1)
+
+    @field_validator("every", "budget")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        from pipelines.search import parse_duration
+
+        parse_duration(v)
+        return v
+
+
 class PipelineConfig(_Strict):
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     source: SourceConfig = Field(default_factory=SourceConfig)
@@ -134,6 +162,8 @@ class PipelineConfig(_Strict):
     #: alias to promote on a passed gate (default: the RECSYS_MODEL_ALIAS setting)
     alias: str | None = None
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    #: search the model on a cadence instead of training ``models`` (e.g. ``search: {every: 7d}``)
+    search: SearchCadenceConfig | None = None
     #: also copy the snapshot Parquet files into MLflow (their sha256 is always logged)
     log_snapshot_artifacts: bool = False
 

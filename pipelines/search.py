@@ -69,9 +69,9 @@ ENSEMBLE_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
 
 
 def parse_duration(text: str) -> float:
-    """``90s`` / ``10m`` / ``1h`` / ``600`` → seconds (ValueError naming the format otherwise)."""
+    """``90s`` / ``10m`` / ``1h`` / ``7d`` / ``600`` → seconds (ValueError naming the format otherwise)."""
     text = str(text).strip().lower()
-    units = {"s": 1, "m": 60, "h": 3600}
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
         if text and text[-1] in units:
             value = float(text[:-1]) * units[text[-1]]
@@ -380,8 +380,9 @@ def run_search(settings: Settings, dataset: Dataset, config: SearchConfig | None
         return value
 
     # a resumed search continues its parent run, so every trial stays under one parent
-    parent_run = (tracking.start_run(exp_id, f"search-{study_name[:40]}", tags={SEARCH_TAG: "parent"}) if parent_id is None
-                  else mlflow.start_run(run_id=parent_id))
+    nested = mlflow.active_run() is not None  # inside a pipeline run: the search is its child
+    parent_run = (tracking.start_run(exp_id, f"search-{study_name[:40]}", nested=nested, tags={SEARCH_TAG: "parent"})
+                  if parent_id is None else mlflow.start_run(run_id=parent_id, nested=nested))
     with parent_run as parent:
         if parent_id is None:
             study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)

@@ -127,6 +127,8 @@ def run_split(name: str, split, dataset: Dataset, args, work: Path) -> dict:
         if best is None or m["ndcg"] > best[0]["ndcg"]:
             best = (m, f"factors={factors} reg={reg:g} alpha={alpha:g}")
     out["als_grid"], out["als_grid_params"] = best
+    print(f"[{name}] served {out['served']}, popular {out['popular']}, ALS defaults {out['als_default']}, "
+          f"ALS grid best on test {out['als_grid']} ({out['als_grid_params']}); search 'star wars': {out['search']}", flush=True)
     return out
 
 

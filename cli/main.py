@@ -164,7 +164,7 @@ def train(
     content: Annotated[str | None, typer.Option(help="content encoder (tags, tfidf, sbert): hybrid modes, /search, cold start; "
                                                      "without --config the search picks one when items have text")] = None,
     budget: Annotated[str, typer.Option(help="without --config: wall-clock cap of the model search (90s, 10m, 1h)")] = "10m",
-    trials: Annotated[int, typer.Option(min=1, help="without --config: search trials (the reproducible budget)")] = 40,
+    trials: Annotated[int, typer.Option(min=1, help="without --config: search trials (the reproducible budget)")] = 30,
     seed: Annotated[int, typer.Option(help="without --config: seed of the search and the models")] = 42,
 ) -> None:
     """Train on the feature store's snapshot, track in MLflow, register and promote.

@@ -87,11 +87,15 @@ def parse_duration(text: str) -> float:
 @dataclass
 class SearchConfig:
     #: trials (the deterministic budget) and a wall-clock cap for the whole search
-    trials: int = 40
+    trials: int = 30
     max_seconds: float = 600.0
     #: stop after this many completed trials in a row without a better score
     patience: int = 15
     validation_ratio: float = 0.1
+    #: widen the validation slice (up to ``max_validation_ratio``) until this many users are in it:
+    #: a slice a few dozen users wide cannot tell models apart
+    min_validation_users: int = 300
+    max_validation_ratio: float = 0.3
     k: int = 10
     seed: int = 42
     #: evaluate on at most this many validation users (seeded sample)
@@ -140,7 +144,14 @@ class Validation:
 
     def __init__(self, dataset: Dataset, config: SearchConfig) -> None:
         self.dataset, self.k = dataset, config.k
-        self.split = time_validation_split(dataset.events, config.validation_ratio)
+        ratio = config.validation_ratio
+        while True:
+            self.split = time_validation_split(dataset.events, ratio)
+            self.ratio = ratio
+            n_users = self.split.test["user_id"].nunique()
+            if n_users >= config.min_validation_users or ratio >= config.max_validation_ratio:
+                break
+            ratio = min(config.max_validation_ratio, ratio + 0.05)
         base = InteractionMatrix.from_events(self.split.train, weighting="none")
         self.user_ids, self.item_ids = base.user_ids, base.item_ids
         self.seen = base.matrix
@@ -232,6 +243,20 @@ def families(validation: Validation, config: SearchConfig) -> tuple[list[str], l
     return wanted, notes
 
 
+#: one sensible starting point per family, tried first (in this order) so every family is
+#: measured before TPE narrows down; parameter names as in :func:`suggest`
+STARTING_POINTS: dict[str, list[dict[str, Any]]] = {
+    "als": [{"als.weighting": "confidence", "als.alpha": 2.0, "als.factors": 32, "als.regularization": 1.0, "als.iterations": 15},
+            {"als.weighting": "bm25", "als.factors": 64, "als.regularization": 0.1, "als.iterations": 15}],
+    "ease": [{"ease.l2": 500.0, "ease.dropout": 0.25}],
+    "lightfm": [{"lightfm.user_features": False, "lightfm.no_components": 64, "lightfm.learning_rate": 0.03, "lightfm.epochs": 20,
+                 "lightfm.item_alpha": 1e-6}],
+    "bpr": [{"bpr.factors": 64, "bpr.learning_rate": 0.01, "bpr.regularization": 0.001, "bpr.iterations": 100}],
+    "itemknn": [{"itemknn.K": 100, "itemknn.weighting": "none"}],
+    "item2vec": [{"item2vec.factors": 64, "item2vec.window": 10, "item2vec.epochs": 5, "item2vec.negative": 5, "item2vec.ns_exponent": -0.5}],
+}
+
+
 def suggest(trial, kind: str, validation: Validation) -> ModelConfig:
     """The trial's configuration of family ``kind`` (parameter names are prefixed by the kind,
     so each family keeps its own distributions in TPE)."""
@@ -248,9 +273,9 @@ def suggest(trial, kind: str, validation: Validation) -> ModelConfig:
         return ModelConfig(kind="ease", params=params, weighting="none", alpha=1.0)
     if kind == "lightfm":
         users = _has_attributes(ds.users) and trial.suggest_categorical("lightfm.user_features", [True, False])
-        params = {"no_components": trial.suggest_categorical("lightfm.no_components", [32, 64, 128]), "loss": "warp",
+        params = {"no_components": trial.suggest_categorical("lightfm.no_components", [32, 64]), "loss": "warp",
                   "learning_rate": trial.suggest_float("lightfm.learning_rate", 0.005, 0.1, log=True),
-                  "epochs": trial.suggest_int("lightfm.epochs", 10, 40, step=10),
+                  "epochs": trial.suggest_int("lightfm.epochs", 10, 30, step=10),
                   "item_alpha": trial.suggest_float("lightfm.item_alpha", 1e-7, 1e-3, log=True), "num_threads": 1}
         return ModelConfig(kind="lightfm", params=params, weighting="none", alpha=1.0,
                            features=FeatureConfig(item_categories=_has_categories(ds.items), user_attributes=bool(users)))
@@ -266,9 +291,9 @@ def suggest(trial, kind: str, validation: Validation) -> ModelConfig:
                            weighting=trial.suggest_categorical("itemknn.weighting", ["none", "bm25"]), alpha=1.0)
     if kind == "item2vec":
         params = {"factors": trial.suggest_categorical("item2vec.factors", [32, 64, 128]),
-                  "window": trial.suggest_int("item2vec.window", 3, 30, log=True),
-                  "epochs": trial.suggest_int("item2vec.epochs", 5, 30, step=5),
-                  "negative": trial.suggest_int("item2vec.negative", 5, 20, step=5),
+                  "window": trial.suggest_int("item2vec.window", 3, 20, log=True),
+                  "epochs": trial.suggest_int("item2vec.epochs", 5, 10),
+                  "negative": trial.suggest_int("item2vec.negative", 5, 10, step=5),
                   "ns_exponent": trial.suggest_float("item2vec.ns_exponent", -0.5, 1.0)}
         return ModelConfig(kind="item2vec", params=params, weighting="none", alpha=1.0)
     raise ValueError(f"no search space for model kind {kind!r}")
@@ -336,15 +361,20 @@ def run_search(settings: Settings, dataset: Dataset, config: SearchConfig | None
     notes += family_notes
     for note in family_notes:
         logger.info("search: %s", note)
+    starts = [{"kind": kind, **point} for kind in kinds for point in STARTING_POINTS.get(kind, [])]
     study_name = f"autotune-{validation.fingerprint()}-seed{config.seed}-k{config.k}-{'-'.join(kinds)}"
     exp_id = tracking.experiment_id(settings, settings.experiment_name)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=study_name, storage=_storage_url(settings), direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=config.seed, multivariate=True, group=True, n_startup_trials=min(10, config.trials)),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0))
+        sampler=optuna.samplers.TPESampler(seed=config.seed, multivariate=True, group=True, n_startup_trials=len(starts) + 2),
+        # prune only the clearly bad (bottom quarter on half the users), never a starting point
+        pruner=optuna.pruners.PercentilePruner(25.0, n_startup_trials=len(starts), n_warmup_steps=0))
     finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     n_done = sum(1 for t in study.trials if t.state in finished_states)
+    if not study.trials:
+        for point in starts[: config.trials]:
+            study.enqueue_trial(point)
     if n_done:
         logger.info("search: resuming study %s: %d trials already done", study_name, n_done)
         notes.append(f"resumed: {n_done} trials were already done")

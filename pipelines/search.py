@@ -368,8 +368,9 @@ def run_search(settings: Settings, dataset: Dataset, config: SearchConfig | None
     study = optuna.create_study(
         study_name=study_name, storage=_storage_url(settings), direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=config.seed, multivariate=True, group=True, n_startup_trials=len(starts) + 2),
-        # prune only the clearly bad (bottom quarter on half the users), never a starting point
-        pruner=optuna.pruners.PercentilePruner(25.0, n_startup_trials=len(starts), n_warmup_steps=0))
+        # prune only the clearly bad (bottom quarter on half the users: optuna keeps the top
+        # ``percentile``), never a starting point
+        pruner=optuna.pruners.PercentilePruner(75.0, n_startup_trials=len(starts), n_warmup_steps=0))
     finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     n_done = sum(1 for t in study.trials if t.state in finished_states)
     if not study.trials:

@@ -170,3 +170,16 @@ def test_baselines_are_registered_models():
     assert validate_params("itemknn", {"K": "50"}) == {"K": 50}
     with pytest.raises(Exception, match="no parameter 'k'"):
         validate_params("itemknn", {"k": 50})
+
+
+def test_train_cli_refuses_a_bad_budget(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RECSYS_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(REPO)}
+    env.pop("RECSYS_DATABASE_URL", None)
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "train", "--budget", "soon"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "error: --budget: a duration looks like 90s, 10m or 1h" in proc.stderr + proc.stdout

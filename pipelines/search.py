@@ -47,7 +47,7 @@ from pipelines.train import (
     train,
 )
 from recsys.datasets.base import Dataset, DatasetError
-from recsys.evaluation.metrics import ranking_metrics_at_k
+from recsys.evaluation.metrics import per_user_metrics, ranking_metrics_at_k
 from recsys.evaluation.splits import Split, time_split
 from recsys.evaluation.topk import top_k_scores
 from recsys.hybrid import history_profiles, hybrid_top_k
@@ -189,6 +189,12 @@ class Validation:
         top = top_k_scores(user_vectors, item_vectors, self.k, exclude=self.seen, user_rows=users, metric=metric)[0]
         return float(ranking_metrics_at_k(top, self.test, self.k, user_rows=users)["ndcg"])
 
+    def per_user(self, model) -> np.ndarray:
+        """nDCG@k of every validation user (row order of ``self.users``)."""
+        top = top_k_scores(model.user_vectors_, model.item_vectors_, self.k, exclude=self.seen, user_rows=self.users, metric=model.metric)[0]
+        frame = per_user_metrics(top, self.test, self.k, user_rows=self.users)
+        return frame.set_index("user_row")["ndcg"].reindex(self.users).fillna(0.0).to_numpy(np.float64)
+
     def score(self, model, users: np.ndarray | None = None) -> float:
         if model.user_vectors_ is None:
             raise ValueError(f"{model.kind} has no vector form on this catalog")
@@ -321,6 +327,32 @@ def _mlflow_params(config: ModelConfig) -> dict[str, Any]:
     return out
 
 
+class _FamilySchedule:
+    """After the starting points, the next trial's family: round-robin over the ``top`` families
+    by best score so far (TPE then picks the parameters within the family). Left to TPE, the
+    family is a categorical it exploits greedily — one family gets every trial and a close
+    second (whose tuned form may win, and which the ensemble needs) gets none."""
+
+    def __init__(self, kinds: list[str], n_starts: int, top: int = 4) -> None:
+        self.kinds, self.n_starts, self.top = kinds, n_starts, top
+
+    def __call__(self, study, trial=None) -> None:
+        import optuna
+
+        if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            return
+        finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+        best: dict[str, float] = {}
+        for t in finished:
+            value = t.value if t.state == optuna.trial.TrialState.COMPLETE else max(t.intermediate_values.values(), default=None)
+            kind = t.params.get("kind")
+            if kind in self.kinds and value is not None:
+                best[kind] = max(best.get(kind, -math.inf), value)
+        ranked = sorted(self.kinds, key=lambda k: (-best.get(k, -math.inf), self.kinds.index(k)))[: self.top]
+        n = max(0, len(finished) - self.n_starts)
+        study.enqueue_trial({"kind": ranked[n % len(ranked)]})
+
+
 class _Patience:
     """Stop the study once ``patience`` finished trials in a row did not beat the best."""
 
@@ -367,7 +399,7 @@ def run_search(settings: Settings, dataset: Dataset, config: SearchConfig | None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=study_name, storage=_storage_url(settings), direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=config.seed, multivariate=True, group=True, n_startup_trials=len(starts) + 2),
+        sampler=optuna.samplers.TPESampler(seed=config.seed, multivariate=True, group=True, n_startup_trials=len(starts)),
         # prune only the clearly bad (bottom quarter on half the users: optuna keeps the top
         # ``percentile``), never a starting point
         pruner=optuna.pruners.PercentilePruner(75.0, n_startup_trials=len(starts), n_warmup_steps=0))
@@ -376,6 +408,7 @@ def run_search(settings: Settings, dataset: Dataset, config: SearchConfig | None
     if not study.trials:
         for point in starts[: config.trials]:
             study.enqueue_trial(point)
+    schedule = _FamilySchedule(kinds, len(starts))
     if n_done:
         logger.info("search: resuming study %s: %d trials already done", study_name, n_done)
         notes.append(f"resumed: {n_done} trials were already done")
@@ -403,7 +436,9 @@ def run_search(settings: Settings, dataset: Dataset, config: SearchConfig | None
                 tracking.log_metrics_finite({f"ndcg_at_{config.k}_half": half, "time_fit_s": fit_s})
                 mlflow.set_tag("optuna.state", "pruned")
                 raise optuna.TrialPruned()
-            value = validation.score(model)
+            per_user = validation.per_user(model)
+            value = float(per_user.mean())
+            trial.set_user_attr("per_user", np.round(per_user, 5).tolist())
             tracking.log_metrics_finite({f"ndcg_at_{config.k}": value, f"ndcg_at_{config.k}_half": half, "time_fit_s": fit_s,
                                          "time_trial_s": time.perf_counter() - t0})
         if on_trial is not None:
@@ -424,24 +459,30 @@ def run_search(settings: Settings, dataset: Dataset, config: SearchConfig | None
         remaining = config.trials - n_done
         if enough_users and remaining > 0:
             budget_left = config.max_seconds - (time.perf_counter() - started)
+            if n_done >= len(starts):
+                schedule(study)  # a resumed search: the next family, as if it had not stopped
             study.optimize(objective, n_trials=remaining, timeout=max(budget_left, 1.0), catch=(ValueError, np.linalg.LinAlgError),
-                           callbacks=[_Patience(config.patience)], gc_after_trial=True)
+                           callbacks=[schedule, _Patience(config.patience)], gc_after_trial=True)
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         rows = [{"trial": t.number, "kind": t.params.get("kind"), "value": t.value, "config": t.user_attrs.get("config"),
                  "seconds": (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None}
-                for t in study.trials]
+                for t in study.trials if t.state.is_finished()]
         table = pd.DataFrame(rows)
-        best_config, best_score = ModelConfig(kind="popular", params={}, weighting="none", alpha=1.0, name="popular"), pop_score
+        candidates = [Candidate(ModelConfig(kind="popular", params={}, weighting="none", alpha=1.0, name="popular"),
+                                validation.per_user(popular), PREFERENCE_LAST)]
+        start_numbers = {t.number for t in study.trials if t.system_attrs.get("fixed_params", {}).keys() - {"kind"}}
+        for t in complete:
+            rank = _preference(t.params["kind"]) if t.number in start_numbers else PREFERENCE_TUNED
+            candidates.append(Candidate(_config_of(t), np.asarray(t.user_attrs["per_user"]), rank))
         if complete:
-            top = max(complete, key=lambda t: t.value)
-            if top.value > pop_score:
-                best_config, best_score = _config_of(top), float(top.value)
-            else:
-                notes.append(f"popularity validates better ({pop_score:.4f}) than the best trial ({top.value:.4f})")
-            ensemble = _best_ensemble(validation, complete, best_score, exp_id, config)
+            ensemble = _best_ensemble(validation, complete, max(c.score for c in candidates), exp_id, config)
             if ensemble is not None:
-                best_config, best_score = ensemble
-        if best_config.kind == "itemknn" or best_config.kind == "popular":
+                candidates.append(ensemble)
+        chosen, best = choose(candidates, notes)
+        best_config, best_score = chosen.config, chosen.score
+        if best_config.kind == "popular" and complete:
+            notes.append(f"popularity validates as well as the best trial ({best.score:.4f})")
+        if best_config.kind in ("itemknn", "popular"):
             notes.append(f"fell back to {best_config.kind}: it validated best")
         content, hybrid = _content_space(validation, best_config, config, notes)
         elapsed = time.perf_counter() - started
@@ -466,9 +507,9 @@ def describe(config: ModelConfig) -> str:
 
 
 def _best_ensemble(validation: Validation, complete: list, best_single: float, exp_id: str,
-                   config: SearchConfig) -> tuple[ModelConfig, float] | None:
+                   config: SearchConfig) -> Candidate | None:
     """The best configuration of each of the top three families, blended with weights chosen on
-    validation; returned only when it beats the best single model."""
+    validation (a candidate like the others; :func:`choose` decides)."""
     by_kind: dict[str, Any] = {}
     for t in sorted(complete, key=lambda t: -t.value):
         by_kind.setdefault(t.params["kind"], t)
@@ -487,18 +528,18 @@ def _best_ensemble(validation: Validation, complete: list, best_single: float, e
         configs.append(shared)
     if len(members) < 2:
         return None
-    best: tuple[float, list[float]] | None = None
+    best: tuple[float, list[float], np.ndarray] | None = None
     for weights in _weight_grid(len(members)):
         used = [i for i, w in enumerate(weights) if w > 0]
         if len(used) < 2:
             continue
         blended = EnsembleEmbedder.from_fitted([members[i] for i in used], [weights[i] for i in used])
-        value = validation.score(blended)
-        if best is None or value > best[0]:
-            best = (value, list(weights))
+        per_user = validation.per_user(blended)
+        if best is None or per_user.mean() > best[0]:
+            best = (float(per_user.mean()), list(weights), per_user)
     if best is None:
         return None
-    value, weights = best
+    value, weights, per_user = best
     features = next((c.features for c in configs if c.kind == "lightfm"), FeatureConfig())
     ensemble = ModelConfig(kind="ensemble", weighting=lead.weighting, alpha=lead.alpha, features=features, params={"members": [
         {"kind": c.kind, "params": dict(c.params), "weight": float(w)} for c, w in zip(configs, weights) if w > 0]})
@@ -506,7 +547,50 @@ def _best_ensemble(validation: Validation, complete: list, best_single: float, e
         tracking.log_params_flat({"members": describe(ensemble), "weighting": lead.weighting, "alpha": lead.alpha})
         tracking.log_metrics_finite({f"ndcg_at_{config.k}": value, f"best_single_ndcg_at_{config.k}": best_single})
     logger.info("search: ensemble %s ndcg %.4f vs best single %.4f", describe(ensemble), value, best_single)
-    return (ensemble, value) if value > best_single else None
+    return Candidate(ensemble, per_user, PREFERENCE_ENSEMBLE)
+
+
+#: which of several configurations validating alike wins: the families' starting points in this
+#: order (EASE and ALS are the most robust on item-rich data in the literature and in
+#: bench/movielens100k_reference.py), then an ensemble, then tuned trials, popularity last
+FAMILY_PREFERENCE = ("ease", "als", "lightfm", "bpr", "itemknn", "item2vec")
+PREFERENCE_ENSEMBLE = len(FAMILY_PREFERENCE)
+PREFERENCE_TUNED = PREFERENCE_ENSEMBLE + 1
+PREFERENCE_LAST = PREFERENCE_TUNED + 1
+
+
+def _preference(kind: str) -> int:
+    return FAMILY_PREFERENCE.index(kind) if kind in FAMILY_PREFERENCE else PREFERENCE_ENSEMBLE - 1
+
+
+@dataclass
+class Candidate:
+    config: ModelConfig
+    per_user: np.ndarray
+    preference: int
+
+    @property
+    def score(self) -> float:
+        return float(self.per_user.mean())
+
+
+def choose(candidates: list[Candidate], notes: list[str] | None = None) -> tuple[Candidate, Candidate]:
+    """The one-standard-error rule (Breiman et al.): among the candidates whose validation nDCG
+    is within one standard error of the best's (the error of the paired per-user difference),
+    the most preferred. A validation slice a few hundred users wide cannot tell apart configs
+    closer than that, and picking the noisiest winner overfits the slice. Returns (chosen, best)."""
+    best = max(candidates, key=lambda c: c.score)
+    eligible = []
+    for c in candidates:
+        diff = best.per_user - c.per_user
+        se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        if best.score - c.score <= se:
+            eligible.append(c)
+    chosen = min(eligible, key=lambda c: (c.preference, -c.score))
+    if notes is not None and chosen is not best:
+        notes.append(f"one-standard-error rule: {describe(chosen.config)} ({chosen.score:.4f}) over the best-scoring "
+                     f"{describe(best.config)} ({best.score:.4f})")
+    return chosen, best
 
 
 def _weight_grid(n: int) -> list[tuple[float, ...]]:

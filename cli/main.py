@@ -271,7 +271,7 @@ def demo(
     store = _store(settings)
     _print_ingest(store.ingest(dataset, progress=True), settings)
     console.rule("2. search a model (small budget) + TF-IDF content → MLflow → Annoy")
-    result = _autotune(settings, 6, 45.0, 42, "tfidf", None, settings.model_alias).train
+    result = _autotune(settings, 4, 30.0, 42, "tfidf", None, settings.model_alias).train
     console.print(f"model version {result.version}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.metrics.items() if k.endswith("_at_10") and k.split("_")[0] in ("precision", "ndcg", "hybrid")))
     console.rule("3. recommendations")
     client = tracking.setup(settings)

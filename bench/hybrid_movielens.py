@@ -72,7 +72,7 @@ def score(recommended, test, users):
 
 def fit(name, train, dataset):
     config = TrainConfig(model=MODELS[name], alpha=ALPHA, features=FeatureConfig(identity=True))
-    return fit_model(config, train, dataset)
+    return fit_model(config.model, train, dataset)
 
 
 def warm_experiment(dataset, console):

@@ -40,8 +40,8 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from experiments.runner import build_model  # noqa: E402
-from experiments.spec import FeatureSpec, ModelConfig  # noqa: E402
+from recsys.models.registry import make_model  # noqa: E402
+from recsys.models.config import FeatureConfig, ModelConfig  # noqa: E402
 from recsys.datasets import load_dataset  # noqa: E402
 from recsys.evaluation import recommenders_metrics, stratified_split, top_k_scores  # noqa: E402
 from recsys.features import build_item_features  # noqa: E402
@@ -59,18 +59,24 @@ PUBLISHED = {
 BEST_NDCG, BEST_PRECISION = 0.475077, 0.411771
 K = 10
 
+
+def Config(**kwargs) -> ModelConfig:  # noqa: N802
+    """A ModelConfig with LightFM side features off unless given (this bench adds item features only)."""
+    kwargs.setdefault("features", FeatureConfig(item_categories=False, user_attributes=False))
+    return ModelConfig(**kwargs)
+
 #: the other model kinds, with the best parameters of each kind among the search trials
 #: (`recsys experiment search experiments/movielens100k.yaml --trials 60`, validation holdout)
 OTHERS = [
-    ModelConfig(kind="als", label="ALS (bm25, searched)", weighting="bm25", alpha=0.2950656389892234,
+    Config(kind="als", name="ALS (bm25, searched)", weighting="bm25", alpha=0.2950656389892234,
                 params={"factors": 16, "regularization": 0.18180064955308312, "iterations": 25}),
-    ModelConfig(kind="bpr", label="BPR (implicit, searched)",
+    Config(kind="bpr", name="BPR (implicit, searched)",
                 params={"factors": 128, "learning_rate": 0.0056638441272678225, "regularization": 0.0030336987857336336, "iterations": 100}),
     # searched without side features; here with the genre (item) features added
-    ModelConfig(kind="lightfm", label="LightFM WARP + item features",
+    Config(kind="lightfm", name="LightFM WARP + item features",
                 params={"no_components": 128, "loss": "warp", "learning_rate": 0.019423527460967538, "epochs": 40,
-                        "item_alpha": 1.1155435048867036e-05}, features=FeatureSpec(items=True)),
-    ModelConfig(kind="itemknn", label="item-kNN (cosine, K=100)", params={"K": 100}, weighting="none"),
+                        "item_alpha": 1.1155435048867036e-05}, features=FeatureConfig(item_categories=True, user_attributes=False)),
+    Config(kind="itemknn", name="item-kNN (cosine, K=100)", params={"K": 100}, weighting="none"),
 ]
 
 
@@ -81,7 +87,7 @@ def tuned_configs(path: Path) -> list[ModelConfig]:
     weighting, alpha = raw.get("weighting", "confidence"), float(raw.get("alpha", 1.0))
     features = raw.get("features", {})
     if m["kind"] != "ensemble":
-        return [ModelConfig(kind=m["kind"], label=f"{m['kind'].upper()} (tuned: {path.name})", params=m.get("params", {}),
+        return [Config(kind=m["kind"], name=f"{m['kind'].upper()} (tuned: {path.name})", params=m.get("params", {}),
                             weighting=weighting, alpha=alpha)]
     members = m["params"]["members"]
     # LightFM members get the item features `recsys train` builds (identity + genres, no user features)
@@ -89,14 +95,14 @@ def tuned_configs(path: Path) -> list[ModelConfig]:
     if any(x["kind"] == "lightfm" for x in members) and features.get("user_attributes", True):
         raise ValueError(f"{path}: set features.user_attributes: false (the bench gives LightFM members item features only)")
     name = " + ".join(f"{x['kind'].upper()}×{x['weight']:g}" for x in members)
-    out = [ModelConfig(kind="ensemble", label=f"ensemble {name} (tuned: {path.name})", params=m["params"],
-                       weighting=weighting, alpha=alpha, features=FeatureSpec(items=items))]
+    out = [Config(kind="ensemble", name=f"ensemble {name} (tuned: {path.name})", params=m["params"],
+                       weighting=weighting, alpha=alpha, features=FeatureConfig(item_categories=items, user_attributes=False))]
     for x in members:
         if x["kind"] == "lightfm":
             continue  # alone it is the "LightFM WARP + item features" row of OTHERS (same params, weighting, features)
-        out.append(ModelConfig(kind=x["kind"], label=f"  member {x['kind'].upper()} alone ({weighting}, α={alpha:g})",
+        out.append(Config(kind=x["kind"], name=f"  member {x['kind'].upper()} alone ({weighting}, α={alpha:g})",
                                params=x.get("params", {}), weighting=weighting, alpha=alpha,
-                               features=FeatureSpec(items=items and x["kind"] == "lightfm")))
+                               features=FeatureConfig(item_categories=items and x["kind"] == "lightfm", user_attributes=False)))
     return out
 
 
@@ -138,7 +144,7 @@ def choose_ensemble_weights(dataset, spec_path: Path, weightings=(("confidence",
         train = data.train_matrix(weighting, alpha)
         fitted = {}
         for kind, params in CANDIDATES.items():
-            model = build_model(ModelConfig(kind=kind, label=kind, params=params))
+            model = make_model(kind, **params)
             model.fit(train, **({"item_features": data.features("items")} if kind == "lightfm" else {}))
             fitted[kind] = model
             print(f"  {weighting:>10} α={alpha:<6.3g} {kind:>8} alone: nDCG@10 {score(model):.6f}", flush=True)
@@ -173,10 +179,10 @@ def evaluate(config: ModelConfig, dataset, split) -> dict[str, float]:
                                           weighting=config.weighting, alpha=config.alpha).matrix
     test = InteractionMatrix.from_events(split.test, user_ids=base.user_ids, item_ids=base.item_ids, weighting="none").matrix
     users = np.flatnonzero(np.diff(test.indptr) > 0)
-    model = build_model(config)
+    model = make_model(config.kind, **config.params)
     start = time.perf_counter()
     kwargs = {}
-    if config.features.items:
+    if config.features.item_categories:
         kwargs["item_features"] = build_item_features(dataset.items, base.item_ids)[0]
     model.fit(train, **kwargs)
     fit_s = time.perf_counter() - start

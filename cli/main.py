@@ -159,23 +159,41 @@ def ingest(
 @app.command()
 @cli_errors
 def train(
-    config: Annotated[Path | None, typer.Option(help="YAML training config (default: ALS with default params)")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML training config: fit exactly this (no search)")] = None,
     as_of: Annotated[datetime | None, typer.Option(help="snapshot time: only events at or before it")] = None,
     alias: Annotated[str | None, typer.Option(help="alias to promote on success (default from settings)")] = None,
     no_promote: Annotated[bool, typer.Option("--no-promote", help="register but do not move the alias")] = False,
-    content: Annotated[str | None, typer.Option(help="also train a content encoder (tags, tfidf, sbert): hybrid modes, /search, cold start")] = None,
+    content: Annotated[str | None, typer.Option(help="content encoder (tags, tfidf, sbert): hybrid modes, /search, cold start; "
+                                                     "without --config the search picks one when items have text")] = None,
+    budget: Annotated[str, typer.Option(help="without --config: wall-clock cap of the model search (90s, 10m, 1h)")] = "10m",
+    trials: Annotated[int, typer.Option(min=1, help="without --config: search trials (the reproducible budget)")] = 30,
+    seed: Annotated[int, typer.Option(help="without --config: seed of the search and the models")] = 42,
 ) -> None:
     """Train on the feature store's snapshot, track in MLflow, register and promote.
 
+    Without --config: search model families and their parameters on a time-based validation
+    split of the snapshot (see pipelines/search.py), then train the winner on all of it.
     One run per registered model at a time: a second exits with code 3 and registers nothing."""
-    from pipelines.train import TrainConfig
     from pipelines.train import train as run_train
 
     settings = _settings()
-    cfg = _read_train_config(config) if config is not None else TrainConfig()
+    if content is not None and content not in ("tags", "tfidf", "sbert"):
+        raise UsageError(f"--content must be one of tags, tfidf, sbert; got {content!r}")
+    if config is None:
+        from pipelines.search import parse_duration
+
+        try:
+            max_seconds = parse_duration(budget)
+        except ValueError as exc:
+            raise UsageError(f"--budget: {exc}") from exc
+        promote = None if no_promote else (alias or settings.model_alias)
+        if promote is not None:
+            _check_alias(promote)
+        _store(settings).dispose()
+        _autotune(settings, trials, max_seconds, seed, content, as_of, promote)
+        return
+    cfg = _read_train_config(config)
     if content is not None:
-        if content not in ("tags", "tfidf", "sbert"):
-            raise UsageError(f"--content must be one of tags, tfidf, sbert; got {content!r}")
         from pipelines.train import ContentConfig
 
         cfg.content = ContentConfig(kind=content)
@@ -185,17 +203,41 @@ def train(
     _store(settings).dispose()  # a bad database URL fails here, before the lock and MLflow
     with train_lock(settings), console.status("training") as status:
         result = run_train(settings, cfg, as_of=as_of, on_stage=lambda s: status.update(f"training: {s}"))
-    table = Table(title=f"trained {cfg.model.kind} — run {result.run_id}")
+    _print_train_result(result, cfg.model.kind, cfg.k, cfg.promote_alias, settings)
+
+
+def _print_train_result(result, kind: str, k: int, alias: str | None, settings) -> None:
+    table = Table(title=f"trained {kind} — run {result.run_id}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in result.metrics.items():
-        if f"_at_{cfg.k}" in name or name == "eval_users":
+        if f"_at_{k}" in name or name == "eval_users":
             table.add_row(name, f"{value:.4f}")
     for name, value in result.timings.items():
         table.add_row(f"time {name} (s)", f"{value:.2f}")
     console.print(table)
-    where = f", alias {cfg.promote_alias}" if cfg.promote_alias else ""
+    where = f", alias {alias}" if alias else ""
     console.print(f"registered {settings.registered_model_name} version {result.version}{where}")
+
+
+def _autotune(settings, trials: int, max_seconds: float, seed: int, content: str | None, as_of, alias: str | None):
+    """Search, train the winner, print what won and by how much over popularity."""
+    from pipelines.search import SearchConfig, autotune, describe
+
+    search = SearchConfig(trials=trials, max_seconds=max_seconds, seed=seed)
+    with train_lock(settings), console.status("searching") as status:
+        result = autotune(settings, search, as_of=as_of, promote_alias=alias, content=content,
+                          on_stage=lambda s: status.update(f"training: {s}"))
+    outcome = result.search
+    _print_train_result(result.train, outcome.winner.kind, search.k, alias, settings)
+    lift = f"×{outcome.lift:.2f}" if outcome.popularity_score > 0 else "(popularity scores 0)"
+    console.print(f"search: {len(outcome.trials)} trials in {outcome.seconds:.0f}s; winner {describe(outcome.winner)}")
+    console.print(f"validation ndcg@{search.k} {outcome.score:.4f} vs popularity {outcome.popularity_score:.4f} {lift}"
+                  + (f"; content {outcome.content.kind}, blend {outcome.hybrid.default_mode} {tuple(outcome.hybrid.weights)}"
+                     if outcome.content else "; no content space"))
+    for note in outcome.notes:
+        console.print(f"  {note}")
+    return result
 
 
 @app.command()
@@ -221,8 +263,6 @@ def demo(
 ) -> None:
     """Generate data, ingest, train, and print a few users' recommendations."""
     from pipelines import tracking
-    from pipelines.train import ContentConfig, TrainConfig
-    from pipelines.train import train as run_train
     from recsys.bundle import ModelBundle
     from recsys.datasets.synthetic import generate_synthetic
     from recsys.recommender import Recommender
@@ -232,10 +272,8 @@ def demo(
     dataset = generate_synthetic(n_users=users, n_items=items, n_events=events, seed=42)
     store = _store(settings)
     _print_ingest(store.ingest(dataset, progress=True), settings)
-    console.rule("2. train (ALS + TF-IDF content, hybrid) → MLflow → Annoy")
-    with train_lock(settings), console.status("training") as status:
-        config = TrainConfig(content=ContentConfig(kind="tfidf"))
-        result = run_train(settings, config, on_stage=lambda s: status.update(f"training: {s}"))
+    console.rule("2. search a model (small budget) + TF-IDF content → MLflow → Annoy")
+    result = _autotune(settings, 4, 30.0, 42, "tfidf", None, settings.model_alias).train
     console.print(f"model version {result.version}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.metrics.items() if k.endswith("_at_10") and k.split("_")[0] in ("precision", "ndcg", "hybrid")))
     console.rule("3. recommendations")
     client = tracking.setup(settings)

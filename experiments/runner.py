@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from experiments.spec import BASELINE_KINDS, ExperimentSpec, ModelConfig, SplitSpec
+from experiments.spec import ExperimentSpec, SplitSpec
 from pipelines import tracking
 from recsys.datasets import Dataset, generate_synthetic, load_dataset
 from recsys.evaluation import (
@@ -40,7 +40,8 @@ from recsys.evaluation import (
 )
 from recsys.evaluation.splits import Split
 from recsys.matrix import InteractionMatrix
-from recsys.models.registry import CONTENT_KINDS, make_model
+from recsys.models.config import ModelConfig
+from recsys.models.registry import make_model
 from recsys.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -205,28 +206,12 @@ class ModelResult:
     error: str | None = None
 
 
-def build_model(config: ModelConfig):
-    if config.kind in BASELINE_KINDS:
-        from recsys.evaluation import baselines
+def fit_on_split(config: ModelConfig, data: PreparedData):
+    """``pipelines.train.fit_model`` (the one fit path) on the shared train part."""
+    from pipelines.train import fit_model as fit
 
-        cls = {"random": baselines.RandomRecommender, "popular": baselines.PopularityRecommender, "itemknn": baselines.ItemKNNRecommender}[config.kind]
-        return cls(**config.params)
-    return make_model(config.kind, **config.params)
-
-
-def fit_model(config: ModelConfig, data: PreparedData):
-    model = build_model(config)
-    train = data.train_matrix(config.weighting, config.alpha)
-    if config.kind in CONTENT_KINDS:
-        return model.fit(data.dataset.items, item_ids=data.item_ids, matrix=train)
-    kwargs = {}
-    if config.kind == "lightfm":
-        f = config.features
-        if f.items:
-            kwargs["item_features"] = data.features("items", text=f.text)
-        if f.users:
-            kwargs["user_features"] = data.features("users", exclude_keys=tuple(f.exclude_user_keys))
-    return model.fit(train, **kwargs)
+    matrix = InteractionMatrix(matrix=data.train_matrix(config.weighting, config.alpha), user_ids=data.user_ids, item_ids=data.item_ids)
+    return fit(config, matrix, data.dataset, events=data.split.train)
 
 
 def recommend(model, users: np.ndarray, exclude: sp.csr_matrix, k: int) -> np.ndarray:
@@ -300,7 +285,7 @@ def fit_and_evaluate(config: ModelConfig, data: PreparedData, spec: ExperimentSp
                      with_index: bool = True) -> tuple[dict[str, float], pd.DataFrame | None]:
     """Fit on the shared train part, score on the shared test part: metrics (+ breakdown)."""
     start = time.perf_counter()
-    model = fit_model(config, data)
+    model = fit_on_split(config, data)
     t_train = time.perf_counter() - start
     start = time.perf_counter()
     recommended = recommend(model, data.eval_users, data.binary_train, max(spec.k))
@@ -334,7 +319,8 @@ def config_params(config: ModelConfig) -> dict[str, Any]:
     out = {"kind": config.kind, "label": config.label, "weighting": config.weighting, "alpha": config.alpha}
     out.update({f"param.{k}": v for k, v in config.params.items()})
     if config.kind == "lightfm":
-        out.update({"features.items": config.features.items, "features.users": config.features.users, "features.text": config.features.text})
+        f = config.features
+        out.update({"features.items": f.item_categories, "features.users": f.user_attributes, "features.text": f.item_text})
     return out
 
 

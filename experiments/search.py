@@ -20,11 +20,12 @@ import pandas as pd
 import yaml
 
 from experiments import runner
-from experiments.spec import BASELINE_KINDS, ExperimentSpec, ModelConfig, SpecError, parse_metric
+from experiments.spec import ExperimentSpec, SpecError, parse_metric
 from pipelines import tracking
 from recsys.datasets import Dataset
 from recsys.evaluation.splits import Split
-from recsys.models.registry import CONTENT_KINDS
+from recsys.models.config import ModelConfig
+from recsys.models.registry import BASELINE_KINDS, CONTENT_KINDS
 from recsys.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -102,9 +103,8 @@ def train_config_yaml(config: ModelConfig, spec: ExperimentSpec, metric: str, sc
         f"# {metric} = {score:.6f} on the {spec.search.holdout} holdout of a {spec.split.method} split (seed {spec.split_seed});\n"
         f"# search run {parent_run_id}. Train it with: recsys train --config <this file>\n"
     )
-    if config.features.items or config.features.users:
-        header += "# note: searched with LightFM side features; `recsys train` fits without them\n"
-    return header + yaml.safe_dump(config.train_config(spec.seed), sort_keys=False)
+    model = config.model_dump(mode="json", exclude={"name"})
+    return header + yaml.safe_dump({"model": model, "seed": spec.seed}, sort_keys=False)
 
 
 def run_search(

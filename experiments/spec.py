@@ -35,10 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from recsys.datasets.loaders import LOADERS
 from recsys.matrix import WEIGHTINGS
-from recsys.models.registry import CONTENT_KINDS, MODEL_KINDS
-
-#: reference recommenders from ``recsys.evaluation.baselines``, usable as model kinds
-BASELINE_KINDS = ("random", "popular", "itemknn")
+from recsys.models.config import FeatureConfig, ModelConfig
+from recsys.models.registry import MODEL_KINDS, param_names
 DATASET_FORMATS = (*LOADERS, "synthetic", "feature_store")
 RANKING_METRICS = ("precision", "recall", "ndcg", "map", "hit_rate", "mrr", "auc")
 BEYOND_METRICS = ("coverage", "novelty", "diversity", "avg_rec_popularity", "gini")
@@ -148,17 +146,6 @@ class SplitSpec(_Strict):
         return self
 
 
-class FeatureSpec(_Strict):
-    """Side features for LightFM, built with ``recsys.features``."""
-
-    items: bool = False
-    users: bool = False
-    #: item title/description words as features
-    text: bool = False
-    #: user attribute keys to leave out (e.g. a label)
-    exclude_user_keys: list[str] = Field(default_factory=list)
-
-
 class ModelSpec(_Strict):
     kind: str
     #: label in tables and run names (default: the kind, numbered when repeated)
@@ -166,7 +153,8 @@ class ModelSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     weighting: Any = "confidence"
     alpha: Any = 1.0
-    features: FeatureSpec = Field(default_factory=FeatureSpec)
+    #: LightFM side features (``items`` / ``users`` / ``text``); off unless the spec asks
+    features: FeatureConfig = Field(default_factory=lambda: FeatureConfig(item_categories=False, user_attributes=False))
     #: search space for ``recsys experiment search`` only: model params and/or ``weighting`` /
     #: ``alpha`` as lists or ranges; overrides ``params`` there, ignored by ``run``
     search: dict[str, Any] = Field(default_factory=dict)
@@ -174,7 +162,7 @@ class ModelSpec(_Strict):
     @field_validator("kind")
     @classmethod
     def _kind(cls, v: str) -> str:
-        known = sorted({*MODEL_KINDS, *BASELINE_KINDS})
+        known = sorted(MODEL_KINDS)
         if v not in known:
             raise ValueError(f"unknown model kind {v!r}; known kinds: {', '.join(known)}")
         return v
@@ -208,18 +196,11 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_params(self) -> "ModelSpec":
-        cls = MODEL_KINDS.get(self.kind)
-        if cls is None:
-            from recsys.evaluation import baselines
-
-            cls = {"random": baselines.RandomRecommender, "popular": baselines.PopularityRecommender, "itemknn": baselines.ItemKNNRecommender}[self.kind]
-        import inspect
-
-        allowed = {p for p in inspect.signature(cls.__init__).parameters if p != "self"}
+        allowed = set(param_names(self.kind))
         unknown = sorted((set(self.params) | (set(self.search) - {"weighting", "alpha"})) - allowed)
         if unknown:
             raise ValueError(f"model kind {self.kind!r} has no parameter {unknown[0]!r}; its parameters: {', '.join(sorted(allowed))}")
-        if (self.features.items or self.features.users) and self.kind != "lightfm":
+        if (self.features.item_categories or self.features.user_attributes) and self.kind not in ("lightfm", "ensemble"):
             raise ValueError(f"features are only used by lightfm, not {self.kind!r}")
         return self
 
@@ -264,36 +245,13 @@ class ModelSpec(_Strict):
             n *= len(v) if isinstance(v, list) else 1
         return n
 
-    def _config(self, point: dict[str, Any]) -> "ModelConfig":
+    def _config(self, point: dict[str, Any]) -> ModelConfig:
         params = {k.split(".", 1)[1]: (v.value if isinstance(v, _Fixed) else v) for k, v in point.items() if k.startswith("params.")}
-        alpha = point["alpha"]
-        return ModelConfig(kind=self.kind, label=self.label(), params=params, weighting=point["weighting"], alpha=float(alpha), features=self.features)
+        return ModelConfig(kind=self.kind, name=self.label(), params=params, weighting=point["weighting"], alpha=float(point["alpha"]),
+                           features=self.features)
 
     def label(self) -> str:
         return self.name or self.kind
-
-
-class ModelConfig(BaseModel):
-    """One concrete model configuration: what a child run trains."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    kind: str
-    label: str
-    params: dict[str, Any]
-    weighting: str = "confidence"
-    alpha: float = 1.0
-    features: FeatureSpec = Field(default_factory=FeatureSpec)
-    #: set by the runner: unique name of this configuration within the experiment
-    name: str = ""
-
-    @property
-    def is_content(self) -> bool:
-        return self.kind in CONTENT_KINDS
-
-    def train_config(self, seed: int = 42) -> dict[str, Any]:
-        """This configuration as a ``pipelines.train.TrainConfig`` mapping (``recsys train --config``)."""
-        return {"model": {"kind": self.kind, "params": dict(self.params)}, "weighting": self.weighting, "alpha": self.alpha, "seed": seed}
 
 
 class SearchSpec(_Strict):
@@ -368,7 +326,7 @@ class ExperimentSpec(_Strict):
 def name_configs(configs: list[ModelConfig]) -> list[ModelConfig]:
     """Unique names: the label, plus the grid values that vary between configs of that label."""
     by_label: dict[str, list[ModelConfig]] = {}
-    for c in configs:
+    for c in configs:  # ``name`` holds the spec's label until it is made unique here
         by_label.setdefault(c.label, []).append(c)
     seen: dict[str, int] = {}
     for label, group in by_label.items():

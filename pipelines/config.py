@@ -9,12 +9,20 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from pipelines.train import IndexConfig, ModelConfig, TrainConfig
+from pipelines.train import IndexConfig, TrainConfig
+from recsys.models.config import ModelConfig
 
 
 class ConfigError(ValueError):
@@ -41,31 +49,10 @@ class SourceConfig(_Strict):
     users_path: Path | None = None
 
     @model_validator(mode="after")
-    def _need_path(self) -> "SourceConfig":
+    def _need_path(self) -> SourceConfig:
         if self.kind == "dataset" and self.path is None:
             raise ValueError("source.kind 'dataset' needs source.path")
         return self
-
-
-class CandidateConfig(_Strict):
-    """One model to train; several are allowed, the best by the gate metric is the candidate."""
-
-    name: str | None = None
-    kind: str = "als"
-    params: dict[str, Any] = Field(default_factory=lambda: {"factors": 64, "regularization": 0.05, "iterations": 15})
-    weighting: Literal["confidence", "bm25", "tfidf", "none"] = "confidence"
-    alpha: float = 2.0
-
-    @field_validator("kind")
-    @classmethod
-    def _collaborative(cls, kind: str) -> str:
-        if kind in UNSUPPORTED_KINDS:
-            raise ValueError(f"model kind {kind!r} needs catalogue features; the pipeline trains collaborative kinds (als, bpr, …) for now")
-        return kind
-
-    @property
-    def label(self) -> str:
-        return self.name or f"{self.kind}-" + "-".join(f"{k}{v}" for k, v in sorted(self.params.items()))
 
 
 class EvaluationConfig(_Strict):
@@ -141,10 +128,33 @@ class NotifyConfig(_Strict):
     required: bool = False
 
 
+class SearchCadenceConfig(_Strict):
+    """Search the model (``pipelines/search.py``) every ``every``; in between, refit the last
+    winner. The pipeline then trains that one candidate instead of ``models``."""
+
+    every: str = "7d"
+    trials: int = Field(40, ge=1)
+    #: wall-clock cap of one search
+    budget: str = "10m"
+    #: families the pipeline can train without the catalogue (no LightFM side features here)
+    families: list[Literal["als", "ease", "bpr", "itemknn", "item2vec"]] = Field(
+        default_factory=lambda: ["als", "ease", "bpr", "itemknn", "item2vec"], min_length=1)
+
+    @field_validator("every", "budget")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        from pipelines.search import parse_duration
+
+        parse_duration(v)
+        return v
+
+
 class PipelineConfig(_Strict):
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     source: SourceConfig = Field(default_factory=SourceConfig)
-    models: list[CandidateConfig] = Field(default_factory=lambda: [CandidateConfig()], min_length=1)
+    #: models to train (``recsys.models.config.ModelConfig``, the same as ``recsys train``'s
+    #: ``model``); the best by the gate metric is the candidate. ``name`` labels each one.
+    models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()], min_length=1)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
@@ -152,23 +162,26 @@ class PipelineConfig(_Strict):
     #: alias to promote on a passed gate (default: the RECSYS_MODEL_ALIAS setting)
     alias: str | None = None
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    #: search the model on a cadence instead of training ``models`` (e.g. ``search: {every: 7d}``)
+    search: SearchCadenceConfig | None = None
     #: also copy the snapshot Parquet files into MLflow (their sha256 is always logged)
     log_snapshot_artifacts: bool = False
 
     @field_validator("models")
     @classmethod
-    def _unique_labels(cls, models: list[CandidateConfig]) -> list[CandidateConfig]:
+    def _unique_labels(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        for m in models:
+            if m.kind in UNSUPPORTED_KINDS:
+                raise ValueError(f"model kind {m.kind!r} needs catalogue features; the pipeline trains collaborative kinds (als, bpr, …) for now")
         labels = [m.label for m in models]
         if len(set(labels)) != len(labels):
             raise ValueError(f"model names must be unique, got {labels}")
         return models
 
-    def train_config(self, candidate: CandidateConfig) -> TrainConfig:
+    def train_config(self, candidate: ModelConfig) -> TrainConfig:
         """The train path's config for one candidate (reuses ``pipelines.train``)."""
         return TrainConfig(
-            model=ModelConfig(kind=candidate.kind, params=dict(candidate.params)),
-            weighting=candidate.weighting,
-            alpha=candidate.alpha,
+            model=candidate,
             test_ratio=self.evaluation.test_ratio,
             k=self.evaluation.k,
             eval_users=self.evaluation.eval_users,

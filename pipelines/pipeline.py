@@ -385,8 +385,8 @@ class Pipeline:
             if mode == "refit":
                 params = dict(prod_bundle.params or {})
                 weighting, alpha = params.pop("weighting", "confidence"), float(params.pop("alpha", 1.0))
-                tc = TrainConfig(model=ModelConfig(kind=prod_bundle.kind, params=params), weighting=weighting, alpha=alpha)
-                m = fit_model(tc, InteractionMatrix.from_events(holdout.split.train, user_ids=holdout.user_ids, item_ids=holdout.item_ids,
+                recipe = ModelConfig(kind=prod_bundle.kind, params=params, weighting=weighting, alpha=alpha)
+                m = fit_model(recipe, InteractionMatrix.from_events(holdout.split.train, user_ids=holdout.user_ids, item_ids=holdout.item_ids,
                                                                 weighting=weighting, alpha=alpha), None)
                 (out / "production").mkdir(parents=True, exist_ok=True)
                 np.savez(out / "production" / "eval_vectors.npz", user_vectors=m.user_vectors_, item_vectors=m.item_vectors_)
@@ -394,18 +394,20 @@ class Pipeline:
                 del m
             del prod_bundle
         logger.info("holdout: events from %s (%s%s)", cutoff, mode, f", production v{production['version']}" if production else "")
-        for i, cand in enumerate(self.config.models):
+        candidates = self._choose_candidates(events)
+        _write_json(out / "candidates.json", [c.model_dump(mode="json") for c in candidates])
+        for i, cand in enumerate(candidates):
             tc = self.config.train_config(cand)
             folder = out / str(i)
             folder.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
             train_m = InteractionMatrix.from_events(holdout.split.train, user_ids=holdout.user_ids, item_ids=holdout.item_ids,
                                                     weighting=tc.weighting, alpha=tc.alpha)
-            model = fit_model(tc, train_m, None)
+            model = fit_model(tc.model, train_m, None, events=holdout.split.train)
             np.savez(folder / "eval_vectors.npz", user_vectors=model.user_vectors_, item_vectors=model.item_vectors_)
             del train_m, model
             full = InteractionMatrix.from_events(events, weighting=tc.weighting, alpha=tc.alpha)
-            model = fit_model(tc, full, None)
+            model = fit_model(tc.model, full, None, events=events)
             np.savez(folder / "full_vectors.npz", user_vectors=model.user_vectors_, item_vectors=model.item_vectors_)
             sp.save_npz(folder / "full_matrix.npz", full.matrix)
             _write_json(folder / "ids.json", {"user_ids": full.user_ids.tolist(), "item_ids": full.item_ids.tolist()})
@@ -419,6 +421,39 @@ class Pipeline:
         mlflow.log_params({f"split_{k}": v for k, v in holdout.split.report.items()})
         return {"candidates": trained, "cutoff": pd.Timestamp(cutoff).isoformat(), "holdout_mode": mode, "production": production,
                 "_log_artifacts": ["train/split.json"]}
+
+    def _choose_candidates(self, events: pd.DataFrame) -> list[ModelConfig]:
+        """The configured models; with ``search``, the last search's winner, searched anew on
+        this snapshot when the last search is older than ``search.every`` (or there is none)."""
+        cadence = self.config.search
+        if cadence is None:
+            return list(self.config.models)
+        from pipelines.search import SearchConfig, describe, parse_duration, run_search
+        from recsys.datasets.base import Dataset
+
+        path = pipelines_dir(self.settings) / f"{self.config.name}.search.json"
+        last = _read_json(path) if path.exists() else None
+        now = pd.Timestamp.now(tz="UTC")
+        if last is not None and (now - pd.Timestamp(last["searched_at"])).total_seconds() < parse_duration(cadence.every):
+            logger.info("train: refitting the last search's winner (%s, searched %s)", last["label"], last["searched_at"])
+            return [ModelConfig.model_validate(last["winner"])]
+        folder = self.run_dir / "snapshot"
+        dataset = Dataset(events=events, items=pd.read_parquet(folder / "items.parquet"), users=pd.read_parquet(folder / "users.parquet"))
+        outcome = run_search(self.settings, dataset, SearchConfig(trials=cadence.trials, max_seconds=parse_duration(cadence.budget),
+                                                                  seed=self.config.evaluation.seed, content="none",
+                                                                  families=tuple(cadence.families)))
+        winner = outcome.winner.model_copy(update={"name": "searched"})
+        _write_json(path, {"searched_at": now.isoformat(), "winner": winner.model_dump(mode="json"), "label": describe(winner),
+                           "search_run_id": outcome.parent_run_id, "validation_ndcg": outcome.score,
+                           "popularity_ndcg": outcome.popularity_score})
+        logger.info("train: searched anew, winner %s", describe(winner))
+        return [winner]
+
+    def _trained_candidates(self) -> list[ModelConfig]:
+        path = self.run_dir / "train" / "candidates.json"
+        if not path.exists():  # a run started before candidates were recorded
+            return list(self.config.models)
+        return [ModelConfig.model_validate(c) for c in _read_json(path)]
 
     def _stage_evaluate(self) -> dict[str, Any]:
         ev = self.config.evaluation
@@ -482,7 +517,7 @@ class Pipeline:
         ev = self.state.output("evaluate")
         i = ev["best_index"]
         folder = self.run_dir / "train" / str(i)
-        cand = self.config.models[i]
+        cand = self._trained_candidates()[i]
         tc = self.config.train_config(cand)
         meta = _read_json(folder / "model.json")
         vec = np.load(folder / "full_vectors.npz")

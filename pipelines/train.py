@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterator, Literal
 
 import mlflow
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from recsys.bundle import ModelBundle
 from recsys.datasets.base import Dataset, DatasetError
@@ -25,9 +26,11 @@ from recsys.evaluation.topk import top_k_scores
 from recsys.index import IndexSettings, build_index
 from recsys.matrix import InteractionMatrix
 from recsys.features import build_item_features, build_user_features
-from recsys.hybrid import content_profiles, hybrid_top_k
+from recsys.hybrid import history_profiles, hybrid_top_k
+from recsys.models.base import Embedder
 from recsys.models.coldstart import ContentToCFMapper
-from recsys.models.registry import CONTENT_KINDS, MODEL_KINDS, make_model, validate_params
+from recsys.models.config import FeatureConfig, ModelConfig, checked_params, user_sequences
+from recsys.models.registry import CONTENT_KINDS, SEQUENCE_KINDS, make_model
 from recsys.settings import Settings
 from pipelines import tracking
 
@@ -37,37 +40,6 @@ logger = logging.getLogger(__name__)
 class _Config(BaseModel):
     # A typo in a YAML config is an error naming the field, not a silently ignored key.
     model_config = ConfigDict(extra="forbid")
-
-
-def _known_kind(kind: str) -> str:
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; known kinds: {', '.join(sorted(MODEL_KINDS))}")
-    return kind
-
-
-def _checked_params(params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-    # Checked against the model's constructor when the config is read, not when training
-    # reaches the fit: a typo or a wrong type is then a config error naming model.params.<name>.
-    kind = info.data.get("kind")
-    return params if kind is None else validate_params(kind, params)
-
-
-class ModelConfig(_Config):
-    kind: str = "als"
-    params: dict[str, Any] = Field(default_factory=lambda: {"factors": 64, "regularization": 0.05, "iterations": 15})
-    #: where ALS is fitted: in this process (implicit) or on Spark (``RECSYS_SPARK_MASTER``); the
-    #: same params and the same kind of bundle either way (recsys.models.spark_als)
-    engine: Literal["implicit", "spark"] = "implicit"
-
-    @field_validator("engine")
-    @classmethod
-    def _engine_supports_kind(cls, engine: str, info: ValidationInfo) -> str:
-        if engine == "spark" and info.data.get("kind") != "als":
-            raise ValueError(f"engine 'spark' trains kind 'als' only, not {info.data.get('kind')!r}")
-        return engine
-
-    _kind = field_validator("kind")(_known_kind)
-    _params = field_validator("params")(_checked_params)
 
 
 class IndexConfig(_Config):
@@ -106,7 +78,7 @@ class ContentConfig(_Config):
     kind: Literal["tags", "tfidf", "sbert"] = "tfidf"
     params: dict[str, Any] = Field(default_factory=dict)
 
-    _params = field_validator("params")(_checked_params)
+    _params = field_validator("params")(checked_params)
 
 
 class HybridConfig(_Config):
@@ -117,22 +89,12 @@ class HybridConfig(_Config):
     cold_start_alpha: float = 1.0
 
 
-class FeatureConfig(_Config):
-    """Side features for LightFM (ignored by other kinds)."""
-
-    item_categories: bool = True
-    item_text: bool = False
-    user_attributes: bool = True
-    identity: bool = True
-
-
 class TrainConfig(_Config):
+    #: the model, its weighting and side features (``recsys.models.config.ModelConfig``, the
+    #: one model config of train, pipeline, experiments and search)
     model: ModelConfig = Field(default_factory=ModelConfig)
     content: ContentConfig | None = None
     hybrid: HybridConfig = Field(default_factory=HybridConfig)
-    features: FeatureConfig = Field(default_factory=FeatureConfig)
-    weighting: Literal["confidence", "bm25", "tfidf", "none"] = "confidence"
-    alpha: float = 2.0
     test_ratio: float = Field(0.2, gt=0, lt=1)
     k: int = 10
     #: evaluate on at most this many test users (sampled with the seed) to bound scoring cost
@@ -141,6 +103,38 @@ class TrainConfig(_Config):
     index: IndexConfig = Field(default_factory=IndexConfig)
     register_version: bool = True
     promote_alias: str | None = "production"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_level_keys(cls, data: Any) -> Any:
+        # Files written before the model config was unified put weighting / alpha / features
+        # beside ``model``; they belong to it now (same meaning).
+        if isinstance(data, dict) and any(k in data for k in _MODEL_LEVEL_KEYS):
+            data = dict(data)
+            model = data.get("model", {})
+            model = model.model_dump(exclude_unset=True) if isinstance(model, ModelConfig) else dict(model or {})
+            for key in _MODEL_LEVEL_KEYS:
+                if key in data:
+                    if key in model:
+                        raise ValueError(f"{key} is given twice: at the top level and under model")
+                    model[key] = data.pop(key)
+            data["model"] = model
+        return data
+
+    @property
+    def weighting(self) -> str:
+        return self.model.weighting
+
+    @property
+    def alpha(self) -> float:
+        return self.model.alpha
+
+    @property
+    def features(self) -> FeatureConfig:
+        return self.model.features
+
+
+_MODEL_LEVEL_KEYS = ("weighting", "alpha", "features")
 
 
 @dataclass
@@ -162,28 +156,36 @@ def _stage(name: str, timings: dict[str, float], on_stage: Callable[[str], None]
     timings[name] = time.perf_counter() - start
 
 
-def fit_model(config: TrainConfig, matrix: InteractionMatrix, dataset: Dataset):
-    """Fit the configured model on ``matrix`` (LightFM gets side features from ``dataset``)."""
-    kind, params = config.model.kind, config.model.params
-    if config.model.engine == "spark":
+def fit_model(config: ModelConfig, matrix: InteractionMatrix, dataset: Dataset | None = None,
+              events: pd.DataFrame | None = None) -> Embedder:
+    """Fit ``config`` on ``matrix`` (already weighted as ``config`` says). LightFM gets side
+    features built from ``dataset``'s catalog; item2vec gets each user's time-ordered items
+    from ``events`` (default: the dataset's events restricted to the matrix)."""
+    if config.engine == "spark":
         from recsys.models.spark_als import SparkALSEmbedder
 
-        return SparkALSEmbedder(**params).fit(matrix.matrix)
-    model = make_model(kind, **params)
-    if kind in CONTENT_KINDS:
+        return SparkALSEmbedder(**config.params).fit(matrix.matrix)
+    model = make_model(config.kind, **config.params)
+    if config.kind in CONTENT_KINDS:
+        if dataset is None:
+            raise ValueError(f"{config.kind} is a content encoder: it needs the items catalog")
         return model.fit(dataset.items, item_ids=matrix.item_ids, matrix=matrix.matrix)
-    members = params.get("members", []) if kind == "ensemble" else [{"kind": kind, "params": params}]
-    lightfm = [m.get("params", {}) for m in members if m["kind"] == "lightfm"]
-    if lightfm:
+    kinds = config.member_kinds()
+    kwargs: dict[str, Any] = {}
+    lightfm = [p for k, p in kinds if k == "lightfm"]
+    if lightfm and dataset is not None:
         f = config.features
-        item_features = user_features = None
         if any(p.get("use_item_features", True) for p in lightfm) and (f.item_categories or f.item_text):
-            item_features, _ = build_item_features(dataset.items, matrix.item_ids, identity=f.identity,
-                                                   categories=f.item_categories, text=f.item_text)
-        if any(p.get("use_user_features", True) for p in lightfm) and f.user_attributes:
-            user_features, _ = build_user_features(dataset.users, matrix.user_ids, identity=f.identity)
-        return model.fit(matrix.matrix, item_features=item_features, user_features=user_features)
-    return model.fit(matrix.matrix)
+            kwargs["item_features"] = build_item_features(dataset.items, matrix.item_ids, identity=f.identity,
+                                                          categories=f.item_categories, text=f.item_text)[0]
+        if any(p.get("use_user_features", True) for p in lightfm) and f.user_attributes and not dataset.users.empty:
+            kwargs["user_features"] = build_user_features(dataset.users, matrix.user_ids, identity=f.identity,
+                                                          exclude_keys=tuple(f.exclude_user_keys))[0]
+    if any(k in SEQUENCE_KINDS for k, _ in kinds):
+        source = events if events is not None else (dataset.events if dataset is not None else None)
+        if source is not None and "timestamp" in source:
+            kwargs["sequences"] = user_sequences(source, matrix)
+    return model.fit(matrix.matrix, **kwargs)
 
 
 def fit_content(config: TrainConfig, dataset: Dataset, item_ids: np.ndarray):
@@ -203,14 +205,14 @@ def evaluate_holdout(config: TrainConfig, dataset: Dataset, full: InteractionMat
     split = random_split(dataset.events[["user_id", "item_id", "value"]], test_ratio=config.test_ratio, seed=config.seed)
     train = InteractionMatrix.from_events(split.train, user_ids=full.user_ids, item_ids=full.item_ids, weighting=config.weighting, alpha=config.alpha)
     test = InteractionMatrix.from_events(split.test, user_ids=full.user_ids, item_ids=full.item_ids, weighting="none")
-    model = fit_model(config, train, dataset)
+    model = fit_model(config.model, train, dataset, events=split.train)
     users = np.flatnonzero(np.diff(test.matrix.indptr) > 0)
     if len(users) > config.eval_users:
         users = np.sort(np.random.default_rng(config.seed).choice(users, config.eval_users, replace=False))
     seen = train.matrix[users]
     rankings = {"": top_k_scores(model.user_vectors_, model.item_vectors_, config.k, exclude=seen, user_rows=users, metric=model.metric)[0]}
     if encoder is not None:
-        profiles = content_profiles(seen, encoder.item_vectors_)
+        profiles = history_profiles(seen, encoder.item_vectors_)
         rankings["content_"] = top_k_scores(profiles, encoder.item_vectors_, config.k, exclude=seen, metric="cosine")[0]
         rankings["hybrid_"] = hybrid_top_k(model.user_vectors_[users], model.item_vectors_, profiles, encoder.item_vectors_, config.k,
                                            exclude=seen, metric=model.metric, weights=config.hybrid.weights, fusion=config.hybrid.fusion)
@@ -331,7 +333,7 @@ def train(
     with _stage("evaluate", timings, on_stage):
         metrics = evaluate_holdout(config, dataset, full, encoder)
     with _stage("fit", timings, on_stage):
-        model = fit_model(config, full, dataset)
+        model = fit_model(config.model, full, dataset)
     stats = dataset.stats()
     stats["as_of"] = (as_of or datetime.now().astimezone()).isoformat()
     with _stage("index", timings, on_stage):

@@ -46,11 +46,32 @@ def blend(cf_scores: np.ndarray, content_scores: np.ndarray, weights=(0.5, 0.5),
 
 
 def content_profiles(matrix: sp.csr_matrix, content_vectors: np.ndarray) -> np.ndarray:
-    """Each user's content profile: the interaction-weighted mean of their items' content
-    vectors, L2-normalized (rows of ``matrix`` are users)."""
-    profiles = np.asarray(matrix @ content_vectors, dtype=np.float32)
+    """Each row's content profile: the weighted mean of its items' content vectors,
+    L2-normalized (rows of ``matrix`` are users, values the weights).
+
+    The one definition of a user's content profile: serving (:func:`content_profile`, weight 1
+    per item of the user's history, the session's weights for a session) and evaluation
+    (:func:`history_profiles`) both go through it, so what is measured is what is served."""
+    profiles = np.asarray(sp.csr_matrix(matrix) @ content_vectors, dtype=np.float32)
     norms = np.linalg.norm(profiles, axis=1, keepdims=True)
     return profiles / np.maximum(norms, 1e-12)
+
+
+def content_profile(content_vectors: np.ndarray, item_positions: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """One user's content profile from the positions of the items they touched (weight 1 each
+    unless ``weights`` are given; a repeated position adds up)."""
+    positions = np.asarray(item_positions, np.int64)
+    w = np.ones(len(positions), np.float32) if weights is None else np.asarray(weights, np.float32)
+    row = sp.csr_matrix((w, (np.zeros(len(positions), np.int64), positions)), shape=(1, len(content_vectors)))
+    return content_profiles(row, content_vectors)[0]
+
+
+def history_profiles(train_rows: sp.csr_matrix, content_vectors: np.ndarray) -> np.ndarray:
+    """Profiles of users whose train interactions are ``train_rows`` (any weighting), as serving
+    builds them: each touched item once, weight 1."""
+    binary = sp.csr_matrix(train_rows, copy=True)
+    binary.data = np.ones_like(binary.data, dtype=np.float32)
+    return content_profiles(binary, content_vectors)
 
 
 def hybrid_top_k(

@@ -344,7 +344,7 @@ def test_two_trains_at_once_one_registers_the_other_exits_3(request, tmp_path, d
     assert generated.returncode == 0, generated.stderr
     first_log = tmp_path / "first.err"
     with first_log.open("w") as err:
-        first = subprocess.Popen(RECSYS + ["-v", "train"], env=env.vars, cwd=tmp_path, stdout=subprocess.PIPE, stderr=err, text=True)
+        first = subprocess.Popen(RECSYS + ["-v", "train", "--trials", "3"], env=env.vars, cwd=tmp_path, stdout=subprocess.PIPE, stderr=err, text=True)
     try:
         _wait_for(first_log, "holding the train lock", first)
         # Freeze the first run while it holds the lock, so the second certainly meets it.

@@ -21,7 +21,7 @@ def hybrid():
                          content=ContentConfig(kind="tfidf", params={"n_components": 32}))
     full = InteractionMatrix.from_events(dataset.events, alpha=config.alpha)
     encoder = fit_content(config, dataset, full.item_ids)
-    model = fit_model(config, full, dataset)
+    model = fit_model(config.model, full, dataset)
     bundle = build_bundle(config, model, full, {}, dataset, encoder)
     item_cluster = dict(zip(data.items["item_id"], (a["cluster"] for a in data.items["attributes"])))
     user_cluster = dict(zip(data.users["user_id"], (a["cluster"] for a in data.users["attributes"])))
@@ -89,7 +89,7 @@ def test_index_metric_is_selectable_per_index(metric):
                          content=ContentConfig(kind="tags", params={"n_components": 8}),
                          index=IndexConfig(item_metric=metric, content_metric=metric))
     full = InteractionMatrix.from_events(data.events, alpha=config.alpha)
-    bundle = build_bundle(config, fit_model(config, full, data), full, {}, data, fit_content(config, data, full.item_ids))
+    bundle = build_bundle(config, fit_model(config.model, full, data), full, {}, data, fit_content(config, data, full.item_ids))
     assert bundle.indexes["item"].metric == metric and bundle.indexes["content"].metric == metric
     assert bundle.indexes["user"].metric == "dot"
     rec = Recommender(bundle, data.items)

@@ -29,6 +29,7 @@ CF_MODELS = {
     "als": {"factors": 32, "iterations": 10},
     "bpr": {"factors": 32, "iterations": 60},
     "lightfm": {"no_components": 32, "epochs": 20, "loss": "warp"},
+    "item2vec": {"factors": 32, "epochs": 5, "window": 10},
 }
 
 
@@ -269,12 +270,12 @@ def test_mapper_requires_fit():
 
 
 def test_registry_knows_all_kinds_and_rejects_unknown():
-    assert set(MODEL_KINDS) == {"als", "bpr", "lightfm", "tags", "tfidf", "sbert", "ease", "ensemble"}
+    assert set(MODEL_KINDS) == {"als", "bpr", "lightfm", "tags", "tfidf", "sbert", "ease", "ensemble", "item2vec", "popular", "random", "itemknn"}
     for kind in ("als", "bpr", "lightfm", "tags", "tfidf"):
         model = make_model(kind)
         assert model.kind == kind and model.get_params()
     assert make_model("bpr", factors=7).factors == 7
-    with pytest.raises(ValueError, match="als, bpr, ease, ensemble, lightfm, sbert, tags, tfidf"):
+    with pytest.raises(ValueError, match="als, bpr, ease, ensemble, item2vec, itemknn, lightfm, popular, random, sbert, tags, tfidf"):
         make_model("svd")
 
 

@@ -295,3 +295,29 @@ def test_promotion_reaches_running_server(settings, tmp_path):
         notified = json.loads((second.run_dir / "notify" / "results.json").read_text())
         assert notified[0]["status"] == 200
         assert httpx.get(f"{base}/health", timeout=5).json()["model_version"] == second.version
+
+
+# --------------------------------------------------------------------------- search cadence
+
+
+def test_pipeline_searches_on_its_cadence_and_refits_the_winner_in_between(settings):
+    import json
+
+    ingest(settings)
+    config = cfg(search={"every": "7d", "trials": 3, "families": ["als", "itemknn"]})
+    first = run_pipeline(settings, config, run_id="search-1")
+    assert first.status in ("promoted", "rejected"), first.reason
+    record = json.loads((settings.data_dir / "pipelines" / "t.search.json").read_text())
+    winner = record["winner"]
+    assert winner["kind"] in ("als", "itemknn", "popular", "ensemble")
+    searched = json.loads((first.run_dir / "train" / "candidates.json").read_text())
+    assert searched == [winner]
+    # within the cadence: no new search, the same winner is refitted
+    second = run_pipeline(settings, config, run_id="search-2")
+    assert json.loads((second.run_dir / "train" / "candidates.json").read_text()) == [winner]
+    assert json.loads((settings.data_dir / "pipelines" / "t.search.json").read_text())["searched_at"] == record["searched_at"]
+
+
+def test_pipeline_search_cadence_is_validated():
+    with pytest.raises(ValueError, match="duration"):
+        cfg(search={"every": "weekly"})

@@ -9,8 +9,10 @@ entries are never recommended. Output as ``top_k_scores``: (n, k) int64 indices 
 - ``RandomRecommender`` and ``PopularityRecommender`` are expressed as vectors, so they go
   through the same index/serving path as learned models (``metric = "dot"``).
 - ``ItemKNNRecommender`` wraps implicit's item-item ``CosineRecommender``. Its scores are sums
-  of item-item similarities over the user's history, which have no factor form:
-  ``user_vectors_``/``item_vectors_`` are ``None`` and only ``recommend`` is available.
+  of item-item similarities over the user's history: a dot product of the user's row with the
+  similarity matrix, exported as (n_items-wide) vectors for catalogues up to ``max_items``.
+
+All three are registered in ``recsys.models.registry`` like every model.
 """
 
 from __future__ import annotations
@@ -91,25 +93,44 @@ class PopularityRecommender(_VectorRecommendMixin, Embedder):
 
 class ItemKNNRecommender(Embedder):
     """Item-item cosine nearest neighbours (implicit's ``CosineRecommender``, ``K`` neighbours
-    per item). No factor vectors: use ``recommend``."""
+    per item). Its score ``x_u S`` (the user's row times the K-pruned similarity matrix) is a
+    dot product, so for catalogues up to ``max_items`` it is also exported as vectors, like
+    EASE: ``user_vectors_ = X`` and ``item_vectors_ = Sᵀ`` (n_items wide), and is served and
+    ensembled like any model. Wider catalogues keep ``recommend`` only (vectors ``None``)."""
 
     kind = "itemknn"
-    metric = "cosine"
+    metric = "dot"
 
-    def __init__(self, K: int = 100, num_threads: int = 0) -> None:
+    def __init__(self, K: int = 100, num_threads: int = 0, max_items: int = 20_000) -> None:
         self.K = K
         self.num_threads = num_threads
+        self.max_items = max_items
 
     def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> "ItemKNNRecommender":
         from implicit.nearest_neighbours import CosineRecommender
 
+        X = sp.csr_matrix(matrix, dtype=np.float32)
         model = CosineRecommender(K=self.K, num_threads=self.num_threads)
-        model.fit(sp.csr_matrix(matrix, dtype=np.float32), show_progress=False)
+        model.fit(X, show_progress=False)
         self.model_ = model
         self.user_vectors_ = None
         self.item_vectors_ = None
         self.n_items_ = matrix.shape[1]
+        if self.n_items_ <= self.max_items:
+            self.item_vectors_ = np.ascontiguousarray(sp.csr_matrix(model.similarity).T.toarray(), np.float32)
+            self.user_vectors_ = np.ascontiguousarray(X.toarray(), np.float32)
+        else:
+            logger.info("item-kNN: %d items exceed max_items=%d; no vector form (recommend only)", self.n_items_, self.max_items)
         return self
+
+    def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """The user's row: the touched items' weights (1 each by default)."""
+        self._check_fitted()
+        if self.item_vectors_ is None:
+            raise NotImplementedError("item-kNN without its vector form cannot fold in users")
+        row = np.zeros(self.n_items_, np.float32)
+        np.add.at(row, np.asarray(item_indices, np.int64), 1.0 if weights is None else np.asarray(weights, np.float32))
+        return row
 
     def _check_fitted(self) -> None:
         if getattr(self, "model_", None) is None:

@@ -45,21 +45,18 @@ class EncoderUnavailable(ImportError):
 
 
 def user_content_profile(item_vectors: np.ndarray, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """Weighted mean of the touched items' vectors, L2-normalized (zeros if nothing touched)."""
-    item_indices = np.asarray(item_indices, dtype=np.int64)
-    dims = item_vectors.shape[1]
-    if len(item_indices) == 0:
-        return np.zeros(dims, np.float32)
-    w = np.ones(len(item_indices), np.float64) if weights is None else np.asarray(weights, np.float64)
-    mean = w @ item_vectors[item_indices].astype(np.float64)
-    return normalize(mean[None, :])[0].astype(np.float32)
+    """Weighted mean of the touched items' vectors, L2-normalized (zeros if nothing touched):
+    ``recsys.hybrid.content_profile``, the one definition serving and evaluation share."""
+    from recsys.hybrid import content_profile
+
+    return content_profile(item_vectors, item_indices, weights)
 
 
 def user_content_profiles(matrix: sp.spmatrix, item_vectors: np.ndarray) -> np.ndarray:
-    """Batched ``user_content_profile``: the (weighted) user×item ``matrix`` times the item
-    vectors, rows L2-normalized (a user without events gets zeros)."""
-    profiles = sp.csr_matrix(matrix, dtype=np.float32) @ np.asarray(item_vectors, np.float32)
-    return normalize(np.asarray(profiles)).astype(np.float32)
+    """Batched ``user_content_profile`` (``recsys.hybrid.content_profiles``)."""
+    from recsys.hybrid import content_profiles
+
+    return content_profiles(matrix, np.asarray(item_vectors, np.float32))
 
 
 def item_texts(items: pd.DataFrame) -> list[str]:

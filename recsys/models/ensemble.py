@@ -44,7 +44,7 @@ class EnsembleEmbedder(Embedder):
             {"kind": "lightfm", "params": {}, "weight": 0.3},
         ]
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> "EnsembleEmbedder":
+    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None, sequences=None) -> "EnsembleEmbedder":
         from recsys.models.registry import make_model
 
         if not self.members:
@@ -57,6 +57,8 @@ class EnsembleEmbedder(Embedder):
                 raise ValueError(f"ensemble members must rank by dot product; {spec['kind']!r} uses {model.metric}")
             if spec["kind"] == "lightfm":
                 model.fit(matrix, item_features=item_features, user_features=user_features)
+            elif spec["kind"] == "item2vec":
+                model.fit(matrix, sequences=sequences)
             else:
                 model.fit(matrix)
             self.models_.append(model)

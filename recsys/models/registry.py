@@ -12,12 +12,14 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from typing_extensions import TypedDict
 
+from recsys.evaluation.baselines import ItemKNNRecommender, PopularityRecommender, RandomRecommender
 from recsys.models.als import ALSEmbedder
 from recsys.models.base import Embedder
 from recsys.models.bpr import BPREmbedder
 from recsys.models.content import SentenceEncoder, TagEncoder, TfidfEncoder
 from recsys.models.ease import EASEEmbedder
 from recsys.models.ensemble import EnsembleEmbedder
+from recsys.models.item2vec import Item2VecEmbedder
 from recsys.models.lightfm import LightFMEmbedder
 
 MODEL_KINDS: dict[str, type[Embedder]] = {
@@ -29,7 +31,18 @@ MODEL_KINDS: dict[str, type[Embedder]] = {
     "sbert": SentenceEncoder,
     "ease": EASEEmbedder,
     "ensemble": EnsembleEmbedder,
+    "item2vec": Item2VecEmbedder,
+    # reference recommenders every model should beat; fitted, evaluated and served like the rest
+    "popular": PopularityRecommender,
+    "random": RandomRecommender,
+    "itemknn": ItemKNNRecommender,
 }
+
+#: reference recommenders (no learned parameters worth searching beyond a neighbour count)
+BASELINE_KINDS = frozenset({"popular", "random", "itemknn"})
+
+#: kinds whose ``fit`` also takes each user's time-ordered items (``sequences=``)
+SEQUENCE_KINDS = frozenset({"item2vec"})
 
 #: kinds whose ``fit`` takes the items frame rather than the interaction matrix
 CONTENT_KINDS = frozenset({"tags", "tfidf", "sbert"})

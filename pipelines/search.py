@@ -1,0 +1,682 @@
+"""`recsys train` with no config: search for a good model on the snapshot, then train the winner.
+
+1. **Validation split by time**: the newest ``validation_ratio`` of events (one global cutoff)
+   are the validation holdout; every user's earlier events train. Nothing later than the cutoff
+   reaches a trial, so the choice cannot lean on the future it is scored against.
+2. **Trials** (Optuna TPE, seeded, sequential): each picks a family — ALS (confidence / BM25
+   weighting), EASE (only when the catalog is small enough for its item×item matrix), LightFM
+   with the catalog's side features (when items or users have attributes), BPR, item-kNN,
+   item2vec — and its parameters, fits on the validation train part and scores nDCG@10 on the
+   validation holdout. A trial first scores half the validation users and reports it, so the
+   median pruner stops clearly bad trials early. Popularity is scored once as the baseline.
+   Every trial is an MLflow child run of the search's parent run (params, metrics, time).
+3. **Ensemble**: the best configuration of the top families, refitted once, blended by
+   ``recsys.models.ensemble`` (per-user standardized scores) with weights chosen on validation.
+4. **Content space** (when items have titles, descriptions or categories): TF-IDF, or
+   Sentence-BERT when the ``text`` extra is installed; its blend weight chosen on validation.
+5. The winner is refitted on all data and registered/promoted by ``pipelines.train.train``.
+
+The budget is a number of trials (``trials``: the same data and budget give the same winner);
+``max_seconds`` only caps wall-clock time; the search also stops once ``patience`` trials in a
+row brought no improvement. The study lives in ``$RECSYS_DATA_DIR/search/optuna.db`` (RDB
+storage): a search that crashed resumes where it stopped — completed trials are not redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from pipelines import tracking
+from pipelines.train import (
+    ContentConfig,
+    HybridConfig,
+    TrainConfig,
+    TrainResult,
+    fit_model,
+    train,
+)
+from recsys.datasets.base import Dataset, DatasetError
+from recsys.evaluation.metrics import per_user_metrics, ranking_metrics_at_k
+from recsys.evaluation.splits import Split, time_split
+from recsys.evaluation.topk import top_k_scores
+from recsys.hybrid import history_profiles, hybrid_top_k
+from recsys.matrix import InteractionMatrix
+from recsys.models.config import FeatureConfig, ModelConfig
+from recsys.models.ensemble import EnsembleEmbedder
+from recsys.models.registry import make_model
+from recsys.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SEARCH_TAG = "recsys.search"
+#: EASE and item-kNN vectors are n_items wide: only for catalogs up to this size
+MAX_ITEMS_ITEM_ITEM = 5_000
+#: candidate content blend weights (0: collaborative only)
+CONTENT_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
+#: candidate weights of the second and third ensemble members (the best member weighs 1)
+ENSEMBLE_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
+
+
+def parse_duration(text: str) -> float:
+    """``90s`` / ``10m`` / ``1h`` / ``7d`` / ``600`` → seconds (ValueError naming the format otherwise)."""
+    text = str(text).strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            value = float(text[:-1]) * units[text[-1]]
+        else:
+            value = float(text)
+    except ValueError:
+        raise ValueError(f"a duration looks like 90s, 10m or 1h; got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"a duration must be positive; got {text!r}")
+    return value
+
+
+@dataclass
+class SearchConfig:
+    #: trials (the deterministic budget) and a wall-clock cap for the whole search
+    trials: int = 30
+    max_seconds: float = 600.0
+    #: stop after this many completed trials in a row without a better score
+    patience: int = 15
+    validation_ratio: float = 0.1
+    #: widen the validation slice (up to ``max_validation_ratio``) until this many users are in it:
+    #: a slice a few dozen users wide cannot tell models apart
+    min_validation_users: int = 300
+    max_validation_ratio: float = 0.3
+    k: int = 10
+    seed: int = 42
+    #: evaluate on at most this many validation users (seeded sample)
+    eval_users: int = 5_000
+    #: ``auto``: Sentence-BERT when installed, else TF-IDF, when items have text; ``none``: no content
+    content: str = "auto"
+    #: families to search (default: every one the data allows)
+    families: tuple[str, ...] | None = None
+    #: fewer validation users than this: too little data to compare models, popularity wins
+    min_eval_users: int = 5
+
+
+@dataclass
+class SearchOutcome:
+    winner: ModelConfig
+    score: float
+    popularity_score: float
+    content: ContentConfig | None
+    hybrid: HybridConfig
+    parent_run_id: str
+    study_name: str
+    trials: pd.DataFrame
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def lift(self) -> float:
+        return self.score / self.popularity_score if self.popularity_score > 0 else math.inf
+
+
+# ----------------------------------------------------------------------------------------------
+# validation data
+# ----------------------------------------------------------------------------------------------
+
+def time_validation_split(events: pd.DataFrame, ratio: float) -> Split:
+    """The newest ``ratio`` of events (global time cutoff) as holdout, the rest as train."""
+    cutoff = events["timestamp"].quantile(1.0 - ratio, interpolation="higher")
+    split = time_split(events, cutoff)
+    if len(split.train) == 0:  # every event at one instant: nothing is earlier than the cutoff
+        split = time_split(events, events["timestamp"].max() + pd.Timedelta(seconds=1))
+    return split
+
+
+class Validation:
+    """The validation split, its matrices per weighting and the nDCG scorer every trial uses."""
+
+    def __init__(self, dataset: Dataset, config: SearchConfig) -> None:
+        self.dataset, self.k = dataset, config.k
+        ratio = config.validation_ratio
+        while True:
+            self.split = time_validation_split(dataset.events, ratio)
+            self.ratio = ratio
+            n_users = self.split.test["user_id"].nunique()
+            if n_users >= config.min_validation_users or ratio >= config.max_validation_ratio:
+                break
+            ratio = min(config.max_validation_ratio, ratio + 0.05)
+        base = InteractionMatrix.from_events(self.split.train, weighting="none")
+        self.user_ids, self.item_ids = base.user_ids, base.item_ids
+        self.seen = base.matrix
+        test = InteractionMatrix.from_events(self.split.test, user_ids=self.user_ids, item_ids=self.item_ids, weighting="none").matrix
+        test.data = np.ones_like(test.data)
+        # a repeat of an item already seen in train is not something to recommend: drop it
+        test = test - test.multiply(self.seen > 0)
+        test.eliminate_zeros()
+        self.test = sp.csr_matrix(test)
+        users = np.flatnonzero((np.diff(self.test.indptr) > 0) & (np.diff(self.seen.indptr) > 0))
+        if len(users) > config.eval_users:
+            users = np.sort(np.random.default_rng(config.seed).choice(users, config.eval_users, replace=False))
+        self.users = users
+        self.first_half = users[np.random.default_rng(config.seed).permutation(len(users))[: max(1, len(users) // 2)]]
+        self.first_half.sort()
+        self._matrices: dict[tuple[str, float], InteractionMatrix] = {}
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def matrix(self, config: ModelConfig) -> InteractionMatrix:
+        key = (config.weighting, float(config.alpha))
+        if key not in self._matrices:
+            self._matrices[key] = config.matrix(self.split.train, self.user_ids, self.item_ids)
+        return self._matrices[key]
+
+    def fit(self, config: ModelConfig):
+        return fit_model(config, self.matrix(config), self.dataset, events=self.split.train)
+
+    def ndcg(self, user_vectors: np.ndarray, item_vectors: np.ndarray, metric: str, users: np.ndarray | None = None) -> float:
+        users = self.users if users is None else users
+        if len(users) == 0:
+            return 0.0
+        top = top_k_scores(user_vectors, item_vectors, self.k, exclude=self.seen, user_rows=users, metric=metric)[0]
+        return float(ranking_metrics_at_k(top, self.test, self.k, user_rows=users)["ndcg"])
+
+    def per_user(self, model) -> np.ndarray:
+        """nDCG@k of every validation user (row order of ``self.users``)."""
+        top = top_k_scores(model.user_vectors_, model.item_vectors_, self.k, exclude=self.seen, user_rows=self.users, metric=model.metric)[0]
+        frame = per_user_metrics(top, self.test, self.k, user_rows=self.users)
+        return frame.set_index("user_row")["ndcg"].reindex(self.users).fillna(0.0).to_numpy(np.float64)
+
+    def score(self, model, users: np.ndarray | None = None) -> float:
+        if model.user_vectors_ is None:
+            raise ValueError(f"{model.kind} has no vector form on this catalog")
+        return self.ndcg(model.user_vectors_, model.item_vectors_, model.metric, users)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for part in (self.split.train, self.split.test):
+            cols = part[["user_id", "item_id", "timestamp"]].astype(str)
+            h.update(pd.util.hash_pandas_object(cols, index=False).to_numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# search spaces
+# ----------------------------------------------------------------------------------------------
+
+def _has_attributes(frame: pd.DataFrame) -> bool:
+    return not frame.empty and "attributes" in frame and bool(frame["attributes"].map(lambda a: bool(a)).any())
+
+
+def _has_categories(items: pd.DataFrame) -> bool:
+    return not items.empty and bool(items["categories"].map(len).any())
+
+
+def has_text(items: pd.DataFrame) -> bool:
+    """Items carry something a content encoder can use: titles, descriptions or categories."""
+    if items.empty:
+        return False
+    texts = items["title"].fillna("").astype(str).str.strip() + items["description"].fillna("").astype(str).str.strip()
+    return bool((texts != "").any()) or _has_categories(items)
+
+
+def families(validation: Validation, config: SearchConfig) -> tuple[list[str], list[str]]:
+    """The families to search, and log lines saying why any was left out."""
+    notes = []
+    wanted = list(config.families or ("als", "ease", "lightfm", "bpr", "itemknn", "item2vec"))
+    if validation.n_items > MAX_ITEMS_ITEM_ITEM:
+        for kind in ("ease", "itemknn"):
+            if kind in wanted:
+                wanted.remove(kind)
+                notes.append(f"{kind} left out: {validation.n_items} items exceed {MAX_ITEMS_ITEM_ITEM} "
+                             f"(its item×item matrix would take {validation.n_items ** 2 * 8 / 1e9:.1f} GB)")
+    elif "ease" in wanted:
+        notes.append(f"ease searched: {validation.n_items} items fit its item×item matrix")
+    ds = validation.dataset
+    if "lightfm" in wanted:
+        if _has_categories(ds.items) or _has_attributes(ds.users):
+            notes.append("lightfm searched with the catalog's side features")
+        else:
+            notes.append("lightfm searched without side features (no item categories, no user attributes)")
+    return wanted, notes
+
+
+#: one sensible starting point per family, tried first (in this order) so every family is
+#: measured before TPE narrows down; parameter names as in :func:`suggest`
+STARTING_POINTS: dict[str, list[dict[str, Any]]] = {
+    "als": [{"als.weighting": "confidence", "als.alpha": 2.0, "als.factors": 32, "als.regularization": 1.0, "als.iterations": 15},
+            {"als.weighting": "bm25", "als.factors": 64, "als.regularization": 0.1, "als.iterations": 15}],
+    "ease": [{"ease.l2": 500.0, "ease.dropout": 0.25}],
+    "lightfm": [{"lightfm.user_features": False, "lightfm.no_components": 64, "lightfm.learning_rate": 0.03, "lightfm.epochs": 20,
+                 "lightfm.item_alpha": 1e-6}],
+    "bpr": [{"bpr.factors": 64, "bpr.learning_rate": 0.01, "bpr.regularization": 0.001, "bpr.iterations": 100}],
+    "itemknn": [{"itemknn.K": 100, "itemknn.weighting": "none"}],
+    "item2vec": [{"item2vec.factors": 64, "item2vec.window": 10, "item2vec.epochs": 5, "item2vec.negative": 5, "item2vec.ns_exponent": -0.5}],
+}
+
+
+def suggest(trial, kind: str, validation: Validation) -> ModelConfig:
+    """The trial's configuration of family ``kind`` (parameter names are prefixed by the kind,
+    so each family keeps its own distributions in TPE)."""
+    ds = validation.dataset
+    if kind == "als":
+        weighting = trial.suggest_categorical("als.weighting", ["confidence", "bm25"])
+        alpha = trial.suggest_float("als.alpha", 0.1, 30.0, log=True) if weighting == "confidence" else 1.0
+        params = {"factors": trial.suggest_categorical("als.factors", [16, 32, 64, 128]),
+                  "regularization": trial.suggest_float("als.regularization", 1e-3, 30.0, log=True),
+                  "iterations": trial.suggest_int("als.iterations", 10, 30, step=5)}
+        return ModelConfig(kind="als", params=params, weighting=weighting, alpha=alpha)
+    if kind == "ease":
+        params = {"l2": trial.suggest_float("ease.l2", 10.0, 5000.0, log=True), "dropout": trial.suggest_float("ease.dropout", 0.0, 0.6)}
+        return ModelConfig(kind="ease", params=params, weighting="none", alpha=1.0)
+    if kind == "lightfm":
+        users = _has_attributes(ds.users) and trial.suggest_categorical("lightfm.user_features", [True, False])
+        params = {"no_components": trial.suggest_categorical("lightfm.no_components", [32, 64]), "loss": "warp",
+                  "learning_rate": trial.suggest_float("lightfm.learning_rate", 0.005, 0.1, log=True),
+                  "epochs": trial.suggest_int("lightfm.epochs", 10, 30, step=10),
+                  "item_alpha": trial.suggest_float("lightfm.item_alpha", 1e-7, 1e-3, log=True), "num_threads": 1}
+        return ModelConfig(kind="lightfm", params=params, weighting="none", alpha=1.0,
+                           features=FeatureConfig(item_categories=_has_categories(ds.items), user_attributes=bool(users)))
+    if kind == "bpr":
+        params = {"factors": trial.suggest_categorical("bpr.factors", [32, 64, 128]),
+                  "learning_rate": trial.suggest_float("bpr.learning_rate", 1e-3, 0.1, log=True),
+                  "regularization": trial.suggest_float("bpr.regularization", 1e-4, 0.1, log=True),
+                  "iterations": trial.suggest_int("bpr.iterations", 50, 200, step=50),
+                  "num_threads": 1}  # hogwild SGD is only reproducible on one thread
+        return ModelConfig(kind="bpr", params=params, weighting="none", alpha=1.0)
+    if kind == "itemknn":
+        return ModelConfig(kind="itemknn", params={"K": trial.suggest_int("itemknn.K", 10, 500, log=True)},
+                           weighting=trial.suggest_categorical("itemknn.weighting", ["none", "bm25"]), alpha=1.0)
+    if kind == "item2vec":
+        params = {"factors": trial.suggest_categorical("item2vec.factors", [32, 64, 128]),
+                  "window": trial.suggest_int("item2vec.window", 3, 20, log=True),
+                  "epochs": trial.suggest_int("item2vec.epochs", 5, 10),
+                  "negative": trial.suggest_int("item2vec.negative", 5, 10, step=5),
+                  "ns_exponent": trial.suggest_float("item2vec.ns_exponent", -0.5, 1.0)}
+        return ModelConfig(kind="item2vec", params=params, weighting="none", alpha=1.0)
+    raise ValueError(f"no search space for model kind {kind!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# the search
+# ----------------------------------------------------------------------------------------------
+
+def _storage_url(settings: Settings) -> str:
+    folder = settings.data_dir / "search"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'optuna.db'}"
+
+
+def _config_of(trial) -> ModelConfig:
+    return ModelConfig.model_validate(trial.user_attrs["config"])
+
+
+def _mlflow_params(config: ModelConfig) -> dict[str, Any]:
+    out = {"kind": config.kind, "weighting": config.weighting, "alpha": config.alpha}
+    out.update({f"param.{k}": v for k, v in config.params.items()})
+    if config.kind in ("lightfm", "ensemble"):
+        out.update({"features.items": config.features.item_categories, "features.users": config.features.user_attributes})
+    return out
+
+
+class _FamilySchedule:
+    """After the starting points, the next trial's family: round-robin over the ``top`` families
+    by best score so far (TPE then picks the parameters within the family). Left to TPE, the
+    family is a categorical it exploits greedily — one family gets every trial and a close
+    second (whose tuned form may win, and which the ensemble needs) gets none."""
+
+    def __init__(self, kinds: list[str], n_starts: int, top: int = 4) -> None:
+        self.kinds, self.n_starts, self.top = kinds, n_starts, top
+
+    def __call__(self, study, trial=None) -> None:
+        import optuna
+
+        if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            return
+        finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+        best: dict[str, float] = {}
+        for t in finished:
+            value = t.value if t.state == optuna.trial.TrialState.COMPLETE else max(t.intermediate_values.values(), default=None)
+            kind = t.params.get("kind")
+            if kind in self.kinds and value is not None:
+                best[kind] = max(best.get(kind, -math.inf), value)
+        ranked = sorted(self.kinds, key=lambda k: (-best.get(k, -math.inf), self.kinds.index(k)))[: self.top]
+        n = max(0, len(finished) - self.n_starts)
+        study.enqueue_trial({"kind": ranked[n % len(ranked)]})
+
+
+class _Patience:
+    """Stop the study once ``patience`` finished trials in a row did not beat the best."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+
+    def __call__(self, study, trial) -> None:
+        import optuna
+
+        done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+        complete = [t for t in done if t.state == optuna.trial.TrialState.COMPLETE]
+        if not complete:
+            return
+        best = max(complete, key=lambda t: t.value).number
+        since = sum(1 for t in done if t.number > best)
+        if since >= self.patience:
+            logger.info("search: %d trials without improvement since trial %d; stopping early", since, best)
+            study.stop()
+
+
+def run_search(settings: Settings, dataset: Dataset, config: SearchConfig | None = None, *,
+               on_trial: Callable[[int, int, str], None] | None = None,
+               trial_hook: Callable[[int], None] | None = None) -> SearchOutcome:
+    """Search on ``dataset``'s time-validation split; nothing is registered (see :func:`autotune`).
+
+    ``on_trial(done, total, label)`` reports progress; ``trial_hook(number)`` is called at the
+    start of every trial (tests use it to simulate a crash)."""
+    import optuna
+
+    config = config or SearchConfig()
+    started = time.perf_counter()
+    validation = Validation(dataset, config)
+    notes: list[str] = []
+    logger.info("search: validation split %s", {k: v for k, v in validation.split.report.items() if isinstance(v, (int, float, str))})
+    popular = make_model("popular").fit(validation.seen)
+    pop_score = validation.score(popular)
+    kinds, family_notes = families(validation, config)
+    notes += family_notes
+    for note in family_notes:
+        logger.info("search: %s", note)
+    starts = [{"kind": kind, **point} for kind in kinds for point in STARTING_POINTS.get(kind, [])]
+    study_name = f"autotune-{validation.fingerprint()}-seed{config.seed}-k{config.k}-{'-'.join(kinds)}"
+    exp_id = tracking.experiment_id(settings, settings.experiment_name)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=study_name, storage=_storage_url(settings), direction="maximize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=config.seed, multivariate=True, group=True, n_startup_trials=len(starts)),
+        # prune only the clearly bad (bottom quarter on half the users: optuna keeps the top
+        # ``percentile``), never a starting point
+        pruner=optuna.pruners.PercentilePruner(75.0, n_startup_trials=len(starts), n_warmup_steps=0))
+    finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    n_done = sum(1 for t in study.trials if t.state in finished_states)
+    if not study.trials:
+        for point in starts[: config.trials]:
+            study.enqueue_trial(point)
+    schedule = _FamilySchedule(kinds, len(starts))
+    if n_done:
+        logger.info("search: resuming study %s: %d trials already done", study_name, n_done)
+        notes.append(f"resumed: {n_done} trials were already done")
+    parent_id = study.user_attrs.get("mlflow_parent_run_id")
+    enough_users = len(validation.users) >= config.min_eval_users
+    if not enough_users:
+        notes.append(f"only {len(validation.users)} validation users (< {config.min_eval_users}): too little data to compare models")
+        logger.warning("search: %s; popularity wins", notes[-1])
+
+    def objective(trial) -> float:
+        if trial_hook is not None:
+            trial_hook(trial.number)
+        kind = trial.suggest_categorical("kind", kinds)
+        model_config = suggest(trial, kind, validation)
+        trial.set_user_attr("config", model_config.model_dump(mode="json"))
+        with tracking.start_run(exp_id, f"trial-{trial.number:03d}-{kind}", nested=True,
+                                tags={SEARCH_TAG: "trial", "optuna.trial": str(trial.number)}):
+            tracking.log_params_flat(_mlflow_params(model_config))
+            t0 = time.perf_counter()
+            model = validation.fit(model_config)
+            fit_s = time.perf_counter() - t0
+            half = validation.score(model, validation.first_half)
+            trial.report(half, step=0)
+            if trial.should_prune():
+                tracking.log_metrics_finite({f"ndcg_at_{config.k}_half": half, "time_fit_s": fit_s})
+                mlflow.set_tag("optuna.state", "pruned")
+                raise optuna.TrialPruned()
+            per_user = validation.per_user(model)
+            value = float(per_user.mean())
+            trial.set_user_attr("per_user", np.round(per_user, 5).tolist())
+            tracking.log_metrics_finite({f"ndcg_at_{config.k}": value, f"ndcg_at_{config.k}_half": half, "time_fit_s": fit_s,
+                                         "time_trial_s": time.perf_counter() - t0})
+        if on_trial is not None:
+            on_trial(trial.number + 1, config.trials, f"{kind}: ndcg@{config.k} {value:.4f}")
+        return value
+
+    # a resumed search continues its parent run, so every trial stays under one parent
+    nested = mlflow.active_run() is not None  # inside a pipeline run: the search is its child
+    parent_run = (tracking.start_run(exp_id, f"search-{study_name[:40]}", nested=nested, tags={SEARCH_TAG: "parent"})
+                  if parent_id is None else mlflow.start_run(run_id=parent_id, nested=nested))
+    with parent_run as parent:
+        if parent_id is None:
+            study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
+            tracking.log_params_flat({"trials": config.trials, "max_seconds": config.max_seconds, "patience": config.patience,
+                                      "validation_ratio": config.validation_ratio, "seed": config.seed, "families": ",".join(kinds),
+                                      "study": study_name, "validation_users": len(validation.users)})
+            tracking.log_metrics_finite({f"popular_ndcg_at_{config.k}": pop_score})
+        remaining = config.trials - n_done
+        if enough_users and remaining > 0:
+            budget_left = config.max_seconds - (time.perf_counter() - started)
+            if n_done >= len(starts):
+                schedule(study)  # a resumed search: the next family, as if it had not stopped
+            study.optimize(objective, n_trials=remaining, timeout=max(budget_left, 1.0), catch=(ValueError, np.linalg.LinAlgError),
+                           callbacks=[schedule, _Patience(config.patience)], gc_after_trial=True)
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        rows = [{"trial": t.number, "kind": t.params.get("kind"), "value": t.value, "config": t.user_attrs.get("config"),
+                 "seconds": (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None}
+                for t in study.trials if t.state.is_finished()]
+        table = pd.DataFrame(rows)
+        candidates = [Candidate(ModelConfig(kind="popular", params={}, weighting="none", alpha=1.0, name="popular"),
+                                validation.per_user(popular), PREFERENCE_LAST)]
+        start_numbers = {t.number for t in study.trials if t.system_attrs.get("fixed_params", {}).keys() - {"kind"}}
+        for t in complete:
+            rank = _preference(t.params["kind"]) if t.number in start_numbers else PREFERENCE_TUNED
+            candidates.append(Candidate(_config_of(t), np.asarray(t.user_attrs["per_user"]), rank))
+        if complete:
+            ensemble = _best_ensemble(validation, complete, max(c.score for c in candidates), exp_id, config)
+            if ensemble is not None:
+                candidates.append(ensemble)
+        chosen, best = choose(candidates, notes)
+        best_config, best_score = chosen.config, chosen.score
+        if best_config.kind == "popular" and complete:
+            notes.append(f"popularity validates as well as the best trial ({best.score:.4f})")
+        if best_config.kind in ("itemknn", "popular"):
+            notes.append(f"fell back to {best_config.kind}: it validated best")
+        content, hybrid = _content_space(validation, best_config, config, notes)
+        elapsed = time.perf_counter() - started
+        winner_label = describe(best_config)
+        tracking.log_metrics_finite({f"best_ndcg_at_{config.k}": best_score, "lift_over_popular": best_score / pop_score if pop_score > 0 else 0.0,
+                                     "search_seconds": elapsed, "trials_done": len(complete)})
+        tracking.log_params_flat({"winner": winner_label[:500], "content_kind": content.kind if content else "none",
+                                  "content_weight": hybrid.weights[1] if content else 0.0})
+        mlflow.set_tag("recsys.search.notes", "; ".join(notes)[:4000])
+        parent_run_id = parent.info.run_id
+    logger.info("search: winner %s, ndcg@%d %.4f (popularity %.4f) in %.0fs", winner_label, config.k, best_score, pop_score, elapsed)
+    return SearchOutcome(best_config, best_score, pop_score, content, hybrid, parent_run_id, study_name, table, elapsed, notes)
+
+
+def describe(config: ModelConfig) -> str:
+    """A short human label of a configuration (for logs and the model list)."""
+    if config.kind == "ensemble":
+        return "ensemble(" + " + ".join(f"{m['kind']}×{m.get('weight', 1.0):g}" for m in config.params["members"]) + ")"
+    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.params.items() if k != "num_threads")
+    weighting = f", {config.weighting}" + (f" α={config.alpha:.3g}" if config.weighting == "confidence" else "") if config.weighting != "none" else ""
+    return f"{config.kind}({params}{weighting})"
+
+
+def _best_ensemble(validation: Validation, complete: list, best_single: float, exp_id: str,
+                   config: SearchConfig) -> Candidate | None:
+    """The best configuration of each of the top three families, blended with weights chosen on
+    validation (a candidate like the others; :func:`choose` decides)."""
+    by_kind: dict[str, Any] = {}
+    for t in sorted(complete, key=lambda t: -t.value):
+        by_kind.setdefault(t.params["kind"], t)
+    tops = list(by_kind.values())[:3]
+    if len(tops) < 2:
+        return None
+    lead = _config_of(tops[0])
+    members, configs = [], []
+    for t in tops:
+        # an ensemble is fitted on one matrix: the leader's weighting for every member
+        shared = _config_of(t).model_copy(update={"weighting": lead.weighting, "alpha": lead.alpha})
+        model = validation.fit(shared)
+        if model.user_vectors_ is None:
+            continue
+        members.append(model)
+        configs.append(shared)
+    if len(members) < 2:
+        return None
+    best: tuple[float, list[float], np.ndarray] | None = None
+    for weights in _weight_grid(len(members)):
+        used = [i for i, w in enumerate(weights) if w > 0]
+        if len(used) < 2:
+            continue
+        blended = EnsembleEmbedder.from_fitted([members[i] for i in used], [weights[i] for i in used])
+        per_user = validation.per_user(blended)
+        if best is None or per_user.mean() > best[0]:
+            best = (float(per_user.mean()), list(weights), per_user)
+    if best is None:
+        return None
+    value, weights, per_user = best
+    features = next((c.features for c in configs if c.kind == "lightfm"), FeatureConfig())
+    ensemble = ModelConfig(kind="ensemble", weighting=lead.weighting, alpha=lead.alpha, features=features, params={"members": [
+        {"kind": c.kind, "params": dict(c.params), "weight": float(w)} for c, w in zip(configs, weights) if w > 0]})
+    with tracking.start_run(exp_id, "ensemble", nested=True, tags={SEARCH_TAG: "ensemble"}):
+        tracking.log_params_flat({"members": describe(ensemble), "weighting": lead.weighting, "alpha": lead.alpha})
+        tracking.log_metrics_finite({f"ndcg_at_{config.k}": value, f"best_single_ndcg_at_{config.k}": best_single})
+    logger.info("search: ensemble %s ndcg %.4f vs best single %.4f", describe(ensemble), value, best_single)
+    return Candidate(ensemble, per_user, PREFERENCE_ENSEMBLE)
+
+
+#: which of several configurations validating alike wins: the families' starting points in this
+#: order (EASE and ALS are the most robust on item-rich data in the literature and in
+#: bench/movielens100k_reference.py), then an ensemble, then tuned trials, popularity last
+FAMILY_PREFERENCE = ("ease", "als", "lightfm", "bpr", "itemknn", "item2vec")
+PREFERENCE_ENSEMBLE = len(FAMILY_PREFERENCE)
+PREFERENCE_TUNED = PREFERENCE_ENSEMBLE + 1
+PREFERENCE_LAST = PREFERENCE_TUNED + 1
+
+
+def _preference(kind: str) -> int:
+    return FAMILY_PREFERENCE.index(kind) if kind in FAMILY_PREFERENCE else PREFERENCE_ENSEMBLE - 1
+
+
+@dataclass
+class Candidate:
+    config: ModelConfig
+    per_user: np.ndarray
+    preference: int
+
+    @property
+    def score(self) -> float:
+        return float(self.per_user.mean())
+
+
+def choose(candidates: list[Candidate], notes: list[str] | None = None) -> tuple[Candidate, Candidate]:
+    """The one-standard-error rule (Breiman et al.): among the candidates whose validation nDCG
+    is within one standard error of the best's (the error of the paired per-user difference),
+    the most preferred. A validation slice a few hundred users wide cannot tell apart configs
+    closer than that, and picking the noisiest winner overfits the slice. Returns (chosen, best)."""
+    best = max(candidates, key=lambda c: c.score)
+    eligible = []
+    for c in candidates:
+        diff = best.per_user - c.per_user
+        se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        if best.score - c.score <= se:
+            eligible.append(c)
+    chosen = min(eligible, key=lambda c: (c.preference, -c.score))
+    if notes is not None and chosen is not best:
+        notes.append(f"one-standard-error rule: {describe(chosen.config)} ({chosen.score:.4f}) over the best-scoring "
+                     f"{describe(best.config)} ({best.score:.4f})")
+    return chosen, best
+
+
+def _weight_grid(n: int) -> list[tuple[float, ...]]:
+    import itertools
+
+    return [(1.0, *rest) for rest in itertools.product(ENSEMBLE_WEIGHTS, repeat=n - 1)]
+
+
+def _content_kind(config: SearchConfig) -> str:
+    if config.content != "auto":
+        return config.content
+    try:
+        import sentence_transformers  # noqa: F401
+    except ImportError:
+        return "tfidf"
+    return "sbert"
+
+
+def _content_space(validation: Validation, winner: ModelConfig, config: SearchConfig,
+                   notes: list[str]) -> tuple[ContentConfig | None, HybridConfig]:
+    """A content encoder when items have text, with the hybrid blend weight chosen on validation."""
+    kind = _content_kind(config)
+    if kind == "none" or not has_text(validation.dataset.items):
+        if kind != "none":
+            notes.append("no content space: items have no titles, descriptions or categories")
+        return None, HybridConfig(default_mode="collaborative", weights=(1.0, 0.0))
+    content = ContentConfig(kind=kind)
+    encoder = make_model(kind).fit(validation.dataset.items, item_ids=validation.item_ids)
+    C = encoder.item_vectors_
+    if winner.kind == "popular" or len(validation.users) == 0:
+        return content, HybridConfig(default_mode="collaborative", weights=(1.0, 0.0))
+    model = validation.fit(winner)
+    users = validation.users
+    seen = validation.seen[users]
+    profiles = history_profiles(seen, C)
+    scores = {}
+    for w in CONTENT_WEIGHTS:
+        top = hybrid_top_k(model.user_vectors_[users], model.item_vectors_, profiles, C, config.k, exclude=seen, metric=model.metric,
+                           weights=(1.0 - w, w), fusion="weighted")
+        scores[w] = float(ranking_metrics_at_k(top, validation.test, config.k, user_rows=users)["ndcg"])
+    best_w = max(scores, key=lambda w: (scores[w], -w))
+    notes.append(f"content {kind}: blend weight {best_w:g} (ndcg " + ", ".join(f"{w:g}→{v:.4f}" for w, v in scores.items()) + ")")
+    logger.info("search: %s", notes[-1])
+    mode = "hybrid" if best_w > 0 else "collaborative"
+    return content, HybridConfig(default_mode=mode, weights=(1.0 - best_w, best_w) if best_w > 0 else (0.7, 0.3))
+
+
+# ----------------------------------------------------------------------------------------------
+# search + train
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class AutotuneResult:
+    search: SearchOutcome
+    train: TrainResult
+
+
+def autotune(settings: Settings, config: SearchConfig | None = None, *, dataset: Dataset | None = None, as_of=None,
+             promote_alias: str | None = "production", content: str | None = None,
+             on_stage: Callable[[str], None] | None = None) -> AutotuneResult:
+    """Search on the snapshot, then refit the winner on all of it, register and promote it
+    through ``pipelines.train.train``; the version is tagged with the winner and its lift."""
+    from feature_store import FeatureStore
+
+    config = config or SearchConfig()
+    if content is not None:
+        config.content = content
+    if dataset is None:
+        dataset = FeatureStore(settings.database_url).snapshot(as_of)
+    if len(dataset.events) == 0:
+        raise DatasetError("the snapshot holds no events: ingest data first (recsys ingest / recsys generate)")
+    if on_stage:
+        on_stage("search")
+    outcome = run_search(settings, dataset, config,
+                         on_trial=(lambda done, total, label: on_stage(f"search trial {done}/{total} ({label})")) if on_stage else None)
+    train_config = TrainConfig(model=outcome.winner, content=outcome.content, hybrid=outcome.hybrid, seed=config.seed,
+                               promote_alias=promote_alias)
+    result = train(settings, train_config, dataset=dataset, as_of=as_of, on_stage=on_stage)
+    client = tracking.client_for(settings)
+    lift = f"x{outcome.lift:.2f}" if math.isfinite(outcome.lift) else "n/a (popularity scores 0)"
+    tags = {"autotune.winner": describe(outcome.winner)[:250],
+            "autotune.validation": f"ndcg@{config.k} {outcome.score:.4f} vs popularity {outcome.popularity_score:.4f} ({lift})",
+            "autotune.search_run": outcome.parent_run_id}
+    if result.version is not None:
+        for key, value in tags.items():
+            client.set_model_version_tag(settings.registered_model_name, result.version, key, value)
+    for key, value in tags.items():
+        client.set_tag(result.run_id, key, value)
+    return AutotuneResult(outcome, result)

@@ -120,7 +120,11 @@ def test_catalog_changes_apply_across_workers(env):
             for i in httpx.get(f"{base}/users/someone-new/recommendations", params={"k": 5}).json()["items"]
         ]
         victim = top[0]
-        pids = {httpx.get(f"{base}/health").json()["pid"] for _ in range(30)}
+        # /ready answered from one worker; the other may still be loading its model.
+        pids: set[int] = set()
+        deadline = time.time() + 60
+        while len(pids) < 2 and time.time() < deadline:
+            pids.add(httpx.get(f"{base}/health").json()["pid"])
         assert len(pids) == 2, "both workers should answer"
         assert httpx.delete(f"{base}/items/{victim}", headers={"X-API-Key": KEY}).status_code == 200
         answered = set()

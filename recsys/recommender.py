@@ -32,6 +32,7 @@ import pandas as pd
 
 from recsys.bundle import ModelBundle
 from recsys.catalog_state import NO_FILTERS, CatalogState, Filters
+from recsys.hybrid import content_profile
 from recsys.models.als import als_user_solve
 from recsys.ranking import (
     MODES,
@@ -181,7 +182,7 @@ class Recommender:
             cf_vector, strategy = self.user_vectors[row], "collaborative"
         else:
             cf_vector, strategy = self.fold_in(seen), "fold_in"
-        profile = None if mode == "collaborative" else self.content_profile(seen)
+        profile = None if mode == "collaborative" else self.content_profile(np.unique(seen))  # each touched item once, as evaluated
         items = self.ranker.rank(request, cf_vector, seen, profile)
         return RecommendationResult(strategy if mode == "collaborative" else mode, items, mode)
 
@@ -271,10 +272,9 @@ class Recommender:
         return als_user_solve(cf, item_positions, 1.0 + self._alpha * counts, self._regularization, gram=self._gram)
 
     def content_profile(self, item_positions: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
-        """Interaction-weighted mean of the items' content vectors, L2-normalized."""
-        c = np.ones(len(item_positions)) if counts is None else np.asarray(counts, np.float64)
-        profile = (self.ranker.vectors("content")[item_positions] * c[:, None]).sum(0)
-        return (profile / max(np.linalg.norm(profile), 1e-12)).astype(np.float32)
+        """Interaction-weighted mean of the items' content vectors, L2-normalized: the one
+        definition evaluation uses too (:func:`recsys.hybrid.content_profile`)."""
+        return content_profile(self.ranker.vectors("content"), item_positions, counts)
 
     def _mode(self, mode: str | None) -> str:
         mode = mode or self.default_mode

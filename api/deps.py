@@ -23,7 +23,9 @@ from api.serving import (
 from feature_store import FeatureStore
 from recsys.settings import Settings
 
-api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key (writes, /admin/*, and reads when configured)")
+api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="API key (writes, /admin/*, and reads when configured)"
+)
 
 
 async def get_settings_dep(request: Request) -> Settings:
@@ -54,13 +56,18 @@ ModelDep = Annotated[LoadedModel, Depends(get_model)]
 
 def _check_key(key: str | None, keys: KeyChecker) -> None:
     if not key:
-        raise HTTPException(status_code=401, detail={"field": "X-API-Key", "message": "an API key is required (header X-API-Key)"},
-                            headers={"WWW-Authenticate": "APIKey"})
+        raise HTTPException(
+            status_code=401,
+            detail={"field": "X-API-Key", "message": "an API key is required (header X-API-Key)"},
+            headers={"WWW-Authenticate": "APIKey"},
+        )
     if not keys.valid(key):
         raise HTTPException(status_code=403, detail={"field": "X-API-Key", "message": "the API key is not valid"})
 
 
-async def require_key(key: Annotated[str | None, Security(api_key_header)], keys: Annotated[KeyChecker, Depends(get_keys)]) -> None:
+async def require_key(
+    key: Annotated[str | None, Security(api_key_header)], keys: Annotated[KeyChecker, Depends(get_keys)]
+) -> None:
     """Writes and /admin/*: 401 without a key, 403 with a wrong one."""
     _check_key(key, keys)
 
@@ -75,11 +82,19 @@ async def pinned_model(
     request: Request,
     holder: Annotated[ModelHolder, Depends(get_holder)],
     key: Annotated[str | None, Security(api_key_header)],
-    model_version: Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[0-9]+$",
-                                               description="serve this registry version instead of the alias "
-                                                           "(a version this worker has not loaded needs an API key)")] = None,
-    x_model_version: Annotated[str | None, Header(min_length=1, max_length=64, pattern=r"^[0-9]+$",
-                                                  description="same as ?model_version=")] = None,
+    model_version: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=64,
+            pattern=r"^[0-9]+$",
+            description="serve this registry version instead of the alias "
+            "(a version this worker has not loaded needs an API key)",
+        ),
+    ] = None,
+    x_model_version: Annotated[
+        str | None, Header(min_length=1, max_length=64, pattern=r"^[0-9]+$", description="same as ?model_version=")
+    ] = None,
 ) -> LoadedModel | None:
     """The pinned version's model, or None when the request pins nothing.
 
@@ -98,10 +113,13 @@ async def pinned_model(
     try:
         return await holder.load_pinned(version)
     except UnknownVersion:
-        raise HTTPException(status_code=404, detail={"field": "model_version", "message": f"no model version {version}"})
+        raise HTTPException(
+            status_code=404, detail={"field": "model_version", "message": f"no model version {version}"}
+        )
     except LoaderBusy as exc:
-        raise HTTPException(status_code=503, detail={"field": "model_version", "message": str(exc)},
-                            headers={"Retry-After": "2"})
+        raise HTTPException(
+            status_code=503, detail={"field": "model_version", "message": str(exc)}, headers={"Retry-After": "2"}
+        )
     except ReloadError as exc:
         raise HTTPException(status_code=503, detail={"field": "model_version", "message": exc.reason})
 

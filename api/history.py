@@ -146,7 +146,9 @@ class HistoryCache:
                 break
         return warmed
 
-    def _insert(self, by_user: dict[str, list[StoredEvent]], horizon: int, stop_when_full: bool = False) -> dict[str, UserHistory]:
+    def _insert(
+        self, by_user: dict[str, list[StoredEvent]], horizon: int, stop_when_full: bool = False
+    ) -> dict[str, UserHistory]:
         out = {}
         with self._lock:
             replay: dict[str, list[StoredEvent]] = {}

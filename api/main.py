@@ -50,8 +50,12 @@ def _no_delay_on_listening_sockets() -> int:
         try:
             # bound and not connected: the server socket (listen() may not have run yet: asyncio
             # calls it when the first worker starts serving)
-            if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM \
-                    and sock.getsockname()[1] != 0 and not _connected(sock):
+            if (
+                sock.family in (socket.AF_INET, socket.AF_INET6)
+                and sock.type == socket.SOCK_STREAM
+                and sock.getsockname()[1] != 0
+                and not _connected(sock)
+            ):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 done += 1
         except OSError:
@@ -94,9 +98,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             holder.stop()
             store.dispose()
 
-    app = FastAPI(title="recsys", version="0.2.0", lifespan=lifespan,
-                  description="Embedding-based recommendations: collaborative, content and hybrid.",
-                  responses={413: {"model": Error, "description": "request body over RECSYS_MAX_BODY_BYTES"}})
+    app = FastAPI(
+        title="recsys",
+        version="0.2.0",
+        lifespan=lifespan,
+        description="Embedding-based recommendations: collaborative, content and hybrid.",
+        responses={413: {"model": Error, "description": "request body over RECSYS_MAX_BODY_BYTES"}},
+    )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -110,8 +118,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
             # A body that isn't decodable JSON: answer like every other invalid input (422).
-            return JSONResponse(status_code=422, content={"detail": [
-                {"loc": ["body"], "msg": "the body is not valid JSON", "type": "json_invalid"}]})
+            return JSONResponse(
+                status_code=422,
+                content={"detail": [{"loc": ["body"], "msg": "the body is not valid JSON", "type": "json_invalid"}]},
+            )
         return await http_exception_handler(request, exc)
 
     # Outermost last: metrics also count the 413s of the body limit.

@@ -38,7 +38,8 @@ def query_model(model: type[M]) -> tuple[Callable[[Request], Coroutine[Any, Any,
             return model.model_validate(data)
         except ValidationError as exc:
             raise RequestValidationError(
-                [{**err, "loc": ("query", *err["loc"])} for err in exc.errors(include_url=False)]) from None
+                [{**err, "loc": ("query", *err["loc"])} for err in exc.errors(include_url=False)]
+            ) from None
 
     parse.__name__ = f"parse_{model.__name__}"
     return parse, {"parameters": _documented_parameters(model)}

@@ -265,14 +265,24 @@ class ModelHolder:
         where it is; every poll tries its version again."""
         for row in tracking.list_versions(self.client(), self.settings.registered_model_name):
             tags = row["tags"]
-            if int(row["version"]) >= int(failed) or "promoted" not in tags or "rejected" in tags or "rolled_back" in tags:
+            if (
+                int(row["version"]) >= int(failed)
+                or "promoted" not in tags
+                or "rejected" in tags
+                or "rolled_back" in tags
+            ):
                 continue
             mv = tracking.get_version(self.client(), self.settings.registered_model_name, row["version"])
             try:
                 model = self._load(mv)
             except ReloadError:
                 continue
-            logger.error("alias %s: version %s cannot be served; serving the last good version %s instead", alias, failed, model.version)
+            logger.error(
+                "alias %s: version %s cannot be served; serving the last good version %s instead",
+                alias,
+                failed,
+                model.version,
+            )
             return model
         return None
 
@@ -365,11 +375,22 @@ class ModelHolder:
             trained_as_of = pd.Timestamp(as_of) if as_of else None
             if trained_as_of is not None and trained_as_of.tzinfo is None:
                 trained_as_of = trained_as_of.tz_localize("UTC")
-            model = LoadedModel(version=version, run_id=mv.run_id, recommender=recommender,
-                                trained_as_of=trained_as_of, catalog_seq=seq, manifest_sha256=digest,
-                                load_thread=threading.current_thread().name)
-        logger.info("loaded version %s (%s, %d items) in %.2fs", version, bundle.kind, len(bundle.item_ids),
-                    time.perf_counter() - start)
+            model = LoadedModel(
+                version=version,
+                run_id=mv.run_id,
+                recommender=recommender,
+                trained_as_of=trained_as_of,
+                catalog_seq=seq,
+                manifest_sha256=digest,
+                load_thread=threading.current_thread().name,
+            )
+        logger.info(
+            "loaded version %s (%s, %d items) in %.2fs",
+            version,
+            bundle.kind,
+            len(bundle.item_ids),
+            time.perf_counter() - start,
+        )
         return model
 
     def _fetch_and_verify(self, mv) -> tuple[ModelBundle, str]:
@@ -378,12 +399,16 @@ class ModelHolder:
         the store that fails too means the version itself is bad (BundleError)."""
         fetched = tracking.fetch_bundle_checked(self.settings, mv)
         try:
-            return ModelBundle.load(fetched.path, verify=True, manifest_sha256=fetched.manifest_sha256), fetched.manifest_sha256
+            return ModelBundle.load(
+                fetched.path, verify=True, manifest_sha256=fetched.manifest_sha256
+            ), fetched.manifest_sha256
         except BundleError as exc:
             metrics.MODEL_RELOAD_FAILURES.labels(alias="cache").inc()
             logger.error("cached bundle of version %s failed verification (%s): downloading it again", mv.version, exc)
         fetched = tracking.fetch_bundle_checked(self.settings, mv, refresh=True)
-        return ModelBundle.load(fetched.path, verify=True, manifest_sha256=fetched.manifest_sha256), fetched.manifest_sha256
+        return ModelBundle.load(
+            fetched.path, verify=True, manifest_sha256=fetched.manifest_sha256
+        ), fetched.manifest_sha256
 
     # ---- reloads across workers, alias polling --------------------------------------------
     def announce_reload(self, requested_by: str) -> int:
@@ -519,8 +544,12 @@ class ModelHolder:
             if not behind:
                 return []
             if time.monotonic() >= deadline:
-                logger.warning("catalog generation %d: workers %s have not applied it after %.1fs",
-                               generation, behind, self.settings.catalog_wait_seconds)
+                logger.warning(
+                    "catalog generation %d: workers %s have not applied it after %.1fs",
+                    generation,
+                    behind,
+                    self.settings.catalog_wait_seconds,
+                )
                 return behind
             time.sleep(pause)
             pause = min(pause * 2, 0.05)

@@ -49,9 +49,13 @@ def clustered_vectors(n_items: int, n_queries: int, seed: int = SEED) -> tuple[n
     weights = 1.0 / np.arange(1, N_CENTRES + 1) ** 0.8  # some tastes far more common than others
     weights /= weights.sum()
     item_rng, query_rng = np.random.default_rng([seed, n_items]), np.random.default_rng([seed, 1])
-    items = centres[item_rng.choice(N_CENTRES, n_items, p=weights)] + 0.8 * item_rng.normal(size=(n_items, DIMS)).astype(np.float32)
+    items = centres[item_rng.choice(N_CENTRES, n_items, p=weights)] + 0.8 * item_rng.normal(
+        size=(n_items, DIMS)
+    ).astype(np.float32)
     items *= item_rng.lognormal(0.0, 0.6, (n_items, 1)).astype(np.float32)
-    queries = centres[query_rng.choice(N_CENTRES, n_queries, p=weights)] + 0.8 * query_rng.normal(size=(n_queries, DIMS)).astype(np.float32)
+    queries = centres[query_rng.choice(N_CENTRES, n_queries, p=weights)] + 0.8 * query_rng.normal(
+        size=(n_queries, DIMS)
+    ).astype(np.float32)
     return items.astype(np.float32), queries.astype(np.float32)
 
 
@@ -78,13 +82,26 @@ def serve_child(folder: str, queries_path: str) -> None:
 
 
 def serving_rss(folder: Path, queries_path: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--serve-child", str(folder), str(queries_path)], check=True,
-                         capture_output=True, text=True, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    out = subprocess.run(
+        [sys.executable, __file__, "--serve-child", str(folder), str(queries_path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_space(n_items: int, metric: str, items: np.ndarray, tune: np.ndarray, held: np.ndarray, work: Path,
-                settings, kinds: tuple[str, ...]) -> dict:
+def bench_space(
+    n_items: int,
+    metric: str,
+    items: np.ndarray,
+    tune: np.ndarray,
+    held: np.ndarray,
+    work: Path,
+    settings,
+    kinds: tuple[str, ...],
+) -> dict:
     from recsys.index import (
         ExactIndex,
         build_index,
@@ -120,8 +137,14 @@ def bench_space(n_items: int, metric: str, items: np.ndarray, tune: np.ndarray, 
     np.save(queries_path, held)
     for row in rows.values():
         row.update(serving_rss(Path(row.pop("folder")), queries_path))
-    return {"n_items": n_items, "metric": metric, "chosen": choice.kind, "auto_build_s": auto_s, "raw_vector_bytes": int(items.nbytes),
-            "indexes": rows}
+    return {
+        "n_items": n_items,
+        "metric": metric,
+        "chosen": choice.kind,
+        "auto_build_s": auto_s,
+        "raw_vector_bytes": int(items.nbytes),
+        "indexes": rows,
+    }
 
 
 def check(result: dict) -> list[str]:
@@ -134,7 +157,9 @@ def check(result: dict) -> list[str]:
     if c["qps"] < 100 * exact["qps"]:
         problems.append(f"{chosen} QPS {c['qps']:.0f} < 100× exact ({exact['qps']:.1f})")
     if c["rss"] > 2.5 * result["raw_vector_bytes"]:
-        problems.append(f"{chosen} serving RSS {c['rss'] / MB:.0f} MB > 2.5× vectors ({result['raw_vector_bytes'] / MB:.0f} MB)")
+        problems.append(
+            f"{chosen} serving RSS {c['rss'] / MB:.0f} MB > 2.5× vectors ({result['raw_vector_bytes'] / MB:.0f} MB)"
+        )
     if c["build_s"] > 300:
         problems.append(f"{chosen} build {c['build_s']:.0f}s > 5 min")
     return problems
@@ -142,17 +167,25 @@ def check(result: dict) -> list[str]:
 
 def print_result(result: dict) -> None:
     raw = result["raw_vector_bytes"]
-    print(f"\n{result['n_items']:,} items × {DIMS} dims, {result['metric']}: chosen {result['chosen']} "
-          f"(auto build of all candidates {result['auto_build_s']:.0f}s)")
-    print(f"  {'index':6s} {'setting':>8s} {'R@10':>6s} {'tuneR':>6s} {'p50 ms':>8s} {'p99 ms':>8s} {'QPS':>9s} {'build s':>8s} "
-          f"{'(tune)':>7s} {'file':>7s} {'RSS MB':>7s} {'(base)':>7s}")
+    print(
+        f"\n{result['n_items']:,} items × {DIMS} dims, {result['metric']}: chosen {result['chosen']} "
+        f"(auto build of all candidates {result['auto_build_s']:.0f}s)"
+    )
+    print(
+        f"  {'index':6s} {'setting':>8s} {'R@10':>6s} {'tuneR':>6s} {'p50 ms':>8s} {'p99 ms':>8s} {'QPS':>9s} {'build s':>8s} "
+        f"{'(tune)':>7s} {'file':>7s} {'RSS MB':>7s} {'(base)':>7s}"
+    )
     for kind, r in sorted(result["indexes"].items()):
-        print(f"  {kind:6s} {r['setting'] if r['setting'] is not None else '-':>8} {r['recall_at_10']:6.3f} {r['tune_recall_at_10']:6.3f} "
-              f"{r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['qps']:9.0f} {r['build_s']:8.1f} {r['tune_s']:7.1f} {r['file_bytes'] / raw:6.2f}× "
-              f"{r['rss'] / MB:7.0f} {r['baseline_rss'] / MB:7.0f}")
+        print(
+            f"  {kind:6s} {r['setting'] if r['setting'] is not None else '-':>8} {r['recall_at_10']:6.3f} {r['tune_recall_at_10']:6.3f} "
+            f"{r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['qps']:9.0f} {r['build_s']:8.1f} {r['tune_s']:7.1f} {r['file_bytes'] / raw:6.2f}× "
+            f"{r['rss'] / MB:7.0f} {r['baseline_rss'] / MB:7.0f}"
+        )
 
 
-def run_ann(sizes: list[int], metrics: list[str], json_out: Path | None, kinds: tuple[str, ...], M: int, ef_construction: int) -> int:
+def run_ann(
+    sizes: list[int], metrics: list[str], json_out: Path | None, kinds: tuple[str, ...], M: int, ef_construction: int
+) -> int:
     from recsys.index import IndexSettings
 
     settings = IndexSettings(target_recall=TARGET, M=M, ef_construction=ef_construction)
@@ -206,9 +239,11 @@ def run_float16(sizes: list[int], metrics: list[str], n_timed: int = 200) -> int
                     p50 = float(np.median(query_latencies_ms(index, held[:n_timed], 10)))
                     del index
                     rss = serving_rss(folder, queries_path)
-                    print(f"{n_items:,} {metric:6s} exact {dtype}: recall@10 {recall:.4f}, p50 {p50:.2f} ms, serving RSS "
-                          f"{rss['rss'] / MB:.0f} MB (base {rss['baseline_rss'] / MB:.0f}; vectors {items.nbytes / MB:.0f} MB as float32)",
-                          flush=True)
+                    print(
+                        f"{n_items:,} {metric:6s} exact {dtype}: recall@10 {recall:.4f}, p50 {p50:.2f} ms, serving RSS "
+                        f"{rss['rss'] / MB:.0f} MB (base {rss['baseline_rss'] / MB:.0f}; vectors {items.nbytes / MB:.0f} MB as float32)",
+                        flush=True,
+                    )
     return 0
 
 
@@ -225,25 +260,35 @@ def run_filter_check(n_items: int = 100_000, n_queries: int = 300) -> int:
     held = queries[TUNE_QUERIES:]
     for n_excluded in (10, 50, 500):
         # half of them among the query's true top items, as a user's history tends to be
-        excluded = [np.concatenate([exact.query(q, n_excluded // 2)[0], rng.choice(n_items, n_excluded - n_excluded // 2, replace=False)])
-                    for q in held]
+        excluded = [
+            np.concatenate(
+                [exact.query(q, n_excluded // 2)[0], rng.choice(n_items, n_excluded - n_excluded // 2, replace=False)]
+            )
+            for q in held
+        ]
         ms = {"filter (query)": 0.0, "overfetch": 0.0}
         hits = dict.fromkeys(ms, 0)
         for q, ex in zip(held, excluded):
             truth = set(exact.query(q, 10, exclude=ex)[0].tolist())
-            for name, fn in (("filter (query)", lambda q=q, ex=ex: index.query(q, 10, exclude=ex)),
-                             ("overfetch", lambda q=q, ex=ex: index.query_overfetch(q, 10, ex))):
+            for name, fn in (
+                ("filter (query)", lambda q=q, ex=ex: index.query(q, 10, exclude=ex)),
+                ("overfetch", lambda q=q, ex=ex: index.query_overfetch(q, 10, ex)),
+            ):
                 start = time.perf_counter()
                 ids = fn()[0]
                 ms[name] += (time.perf_counter() - start) * 1000
                 hits[name] += len(truth & set(ids.tolist()))
         n = len(held)
-        print(f"{n_items:,} items, dot, ef={index.ef}, {n_excluded:3d} excluded: "
-              + "; ".join(f"{name} recall@10 {hits[name] / (10 * n):.3f} {ms[name] / n:.3f} ms" for name in ms))
+        print(
+            f"{n_items:,} items, dot, ef={index.ef}, {n_excluded:3d} excluded: "
+            + "; ".join(f"{name} recall@10 {hits[name] / (10 * n):.3f} {ms[name] / n:.3f} ms" for name in ms)
+        )
     return 0
 
 
-def run_batch(n_users: int = 100_000, n_items: int = 20_000, n_events: int = 5_000_000, k: int = 50, limit_s: float = 60.0) -> int:
+def run_batch(
+    n_users: int = 100_000, n_items: int = 20_000, n_events: int = 5_000_000, k: int = 50, limit_s: float = 60.0
+) -> int:
     """`recsys recommend --all-users` without the store/registry around it: the train bench's data,
     ALS with the default config, the build's index choice, both batch paths."""
     from pipelines.train import TrainConfig, build_bundle, fit_model
@@ -259,8 +304,11 @@ def run_batch(n_users: int = 100_000, n_items: int = 20_000, n_events: int = 5_0
     full = InteractionMatrix.from_events(data.events, weighting=config.weighting, alpha=config.alpha)
     model = fit_model(config, full, data)
     bundle = build_bundle(config, model, full, {})
-    print(f"data + ALS + index choice: {time.perf_counter() - start:.0f}s; user index: {bundle.info['index_user_serving']} "
-          f"(recall@10 {bundle.info['index_user_recall_at_10']:.3f})", flush=True)
+    print(
+        f"data + ALS + index choice: {time.perf_counter() - start:.0f}s; user index: {bundle.info['index_user_serving']} "
+        f"(recall@10 {bundle.info['index_user_recall_at_10']:.3f})",
+        flush=True,
+    )
     rec = Recommender(bundle, data.items)
     seen = seen_matrix(data.events, bundle.user_ids, bundle.item_ids)
     worst = 0.0
@@ -271,8 +319,10 @@ def run_batch(n_users: int = 100_000, n_items: int = 20_000, n_events: int = 5_0
             n_rows += int((batch.item_rows >= 0).sum())
         seconds = time.perf_counter() - start
         worst = max(worst, seconds) if not exact else worst
-        print(f"{batch_path(rec, exact):5s} path{' (--exact)' if exact else ''}: {len(bundle.user_ids):,} users × top-{k} "
-              f"({n_rows:,} rows) in {seconds:.1f}s = {len(bundle.user_ids) / seconds:,.0f} users/s")
+        print(
+            f"{batch_path(rec, exact):5s} path{' (--exact)' if exact else ''}: {len(bundle.user_ids):,} users × top-{k} "
+            f"({n_rows:,} rows) in {seconds:.1f}s = {len(bundle.user_ids) / seconds:,.0f} users/s"
+        )
     print(f"load after: {os.getloadavg()} on {os.cpu_count()} cores")
     ok = worst <= limit_s
     print(("done" if ok else "NOT DONE") + f": default path {worst:.1f}s (limit {limit_s:.0f}s)")
@@ -286,10 +336,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write every figure here too")
     parser.add_argument("--kinds", nargs="+", default=["exact", "hnsw", "annoy"], choices=["exact", "hnsw", "annoy"])
     parser.add_argument("--M", type=int, default=16, help="HNSW graph degree (IndexConfig.M)")
-    parser.add_argument("--ef-construction", type=int, default=100, help="HNSW construction beam (IndexConfig.ef_construction)")
+    parser.add_argument(
+        "--ef-construction", type=int, default=100, help="HNSW construction beam (IndexConfig.ef_construction)"
+    )
     parser.add_argument("--batch", action="store_true", help="batch recommendations bench (100k users × 20k items)")
     parser.add_argument("--filter-check", action="store_true", help="HNSW exclusions: over-fetch vs filter callback")
-    parser.add_argument("--float16", action="store_true", help="exact search over float16 vs float32 vectors: recall, RSS")
+    parser.add_argument(
+        "--float16", action="store_true", help="exact search over float16 vs float32 vectors: recall, RSS"
+    )
     parser.add_argument("--serve-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)

@@ -60,7 +60,9 @@ class Scorer:
         base = InteractionMatrix.from_events(split.train, weighting="none")
         self.train_events, self.user_ids, self.item_ids = split.train, base.user_ids, base.item_ids
         self.seen = base.matrix
-        test = InteractionMatrix.from_events(split.test, user_ids=base.user_ids, item_ids=base.item_ids, weighting="none").matrix
+        test = InteractionMatrix.from_events(
+            split.test, user_ids=base.user_ids, item_ids=base.item_ids, weighting="none"
+        ).matrix
         test.data = np.ones_like(test.data)
         self.test = test
         self.users = np.flatnonzero(np.diff(test.indptr) > 0)
@@ -73,7 +75,9 @@ class Scorer:
     def model(self, config: ModelConfig) -> dict[str, float]:
         matrix = config.matrix(self.train_events, self.user_ids, self.item_ids)
         model = make_model(config.kind, **config.params).fit(matrix.matrix)
-        top = top_k_scores(model.user_vectors_, model.item_vectors_, K, exclude=self.seen, user_rows=self.users, metric=model.metric)[0]
+        top = top_k_scores(
+            model.user_vectors_, model.item_vectors_, K, exclude=self.seen, user_rows=self.users, metric=model.metric
+        )[0]
         return self.metrics(top)
 
     def served(self, base: str) -> dict[str, float]:
@@ -122,13 +126,22 @@ def run_split(name: str, split, dataset: Dataset, args, work: Path) -> dict:
     out["als_default"] = scorer.model(ModelConfig())
     best = None
     for factors, reg, alpha in GRID:
-        m = scorer.model(ModelConfig(kind="als", params={"factors": factors, "regularization": reg, "iterations": 15},
-                                     weighting="confidence", alpha=alpha))
+        m = scorer.model(
+            ModelConfig(
+                kind="als",
+                params={"factors": factors, "regularization": reg, "iterations": 15},
+                weighting="confidence",
+                alpha=alpha,
+            )
+        )
         if best is None or m["ndcg"] > best[0]["ndcg"]:
             best = (m, f"factors={factors} reg={reg:g} alpha={alpha:g}")
     out["als_grid"], out["als_grid_params"] = best
-    print(f"[{name}] served {out['served']}, popular {out['popular']}, ALS defaults {out['als_default']}, "
-          f"ALS grid best on test {out['als_grid']} ({out['als_grid_params']}); search 'star wars': {out['search']}", flush=True)
+    print(
+        f"[{name}] served {out['served']}, popular {out['popular']}, ALS defaults {out['als_default']}, "
+        f"ALS grid best on test {out['als_grid']} ({out['als_grid_params']}); search 'star wars': {out['search']}",
+        flush=True,
+    )
     return out
 
 
@@ -142,7 +155,9 @@ def main() -> int:
     if not args.data.exists():
         args.data = Path("/work/shared/datasets/ml-100k")
     dataset = load_dataset("movielens-100k", args.data)
-    print(f"MovieLens 100K: {len(dataset.events):,} ratings, {os.cpu_count()} cores, load {os.getloadavg()}", flush=True)
+    print(
+        f"MovieLens 100K: {len(dataset.events):,} ratings, {os.cpu_count()} cores, load {os.getloadavg()}", flush=True
+    )
     results = {}
     with tempfile.TemporaryDirectory(prefix="autotune-ml100k-") as tmp:
         for name, split in splits(dataset.events).items():
@@ -152,14 +167,20 @@ def main() -> int:
     ok = True
     print(f"\n{'split':8} {'model':36} {'nDCG@10':>8} {'P@10':>8}")
     for name, r in results.items():
-        rows = [("out-of-box (recsys train, HTTP)", r["served"]), ("popularity", r["popular"]),
-                ("ALS defaults", r["als_default"]), (f"ALS grid best on test ({r['als_grid_params']})", r["als_grid"])]
+        rows = [
+            ("out-of-box (recsys train, HTTP)", r["served"]),
+            ("popularity", r["popular"]),
+            ("ALS defaults", r["als_default"]),
+            (f"ALS grid best on test ({r['als_grid_params']})", r["als_grid"]),
+        ]
         for label, m in rows:
             print(f"{name:8} {label:36} {m['ndcg']:8.4f} {m['precision']:8.4f}")
         ratio = r["served"]["ndcg"] / r["als_grid"]["ndcg"]
         star = any("star wars" in t.lower() for t in r["search"])
-        print(f"{name:8} ratio out-of-box / ALS-grid-on-test: {ratio:.3f} (target ≥ {TARGET}); train wall time {r['train_s']:.0f}s "
-              f"for {r['users']} test users; /search 'star wars' top 5: {r['search']}")
+        print(
+            f"{name:8} ratio out-of-box / ALS-grid-on-test: {ratio:.3f} (target ≥ {TARGET}); train wall time {r['train_s']:.0f}s "
+            f"for {r['users']} test users; /search 'star wars' top 5: {r['search']}"
+        )
         ok &= ratio >= TARGET and star
     print(f"load average at the end: {os.getloadavg()}")
     print("PASS" if ok else "FAIL")

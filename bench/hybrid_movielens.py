@@ -48,11 +48,29 @@ ALPHA = 1.0  # confidence 1 + α·rating
 
 MODELS = {
     "ALS": ModelConfig(kind="als", params={"factors": 32, "regularization": 5.0, "iterations": 20}),
-    "BPR": ModelConfig(kind="bpr", params={"factors": 64, "learning_rate": 0.05, "regularization": 0.01, "iterations": 200}),
-    "LightFM (no features)": ModelConfig(kind="lightfm", params={"no_components": 64, "loss": "warp", "epochs": 40,
-                                                                 "use_item_features": False, "use_user_features": False}),
-    "LightFM (features)": ModelConfig(kind="lightfm", params={"no_components": 64, "loss": "warp", "epochs": 40,
-                                                              "use_item_features": True, "use_user_features": True}),
+    "BPR": ModelConfig(
+        kind="bpr", params={"factors": 64, "learning_rate": 0.05, "regularization": 0.01, "iterations": 200}
+    ),
+    "LightFM (no features)": ModelConfig(
+        kind="lightfm",
+        params={
+            "no_components": 64,
+            "loss": "warp",
+            "epochs": 40,
+            "use_item_features": False,
+            "use_user_features": False,
+        },
+    ),
+    "LightFM (features)": ModelConfig(
+        kind="lightfm",
+        params={
+            "no_components": 64,
+            "loss": "warp",
+            "epochs": 40,
+            "use_item_features": True,
+            "use_user_features": True,
+        },
+    ),
 }
 # (fusion, ALS weight inside the collaborative ensemble, content weight)
 BLEND_GRID = [(f, a, c) for f in ("weighted", "rrf") for a in (0.3, 0.5, 0.7) for c in (0.0, 0.05, 0.1, 0.2)]
@@ -91,7 +109,14 @@ def warm_experiment(dataset, console):
     for name in MODELS:
         t = time.perf_counter()
         model = fit(name, train, dataset)
-        rec, _ = top_k_scores(model.user_vectors_, model.item_vectors_, K, exclude=train.matrix[users], user_rows=users, metric=model.metric)
+        rec, _ = top_k_scores(
+            model.user_vectors_,
+            model.item_vectors_,
+            K,
+            exclude=train.matrix[users],
+            user_rows=users,
+            metric=model.metric,
+        )
         p, n, _ = score(rec, test, users)
         rows.append((name, p, n, time.perf_counter() - t))
         fitted[name] = model
@@ -107,16 +132,34 @@ def warm_experiment(dataset, console):
     vprof = content_profiles(vtrain.matrix[vusers], C)
     for fusion, a, c in BLEND_GRID:
         ens = EnsembleEmbedder.from_fitted(vmodels, [a, 1 - a])
-        rec = hybrid_top_k(ens.user_vectors_[vusers], ens.item_vectors_, vprof, C, K, exclude=vtrain.matrix[vusers],
-                           metric="dot", weights=(1 - c, c), fusion=fusion)
+        rec = hybrid_top_k(
+            ens.user_vectors_[vusers],
+            ens.item_vectors_,
+            vprof,
+            C,
+            K,
+            exclude=vtrain.matrix[vusers],
+            metric="dot",
+            weights=(1 - c, c),
+            fusion=fusion,
+        )
         val_ndcg[(fusion, a, c)] = score(rec, vtest, vusers)[1]
     best_blend = max(val_ndcg, key=val_ndcg.get)
     best_val = val_ndcg[best_blend]
     for fusion in ("weighted", "rrf"):
         _, a, c = max((b for b in BLEND_GRID if b[0] == fusion), key=lambda b: val_ndcg[b])
         ens = EnsembleEmbedder.from_fitted([fitted[name] for name in ENSEMBLE], [a, 1 - a])
-        rec = hybrid_top_k(ens.user_vectors_[users], ens.item_vectors_, profiles, C, K, exclude=train.matrix[users],
-                           metric="dot", weights=(1 - c, c), fusion=fusion)
+        rec = hybrid_top_k(
+            ens.user_vectors_[users],
+            ens.item_vectors_,
+            profiles,
+            C,
+            K,
+            exclude=train.matrix[users],
+            metric="dot",
+            weights=(1 - c, c),
+            fusion=fusion,
+        )
         p, n, _ = score(rec, test, users)
         rows.append((f"Hybrid: ALS {a:.1f} + LightFM(features) {1 - a:.1f}, content {c} ({fusion})", p, n, 0.0))
 
@@ -129,10 +172,14 @@ def warm_experiment(dataset, console):
     for fusion in ("weighted", "rrf"):
         with_content = {b: v for b, v in val_ndcg.items() if b[0] == fusion and b[2] > 0}
         b = max(with_content, key=with_content.get)
-        console.print(f"validation, {fusion} with a non-zero content weight: best nDCG@10 {with_content[b]:.4f} "
-                      f"(ALS {b[1]}, content {b[2]})")
-    console.print(f"blend chosen on validation: fusion={best_blend[0]}, ALS weight {best_blend[1]}, content weight {best_blend[2]} "
-                  f"(val nDCG@10 {best_val:.4f})")
+        console.print(
+            f"validation, {fusion} with a non-zero content weight: best nDCG@10 {with_content[b]:.4f} "
+            f"(ALS {b[1]}, content {b[2]})"
+        )
+    console.print(
+        f"blend chosen on validation: fusion={best_blend[0]}, ALS weight {best_blend[1]}, content weight {best_blend[2]} "
+        f"(val nDCG@10 {best_val:.4f})"
+    )
     singles = [r for r in rows if not r[0].startswith("Hybrid")]
     best_single = max(singles, key=lambda r: r[2])
     chosen = next(r for r in rows if r[0].startswith("Hybrid") and r[0].endswith(f"({best_blend[0]})"))
@@ -152,7 +199,7 @@ def cold_experiment(dataset, console):
     users = np.flatnonzero(np.diff(test.matrix.indptr) > 0)
 
     encoder = TfidfEncoder(n_components=64).fit(dataset.items, item_ids=np.concatenate([train.item_ids, cold_ids]))
-    warm_c, cold_c = encoder.item_vectors_[: len(train.item_ids)], encoder.item_vectors_[len(train.item_ids):]
+    warm_c, cold_c = encoder.item_vectors_[: len(train.item_ids)], encoder.item_vectors_[len(train.item_ids) :]
     model = fit("ALS", train, dataset)
     cold_cf = ContentToCFMapper(alpha=1.0).fit(warm_c, model.item_vectors_).predict(cold_c)
     profiles = content_profiles(train.matrix[users], warm_c)
@@ -165,10 +212,16 @@ def cold_experiment(dataset, console):
         "random": recall(np.stack([rng.permutation(n_cold)[:K] for _ in users])),
         "popularity (no signal: fixed order)": recall(np.tile(np.arange(K), (len(users), 1))),
         "content (profile · TF-IDF)": recall(top_k_scores(profiles, cold_c, K, metric="cosine")[0]),
-        "CF from content (ridge → ALS space)": recall(top_k_scores(model.user_vectors_[users], cold_cf, K, metric="dot")[0]),
-        "hybrid (weighted, 0.5/0.5)": recall(hybrid_top_k(model.user_vectors_[users], cold_cf, profiles, cold_c, K, metric="dot", weights=(0.5, 0.5))),
+        "CF from content (ridge → ALS space)": recall(
+            top_k_scores(model.user_vectors_[users], cold_cf, K, metric="dot")[0]
+        ),
+        "hybrid (weighted, 0.5/0.5)": recall(
+            hybrid_top_k(model.user_vectors_[users], cold_cf, profiles, cold_c, K, metric="dot", weights=(0.5, 0.5))
+        ),
     }
-    table = Table(title=f"Cold-start items: {n_cold} items held out of training, {len(users)} users, ranked among cold items")
+    table = Table(
+        title=f"Cold-start items: {n_cold} items held out of training, {len(users)} users, ranked among cold items"
+    )
     table.add_column("method")
     table.add_column("recall@10", justify="right")
     for name, value in results.items():

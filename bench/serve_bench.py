@@ -52,7 +52,9 @@ THREADS = int(os.environ.get("RECSYS_BENCH_THREADS", "1"))
 DURATION = os.environ.get("RECSYS_BENCH_DURATION", "15s")
 COMPARE_WORKERS = int(os.environ.get("RECSYS_BENCH_COMPARE_WORKERS", "0"))
 DATABASE = os.environ.get("RECSYS_BENCH_DATABASE", "sqlite")
-POSTGRES_ADMIN_URL = os.environ.get("RECSYS_BENCH_POSTGRES_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "RECSYS_BENCH_POSTGRES_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
 PROFILE = os.environ.get("RECSYS_BENCH_PROFILE")
 PY_SPY = Path(sys.executable).with_name("py-spy")
 TARGET_RATIO, TARGET_P99_MS, TARGET_SCALING = 0.5, 20.0, 1.6
@@ -141,8 +143,25 @@ def profile(base: str, tmp: Path, out: Path) -> None:
     pid = worker_pids(base, 1)[0]
     raw = tmp / "profile.txt"
     seconds = max(int(DURATION.rstrip("s")) - 3, 1)
-    spy = subprocess.Popen([str(PY_SPY), "record", "-p", str(pid), "-f", "raw", "-o", str(raw), "-r", "200",
-                            "-d", str(seconds), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    spy = subprocess.Popen(
+        [
+            str(PY_SPY),
+            "record",
+            "-p",
+            str(pid),
+            "-f",
+            "raw",
+            "-o",
+            str(raw),
+            "-r",
+            "200",
+            "-d",
+            str(seconds),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     run = wrk(base, "recs", 0, tmp)
     spy.wait(timeout=120)
     self_n, total_n, samples = Counter(), Counter(), 0
@@ -153,14 +172,20 @@ def profile(base: str, tmp: Path, out: Path) -> None:
         if not frames or not n.isdigit():
             continue
         # idle event-loop waits are not work
-        if any("select (selectors.py" in f or "_worker (concurrent" in f or "wait (threading.py" in f for f in frames[-2:]):
+        if any(
+            "select (selectors.py" in f or "_worker (concurrent" in f or "wait (threading.py" in f for f in frames[-2:]
+        ):
             continue
         samples += int(n)
         self_n[frames[-1]] += int(n)
         for f in set(frames):
             total_n[f] += int(n)
-    lines = [f"py-spy record -r 200 of worker {pid} during a wrk recommendations run ({run['rps']:,.0f} req/s, {load()})",
-             f"{samples} busy samples (idle waits excluded)", "", "top self:"]
+    lines = [
+        f"py-spy record -r 200 of worker {pid} during a wrk recommendations run ({run['rps']:,.0f} req/s, {load()})",
+        f"{samples} busy samples (idle waits excluded)",
+        "",
+        "top self:",
+    ]
     lines += [f"{100 * n / max(samples, 1):6.1f}%  {f}" for f, n in self_n.most_common(25)]
     lines += ["", "top total (inclusive):"]
     lines += [f"{100 * n / max(samples, 1):6.1f}%  {f}" for f, n in total_n.most_common(40)]
@@ -186,8 +211,16 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp, database() as database_url:
         tmp = Path(tmp)
-        env = prepare(tmp / "data", users=USERS, items=ITEMS, events=EVENTS, clusters=20, factors=64, iterations=10,
-                      database_url=database_url)
+        env = prepare(
+            tmp / "data",
+            users=USERS,
+            items=ITEMS,
+            events=EVENTS,
+            clusters=20,
+            factors=64,
+            iterations=10,
+            database_url=database_url,
+        )
         extra = {"RECSYS_RELOAD_POLL_SECONDS": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
         with live_server(env, workers=WORKERS, extra_env=extra) as base:
             # warm up (page in the memory-mapped index, JIT nothing, fill caches)
@@ -210,12 +243,16 @@ def main() -> int:
                 scaled_rss = {pid: rss_mb(pid) for pid in worker_pids(base, COMPARE_WORKERS)}
                 scaled_load += " -> " + load()
     store = "PostgreSQL" if database_url else "SQLite"
-    print(f"catalog {ITEMS:,} items, {USERS:,} users, store {store}; {WORKERS} uvicorn worker(s); "
-          f"wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION}; {load_before} -> {load_after}")
+    print(
+        f"catalog {ITEMS:,} items, {USERS:,} users, store {store}; {WORKERS} uvicorn worker(s); "
+        f"wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION}; {load_before} -> {load_after}"
+    )
     print(f"{'endpoint':<18}{'pass':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
     for name, (peak, paced, target) in rows.items():
         print(f"{name:<18}{'peak':<10}{peak['rps']:>10,.0f}{peak['p50']:>9.2f}{peak['p99']:>9.2f}{peak['non2xx']:>9}")
-        print(f"{'':<18}{'80%':<10}{paced['rps']:>10,.0f}{paced['p50']:>9.2f}{paced['p99']:>9.2f}{paced['non2xx']:>9}  (target {target:,.0f}/s)")
+        print(
+            f"{'':<18}{'80%':<10}{paced['rps']:>10,.0f}{paced['p50']:>9.2f}{paced['p99']:>9.2f}{paced['non2xx']:>9}  (target {target:,.0f}/s)"
+        )
     print("RSS per worker: " + ", ".join(f"pid {pid} {mb:,.0f} MB" for pid, mb in rss.items()))
     recs_peak, recs_paced, _ = rows["recommendations"]
     ratio = recs_peak["rps"] / rows["health"][0]["rps"]
@@ -227,15 +264,21 @@ def main() -> int:
         print(f"{'endpoint':<18}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'vs 1 worker':>13}")
         for name, (peak, _, _) in scaled.items():
             speedup = peak["rps"] / rows[name][0]["rps"]
-            print(f"{name:<18}{peak['rps']:>10,.0f}{peak['p50']:>9.2f}{peak['p99']:>9.2f}{peak['non2xx']:>9}{speedup:>12.2f}x")
+            print(
+                f"{name:<18}{peak['rps']:>10,.0f}{peak['p50']:>9.2f}{peak['p99']:>9.2f}{peak['non2xx']:>9}{speedup:>12.2f}x"
+            )
         print("RSS per worker: " + ", ".join(f"pid {pid} {mb:,.0f} MB" for pid, mb in scaled_rss.items()))
         scaling = scaled["recommendations"][0]["rps"] / recs_peak["rps"]
         errors += sum(peak["non2xx"] for peak, _, _ in scaled.values())
         ok = ok and scaling >= TARGET_SCALING and errors == 0
-        print(f"recommendations with {COMPARE_WORKERS} workers = {scaling:.2f}x one worker (target >= {TARGET_SCALING})")
+        print(
+            f"recommendations with {COMPARE_WORKERS} workers = {scaling:.2f}x one worker (target >= {TARGET_SCALING})"
+        )
     print(f"throughput ratio recommendations/health = {ratio:.2f} (target >= {TARGET_RATIO})")
-    print(f"{'PASS' if ok else 'FAIL'}: recs {recs_peak['rps']:,.0f} req/s vs health {rows['health'][0]['rps']:,.0f} req/s "
-          f"(ratio {ratio:.2f} >= {TARGET_RATIO}?), p99 at 80% peak {recs_paced['p99']:.1f} ms (<= {TARGET_P99_MS}?), {errors} errors")
+    print(
+        f"{'PASS' if ok else 'FAIL'}: recs {recs_peak['rps']:,.0f} req/s vs health {rows['health'][0]['rps']:,.0f} req/s "
+        f"(ratio {ratio:.2f} >= {TARGET_RATIO}?), p99 at 80% peak {recs_paced['p99']:.1f} ms (<= {TARGET_P99_MS}?), {errors} errors"
+    )
     return 0 if ok else 1
 
 

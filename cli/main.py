@@ -20,8 +20,8 @@ from cli import experiment as experiment_cli
 from cli import model as model_cli
 from cli import online as online_cli
 from cli import pipeline as pipeline_cli
-from cli import store as store_cli
 from cli import recommend as recommend_cli
+from cli import store as store_cli
 from cli.common import (
     OneLineErrorsGroup,
     UsageError,
@@ -36,14 +36,22 @@ from cli.common import (
     train_lock,
 )
 
-app = typer.Typer(cls=OneLineErrorsGroup, help="Embedding-based recommendation service: data → embeddings → MLflow → Annoy → HTTP.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    cls=OneLineErrorsGroup,
+    help="Embedding-based recommendation service: data → embeddings → MLflow → Annoy → HTTP.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 FORMATS = ("movielens-100k", "movielens-1m", "goodbooks-10k", "csv", "parquet")
 
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=err_console, show_path=False)])
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+    )
     for noisy in ("alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -86,7 +94,9 @@ def _read_train_config(path: Path):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UsageError(f"config {path}: expected a mapping of TrainConfig fields at the top level, got {type(raw).__name__}")
+        raise UsageError(
+            f"config {path}: expected a mapping of TrainConfig fields at the top level, got {type(raw).__name__}"
+        )
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
@@ -108,7 +118,9 @@ def generate(
     events: Annotated[int, typer.Option(min=1, help="number of events")] = 100_000,
     clusters: Annotated[int, typer.Option(min=1, help="latent taste clusters")] = 8,
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
-    out: Annotated[Path | None, typer.Option(help="write Parquet files to this folder instead of the feature store")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="write Parquet files to this folder instead of the feature store")
+    ] = None,
 ) -> None:
     """Generate a seeded synthetic dataset into the feature store (or Parquet files)."""
     from recsys.datasets.synthetic import generate_synthetic
@@ -120,7 +132,9 @@ def generate(
         dataset.events.to_parquet(out / "events.parquet", index=False)
         dataset.items.to_parquet(out / "items.parquet", index=False)
         dataset.users.to_parquet(out / "users.parquet", index=False)
-        console.print(f"wrote {len(dataset.events):,} events, {len(dataset.items):,} items, {len(dataset.users):,} users to {out}")
+        console.print(
+            f"wrote {len(dataset.events):,} events, {len(dataset.items):,} items, {len(dataset.users):,} users to {out}"
+        )
         return
     settings = _settings()
     _print_ingest(_store(settings).ingest(dataset, progress=True), settings)
@@ -131,7 +145,10 @@ def generate(
 def ingest(
     fmt: Annotated[str, typer.Argument(metavar="FORMAT", help=f"one of: {', '.join(FORMATS)}")],
     path: Annotated[Path, typer.Argument(help="dataset folder (MovieLens, goodbooks) or events file (csv, parquet)")],
-    map_: Annotated[list[str] | None, typer.Option("--map", help="column mapping OURS=THEIRS for csv/parquet, e.g. --map user_id=customer")] = None,
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="column mapping OURS=THEIRS for csv/parquet, e.g. --map user_id=customer"),
+    ] = None,
     items_path: Annotated[Path | None, typer.Option("--items", help="items file for csv/parquet")] = None,
 ) -> None:
     """Load a dataset into the feature store (idempotent: re-ingesting adds nothing)."""
@@ -163,9 +180,16 @@ def train(
     as_of: Annotated[datetime | None, typer.Option(help="snapshot time: only events at or before it")] = None,
     alias: Annotated[str | None, typer.Option(help="alias to promote on success (default from settings)")] = None,
     no_promote: Annotated[bool, typer.Option("--no-promote", help="register but do not move the alias")] = False,
-    content: Annotated[str | None, typer.Option(help="content encoder (tags, tfidf, sbert): hybrid modes, /search, cold start; "
-                                                     "without --config the search picks one when items have text")] = None,
-    budget: Annotated[str, typer.Option(help="without --config: wall-clock cap of the model search (90s, 10m, 1h)")] = "10m",
+    content: Annotated[
+        str | None,
+        typer.Option(
+            help="content encoder (tags, tfidf, sbert): hybrid modes, /search, cold start; "
+            "without --config the search picks one when items have text"
+        ),
+    ] = None,
+    budget: Annotated[
+        str, typer.Option(help="without --config: wall-clock cap of the model search (90s, 10m, 1h)")
+    ] = "10m",
     trials: Annotated[int, typer.Option(min=1, help="without --config: search trials (the reproducible budget)")] = 30,
     seed: Annotated[int, typer.Option(help="without --config: seed of the search and the models")] = 42,
 ) -> None:
@@ -226,15 +250,26 @@ def _autotune(settings, trials: int, max_seconds: float, seed: int, content: str
 
     search = SearchConfig(trials=trials, max_seconds=max_seconds, seed=seed)
     with train_lock(settings), console.status("searching") as status:
-        result = autotune(settings, search, as_of=as_of, promote_alias=alias, content=content,
-                          on_stage=lambda s: status.update(f"training: {s}"))
+        result = autotune(
+            settings,
+            search,
+            as_of=as_of,
+            promote_alias=alias,
+            content=content,
+            on_stage=lambda s: status.update(f"training: {s}"),
+        )
     outcome = result.search
     _print_train_result(result.train, outcome.winner.kind, search.k, alias, settings)
     lift = f"×{outcome.lift:.2f}" if outcome.popularity_score > 0 else "(popularity scores 0)"
     console.print(f"search: {len(outcome.trials)} trials in {outcome.seconds:.0f}s; winner {describe(outcome.winner)}")
-    console.print(f"validation ndcg@{search.k} {outcome.score:.4f} vs popularity {outcome.popularity_score:.4f} {lift}"
-                  + (f"; content {outcome.content.kind}, blend {outcome.hybrid.default_mode} {tuple(outcome.hybrid.weights)}"
-                     if outcome.content else "; no content space"))
+    console.print(
+        f"validation ndcg@{search.k} {outcome.score:.4f} vs popularity {outcome.popularity_score:.4f} {lift}"
+        + (
+            f"; content {outcome.content.kind}, blend {outcome.hybrid.default_mode} {tuple(outcome.hybrid.weights)}"
+            if outcome.content
+            else "; no content space"
+        )
+    )
     for note in outcome.notes:
         console.print(f"  {note}")
     return result
@@ -274,7 +309,14 @@ def demo(
     _print_ingest(store.ingest(dataset, progress=True), settings)
     console.rule("2. search a model (small budget) + TF-IDF content → MLflow → Annoy")
     result = _autotune(settings, 4, 30.0, 42, "tfidf", None, settings.model_alias).train
-    console.print(f"model version {result.version}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.metrics.items() if k.endswith("_at_10") and k.split("_")[0] in ("precision", "ndcg", "hybrid")))
+    console.print(
+        f"model version {result.version}: "
+        + ", ".join(
+            f"{k}={v:.3f}"
+            for k, v in result.metrics.items()
+            if k.endswith("_at_10") and k.split("_")[0] in ("precision", "ndcg", "hybrid")
+        )
+    )
     console.rule("3. recommendations")
     client = tracking.setup(settings)
     version = tracking.get_version(client, settings.registered_model_name, result.version)
@@ -294,8 +336,10 @@ def demo(
     console.print(f"serve the API:   RECSYS_API_KEYS=dev-key {recsys_cmd} serve --port 8000")
     console.print("then try:        curl 'http://127.0.0.1:8000/users/u1/recommendations?k=5'")
     console.print("                 curl 'http://127.0.0.1:8000/search?q=rocket+orbit&k=5'")
-    console.print("""                 curl -X POST -H 'X-API-Key: dev-key' -H 'content-type: application/json' """
-                  """-d '{"user_id": "u1", "item_id": "i3", "event_type": "click"}' http://127.0.0.1:8000/events""")
+    console.print(
+        """                 curl -X POST -H 'X-API-Key: dev-key' -H 'content-type: application/json' """
+        """-d '{"user_id": "u1", "item_id": "i3", "event_type": "click"}' http://127.0.0.1:8000/events"""
+    )
     console.print(f"MLflow UI:       mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
 
 

@@ -25,20 +25,45 @@ def list_versions(limit: Annotated[int, typer.Option(min=1, help="newest N versi
     client = tracking.setup(settings)
     rows = tracking.list_versions(client, settings.registered_model_name)[:limit]
     table = Table(title=f"{settings.registered_model_name} versions")
-    for col in ("version", "aliases", "gate", "ndcg@10", "recall@10", "coverage", "index (recall@10, p50)", "created", "tags"):
+    for col in (
+        "version",
+        "aliases",
+        "gate",
+        "ndcg@10",
+        "recall@10",
+        "coverage",
+        "index (recall@10, p50)",
+        "created",
+        "tags",
+    ):
         table.add_column(col, justify="right" if col in ("version", "ndcg@10", "recall@10", "coverage") else "left")
     for r in rows:
         m = r["metrics"]
-        fmt = lambda k, m=m: f"{m[k]:.4f}" if k in m else "-"
+
+        def fmt(key: str, m: dict = m) -> str:
+            return f"{m[key]:.4f}" if key in m else "-"
+
         gate = r["tags"].get("gate", "-")
         if "rejected" in r["tags"]:
             gate = f"[red]rejected[/]: {r['tags']['rejected'][:60]}"
         elif "promoted" in r["tags"]:
             gate = "[green]promoted[/]"
-        other = ", ".join(f"{k}={v}" for k, v in sorted(r["tags"].items())
-                          if k not in ("rejected", "gate", "promoted", "manifest_sha256") and not k.startswith("index."))
-        table.add_row(r["version"], ",".join(r["aliases"]) or "", gate, fmt("ndcg_at_10"), fmt("recall_at_10"), fmt("coverage"),
-                      index_summary(r["tags"], m), r["created"], other)
+        other = ", ".join(
+            f"{k}={v}"
+            for k, v in sorted(r["tags"].items())
+            if k not in ("rejected", "gate", "promoted", "manifest_sha256") and not k.startswith("index.")
+        )
+        table.add_row(
+            r["version"],
+            ",".join(r["aliases"]) or "",
+            gate,
+            fmt("ndcg_at_10"),
+            fmt("recall_at_10"),
+            fmt("coverage"),
+            index_summary(r["tags"], m),
+            r["created"],
+            other,
+        )
     console.print(table)
 
 
@@ -51,13 +76,21 @@ def index_summary(tags: dict[str, str], metrics: dict[str, float]) -> str:
             continue
         role = key.removeprefix("index.")
         recall, ms = metrics.get(f"index_{role}_recall_at_10"), metrics.get(f"index_{role}_query_ms")
-        parts.append(" ".join([role, kind] + ([f"{recall:.3f}"] if recall is not None else []) + ([f"{ms:.2f}ms"] if ms is not None else [])))
+        parts.append(
+            " ".join(
+                [role, kind]
+                + ([f"{recall:.3f}"] if recall is not None else [])
+                + ([f"{ms:.2f}ms"] if ms is not None else [])
+            )
+        )
     return "; ".join(parts) or "-"
 
 
 @app.command()
 @cli_errors
-def rollback(alias: Annotated[str | None, typer.Option(help="alias to move (default: RECSYS_MODEL_ALIAS)")] = None) -> None:
+def rollback(
+    alias: Annotated[str | None, typer.Option(help="alias to move (default: RECSYS_MODEL_ALIAS)")] = None,
+) -> None:
     """Move the alias to the previous good version (promoted before, never rejected)."""
     from cli.common import get_settings
     from pipelines import tracking

@@ -22,9 +22,15 @@ def recommend(
     k: Annotated[int, typer.Option("--k", min=1, max=1000, help="items per user")] = 50,
     alias: Annotated[str | None, typer.Option(help="model alias (default: RECSYS_MODEL_ALIAS)")] = None,
     version: Annotated[str | None, typer.Option(help="a registered version instead of the alias")] = None,
-    exact: Annotated[bool, typer.Option("--exact", help="score every item (BLAS) even where serving asks an approximate index")] = False,
-    include_category: Annotated[list[str] | None, typer.Option(help="only items in one of these categories (repeatable)")] = None,
-    exclude_category: Annotated[list[str] | None, typer.Option(help="no items in these categories (repeatable)")] = None,
+    exact: Annotated[
+        bool, typer.Option("--exact", help="score every item (BLAS) even where serving asks an approximate index")
+    ] = False,
+    include_category: Annotated[
+        list[str] | None, typer.Option(help="only items in one of these categories (repeatable)")
+    ] = None,
+    exclude_category: Annotated[
+        list[str] | None, typer.Option(help="no items in these categories (repeatable)")
+    ] = None,
     exclude_item: Annotated[list[str] | None, typer.Option(help="never these items (repeatable)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="users per block")] = 2048,
 ) -> None:
@@ -55,9 +61,11 @@ def recommend(
         raise UsageError(f"--out {out} is a directory: give a file name")
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: folder {out.parent} does not exist")
-    filters = Filters(exclude_items=[check_id(i, "exclude_item") for i in exclude_item or []],
-                      include_categories=[check_label(c, "include_category") for c in include_category or []],
-                      exclude_categories=[check_label(c, "exclude_category") for c in exclude_category or []])
+    filters = Filters(
+        exclude_items=[check_id(i, "exclude_item") for i in exclude_item or []],
+        include_categories=[check_label(c, "include_category") for c in include_category or []],
+        exclude_categories=[check_label(c, "exclude_category") for c in exclude_category or []],
+    )
     settings = get_settings()
     client = tracking.setup(settings)
     name = settings.registered_model_name
@@ -79,28 +87,52 @@ def recommend(
     model_version = str(mv.version)
     user_ids = bundle.user_ids.astype(str)
     item_ids = bundle.item_ids.astype(str)
-    schema = pa.schema([("user_id", pa.string()), ("rank", pa.int16()), ("item_id", pa.string()), ("score", pa.float32()),
-                        ("model_version", pa.string())])
+    schema = pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("rank", pa.int16()),
+            ("item_id", pa.string()),
+            ("score", pa.float32()),
+            ("model_version", pa.string()),
+        ]
+    )
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     start, n_rows = time.perf_counter(), 0
     try:
-        with pq.ParquetWriter(tmp, schema) as writer, Progress(
-            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err_console
-        ) as progress:
+        with (
+            pq.ParquetWriter(tmp, schema) as writer,
+            Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=err_console,
+            ) as progress,
+        ):
             task = progress.add_task("users", total=len(user_ids))
-            for batch in recommend_all(recommender, seen, k, filters=filters, exact=exact, batch_size=batch_size,
-                                       on_batch=lambda n: progress.advance(task, n)):
+            for batch in recommend_all(
+                recommender,
+                seen,
+                k,
+                filters=filters,
+                exact=exact,
+                batch_size=batch_size,
+                on_batch=lambda n: progress.advance(task, n),
+            ):
                 found = batch.item_rows >= 0
                 rows, ranks = np.nonzero(found)
-                table = pa.table({
-                    "user_id": pa.array(user_ids[batch.user_rows[rows]]),
-                    "rank": pa.array((ranks + 1).astype(np.int16)),
-                    "item_id": pa.array(item_ids[batch.item_rows[found]]),
-                    "score": pa.array(batch.scores[found].astype(np.float32)),
-                    "model_version": pa.array(np.full(len(rows), model_version, dtype=object), pa.string()),
-                }, schema=schema)
+                table = pa.table(
+                    {
+                        "user_id": pa.array(user_ids[batch.user_rows[rows]]),
+                        "rank": pa.array((ranks + 1).astype(np.int16)),
+                        "item_id": pa.array(item_ids[batch.item_rows[found]]),
+                        "score": pa.array(batch.scores[found].astype(np.float32)),
+                        "model_version": pa.array(np.full(len(rows), model_version, dtype=object), pa.string()),
+                    },
+                    schema=schema,
+                )
                 writer.write_table(table)
                 n_rows += len(rows)
         os.replace(tmp, out)
@@ -108,6 +140,7 @@ def recommend(
         tmp.unlink(missing_ok=True)
         raise
     seconds = time.perf_counter() - start
-    console.print(f"wrote {n_rows:,} recommendations for {len(user_ids):,} users of version {model_version} to {out} "
-                  f"in {seconds:.1f}s ({len(user_ids) / max(seconds, 1e-9):,.0f} users/s, {batch_path(recommender, exact)} path)")
-
+    console.print(
+        f"wrote {n_rows:,} recommendations for {len(user_ids):,} users of version {model_version} to {out} "
+        f"in {seconds:.1f}s ({len(user_ids) / max(seconds, 1e-9):,.0f} users/s, {batch_path(recommender, exact)} path)"
+    )

@@ -11,10 +11,11 @@ import hashlib
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,6 +57,7 @@ MLFLOW_BREAKDOWN = "breakdown"
 # data
 # ----------------------------------------------------------------------------------------------
 
+
 def load_data(spec: ExperimentSpec, settings: Settings | None = None, base_dir: Path | None = None) -> Dataset:
     """The spec's dataset. Relative paths are taken from the working directory, else from
     ``base_dir`` (the spec file's folder)."""
@@ -85,7 +87,9 @@ def make_split(events: pd.DataFrame, split: SplitSpec, seed: int) -> Split:
         return leave_last_n_split(events, n=split.n, seed=seed)
     if split.method == "time":
         return time_split(events, split.cutoff)
-    return stratified_split(events, ratio=split.ratio, seed=seed, filter_by=split.filter_by, min_rating=split.min_rating)
+    return stratified_split(
+        events, ratio=split.ratio, seed=seed, filter_by=split.filter_by, min_rating=split.min_rating
+    )
 
 
 def split_hash(split: Split) -> str:
@@ -133,18 +137,24 @@ class PreparedData:
             if what == "items":
                 self._features[key] = build_item_features(self.dataset.items, self.item_ids, text=text)[0]
             else:
-                self._features[key] = build_user_features(self.dataset.users, self.user_ids, exclude_keys=exclude_keys)[0]
+                self._features[key] = build_user_features(self.dataset.users, self.user_ids, exclude_keys=exclude_keys)[
+                    0
+                ]
         return self._features[key]
 
 
 def prepare_data(spec: ExperimentSpec, dataset: Dataset, split: Split | None = None) -> PreparedData:
     split = split or make_split(dataset.events, spec.split, spec.split_seed)
     if len(split.train) == 0 or len(split.test) == 0:
-        raise ValueError(f"the {spec.split.method} split left {len(split.train)} train and {len(split.test)} test events; adjust split")
+        raise ValueError(
+            f"the {spec.split.method} split left {len(split.train)} train and {len(split.test)} test events; adjust split"
+        )
     base = InteractionMatrix.from_events(split.train, weighting="none")
     binary = base.matrix.copy()
     binary.data = np.ones_like(binary.data)
-    test = InteractionMatrix.from_events(split.test, user_ids=base.user_ids, item_ids=base.item_ids, weighting="none").matrix
+    test = InteractionMatrix.from_events(
+        split.test, user_ids=base.user_ids, item_ids=base.item_ids, weighting="none"
+    ).matrix
     test.data = np.ones_like(test.data)
     users = np.flatnonzero(np.diff(test.indptr) > 0)
     if spec.eval_users is not None and len(users) > spec.eval_users:
@@ -152,10 +162,20 @@ def prepare_data(spec: ExperimentSpec, dataset: Dataset, split: Split | None = N
     popularity = np.diff(sp.csc_matrix(binary).indptr).astype(np.float64)
     attribute, groups = _user_groups(spec, dataset.users, base.user_ids)
     return PreparedData(
-        dataset=dataset, split=split, split_hash=split_hash(split), user_ids=base.user_ids, item_ids=base.item_ids,
-        test=test, binary_train=binary, eval_users=users, item_popularity=popularity,
-        diversity_embeddings=_diversity_embeddings(dataset.items, base.item_ids) if "diversity" in spec.metrics else None,
-        user_attribute=attribute, user_groups=groups,
+        dataset=dataset,
+        split=split,
+        split_hash=split_hash(split),
+        user_ids=base.user_ids,
+        item_ids=base.item_ids,
+        test=test,
+        binary_train=binary,
+        eval_users=users,
+        item_popularity=popularity,
+        diversity_embeddings=_diversity_embeddings(dataset.items, base.item_ids)
+        if "diversity" in spec.metrics
+        else None,
+        user_attribute=attribute,
+        user_groups=groups,
     )
 
 
@@ -167,7 +187,9 @@ def _diversity_embeddings(items: pd.DataFrame, item_ids: np.ndarray) -> np.ndarr
     return make_model("tags").fit(items, item_ids=item_ids).item_vectors_
 
 
-def _user_groups(spec: ExperimentSpec, users: pd.DataFrame, user_ids: np.ndarray) -> tuple[str | None, pd.Series | None]:
+def _user_groups(
+    spec: ExperimentSpec, users: pd.DataFrame, user_ids: np.ndarray
+) -> tuple[str | None, pd.Series | None]:
     """The breakdown attribute and its value per matrix row (indexed by row)."""
     key = spec.breakdown_attribute
     if key is None or users.empty:
@@ -197,6 +219,7 @@ def _user_groups(spec: ExperimentSpec, users: pd.DataFrame, user_ids: np.ndarray
 # one model
 # ----------------------------------------------------------------------------------------------
 
+
 @dataclass
 class ModelResult:
     config: ModelConfig
@@ -210,7 +233,9 @@ def fit_on_split(config: ModelConfig, data: PreparedData):
     """``pipelines.train.fit_model`` (the one fit path) on the shared train part."""
     from pipelines.train import fit_model as fit
 
-    matrix = InteractionMatrix(matrix=data.train_matrix(config.weighting, config.alpha), user_ids=data.user_ids, item_ids=data.item_ids)
+    matrix = InteractionMatrix(
+        matrix=data.train_matrix(config.weighting, config.alpha), user_ids=data.user_ids, item_ids=data.item_ids
+    )
     return fit(config, matrix, data.dataset, events=data.split.train)
 
 
@@ -218,7 +243,9 @@ def recommend(model, users: np.ndarray, exclude: sp.csr_matrix, k: int) -> np.nd
     """Top-``k`` item indices per user (train items excluded), ``-1`` padded."""
     if getattr(model, "user_vectors_", None) is not None:
         metric = model.metric if model.metric in ("dot", "cosine") else "dot"
-        return top_k_scores(model.user_vectors_, model.item_vectors_, k, exclude=exclude, user_rows=users, metric=metric)[0]
+        return top_k_scores(
+            model.user_vectors_, model.item_vectors_, k, exclude=exclude, user_rows=users, metric=metric
+        )[0]
     if hasattr(model, "recommend"):
         return model.recommend(users, exclude, k)[0]
     raise ValueError(f"{type(model).__name__} has neither user vectors nor recommend()")
@@ -277,12 +304,20 @@ def index_recall(model, data: PreparedData, n_queries: int, seed: int) -> float 
 
     index = make_index("annoy", model.metric, n_trees=50).build(model.item_vectors_)
     rng = np.random.default_rng(seed)
-    queries = model.user_vectors_[rng.choice(len(model.user_vectors_), min(n_queries, len(model.user_vectors_)), replace=False)]
+    queries = model.user_vectors_[
+        rng.choice(len(model.user_vectors_), min(n_queries, len(model.user_vectors_)), replace=False)
+    ]
     return index.tune(model.item_vectors_, queries, k=10)
 
 
-def fit_and_evaluate(config: ModelConfig, data: PreparedData, spec: ExperimentSpec, *, with_breakdown: bool = True,
-                     with_index: bool = True) -> tuple[dict[str, float], pd.DataFrame | None]:
+def fit_and_evaluate(
+    config: ModelConfig,
+    data: PreparedData,
+    spec: ExperimentSpec,
+    *,
+    with_breakdown: bool = True,
+    with_index: bool = True,
+) -> tuple[dict[str, float], pd.DataFrame | None]:
     """Fit on the shared train part, score on the shared test part: metrics (+ breakdown)."""
     start = time.perf_counter()
     model = fit_on_split(config, data)
@@ -304,6 +339,7 @@ def fit_and_evaluate(config: ModelConfig, data: PreparedData, spec: ExperimentSp
 # the experiment
 # ----------------------------------------------------------------------------------------------
 
+
 @dataclass
 class ExperimentResult:
     spec: ExperimentSpec
@@ -320,7 +356,9 @@ def config_params(config: ModelConfig) -> dict[str, Any]:
     out.update({f"param.{k}": v for k, v in config.params.items()})
     if config.kind == "lightfm":
         f = config.features
-        out.update({"features.items": f.item_categories, "features.users": f.user_attributes, "features.text": f.item_text})
+        out.update(
+            {"features.items": f.item_categories, "features.users": f.user_attributes, "features.text": f.item_text}
+        )
     return out
 
 
@@ -367,13 +405,26 @@ def run_experiment(
     logger.info("split %s: %s", data.split_hash, data.split.report)
     exp_id = tracking.experiment_id(settings, spec.name)
     results: list[ModelResult] = []
-    with tracking.start_run(exp_id, f"{spec.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}",
-                            tags={KIND_TAG: "parent", SPEC_TAG: spec.name}) as parent:
-        tracking.log_params_flat({"dataset.format": spec.dataset.format, "dataset.path": spec.dataset.path,
-                                  "seed": spec.seed, "k": ",".join(map(str, spec.k)), "n_configs": len(configs),
-                                  "metrics": ",".join(spec.metrics), "breakdown_attribute": data.user_attribute,
-                                  **split_params(spec, data)})
-        tracking.log_metrics_finite({f"split_{k}": v for k, v in data.split.report.items() if isinstance(v, (int, float))})
+    with tracking.start_run(
+        exp_id,
+        f"{spec.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}",
+        tags={KIND_TAG: "parent", SPEC_TAG: spec.name},
+    ) as parent:
+        tracking.log_params_flat(
+            {
+                "dataset.format": spec.dataset.format,
+                "dataset.path": spec.dataset.path,
+                "seed": spec.seed,
+                "k": ",".join(map(str, spec.k)),
+                "n_configs": len(configs),
+                "metrics": ",".join(spec.metrics),
+                "breakdown_attribute": data.user_attribute,
+                **split_params(spec, data),
+            }
+        )
+        tracking.log_metrics_finite(
+            {f"split_{k}": v for k, v in data.split.report.items() if isinstance(v, (int, float))}
+        )
         if spec_path is not None:
             tracking.log_artifact(spec_path, "spec")
         for i, config in enumerate(configs):
@@ -381,8 +432,12 @@ def run_experiment(
                 on_model(config.name, i, len(configs))
             run_id = None
             try:
-                with tracking.start_run(exp_id, config.name, nested=True,
-                                        tags={KIND_TAG: "child", SPEC_TAG: spec.name, CONFIG_TAG: config.name}) as child:
+                with tracking.start_run(
+                    exp_id,
+                    config.name,
+                    nested=True,
+                    tags={KIND_TAG: "child", SPEC_TAG: spec.name, CONFIG_TAG: config.name},
+                ) as child:
                     run_id = child.info.run_id
                     tracking.log_params_flat({**config_params(config), **split_params(spec, data)})
                     try:
@@ -392,8 +447,14 @@ def run_experiment(
                         raise  # leaving the block marks the child run FAILED
                     tracking.log_metrics_finite(metrics)
                     for k in spec.k:  # metric@k curves as steps too, for the MLflow UI
-                        tracking.log_metrics_finite({f"{m}_by_k": metrics[f"{m}_at_{k}"] for m in ("ndcg", "precision", "recall")
-                                                     if f"{m}_at_{k}" in metrics}, step=k)
+                        tracking.log_metrics_finite(
+                            {
+                                f"{m}_by_k": metrics[f"{m}_at_{k}"]
+                                for m in ("ndcg", "precision", "recall")
+                                if f"{m}_at_{k}" in metrics
+                            },
+                            step=k,
+                        )
                     if table is not None:
                         with tempfile.TemporaryDirectory() as tmp:
                             path = Path(tmp) / "breakdown.csv"
@@ -405,15 +466,27 @@ def run_experiment(
                 continue
             results.append(ModelResult(config, metrics, table, run_id))
         if all(r.error for r in results):
-            raise RuntimeError("every model configuration failed: " + "; ".join(f"{r.config.name}: {r.error}" for r in results))
+            raise RuntimeError(
+                "every model configuration failed: " + "; ".join(f"{r.config.name}: {r.error}" for r in results)
+            )
         comparison = report_mod.comparison_frame(results)
         out_dir = Path(report_dir) if report_dir is not None else default_report_dir(spec.name)
-        report_mod.write_report(comparison, out_dir, title=f"Experiment {spec.name}", ks=spec.k, main_k=spec.main_k,
-                                breakdowns={r.config.name: r.breakdown for r in results if r.breakdown is not None},
-                                context={"parent run": parent.info.run_id, "split hash": data.split_hash,
-                                         "dataset": f"{spec.dataset.format} {spec.dataset.path or ''}".strip(),
-                                         "split": ", ".join(f"{k}={v}" for k, v in split_params(spec, data).items()),
-                                         "evaluated users": len(data.eval_users), "breakdown attribute": data.user_attribute or "—"})
+        report_mod.write_report(
+            comparison,
+            out_dir,
+            title=f"Experiment {spec.name}",
+            ks=spec.k,
+            main_k=spec.main_k,
+            breakdowns={r.config.name: r.breakdown for r in results if r.breakdown is not None},
+            context={
+                "parent run": parent.info.run_id,
+                "split hash": data.split_hash,
+                "dataset": f"{spec.dataset.format} {spec.dataset.path or ''}".strip(),
+                "split": ", ".join(f"{k}={v}" for k, v in split_params(spec, data).items()),
+                "evaluated users": len(data.eval_users),
+                "breakdown attribute": data.user_attribute or "—",
+            },
+        )
         tracking.log_artifact(out_dir, "report")
         parent_id = parent.info.run_id
     return ExperimentResult(spec, parent_id, data.split_hash, results, comparison, out_dir, data.split.report)

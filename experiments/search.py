@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -47,7 +47,9 @@ def searchable(spec: ExperimentSpec):
     if skipped:
         logger.info("not searched (recsys train cannot train them): %s", ", ".join(skipped))
     if not models:
-        raise SpecError("no model in the spec can be searched: baselines and content encoders are not trainable by `recsys train`")
+        raise SpecError(
+            "no model in the spec can be searched: baselines and content encoders are not trainable by `recsys train`"
+        )
     return models
 
 
@@ -130,19 +132,39 @@ def run_search(
     data = runner.prepare_data(spec, dataset, split)
     exp_id = tracking.experiment_id(settings, spec.name)
     rows = []
-    with tracking.start_run(exp_id, f"{spec.name}-search-{datetime.now().strftime('%Y%m%d-%H%M%S')}",
-                            tags={runner.KIND_TAG: "search", runner.SPEC_TAG: spec.name}) as parent:
-        tracking.log_params_flat({"search.method": spec.search.method, "search.metric": key, "search.holdout": spec.search.holdout,
-                                  "search.trials": len(configs), "dataset.format": spec.dataset.format, "dataset.path": spec.dataset.path,
-                                  **runner.split_params(spec, data)})
+    with tracking.start_run(
+        exp_id,
+        f"{spec.name}-search-{datetime.now().strftime('%Y%m%d-%H%M%S')}",
+        tags={runner.KIND_TAG: "search", runner.SPEC_TAG: spec.name},
+    ) as parent:
+        tracking.log_params_flat(
+            {
+                "search.method": spec.search.method,
+                "search.metric": key,
+                "search.holdout": spec.search.holdout,
+                "search.trials": len(configs),
+                "dataset.format": spec.dataset.format,
+                "dataset.path": spec.dataset.path,
+                **runner.split_params(spec, data),
+            }
+        )
         for i, config in enumerate(configs):
             if on_trial:
                 on_trial(config.name, i, len(configs))
-            row = {"trial": config.name, "kind": config.kind, "params": json.dumps(config.params, default=str),
-                   "weighting": config.weighting, "alpha": config.alpha}
+            row = {
+                "trial": config.name,
+                "kind": config.kind,
+                "params": json.dumps(config.params, default=str),
+                "weighting": config.weighting,
+                "alpha": config.alpha,
+            }
             try:
-                with tracking.start_run(exp_id, config.name, nested=True,
-                                        tags={runner.KIND_TAG: "trial", runner.SPEC_TAG: spec.name, runner.CONFIG_TAG: config.name}) as child:
+                with tracking.start_run(
+                    exp_id,
+                    config.name,
+                    nested=True,
+                    tags={runner.KIND_TAG: "trial", runner.SPEC_TAG: spec.name, runner.CONFIG_TAG: config.name},
+                ) as child:
                     row["run_id"] = child.info.run_id
                     tracking.log_params_flat({**runner.config_params(config), **runner.split_params(spec, data)})
                     metrics, _ = runner.fit_and_evaluate(config, data, spec, with_breakdown=False, with_index=False)
@@ -154,14 +176,27 @@ def run_search(
             rows.append(row)
         table = pd.DataFrame(rows)
         if key not in table or table[key].notna().sum() == 0:
-            raise RuntimeError(f"no trial produced {key}: " + "; ".join(str(e) for e in table.get("error", pd.Series()).dropna()))
+            raise RuntimeError(
+                f"no trial produced {key}: " + "; ".join(str(e) for e in table.get("error", pd.Series()).dropna())
+            )
         best_i = table[key].idxmin() if lower_better else table[key].idxmax()
         best, score = configs[int(best_i)], float(table.loc[best_i, key])
         tracking.log_metrics_finite({f"best_{key}": score})
-        tracking.log_params_flat({"best.trial": best.name, "best.kind": best.kind, "best.params": json.dumps(best.params, default=str),
-                                  "best.weighting": best.weighting, "best.alpha": best.alpha})
+        tracking.log_params_flat(
+            {
+                "best.trial": best.name,
+                "best.kind": best.kind,
+                "best.params": json.dumps(best.params, default=str),
+                "best.weighting": best.weighting,
+                "best.alpha": best.alpha,
+            }
+        )
         text = train_config_yaml(best, spec, spec.search.metric, score, parent.info.run_id)
-        report_dir = Path(report_dir) if report_dir is not None else Path("reports") / f"{spec.name}-search-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        report_dir = (
+            Path(report_dir)
+            if report_dir is not None
+            else Path("reports") / f"{spec.name}-search-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        )
         report_dir.mkdir(parents=True, exist_ok=True)
         table.sort_values(key, ascending=lower_better).to_csv(report_dir / "trials.csv", index=False)
         (report_dir / "best.yaml").write_text(text)

@@ -37,6 +37,7 @@ from recsys.datasets.loaders import LOADERS
 from recsys.matrix import WEIGHTINGS
 from recsys.models.config import FeatureConfig, ModelConfig
 from recsys.models.registry import MODEL_KINDS, param_names
+
 DATASET_FORMATS = (*LOADERS, "synthetic", "feature_store")
 RANKING_METRICS = ("precision", "recall", "ndcg", "map", "hit_rate", "mrr", "auc")
 BEYOND_METRICS = ("coverage", "novelty", "diversity", "avg_rec_popularity", "gini")
@@ -59,7 +60,7 @@ class Range(_Strict):
     log: bool = False
 
     @model_validator(mode="after")
-    def _check(self) -> "Range":
+    def _check(self) -> Range:
         if self.high < self.low:
             raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
         if self.log and self.low <= 0:
@@ -83,7 +84,11 @@ def _parse_space(value: Any) -> Any:
         if set(value) == {"value"}:
             return _Fixed(value["value"])
         r = Range.model_validate(value)
-        r._int_hint = isinstance(value.get("low"), int) and isinstance(value.get("high"), int) and not isinstance(value.get("low"), bool)
+        r._int_hint = (
+            isinstance(value.get("low"), int)
+            and isinstance(value.get("high"), int)
+            and not isinstance(value.get("low"), bool)
+        )
         return r
     if isinstance(value, list):
         if not value:
@@ -118,7 +123,7 @@ class DatasetSpec(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _path(self) -> "DatasetSpec":
+    def _path(self) -> DatasetSpec:
         if self.format in LOADERS and not self.path:
             raise ValueError(f"format {self.format!r} needs a path")
         return self
@@ -140,7 +145,7 @@ class SplitSpec(_Strict):
     seed: int | None = None
 
     @model_validator(mode="after")
-    def _cutoff(self) -> "SplitSpec":
+    def _cutoff(self) -> SplitSpec:
         if self.method == "time" and not self.cutoff:
             raise ValueError("split method 'time' needs a cutoff")
         return self
@@ -195,12 +200,17 @@ class ModelSpec(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _check_params(self) -> "ModelSpec":
+    def _check_params(self) -> ModelSpec:
         allowed = set(param_names(self.kind))
         unknown = sorted((set(self.params) | (set(self.search) - {"weighting", "alpha"})) - allowed)
         if unknown:
-            raise ValueError(f"model kind {self.kind!r} has no parameter {unknown[0]!r}; its parameters: {', '.join(sorted(allowed))}")
-        if (self.features.item_categories or self.features.user_attributes) and self.kind not in ("lightfm", "ensemble"):
+            raise ValueError(
+                f"model kind {self.kind!r} has no parameter {unknown[0]!r}; its parameters: {', '.join(sorted(allowed))}"
+            )
+        if (self.features.item_categories or self.features.user_attributes) and self.kind not in (
+            "lightfm",
+            "ensemble",
+        ):
             raise ValueError(f"features are only used by lightfm, not {self.kind!r}")
         return self
 
@@ -216,17 +226,19 @@ class ModelSpec(_Strict):
     def has_ranges(self, for_search: bool = True) -> bool:
         return any(isinstance(v, Range) for v in self.space(for_search).values())
 
-    def grid(self, for_search: bool = False) -> list["ModelConfig"]:
+    def grid(self, for_search: bool = False) -> list[ModelConfig]:
         """Every combination of the grid values (ranges are refused: they are for ``search``)."""
         space = self.space(for_search)
         ranged = [k for k, v in space.items() if isinstance(v, Range)]
         if ranged:
-            raise SpecError(f"model {self.label()!r}: {ranged[0]} is a random range; ranges are for `recsys experiment search`")
+            raise SpecError(
+                f"model {self.label()!r}: {ranged[0]} is a random range; ranges are for `recsys experiment search`"
+            )
         keys = list(space)
         values = [v if isinstance(v, list) else [v] for v in space.values()]
         return [self._config(dict(zip(keys, combo))) for combo in itertools.product(*values)]
 
-    def sample(self, rng: np.random.Generator) -> "ModelConfig":
+    def sample(self, rng: np.random.Generator) -> ModelConfig:
         out = {}
         for k, v in self.space(for_search=True).items():
             if isinstance(v, Range):
@@ -246,9 +258,19 @@ class ModelSpec(_Strict):
         return n
 
     def _config(self, point: dict[str, Any]) -> ModelConfig:
-        params = {k.split(".", 1)[1]: (v.value if isinstance(v, _Fixed) else v) for k, v in point.items() if k.startswith("params.")}
-        return ModelConfig(kind=self.kind, name=self.label(), params=params, weighting=point["weighting"], alpha=float(point["alpha"]),
-                           features=self.features)
+        params = {
+            k.split(".", 1)[1]: (v.value if isinstance(v, _Fixed) else v)
+            for k, v in point.items()
+            if k.startswith("params.")
+        }
+        return ModelConfig(
+            kind=self.kind,
+            name=self.label(),
+            params=params,
+            weighting=point["weighting"],
+            alpha=float(point["alpha"]),
+            features=self.features,
+        )
 
     def label(self) -> str:
         return self.name or self.kind
@@ -299,7 +321,7 @@ class ExperimentSpec(_Strict):
         return sorted(set(v))
 
     @model_validator(mode="after")
-    def _search_metric(self) -> "ExperimentSpec":
+    def _search_metric(self) -> ExperimentSpec:
         if self.search.metric is None:
             self.search.metric = f"ndcg@{self.main_k}"
         name, k = parse_metric(self.search.metric)

@@ -111,7 +111,8 @@ class StoredEvent:
 
 _FEED_COLUMNS = (events_table.c.id, users_table.c.user_id, items_table.c.item_id, events_table.c.created_at)
 _FEED_FROM = events_table.join(users_table, events_table.c.user_pk == users_table.c.id).join(
-    items_table, events_table.c.item_pk == items_table.c.id)
+    items_table, events_table.c.item_pk == items_table.c.id
+)
 
 
 def _stored(rows) -> list[StoredEvent]:
@@ -142,21 +143,32 @@ def last_event_seq(conn: Connection) -> int:
 
 def user_events(conn: Connection, user_id: str) -> list[StoredEvent]:
     """Every event of one user, oldest first (``ts``, then id)."""
-    stmt = (select(*_FEED_COLUMNS).select_from(_FEED_FROM).where(users_table.c.user_id == str(user_id))
-            .order_by(events_table.c.ts, events_table.c.id))
+    stmt = (
+        select(*_FEED_COLUMNS)
+        .select_from(_FEED_FROM)
+        .where(users_table.c.user_id == str(user_id))
+        .order_by(events_table.c.ts, events_table.c.id)
+    )
     return _stored(conn.execute(stmt).all())
 
 
 def recent_user_pks(conn: Connection, n_users: int) -> list[int]:
     """Keys of the ``n_users`` most recently active users (by their newest event), newest first."""
-    stmt = (select(events_table.c.user_pk).group_by(events_table.c.user_pk)
-            .order_by(func.max(events_table.c.id).desc()).limit(int(n_users)))
+    stmt = (
+        select(events_table.c.user_pk)
+        .group_by(events_table.c.user_pk)
+        .order_by(func.max(events_table.c.id).desc())
+        .limit(int(n_users))
+    )
     return [int(r[0]) for r in conn.execute(stmt)]
 
 
 def events_of_user_pks(conn: Connection, user_pks: Sequence[int]) -> list[StoredEvent]:
     """Every event of the given users, grouped by user, oldest first."""
-    stmt = (select(*_FEED_COLUMNS).select_from(_FEED_FROM)
-            .where(events_table.c.user_pk.in_([int(p) for p in user_pks]))
-            .order_by(events_table.c.user_pk, events_table.c.ts, events_table.c.id))
+    stmt = (
+        select(*_FEED_COLUMNS)
+        .select_from(_FEED_FROM)
+        .where(events_table.c.user_pk.in_([int(p) for p in user_pks]))
+        .order_by(events_table.c.user_pk, events_table.c.ts, events_table.c.id)
+    )
     return _stored(conn.execute(stmt).all())

@@ -91,8 +91,11 @@ class ServingControl:
     def changed_item_ids(self, since: int, upto: int) -> list[str]:
         """Distinct item ids changed in generations ``(since, upto]``, sorted."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(catalog_changes_table.c.item_id).where(
-                catalog_changes_table.c.seq > since, catalog_changes_table.c.seq <= upto))
+            rows = conn.execute(
+                select(catalog_changes_table.c.item_id).where(
+                    catalog_changes_table.c.seq > since, catalog_changes_table.c.seq <= upto
+                )
+            )
             return sorted({r[0] for r in rows})
 
     def items_by_ids(self, item_ids: list[str]) -> pd.DataFrame:
@@ -104,8 +107,11 @@ class ServingControl:
         rows = []
         with self.engine.connect() as conn:
             for lo in range(0, len(item_ids), _IN_CHUNK):
-                rows += conn.execute(select(*(items_table.c[c] for c in _ITEM_COLUMNS)).where(
-                    items_table.c.item_id.in_(item_ids[lo : lo + _IN_CHUNK]))).all()
+                rows += conn.execute(
+                    select(*(items_table.c[c] for c in _ITEM_COLUMNS)).where(
+                        items_table.c.item_id.in_(item_ids[lo : lo + _IN_CHUNK])
+                    )
+                ).all()
         frame = pd.DataFrame([tuple(r) for r in rows], columns=_ITEM_COLUMNS)
         frame["categories"] = [list(c or []) for c in frame["categories"]]
         frame["attributes"] = [dict(a or {}) for a in frame["attributes"]]
@@ -128,7 +134,9 @@ class ServingControl:
         """Record that ``worker_id`` is alive and has applied catalog generation ``catalog_seq``."""
         values = {"catalog_seq": int(catalog_seq), "seen_at": float(seen_at)}
         with self.engine.begin() as conn:
-            updated = conn.execute(workers_table.update().where(workers_table.c.worker_id == worker_id).values(**values))
+            updated = conn.execute(
+                workers_table.update().where(workers_table.c.worker_id == worker_id).values(**values)
+            )
             if updated.rowcount == 0:
                 conn.execute(workers_table.insert().values(worker_id=worker_id, **values))
 
@@ -139,7 +147,11 @@ class ServingControl:
     def workers_behind(self, catalog_seq: int, seen_after: float, exclude: str = "") -> list[str]:
         """Workers seen after ``seen_after`` (epoch seconds) that have not applied ``catalog_seq``."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(workers_table.c.worker_id).where(
-                workers_table.c.catalog_seq < int(catalog_seq), workers_table.c.seen_at > float(seen_after),
-                workers_table.c.worker_id != exclude))
+            rows = conn.execute(
+                select(workers_table.c.worker_id).where(
+                    workers_table.c.catalog_seq < int(catalog_seq),
+                    workers_table.c.seen_at > float(seen_after),
+                    workers_table.c.worker_id != exclude,
+                )
+            )
             return sorted(r[0] for r in rows)

@@ -124,8 +124,12 @@ class FeatureStore:
             n_items = catalog.upsert_items(conn, self.backend, dataset.items, placeholders_overwrite=False)
             n_users = catalog.upsert_users(conn, self.backend, dataset.users, placeholders_overwrite=False)
             inserted = ingest.write_events(
-                conn, self.backend, EventBatch(dataset.events), create_users=False,
-                chunk_size=self.chunk_size, progress=progress,
+                conn,
+                self.backend,
+                EventBatch(dataset.events),
+                create_users=False,
+                chunk_size=self.chunk_size,
+                progress=progress,
             )
             return IngestResult(
                 users_upserted=n_users,
@@ -202,8 +206,9 @@ class FeatureStore:
             }
         )
         name = f"snapshot-{as_of_ts.isoformat()}"
-        dataset = Dataset(events=events, items=items[ITEM_COLUMNS], users=users[USER_COLUMNS], name=name,
-                          validate=False)
+        dataset = Dataset(
+            events=events, items=items[ITEM_COLUMNS], users=users[USER_COLUMNS], name=name, validate=False
+        )
         logger.info(
             "snapshot as of %s: %d events, %d items, %d users in %.2fs (event read %.2fs)",
             as_of_ts,
@@ -225,16 +230,31 @@ class FeatureStore:
         with self.engine.connect() as conn:
             users, items = catalog.read_users(conn), catalog.read_items(conn)
         t_catalog = time.perf_counter() - start - t_export
-        events = self.offline.read_events(cutoff_ms, users=users.set_index("id")["user_id"],
-                                          items=items.set_index("id")["item_id"])
+        events = self.offline.read_events(
+            cutoff_ms, users=users.set_index("id")["user_id"], items=items.set_index("id")["item_id"]
+        )
         t_events = time.perf_counter() - start - t_export - t_catalog
         # Stored data was validated on its way in: checking millions of rows again would only
         # make every training fail on a row that predates a rule.
-        dataset = Dataset(events=events, items=items[ITEM_COLUMNS], users=users[USER_COLUMNS],
-                          name=f"snapshot-{as_of_ts.isoformat()}", validate=False)
-        logger.info("offline snapshot as of %s: %d events, %d items, %d users in %.2fs (export %.2fs, catalog %.2fs, "
-                    "event read %.2fs)", as_of_ts, len(events), len(items), len(users), time.perf_counter() - start,
-                    t_export, t_catalog, t_events)
+        dataset = Dataset(
+            events=events,
+            items=items[ITEM_COLUMNS],
+            users=users[USER_COLUMNS],
+            name=f"snapshot-{as_of_ts.isoformat()}",
+            validate=False,
+        )
+        logger.info(
+            "offline snapshot as of %s: %d events, %d items, %d users in %.2fs (export %.2fs, catalog %.2fs, "
+            "event read %.2fs)",
+            as_of_ts,
+            len(events),
+            len(items),
+            len(users),
+            time.perf_counter() - start,
+            t_export,
+            t_catalog,
+            t_events,
+        )
         return dataset
 
     def _read_events(self, conn: Connection, cutoff_ms: int) -> dict[str, Any]:

@@ -138,7 +138,8 @@ class SearchCadenceConfig(_Strict):
     budget: str = "10m"
     #: families the pipeline can train without the catalogue (no LightFM side features here)
     families: list[Literal["als", "ease", "bpr", "itemknn", "item2vec"]] = Field(
-        default_factory=lambda: ["als", "ease", "bpr", "itemknn", "item2vec"], min_length=1)
+        default_factory=lambda: ["als", "ease", "bpr", "itemknn", "item2vec"], min_length=1
+    )
 
     @field_validator("every", "budget")
     @classmethod
@@ -172,7 +173,9 @@ class PipelineConfig(_Strict):
     def _unique_labels(cls, models: list[ModelConfig]) -> list[ModelConfig]:
         for m in models:
             if m.kind in UNSUPPORTED_KINDS:
-                raise ValueError(f"model kind {m.kind!r} needs catalogue features; the pipeline trains collaborative kinds (als, bpr, …) for now")
+                raise ValueError(
+                    f"model kind {m.kind!r} needs catalogue features; the pipeline trains collaborative kinds (als, bpr, …) for now"
+                )
         labels = [m.label for m in models]
         if len(set(labels)) != len(labels):
             raise ValueError(f"model names must be unique, got {labels}")

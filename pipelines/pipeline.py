@@ -28,11 +28,12 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -54,7 +55,7 @@ from pipelines.gate import (
     trained_until,
 )
 from pipelines.lock import pipeline_lock
-from pipelines.train import ModelConfig, TrainConfig, build_bundle, fit_model
+from pipelines.train import ModelConfig, build_bundle, fit_model
 from pipelines.validate import ValidationFailed, snapshot_stats, validate_snapshot
 from recsys.bundle import ModelBundle, manifest_capabilities
 from recsys.index.annoy_index import file_sha256
@@ -90,7 +91,7 @@ class PipelineResult:
 
 
 def new_run_id(name: str) -> str:
-    return f"{name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
+    return f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
 
 
 def pipelines_dir(settings: Settings) -> Path:
@@ -125,15 +126,22 @@ class RunState:
         self.data = data
 
     @classmethod
-    def open(cls, run_dir: Path, run_id: str, config: PipelineConfig) -> "RunState":
+    def open(cls, run_dir: Path, run_id: str, config: PipelineConfig) -> RunState:
         path = run_dir / "state.json"
         if path.exists():
             data = _read_json(path)
             if data.get("config_digest") != config.digest():
                 raise ConfigError(f"pipeline run {run_id!r} was started with a different config; use a new --run-id")
             return cls(path, data)
-        data = {"run_id": run_id, "pipeline": config.name, "config_digest": config.digest(), "config": config.model_dump(mode="json"),
-                "status": "running", "created_at": datetime.now(timezone.utc).isoformat(), "stages": {}}
+        data = {
+            "run_id": run_id,
+            "pipeline": config.name,
+            "config_digest": config.digest(),
+            "config": config.model_dump(mode="json"),
+            "status": "running",
+            "created_at": datetime.now(UTC).isoformat(),
+            "stages": {},
+        }
         state = cls(path, data)
         state.save()
         return state
@@ -148,14 +156,16 @@ class RunState:
         return self.data["stages"][stage]["outputs"]
 
     def mark(self, stage: str, status: str, **extra: Any) -> None:
-        self.data["stages"].setdefault(stage, {}).update(status=status, at=datetime.now(timezone.utc).isoformat(), **extra)
+        self.data["stages"].setdefault(stage, {}).update(status=status, at=datetime.now(UTC).isoformat(), **extra)
         self.save()
 
 
 class Pipeline:
     """One pipeline run. ``run()`` takes the lock, then runs or resumes the stages."""
 
-    def __init__(self, settings: Settings, config: PipelineConfig, run_id: str | None = None, on_stage: OnStage | None = None):
+    def __init__(
+        self, settings: Settings, config: PipelineConfig, run_id: str | None = None, on_stage: OnStage | None = None
+    ):
         self.settings = settings
         self.config = config
         self.run_id = run_id or new_run_id(config.name)
@@ -200,14 +210,27 @@ class Pipeline:
         if resumed:
             parent = mlflow.start_run(run_id=parent_id)
         else:
-            parent = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_id,
-                                      tags={"pipeline": self.config.name, "pipeline_run_id": self.run_id, "config_digest": self.config.digest()})
+            parent = mlflow.start_run(
+                experiment_id=experiment_id,
+                run_name=self.run_id,
+                tags={
+                    "pipeline": self.config.name,
+                    "pipeline_run_id": self.run_id,
+                    "config_digest": self.config.digest(),
+                },
+            )
             self.state.data["mlflow_run_id"] = parent.info.run_id
             self.state.save()
             mlflow.log_dict(self.config.model_dump(mode="json"), "pipeline_config.json")
         self.parent_id = parent.info.run_id
         self.experiment_id = parent.info.experiment_id
-        logger.info("pipeline %s run %s (%s; MLflow run %s)", self.config.name, self.run_id, "resumed" if resumed else "new", self.parent_id)
+        logger.info(
+            "pipeline %s run %s (%s; MLflow run %s)",
+            self.config.name,
+            self.run_id,
+            "resumed" if resumed else "new",
+            self.parent_id,
+        )
         try:
             for stage in STAGES:
                 if self.state.done(stage):
@@ -227,13 +250,22 @@ class Pipeline:
             self.state.data.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
             self.state.save()
             mlflow.set_tags({"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:5000]})
-            logger.error("pipeline run %s failed: %s: %s (rerun with --run-id %s to resume)", self.run_id, type(exc).__name__, exc, self.run_id)
+            logger.error(
+                "pipeline run %s failed: %s: %s (rerun with --run-id %s to resume)",
+                self.run_id,
+                type(exc).__name__,
+                exc,
+                self.run_id,
+            )
             mlflow.end_run("FAILED")
             raise
         promoted = self.state.output("promote").get("promoted", False)
         gate = self.state.output("gate")
-        self.state.data.update(status="completed", reason="promoted" if promoted else f"rejected: {gate['reason']}",
-                               finished_at=datetime.now(timezone.utc).isoformat())
+        self.state.data.update(
+            status="completed",
+            reason="promoted" if promoted else f"rejected: {gate['reason']}",
+            finished_at=datetime.now(UTC).isoformat(),
+        )
         self.state.save()
         mlflow.set_tags({"status": "completed", "outcome": "promoted" if promoted else "rejected"})
         mlflow.end_run("FINISHED")
@@ -249,7 +281,12 @@ class Pipeline:
         self.state.mark(stage, "running")
         attempt = int(self.state.data["stages"][stage].get("attempts", 0)) + 1
         self.state.data["stages"][stage]["attempts"] = attempt
-        with mlflow.start_run(run_name=stage, nested=True, experiment_id=self.experiment_id, tags={"stage": stage, "attempt": str(attempt), "pipeline_run_id": self.run_id}):
+        with mlflow.start_run(
+            run_name=stage,
+            nested=True,
+            experiment_id=self.experiment_id,
+            tags={"stage": stage, "attempt": str(attempt), "pipeline_run_id": self.run_id},
+        ):
             try:
                 _maybe_fail(stage, "start")
                 outputs = getattr(self, f"_stage_{stage}")()
@@ -288,12 +325,21 @@ class Pipeline:
     def _result(self) -> PipelineResult:
         d = self.state.data
         stages = d["stages"]
-        status = {"completed": "promoted" if stages.get("promote", {}).get("outputs", {}).get("promoted") else "rejected"}.get(d["status"], d["status"])
+        status = {
+            "completed": "promoted" if stages.get("promote", {}).get("outputs", {}).get("promoted") else "rejected"
+        }.get(d["status"], d["status"])
         version = stages.get("register", {}).get("outputs", {}).get("version")
         metrics = stages.get("evaluate", {}).get("outputs", {}).get("best_metrics", {})
-        return PipelineResult(run_id=self.run_id, status=status, reason=d.get("reason", ""), version=version,
-                              mlflow_run_id=d.get("mlflow_run_id", ""), run_dir=self.run_dir,
-                              timings={s: v.get("seconds", 0.0) for s, v in stages.items() if v.get("status") == "done"}, metrics=metrics)
+        return PipelineResult(
+            run_id=self.run_id,
+            status=status,
+            reason=d.get("reason", ""),
+            version=version,
+            mlflow_run_id=d.get("mlflow_run_id", ""),
+            run_dir=self.run_dir,
+            timings={s: v.get("seconds", 0.0) for s, v in stages.items() if v.get("status") == "done"},
+            metrics=metrics,
+        )
 
     # ------------------------------------------------------------------ helpers
 
@@ -308,7 +354,11 @@ class Pipeline:
                 data = _read_json(state_path)
             except (OSError, ValueError):
                 continue
-            if data.get("pipeline") != self.config.name or data.get("run_id") == self.run_id or data.get("status") != "completed":
+            if (
+                data.get("pipeline") != self.config.name
+                or data.get("run_id") == self.run_id
+                or data.get("status") != "completed"
+            ):
                 continue
             if best is None or data.get("finished_at", "") > best[0]:
                 best = (data.get("finished_at", ""), state_path.parent)
@@ -350,7 +400,11 @@ class Pipeline:
         stats["source"] = src.kind if src.kind == "feature_store" else str(src.path)
         _write_json(out / "stats.json", stats)
         mlflow.log_params({f"data_{k}": v for k, v in stats.items() if not isinstance(v, dict)})
-        arts = ["snapshot/stats.json"] + (["snapshot/events.parquet", "snapshot/items.parquet", "snapshot/users.parquet"] if self.config.log_snapshot_artifacts else [])
+        arts = ["snapshot/stats.json"] + (
+            ["snapshot/events.parquet", "snapshot/items.parquet", "snapshot/users.parquet"]
+            if self.config.log_snapshot_artifacts
+            else []
+        )
         logger.info("snapshot: %d events, %d users, %d items", stats["n_events"], stats["n_users"], stats["n_items"])
         return {"n_events": stats["n_events"], "as_of": stats["as_of"], "_log_artifacts": arts}
 
@@ -373,27 +427,50 @@ class Pipeline:
         events = self._events()
         prod_version, prod_bundle = self._production()
         until = trained_until(prod_bundle) if prod_bundle is not None else None
-        cutoff, mode = choose_cutoff(events, self.config.evaluation.test_ratio, until, self.config.evaluation.min_fresh_ratio)
+        cutoff, mode = choose_cutoff(
+            events, self.config.evaluation.test_ratio, until, self.config.evaluation.min_fresh_ratio
+        )
         holdout = Holdout.build(events, cutoff)
         out = self.run_dir / "train"
         trained = []
         production: dict[str, Any] | None = None
         if prod_bundle is not None:
-            production = {"version": str(prod_version.version), "trained_until": until.isoformat() if until is not None else None,
-                          "eval": "bundle vectors on a fresh holdout" if mode == "fresh" else "recipe refit on the holdout's train part",
-                          "capabilities": sorted(prod_bundle.capabilities)}
+            production = {
+                "version": str(prod_version.version),
+                "trained_until": until.isoformat() if until is not None else None,
+                "eval": "bundle vectors on a fresh holdout"
+                if mode == "fresh"
+                else "recipe refit on the holdout's train part",
+                "capabilities": sorted(prod_bundle.capabilities),
+            }
             if mode == "refit":
                 params = dict(prod_bundle.params or {})
                 weighting, alpha = params.pop("weighting", "confidence"), float(params.pop("alpha", 1.0))
                 recipe = ModelConfig(kind=prod_bundle.kind, params=params, weighting=weighting, alpha=alpha)
-                m = fit_model(recipe, InteractionMatrix.from_events(holdout.split.train, user_ids=holdout.user_ids, item_ids=holdout.item_ids,
-                                                                weighting=weighting, alpha=alpha), None)
+                m = fit_model(
+                    recipe,
+                    InteractionMatrix.from_events(
+                        holdout.split.train,
+                        user_ids=holdout.user_ids,
+                        item_ids=holdout.item_ids,
+                        weighting=weighting,
+                        alpha=alpha,
+                    ),
+                    None,
+                )
                 (out / "production").mkdir(parents=True, exist_ok=True)
-                np.savez(out / "production" / "eval_vectors.npz", user_vectors=m.user_vectors_, item_vectors=m.item_vectors_)
+                np.savez(
+                    out / "production" / "eval_vectors.npz", user_vectors=m.user_vectors_, item_vectors=m.item_vectors_
+                )
                 production["metric"] = m.metric
                 del m
             del prod_bundle
-        logger.info("holdout: events from %s (%s%s)", cutoff, mode, f", production v{production['version']}" if production else "")
+        logger.info(
+            "holdout: events from %s (%s%s)",
+            cutoff,
+            mode,
+            f", production v{production['version']}" if production else "",
+        )
         candidates = self._choose_candidates(events)
         _write_json(out / "candidates.json", [c.model_dump(mode="json") for c in candidates])
         for i, cand in enumerate(candidates):
@@ -401,8 +478,13 @@ class Pipeline:
             folder = out / str(i)
             folder.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
-            train_m = InteractionMatrix.from_events(holdout.split.train, user_ids=holdout.user_ids, item_ids=holdout.item_ids,
-                                                    weighting=tc.weighting, alpha=tc.alpha)
+            train_m = InteractionMatrix.from_events(
+                holdout.split.train,
+                user_ids=holdout.user_ids,
+                item_ids=holdout.item_ids,
+                weighting=tc.weighting,
+                alpha=tc.alpha,
+            )
             model = fit_model(tc.model, train_m, None, events=holdout.split.train)
             np.savez(folder / "eval_vectors.npz", user_vectors=model.user_vectors_, item_vectors=model.item_vectors_)
             del train_m, model
@@ -411,16 +493,26 @@ class Pipeline:
             np.savez(folder / "full_vectors.npz", user_vectors=model.user_vectors_, item_vectors=model.item_vectors_)
             sp.save_npz(folder / "full_matrix.npz", full.matrix)
             _write_json(folder / "ids.json", {"user_ids": full.user_ids.tolist(), "item_ids": full.item_ids.tolist()})
-            _write_json(folder / "model.json", {"label": cand.label, "kind": model.kind, "metric": model.metric, "params": cand.params})
+            _write_json(
+                folder / "model.json",
+                {"label": cand.label, "kind": model.kind, "metric": model.metric, "params": cand.params},
+            )
             seconds = time.perf_counter() - t0
             mlflow.log_metric(f"fit_seconds_{i}", seconds)
-            trained.append({"index": i, "label": cand.label, "kind": model.kind, "metric": model.metric, "seconds": seconds})
+            trained.append(
+                {"index": i, "label": cand.label, "kind": model.kind, "metric": model.metric, "seconds": seconds}
+            )
             logger.info("trained candidate %s in %.1fs", cand.label, seconds)
             del full, model
         _write_json(out / "split.json", {k: v for k, v in holdout.split.report.items()})
         mlflow.log_params({f"split_{k}": v for k, v in holdout.split.report.items()})
-        return {"candidates": trained, "cutoff": pd.Timestamp(cutoff).isoformat(), "holdout_mode": mode, "production": production,
-                "_log_artifacts": ["train/split.json"]}
+        return {
+            "candidates": trained,
+            "cutoff": pd.Timestamp(cutoff).isoformat(),
+            "holdout_mode": mode,
+            "production": production,
+            "_log_artifacts": ["train/split.json"],
+        }
 
     def _choose_candidates(self, events: pd.DataFrame) -> list[ModelConfig]:
         """The configured models; with ``search``, the last search's winner, searched anew on
@@ -434,18 +526,42 @@ class Pipeline:
         path = pipelines_dir(self.settings) / f"{self.config.name}.search.json"
         last = _read_json(path) if path.exists() else None
         now = pd.Timestamp.now(tz="UTC")
-        if last is not None and (now - pd.Timestamp(last["searched_at"])).total_seconds() < parse_duration(cadence.every):
-            logger.info("train: refitting the last search's winner (%s, searched %s)", last["label"], last["searched_at"])
+        if last is not None and (now - pd.Timestamp(last["searched_at"])).total_seconds() < parse_duration(
+            cadence.every
+        ):
+            logger.info(
+                "train: refitting the last search's winner (%s, searched %s)", last["label"], last["searched_at"]
+            )
             return [ModelConfig.model_validate(last["winner"])]
         folder = self.run_dir / "snapshot"
-        dataset = Dataset(events=events, items=pd.read_parquet(folder / "items.parquet"), users=pd.read_parquet(folder / "users.parquet"))
-        outcome = run_search(self.settings, dataset, SearchConfig(trials=cadence.trials, max_seconds=parse_duration(cadence.budget),
-                                                                  seed=self.config.evaluation.seed, content="none",
-                                                                  families=tuple(cadence.families)))
+        dataset = Dataset(
+            events=events,
+            items=pd.read_parquet(folder / "items.parquet"),
+            users=pd.read_parquet(folder / "users.parquet"),
+        )
+        outcome = run_search(
+            self.settings,
+            dataset,
+            SearchConfig(
+                trials=cadence.trials,
+                max_seconds=parse_duration(cadence.budget),
+                seed=self.config.evaluation.seed,
+                content="none",
+                families=tuple(cadence.families),
+            ),
+        )
         winner = outcome.winner.model_copy(update={"name": "searched"})
-        _write_json(path, {"searched_at": now.isoformat(), "winner": winner.model_dump(mode="json"), "label": describe(winner),
-                           "search_run_id": outcome.parent_run_id, "validation_ndcg": outcome.score,
-                           "popularity_ndcg": outcome.popularity_score})
+        _write_json(
+            path,
+            {
+                "searched_at": now.isoformat(),
+                "winner": winner.model_dump(mode="json"),
+                "label": describe(winner),
+                "search_run_id": outcome.parent_run_id,
+                "validation_ndcg": outcome.score,
+                "popularity_ndcg": outcome.popularity_score,
+            },
+        )
         logger.info("train: searched anew, winner %s", describe(winner))
         return [winner]
 
@@ -469,13 +585,21 @@ class Pipeline:
         # No evaluation users (none known to both sides) is not an error of the run: the gate
         # refuses such a holdout (holdout_too_small), with the metrics left out.
         empty = {"eval_users": 0.0}
-        result: dict[str, Any] = {"cutoff": holdout.cutoff.isoformat(), "eval_users": int(len(users)),
-                                  "test_interactions": int(holdout.test[users].nnz) if len(users) else 0, "candidates": {}}
+        result: dict[str, Any] = {
+            "cutoff": holdout.cutoff.isoformat(),
+            "eval_users": int(len(users)),
+            "test_interactions": int(holdout.test[users].nnz) if len(users) else 0,
+            "candidates": {},
+        }
         if len(users) == 0:
             logger.warning("evaluate: no holdout users known to both the candidate and production")
         for cand in self.state.output("train")["candidates"]:
             vec = np.load(self.run_dir / "train" / str(cand["index"]) / "eval_vectors.npz")
-            m = score(holdout, users, vec["user_vectors"], vec["item_vectors"], cand["metric"], ev.k) if len(users) else dict(empty)
+            m = (
+                score(holdout, users, vec["user_vectors"], vec["item_vectors"], cand["metric"], ev.k)
+                if len(users)
+                else dict(empty)
+            )
             result["candidates"][cand["label"]] = m
             mlflow.log_metrics({f"{cand['label']}.{k}": v for k, v in m.items() if math.isfinite(v)})
         result["popularity"] = score_popularity(holdout, users, ev.k) if len(users) else None
@@ -505,13 +629,30 @@ class Pipeline:
             result["production"] = None
         _write_json(self.run_dir / "evaluate" / "metrics.json", result)
         best_metrics = result["candidates"][best_label]
-        self.client.log_batch(self.parent_id, metrics=[mlflow.entities.Metric(k, v, int(time.time() * 1000), 0)
-                                                       for k, v in best_metrics.items() if math.isfinite(v)])
-        logger.info("evaluate: best %s %s=%.4f%s", best_label, gate_metric, best_metrics.get(gate_metric, float("nan")),
-                    f", production v{prod_version.version} {result['production']['metrics'].get(gate_metric, float('nan')):.4f}" if prod_bundle is not None else ", no production model")
-        return {"best": best_label, "best_index": best["index"], "best_metrics": best_metrics,
-                "production_version": result["production"]["version"] if result["production"] else None,
-                "_log_artifacts": ["evaluate/metrics.json"]}
+        self.client.log_batch(
+            self.parent_id,
+            metrics=[
+                mlflow.entities.Metric(k, v, int(time.time() * 1000), 0)
+                for k, v in best_metrics.items()
+                if math.isfinite(v)
+            ],
+        )
+        logger.info(
+            "evaluate: best %s %s=%.4f%s",
+            best_label,
+            gate_metric,
+            best_metrics.get(gate_metric, float("nan")),
+            f", production v{prod_version.version} {result['production']['metrics'].get(gate_metric, float('nan')):.4f}"
+            if prod_bundle is not None
+            else ", no production model",
+        )
+        return {
+            "best": best_label,
+            "best_index": best["index"],
+            "best_metrics": best_metrics,
+            "production_version": result["production"]["version"] if result["production"] else None,
+            "_log_artifacts": ["evaluate/metrics.json"],
+        }
 
     def _stage_index(self) -> dict[str, Any]:
         ev = self.state.output("evaluate")
@@ -522,12 +663,24 @@ class Pipeline:
         meta = _read_json(folder / "model.json")
         vec = np.load(folder / "full_vectors.npz")
         ids = _read_json(folder / "ids.json")
-        matrix = InteractionMatrix(matrix=sp.load_npz(folder / "full_matrix.npz").tocsr(),
-                                   user_ids=np.asarray(ids["user_ids"], dtype=object), item_ids=np.asarray(ids["item_ids"], dtype=object))
-        model = SimpleNamespace(kind=meta["kind"], metric=meta["metric"], user_vectors_=vec["user_vectors"], item_vectors_=vec["item_vectors"])
+        matrix = InteractionMatrix(
+            matrix=sp.load_npz(folder / "full_matrix.npz").tocsr(),
+            user_ids=np.asarray(ids["user_ids"], dtype=object),
+            item_ids=np.asarray(ids["item_ids"], dtype=object),
+        )
+        model = SimpleNamespace(
+            kind=meta["kind"],
+            metric=meta["metric"],
+            user_vectors_=vec["user_vectors"],
+            item_vectors_=vec["item_vectors"],
+        )
         stats = _read_json(self.run_dir / "snapshot" / "stats.json")
         stats.pop("top_items", None)
-        info = {"data": stats, "metrics": ev["best_metrics"], "pipeline": {"name": self.config.name, "run_id": self.run_id, "candidate": cand.label}}
+        info = {
+            "data": stats,
+            "metrics": ev["best_metrics"],
+            "pipeline": {"name": self.config.name, "run_id": self.run_id, "candidate": cand.label},
+        }
         bundle = build_bundle(tc, model, matrix, info)
         recall = {k: float(v) for k, v in bundle.info.items() if k.endswith("recall_at_10")}
         if self.config.index.kind == "exact":
@@ -546,21 +699,34 @@ class Pipeline:
         recall = {k.removeprefix("index_").removesuffix("_recall_at_10"): v for k, v in idx["recall"].items()}
         candidate_caps = manifest_capabilities(_read_json(self.run_dir / "index" / "bundle" / "manifest.json"))
         decision: GateDecision = decide(
-            self.config.gate, cand, prod, recall, idx["vectors_finite"], popularity=metrics.get("popularity"),
+            self.config.gate,
+            cand,
+            prod,
+            recall,
+            idx["vectors_finite"],
+            popularity=metrics.get("popularity"),
             holdout=HoldoutStats(int(metrics["eval_users"]), int(metrics.get("test_interactions", 0))),
             production_capabilities=self._production_capabilities(metrics.get("production")),
-            candidate_capabilities=candidate_caps)
-        out = {"passed": decision.passed, "reason": decision.reason, "reasons": decision.reasons,
-               "refused_by": decision.refused_by, "checks": decision.checks,
-               "production_version": metrics["production"]["version"] if metrics.get("production") else None,
-               "production_eval": (metrics.get("production") or {}).get("eval")}
+            candidate_capabilities=candidate_caps,
+        )
+        out = {
+            "passed": decision.passed,
+            "reason": decision.reason,
+            "reasons": decision.reasons,
+            "refused_by": decision.refused_by,
+            "checks": decision.checks,
+            "production_version": metrics["production"]["version"] if metrics.get("production") else None,
+            "production_eval": (metrics.get("production") or {}).get("eval"),
+        }
         _write_json(self.run_dir / "gate" / "decision.json", out)
         mlflow.set_tags({"gate": "passed" if decision.passed else "rejected", "gate_reason": decision.reason[:5000]})
         self.client.set_tag(self.parent_id, "gate", "passed" if decision.passed else "rejected")
         self.client.set_tag(self.parent_id, "gate_reason", decision.reason[:5000])
         if decision.refused_by:
             self.client.set_tag(self.parent_id, "gate_refused_by", ",".join(decision.refused_by))
-        (logger.info if decision.passed else logger.warning)("gate %s: %s", "passed" if decision.passed else "REJECTED", decision.reason)
+        (logger.info if decision.passed else logger.warning)(
+            "gate %s: %s", "passed" if decision.passed else "REJECTED", decision.reason
+        )
         return {**out, "_log_artifacts": ["gate/decision.json"]}
 
     def _production_capabilities(self, production: dict[str, Any] | None) -> list[str] | None:
@@ -590,15 +756,22 @@ class Pipeline:
         bundle_dir = self.run_dir / "index" / "bundle"
         manifest = _read_json(bundle_dir / "manifest.json")
         self.client.log_artifacts(self.parent_id, str(bundle_dir), tracking.BUNDLE_ARTIFACT)
-        uploaded = {f.path.split("/", 1)[1] for f in _list_artifacts(self.client, self.parent_id, tracking.BUNDLE_ARTIFACT)}
+        uploaded = {
+            f.path.split("/", 1)[1] for f in _list_artifacts(self.client, self.parent_id, tracking.BUNDLE_ARTIFACT)
+        }
         expected = set(manifest["files"]) | {"manifest.json"}
         if not expected <= uploaded:
             raise RuntimeError(f"bundle upload incomplete: missing {sorted(expected - uploaded)[:5]}")
         metrics = self.state.output("evaluate")["best_metrics"]
-        tags = {"pipeline": self.config.name, "pipeline_run_id": self.run_id, "kind": manifest["kind"],
-                "candidate": self.state.output("evaluate")["best"], "gate": "passed" if gate["passed"] else "rejected",
-                "manifest_sha256": file_sha256(bundle_dir / "manifest.json"),
-                self.config.gate.metric: f"{metrics.get(self.config.gate.metric, float('nan')):.6f}"}
+        tags = {
+            "pipeline": self.config.name,
+            "pipeline_run_id": self.run_id,
+            "kind": manifest["kind"],
+            "candidate": self.state.output("evaluate")["best"],
+            "gate": "passed" if gate["passed"] else "rejected",
+            "manifest_sha256": file_sha256(bundle_dir / "manifest.json"),
+            self.config.gate.metric: f"{metrics.get(self.config.gate.metric, float('nan')):.6f}",
+        }
         if not gate["passed"]:
             tags["rejected"] = gate["reason"][:5000]
         mv = tracking.register_bundle(self.client, self.model_name, self.parent_id, tags=tags)
@@ -615,10 +788,12 @@ class Pipeline:
         current = tracking.resolve_alias(self.client, self.model_name, self.alias)
         current_v = str(current.version) if current is not None else None
         if current_v not in (gate["production_version"], version):
-            raise PipelineConflict(f"alias {self.alias} moved from version {gate['production_version']} to {current_v} "
-                                   f"after this run evaluated against it; start a new run to re-evaluate")
+            raise PipelineConflict(
+                f"alias {self.alias} moved from version {gate['production_version']} to {current_v} "
+                f"after this run evaluated against it; start a new run to re-evaluate"
+            )
         tracking.set_alias(self.client, self.model_name, self.alias, version)
-        self.client.set_model_version_tag(self.model_name, version, "promoted", datetime.now(timezone.utc).isoformat())
+        self.client.set_model_version_tag(self.model_name, version, "promoted", datetime.now(UTC).isoformat())
         self.client.set_tag(self.parent_id, "promoted", f"{self.alias}={version}")
         return {"promoted": True, "version": version, "previous": current_v}
 
@@ -643,7 +818,9 @@ class Pipeline:
             except httpx.HTTPError as exc:
                 ok = False
                 results.append({"url": target, "status": None, "ok": False, "error": str(exc)})
-            (logger.info if ok else logger.warning)("notify %s: %s", target, results[-1].get("status") or results[-1].get("error"))
+            (logger.info if ok else logger.warning)(
+                "notify %s: %s", target, results[-1].get("status") or results[-1].get("error")
+            )
         failed = [r for r in results if not r["ok"]]
         mlflow.set_tag("notify_failed", str(len(failed)))
         _write_json(self.run_dir / "notify" / "results.json", results)
@@ -690,8 +867,16 @@ def _read_dataset_source(src) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
 
     if src.format in ("parquet", "csv"):
         events = normalize_events(read(src.path))
-        items = read(src.items_path)[["item_id"]].astype(str) if src.items_path else pd.DataFrame({"item_id": pd.Series(dtype=str)})
-        users = read(src.users_path)[["user_id"]].astype(str) if src.users_path else pd.DataFrame({"user_id": pd.Series(dtype=str)})
+        items = (
+            read(src.items_path)[["item_id"]].astype(str)
+            if src.items_path
+            else pd.DataFrame({"item_id": pd.Series(dtype=str)})
+        )
+        users = (
+            read(src.users_path)[["user_id"]].astype(str)
+            if src.users_path
+            else pd.DataFrame({"user_id": pd.Series(dtype=str)})
+        )
         if "available" not in items:
             items["available"] = True
         return events, items, users
@@ -701,5 +886,7 @@ def _read_dataset_source(src) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
     return ds.events, ds.items[["item_id", "available"]], ds.users[["user_id"]]
 
 
-def run_pipeline(settings: Settings, config: PipelineConfig, run_id: str | None = None, on_stage: OnStage | None = None) -> PipelineResult:
+def run_pipeline(
+    settings: Settings, config: PipelineConfig, run_id: str | None = None, on_stage: OnStage | None = None
+) -> PipelineResult:
     return Pipeline(settings, config, run_id=run_id, on_stage=on_stage).run()

@@ -130,6 +130,7 @@ class SearchOutcome:
 # validation data
 # ----------------------------------------------------------------------------------------------
 
+
 def time_validation_split(events: pd.DataFrame, ratio: float) -> Split:
     """The newest ``ratio`` of events (global time cutoff) as holdout, the rest as train."""
     cutoff = events["timestamp"].quantile(1.0 - ratio, interpolation="higher")
@@ -155,7 +156,9 @@ class Validation:
         base = InteractionMatrix.from_events(self.split.train, weighting="none")
         self.user_ids, self.item_ids = base.user_ids, base.item_ids
         self.seen = base.matrix
-        test = InteractionMatrix.from_events(self.split.test, user_ids=self.user_ids, item_ids=self.item_ids, weighting="none").matrix
+        test = InteractionMatrix.from_events(
+            self.split.test, user_ids=self.user_ids, item_ids=self.item_ids, weighting="none"
+        ).matrix
         test.data = np.ones_like(test.data)
         # a repeat of an item already seen in train is not something to recommend: drop it
         test = test - test.multiply(self.seen > 0)
@@ -182,7 +185,9 @@ class Validation:
     def fit(self, config: ModelConfig):
         return fit_model(config, self.matrix(config), self.dataset, events=self.split.train)
 
-    def ndcg(self, user_vectors: np.ndarray, item_vectors: np.ndarray, metric: str, users: np.ndarray | None = None) -> float:
+    def ndcg(
+        self, user_vectors: np.ndarray, item_vectors: np.ndarray, metric: str, users: np.ndarray | None = None
+    ) -> float:
         users = self.users if users is None else users
         if len(users) == 0:
             return 0.0
@@ -191,7 +196,14 @@ class Validation:
 
     def per_user(self, model) -> np.ndarray:
         """nDCG@k of every validation user (row order of ``self.users``)."""
-        top = top_k_scores(model.user_vectors_, model.item_vectors_, self.k, exclude=self.seen, user_rows=self.users, metric=model.metric)[0]
+        top = top_k_scores(
+            model.user_vectors_,
+            model.item_vectors_,
+            self.k,
+            exclude=self.seen,
+            user_rows=self.users,
+            metric=model.metric,
+        )[0]
         frame = per_user_metrics(top, self.test, self.k, user_rows=self.users)
         return frame.set_index("user_row")["ndcg"].reindex(self.users).fillna(0.0).to_numpy(np.float64)
 
@@ -211,6 +223,7 @@ class Validation:
 # ----------------------------------------------------------------------------------------------
 # search spaces
 # ----------------------------------------------------------------------------------------------
+
 
 def _has_attributes(frame: pd.DataFrame) -> bool:
     return not frame.empty and "attributes" in frame and bool(frame["attributes"].map(lambda a: bool(a)).any())
@@ -236,8 +249,10 @@ def families(validation: Validation, config: SearchConfig) -> tuple[list[str], l
         for kind in ("ease", "itemknn"):
             if kind in wanted:
                 wanted.remove(kind)
-                notes.append(f"{kind} left out: {validation.n_items} items exceed {MAX_ITEMS_ITEM_ITEM} "
-                             f"(its item×item matrix would take {validation.n_items ** 2 * 8 / 1e9:.1f} GB)")
+                notes.append(
+                    f"{kind} left out: {validation.n_items} items exceed {MAX_ITEMS_ITEM_ITEM} "
+                    f"(its item×item matrix would take {validation.n_items**2 * 8 / 1e9:.1f} GB)"
+                )
     elif "ease" in wanted:
         notes.append(f"ease searched: {validation.n_items} items fit its item×item matrix")
     ds = validation.dataset
@@ -252,14 +267,37 @@ def families(validation: Validation, config: SearchConfig) -> tuple[list[str], l
 #: one sensible starting point per family, tried first (in this order) so every family is
 #: measured before TPE narrows down; parameter names as in :func:`suggest`
 STARTING_POINTS: dict[str, list[dict[str, Any]]] = {
-    "als": [{"als.weighting": "confidence", "als.alpha": 2.0, "als.factors": 32, "als.regularization": 1.0, "als.iterations": 15},
-            {"als.weighting": "bm25", "als.factors": 64, "als.regularization": 0.1, "als.iterations": 15}],
+    "als": [
+        {
+            "als.weighting": "confidence",
+            "als.alpha": 2.0,
+            "als.factors": 32,
+            "als.regularization": 1.0,
+            "als.iterations": 15,
+        },
+        {"als.weighting": "bm25", "als.factors": 64, "als.regularization": 0.1, "als.iterations": 15},
+    ],
     "ease": [{"ease.l2": 500.0, "ease.dropout": 0.25}],
-    "lightfm": [{"lightfm.user_features": False, "lightfm.no_components": 64, "lightfm.learning_rate": 0.03, "lightfm.epochs": 20,
-                 "lightfm.item_alpha": 1e-6}],
+    "lightfm": [
+        {
+            "lightfm.user_features": False,
+            "lightfm.no_components": 64,
+            "lightfm.learning_rate": 0.03,
+            "lightfm.epochs": 20,
+            "lightfm.item_alpha": 1e-6,
+        }
+    ],
     "bpr": [{"bpr.factors": 64, "bpr.learning_rate": 0.01, "bpr.regularization": 0.001, "bpr.iterations": 100}],
     "itemknn": [{"itemknn.K": 100, "itemknn.weighting": "none"}],
-    "item2vec": [{"item2vec.factors": 64, "item2vec.window": 10, "item2vec.epochs": 5, "item2vec.negative": 5, "item2vec.ns_exponent": -0.5}],
+    "item2vec": [
+        {
+            "item2vec.factors": 64,
+            "item2vec.window": 10,
+            "item2vec.epochs": 5,
+            "item2vec.negative": 5,
+            "item2vec.ns_exponent": -0.5,
+        }
+    ],
 }
 
 
@@ -270,37 +308,59 @@ def suggest(trial, kind: str, validation: Validation) -> ModelConfig:
     if kind == "als":
         weighting = trial.suggest_categorical("als.weighting", ["confidence", "bm25"])
         alpha = trial.suggest_float("als.alpha", 0.1, 30.0, log=True) if weighting == "confidence" else 1.0
-        params = {"factors": trial.suggest_categorical("als.factors", [16, 32, 64, 128]),
-                  "regularization": trial.suggest_float("als.regularization", 1e-3, 30.0, log=True),
-                  "iterations": trial.suggest_int("als.iterations", 10, 30, step=5)}
+        params = {
+            "factors": trial.suggest_categorical("als.factors", [16, 32, 64, 128]),
+            "regularization": trial.suggest_float("als.regularization", 1e-3, 30.0, log=True),
+            "iterations": trial.suggest_int("als.iterations", 10, 30, step=5),
+        }
         return ModelConfig(kind="als", params=params, weighting=weighting, alpha=alpha)
     if kind == "ease":
-        params = {"l2": trial.suggest_float("ease.l2", 10.0, 5000.0, log=True), "dropout": trial.suggest_float("ease.dropout", 0.0, 0.6)}
+        params = {
+            "l2": trial.suggest_float("ease.l2", 10.0, 5000.0, log=True),
+            "dropout": trial.suggest_float("ease.dropout", 0.0, 0.6),
+        }
         return ModelConfig(kind="ease", params=params, weighting="none", alpha=1.0)
     if kind == "lightfm":
         users = _has_attributes(ds.users) and trial.suggest_categorical("lightfm.user_features", [True, False])
-        params = {"no_components": trial.suggest_categorical("lightfm.no_components", [32, 64]), "loss": "warp",
-                  "learning_rate": trial.suggest_float("lightfm.learning_rate", 0.005, 0.1, log=True),
-                  "epochs": trial.suggest_int("lightfm.epochs", 10, 30, step=10),
-                  "item_alpha": trial.suggest_float("lightfm.item_alpha", 1e-7, 1e-3, log=True), "num_threads": 1}
-        return ModelConfig(kind="lightfm", params=params, weighting="none", alpha=1.0,
-                           features=FeatureConfig(item_categories=_has_categories(ds.items), user_attributes=bool(users)))
+        params = {
+            "no_components": trial.suggest_categorical("lightfm.no_components", [32, 64]),
+            "loss": "warp",
+            "learning_rate": trial.suggest_float("lightfm.learning_rate", 0.005, 0.1, log=True),
+            "epochs": trial.suggest_int("lightfm.epochs", 10, 30, step=10),
+            "item_alpha": trial.suggest_float("lightfm.item_alpha", 1e-7, 1e-3, log=True),
+            "num_threads": 1,
+        }
+        return ModelConfig(
+            kind="lightfm",
+            params=params,
+            weighting="none",
+            alpha=1.0,
+            features=FeatureConfig(item_categories=_has_categories(ds.items), user_attributes=bool(users)),
+        )
     if kind == "bpr":
-        params = {"factors": trial.suggest_categorical("bpr.factors", [32, 64, 128]),
-                  "learning_rate": trial.suggest_float("bpr.learning_rate", 1e-3, 0.1, log=True),
-                  "regularization": trial.suggest_float("bpr.regularization", 1e-4, 0.1, log=True),
-                  "iterations": trial.suggest_int("bpr.iterations", 50, 200, step=50),
-                  "num_threads": 1}  # hogwild SGD is only reproducible on one thread
+        params = {
+            "factors": trial.suggest_categorical("bpr.factors", [32, 64, 128]),
+            "learning_rate": trial.suggest_float("bpr.learning_rate", 1e-3, 0.1, log=True),
+            "regularization": trial.suggest_float("bpr.regularization", 1e-4, 0.1, log=True),
+            "iterations": trial.suggest_int("bpr.iterations", 50, 200, step=50),
+            "num_threads": 1,
+        }  # hogwild SGD is only reproducible on one thread
         return ModelConfig(kind="bpr", params=params, weighting="none", alpha=1.0)
     if kind == "itemknn":
-        return ModelConfig(kind="itemknn", params={"K": trial.suggest_int("itemknn.K", 10, 500, log=True)},
-                           weighting=trial.suggest_categorical("itemknn.weighting", ["none", "bm25"]), alpha=1.0)
+        return ModelConfig(
+            kind="itemknn",
+            params={"K": trial.suggest_int("itemknn.K", 10, 500, log=True)},
+            weighting=trial.suggest_categorical("itemknn.weighting", ["none", "bm25"]),
+            alpha=1.0,
+        )
     if kind == "item2vec":
-        params = {"factors": trial.suggest_categorical("item2vec.factors", [32, 64, 128]),
-                  "window": trial.suggest_int("item2vec.window", 3, 20, log=True),
-                  "epochs": trial.suggest_int("item2vec.epochs", 5, 10),
-                  "negative": trial.suggest_int("item2vec.negative", 5, 10, step=5),
-                  "ns_exponent": trial.suggest_float("item2vec.ns_exponent", -0.5, 1.0)}
+        params = {
+            "factors": trial.suggest_categorical("item2vec.factors", [32, 64, 128]),
+            "window": trial.suggest_int("item2vec.window", 3, 20, log=True),
+            "epochs": trial.suggest_int("item2vec.epochs", 5, 10),
+            "negative": trial.suggest_int("item2vec.negative", 5, 10, step=5),
+            "ns_exponent": trial.suggest_float("item2vec.ns_exponent", -0.5, 1.0),
+        }
         return ModelConfig(kind="item2vec", params=params, weighting="none", alpha=1.0)
     raise ValueError(f"no search space for model kind {kind!r}")
 
@@ -308,6 +368,7 @@ def suggest(trial, kind: str, validation: Validation) -> ModelConfig:
 # ----------------------------------------------------------------------------------------------
 # the search
 # ----------------------------------------------------------------------------------------------
+
 
 def _storage_url(settings: Settings) -> str:
     folder = settings.data_dir / "search"
@@ -323,7 +384,9 @@ def _mlflow_params(config: ModelConfig) -> dict[str, Any]:
     out = {"kind": config.kind, "weighting": config.weighting, "alpha": config.alpha}
     out.update({f"param.{k}": v for k, v in config.params.items()})
     if config.kind in ("lightfm", "ensemble"):
-        out.update({"features.items": config.features.item_categories, "features.users": config.features.user_attributes})
+        out.update(
+            {"features.items": config.features.item_categories, "features.users": config.features.user_attributes}
+        )
     return out
 
 
@@ -344,7 +407,11 @@ class _FamilySchedule:
         finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
         best: dict[str, float] = {}
         for t in finished:
-            value = t.value if t.state == optuna.trial.TrialState.COMPLETE else max(t.intermediate_values.values(), default=None)
+            value = (
+                t.value
+                if t.state == optuna.trial.TrialState.COMPLETE
+                else max(t.intermediate_values.values(), default=None)
+            )
             kind = t.params.get("kind")
             if kind in self.kinds and value is not None:
                 best[kind] = max(best.get(kind, -math.inf), value)
@@ -362,7 +429,9 @@ class _Patience:
     def __call__(self, study, trial) -> None:
         import optuna
 
-        done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+        done = [
+            t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        ]
         complete = [t for t in done if t.state == optuna.trial.TrialState.COMPLETE]
         if not complete:
             return
@@ -373,9 +442,14 @@ class _Patience:
             study.stop()
 
 
-def run_search(settings: Settings, dataset: Dataset, config: SearchConfig | None = None, *,
-               on_trial: Callable[[int, int, str], None] | None = None,
-               trial_hook: Callable[[int], None] | None = None) -> SearchOutcome:
+def run_search(
+    settings: Settings,
+    dataset: Dataset,
+    config: SearchConfig | None = None,
+    *,
+    on_trial: Callable[[int, int, str], None] | None = None,
+    trial_hook: Callable[[int], None] | None = None,
+) -> SearchOutcome:
     """Search on ``dataset``'s time-validation split; nothing is registered (see :func:`autotune`).
 
     ``on_trial(done, total, label)`` reports progress; ``trial_hook(number)`` is called at the
@@ -386,7 +460,10 @@ def run_search(settings: Settings, dataset: Dataset, config: SearchConfig | None
     started = time.perf_counter()
     validation = Validation(dataset, config)
     notes: list[str] = []
-    logger.info("search: validation split %s", {k: v for k, v in validation.split.report.items() if isinstance(v, (int, float, str))})
+    logger.info(
+        "search: validation split %s",
+        {k: v for k, v in validation.split.report.items() if isinstance(v, (int, float, str))},
+    )
     popular = make_model("popular").fit(validation.seen)
     pop_score = validation.score(popular)
     kinds, family_notes = families(validation, config)
@@ -398,11 +475,17 @@ def run_search(settings: Settings, dataset: Dataset, config: SearchConfig | None
     exp_id = tracking.experiment_id(settings, settings.experiment_name)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        study_name=study_name, storage=_storage_url(settings), direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=config.seed, multivariate=True, group=True, n_startup_trials=len(starts)),
+        study_name=study_name,
+        storage=_storage_url(settings),
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(
+            seed=config.seed, multivariate=True, group=True, n_startup_trials=len(starts)
+        ),
         # prune only the clearly bad (bottom quarter on half the users: optuna keeps the top
         # ``percentile``), never a starting point
-        pruner=optuna.pruners.PercentilePruner(75.0, n_startup_trials=len(starts), n_warmup_steps=0))
+        pruner=optuna.pruners.PercentilePruner(75.0, n_startup_trials=len(starts), n_warmup_steps=0),
+    )
     finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     n_done = sum(1 for t in study.trials if t.state in finished_states)
     if not study.trials:
@@ -415,7 +498,9 @@ def run_search(settings: Settings, dataset: Dataset, config: SearchConfig | None
     parent_id = study.user_attrs.get("mlflow_parent_run_id")
     enough_users = len(validation.users) >= config.min_eval_users
     if not enough_users:
-        notes.append(f"only {len(validation.users)} validation users (< {config.min_eval_users}): too little data to compare models")
+        notes.append(
+            f"only {len(validation.users)} validation users (< {config.min_eval_users}): too little data to compare models"
+        )
         logger.warning("search: %s; popularity wins", notes[-1])
 
     def objective(trial) -> float:
@@ -424,8 +509,12 @@ def run_search(settings: Settings, dataset: Dataset, config: SearchConfig | None
         kind = trial.suggest_categorical("kind", kinds)
         model_config = suggest(trial, kind, validation)
         trial.set_user_attr("config", model_config.model_dump(mode="json"))
-        with tracking.start_run(exp_id, f"trial-{trial.number:03d}-{kind}", nested=True,
-                                tags={SEARCH_TAG: "trial", "optuna.trial": str(trial.number)}):
+        with tracking.start_run(
+            exp_id,
+            f"trial-{trial.number:03d}-{kind}",
+            nested=True,
+            tags={SEARCH_TAG: "trial", "optuna.trial": str(trial.number)},
+        ):
             tracking.log_params_flat(_mlflow_params(model_config))
             t0 = time.perf_counter()
             model = validation.fit(model_config)
@@ -439,37 +528,74 @@ def run_search(settings: Settings, dataset: Dataset, config: SearchConfig | None
             per_user = validation.per_user(model)
             value = float(per_user.mean())
             trial.set_user_attr("per_user", np.round(per_user, 5).tolist())
-            tracking.log_metrics_finite({f"ndcg_at_{config.k}": value, f"ndcg_at_{config.k}_half": half, "time_fit_s": fit_s,
-                                         "time_trial_s": time.perf_counter() - t0})
+            tracking.log_metrics_finite(
+                {
+                    f"ndcg_at_{config.k}": value,
+                    f"ndcg_at_{config.k}_half": half,
+                    "time_fit_s": fit_s,
+                    "time_trial_s": time.perf_counter() - t0,
+                }
+            )
         if on_trial is not None:
             on_trial(trial.number + 1, config.trials, f"{kind}: ndcg@{config.k} {value:.4f}")
         return value
 
     # a resumed search continues its parent run, so every trial stays under one parent
     nested = mlflow.active_run() is not None  # inside a pipeline run: the search is its child
-    parent_run = (tracking.start_run(exp_id, f"search-{study_name[:40]}", nested=nested, tags={SEARCH_TAG: "parent"})
-                  if parent_id is None else mlflow.start_run(run_id=parent_id, nested=nested))
+    parent_run = (
+        tracking.start_run(exp_id, f"search-{study_name[:40]}", nested=nested, tags={SEARCH_TAG: "parent"})
+        if parent_id is None
+        else mlflow.start_run(run_id=parent_id, nested=nested)
+    )
     with parent_run as parent:
         if parent_id is None:
             study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
-            tracking.log_params_flat({"trials": config.trials, "max_seconds": config.max_seconds, "patience": config.patience,
-                                      "validation_ratio": config.validation_ratio, "seed": config.seed, "families": ",".join(kinds),
-                                      "study": study_name, "validation_users": len(validation.users)})
+            tracking.log_params_flat(
+                {
+                    "trials": config.trials,
+                    "max_seconds": config.max_seconds,
+                    "patience": config.patience,
+                    "validation_ratio": config.validation_ratio,
+                    "seed": config.seed,
+                    "families": ",".join(kinds),
+                    "study": study_name,
+                    "validation_users": len(validation.users),
+                }
+            )
             tracking.log_metrics_finite({f"popular_ndcg_at_{config.k}": pop_score})
         remaining = config.trials - n_done
         if enough_users and remaining > 0:
             budget_left = config.max_seconds - (time.perf_counter() - started)
             if n_done >= len(starts):
                 schedule(study)  # a resumed search: the next family, as if it had not stopped
-            study.optimize(objective, n_trials=remaining, timeout=max(budget_left, 1.0), catch=(ValueError, np.linalg.LinAlgError),
-                           callbacks=[schedule, _Patience(config.patience)], gc_after_trial=True)
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                timeout=max(budget_left, 1.0),
+                catch=(ValueError, np.linalg.LinAlgError),
+                callbacks=[schedule, _Patience(config.patience)],
+                gc_after_trial=True,
+            )
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        rows = [{"trial": t.number, "kind": t.params.get("kind"), "value": t.value, "config": t.user_attrs.get("config"),
-                 "seconds": (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None}
-                for t in study.trials if t.state.is_finished()]
+        rows = [
+            {
+                "trial": t.number,
+                "kind": t.params.get("kind"),
+                "value": t.value,
+                "config": t.user_attrs.get("config"),
+                "seconds": (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None,
+            }
+            for t in study.trials
+            if t.state.is_finished()
+        ]
         table = pd.DataFrame(rows)
-        candidates = [Candidate(ModelConfig(kind="popular", params={}, weighting="none", alpha=1.0, name="popular"),
-                                validation.per_user(popular), PREFERENCE_LAST)]
+        candidates = [
+            Candidate(
+                ModelConfig(kind="popular", params={}, weighting="none", alpha=1.0, name="popular"),
+                validation.per_user(popular),
+                PREFERENCE_LAST,
+            )
+        ]
         start_numbers = {t.number for t in study.trials if t.system_attrs.get("fixed_params", {}).keys() - {"kind"}}
         for t in complete:
             rank = _preference(t.params["kind"]) if t.number in start_numbers else PREFERENCE_TUNED
@@ -487,27 +613,54 @@ def run_search(settings: Settings, dataset: Dataset, config: SearchConfig | None
         content, hybrid = _content_space(validation, best_config, config, notes)
         elapsed = time.perf_counter() - started
         winner_label = describe(best_config)
-        tracking.log_metrics_finite({f"best_ndcg_at_{config.k}": best_score, "lift_over_popular": best_score / pop_score if pop_score > 0 else 0.0,
-                                     "search_seconds": elapsed, "trials_done": len(complete)})
-        tracking.log_params_flat({"winner": winner_label[:500], "content_kind": content.kind if content else "none",
-                                  "content_weight": hybrid.weights[1] if content else 0.0})
+        tracking.log_metrics_finite(
+            {
+                f"best_ndcg_at_{config.k}": best_score,
+                "lift_over_popular": best_score / pop_score if pop_score > 0 else 0.0,
+                "search_seconds": elapsed,
+                "trials_done": len(complete),
+            }
+        )
+        tracking.log_params_flat(
+            {
+                "winner": winner_label[:500],
+                "content_kind": content.kind if content else "none",
+                "content_weight": hybrid.weights[1] if content else 0.0,
+            }
+        )
         mlflow.set_tag("recsys.search.notes", "; ".join(notes)[:4000])
         parent_run_id = parent.info.run_id
-    logger.info("search: winner %s, ndcg@%d %.4f (popularity %.4f) in %.0fs", winner_label, config.k, best_score, pop_score, elapsed)
-    return SearchOutcome(best_config, best_score, pop_score, content, hybrid, parent_run_id, study_name, table, elapsed, notes)
+    logger.info(
+        "search: winner %s, ndcg@%d %.4f (popularity %.4f) in %.0fs",
+        winner_label,
+        config.k,
+        best_score,
+        pop_score,
+        elapsed,
+    )
+    return SearchOutcome(
+        best_config, best_score, pop_score, content, hybrid, parent_run_id, study_name, table, elapsed, notes
+    )
 
 
 def describe(config: ModelConfig) -> str:
     """A short human label of a configuration (for logs and the model list)."""
     if config.kind == "ensemble":
         return "ensemble(" + " + ".join(f"{m['kind']}×{m.get('weight', 1.0):g}" for m in config.params["members"]) + ")"
-    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.params.items() if k != "num_threads")
-    weighting = f", {config.weighting}" + (f" α={config.alpha:.3g}" if config.weighting == "confidence" else "") if config.weighting != "none" else ""
+    params = ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.params.items() if k != "num_threads"
+    )
+    weighting = (
+        f", {config.weighting}" + (f" α={config.alpha:.3g}" if config.weighting == "confidence" else "")
+        if config.weighting != "none"
+        else ""
+    )
     return f"{config.kind}({params}{weighting})"
 
 
-def _best_ensemble(validation: Validation, complete: list, best_single: float, exp_id: str,
-                   config: SearchConfig) -> Candidate | None:
+def _best_ensemble(
+    validation: Validation, complete: list, best_single: float, exp_id: str, config: SearchConfig
+) -> Candidate | None:
     """The best configuration of each of the top three families, blended with weights chosen on
     validation (a candidate like the others; :func:`choose` decides)."""
     by_kind: dict[str, Any] = {}
@@ -541,8 +694,19 @@ def _best_ensemble(validation: Validation, complete: list, best_single: float, e
         return None
     value, weights, per_user = best
     features = next((c.features for c in configs if c.kind == "lightfm"), FeatureConfig())
-    ensemble = ModelConfig(kind="ensemble", weighting=lead.weighting, alpha=lead.alpha, features=features, params={"members": [
-        {"kind": c.kind, "params": dict(c.params), "weight": float(w)} for c, w in zip(configs, weights) if w > 0]})
+    ensemble = ModelConfig(
+        kind="ensemble",
+        weighting=lead.weighting,
+        alpha=lead.alpha,
+        features=features,
+        params={
+            "members": [
+                {"kind": c.kind, "params": dict(c.params), "weight": float(w)}
+                for c, w in zip(configs, weights)
+                if w > 0
+            ]
+        },
+    )
     with tracking.start_run(exp_id, "ensemble", nested=True, tags={SEARCH_TAG: "ensemble"}):
         tracking.log_params_flat({"members": describe(ensemble), "weighting": lead.weighting, "alpha": lead.alpha})
         tracking.log_metrics_finite({f"ndcg_at_{config.k}": value, f"best_single_ndcg_at_{config.k}": best_single})
@@ -588,8 +752,10 @@ def choose(candidates: list[Candidate], notes: list[str] | None = None) -> tuple
             eligible.append(c)
     chosen = min(eligible, key=lambda c: (c.preference, -c.score))
     if notes is not None and chosen is not best:
-        notes.append(f"one-standard-error rule: {describe(chosen.config)} ({chosen.score:.4f}) over the best-scoring "
-                     f"{describe(best.config)} ({best.score:.4f})")
+        notes.append(
+            f"one-standard-error rule: {describe(chosen.config)} ({chosen.score:.4f}) over the best-scoring "
+            f"{describe(best.config)} ({best.score:.4f})"
+        )
     return chosen, best
 
 
@@ -609,8 +775,9 @@ def _content_kind(config: SearchConfig) -> str:
     return "sbert"
 
 
-def _content_space(validation: Validation, winner: ModelConfig, config: SearchConfig,
-                   notes: list[str]) -> tuple[ContentConfig | None, HybridConfig]:
+def _content_space(
+    validation: Validation, winner: ModelConfig, config: SearchConfig, notes: list[str]
+) -> tuple[ContentConfig | None, HybridConfig]:
     """A content encoder when items have text, with the hybrid blend weight chosen on validation."""
     kind = _content_kind(config)
     if kind == "none" or not has_text(validation.dataset.items):
@@ -628,11 +795,22 @@ def _content_space(validation: Validation, winner: ModelConfig, config: SearchCo
     profiles = history_profiles(seen, C)
     scores = {}
     for w in CONTENT_WEIGHTS:
-        top = hybrid_top_k(model.user_vectors_[users], model.item_vectors_, profiles, C, config.k, exclude=seen, metric=model.metric,
-                           weights=(1.0 - w, w), fusion="weighted")
+        top = hybrid_top_k(
+            model.user_vectors_[users],
+            model.item_vectors_,
+            profiles,
+            C,
+            config.k,
+            exclude=seen,
+            metric=model.metric,
+            weights=(1.0 - w, w),
+            fusion="weighted",
+        )
         scores[w] = float(ranking_metrics_at_k(top, validation.test, config.k, user_rows=users)["ndcg"])
     best_w = max(scores, key=lambda w: (scores[w], -w))
-    notes.append(f"content {kind}: blend weight {best_w:g} (ndcg " + ", ".join(f"{w:g}→{v:.4f}" for w, v in scores.items()) + ")")
+    notes.append(
+        f"content {kind}: blend weight {best_w:g} (ndcg " + ", ".join(f"{w:g}→{v:.4f}" for w, v in scores.items()) + ")"
+    )
     logger.info("search: %s", notes[-1])
     mode = "hybrid" if best_w > 0 else "collaborative"
     return content, HybridConfig(default_mode=mode, weights=(1.0 - best_w, best_w) if best_w > 0 else (0.7, 0.3))
@@ -642,15 +820,23 @@ def _content_space(validation: Validation, winner: ModelConfig, config: SearchCo
 # search + train
 # ----------------------------------------------------------------------------------------------
 
+
 @dataclass
 class AutotuneResult:
     search: SearchOutcome
     train: TrainResult
 
 
-def autotune(settings: Settings, config: SearchConfig | None = None, *, dataset: Dataset | None = None, as_of=None,
-             promote_alias: str | None = "production", content: str | None = None,
-             on_stage: Callable[[str], None] | None = None) -> AutotuneResult:
+def autotune(
+    settings: Settings,
+    config: SearchConfig | None = None,
+    *,
+    dataset: Dataset | None = None,
+    as_of=None,
+    promote_alias: str | None = "production",
+    content: str | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> AutotuneResult:
     """Search on the snapshot, then refit the winner on all of it, register and promote it
     through ``pipelines.train.train``; the version is tagged with the winner and its lift."""
     from feature_store import FeatureStore
@@ -664,16 +850,27 @@ def autotune(settings: Settings, config: SearchConfig | None = None, *, dataset:
         raise DatasetError("the snapshot holds no events: ingest data first (recsys ingest / recsys generate)")
     if on_stage:
         on_stage("search")
-    outcome = run_search(settings, dataset, config,
-                         on_trial=(lambda done, total, label: on_stage(f"search trial {done}/{total} ({label})")) if on_stage else None)
-    train_config = TrainConfig(model=outcome.winner, content=outcome.content, hybrid=outcome.hybrid, seed=config.seed,
-                               promote_alias=promote_alias)
+    outcome = run_search(
+        settings,
+        dataset,
+        config,
+        on_trial=(lambda done, total, label: on_stage(f"search trial {done}/{total} ({label})")) if on_stage else None,
+    )
+    train_config = TrainConfig(
+        model=outcome.winner,
+        content=outcome.content,
+        hybrid=outcome.hybrid,
+        seed=config.seed,
+        promote_alias=promote_alias,
+    )
     result = train(settings, train_config, dataset=dataset, as_of=as_of, on_stage=on_stage)
     client = tracking.client_for(settings)
     lift = f"x{outcome.lift:.2f}" if math.isfinite(outcome.lift) else "n/a (popularity scores 0)"
-    tags = {"autotune.winner": describe(outcome.winner)[:250],
-            "autotune.validation": f"ndcg@{config.k} {outcome.score:.4f} vs popularity {outcome.popularity_score:.4f} ({lift})",
-            "autotune.search_run": outcome.parent_run_id}
+    tags = {
+        "autotune.winner": describe(outcome.winner)[:250],
+        "autotune.validation": f"ndcg@{config.k} {outcome.score:.4f} vs popularity {outcome.popularity_score:.4f} ({lift})",
+        "autotune.search_run": outcome.parent_run_id,
+    }
     if result.version is not None:
         for key, value in tags.items():
             client.set_model_version_tag(settings.registered_model_name, result.version, key, value)

@@ -7,32 +7,33 @@ import copy
 import logging
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 import mlflow
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipelines import tracking
 from recsys.bundle import ModelBundle
 from recsys.datasets.base import Dataset, DatasetError
 from recsys.evaluation.metrics import ranking_metrics_at_k
 from recsys.evaluation.splits import random_split
 from recsys.evaluation.topk import top_k_scores
-from recsys.index import IndexSettings, build_index
-from recsys.matrix import InteractionMatrix
 from recsys.features import build_item_features, build_user_features
 from recsys.hybrid import history_profiles, hybrid_top_k
+from recsys.index import IndexSettings, build_index
+from recsys.matrix import InteractionMatrix
 from recsys.models.base import Embedder
 from recsys.models.coldstart import ContentToCFMapper
 from recsys.models.config import FeatureConfig, ModelConfig, checked_params, user_sequences
 from recsys.models.registry import CONTENT_KINDS, SEQUENCE_KINDS, make_model
 from recsys.settings import Settings
-from pipelines import tracking
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +157,9 @@ def _stage(name: str, timings: dict[str, float], on_stage: Callable[[str], None]
     timings[name] = time.perf_counter() - start
 
 
-def fit_model(config: ModelConfig, matrix: InteractionMatrix, dataset: Dataset | None = None,
-              events: pd.DataFrame | None = None) -> Embedder:
+def fit_model(
+    config: ModelConfig, matrix: InteractionMatrix, dataset: Dataset | None = None, events: pd.DataFrame | None = None
+) -> Embedder:
     """Fit ``config`` on ``matrix`` (already weighted as ``config`` says). LightFM gets side
     features built from ``dataset``'s catalog; item2vec gets each user's time-ordered items
     from ``events`` (default: the dataset's events restricted to the matrix)."""
@@ -176,11 +178,13 @@ def fit_model(config: ModelConfig, matrix: InteractionMatrix, dataset: Dataset |
     if lightfm and dataset is not None:
         f = config.features
         if any(p.get("use_item_features", True) for p in lightfm) and (f.item_categories or f.item_text):
-            kwargs["item_features"] = build_item_features(dataset.items, matrix.item_ids, identity=f.identity,
-                                                          categories=f.item_categories, text=f.item_text)[0]
+            kwargs["item_features"] = build_item_features(
+                dataset.items, matrix.item_ids, identity=f.identity, categories=f.item_categories, text=f.item_text
+            )[0]
         if any(p.get("use_user_features", True) for p in lightfm) and f.user_attributes and not dataset.users.empty:
-            kwargs["user_features"] = build_user_features(dataset.users, matrix.user_ids, identity=f.identity,
-                                                          exclude_keys=tuple(f.exclude_user_keys))[0]
+            kwargs["user_features"] = build_user_features(
+                dataset.users, matrix.user_ids, identity=f.identity, exclude_keys=tuple(f.exclude_user_keys)
+            )[0]
     if any(k in SEQUENCE_KINDS for k, _ in kinds):
         source = events if events is not None else (dataset.events if dataset is not None else None)
         if source is not None and "timestamp" in source:
@@ -202,20 +206,37 @@ def evaluate_holdout(config: TrainConfig, dataset: Dataset, full: InteractionMat
     """
     # Only the columns the matrices need: the split then copies codes and floats, not 5M
     # event-id strings and timestamps it never looks at (same rows, same order: same split).
-    split = random_split(dataset.events[["user_id", "item_id", "value"]], test_ratio=config.test_ratio, seed=config.seed)
-    train = InteractionMatrix.from_events(split.train, user_ids=full.user_ids, item_ids=full.item_ids, weighting=config.weighting, alpha=config.alpha)
+    split = random_split(
+        dataset.events[["user_id", "item_id", "value"]], test_ratio=config.test_ratio, seed=config.seed
+    )
+    train = InteractionMatrix.from_events(
+        split.train, user_ids=full.user_ids, item_ids=full.item_ids, weighting=config.weighting, alpha=config.alpha
+    )
     test = InteractionMatrix.from_events(split.test, user_ids=full.user_ids, item_ids=full.item_ids, weighting="none")
     model = fit_model(config.model, train, dataset, events=split.train)
     users = np.flatnonzero(np.diff(test.matrix.indptr) > 0)
     if len(users) > config.eval_users:
         users = np.sort(np.random.default_rng(config.seed).choice(users, config.eval_users, replace=False))
     seen = train.matrix[users]
-    rankings = {"": top_k_scores(model.user_vectors_, model.item_vectors_, config.k, exclude=seen, user_rows=users, metric=model.metric)[0]}
+    rankings = {
+        "": top_k_scores(
+            model.user_vectors_, model.item_vectors_, config.k, exclude=seen, user_rows=users, metric=model.metric
+        )[0]
+    }
     if encoder is not None:
         profiles = history_profiles(seen, encoder.item_vectors_)
         rankings["content_"] = top_k_scores(profiles, encoder.item_vectors_, config.k, exclude=seen, metric="cosine")[0]
-        rankings["hybrid_"] = hybrid_top_k(model.user_vectors_[users], model.item_vectors_, profiles, encoder.item_vectors_, config.k,
-                                           exclude=seen, metric=model.metric, weights=config.hybrid.weights, fusion=config.hybrid.fusion)
+        rankings["hybrid_"] = hybrid_top_k(
+            model.user_vectors_[users],
+            model.item_vectors_,
+            profiles,
+            encoder.item_vectors_,
+            config.k,
+            exclude=seen,
+            metric=model.metric,
+            weights=config.hybrid.weights,
+            fusion=config.hybrid.fusion,
+        )
     out: dict[str, float] = {}
     for prefix, recommended in rankings.items():
         metrics = ranking_metrics_at_k(recommended, test.matrix, config.k, user_rows=users)
@@ -225,8 +246,14 @@ def evaluate_holdout(config: TrainConfig, dataset: Dataset, full: InteractionMat
     return out
 
 
-def build_bundle(config: TrainConfig, model, matrix: InteractionMatrix, info: dict[str, Any],
-                 dataset: Dataset | None = None, encoder=None) -> ModelBundle:
+def build_bundle(
+    config: TrainConfig,
+    model,
+    matrix: InteractionMatrix,
+    info: dict[str, Any],
+    dataset: Dataset | None = None,
+    encoder=None,
+) -> ModelBundle:
     """Vectors, indexes and serving objects of one trained model.
 
     With a content encoder, available catalog items that have no interactions yet are added
@@ -235,7 +262,9 @@ def build_bundle(config: TrainConfig, model, matrix: InteractionMatrix, info: di
     """
     rng = np.random.default_rng(config.seed)
     item_ids, item_vectors = matrix.item_ids, model.item_vectors_
-    popularity = np.bincount(matrix.matrix.indices, minlength=matrix.matrix.shape[1]).astype(np.float64)  # users per item
+    popularity = np.bincount(matrix.matrix.indices, minlength=matrix.matrix.shape[1]).astype(
+        np.float64
+    )  # users per item
     extras, objects = {}, {}
     if encoder is not None:
         catalog = dataset.items
@@ -257,12 +286,23 @@ def build_bundle(config: TrainConfig, model, matrix: InteractionMatrix, info: di
     # Metric per index (IndexConfig): "user" defaults to the model's own ranking metric, "item"
     # (item-to-item similarity) and "content" to cosine.
     ix = config.index
-    spaces = [("user", ix.user_metric or model.metric, item_vectors, model.user_vectors_), ("item", ix.item_metric, item_vectors, item_vectors)]
+    spaces = [
+        ("user", ix.user_metric or model.metric, item_vectors, model.user_vectors_),
+        ("item", ix.item_metric, item_vectors, item_vectors),
+    ]
     if encoder is not None:
         spaces.append(("content", ix.content_metric, extras["content"], extras["content"]))
-    settings = IndexSettings(target_recall=ix.target_recall, n_trees=ix.n_trees, search_k=ix.search_k, M=ix.M,
-                             ef_construction=ix.ef_construction, ef=ix.ef, num_threads=ix.num_threads,
-                             vector_dtype=ix.vector_dtype, tune_seconds=ix.tune_seconds)
+    settings = IndexSettings(
+        target_recall=ix.target_recall,
+        n_trees=ix.n_trees,
+        search_k=ix.search_k,
+        M=ix.M,
+        ef_construction=ix.ef_construction,
+        ef=ix.ef,
+        num_threads=ix.num_threads,
+        vector_dtype=ix.vector_dtype,
+        tune_seconds=ix.tune_seconds,
+    )
     choices = {}
     for role, metric, vectors, queries in spaces:
         sample = queries[rng.choice(len(queries), min(ix.recall_queries, len(queries)), replace=False)]
@@ -324,7 +364,9 @@ def train(
         # Categorical ids, once: the split and the three matrices then work on integer codes
         # instead of re-hashing millions of id strings each (5M events: ~8 s → ~2 s).
         events, dataset = dataset.events, copy.copy(dataset)  # the caller's dataset stays as it was
-        dataset.events = events.assign(user_id=events["user_id"].astype("category"), item_id=events["item_id"].astype("category"))
+        dataset.events = events.assign(
+            user_id=events["user_id"].astype("category"), item_id=events["item_id"].astype("category")
+        )
         full = InteractionMatrix.from_events(dataset.events, weighting=config.weighting, alpha=config.alpha)
     encoder = None
     if config.content is not None:
@@ -341,27 +383,61 @@ def train(
     client = tracking.setup(settings)
     with _stage("track", timings, on_stage), tempfile.TemporaryDirectory(prefix="bundle-") as tmp:
         bundle_dir = bundle.save(Path(tmp) / "bundle")
-        with mlflow.start_run(experiment_id=tracking.ensure_experiment(settings, settings.experiment_name), run_name=f"train-{model.kind}") as run:
+        with mlflow.start_run(
+            experiment_id=tracking.ensure_experiment(settings, settings.experiment_name), run_name=f"train-{model.kind}"
+        ) as run:
             if config.content is not None:
-                mlflow.log_params({"content_kind": config.content.kind, "hybrid_fusion": config.hybrid.fusion,
-                                   "hybrid_weights": list(config.hybrid.weights), "hybrid_default_mode": config.hybrid.default_mode})
-            mlflow.log_params({"model_kind": model.kind, **config.model.params, "alpha": config.alpha, "weighting": config.weighting,
-                               "test_ratio": config.test_ratio, "seed": config.seed, "index_kind": config.index.kind, "n_trees": config.index.n_trees})
+                mlflow.log_params(
+                    {
+                        "content_kind": config.content.kind,
+                        "hybrid_fusion": config.hybrid.fusion,
+                        "hybrid_weights": list(config.hybrid.weights),
+                        "hybrid_default_mode": config.hybrid.default_mode,
+                    }
+                )
+            mlflow.log_params(
+                {
+                    "model_kind": model.kind,
+                    **config.model.params,
+                    "alpha": config.alpha,
+                    "weighting": config.weighting,
+                    "test_ratio": config.test_ratio,
+                    "seed": config.seed,
+                    "index_kind": config.index.kind,
+                    "n_trees": config.index.n_trees,
+                }
+            )
             mlflow.log_params({f"data_{k}": v for k, v in stats.items()})
             mlflow.log_metrics(metrics)
             mlflow.log_params({f"index_{role}_kind": c["kind"] for role, c in bundle.info["index_choice"].items()})
-            mlflow.log_metrics({k: v for k, v in bundle.info.items() if k.startswith("index_") and isinstance(v, (int, float))})
-            mlflow.log_metrics({f"index_{role}_{c['kind']}_{name}": c[name] for role, choice in bundle.info["index_choice"].items()
-                                for c in choice["candidates"] for name in ("recall_at_10", "query_ms_p50", "build_seconds")})
+            mlflow.log_metrics(
+                {k: v for k, v in bundle.info.items() if k.startswith("index_") and isinstance(v, (int, float))}
+            )
+            mlflow.log_metrics(
+                {
+                    f"index_{role}_{c['kind']}_{name}": c[name]
+                    for role, choice in bundle.info["index_choice"].items()
+                    for c in choice["candidates"]
+                    for name in ("recall_at_10", "query_ms_p50", "build_seconds")
+                }
+            )
             mlflow.log_metrics({f"time_{k}_s": v for k, v in timings.items()})
             tracking.log_bundle(bundle_dir)
             run_id = run.info.run_id
         version = None
         if config.register_version:
             index_tags = {f"index.{role}": bundle.info[f"index_{role}_serving"] for role in bundle.info["index_choice"]}
-            mv = tracking.register_bundle(client, settings.registered_model_name, run_id, tags={"kind": model.kind, **index_tags})
+            mv = tracking.register_bundle(
+                client, settings.registered_model_name, run_id, tags={"kind": model.kind, **index_tags}
+            )
             version = str(mv.version)
             if config.promote_alias:
                 tracking.set_alias(client, settings.registered_model_name, config.promote_alias, version)
     logger.info("trained %s: %s", model.kind, {k: round(v, 4) for k, v in metrics.items()})
-    return TrainResult(run_id=run_id, version=version, metrics=metrics, bundle_uri=f"runs:/{run_id}/{tracking.BUNDLE_ARTIFACT}", timings=timings)
+    return TrainResult(
+        run_id=run_id,
+        version=version,
+        metrics=metrics,
+        bundle_uri=f"runs:/{run_id}/{tracking.BUNDLE_ARTIFACT}",
+        timings=timings,
+    )

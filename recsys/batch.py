@@ -53,7 +53,9 @@ def seen_matrix(events: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray
     rows = users.get_indexer(events["user_id"].astype(str))
     cols = items.get_indexer(events["item_id"].astype(str))
     known = (rows >= 0) & (cols >= 0)
-    m = sp.csr_matrix((np.ones(int(known.sum()), np.float32), (rows[known], cols[known])), shape=(len(user_ids), len(item_ids)))
+    m = sp.csr_matrix(
+        (np.ones(int(known.sum()), np.float32), (rows[known], cols[known])), shape=(len(user_ids), len(item_ids))
+    )
     m.sum_duplicates()
     return m
 
@@ -72,14 +74,25 @@ def batch_path(recommender: Recommender, exact: bool = False) -> str:
     """``scan`` or ``index`` (see module doc) for this model."""
     index = recommender.bundle.indexes.get("user")
     metric = index.metric if index is not None else recommender.bundle.metric
-    if (exact or not serving_uses_index(recommender)) and metric in SCAN_METRICS \
-            and len(recommender.cf_vectors) == len(recommender.bundle.item_ids):
+    if (
+        (exact or not serving_uses_index(recommender))
+        and metric in SCAN_METRICS
+        and len(recommender.cf_vectors) == len(recommender.bundle.item_ids)
+    ):
         return "scan"
     return "index"
 
 
-def recommend_all(recommender: Recommender, seen: sp.csr_matrix, k: int, *, filters: Filters = NO_FILTERS, exact: bool = False,
-                  batch_size: int = 2048, on_batch: Callable[[int], None] | None = None) -> Iterator[UserBatch]:
+def recommend_all(
+    recommender: Recommender,
+    seen: sp.csr_matrix,
+    k: int,
+    *,
+    filters: Filters = NO_FILTERS,
+    exact: bool = False,
+    batch_size: int = 2048,
+    on_batch: Callable[[int], None] | None = None,
+) -> Iterator[UserBatch]:
     """Top-``k`` for every user of the bundle, in blocks of ``batch_size`` users (bundle order).
 
     ``seen``: users × items interactions (rows aligned with ``bundle.user_ids``), left out of
@@ -103,10 +116,18 @@ def recommend_all(recommender: Recommender, seen: sp.csr_matrix, k: int, *, filt
         if on_batch is not None:
             on_batch(len(batch.user_rows))
     seconds = time.perf_counter() - start
-    logger.info("recommended for %d users (%s path) in %.1fs: %.0f users/s", n_users, path, seconds, n_users / max(seconds, 1e-9))
+    logger.info(
+        "recommended for %d users (%s path) in %.1fs: %.0f users/s",
+        n_users,
+        path,
+        seconds,
+        n_users / max(seconds, 1e-9),
+    )
 
 
-def _scan(recommender: Recommender, seen: sp.csr_matrix, k: int, filters: Filters, batch_size: int) -> Iterator[UserBatch]:
+def _scan(
+    recommender: Recommender, seen: sp.csr_matrix, k: int, filters: Filters, batch_size: int
+) -> Iterator[UserBatch]:
     bundle = recommender.bundle
     index = bundle.indexes.get("user")
     metric = index.metric if index is not None else bundle.metric
@@ -124,7 +145,9 @@ def _scan(recommender: Recommender, seen: sp.csr_matrix, k: int, filters: Filter
         yield UserBatch(rows, np.where(ids >= 0, allowed[np.maximum(ids, 0)], -1), scores)
 
 
-def _per_user(recommender: Recommender, seen: sp.csr_matrix, k: int, filters: Filters, batch_size: int) -> Iterator[UserBatch]:
+def _per_user(
+    recommender: Recommender, seen: sp.csr_matrix, k: int, filters: Filters, batch_size: int
+) -> Iterator[UserBatch]:
     bundle = recommender.bundle
     item_ids = np.asarray(recommender.item_ids, dtype=object)
     for start in range(0, len(bundle.user_ids), batch_size):
@@ -133,7 +156,9 @@ def _per_user(recommender: Recommender, seen: sp.csr_matrix, k: int, filters: Fi
         scores = np.full((len(rows), k), -np.inf, np.float32)
         for i, row in enumerate(rows):
             history = item_ids[seen.indices[seen.indptr[row] : seen.indptr[row + 1]]].tolist()
-            result = recommender.recommend_for_user(str(bundle.user_ids[row]), history, k, filters=filters, mode="collaborative")
+            result = recommender.recommend_for_user(
+                str(bundle.user_ids[row]), history, k, filters=filters, mode="collaborative"
+            )
             ids[i, : len(result.items)] = [recommender.item_pos[it.item_id] for it in result.items]
             scores[i, : len(result.items)] = [it.score for it in result.items]
         yield UserBatch(rows, ids, scores)

@@ -33,7 +33,9 @@ def _ranks(scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def blend(cf_scores: np.ndarray, content_scores: np.ndarray, weights=(0.5, 0.5), fusion: str = "weighted") -> np.ndarray:
+def blend(
+    cf_scores: np.ndarray, content_scores: np.ndarray, weights=(0.5, 0.5), fusion: str = "weighted"
+) -> np.ndarray:
     """Fused scores (higher is better) for rows of users × the same item columns."""
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
@@ -57,7 +59,9 @@ def content_profiles(matrix: sp.csr_matrix, content_vectors: np.ndarray) -> np.n
     return profiles / np.maximum(norms, 1e-12)
 
 
-def content_profile(content_vectors: np.ndarray, item_positions: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+def content_profile(
+    content_vectors: np.ndarray, item_positions: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
     """One user's content profile from the positions of the items they touched (weight 1 each
     unless ``weights`` are given; a repeated position adds up)."""
     positions = np.asarray(item_positions, np.int64)

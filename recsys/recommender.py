@@ -182,7 +182,9 @@ class Recommender:
             cf_vector, strategy = self.user_vectors[row], "collaborative"
         else:
             cf_vector, strategy = self.fold_in(seen), "fold_in"
-        profile = None if mode == "collaborative" else self.content_profile(np.unique(seen))  # each touched item once, as evaluated
+        profile = (
+            None if mode == "collaborative" else self.content_profile(np.unique(seen))
+        )  # each touched item once, as evaluated
         items = self.ranker.rank(request, cf_vector, seen, profile)
         return RecommendationResult(strategy if mode == "collaborative" else mode, items, mode)
 

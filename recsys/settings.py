@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     spark_conf: dict[str, str] = {}
 
     @model_validator(mode="after")
-    def _fill_defaults(self) -> "Settings":
+    def _fill_defaults(self) -> Settings:
         self.data_dir = Path(self.data_dir).expanduser().resolve()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'feature_store.db'}"

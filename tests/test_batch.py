@@ -31,8 +31,10 @@ def data():
 
 
 def _bundle(data, kind: str):
-    config = TrainConfig(model=ModelConfig(kind="als", params={"factors": 16, "iterations": 6}),
-                         index=IndexConfig(kind=kind, recall_queries=100))
+    config = TrainConfig(
+        model=ModelConfig(kind="als", params={"factors": 16, "iterations": 6}),
+        index=IndexConfig(kind=kind, recall_queries=100),
+    )
     full = InteractionMatrix.from_events(data.events, alpha=config.alpha)
     return build_bundle(config, fit_model(config, full, data), full, {})
 
@@ -89,8 +91,12 @@ def test_exact_batch_over_an_hnsw_model_equals_exact_serving(data):
 
 
 def test_seen_matrix_ignores_unknown_ids(data):
-    events = pd.DataFrame({"user_id": ["u_new", data.users["user_id"].iloc[0]], "item_id": [data.items["item_id"].iloc[0], "i_new"]})
-    m = seen_matrix(events, np.array(["x", data.users["user_id"].iloc[0]], object), data.items["item_id"].to_numpy(object))
+    events = pd.DataFrame(
+        {"user_id": ["u_new", data.users["user_id"].iloc[0]], "item_id": [data.items["item_id"].iloc[0], "i_new"]}
+    )
+    m = seen_matrix(
+        events, np.array(["x", data.users["user_id"].iloc[0]], object), data.items["item_id"].to_numpy(object)
+    )
     assert m.shape == (2, len(data.items)) and m.nnz == 0
 
 
@@ -105,8 +111,13 @@ def trained_env(tmp_path_factory, data):
     env = {"RECSYS_DATA_DIR": str(folder / "data")}
     saved = dict(os.environ)
     os.environ.update(env)
-    for name in ("RECSYS_DATABASE_URL", "RECSYS_MLFLOW_TRACKING_URI", "RECSYS_MODEL_ALIAS", "RECSYS_REGISTERED_MODEL_NAME",
-                 "RECSYS_MLFLOW_ARTIFACT_ROOT"):
+    for name in (
+        "RECSYS_DATABASE_URL",
+        "RECSYS_MLFLOW_TRACKING_URI",
+        "RECSYS_MODEL_ALIAS",
+        "RECSYS_REGISTERED_MODEL_NAME",
+        "RECSYS_MLFLOW_ARTIFACT_ROOT",
+    ):
         os.environ.pop(name, None)
     get_settings.cache_clear()
     try:
@@ -114,8 +125,13 @@ def trained_env(tmp_path_factory, data):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = FeatureStore(settings.database_url)
         store.ingest(data)
-        result = train(settings, TrainConfig(model=ModelConfig(kind="als", params={"factors": 16, "iterations": 6}),
-                                             index=IndexConfig(recall_queries=100)))
+        result = train(
+            settings,
+            TrainConfig(
+                model=ModelConfig(kind="als", params={"factors": 16, "iterations": 6}),
+                index=IndexConfig(recall_queries=100),
+            ),
+        )
         yield {"settings": settings, "version": result.version, "folder": folder, "store": store}
     finally:
         os.environ.clear()
@@ -157,13 +173,16 @@ def test_cli_writes_parquet_with_the_api_rules(trained_env, data):
         assert not set(rows["item_id"]) & set(seen_ids[user])
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    ((), "--all-users"),
-    (("--all-users", "--alias", "nope"), "no model version behind alias"),
-    (("--all-users", "--version", "99"), "no version 99"),
-    (("--all-users", "--k", "0"), "--k"),
-    (("--all-users", "--exclude-item", "a/b"), "exclude_item"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "--all-users"),
+        (("--all-users", "--alias", "nope"), "no model version behind alias"),
+        (("--all-users", "--version", "99"), "no version 99"),
+        (("--all-users", "--k", "0"), "--k"),
+        (("--all-users", "--exclude-item", "a/b"), "exclude_item"),
+    ],
+)
 def test_cli_refuses_bad_input_and_writes_nothing(trained_env, args, message):
     out = trained_env["folder"] / "refused.parquet"
     result = _invoke("recommend", "--out", str(out), *args)
@@ -199,19 +218,27 @@ def test_train_records_the_index_choice(trained_env):
         chosen = next(cand for cand in c["candidates"] if cand["kind"] == c["kind"])
         assert chosen["recall_at_10"] >= 0.95
         # recall first, then latency: nothing reaching the target was faster
-        assert all(cand["query_ms_p50"] >= chosen["query_ms_p50"] for cand in c["candidates"] if cand["recall_at_10"] >= 0.95)
+        assert all(
+            cand["query_ms_p50"] >= chosen["query_ms_p50"] for cand in c["candidates"] if cand["recall_at_10"] >= 0.95
+        )
     run = MlflowClient(settings.mlflow_tracking_uri).get_run(mv.run_id)
     assert run.data.params["index_kind"] == "auto"
     assert run.data.params["index_user_kind"] == choice["user"]["kind"]
     assert run.data.metrics["index_user_recall_at_10"] >= 0.95 and run.data.metrics["index_user_query_ms"] > 0
-    assert {"index_user_exact_query_ms_p50", "index_user_hnsw_recall_at_10", "index_item_annoy_build_seconds"} <= set(run.data.metrics)
+    assert {"index_user_exact_query_ms_p50", "index_user_hnsw_recall_at_10", "index_item_annoy_build_seconds"} <= set(
+        run.data.metrics
+    )
     assert mv.tags["index.user"] == manifest["info"]["index_user_serving"]
     # `recsys model list` shows it per version
     from cli.model import index_summary
 
     summary = index_summary(mv.tags, dict(run.data.metrics))
     user_part = next(p for p in summary.split("; ") if p.startswith("user "))
-    assert user_part.split()[1] == mv.tags["index.user"] and float(user_part.split()[2]) >= 0.95 and user_part.endswith("ms")
+    assert (
+        user_part.split()[1] == mv.tags["index.user"]
+        and float(user_part.split()[2]) >= 0.95
+        and user_part.endswith("ms")
+    )
     listed = _invoke("model", "list")
     assert listed.exit_code == 0, listed.output
     assert "index" in listed.output and f"{run.data.metrics['index_user_query_ms']:.2f}ms" in listed.output

@@ -39,8 +39,15 @@ class Env:
 
     def run(self, *args: str) -> subprocess.CompletedProcess:
         """The real `recsys` process."""
-        return subprocess.run(RECSYS + list(args), check=False, env=self.vars, cwd=self.tmp, capture_output=True,
-                              text=True, timeout=TIMEOUT)
+        return subprocess.run(
+            RECSYS + list(args),
+            check=False,
+            env=self.vars,
+            cwd=self.tmp,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
 
     def invoke(self, *args: str) -> subprocess.CompletedProcess:
         """The same command in-process (typer's CliRunner), as a CompletedProcess."""
@@ -67,9 +74,21 @@ class Env:
 def _env(tmp_path: Path, database_url: str) -> Env:
     data = tmp_path / "data"
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "RECSYS_DATA_DIR": str(data), "RECSYS_DATABASE_URL": database_url, "RECSYS_MLFLOW_TRACKING_URI": tracking,
-           "PYTHONPATH": str(REPO), "OPENBLAS_NUM_THREADS": "1", "COLUMNS": "100"}
-    for name in ("RECSYS_MODEL_ALIAS", "RECSYS_REGISTERED_MODEL_NAME", "RECSYS_EXPERIMENT_NAME", "RECSYS_MLFLOW_ARTIFACT_ROOT"):
+    env = {
+        **os.environ,
+        "RECSYS_DATA_DIR": str(data),
+        "RECSYS_DATABASE_URL": database_url,
+        "RECSYS_MLFLOW_TRACKING_URI": tracking,
+        "PYTHONPATH": str(REPO),
+        "OPENBLAS_NUM_THREADS": "1",
+        "COLUMNS": "100",
+    }
+    for name in (
+        "RECSYS_MODEL_ALIAS",
+        "RECSYS_REGISTERED_MODEL_NAME",
+        "RECSYS_EXPERIMENT_NAME",
+        "RECSYS_MLFLOW_ARTIFACT_ROOT",
+    ):
         env.pop(name, None)
     return Env(env, database_url, tracking, tmp_path)
 
@@ -80,8 +99,17 @@ def _seed(url: str) -> None:
     from recsys.datasets.base import Dataset
 
     store = FeatureStore(url)
-    store.ingest(Dataset(events=pd.DataFrame({"user_id": ["u1", "u2", "u2"], "item_id": ["i1", "i1", "i2"],
-                                              "timestamp": [1_700_000_000, 1_700_000_060, 1_700_000_120]})))
+    store.ingest(
+        Dataset(
+            events=pd.DataFrame(
+                {
+                    "user_id": ["u1", "u2", "u2"],
+                    "item_id": ["i1", "i1", "i2"],
+                    "timestamp": [1_700_000_000, 1_700_000_060, 1_700_000_120],
+                }
+            )
+        )
+    )
     store.dispose()
 
 
@@ -104,8 +132,10 @@ def counts(url: str) -> dict[str, int]:
     try:
         names = set(inspect(engine).get_table_names())
         with engine.connect() as conn:
-            return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() if t in names else 0
-                    for t in ("events", "items", "users")}
+            return {
+                t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() if t in names else 0
+                for t in ("events", "items", "users")
+            }
     finally:
         engine.dispose()
 
@@ -131,6 +161,7 @@ def assert_one_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
 
 # ------------------------------------------------------------------ data files
 
+
 def _csv_big_id(tmp: Path) -> Path:
     path = tmp / "big.csv"
     path.write_text("user_id,item_id,timestamp\nu9,i1,1700000000\nu" + "x" * 100_000 + ",i2,1700000060\n")
@@ -140,15 +171,22 @@ def _csv_big_id(tmp: Path) -> Path:
 def _csv_bad_time(tmp: Path) -> Path:
     # epoch seconds, a blank line and a quoted field spanning two lines before the bad value
     path = tmp / "times.csv"
-    path.write_text('user_id,item_id,note,timestamp\nu7,i1,a,1700000000\n\nu8,i2,"two\nlines",1700000060\n'
-                    "u9,i3,b,1700000120\nu10,i4,c,notatime\n")
+    path.write_text(
+        'user_id,item_id,note,timestamp\nu7,i1,a,1700000000\n\nu8,i2,"two\nlines",1700000060\n'
+        "u9,i3,b,1700000120\nu10,i4,c,notatime\n"
+    )
     return path
 
 
 def _parquet_bad_time(tmp: Path) -> Path:
     path = tmp / "times.parquet"
-    pd.DataFrame({"user_id": ["u7", "u8", "u9"], "item_id": ["i1", "i2", "i3"],
-                  "timestamp": ["2024-01-01", "2024-01-02", "31/31/2024"]}).to_parquet(path)
+    pd.DataFrame(
+        {
+            "user_id": ["u7", "u8", "u9"],
+            "item_id": ["i1", "i2", "i3"],
+            "timestamp": ["2024-01-01", "2024-01-02", "31/31/2024"],
+        }
+    ).to_parquet(path)
     return path
 
 
@@ -164,8 +202,11 @@ INGEST_CASES = {
     "100 KB id": (_csv_big_id, [], ["big.csv line 3 (data row 2)", "user_id is 100,001 characters long (at most 255)"]),
     "bad time, csv": (_csv_bad_time, [], ["times.csv line 7 (data row 4)", "timestamp 'notatime' is not a time"]),
     "bad time, parquet": (_parquet_bad_time, [], ["times.parquet data row 3", "timestamp '31/31/2024' is not a time"]),
-    "slash in mapped id": (_csv_slash_item, ["--map", "user_id=customer", "--map", "item_id=sku"],
-                           ["slash.csv line 3 (data row 2)", "item_id (column 'sku') contains '/'"]),
+    "slash in mapped id": (
+        _csv_slash_item,
+        ["--map", "user_id=customer", "--map", "item_id=sku"],
+        ["slash.csv line 3 (data row 2)", "item_id (column 'sku') contains '/'"],
+    ),
 }
 
 
@@ -182,14 +223,27 @@ def test_bad_ingest_input(store_env, case):
 # ------------------------------------------------------------------ train configs
 
 CONFIG_CASES = {
-    "unknown key": ("model:\n  kind: als\n  factorz: 8\n", ["config model.factorz: unknown key", "known keys here: kind, params"]),
+    "unknown key": (
+        "model:\n  kind: als\n  factorz: 8\n",
+        ["config model.factorz: unknown key", "known keys here: kind, params"],
+    ),
     "nested unknown key": ("index:\n  treez: 3\n", ["config index.treez: unknown key", "n_trees"]),
-    "param of the wrong type": ("model:\n  params: {factors: abc}\n", ["config model.params.factors:", "valid integer", "'abc'"]),
-    "unknown param": ("model:\n  params: {factors: 8, regularisation: 0.1}\n",
-                      ["config model.params.regularisation:", "als has no parameter 'regularisation'", "regularization"]),
-    "ensemble member param": ("model:\n  kind: ensemble\n  params:\n    members:\n      - {kind: als, params: {iterations: many}}\n",
-                              ["config model.params.members.0.params.iterations:", "valid integer"]),
-    "content param": ("content:\n  kind: tfidf\n  params: {n_components: 1.5}\n", ["config content.params.n_components:"]),
+    "param of the wrong type": (
+        "model:\n  params: {factors: abc}\n",
+        ["config model.params.factors:", "valid integer", "'abc'"],
+    ),
+    "unknown param": (
+        "model:\n  params: {factors: 8, regularisation: 0.1}\n",
+        ["config model.params.regularisation:", "als has no parameter 'regularisation'", "regularization"],
+    ),
+    "ensemble member param": (
+        "model:\n  kind: ensemble\n  params:\n    members:\n      - {kind: als, params: {iterations: many}}\n",
+        ["config model.params.members.0.params.iterations:", "valid integer"],
+    ),
+    "content param": (
+        "content:\n  kind: tfidf\n  params: {n_components: 1.5}\n",
+        ["config content.params.n_components:"],
+    ),
     "unknown kind": ("model:\n  kind: alss\n", ["config model.kind:", "unknown model kind 'alss'"]),
     "invalid YAML": ("model:\n  params: {factors: 8\nk: 10\n", ["cfg.yaml line 3", "invalid YAML"]),
     "not a mapping": ("- als\n- bpr\n", ["cfg.yaml", "expected a mapping"]),
@@ -215,14 +269,18 @@ def test_bad_train_config_real_process(sqlite_env):
 def test_config_directory_binary_and_missing_config(sqlite_env):
     assert_one_error(sqlite_env.invoke("train", "--config", str(sqlite_env.tmp)), "Is a directory")
     (sqlite_env.tmp / "cfg.yaml").write_bytes(b"model: \xff\xfe\x00\n")
-    assert_one_error(sqlite_env.invoke("train", "--config", str(sqlite_env.tmp / "cfg.yaml")), "cfg.yaml: not UTF-8 text")
+    assert_one_error(
+        sqlite_env.invoke("train", "--config", str(sqlite_env.tmp / "cfg.yaml")), "cfg.yaml: not UTF-8 text"
+    )
     assert_one_error(sqlite_env.invoke("train", "--config", str(sqlite_env.tmp / "nope.yaml")), "config not found")
 
 
 def test_valid_params_are_converted_when_the_config_is_read():
     from pipelines.train import TrainConfig
 
-    cfg = TrainConfig.model_validate({"model": {"params": {"factors": "16"}}, "content": {"kind": "tfidf", "params": {"ngram_range": [1, 2]}}})
+    cfg = TrainConfig.model_validate(
+        {"model": {"params": {"factors": "16"}}, "content": {"kind": "tfidf", "params": {"ngram_range": [1, 2]}}}
+    )
     assert cfg.model.params == {"factors": 16} and cfg.content.params == {"ngram_range": (1, 2)}
 
 
@@ -233,8 +291,14 @@ DATABASE_CASES = {
     "not a URL": ("notaurl", ["cannot use the database notaurl", "Could not parse"]),
     "unknown driver": ("nosuchdb://bob:s3cret@127.0.0.1/x", ["nosuchdb://bob:***@127.0.0.1/x", "Can't load plugin"]),
     "port not a number": ("postgresql://bob:s3cret@127.0.0.1:port/x", ["postgresql://bob:***@127.0.0.1:port/x"]),
-    "refused": ("postgresql+psycopg2://bob:s3cret@127.0.0.1:1/x", ["postgresql+psycopg2://bob:***@127.0.0.1:1/x", "Connection refused"]),
-    "no such database": (f"postgresql+psycopg2://postgres:s3cret@127.0.0.1:5432/{MISSING_DB}", [MISSING_DB, "does not exist"]),
+    "refused": (
+        "postgresql+psycopg2://bob:s3cret@127.0.0.1:1/x",
+        ["postgresql+psycopg2://bob:***@127.0.0.1:1/x", "Connection refused"],
+    ),
+    "no such database": (
+        f"postgresql+psycopg2://postgres:s3cret@127.0.0.1:5432/{MISSING_DB}",
+        [MISSING_DB, "does not exist"],
+    ),
 }
 
 
@@ -246,19 +310,24 @@ def test_bad_database_url(request, tmp_path, case, command):
         request.getfixturevalue("postgres_url")  # skips when no server is reachable
     env = _env(tmp_path, url)
     (tmp_path / "events.csv").write_text("user_id,item_id\nu1,i1\n")
-    line = assert_one_error(env.invoke(*command[:2], *(str(tmp_path / a) if a.endswith(".csv") else a for a in command[2:])), *needles)
+    line = assert_one_error(
+        env.invoke(*command[:2], *(str(tmp_path / a) if a.endswith(".csv") else a for a in command[2:])), *needles
+    )
     assert "s3cret" not in line
     assert registered_versions(env) == 0
 
 
 def test_unreachable_database_real_process(tmp_path):
     env = _env(tmp_path, "postgresql+psycopg2://bob:s3cret@127.0.0.1:1/x")
-    line = assert_one_error(env.run("train"), "cannot use the database postgresql+psycopg2://bob:***@127.0.0.1:1/x", "Connection refused")
+    line = assert_one_error(
+        env.run("train"), "cannot use the database postgresql+psycopg2://bob:***@127.0.0.1:1/x", "Connection refused"
+    )
     assert "s3cret" not in line
     assert registered_versions(env) == 0
 
 
 # ------------------------------------------------------------------ serve
+
 
 def test_serve_on_a_busy_port_fails_before_loading_anything(sqlite_env):
     with socket.socket() as busy:
@@ -266,8 +335,10 @@ def test_serve_on_a_busy_port_fails_before_loading_anything(sqlite_env):
         busy.listen()
         port = busy.getsockname()[1]
         # no model is registered: without the port check first, serve would start and fail later
-        assert_one_error(sqlite_env.run("serve", "--host", "127.0.0.1", "--port", str(port)),
-                         f"error: port {port} on 127.0.0.1 is in use")
+        assert_one_error(
+            sqlite_env.run("serve", "--host", "127.0.0.1", "--port", str(port)),
+            f"error: port {port} on 127.0.0.1 is in use",
+        )
 
 
 # ------------------------------------------------------------------ command-line syntax
@@ -300,6 +371,7 @@ def test_bad_command_line_real_process(sqlite_env):
 
 # ------------------------------------------------------------------ the error boundary
 
+
 def test_every_command_goes_through_the_error_boundary():
     from cli.main import app
 
@@ -310,7 +382,9 @@ def test_every_command_goes_through_the_error_boundary():
             yield from commands(group.typer_instance, prefix + group.name + " ")
 
     found = dict(commands(app))
-    assert {"train", "ingest", "serve", "online-report", "experiment run", "pipeline run", "model rollback"} <= set(found)
+    assert {"train", "ingest", "serve", "online-report", "experiment run", "pipeline run", "model rollback"} <= set(
+        found
+    )
     unwrapped = [name for name, callback in found.items() if not getattr(callback, "__cli_errors__", False)]
     assert unwrapped == []
 
@@ -323,6 +397,7 @@ def test_unexpected_errors_keep_their_traceback():
 
 
 # ------------------------------------------------------------------ concurrent train
+
 
 def _wait_for(path: Path, needle: str, proc: subprocess.Popen, deadline_s: float = TIMEOUT) -> None:
     deadline = time.monotonic() + deadline_s
@@ -344,7 +419,14 @@ def test_two_trains_at_once_one_registers_the_other_exits_3(request, tmp_path, d
     assert generated.returncode == 0, generated.stderr
     first_log = tmp_path / "first.err"
     with first_log.open("w") as err:
-        first = subprocess.Popen(RECSYS + ["-v", "train", "--trials", "3"], env=env.vars, cwd=tmp_path, stdout=subprocess.PIPE, stderr=err, text=True)
+        first = subprocess.Popen(
+            RECSYS + ["-v", "train", "--trials", "3"],
+            env=env.vars,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
     try:
         _wait_for(first_log, "holding the train lock", first)
         # Freeze the first run while it holds the lock, so the second certainly meets it.

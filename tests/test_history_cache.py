@@ -33,8 +33,13 @@ def env(tmp_path_factory):
 
 
 def make_app(env, **settings):
-    values = {"data_dir": Path(env["RECSYS_DATA_DIR"]), "api_keys": KEY, "reload_poll_seconds": 0,
-              "history_feed_seconds": 0.1, **settings}
+    values = {
+        "data_dir": Path(env["RECSYS_DATA_DIR"]),
+        "api_keys": KEY,
+        "reload_poll_seconds": 0,
+        "history_feed_seconds": 0.1,
+        **settings,
+    }
     return create_app(Settings(**values))
 
 
@@ -190,10 +195,13 @@ def test_feed_picks_up_an_event_committed_after_a_later_one(postgres_url):
     cache = HistoryCache(store, 10)
     assert cache.load("u1").items == ["i0"]
     with store.engine.connect() as slow:  # a writer that took its id first and commits last
-        slow.execute(text(
-            "INSERT INTO events (event_id, user_pk, item_pk, event_type, value, ts) "
-            "SELECT 'slow-1', u.id, i.id, 'click', 1.0, 0 FROM users u, items i "
-            "WHERE u.user_id = 'u1' AND i.item_id = 'i1'"))
+        slow.execute(
+            text(
+                "INSERT INTO events (event_id, user_pk, item_pk, event_type, value, ts) "
+                "SELECT 'slow-1', u.id, i.id, 'click', 1.0, 0 FROM users u, items i "
+                "WHERE u.user_id = 'u1' AND i.item_id = 'i1'"
+            )
+        )
         store.add_events([event("u1", "i2")])
         assert cache.poll() == 1
         assert cache.get("u1").items == ["i0", "i2"]

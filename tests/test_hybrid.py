@@ -17,8 +17,10 @@ def hybrid():
     data = generate_synthetic(n_users=600, n_items=300, n_events=30_000, n_clusters=5, seed=11)
     cold = set(data.items["item_id"].sample(20, random_state=0))
     dataset = Dataset(events=data.events[~data.events["item_id"].isin(cold)], items=data.items, users=data.users)
-    config = TrainConfig(model=ModelConfig(kind="als", params={"factors": 16, "iterations": 10}),
-                         content=ContentConfig(kind="tfidf", params={"n_components": 32}))
+    config = TrainConfig(
+        model=ModelConfig(kind="als", params={"factors": 16, "iterations": 10}),
+        content=ContentConfig(kind="tfidf", params={"n_components": 32}),
+    )
     full = InteractionMatrix.from_events(dataset.events, alpha=config.alpha)
     encoder = fit_content(config, dataset, full.item_ids)
     model = fit_model(config.model, full, dataset)
@@ -85,11 +87,15 @@ def test_index_metric_is_selectable_per_index(metric):
     from recsys.index.exact import pairwise_scores
 
     data = generate_synthetic(n_users=200, n_items=120, n_events=6_000, n_clusters=4, seed=2)
-    config = TrainConfig(model=ModelConfig(kind="als", params={"factors": 8, "iterations": 5}),
-                         content=ContentConfig(kind="tags", params={"n_components": 8}),
-                         index=IndexConfig(item_metric=metric, content_metric=metric))
+    config = TrainConfig(
+        model=ModelConfig(kind="als", params={"factors": 8, "iterations": 5}),
+        content=ContentConfig(kind="tags", params={"n_components": 8}),
+        index=IndexConfig(item_metric=metric, content_metric=metric),
+    )
     full = InteractionMatrix.from_events(data.events, alpha=config.alpha)
-    bundle = build_bundle(config, fit_model(config.model, full, data), full, {}, data, fit_content(config, data, full.item_ids))
+    bundle = build_bundle(
+        config, fit_model(config.model, full, data), full, {}, data, fit_content(config, data, full.item_ids)
+    )
     assert bundle.indexes["item"].metric == metric and bundle.indexes["content"].metric == metric
     assert bundle.indexes["user"].metric == "dot"
     rec = Recommender(bundle, data.items)

@@ -131,13 +131,23 @@ def test_hnsw_in_a_bundle_is_verified_on_load(tmp_path, vectors):
     from recsys.bundle import BundleError, ModelBundle
 
     items, queries = vectors
-    bundle = ModelBundle(kind="als", params={}, metric="dot", user_ids=[f"u{i}" for i in range(30)],
-                         item_ids=[f"i{i}" for i in range(800)], user_vectors=queries, item_vectors=items,
-                         item_popularity=np.ones(800), indexes={"user": HnswItemIndex("dot", ef=50).build(items)})
+    bundle = ModelBundle(
+        kind="als",
+        params={},
+        metric="dot",
+        user_ids=[f"u{i}" for i in range(30)],
+        item_ids=[f"i{i}" for i in range(800)],
+        user_vectors=queries,
+        item_vectors=items,
+        item_popularity=np.ones(800),
+        indexes={"user": HnswItemIndex("dot", ef=50).build(items)},
+    )
     path = bundle.save(tmp_path / "b")
     loaded = ModelBundle.load(path)
     assert isinstance(loaded.indexes["user"], HnswItemIndex) and loaded.indexes["user"].ef == 50
-    np.testing.assert_array_equal(loaded.indexes["user"].query(queries[0], 10)[0], bundle.indexes["user"].query(queries[0], 10)[0])
+    np.testing.assert_array_equal(
+        loaded.indexes["user"].query(queries[0], 10)[0], bundle.indexes["user"].query(queries[0], 10)[0]
+    )
     raw = bytearray((path / "index_user" / "index.hnsw").read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     (path / "index_user" / "index.hnsw").write_bytes(bytes(raw))
@@ -333,7 +343,9 @@ def test_choice_exact_wins_when_only_a_scan_reaches_the_target():
     exact = choice.chosen
     assert exact.recall_at_10 == 1.0
     # every other candidate either missed the target or was slower at it
-    assert all(c.recall_at_10 < 1.0 or c.query_ms_p50 >= exact.query_ms_p50 for c in choice.candidates if c.kind != "exact")
+    assert all(
+        c.recall_at_10 < 1.0 or c.query_ms_p50 >= exact.query_ms_p50 for c in choice.candidates if c.kind != "exact"
+    )
 
 
 def test_choice_skips_hnsw_for_metrics_it_has_no_space_for():

@@ -160,8 +160,10 @@ def test_lightfm_annoy_dot_index_matches_predict_top10(lightfm_with_features, da
     index.build(50)
     for u in (0, 5, 99, 321, 500):
         predicted = model.model_.predict(
-            np.full(n_items, u, dtype=np.int32), np.arange(n_items, dtype=np.int32),
-            item_features=item_features, user_features=user_features,
+            np.full(n_items, u, dtype=np.int32),
+            np.arange(n_items, dtype=np.int32),
+            item_features=item_features,
+            user_features=user_features,
         )
         ann = index.get_nns_by_vector(model.user_vectors_[u].tolist(), 10, search_k=50 * n_items)
         assert ann == list(np.argsort(-predicted)[:10])
@@ -270,12 +272,27 @@ def test_mapper_requires_fit():
 
 
 def test_registry_knows_all_kinds_and_rejects_unknown():
-    assert set(MODEL_KINDS) == {"als", "bpr", "lightfm", "tags", "tfidf", "sbert", "ease", "ensemble", "item2vec", "popular", "random", "itemknn"}
+    assert set(MODEL_KINDS) == {
+        "als",
+        "bpr",
+        "lightfm",
+        "tags",
+        "tfidf",
+        "sbert",
+        "ease",
+        "ensemble",
+        "item2vec",
+        "popular",
+        "random",
+        "itemknn",
+    }
     for kind in ("als", "bpr", "lightfm", "tags", "tfidf"):
         model = make_model(kind)
         assert model.kind == kind and model.get_params()
     assert make_model("bpr", factors=7).factors == 7
-    with pytest.raises(ValueError, match="als, bpr, ease, ensemble, item2vec, itemknn, lightfm, popular, random, sbert, tags, tfidf"):
+    with pytest.raises(
+        ValueError, match="als, bpr, ease, ensemble, item2vec, itemknn, lightfm, popular, random, sbert, tags, tfidf"
+    ):
         make_model("svd")
 
 
@@ -292,8 +309,12 @@ def test_ensemble_dot_space_ranks_like_per_user_standardized_blend():
 
     data = generate_synthetic(n_users=300, n_items=150, n_events=12_000, n_clusters=4, seed=5)
     matrix = InteractionMatrix.from_events(data.events)
-    ens = EnsembleEmbedder([{"kind": "als", "params": {"factors": 8, "iterations": 5}, "weight": 0.6},
-                            {"kind": "bpr", "params": {"factors": 8, "iterations": 20}, "weight": 0.4}]).fit(matrix.matrix)
+    ens = EnsembleEmbedder(
+        [
+            {"kind": "als", "params": {"factors": 8, "iterations": 5}, "weight": 0.6},
+            {"kind": "bpr", "params": {"factors": 8, "iterations": 20}, "weight": 0.4},
+        ]
+    ).fit(matrix.matrix)
     assert ens.item_vectors_.shape[1] == 8 + 9  # BPR carries its bias column
     a, b = ens.models_
     expected = 0.6 * _zscore(a.user_vectors_ @ a.item_vectors_.T) + 0.4 * _zscore(b.user_vectors_ @ b.item_vectors_.T)

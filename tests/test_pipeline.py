@@ -31,8 +31,9 @@ def make_settings(data_dir: Path) -> Settings:
 
 
 def cfg(model=GOOD, **extra) -> PipelineConfig:
-    return PipelineConfig.model_validate({"name": "t", "models": [model], "evaluation": {"eval_users": 400},
-                                          "index": {"n_trees": 20}, **extra})
+    return PipelineConfig.model_validate(
+        {"name": "t", "models": [model], "evaluation": {"eval_users": 400}, "index": {"n_trees": 20}, **extra}
+    )
 
 
 def ingest(settings: Settings, seed: int = 1, **kw) -> None:
@@ -156,7 +157,9 @@ def test_unknown_and_duplicate_ids_stop_before_training(settings, tmp_path):
     events = data.events.copy()
     events.loc[:49, "event_id"] = events.loc[50:99, "event_id"].to_numpy()
     src = _write_dataset(tmp_path / "dups", events, data.items[["item_id"]])
-    _assert_stopped(settings, run_pipeline(settings, cfg(source=src), run_id="dups"), "duplicate ids: 50 repeated event_id")
+    _assert_stopped(
+        settings, run_pipeline(settings, cfg(source=src), run_id="dups"), "duplicate ids: 50 repeated event_id"
+    )
 
 
 def test_drift_past_threshold_stops_before_training(settings, tmp_path):
@@ -176,7 +179,9 @@ def test_cli_exit_code_4_on_validation_stop(settings, tmp_path):
     FeatureStore(settings.database_url)
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"name": "cli"}))
-    proc = subprocess.run(RECSYS + ["pipeline", "run", str(path)], env={**os.environ}, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        RECSYS + ["pipeline", "run", str(path)], env={**os.environ}, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 4, proc.stderr
     assert "stopped" in proc.stdout and "empty snapshot" in proc.stdout
 
@@ -184,10 +189,19 @@ def test_cli_exit_code_4_on_validation_stop(settings, tmp_path):
 def test_cli_bad_config_is_one_line_exit_2(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("name: x\nmodels: [{kind: als, paramz: {}}]\n")
-    proc = subprocess.run(RECSYS + ["pipeline", "run", str(path)], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "RECSYS_DATA_DIR": str(tmp_path / "d")})
+    proc = subprocess.run(
+        RECSYS + ["pipeline", "run", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RECSYS_DATA_DIR": str(tmp_path / "d")},
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("error:") and "paramz" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert (
+        proc.stderr.strip().startswith("error:")
+        and "paramz" in proc.stderr
+        and len(proc.stderr.strip().splitlines()) == 1
+    )
 
 
 # --------------------------------------------------------------------------- gate, rollback
@@ -232,7 +246,9 @@ def test_file_lock_blocks_second_run_exit_3(settings, tmp_path):
         with pytest.raises(LockHeld):
             with pipeline_lock("t", settings.database_url, settings.data_dir / "pipelines"):
                 pass
-        proc = subprocess.run(RECSYS + ["pipeline", "run", str(path)], env={**os.environ}, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            RECSYS + ["pipeline", "run", str(path)], env={**os.environ}, capture_output=True, text=True, timeout=120
+        )
     assert proc.returncode == 3 and "already running" in proc.stderr
     with pipeline_lock("t", settings.database_url, settings.data_dir / "pipelines"):
         pass  # released
@@ -255,16 +271,26 @@ def test_schedule_fires_twice_and_lock_stops_overlap(settings, tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"name": "t", "models": [GOOD], "index": {"n_trees": 10}}))
     env = {**os.environ}
-    proc = subprocess.run(RECSYS + ["-v", "pipeline", "schedule", str(path), "--interval-seconds", "1", "--max-runs", "2"],
-                          env=env, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        RECSYS + ["-v", "pipeline", "schedule", str(path), "--interval-seconds", "1", "--max-runs", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr
     states = [json.loads(p.read_text()) for p in (settings.data_dir / "pipelines").glob("*/state.json")]
     assert len(states) == 2 and all(s["status"] == "completed" for s in states)
     assert proc.stderr.count("run exited 0") == 2
     # an overlapping run (the lock held by another process) is skipped, not queued
     with pipeline_lock("t", settings.database_url, settings.data_dir / "pipelines"):
-        proc = subprocess.run(RECSYS + ["-v", "pipeline", "schedule", str(path), "--interval-seconds", "1", "--max-runs", "1"],
-                              env=env, capture_output=True, text=True, timeout=400)
+        proc = subprocess.run(
+            RECSYS + ["-v", "pipeline", "schedule", str(path), "--interval-seconds", "1", "--max-runs", "1"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
     assert proc.returncode == 0
     assert "run exited 3" in proc.stderr and "holds the lock" in proc.stderr
     assert len(list((settings.data_dir / "pipelines").glob("*/state.json"))) == 2
@@ -276,7 +302,9 @@ def test_schedule_fires_twice_and_lock_stops_overlap(settings, tmp_path):
 @pytest.mark.slow
 def test_promotion_reaches_running_server(settings, tmp_path):
     ingest(settings)
-    first = run_pipeline(settings, cfg(BAD, gate={"min_index_recall": 0.0, "popularity_baseline": False}), run_id="first")
+    first = run_pipeline(
+        settings, cfg(BAD, gate={"min_index_recall": 0.0, "popularity_baseline": False}), run_id="first"
+    )
     assert first.status == "promoted"
     env = {**os.environ, "RECSYS_API_KEYS": "secret-key", "RECSYS_RELOAD_POLL_SECONDS": "0"}
     with serve_process(env, log_path=tmp_path / "serve.log") as server:
@@ -315,7 +343,10 @@ def test_pipeline_searches_on_its_cadence_and_refits_the_winner_in_between(setti
     # within the cadence: no new search, the same winner is refitted
     second = run_pipeline(settings, config, run_id="search-2")
     assert json.loads((second.run_dir / "train" / "candidates.json").read_text()) == [winner]
-    assert json.loads((settings.data_dir / "pipelines" / "t.search.json").read_text())["searched_at"] == record["searched_at"]
+    assert (
+        json.loads((settings.data_dir / "pipelines" / "t.search.json").read_text())["searched_at"]
+        == record["searched_at"]
+    )
 
 
 def test_pipeline_search_cadence_is_validated():

@@ -24,8 +24,11 @@ FAST = ("als", "itemknn", "ease", "item2vec")
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'fs.db'}",
-                    mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=f"sqlite:///{tmp_path / 'fs.db'}",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,10 @@ def test_search_beats_popularity_and_logs_every_trial(settings, clustered):
     children = tracking.child_runs(client, outcome.parent_run_id)
     trial_runs = [r for r in children if r.data.tags.get("recsys.search") == "trial"]
     assert len(trial_runs) == len(outcome.trials) == 6
-    assert all("kind" in r.data.params and ("ndcg_at_10" in r.data.metrics or "ndcg_at_10_half" in r.data.metrics) for r in trial_runs)
+    assert all(
+        "kind" in r.data.params and ("ndcg_at_10" in r.data.metrics or "ndcg_at_10_half" in r.data.metrics)
+        for r in trial_runs
+    )
 
 
 def test_same_data_and_budget_give_the_same_winner(tmp_path, clustered):
@@ -74,8 +80,11 @@ def test_a_crashed_search_resumes_without_redoing_trials(settings, clustered):
         run_search(settings, clustered, config, trial_hook=crash_at_3)
     storage = f"sqlite:///{settings.data_dir / 'search' / 'optuna.db'}"
     (summary,) = optuna.get_all_study_summaries(storage)
-    before = {t.number: (t.params, t.value) for t in optuna.load_study(study_name=summary.study_name, storage=storage).trials
-              if t.state == optuna.trial.TrialState.COMPLETE}
+    before = {
+        t.number: (t.params, t.value)
+        for t in optuna.load_study(study_name=summary.study_name, storage=storage).trials
+        if t.state == optuna.trial.TrialState.COMPLETE
+    }
     assert sorted(before) == [0, 1, 2]
 
     started: list[int] = []
@@ -97,13 +106,17 @@ def _tiny_popularity_data(n_events: int = 300, seed: int = 0) -> Dataset:
     n_users, n_items = 60, 40
     p = 1.0 / np.arange(1, n_items + 1) ** 1.5
     p /= p.sum()
-    events = pd.DataFrame({
-        "event_id": [f"e{i}" for i in range(n_events)],
-        "user_id": [f"u{u}" for u in rng.integers(0, n_users, n_events)],
-        "item_id": [f"i{j}" for j in rng.choice(n_items, n_events, p=p)],
-        "event_type": "click", "value": 1.0,
-        "timestamp": pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(rng.uniform(0, 30 * 86400, n_events), unit="s"),
-    })
+    events = pd.DataFrame(
+        {
+            "event_id": [f"e{i}" for i in range(n_events)],
+            "user_id": [f"u{u}" for u in rng.integers(0, n_users, n_events)],
+            "item_id": [f"i{j}" for j in rng.choice(n_items, n_events, p=p)],
+            "event_type": "click",
+            "value": 1.0,
+            "timestamp": pd.Timestamp("2024-01-01", tz="UTC")
+            + pd.to_timedelta(rng.uniform(0, 30 * 86400, n_events), unit="s"),
+        }
+    )
     return Dataset(events=events.drop_duplicates(["user_id", "item_id"]))
 
 
@@ -122,13 +135,18 @@ def test_too_few_validation_users_means_popularity(settings):
 
 
 def test_autotune_registers_the_winner_with_a_content_space(settings, clustered):
-    result = autotune(settings, SearchConfig(trials=4, content="tfidf", families=("als", "itemknn"), patience=100), dataset=clustered)
+    result = autotune(
+        settings, SearchConfig(trials=4, content="tfidf", families=("als", "itemknn"), patience=100), dataset=clustered
+    )
     client = tracking.client_for(settings)
     version = tracking.get_version(client, settings.registered_model_name, result.train.version)
     assert version.tags["autotune.winner"].startswith(result.search.winner.kind)
     assert "vs popularity" in version.tags["autotune.validation"]
     assert result.search.content is not None and result.search.content.kind == "tfidf"
-    assert str(tracking.resolve_alias(client, settings.registered_model_name, "production").version) == result.train.version
+    assert (
+        str(tracking.resolve_alias(client, settings.registered_model_name, "production").version)
+        == result.train.version
+    )
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("1h", 3600), ("45", 45)])
@@ -179,7 +197,13 @@ def test_train_cli_refuses_a_bad_budget(tmp_path):
 
     env = {**os.environ, "RECSYS_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(REPO)}
     env.pop("RECSYS_DATABASE_URL", None)
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "train", "--budget", "soon"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", "train", "--budget", "soon"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "error: --budget: a duration looks like 90s, 10m or 1h" in proc.stderr + proc.stdout

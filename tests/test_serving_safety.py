@@ -124,7 +124,9 @@ def test_replaced_tracking_store_file_is_noticed(tmp_path):
 
 
 def _cached_files(settings: Settings) -> list[Path]:
-    return [p for p in (settings.cache_dir / "bundles").rglob("*") if p.is_file() and p.suffix in (".npy", ".ann", ".hnsw")]
+    return [
+        p for p in (settings.cache_dir / "bundles").rglob("*") if p.is_file() and p.suffix in (".npy", ".ann", ".hnsw")
+    ]
 
 
 def test_writes_into_and_truncation_of_cached_bundle_change_nothing(trained):

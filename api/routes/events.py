@@ -25,11 +25,18 @@ MAX_BATCH = 10_000
     "/events",
     response_model=EventsAccepted,
     status_code=200,
-    responses={401: {"model": Error}, 403: {"model": Error}, 422: {"model": Error, "description": "invalid event(s): nothing stored"},
-               503: {"model": Error, "description": "lost to concurrent writers on every retry: nothing stored, send again"}},
+    responses={
+        401: {"model": Error},
+        403: {"model": Error},
+        422: {"model": Error, "description": "invalid event(s): nothing stored"},
+        503: {"model": Error, "description": "lost to concurrent writers on every retry: nothing stored, send again"},
+    },
 )
 def post_events(
-    body: Annotated[EventIn | Annotated[list[EventIn], Body(min_length=1, max_length=MAX_BATCH)], Body(description="one event or a list of up to 10,000")],
+    body: Annotated[
+        EventIn | Annotated[list[EventIn], Body(min_length=1, max_length=MAX_BATCH)],
+        Body(description="one event or a list of up to 10,000"),
+    ],
     holder: HolderDep,
     store: StoreDep,
 ) -> EventsAccepted:

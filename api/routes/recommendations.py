@@ -57,8 +57,12 @@ class RuleQuery(BaseModel):
 
     include_category: list[Label] = Field([], max_length=100, description="only items in one of these categories")
     exclude_category: list[Label] = Field([], max_length=100, description="no items in these categories")
-    include_attr: list[AttrFilter] = Field([], max_length=100, description="key:value — only items whose attribute key has one of the given values")
-    exclude_attr: list[AttrFilter] = Field([], max_length=100, description="key:value — no items whose attribute key has this value")
+    include_attr: list[AttrFilter] = Field(
+        [], max_length=100, description="key:value — only items whose attribute key has one of the given values"
+    )
+    exclude_attr: list[AttrFilter] = Field(
+        [], max_length=100, description="key:value — no items whose attribute key has this value"
+    )
     exclude_item: list[Id] = Field([], max_length=1000, description="never return these item ids")
     k: int = Field(10, ge=1, le=1000, description="number of items to return")
     offset: int = Field(0, ge=0, le=10_000, description="skip this many items (pagination)")
@@ -86,11 +90,15 @@ class UserQuery(RuleQuery):
     def weights(self) -> tuple[float, float] | None:
         if (self.cf_weight is None) != (self.content_weight is None):
             field = "content_weight" if self.content_weight is None else "cf_weight"
-            raise HTTPException(status_code=422, detail={"field": field, "message": "give both cf_weight and content_weight"})
+            raise HTTPException(
+                status_code=422, detail={"field": field, "message": "give both cf_weight and content_weight"}
+            )
         if self.cf_weight is None:
             return None
         if self.cf_weight + self.content_weight <= 0:
-            raise HTTPException(status_code=422, detail={"field": "cf_weight", "message": "the weights must not both be 0"})
+            raise HTTPException(
+                status_code=422, detail={"field": "cf_weight", "message": "the weights must not both be 0"}
+            )
         return self.cf_weight, self.content_weight
 
 
@@ -127,18 +135,25 @@ def _json(answer: BaseModel) -> Response:
 
 def _items(result: RecommendationResult) -> list[RecommendedItem]:
     # model_construct: the fields come typed from the Recommender; validating them again is waste
-    return [RecommendedItem.model_construct(item_id=i.item_id, score=float(i.score), title=i.title, reason=i.reason)
-            for i in result.items]
+    return [
+        RecommendedItem.model_construct(item_id=i.item_id, score=float(i.score), title=i.title, reason=i.reason)
+        for i in result.items
+    ]
 
 
 def _unavailable(exc: SearchUnavailable, field: str) -> HTTPException:
     return HTTPException(status_code=503, detail={"field": field, "message": str(exc)})
 
 
-@router.get("/users/{user_id}/recommendations", response_model=UserRecommendations, responses=ERRORS,
-            openapi_extra=USER_QUERY_DOC)
-async def user_recommendations(request: Request, user_id: IdPath, query: Annotated[UserQuery, Depends(user_query)],
-                               pinned: PinDep) -> Response:
+@router.get(
+    "/users/{user_id}/recommendations",
+    response_model=UserRecommendations,
+    responses=ERRORS,
+    openapi_extra=USER_QUERY_DOC,
+)
+async def user_recommendations(
+    request: Request, user_id: IdPath, query: Annotated[UserQuery, Depends(user_query)], pinned: PinDep
+) -> Response:
     """Top-k items for a user; events posted a moment ago already count (fold-in).
 
     ``async`` on purpose: the history comes from the worker's memory (api/history.py) and the
@@ -150,30 +165,58 @@ async def user_recommendations(request: Request, user_id: IdPath, query: Annotat
     history = holder.history.get(user_id) or await run_in_threadpool(holder.history.load, user_id)
     try:
         result = model.recommender.recommend_for_user(
-            user_id, history.items, query.k, offset=query.offset, exclude_seen=query.exclude_seen,
-            filters=query.filters(), mode=query.mode, weights=query.weights(), fusion=query.fusion,
-            diversity=query.diversity, refresh=is_fresh(history.newest, model.fresh_cutoff))
+            user_id,
+            history.items,
+            query.k,
+            offset=query.offset,
+            exclude_seen=query.exclude_seen,
+            filters=query.filters(),
+            mode=query.mode,
+            weights=query.weights(),
+            fusion=query.fusion,
+            diversity=query.diversity,
+            refresh=is_fresh(history.newest, model.fresh_cutoff),
+        )
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")
-    return _json(UserRecommendations.model_construct(
-        user_id=user_id, model_version=model.version, variant=variant, strategy=result.strategy, mode=result.mode,
-        offset=query.offset, items=_items(result)))
+    return _json(
+        UserRecommendations.model_construct(
+            user_id=user_id,
+            model_version=model.version,
+            variant=variant,
+            strategy=result.strategy,
+            mode=result.mode,
+            offset=query.offset,
+            items=_items(result),
+        )
+    )
 
 
 @router.get("/items/{item_id}/similar", response_model=SimilarItems, responses=ERRORS, openapi_extra=SIMILAR_QUERY_DOC)
-def similar_items(item_id: IdPath, query: Annotated[SimilarQuery, Depends(similar_query)], holder: HolderDep,
-                  pinned: PinDep) -> Response:
+def similar_items(
+    item_id: IdPath, query: Annotated[SimilarQuery, Depends(similar_query)], holder: HolderDep, pinned: PinDep
+) -> Response:
     """Items nearest to this item (collaborative, content or hybrid similarity)."""
     model, variant = resolve(holder, query.user_id, pinned)
     try:
-        result = model.recommender.similar_items(item_id, query.k, offset=query.offset, filters=query.filters(), mode=query.mode)
+        result = model.recommender.similar_items(
+            item_id, query.k, offset=query.offset, filters=query.filters(), mode=query.mode
+        )
     except UnknownItemError:
         raise HTTPException(status_code=404, detail={"field": "item_id", "message": f"unknown item: {item_id}"})
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")
-    return _json(SimilarItems.model_construct(item_id=item_id, model_version=model.version, variant=variant,
-                                              strategy=result.strategy, mode=result.mode, offset=query.offset,
-                                              items=_items(result)))
+    return _json(
+        SimilarItems.model_construct(
+            item_id=item_id,
+            model_version=model.version,
+            variant=variant,
+            strategy=result.strategy,
+            mode=result.mode,
+            offset=query.offset,
+            items=_items(result),
+        )
+    )
 
 
 @router.get("/search", response_model=SearchResults, responses=ERRORS, openapi_extra=SEARCH_QUERY_DOC)
@@ -184,9 +227,17 @@ def search(query: Annotated[SearchQuery, Depends(search_query)], holder: HolderD
         result = model.recommender.search(query.q, query.k, offset=query.offset, filters=query.filters())
     except SearchUnavailable as exc:
         raise _unavailable(exc, "q")
-    return _json(SearchResults.model_construct(query=query.q, model_version=model.version, variant=variant,
-                                               strategy=result.strategy, mode=result.mode, offset=query.offset,
-                                               items=_items(result)))
+    return _json(
+        SearchResults.model_construct(
+            query=query.q,
+            model_version=model.version,
+            variant=variant,
+            strategy=result.strategy,
+            mode=result.mode,
+            offset=query.offset,
+            items=_items(result),
+        )
+    )
 
 
 @router.post("/recommendations", response_model=SessionRecommendations, responses=ERRORS)
@@ -194,20 +245,43 @@ def session_recommendations(body: SessionRequest, holder: HolderDep, pinned: Pin
     """Anonymous session: recommendations folded in from the given items (and weights)."""
     model, variant = resolve(holder, body.session_id, pinned)
     f = body.filters
-    filters = Filters(exclude_items=tuple(f.exclude_items), include_categories=tuple(f.include_categories),
-                      exclude_categories=tuple(f.exclude_categories), include_attributes=f.include_attributes,
-                      exclude_attributes=f.exclude_attributes)
+    filters = Filters(
+        exclude_items=tuple(f.exclude_items),
+        include_categories=tuple(f.include_categories),
+        exclude_categories=tuple(f.exclude_categories),
+        include_attributes=f.include_attributes,
+        exclude_attributes=f.exclude_attributes,
+    )
     if (body.cf_weight is None) != (body.content_weight is None):
-        raise HTTPException(status_code=422, detail={"field": "content_weight" if body.content_weight is None else "cf_weight",
-                                                     "message": "give both cf_weight and content_weight"})
+        raise HTTPException(
+            status_code=422,
+            detail={
+                "field": "content_weight" if body.content_weight is None else "cf_weight",
+                "message": "give both cf_weight and content_weight",
+            },
+        )
     if body.cf_weight is not None and body.cf_weight + body.content_weight <= 0:
         raise HTTPException(status_code=422, detail={"field": "cf_weight", "message": "the weights must not both be 0"})
     blend = None if body.cf_weight is None else (body.cf_weight, body.content_weight)
     try:
         result = model.recommender.recommend_for_items(
-            body.item_ids, body.weights, body.k, offset=body.offset, filters=filters, mode=body.mode,
-            blend=blend, fusion=body.fusion, diversity=body.diversity)
+            body.item_ids,
+            body.weights,
+            body.k,
+            offset=body.offset,
+            filters=filters,
+            mode=body.mode,
+            blend=blend,
+            fusion=body.fusion,
+            diversity=body.diversity,
+        )
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")
-    return SessionRecommendations(model_version=model.version, variant=variant, strategy=result.strategy,
-                                  mode=result.mode, offset=body.offset, items=_items(result))
+    return SessionRecommendations(
+        model_version=model.version,
+        variant=variant,
+        strategy=result.strategy,
+        mode=result.mode,
+        offset=body.offset,
+        items=_items(result),
+    )

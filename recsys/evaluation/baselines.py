@@ -33,8 +33,12 @@ class _VectorRecommendMixin:
         """Top ``k`` items for ``user_rows`` by dot score, excluding ``matrix[user_rows]``'s items."""
         self._check_fitted()
         return top_k_scores(
-            self.user_vectors_, self.item_vectors_, k, exclude=matrix,
-            user_rows=np.asarray(user_rows, dtype=np.int64), metric="dot",
+            self.user_vectors_,
+            self.item_vectors_,
+            k,
+            exclude=matrix,
+            user_rows=np.asarray(user_rows, dtype=np.int64),
+            metric="dot",
         )
 
 
@@ -49,7 +53,7 @@ class RandomRecommender(_VectorRecommendMixin, Embedder):
         self.random_state = random_state
         self.factors = factors
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> "RandomRecommender":
+    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> RandomRecommender:
         rng = np.random.default_rng(self.random_state)
         n_users, n_items = matrix.shape
         self.user_vectors_ = rng.standard_normal((n_users, self.factors)).astype(np.float32)
@@ -76,7 +80,7 @@ class PopularityRecommender(_VectorRecommendMixin, Embedder):
     def __init__(self, by: str = "users") -> None:
         self.by = by
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> "PopularityRecommender":
+    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> PopularityRecommender:
         if self.by not in ("users", "weight"):
             raise ValueError(f"by must be 'users' or 'weight', got {self.by!r}")
         m = sp.csc_matrix(matrix)
@@ -106,7 +110,7 @@ class ItemKNNRecommender(Embedder):
         self.num_threads = num_threads
         self.max_items = max_items
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> "ItemKNNRecommender":
+    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> ItemKNNRecommender:
         from implicit.nearest_neighbours import CosineRecommender
 
         X = sp.csr_matrix(matrix, dtype=np.float32)
@@ -120,7 +124,9 @@ class ItemKNNRecommender(Embedder):
             self.item_vectors_ = np.ascontiguousarray(sp.csr_matrix(model.similarity).T.toarray(), np.float32)
             self.user_vectors_ = np.ascontiguousarray(X.toarray(), np.float32)
         else:
-            logger.info("item-kNN: %d items exceed max_items=%d; no vector form (recommend only)", self.n_items_, self.max_items)
+            logger.info(
+                "item-kNN: %d items exceed max_items=%d; no vector form (recommend only)", self.n_items_, self.max_items
+            )
         return self
 
     def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -146,9 +152,7 @@ class ItemKNNRecommender(Embedder):
         if len(rows) == 0:
             return out_idx, out_scores
         user_items = sp.csr_matrix(matrix, dtype=np.float32)[rows]
-        ids, scores = self.model_.recommend(
-            rows, user_items, N=min(k, self.n_items_), filter_already_liked_items=True
-        )
+        ids, scores = self.model_.recommend(rows, user_items, N=min(k, self.n_items_), filter_already_liked_items=True)
         ids = np.atleast_2d(np.asarray(ids, dtype=np.int64))
         scores = np.atleast_2d(np.asarray(scores, dtype=np.float32))
         invalid = (ids < 0) | ~np.isfinite(scores)

@@ -36,7 +36,13 @@ from recsys.index.exact import ExactIndex
 logger = logging.getLogger(__name__)
 
 # Our metric name → Annoy's. "cosine" is Annoy's angular distance sqrt(2 - 2·cos).
-ANNOY_METRIC = {"cosine": "angular", "dot": "dot", "euclidean": "euclidean", "manhattan": "manhattan", "hamming": "hamming"}
+ANNOY_METRIC = {
+    "cosine": "angular",
+    "dot": "dot",
+    "euclidean": "euclidean",
+    "manhattan": "manhattan",
+    "hamming": "hamming",
+}
 INDEX_FILE = "index.ann"
 META_FILE = "index.json"
 
@@ -89,7 +95,7 @@ def private_copy(path: Path, expected_sha256: str | None = None) -> int:
                 h.update(block)
                 view = memoryview(block)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
         if expected_sha256 is not None and h.hexdigest() != expected_sha256:
             raise IndexError_(f"index file {path} does not match its checksum")
         if sealable:
@@ -103,8 +109,15 @@ def private_copy(path: Path, expected_sha256: str | None = None) -> int:
 class AnnoyItemIndex(ItemIndex):
     kind = "annoy"
 
-    def __init__(self, metric: str = "dot", n_trees: int = 50, search_k: int = -1, random_state: int = 42,
-                 target_recall: float = 0.95, tune_seconds: float = 120.0) -> None:
+    def __init__(
+        self,
+        metric: str = "dot",
+        n_trees: int = 50,
+        search_k: int = -1,
+        random_state: int = 42,
+        target_recall: float = 0.95,
+        tune_seconds: float = 120.0,
+    ) -> None:
         self.metric = check_metric(metric)
         self.n_trees = n_trees
         #: nodes inspected per query; -1 before ``tune`` means Annoy's default (n_trees·k)
@@ -164,7 +177,9 @@ class AnnoyItemIndex(ItemIndex):
         order = np.argsort(-scores, kind="stable")[:k]
         return ids[order], scores[order]
 
-    def measure_recall(self, vectors: np.ndarray, queries: np.ndarray, k: int = 10, truth: np.ndarray | None = None) -> float:
+    def measure_recall(
+        self, vectors: np.ndarray, queries: np.ndarray, k: int = 10, truth: np.ndarray | None = None
+    ) -> float:
         """Recall@k of this index against exact search with the same metric."""
         if truth is None:
             truth = ExactIndex(self.metric).build(vectors).query_batch(queries, k)[0]
@@ -173,8 +188,16 @@ class AnnoyItemIndex(ItemIndex):
             self.recall_at_10_ = recall
         return recall
 
-    def tune(self, vectors: np.ndarray, queries: np.ndarray, k: int = 10, *, stop_when_slower: bool = False,
-             slower_than_ms: float | None = None, truth: np.ndarray | None = None) -> float:
+    def tune(
+        self,
+        vectors: np.ndarray,
+        queries: np.ndarray,
+        k: int = 10,
+        *,
+        stop_when_slower: bool = False,
+        slower_than_ms: float | None = None,
+        truth: np.ndarray | None = None,
+    ) -> float:
         """Pick about the smallest ``search_k`` whose recall@k on ``queries`` reaches
         ``target_recall``: doubling from Annoy's default (n_trees·k) until the target is
         passed, then bisection between the last miss and the first hit (to ~5 %), so the value
@@ -196,7 +219,9 @@ class AnnoyItemIndex(ItemIndex):
         if self.search_k != -1:
             return self.measure_recall(vectors, queries, k, truth)
         exact_ms = self._exact_ms(vectors, queries, k) if stop_when_slower or slower_than_ms is not None else None
-        budget_ms = min(x for x in (exact_ms if stop_when_slower else None, slower_than_ms, float("inf")) if x is not None)
+        budget_ms = min(
+            x for x in (exact_ms if stop_when_slower else None, slower_than_ms, float("inf")) if x is not None
+        )
         deadline = time.perf_counter() + self.tune_seconds
         bar = tuning_bar(self.target_recall, len(queries), k)  # the target, plus one standard error
         ceiling = max(self._n_items * self.n_trees, self.n_trees * k)
@@ -214,14 +239,29 @@ class AnnoyItemIndex(ItemIndex):
             recall, annoy_ms = tried[hi]
             if annoy_ms > budget_ms:  # strictly: then prefer_exact holds whenever the scan was the budget
                 self.query_ms_, self.exact_query_ms_ = annoy_ms, exact_ms
-                logger.info("annoy %s index: at search_k=%d recall@%d %.3f and %.2f ms/query, slower than %s (%.2f ms): "
-                            "stopped tuning%s", self.metric, hi, k, recall, annoy_ms,
-                            "an exact scan" if budget_ms == exact_ms else "the alternative", budget_ms,
-                            ", serving scans" if self.prefer_exact else "")
+                logger.info(
+                    "annoy %s index: at search_k=%d recall@%d %.3f and %.2f ms/query, slower than %s (%.2f ms): "
+                    "stopped tuning%s",
+                    self.metric,
+                    hi,
+                    k,
+                    recall,
+                    annoy_ms,
+                    "an exact scan" if budget_ms == exact_ms else "the alternative",
+                    budget_ms,
+                    ", serving scans" if self.prefer_exact else "",
+                )
                 return recall
             if hi >= ceiling or time.perf_counter() > deadline:
-                logger.warning("annoy %s index: recall@%d target %.3f not reachable (best %.3f at search_k=%d; %s)", self.metric,
-                               k, self.target_recall, recall, hi, "search is exhaustive" if hi >= ceiling else "tuning time cap hit")
+                logger.warning(
+                    "annoy %s index: recall@%d target %.3f not reachable (best %.3f at search_k=%d; %s)",
+                    self.metric,
+                    k,
+                    self.target_recall,
+                    recall,
+                    hi,
+                    "search is exhaustive" if hi >= ceiling else "tuning time cap hit",
+                )
                 self._time_queries(vectors, queries, k)
                 return recall
             lo, hi = hi, min(hi * 2, ceiling)
@@ -236,8 +276,16 @@ class AnnoyItemIndex(ItemIndex):
         if k == 10:
             self.recall_at_10_ = recall
         self._time_queries(vectors, queries, k)
-        logger.info("annoy %s index: search_k=%d gives recall@%d %.3f (%.2f ms/query; exact %.2f ms; %d probes)",
-                    self.metric, self.search_k, k, recall, self.query_ms_, self.exact_query_ms_, len(tried))
+        logger.info(
+            "annoy %s index: search_k=%d gives recall@%d %.3f (%.2f ms/query; exact %.2f ms; %d probes)",
+            self.metric,
+            self.search_k,
+            k,
+            recall,
+            self.query_ms_,
+            self.exact_query_ms_,
+            len(tried),
+        )
         return recall
 
     def _exact_ms(self, vectors: np.ndarray, queries: np.ndarray, k: int) -> float:
@@ -285,7 +333,9 @@ class AnnoyItemIndex(ItemIndex):
             meta = json.loads(read_verified(folder / META_FILE, digests.get(META_FILE) if verify else None))
         except (OSError, ValueError) as exc:
             raise IndexError_(f"index metadata unreadable in {folder}: {exc}") from exc
-        return cls._load_private(folder / INDEX_FILE, meta, (digests.get(INDEX_FILE) or meta["sha256"]) if verify else None)
+        return cls._load_private(
+            folder / INDEX_FILE, meta, (digests.get(INDEX_FILE) or meta["sha256"]) if verify else None
+        )
 
     @classmethod
     def _load_private(cls, path: Path, meta: dict, expected_sha256: str | None) -> AnnoyItemIndex:
@@ -296,7 +346,9 @@ class AnnoyItemIndex(ItemIndex):
         fd = private_copy(path, expected_sha256)
         try:
             # Annoy opens the path itself and keeps its own fd and mapping; ours can go.
-            if not ann.load(f"/proc/self/fd/{fd}" if os.path.exists(f"/proc/self/fd/{fd}") else str(path), prefault=False):
+            if not ann.load(
+                f"/proc/self/fd/{fd}" if os.path.exists(f"/proc/self/fd/{fd}") else str(path), prefault=False
+            ):
                 raise IndexError_(f"annoy could not load {path}")
         finally:
             os.close(fd)
@@ -325,12 +377,22 @@ def load_index(folder: Path, verify: bool = True, digests: Mapping[str, str] | N
     except (OSError, ValueError) as exc:
         raise IndexError_(f"index metadata unreadable in {folder}: {exc}") from exc
     if meta["kind"] == "annoy":
-        return AnnoyItemIndex._load_private(folder / INDEX_FILE, meta, (digests.get(INDEX_FILE) or meta["sha256"]) if verify else None)
+        return AnnoyItemIndex._load_private(
+            folder / INDEX_FILE, meta, (digests.get(INDEX_FILE) or meta["sha256"]) if verify else None
+        )
     if meta["kind"] == "hnsw":
-        return HnswItemIndex._load_private(folder / HNSW_FILE, meta, (digests.get(HNSW_FILE) or meta["sha256"]) if verify else None)
+        return HnswItemIndex._load_private(
+            folder / HNSW_FILE, meta, (digests.get(HNSW_FILE) or meta["sha256"]) if verify else None
+        )
     if meta["kind"] != "exact":
         raise IndexError_(f"unknown index kind {meta['kind']!r} in {folder}")
-    vectors = np.load(io.BytesIO(read_verified(folder / "vectors.npy", (digests.get("vectors.npy") or meta.get("sha256")) if verify else None)))
+    vectors = np.load(
+        io.BytesIO(
+            read_verified(
+                folder / "vectors.npy", (digests.get("vectors.npy") or meta.get("sha256")) if verify else None
+            )
+        )
+    )
     return ExactIndex(meta["metric"], meta.get("dtype", "float32")).build(vectors)
 
 

@@ -47,10 +47,21 @@ class IndexSettings:
 
     def params(self, kind: str) -> dict[str, Any]:
         if kind == "annoy":
-            return {"n_trees": self.n_trees, "search_k": self.search_k, "target_recall": self.target_recall, "tune_seconds": self.tune_seconds}
+            return {
+                "n_trees": self.n_trees,
+                "search_k": self.search_k,
+                "target_recall": self.target_recall,
+                "tune_seconds": self.tune_seconds,
+            }
         if kind == "hnsw":
-            return {"M": self.M, "ef_construction": self.ef_construction, "ef": self.ef, "target_recall": self.target_recall,
-                    "num_threads": self.num_threads, "tune_seconds": self.tune_seconds}
+            return {
+                "M": self.M,
+                "ef_construction": self.ef_construction,
+                "ef": self.ef,
+                "target_recall": self.target_recall,
+                "num_threads": self.num_threads,
+                "tune_seconds": self.tune_seconds,
+            }
         return {"dtype": self.vector_dtype}
 
 
@@ -93,9 +104,16 @@ def _pick(candidates: list[CandidateReport], target: float) -> CandidateReport:
     return max(candidates, key=lambda c: (c.recall_at_10, -c.query_ms_p50))
 
 
-def build_index(kind: str, metric: str, vectors: np.ndarray, queries: np.ndarray, settings: IndexSettings | None = None,
-                kinds: tuple[str, ...] = AUTO_KINDS, k: int = 10,
-                on_candidate: Callable[[ItemIndex, CandidateReport], None] | None = None) -> tuple[ItemIndex, IndexChoice]:
+def build_index(
+    kind: str,
+    metric: str,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    settings: IndexSettings | None = None,
+    kinds: tuple[str, ...] = AUTO_KINDS,
+    k: int = 10,
+    on_candidate: Callable[[ItemIndex, CandidateReport], None] | None = None,
+) -> tuple[ItemIndex, IndexChoice]:
     """Build the index of ``kind`` (annoy, exact, hnsw) — or with ``auto`` every applicable kind
     of ``kinds`` — tuned on ``queries``; returns the index that serves and the measured choice.
     ``on_candidate`` sees every candidate once measured, before a losing one is dropped
@@ -129,19 +147,40 @@ def build_index(kind: str, metric: str, vectors: np.ndarray, queries: np.ndarray
         tuned = time.perf_counter()
         build_seconds, tune_seconds = tuned - start, tuned - built
         recall = recall_at_k(index.query_batch(queries, k)[0], truth)
-        report = CandidateReport(candidate, round(recall, 4), round(float(np.median(query_latencies_ms(index, timed, k))), 4),
-                                 round(build_seconds, 2), setting, round(tune_seconds, 2))
+        report = CandidateReport(
+            candidate,
+            round(recall, 4),
+            round(float(np.median(query_latencies_ms(index, timed, k))), 4),
+            round(build_seconds, 2),
+            setting,
+            round(tune_seconds, 2),
+        )
         reports.append(report)
         if on_candidate is not None:
             on_candidate(index, report)
-        logger.info("index %s/%s: recall@%d %.3f, p50 %.3f ms, built in %.1fs%s", metric, candidate, k, report.recall_at_10,
-                    report.query_ms_p50, report.build_seconds, f" ({setting=})" if setting is not None else "")
+        logger.info(
+            "index %s/%s: recall@%d %.3f, p50 %.3f ms, built in %.1fs%s",
+            metric,
+            candidate,
+            k,
+            report.recall_at_10,
+            report.query_ms_p50,
+            report.build_seconds,
+            f" ({setting=})" if setting is not None else "",
+        )
         if best is None or _pick([best[1], report], settings.target_recall) is report:
             best = (index, report)
         del index
         gc.collect()
     chosen = best[1]
     if kind == "auto":
-        logger.info("index %s: chose %s (recall@%d %.3f, p50 %.3f ms) among %s", metric, chosen.kind, k, chosen.recall_at_10,
-                    chosen.query_ms_p50, ", ".join(f"{c.kind} {c.recall_at_10:.3f}/{c.query_ms_p50:.3f}ms" for c in reports))
+        logger.info(
+            "index %s: chose %s (recall@%d %.3f, p50 %.3f ms) among %s",
+            metric,
+            chosen.kind,
+            k,
+            chosen.recall_at_10,
+            chosen.query_ms_p50,
+            ", ".join(f"{c.kind} {c.recall_at_10:.3f}/{c.query_ms_p50:.3f}ms" for c in reports),
+        )
     return best[0], IndexChoice(metric, chosen.kind, settings.target_recall, reports)

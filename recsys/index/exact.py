@@ -154,8 +154,14 @@ class ExactIndex(ItemIndex):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "vectors.npy", self.vectors)
-        meta = {"kind": self.kind, "metric": self.metric, "dims": int(self.dims), "n_items": self.n_items, "dtype": self.dtype,
-                "sha256": hashlib.sha256((folder / "vectors.npy").read_bytes()).hexdigest()}
+        meta = {
+            "kind": self.kind,
+            "metric": self.metric,
+            "dims": int(self.dims),
+            "n_items": self.n_items,
+            "dtype": self.dtype,
+            "sha256": hashlib.sha256((folder / "vectors.npy").read_bytes()).hexdigest(),
+        }
         (folder / "index.json").write_text(json.dumps(meta, indent=2))
         return meta
 

@@ -43,9 +43,17 @@ META_FILE = "index.json"
 class HnswItemIndex(ItemIndex):
     kind = "hnsw"
 
-    def __init__(self, metric: str = "dot", M: int = 16, ef_construction: int = 100, ef: int = -1,
-                 target_recall: float = 0.95, num_threads: int = -1, random_state: int = 42,
-                 tune_seconds: float = 120.0) -> None:
+    def __init__(
+        self,
+        metric: str = "dot",
+        M: int = 16,
+        ef_construction: int = 100,
+        ef: int = -1,
+        target_recall: float = 0.95,
+        num_threads: int = -1,
+        random_state: int = 42,
+        tune_seconds: float = 120.0,
+    ) -> None:
         self.metric = check_metric(metric)
         if metric not in HNSW_SPACE:
             raise ValueError(f"hnsw supports metrics {sorted(HNSW_SPACE)}, not {metric!r}")
@@ -69,8 +77,12 @@ class HnswItemIndex(ItemIndex):
         start = time.perf_counter()
         self.dims = int(vectors.shape[1])
         index = hnswlib.Index(space=HNSW_SPACE[self.metric], dim=self.dims)
-        index.init_index(max_elements=max(1, len(vectors)), M=self.M, ef_construction=self.ef_construction,
-                         random_seed=self.random_state)
+        index.init_index(
+            max_elements=max(1, len(vectors)),
+            M=self.M,
+            ef_construction=self.ef_construction,
+            random_seed=self.random_state,
+        )
         if len(vectors):
             index.add_items(vectors, np.arange(len(vectors)), num_threads=self.num_threads)
         index.set_num_threads(1)
@@ -89,7 +101,9 @@ class HnswItemIndex(ItemIndex):
             return -np.sqrt(np.maximum(distances, 0.0))
         return 1.0 - distances  # ip: 1 - q·v; cosine: 1 - cos
 
-    def _knn(self, queries: np.ndarray, k: int, allow: Callable[[int], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _knn(
+        self, queries: np.ndarray, k: int, allow: Callable[[int], bool] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """hnswlib's answer for k neighbours, or for fewer when the graph cannot reach k (it then
         raises rather than returning a short list)."""
         k = min(k, self._n_items)
@@ -172,8 +186,15 @@ class HnswItemIndex(ItemIndex):
         while probe(hi) < bar:
             lo = hi
             if hi >= ceiling or time.perf_counter() > deadline:
-                logger.warning("hnsw %s index: recall@%d target %.3f not reached (best %.3f at ef=%d, %s)", self.metric, k,
-                               self.target_recall, tried[hi], hi, "search is exhaustive" if hi >= ceiling else "tuning time cap hit")
+                logger.warning(
+                    "hnsw %s index: recall@%d target %.3f not reached (best %.3f at ef=%d, %s)",
+                    self.metric,
+                    k,
+                    self.target_recall,
+                    tried[hi],
+                    hi,
+                    "search is exhaustive" if hi >= ceiling else "tuning time cap hit",
+                )
                 return tried[hi]
             hi = min(hi * 2, ceiling)
         while hi - lo > max(1, hi // 20) and time.perf_counter() < deadline:
@@ -220,7 +241,9 @@ class HnswItemIndex(ItemIndex):
             meta = json.loads(read_verified(folder / META_FILE, digests.get(META_FILE)))
         except (OSError, ValueError) as exc:
             raise IndexError_(f"index metadata unreadable in {folder}: {exc}") from exc
-        return cls._load_private(folder / INDEX_FILE, meta, (digests.get(INDEX_FILE) or meta["sha256"]) if verify else None)
+        return cls._load_private(
+            folder / INDEX_FILE, meta, (digests.get(INDEX_FILE) or meta["sha256"]) if verify else None
+        )
 
     @classmethod
     def _load_private(cls, path: Path, meta: dict, expected_sha256: str | None) -> HnswItemIndex:

@@ -89,9 +89,13 @@ class ModelConfig(_Strict):
     def is_content(self) -> bool:
         return self.kind in CONTENT_KINDS
 
-    def matrix(self, events: pd.DataFrame, user_ids: np.ndarray | None = None, item_ids: np.ndarray | None = None) -> InteractionMatrix:
+    def matrix(
+        self, events: pd.DataFrame, user_ids: np.ndarray | None = None, item_ids: np.ndarray | None = None
+    ) -> InteractionMatrix:
         """``events`` as this model's training matrix (its weighting and alpha)."""
-        return InteractionMatrix.from_events(events, user_ids=user_ids, item_ids=item_ids, weighting=self.weighting, alpha=self.alpha)
+        return InteractionMatrix.from_events(
+            events, user_ids=user_ids, item_ids=item_ids, weighting=self.weighting, alpha=self.alpha
+        )
 
     def member_kinds(self) -> list[tuple[str, dict[str, Any]]]:
         """(kind, params) of every model fitted: the ensemble's members, or this one."""

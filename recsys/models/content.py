@@ -20,7 +20,6 @@ bundled all-MiniLM-L6-v2 weights); it imports them only when constructed.
 from __future__ import annotations
 
 import copy
-
 import logging
 import os
 from collections.abc import Sequence
@@ -44,7 +43,9 @@ class EncoderUnavailable(ImportError):
     """An encoder's optional dependencies are not installed."""
 
 
-def user_content_profile(item_vectors: np.ndarray, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+def user_content_profile(
+    item_vectors: np.ndarray, item_indices: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
     """Weighted mean of the touched items' vectors, L2-normalized (zeros if nothing touched):
     ``recsys.hybrid.content_profile``, the one definition serving and evaluation share."""
     from recsys.hybrid import content_profile
@@ -81,7 +82,7 @@ class ContentEncoder(Embedder):
     #: whether ``transform`` accepts free text (a search query), not only catalog rows
     supports_text = True
 
-    def for_serving(self) -> "ContentEncoder":
+    def for_serving(self) -> ContentEncoder:
         """A copy that can encode new items and queries, without the fitted vectors (the
         bundle stores those) or a loaded neural model (reloaded lazily) — small to pickle."""
         clone = copy.copy(self)
@@ -90,10 +91,16 @@ class ContentEncoder(Embedder):
         clone.item_vectors_ = np.empty((0, 0), np.float32)  # still counts as fitted
         return clone
 
-    def fit(self, items: pd.DataFrame, item_ids: Sequence[str] | None = None, matrix: sp.spmatrix | None = None) -> "ContentEncoder":  # type: ignore[override]
+    def fit(
+        self, items: pd.DataFrame, item_ids: Sequence[str] | None = None, matrix: sp.spmatrix | None = None
+    ) -> ContentEncoder:  # type: ignore[override]
         if not isinstance(items, pd.DataFrame):
             raise TypeError(f"{type(self).__name__}.fit expects the items DataFrame, got {type(items).__name__}")
-        items = items.assign(item_id=items["item_id"].astype(str)).drop_duplicates("item_id", keep="last").reset_index(drop=True)
+        items = (
+            items.assign(item_id=items["item_id"].astype(str))
+            .drop_duplicates("item_id", keep="last")
+            .reset_index(drop=True)
+        )
         vectors = self._fit_encode(items)
         if item_ids is None:
             self.item_ids_ = items["item_id"].to_numpy(dtype=object)
@@ -155,7 +162,9 @@ class TagEncoder(ContentEncoder):
 
     def transform(self, items_or_tags: pd.DataFrame | Sequence[Sequence[str]]) -> np.ndarray:
         self._check_fitted()
-        tags = _tag_lists(items_or_tags) if isinstance(items_or_tags, pd.DataFrame) else [list(t) for t in items_or_tags]
+        tags = (
+            _tag_lists(items_or_tags) if isinstance(items_or_tags, pd.DataFrame) else [list(t) for t in items_or_tags]
+        )
         known = set(self.binarizer_.classes_)
         multi_hot = self.binarizer_.transform([[t for t in row if t in known] for row in tags]).astype(np.float32)
         reduced = multi_hot.toarray() if self.svd_ is None else self.svd_.transform(multi_hot)

@@ -44,7 +44,7 @@ class EnsembleEmbedder(Embedder):
             {"kind": "lightfm", "params": {}, "weight": 0.3},
         ]
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None, sequences=None) -> "EnsembleEmbedder":
+    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None, sequences=None) -> EnsembleEmbedder:
         from recsys.models.registry import make_model
 
         if not self.members:
@@ -68,7 +68,7 @@ class EnsembleEmbedder(Embedder):
         return self
 
     @classmethod
-    def from_fitted(cls, models: list[Embedder], weights: list[float]) -> "EnsembleEmbedder":
+    def from_fitted(cls, models: list[Embedder], weights: list[float]) -> EnsembleEmbedder:
         """An ensemble of already-fitted members (e.g. to try several weightings cheaply)."""
         ensemble = cls([{"kind": m.kind, "params": m.get_params(), "weight": w} for m, w in zip(models, weights)])
         ensemble.models_, ensemble.weights_ = list(models), np.asarray(weights, float)

@@ -43,9 +43,18 @@ class Item2VecEmbedder(Embedder):
     kind = "item2vec"
     metric = "dot"
 
-    def __init__(self, factors: int = 64, window: int = 5, epochs: int = 10, negative: int = 10,
-                 ns_exponent: float = 0.75, sample: float = 1e-3, learning_rate: float = 0.025,
-                 random_state: int = 42, workers: int = 1) -> None:
+    def __init__(
+        self,
+        factors: int = 64,
+        window: int = 5,
+        epochs: int = 10,
+        negative: int = 10,
+        ns_exponent: float = 0.75,
+        sample: float = 1e-3,
+        learning_rate: float = 0.025,
+        random_state: int = 42,
+        workers: int = 1,
+    ) -> None:
         self.factors = factors
         self.window = window
         self.epochs = epochs
@@ -56,8 +65,13 @@ class Item2VecEmbedder(Embedder):
         self.random_state = random_state
         self.workers = workers
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None,
-            sequences: Sequence[np.ndarray] | None = None) -> Item2VecEmbedder:
+    def fit(
+        self,
+        matrix: sp.csr_matrix,
+        item_features=None,
+        user_features=None,
+        sequences: Sequence[np.ndarray] | None = None,
+    ) -> Item2VecEmbedder:
         """``sequences``: each matrix row's item columns in time order. Without them each
         user's items are taken in a seeded random order (the window then samples co-occurrence)."""
         from gensim.models import Word2Vec
@@ -66,13 +80,27 @@ class Item2VecEmbedder(Embedder):
         n_users, n_items = matrix.shape
         if sequences is None:
             rng = np.random.default_rng(self.random_state)
-            sequences = [rng.permutation(matrix.indices[matrix.indptr[u]:matrix.indptr[u + 1]]) for u in range(n_users)]
+            sequences = [
+                rng.permutation(matrix.indices[matrix.indptr[u] : matrix.indptr[u + 1]]) for u in range(n_users)
+            ]
         sentences = [[str(i) for i in seq] for seq in sequences if len(seq) > 1]
         vectors = np.zeros((n_items, self.factors), np.float32)
         if sentences:
-            w2v = Word2Vec(sentences=sentences, vector_size=self.factors, window=self.window, min_count=1, sg=1,
-                           negative=self.negative, ns_exponent=self.ns_exponent, sample=self.sample, alpha=self.learning_rate,
-                           epochs=self.epochs, seed=self.random_state, workers=self.workers, hashfxn=_stable_hash)
+            w2v = Word2Vec(
+                sentences=sentences,
+                vector_size=self.factors,
+                window=self.window,
+                min_count=1,
+                sg=1,
+                negative=self.negative,
+                ns_exponent=self.ns_exponent,
+                sample=self.sample,
+                alpha=self.learning_rate,
+                epochs=self.epochs,
+                seed=self.random_state,
+                workers=self.workers,
+                hashfxn=_stable_hash,
+            )
             cols = np.array([int(key) for key in w2v.wv.index_to_key], dtype=np.int64)
             vectors[cols] = w2v.wv.vectors
         else:

@@ -69,15 +69,22 @@ def param_names(kind: str) -> list[str]:
 @functools.cache
 def _init_parameters(cls: type) -> dict[str, inspect.Parameter]:
     signature = inspect.signature(cls.__init__, eval_str=True)
-    return {name: p for name, p in signature.parameters.items()
-            if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {
+        name: p
+        for name, p in signature.parameters.items()
+        if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
 
 
 @functools.cache
 def _params_adapter(cls: type) -> TypeAdapter:
     """A pydantic validator of ``cls.__init__``'s keyword arguments, from its annotations."""
-    fields = {name: NotRequired[Any if p.annotation is p.empty else p.annotation] for name, p in _init_parameters(cls).items()}
-    params = with_config(ConfigDict(extra="forbid", arbitrary_types_allowed=True))(TypedDict(f"{cls.__name__}Params", fields))
+    fields = {
+        name: NotRequired[Any if p.annotation is p.empty else p.annotation] for name, p in _init_parameters(cls).items()
+    }
+    params = with_config(ConfigDict(extra="forbid", arbitrary_types_allowed=True))(
+        TypedDict(f"{cls.__name__}Params", fields)
+    )
     return TypeAdapter(params)
 
 
@@ -96,9 +103,17 @@ def validate_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
 def _validate_into(kind: str, params: Any, loc: tuple, errors: list[InitErrorDetails]) -> dict[str, Any]:
     cls = MODEL_KINDS.get(kind)
     if cls is None:
-        errors.append(InitErrorDetails(type=PydanticCustomError(
-            "unknown_kind", "unknown model kind '{kind}'; known kinds: {known}", {"kind": kind, "known": ", ".join(sorted(MODEL_KINDS))}),
-            loc=loc, input=kind))
+        errors.append(
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "unknown_kind",
+                    "unknown model kind '{kind}'; known kinds: {known}",
+                    {"kind": kind, "known": ", ".join(sorted(MODEL_KINDS))},
+                ),
+                loc=loc,
+                input=kind,
+            )
+        )
         return params
     try:
         checked = _params_adapter(cls).validate_python(params)
@@ -107,32 +122,53 @@ def _validate_into(kind: str, params: Any, loc: tuple, errors: list[InitErrorDet
         for err in exc.errors():
             if err["type"] == "extra_forbidden":
                 error_type: Any = PydanticCustomError(
-                    "unknown_param", "{kind} has no parameter '{name}'; its parameters: {known}",
-                    {"kind": kind, "name": str(err["loc"][-1]), "known": known})
+                    "unknown_param",
+                    "{kind} has no parameter '{name}'; its parameters: {known}",
+                    {"kind": kind, "name": str(err["loc"][-1]), "known": known},
+                )
             else:
                 error_type = PydanticCustomError(err["type"], err["msg"])
             errors.append(InitErrorDetails(type=error_type, loc=loc + tuple(err["loc"]), input=err["input"]))
         return params
     if kind == "ensemble" and checked.get("members"):
-        checked["members"] = [_validate_member(m, loc + ("members", i), errors) for i, m in enumerate(checked["members"])]
+        checked["members"] = [
+            _validate_member(m, loc + ("members", i), errors) for i, m in enumerate(checked["members"])
+        ]
     return checked
 
 
 def _validate_member(member: dict[str, Any], loc: tuple, errors: list[InitErrorDetails]) -> dict[str, Any]:
     extra = sorted(set(member) - {"kind", "params", "weight"})
     for key in extra:
-        errors.append(InitErrorDetails(type=PydanticCustomError(
-            "unknown_key", "an ensemble member has kind, params and weight, not '{key}'", {"key": key}), loc=loc + (key,), input=member[key]))
+        errors.append(
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "unknown_key", "an ensemble member has kind, params and weight, not '{key}'", {"key": key}
+                ),
+                loc=loc + (key,),
+                input=member[key],
+            )
+        )
     out = dict(member)
     if "weight" in member:
         try:
             out["weight"] = TypeAdapter(float).validate_python(member["weight"])
         except ValidationError as exc:
-            errors.append(InitErrorDetails(type=PydanticCustomError(exc.errors()[0]["type"], exc.errors()[0]["msg"]),
-                                           loc=loc + ("weight",), input=member["weight"]))
+            errors.append(
+                InitErrorDetails(
+                    type=PydanticCustomError(exc.errors()[0]["type"], exc.errors()[0]["msg"]),
+                    loc=loc + ("weight",),
+                    input=member["weight"],
+                )
+            )
     if not isinstance(member.get("params", {}), dict):
-        errors.append(InitErrorDetails(type=PydanticCustomError("dict_type", "Input should be a valid dictionary"),
-                                       loc=loc + ("params",), input=member["params"]))
+        errors.append(
+            InitErrorDetails(
+                type=PydanticCustomError("dict_type", "Input should be a valid dictionary"),
+                loc=loc + ("params",),
+                input=member["params"],
+            )
+        )
         return out
     if "kind" not in member:
         errors.append(InitErrorDetails(type="missing", loc=loc + ("kind",), input=member))

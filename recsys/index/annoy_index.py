@@ -29,6 +29,7 @@ from recsys.index.base import (
     check_metric,
     query_latencies_ms,
     recall_at_k,
+    smallest_reaching,
     tuning_bar,
 )
 from recsys.index.exact import ExactIndex
@@ -234,45 +235,42 @@ class AnnoyItemIndex(ItemIndex):
             tried[search_k] = (recall, (time.perf_counter() - start) / max(len(queries), 1) * 1000)
             return recall
 
-        lo, hi = 0, self.n_trees * k
-        while probe(hi) < bar:
-            recall, annoy_ms = tried[hi]
-            if annoy_ms > budget_ms:  # strictly: then prefer_exact holds whenever the scan was the budget
-                self.query_ms_, self.exact_query_ms_ = annoy_ms, exact_ms
-                logger.info(
-                    "annoy %s index: at search_k=%d recall@%d %.3f and %.2f ms/query, slower than %s (%.2f ms): "
-                    "stopped tuning%s",
-                    self.metric,
-                    hi,
-                    k,
-                    recall,
-                    annoy_ms,
-                    "an exact scan" if budget_ms == exact_ms else "the alternative",
-                    budget_ms,
-                    ", serving scans" if self.prefer_exact else "",
-                )
-                return recall
-            if hi >= ceiling or time.perf_counter() > deadline:
-                logger.warning(
-                    "annoy %s index: recall@%d target %.3f not reachable (best %.3f at search_k=%d; %s)",
-                    self.metric,
-                    k,
-                    self.target_recall,
-                    recall,
-                    hi,
-                    "search is exhaustive" if hi >= ceiling else "tuning time cap hit",
-                )
-                self._time_queries(vectors, queries, k)
-                return recall
-            lo, hi = hi, min(hi * 2, ceiling)
-        while hi - lo > max(1, hi // 20) and time.perf_counter() < deadline:
-            mid = (lo + hi) // 2
-            if probe(mid) >= bar:
-                hi = mid
-            else:
-                lo = mid
+        def slower(search_k: int) -> bool:
+            # strictly: then prefer_exact holds whenever the scan was the budget
+            return tried[search_k][1] > budget_ms
+
+        hi, why_not = smallest_reaching(
+            probe, lo=0, hi=self.n_trees * k, ceiling=ceiling, bar=bar, deadline=deadline, give_up=slower
+        )
         self.search_k = hi
-        recall = tried[hi][0]
+        recall, annoy_ms = tried[hi]
+        if why_not == "slower":
+            self.query_ms_, self.exact_query_ms_ = annoy_ms, exact_ms
+            logger.info(
+                "annoy %s index: at search_k=%d recall@%d %.3f and %.2f ms/query, slower than %s (%.2f ms): "
+                "stopped tuning%s",
+                self.metric,
+                hi,
+                k,
+                recall,
+                annoy_ms,
+                "an exact scan" if budget_ms == exact_ms else "the alternative",
+                budget_ms,
+                ", serving scans" if self.prefer_exact else "",
+            )
+            return recall
+        if why_not is not None:
+            logger.warning(
+                "annoy %s index: recall@%d target %.3f not reachable (best %.3f at search_k=%d; %s)",
+                self.metric,
+                k,
+                self.target_recall,
+                recall,
+                hi,
+                why_not,
+            )
+            self._time_queries(vectors, queries, k)
+            return recall
         if k == 10:
             self.recall_at_10_ = recall
         self._time_queries(vectors, queries, k)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +92,36 @@ def query_latencies_ms(index: ItemIndex, queries: np.ndarray, k: int) -> np.ndar
         index.query(q, k)
         out[i] = (time.perf_counter() - start) * 1000
     return out
+
+
+def smallest_reaching(
+    probe: Callable[[int], float],
+    *,
+    lo: int,
+    hi: int,
+    ceiling: int,
+    bar: float,
+    deadline: float,
+    give_up: Callable[[int], bool] | None = None,
+) -> tuple[int, str | None]:
+    """About the smallest search setting (Annoy's search_k, HNSW's ef) whose ``probe`` (the
+    recall it measures) reaches ``bar``: doubling from ``hi`` until it is passed, then bisection
+    between the last miss and the first hit to ~5 %, so the setting does not overshoot by up to
+    2×. ``lo`` is a setting known to miss.
+
+    Returns ``(setting, None)`` once the bar is reached, or ``(last setting probed, why)`` when
+    doubling stopped short: ``give_up(setting)`` said so ("slower"), the setting hit
+    ``ceiling`` (the search is exhaustive) or the clock passed ``deadline``."""
+    while probe(hi) < bar:
+        if give_up is not None and give_up(hi):
+            return hi, "slower"
+        if hi >= ceiling or time.perf_counter() > deadline:
+            return hi, "search is exhaustive" if hi >= ceiling else "tuning time cap hit"
+        lo, hi = hi, min(hi * 2, ceiling)
+    while hi - lo > max(1, hi // 20) and time.perf_counter() < deadline:
+        mid = (lo + hi) // 2
+        if probe(mid) >= bar:
+            hi = mid
+        else:
+            lo = mid
+    return hi, None

@@ -29,6 +29,7 @@ from recsys.index.base import (
     ItemIndex,
     check_metric,
     recall_at_k,
+    smallest_reaching,
     tuning_bar,
 )
 from recsys.index.exact import ExactIndex
@@ -180,29 +181,19 @@ class HnswItemIndex(ItemIndex):
             tried[ef] = self.measure_recall(queries, truth, k)
             return tried[ef]
 
-        # hi: candidate; lo: largest ef known to miss (hnswlib searches with max(ef, k), so no
-        # ef below k is worth probing)
-        lo, hi = k - 1, k
-        while probe(hi) < bar:
-            lo = hi
-            if hi >= ceiling or time.perf_counter() > deadline:
-                logger.warning(
-                    "hnsw %s index: recall@%d target %.3f not reached (best %.3f at ef=%d, %s)",
-                    self.metric,
-                    k,
-                    self.target_recall,
-                    tried[hi],
-                    hi,
-                    "search is exhaustive" if hi >= ceiling else "tuning time cap hit",
-                )
-                return tried[hi]
-            hi = min(hi * 2, ceiling)
-        while hi - lo > max(1, hi // 20) and time.perf_counter() < deadline:
-            mid = (lo + hi) // 2
-            if probe(mid) >= bar:
-                hi = mid
-            else:
-                lo = mid
+        # lo: an ef known to miss (hnswlib searches with max(ef, k), so no ef below k is worth probing)
+        hi, why_not = smallest_reaching(probe, lo=k - 1, hi=k, ceiling=ceiling, bar=bar, deadline=deadline)
+        if why_not is not None:
+            logger.warning(
+                "hnsw %s index: recall@%d target %.3f not reached (best %.3f at ef=%d, %s)",
+                self.metric,
+                k,
+                self.target_recall,
+                tried[hi],
+                hi,
+                why_not,
+            )
+            return tried[hi]
         self.set_ef(hi)
         recall = tried[hi]
         if k == 10:

@@ -293,8 +293,9 @@ def _pids_serving(base: str, version: str, pids: set[int], deadline: float) -> s
 
 
 @pytest.mark.slow
-def test_reload_reaches_every_worker(tmp_path):
-    env = prepare(tmp_path / "data")
+def test_reload_reaches_every_worker(tmp_path, db_url):
+    # The reload generation lives in the online store: both databases.
+    env = prepare(tmp_path / "data", database_url=db_url if db_url.startswith("postgresql") else None)
     settings = settings_for(env)
     extra = {"RECSYS_API_KEYS": KEY, "RECSYS_RELOAD_POLL_SECONDS": "0"}
     with live_server(env, workers=2, extra_env=extra, log_path=tmp_path / "server.log") as base:

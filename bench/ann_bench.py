@@ -302,7 +302,7 @@ def run_batch(
     data = generate_synthetic(n_users=n_users, n_items=n_items, n_events=n_events, n_clusters=20, seed=1)
     config = TrainConfig()
     full = InteractionMatrix.from_events(data.events, weighting=config.weighting, alpha=config.alpha)
-    model = fit_model(config, full, data)
+    model = fit_model(config.model, full, data)
     bundle = build_bundle(config, model, full, {})
     print(
         f"data + ALS + index choice: {time.perf_counter() - start:.0f}s; user index: {bundle.info['index_user_serving']} "

@@ -59,7 +59,7 @@ def build(tmp: Path) -> tuple[Recommender, dict[str, list[str]], list[str]]:
         seed=42,
     )
     matrix = InteractionMatrix.from_events(data.events, alpha=config.alpha)
-    bundle = build_bundle(config, fit_model(config, matrix, data), matrix, {}, data)
+    bundle = build_bundle(config, fit_model(config.model, matrix, data), matrix, {}, data)
     bundle = ModelBundle.load(bundle.save(tmp / "bundle"))
     history = data.events.sort_values("timestamp").groupby("user_id")["item_id"].agg(list).to_dict()
     users = [u for u in bundle.user_ids.tolist() if u in history]

@@ -36,7 +36,7 @@ def _bundle(data, kind: str):
         index=IndexConfig(kind=kind, recall_queries=100),
     )
     full = InteractionMatrix.from_events(data.events, alpha=config.alpha)
-    return build_bundle(config, fit_model(config, full, data), full, {})
+    return build_bundle(config, fit_model(config.model, full, data), full, {})
 
 
 def _catalog_with_unavailable(data):

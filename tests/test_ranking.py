@@ -152,7 +152,7 @@ def hybrid():
     )
     full = InteractionMatrix.from_events(data.events, alpha=config.alpha)
     bundle = build_bundle(
-        config, fit_model(config, full, data), full, {}, data, fit_content(config, data, full.item_ids)
+        config, fit_model(config.model, full, data), full, {}, data, fit_content(config, data, full.item_ids)
     )
     return data, Recommender(bundle, data.items)
 
@@ -185,7 +185,7 @@ def test_added_items_are_ranked_filtered_and_explained_like_the_others():
     )
     full = InteractionMatrix.from_events(data.events, alpha=config.alpha)
     bundle = build_bundle(
-        config, fit_model(config, full, data), full, {}, data, fit_content(config, data, full.item_ids)
+        config, fit_model(config.model, full, data), full, {}, data, fit_content(config, data, full.item_ids)
     )
     rec = Recommender(bundle, data.items)
     n = len(rec.item_ids)

@@ -413,7 +413,7 @@ def test_train_exports_api_events_before_its_snapshot(tmp_path):
     assert store.offline.state().watermark < _sql_ids(store).max()
     config = TrainConfig(
         model=ModelConfig(kind="als", params={"factors": 8, "iterations": 3}),
-        index=IndexConfig(n_trees=5, recall_queries=20),
+        index=IndexConfig(kind="annoy", n_trees=5, recall_queries=20),
         promote_alias=None,
     )
     result = train(settings, config)

@@ -103,7 +103,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.2.0",
         lifespan=lifespan,
         description="Embedding-based recommendations: collaborative, content and hybrid.",
-        responses={413: {"model": Error, "description": "request body over RECSYS_MAX_BODY_BYTES"}},
+        responses={
+            # Answered by the HTTP server (uvicorn/h11) before the app sees the request, e.g. a
+            # request line or headers past its 16 KB limit: documented so clients expect it.
+            400: {
+                "description": "malformed HTTP request (plain text from the HTTP server)",
+                "content": {"text/plain": {}},
+            },
+            413: {"model": Error, "description": "request body over RECSYS_MAX_BODY_BYTES"},
+        },
     )
 
     @app.exception_handler(RequestValidationError)

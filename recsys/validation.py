@@ -67,26 +67,22 @@ def _describe(value: str, limit: int = 40) -> str:
 
 def id_problem(value: Any) -> str | None:
     """Why ``value`` is not a valid id, or None when it is."""
-    if not isinstance(value, str):
-        return f"must be a string, got {type(value).__name__}"
-    if not value.strip():
-        return "must not be empty or blank"
-    if len(value) > ID_MAX_LENGTH:
-        return f"is {len(value):,} characters long (at most {ID_MAX_LENGTH})"
-    bad = _BAD_ID.search(value)
-    if bad:
-        return f"contains {_char_name(bad.group())}: {_describe(value)}"
-    return None
+    return _name_problem(value, ID_MAX_LENGTH, _BAD_ID)
 
 
 def label_problem(value: Any, max_length: int = LABEL_MAX_LENGTH) -> str | None:
+    return _name_problem(value, max_length, _BAD_LABEL)
+
+
+def _name_problem(value: Any, max_length: int, bad_chars: re.Pattern) -> str | None:
+    """Ids and labels: a non-blank string of at most ``max_length`` without ``bad_chars``."""
     if not isinstance(value, str):
         return f"must be a string, got {type(value).__name__}"
     if not value.strip():
         return "must not be empty or blank"
     if len(value) > max_length:
         return f"is {len(value):,} characters long (at most {max_length})"
-    bad = _BAD_LABEL.search(value)
+    bad = bad_chars.search(value)
     if bad:
         return f"contains {_char_name(bad.group())}: {_describe(value)}"
     return None

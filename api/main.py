@@ -20,6 +20,7 @@ from api.request_guards import BodySizeLimit, validation_error_response
 from api.routes import admin, catalog, events, health, recommendations
 from api.schemas import Error
 from api.serving import ModelHolder, ModelNotReady, ReloadError
+from api.ui import install as install_dashboard
 from feature_store import FeatureStore
 from recsys.settings import Settings, get_settings
 
@@ -140,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(catalog.router)
     app.include_router(admin.router)
+    install_dashboard(app)  # the operator dashboard under /ui (api/ui)
     return app
 
 

@@ -10,73 +10,25 @@ type (``click``, ``purchase``) in that variant.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime
 
 from feature_store import FeatureStore
 from pipelines import tracking
+from recsys.evaluation import online as online_stats
+from recsys.evaluation.online import OUTCOMES, Z_95, VariantStats, wilson_interval
 from recsys.settings import Settings
+
+__all__ = ["OUTCOMES", "VariantStats", "as_rows", "report", "variant_stats", "wilson_interval"]
 
 logger = logging.getLogger(__name__)
 
-OUTCOMES = ("click", "purchase")
-
-
-def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (default 95%)."""
-    if trials <= 0:
-        return 0.0, 1.0
-    p = successes / trials
-    denom = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denom
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-@dataclass
-class VariantStats:
-    variant: str
-    alias: str
-    version: str | None
-    users: int
-    events: int
-    successes: dict[str, int]
-    rates: dict[str, float]
-    intervals: dict[str, tuple[float, float]]
-
-    def metrics(self) -> dict[str, float]:
-        out = {"online_users": float(self.users), "online_events": float(self.events)}
-        for o in self.rates:
-            out[f"online_{o}_rate"] = self.rates[o]
-            out[f"online_{o}_rate_ci_low"] = self.intervals[o][0]
-            out[f"online_{o}_rate_ci_high"] = self.intervals[o][1]
-        return out
-
 
 def variant_stats(
-    store: FeatureStore, outcomes=OUTCOMES, since: datetime | None = None, z: float = 1.959963984540054
+    store: FeatureStore, outcomes=OUTCOMES, since: datetime | None = None, z: float = Z_95
 ) -> list[VariantStats]:
     """Per variant (sorted by name): exposed users, events, and each outcome's rate with its Wilson interval."""
-    out = []
-    for row in store.variant_activity(outcomes, since):
-        alias, _, version = row.variant.rpartition(":")
-        if not alias:
-            alias, version = row.variant, None
-        succ = {o: row.users_with[o] for o in outcomes}
-        out.append(
-            VariantStats(
-                variant=row.variant,
-                alias=alias,
-                version=version,
-                users=row.users,
-                events=row.events,
-                successes=succ,
-                rates={o: succ[o] / row.users if row.users else 0.0 for o in outcomes},
-                intervals={o: wilson_interval(succ[o], row.users, z) for o in outcomes},
-            )
-        )
-    return out
+    return online_stats.variant_stats(store.variant_activity(outcomes, since), outcomes, z)
 
 
 def report(

@@ -172,3 +172,112 @@ def events_of_user_pks(conn: Connection, user_pks: Sequence[int]) -> list[Stored
         .order_by(events_table.c.user_pk, events_table.c.ts, events_table.c.id)
     )
     return _stored(conn.execute(stmt).all())
+
+
+# ---- reads for the operator dashboard (api/ui) -----------------------------------------------
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class StoreCounts:
+    """Sizes of the online store."""
+
+    items: int
+    available_items: int
+    users: int
+    events: int
+
+
+@dataclass(frozen=True)
+class TimelineEvent:
+    """One event of a user with the item's catalog entry (the dashboard's history view)."""
+
+    item_id: str
+    title: str
+    categories: list[str]
+    event_type: str
+    value: float
+    timestamp: datetime
+    variant: str | None
+
+
+@dataclass(frozen=True)
+class ActiveUser:
+    user_id: str
+    events: int
+    last_event: datetime
+
+
+def store_counts(conn: Connection) -> StoreCounts:
+    items, available = conn.execute(
+        select(func.count(), func.count(case((items_table.c.available, 1)))).select_from(items_table)
+    ).one()
+    users = conn.execute(select(func.count()).select_from(users_table)).scalar_one()
+    return StoreCounts(int(items), int(available), int(users), count_events(conn))
+
+
+def events_per_day(conn: Connection, item_id: str | None = None) -> pd.Series:
+    """Events per UTC day (index: day as a UTC Timestamp, sorted), optionally of one item."""
+    day = (events_table.c.ts // DAY_MS).label("day")
+    stmt = select(day, func.count()).group_by(day).order_by(day)
+    if item_id is not None:
+        stmt = stmt.select_from(events_table.join(items_table, events_table.c.item_pk == items_table.c.id)).where(
+            items_table.c.item_id == str(item_id)
+        )
+    rows = conn.execute(stmt).all()
+    index = pd.to_datetime([int(r[0]) * DAY_MS for r in rows], unit="ms", utc=True)
+    return pd.Series([int(r[1]) for r in rows], index=index, name="events", dtype="int64")
+
+
+def user_timeline(conn: Connection, user_id: str, limit: int) -> tuple[list[TimelineEvent], int]:
+    """The user's newest ``limit`` events (newest first) with titles and categories, and how
+    many events the user has in all."""
+    ev = events_table
+    where = users_table.c.user_id == str(user_id)
+    joined = ev.join(users_table, ev.c.user_pk == users_table.c.id).join(items_table, ev.c.item_pk == items_table.c.id)
+    total = conn.execute(select(func.count()).select_from(joined).where(where)).scalar_one()
+    stmt = (
+        select(
+            items_table.c.item_id,
+            items_table.c.title,
+            items_table.c.categories,
+            ev.c.event_type,
+            ev.c.value,
+            ev.c.ts,
+            ev.c.variant,
+        )
+        .select_from(joined)
+        .where(where)
+        .order_by(ev.c.ts.desc(), ev.c.id.desc())
+        .limit(int(limit))
+    )
+    out = [
+        TimelineEvent(
+            item_id=r[0],
+            title=r[1] or "",
+            categories=list(r[2] or []),
+            event_type=r[3],
+            value=float(r[4]),
+            timestamp=datetime.fromtimestamp(int(r[5]) / 1000, UTC),
+            variant=r[6],
+        )
+        for r in conn.execute(stmt).all()
+    ]
+    return out, int(total)
+
+
+def active_users(conn: Connection, limit: int) -> list[ActiveUser]:
+    """The users with the most events (ties: most recent first)."""
+    n = func.count(events_table.c.id).label("n")
+    last = func.max(events_table.c.ts).label("last")
+    stmt = (
+        select(users_table.c.user_id, n, last)
+        .select_from(events_table.join(users_table, events_table.c.user_pk == users_table.c.id))
+        .group_by(users_table.c.user_id)
+        .order_by(n.desc(), last.desc(), users_table.c.user_id)
+        .limit(int(limit))
+    )
+    return [
+        ActiveUser(user_id=r[0], events=int(r[1]), last_event=datetime.fromtimestamp(int(r[2]) / 1000, UTC))
+        for r in conn.execute(stmt).all()
+    ]

@@ -25,7 +25,7 @@ import pyarrow as pa
 from sqlalchemy import Connection, Engine
 
 from feature_store import activity, admin, catalog, ingest
-from feature_store.activity import StoredEvent, VariantActivity
+from feature_store.activity import ActiveUser, StoreCounts, StoredEvent, TimelineEvent, VariantActivity
 from feature_store.backends import backend_for
 from feature_store.catalog import NotFoundError
 from feature_store.control import ServingControl
@@ -355,6 +355,34 @@ class FeatureStore:
         """
         with self.engine.connect() as conn:
             return activity.variant_activity(conn, event_types, since)
+
+    # ------------------------------------------------------------------ dashboard reads (api/ui)
+
+    def counts(self) -> StoreCounts:
+        """How many items (and how many of them available), users and events are stored."""
+        with self.engine.connect() as conn:
+            return activity.store_counts(conn)
+
+    def events_per_day(self, item_id: str | None = None) -> pd.Series:
+        """Events per UTC day (a Timestamp index, oldest first); of one item when given."""
+        with self.engine.connect() as conn:
+            return activity.events_per_day(conn, item_id)
+
+    def user_timeline(self, user_id: str, limit: int = 50) -> tuple[list[TimelineEvent], int]:
+        """The user's newest ``limit`` events with the items' titles and categories (newest
+        first), and the user's event count."""
+        with self.engine.connect() as conn:
+            return activity.user_timeline(conn, user_id, limit)
+
+    def items_by_ids(self, item_ids: Sequence[str]) -> pd.DataFrame:
+        """Catalog rows of these items (item_id, title, description, categories, attributes,
+        available), in no particular order; unknown ids are left out."""
+        return self.control.items_by_ids(list(item_ids))
+
+    def active_users(self, limit: int = 10) -> list[ActiveUser]:
+        """The users with the most events."""
+        with self.engine.connect() as conn:
+            return activity.active_users(conn, limit)
 
     # ------------------------------------------------------------------ admin: API keys, locks
 

@@ -18,7 +18,8 @@ import mlflow
 
 # Downloads of a few bundle files need no progress bar in server and CLI logs.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-from datetime import UTC
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
@@ -351,9 +352,8 @@ def download_run_artifact(client: MlflowClient, run_id: str, path: str, dst: Pat
 
 
 def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
-    """Every version of ``name``, newest first: version, aliases, tags, its run's metrics."""
-    from datetime import datetime
-
+    """Every version of ``name``, newest first: version, aliases, tags, its run's metrics and
+    params, run id, experiment id, how long the run took (seconds) and when it was created."""
     try:
         versions = client.search_model_versions(f"name='{name}'")
     except MlflowException:
@@ -366,10 +366,19 @@ def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
         pass
     rows = []
     for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        metrics: dict[str, Any] = {}
+        params: dict[str, str] = {}
+        run_seconds = None
+        experiment = None
         try:
-            metrics = run_metrics(client, v.run_id) if v.run_id else {}
+            if v.run_id:
+                run = client.get_run(v.run_id)
+                metrics, params = dict(run.data.metrics), dict(run.data.params)
+                experiment = run.info.experiment_id
+                if run.info.start_time and run.info.end_time:
+                    run_seconds = (run.info.end_time - run.info.start_time) / 1000
         except MlflowException:
-            metrics = {}
+            pass
         created = (
             datetime.fromtimestamp(v.creation_timestamp / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
             if v.creation_timestamp
@@ -381,7 +390,10 @@ def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
                 "aliases": sorted(aliases.get(str(v.version), [])),
                 "tags": dict(v.tags or {}),
                 "metrics": metrics,
+                "params": params,
                 "run_id": v.run_id,
+                "experiment_id": experiment,
+                "run_seconds": run_seconds,
                 "created": created,
             }
         )
@@ -391,8 +403,6 @@ def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
 def rollback_alias(client: MlflowClient, name: str, alias: str) -> tuple[str, str]:
     """Move ``alias`` to the newest version older than its current one that was promoted and
     never rejected; tag the version moved away from ``rolled_back``. Returns (old, new)."""
-    from datetime import datetime
-
     current = resolve_alias(client, name, alias)
     if current is None:
         raise ValueError(f"alias {name}@{alias} does not exist: nothing to roll back")
@@ -437,3 +447,124 @@ def log_online_metrics(
 # ---------------------------------------------------------------------------------------------
 # end of online experiments
 # ---------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# Read-only views for the operator dashboard (api/ui)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PipelineRunInfo:
+    """One run of ``recsys pipeline run`` as its MLflow parent run records it."""
+
+    run_id: str
+    experiment_id: str
+    pipeline: str
+    pipeline_run_id: str
+    status: str
+    gate: str | None
+    gate_reason: str | None
+    version: str | None
+    promoted: str | None
+    started: datetime | None
+
+
+@dataclass(frozen=True)
+class ReportRun:
+    """A ``recsys experiment run`` parent run (its comparison report is the ``report/`` artifact)."""
+
+    run_id: str
+    experiment_id: str
+    experiment: str
+    name: str
+    started: datetime | None
+
+
+def _started(run) -> datetime | None:
+    return datetime.fromtimestamp(run.info.start_time / 1000, UTC) if run.info.start_time else None
+
+
+def pipeline_runs(client: MlflowClient, settings: Settings, limit: int = 10) -> list[PipelineRunInfo]:
+    """The newest pipeline runs (parent runs of ``<experiment>-pipeline``), newest first."""
+    exp = client.get_experiment_by_name(f"{settings.experiment_name}-pipeline")
+    if exp is None:
+        return []
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string="tags.pipeline_run_id != ''",
+        max_results=limit,
+        order_by=["attributes.start_time DESC"],
+    )
+    out = []
+    for run in runs:
+        tags = run.data.tags
+        if "mlflow.parentRunId" in tags:  # a stage run
+            continue
+        out.append(
+            PipelineRunInfo(
+                run_id=run.info.run_id,
+                experiment_id=run.info.experiment_id,
+                pipeline=tags.get("pipeline", ""),
+                pipeline_run_id=tags.get("pipeline_run_id", ""),
+                status=tags.get("status", run.info.status.lower()),
+                gate=tags.get("gate"),
+                gate_reason=tags.get("gate_reason"),
+                version=tags.get("version"),
+                promoted=tags.get("promoted"),
+                started=_started(run),
+            )
+        )
+    return out
+
+
+def report_runs(client: MlflowClient, limit: int = 20, kind_tag: str = "recsys.experiment.kind") -> list[ReportRun]:
+    """The newest experiment comparison runs of every experiment, newest first."""
+    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    if not experiments:
+        return []
+    runs = client.search_runs(
+        list(experiments),
+        filter_string=f"tags.`{kind_tag}` = 'parent'",
+        max_results=limit,
+        order_by=["attributes.start_time DESC"],
+    )
+    return [
+        ReportRun(
+            run_id=r.info.run_id,
+            experiment_id=r.info.experiment_id,
+            experiment=experiments.get(r.info.experiment_id, ""),
+            name=r.info.run_name or r.info.run_id,
+            started=_started(r),
+        )
+        for r in runs
+    ]
+
+
+def run_artifact_folder(client: MlflowClient, run_id: str, folder: str, cache_dir: Path) -> Path | None:
+    """A run's artifact folder (e.g. ``model_card``), downloaded once into ``cache_dir`` (a run's
+    artifacts do not change once it has them). None when the run has no such folder."""
+    target = Path(cache_dir) / run_id / folder
+    if target.is_dir():
+        return target
+    try:
+        if not client.list_artifacts(run_id, folder):
+            return None
+    except (MlflowException, OSError):
+        return None
+    with tempfile.TemporaryDirectory(dir=_mkdir(Path(cache_dir))) as tmp:
+        local = download_run_artifact(client, run_id, folder, Path(tmp))
+        if local is None or not local.is_dir():
+            return None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(local, target)  # atomic: a concurrent reader sees all of it or nothing
+        except OSError:
+            if not target.is_dir():  # another request won the race: its copy is as good
+                raise
+    return target
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

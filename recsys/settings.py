@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     #: download goes through it (``mlflow-artifacts:/``) and no process needs a shared disk.
     mlflow_artifact_root: str = ""
     experiment_name: str = "recsys"
+    #: the MLflow UI the dashboard (/ui) links runs to, e.g. ``http://127.0.0.1:5000``
+    #: (default: the tracking URI when it is an MLflow server; else runs are named, not linked)
+    mlflow_ui_url: str = ""
     registered_model_name: str = "recsys"
     model_alias: str = "production"
     #: the offline event log (Parquet, partitioned by event date) that training reads: a

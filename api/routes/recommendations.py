@@ -29,7 +29,7 @@ from api.schemas import (
     SimilarItems,
     UserRecommendations,
 )
-from api.serving import ModelHolder
+from api.serving import LoadedModel, ModelHolder
 from recsys.recommender import (
     Filters,
     RecommendationResult,
@@ -160,35 +160,41 @@ async def user_recommendations(
     work is CPU only, cheaper on the event loop than handed to the thread pool. A user not in
     the history cache is read from the store in a thread (bench/serve_bench.py).
     """
-    holder: ModelHolder = request.app.state.holder
-    model, variant = resolve(holder, user_id, pinned)
-    history = holder.history.get(user_id) or await run_in_threadpool(holder.history.load, user_id)
     try:
-        result = model.recommender.recommend_for_user(
-            user_id,
-            history.items,
-            query.k,
-            offset=query.offset,
-            exclude_seen=query.exclude_seen,
-            filters=query.filters(),
-            mode=query.mode,
-            weights=query.weights(),
-            fusion=query.fusion,
-            diversity=query.diversity,
-            refresh=is_fresh(history.newest, model.fresh_cutoff),
-        )
+        answer = await answer_user(request.app.state.holder, user_id, query, pinned)
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")
-    return _json(
-        UserRecommendations.model_construct(
-            user_id=user_id,
-            model_version=model.version,
-            variant=variant,
-            strategy=result.strategy,
-            mode=result.mode,
-            offset=query.offset,
-            items=_items(result),
-        )
+    return _json(answer)
+
+
+async def answer_user(
+    holder: ModelHolder, user_id: str, query: UserQuery, pinned: LoadedModel | None
+) -> UserRecommendations:
+    """The answer of ``GET /users/{user_id}/recommendations`` (the dashboard shows the same).
+    Raises SearchUnavailable and the 422 HTTPException of :meth:`UserQuery.weights`."""
+    model, variant = resolve(holder, user_id, pinned)
+    history = holder.history.get(user_id) or await run_in_threadpool(holder.history.load, user_id)
+    result = model.recommender.recommend_for_user(
+        user_id,
+        history.items,
+        query.k,
+        offset=query.offset,
+        exclude_seen=query.exclude_seen,
+        filters=query.filters(),
+        mode=query.mode,
+        weights=query.weights(),
+        fusion=query.fusion,
+        diversity=query.diversity,
+        refresh=is_fresh(history.newest, model.fresh_cutoff),
+    )
+    return UserRecommendations.model_construct(
+        user_id=user_id,
+        model_version=model.version,
+        variant=variant,
+        strategy=result.strategy,
+        mode=result.mode,
+        offset=query.offset,
+        items=_items(result),
     )
 
 
@@ -197,25 +203,30 @@ def similar_items(
     item_id: IdPath, query: Annotated[SimilarQuery, Depends(similar_query)], holder: HolderDep, pinned: PinDep
 ) -> Response:
     """Items nearest to this item (collaborative, content or hybrid similarity)."""
-    model, variant = resolve(holder, query.user_id, pinned)
     try:
-        result = model.recommender.similar_items(
-            item_id, query.k, offset=query.offset, filters=query.filters(), mode=query.mode
-        )
+        answer = answer_similar(holder, item_id, query, pinned)
     except UnknownItemError:
         raise HTTPException(status_code=404, detail={"field": "item_id", "message": f"unknown item: {item_id}"})
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")
-    return _json(
-        SimilarItems.model_construct(
-            item_id=item_id,
-            model_version=model.version,
-            variant=variant,
-            strategy=result.strategy,
-            mode=result.mode,
-            offset=query.offset,
-            items=_items(result),
-        )
+    return _json(answer)
+
+
+def answer_similar(holder: ModelHolder, item_id: str, query: SimilarQuery, pinned: LoadedModel | None) -> SimilarItems:
+    """The answer of ``GET /items/{item_id}/similar`` (the dashboard shows the same).
+    Raises UnknownItemError and SearchUnavailable."""
+    model, variant = resolve(holder, query.user_id, pinned)
+    result = model.recommender.similar_items(
+        item_id, query.k, offset=query.offset, filters=query.filters(), mode=query.mode
+    )
+    return SimilarItems.model_construct(
+        item_id=item_id,
+        model_version=model.version,
+        variant=variant,
+        strategy=result.strategy,
+        mode=result.mode,
+        offset=query.offset,
+        items=_items(result),
     )
 
 

@@ -1,0 +1,138 @@
+"""Server-side plots for the dashboard: matplotlib figures rendered as inline SVG (text kept as
+text, so the page stays searchable and readable by tests; no JavaScript, no CDN)."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+
+import matplotlib
+import pandas as pd
+from markupsafe import Markup
+from matplotlib.backends.backend_svg import FigureCanvasSVG
+from matplotlib.figure import Figure
+
+from recsys.evaluation.online import VariantStats
+
+ACCENT = "#2463eb"
+SECOND = "#e07b00"
+GRID = "#d9dee7"
+_SIZE = re.compile(r'<svg([^>]*?)\swidth="[^"]*"\s+height="[^"]*"')
+
+
+def _figure(width: float = 7.5, height: float = 2.4) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasSVG(fig)
+    return fig
+
+
+def _style(ax) -> None:
+    ax.grid(True, color=GRID, linewidth=0.6)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.tick_params(labelsize=8)
+
+
+def _svg(fig: Figure, label: str) -> Markup:
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "font.size": 9}):
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    text = buf.getvalue()
+    text = text[text.index("<svg") :]  # no XML prolog or DOCTYPE inside HTML
+    # scale with the page: keep the viewBox, drop the fixed size
+    text = _SIZE.sub(r"<svg\1", text, count=1)
+    text = text.replace("<svg", f'<svg class="plot" role="img" aria-label="{_attr(label)}"', 1)
+    return Markup(text)
+
+
+def _attr(text: str) -> str:
+    return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+
+
+def events_over_time(per_day: pd.Series, label: str) -> Markup | None:
+    """Daily event counts (bars) with a 7-day mean (line); None for no events."""
+    if per_day.empty:
+        return None
+    days = pd.date_range(per_day.index.min(), per_day.index.max(), freq="D")
+    daily = per_day.reindex(days, fill_value=0)
+    fig = _figure()
+    ax = fig.add_subplot()
+    # one filled step path rather than a bar per day: a small SVG however long the history
+    ax.fill_between(
+        daily.index.tz_localize(None),
+        daily.to_numpy(),
+        step="mid",
+        color=ACCENT,
+        alpha=0.3,
+        linewidth=0,
+        label="per day",
+    )
+    ax.plot(
+        daily.index.tz_localize(None),
+        daily.rolling(7, min_periods=1).mean().to_numpy(),
+        color=ACCENT,
+        linewidth=1.6,
+        label="7-day mean",
+    )
+    ax.set_ylabel("events")
+    ax.legend(fontsize=8, frameon=False, loc="upper left")
+    _style(ax)
+    fig.autofmt_xdate(rotation=0, ha="center")
+    return _svg(fig, label)
+
+
+def metric_over_versions(
+    versions: Sequence[str], series: dict[str, Sequence[float | None]], label: str
+) -> Markup | None:
+    """One line per metric over registry versions (oldest left); None when nothing to draw."""
+    if not versions or not any(v is not None for values in series.values() for v in values):
+        return None
+    fig = _figure(height=2.6)
+    ax = fig.add_subplot()
+    xs = list(range(len(versions)))
+    for (name, values), color in zip(series.items(), (ACCENT, SECOND, "#2a9d55", "#8a4fd1")):
+        points = [(x, v) for x, v in zip(xs, values) if v is not None]
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=color, label=name)
+    ax.set_xticks(xs, [f"v{v}" for v in versions])
+    ax.set_xlabel("registry version")
+    ax.legend(fontsize=8, frameon=False)
+    _style(ax)
+    return _svg(fig, label)
+
+
+def ab_rates(stats: Sequence[VariantStats], outcomes: Sequence[str], label: str) -> Markup | None:
+    """Per variant, each outcome's rate with its 95% Wilson interval (error bars)."""
+    if not stats:
+        return None
+    fig = _figure(height=0.5 + 0.45 * len(stats) * len(outcomes))
+    axes = fig.subplots(1, len(outcomes), sharey=True, squeeze=False)[0]
+    ys = list(range(len(stats)))
+    for ax, outcome, color in zip(axes, outcomes, (ACCENT, SECOND)):
+        rates = [s.rates[outcome] for s in stats]
+        low = [s.rates[outcome] - s.intervals[outcome][0] for s in stats]
+        high = [s.intervals[outcome][1] - s.rates[outcome] for s in stats]
+        ax.errorbar(rates, ys, xerr=[low, high], fmt="o", color=color, capsize=4)
+        ax.set_title(f"{outcome} rate (95% interval)", fontsize=9)
+        ax.set_xlim(left=0)
+        _style(ax)
+    axes[0].set_yticks(ys, [s.variant for s in stats])
+    axes[0].invert_yaxis()
+    return _svg(fig, label)
+
+
+def bars(labels: Sequence[str], values: Sequence[float], label: str, xlabel: str) -> Markup | None:
+    """Horizontal bars, one per label."""
+    if not labels:
+        return None
+    fig = _figure(height=0.5 + 0.35 * len(labels))
+    ax = fig.add_subplot()
+    ys = list(range(len(labels)))
+    ax.barh(ys, values, color=ACCENT, alpha=0.8)
+    ax.set_yticks(ys, list(labels))
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    _style(ax)
+    return _svg(fig, label)

@@ -1,0 +1,152 @@
+"""What the dashboard pages show, as typed values built from the registry, the store and the
+served models (the templates only format them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from recsys.settings import Settings
+
+#: offline metrics shown for every version (key in the run's metrics → column label)
+MAIN_METRICS = {
+    "ndcg_at_10": "nDCG@10",
+    "precision_at_10": "P@10",
+    "recall_at_10": "recall@10",
+    "hybrid_ndcg_at_10": "hybrid nDCG@10",
+    "coverage": "coverage",
+}
+
+
+@dataclass(frozen=True)
+class IndexView:
+    role: str
+    kind: str
+    recall_at_10: float | None
+    query_ms: float | None
+
+
+@dataclass(frozen=True)
+class VersionView:
+    version: str
+    aliases: list[str]
+    kind: str
+    status: str  # promoted | rejected | rolled back | registered
+    status_reason: str | None
+    metrics: dict[str, float]
+    all_metrics: dict[str, float]
+    params: dict[str, str]
+    tags: dict[str, str]
+    data_events: int | None
+    data_users: int | None
+    data_items: int | None
+    data_as_of: str | None
+    fit_seconds: float | None
+    total_seconds: float | None
+    indexes: list[IndexView]
+    run_id: str | None
+    run_url: str | None
+    created: str
+
+    @property
+    def ndcg(self) -> float | None:
+        return self.metrics.get("ndcg_at_10")
+
+
+def _int(params: dict[str, str], key: str) -> int | None:
+    try:
+        return int(float(params[key]))
+    except (KeyError, ValueError):
+        return None
+
+
+def run_url(settings: Settings, experiment_id: str | None, run_id: str | None) -> str | None:
+    """The run's page in the MLflow UI, when the deployment has one to link to."""
+    base = settings.mlflow_ui_url or (settings.mlflow_tracking_uri if settings.uses_tracking_server else "")
+    if not base or not run_id or not experiment_id:
+        return None
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def version_view(row: dict[str, Any], settings: Settings) -> VersionView:
+    """One row of ``pipelines.tracking.list_versions`` as the dashboard shows it."""
+    tags, metrics, params = row["tags"], row["metrics"], row.get("params") or {}
+    if "rolled_back" in tags:
+        status, reason = "rolled back", tags["rolled_back"]
+    elif "rejected" in tags:
+        status, reason = "rejected", tags["rejected"]
+    elif "promoted" in tags or row["aliases"]:
+        status, reason = "promoted", tags.get("gate")
+    else:
+        status, reason = "registered", tags.get("gate")
+    indexes = []
+    for key, kind in sorted(tags.items()):
+        if key.startswith("index."):
+            role = key.removeprefix("index.")
+            indexes.append(
+                IndexView(role, kind, metrics.get(f"index_{role}_recall_at_10"), metrics.get(f"index_{role}_query_ms"))
+            )
+    times = {k: v for k, v in metrics.items() if k.startswith("time_") and k.endswith("_s")}
+    return VersionView(
+        version=row["version"],
+        aliases=list(row["aliases"]),
+        kind=tags.get("kind") or params.get("model_kind", "?"),
+        status=status,
+        status_reason=reason,
+        metrics={k: metrics[k] for k in MAIN_METRICS if k in metrics},
+        all_metrics=dict(sorted(metrics.items())),
+        params=dict(sorted(params.items())),
+        tags=dict(sorted(tags.items())),
+        data_events=_int(params, "data_n_events"),
+        data_users=_int(params, "data_n_users"),
+        data_items=_int(params, "data_n_items"),
+        data_as_of=params.get("data_as_of"),
+        fit_seconds=metrics.get("time_fit_s"),
+        total_seconds=sum(times.values()) if times else None,
+        indexes=indexes,
+        run_id=row.get("run_id"),
+        run_url=run_url(settings, row.get("experiment_id"), row.get("run_id")),
+        created=row.get("created", ""),
+    )
+
+
+@dataclass
+class RecItem:
+    """One recommended or similar item as a page lists it."""
+
+    rank: int
+    item_id: str
+    title: str
+    score: float
+    reason: str | None
+    categories: list[str] = field(default_factory=list)
+    #: set by a version comparison: the other version does not return it
+    only_here: bool = False
+
+
+@dataclass
+class RecList:
+    """One answer (a mode, or a pinned version) as a column of the page."""
+
+    heading: str
+    mode: str | None
+    model_version: str | None = None
+    variant: str | None = None
+    strategy: str | None = None
+    items: list[RecItem] = field(default_factory=list)
+    error: str | None = None
+    api_url: str | None = None
+
+
+@dataclass
+class Comparison:
+    """Two versions' answers for one user, side by side."""
+
+    version_a: str
+    version_b: str
+    a: RecList | None = None
+    b: RecList | None = None
+    overlap: int = 0
+    jaccard: float = 0.0
+    new_in_b: list[str] = field(default_factory=list)
+    error: str | None = None

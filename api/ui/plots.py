@@ -21,7 +21,7 @@ GRID = "#d9dee7"
 _SIZE = re.compile(r'<svg([^>]*?)\swidth="[^"]*"\s+height="[^"]*"')
 
 
-def _figure(width: float = 7.5, height: float = 2.4) -> Figure:
+def _figure(width: float = 10.0, height: float = 2.6) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasSVG(fig)
     return fig
@@ -89,7 +89,7 @@ def metric_over_versions(
     """One line per metric over registry versions (oldest left); None when nothing to draw."""
     if not versions or not any(v is not None for values in series.values() for v in values):
         return None
-    fig = _figure(height=2.6)
+    fig = _figure(height=2.8)
     ax = fig.add_subplot()
     xs = list(range(len(versions)))
     for (name, values), color in zip(series.items(), (ACCENT, SECOND, "#2a9d55", "#8a4fd1")):

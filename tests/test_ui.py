@@ -1,0 +1,388 @@
+"""The operator dashboard (/ui) in a real headless browser over real HTTP.
+
+One trained store for the module (generated data, two versions behind ``production`` and
+``challenger`` with an A/B split, a model card on version 2, attributed events) and one
+``recsys serve`` on it; a second server requires read keys. Chromium is Debian's
+(/usr/bin/chromium, installed by .ci/run), driven by Playwright — never ``playwright install``.
+Screenshots of each page go to the test's temp folder; with RECSYS_UI_SCREENSHOTS_TO_DOCS=1
+they also go to docs/ (the README's pictures).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from servers import serve_process
+
+from api.testing import ROOT, prepare, settings_for, training_config
+from feature_store import FeatureStore
+from pipelines import tracking
+from recsys.evaluation.online import OUTCOMES, variant_stats
+
+CHROMIUM = Path(os.environ.get("RECSYS_TEST_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+KEY = "ui-test-key"
+MODES = ("collaborative", "content", "hybrid")
+
+
+# ---- fast tests: TestClient, no browser -------------------------------------------------------------
+def _client(data_dir: Path, **settings):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from recsys.settings import Settings
+
+    return TestClient(create_app(Settings(data_dir=data_dir, reload_poll_seconds=0, **settings)))
+
+
+def test_empty_deployment_says_what_to_do(tmp_path):
+    with _client(tmp_path / "empty") as client:
+        overview = client.get("/ui")
+        assert overview.status_code == 200
+        assert "no model yet: run <code>recsys train</code>" in overview.text
+        assert "no events yet" in overview.text and "no pipeline runs yet" in overview.text
+        assert "no model yet: run <code>recsys train</code>" in client.get("/ui/models").text
+        assert "no events carry an A/B variant yet" in client.get("/ui/ab").text
+        user = client.get("/ui/users/u1")
+        assert user.status_code == 200 and "is not in the store" in user.text and "no model yet" in user.text
+        assert client.get("/ui/items/i1").status_code == 404
+        assert client.get("/ui/models/1").status_code == 404
+
+
+def test_read_key_rules_and_cookie(tmp_path):
+    with _client(tmp_path / "keys", api_keys=KEY, reads_require_key=True) as client:
+        refused = client.get("/ui")
+        assert refused.status_code == 401 and 'name="key"' in refused.text and "items (" not in refused.text
+        assert refused.headers["www-authenticate"] == "APIKey"
+        assert client.get("/ui/ab", headers={"X-API-Key": "wrong"}).status_code == 403
+        assert client.get("/ui/ab", headers={"X-API-Key": KEY}).status_code == 200
+        bad = client.post(
+            "/ui/key", content="key=wrong&next=/ui/ab", headers={"content-type": "application/x-www-form-urlencoded"}
+        )
+        assert bad.status_code == 403 and "ui_key" not in bad.headers.get("set-cookie", "")
+        good = client.post(
+            "/ui/key",
+            content=f"key={KEY}&next=https://evil.example/",
+            headers={"content-type": "application/x-www-form-urlencoded"},
+            follow_redirects=False,
+        )
+        assert good.status_code == 303 and good.headers["location"] == "/ui"  # no open redirect
+        cookie = good.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/ui" in cookie
+        assert client.get("/ui/ab").status_code == 200  # the cookie now opens the pages
+        # ... and only the pages: the JSON API still wants the header
+        assert client.get("/users/u1/recommendations").status_code in (401, 503)
+        client.post("/ui/key/forget")
+        assert client.get("/ui/ab").status_code == 401
+
+
+def test_markdown_keeps_raw_html_out_and_rewrites_files():
+    from api.ui.render import markdown
+
+    html = str(
+        markdown(
+            "# t\n\n<script>x()</script> ![p](plot.png) [f](../secret.csv) [j](javascript:alert(1))",
+            lambda n: "/f/" + n if n == "plot.png" else None,
+        )
+    )
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert 'src="/f/plot.png"' in html and "secret.csv" not in html.split("<a")[1].split(">")[0]
+    assert "javascript:" not in html.replace("[j](javascript:alert(1))", "")
+
+
+# ---- the browser tests ------------------------------------------------------------------------------
+
+
+def _card(tmp: Path) -> Path:
+    """A model card folder as pipelines write it (model_card/: json, md, PNG plots)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    folder = tmp / "model_card"
+    folder.mkdir(parents=True)
+    fig = Figure(figsize=(4, 2))
+    fig.add_subplot().bar(["head", "tail"], [0.8, 0.2])
+    fig.savefig(folder / "popularity_bias.png")
+    (folder / "model_card.json").write_text('{"version": "2", "bias": {"gini": 0.41}}')
+    (folder / "model_card.md").write_text(
+        "# Model card: version 2\n\n## Popularity bias\n\n| metric | value |\n|---|---:|\n| gini | 0.41 |\n\n"
+        "![popularity bias](popularity_bias.png)\n"
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    """Generated data, v1 (production) and v2 (challenger, with a model card), A/B events."""
+    from mlflow import MlflowClient
+
+    from pipelines.train import train
+
+    data_dir = tmp_path_factory.mktemp("ui-data")
+    env = prepare(data_dir, users=300, items=150, events=8000, clusters=5, content="tfidf")
+    settings = settings_for(env)
+    second = train(settings, training_config(factors=16, iterations=4, alias="challenger", seed=3, content="tfidf"))
+    MlflowClient(settings.mlflow_tracking_uri).log_artifacts(
+        second.run_id, str(_card(tmp_path_factory.mktemp("card"))), "model_card"
+    )
+    store = FeatureStore(settings.database_url)
+    events = []
+    for i in range(60):
+        variant = "production:1" if i % 2 else f"challenger:{second.version}"
+        events.append({"user_id": f"u{i}", "item_id": f"i{i % 20}", "event_type": "click", "variant": variant})
+        if i % 3 == 0:
+            events.append({"user_id": f"u{i}", "item_id": f"i{i % 7}", "event_type": "purchase", "variant": variant})
+    store.add_events(events)
+    store.dispose()
+    env = {**env, "RECSYS_API_KEYS": KEY, "RECSYS_AB_SPLIT": "production=0.5,challenger=0.5"}
+    return env, settings, second.version
+
+
+@pytest.fixture(scope="module")
+def server(deployment, tmp_path_factory):
+    env, _, _ = deployment
+    with serve_process(env, log_path=tmp_path_factory.mktemp("serve") / "serve.log") as proc:
+        yield proc.url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing (.ci/run installs Debian's chromium)")
+        pytest.skip(f"{CHROMIUM} is missing")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class Tab:
+    """A page that records console errors and uncaught exceptions, and saves screenshots."""
+
+    def __init__(self, browser, shots: Path, **context):
+        self.context = browser.new_context(viewport={"width": 1400, "height": 900}, **context)
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.shots = shots
+
+    def shot(self, name: str) -> None:
+        self.shots.mkdir(parents=True, exist_ok=True)
+        path = self.shots / f"dashboard-{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        if os.environ.get("RECSYS_UI_SCREENSHOTS_TO_DOCS") == "1":
+            (ROOT / "docs").mkdir(exist_ok=True)
+            shutil.copy(path, ROOT / "docs" / path.name)
+
+    def close(self) -> None:
+        self.context.close()
+
+
+def _column(page, mode_or_version: str, attr: str = "data-mode") -> list[str]:
+    return page.locator(f"section.recs[{attr}='{mode_or_version}'] tr[data-item]").evaluate_all(
+        "rows => rows.map(r => r.dataset.item)"
+    )
+
+
+def _scores(page, mode: str) -> list[str]:
+    return page.locator(f"section.recs[data-mode='{mode}'] td.score").all_inner_texts()
+
+
+def _ids(body: dict) -> list[str]:
+    return [i["item_id"] for i in body["items"]]
+
+
+@pytest.mark.slow
+def test_click_through_the_dashboard(server, deployment, browser, tmp_path):
+    env, settings, v2 = deployment
+    store = FeatureStore(settings.database_url)
+    api = httpx.Client(base_url=server, timeout=30)
+    tab = Tab(browser, tmp_path)
+    page = tab.page
+    try:
+        # -- overview: counts from the store, the alias table from the registry
+        response = page.goto(f"{server}/ui")
+        assert response.status == 200
+        counts = store.counts()
+        assert page.locator("#count-events").inner_text() == f"{counts.events:,}"
+        assert page.locator("#count-users").inner_text() == f"{counts.users:,}"
+        assert page.locator("#count-items").inner_text() == f"{counts.items:,}"
+        rows = {
+            r["version"]: r for r in tracking.list_versions(tracking.setup(settings), settings.registered_model_name)
+        }
+        production = page.locator("#aliases tr[data-alias='production']")
+        assert "v1" in production.inner_text()
+        assert f"{rows['1']['metrics']['ndcg_at_10']:.4f}" in production.inner_text()
+        assert f"v{v2}" in page.locator("#aliases tr[data-alias='challenger']").inner_text()
+        assert page.locator("svg.plot").count() == 1  # events per day
+        assert "no pipeline runs yet" in page.content()
+        tab.shot("overview")
+
+        # -- user: click the most active user; every mode's list is the JSON API's answer
+        first_user = page.locator("#active-users a.user-link").first
+        user_id = first_user.inner_text()
+        first_user.click()
+        page.wait_for_url(re.compile(rf"/ui/users/{user_id}$"))
+        history, total = store.user_timeline(user_id, 50)
+        assert f"{total} events" in page.locator(".history h2").inner_text()
+        assert page.locator("#history tr[data-item]").first.get_attribute("data-item") == history[0].item_id
+        assert history[0].title in page.locator("#history tbody tr").first.inner_text()
+        for mode in MODES:
+            body = api.get(f"/users/{user_id}/recommendations", params={"mode": mode, "k": 10}).json()
+            assert _column(page, mode) == _ids(body), mode
+            assert _scores(page, mode) == [f"{i['score']:.4f}" for i in body["items"]], mode
+            section = page.locator(f"section.recs[data-mode='{mode}']")
+            assert body["items"][0]["title"] in section.inner_text()
+            assert body["items"][0]["reason"] in section.inner_text()
+            assert f"v{body['model_version']}" in section.locator("h3").inner_text()
+        tab.shot("user")
+
+        # -- switch mode and k with the form: only that mode, k rows, still the API's answer
+        page.select_option("#rec-form select[name=mode]", "content")
+        page.fill("#rec-form input[name=k]", "5")
+        page.click("#rec-form button[type=submit]")
+        page.wait_for_url(re.compile(r"mode=content"))
+        assert page.locator("section.recs").count() == 1
+        body = api.get(f"/users/{user_id}/recommendations", params={"mode": "content", "k": 5}).json()
+        assert _column(page, "content") == _ids(body)
+
+        # -- compare the two versions for this user
+        page.select_option("#rec-form select[name=mode]", "collaborative")
+        page.fill("#rec-form input[name=k]", "10")
+        page.select_option("select[name=version_a]", "1")
+        page.select_option("select[name=version_b]", v2)
+        page.click("#rec-form button[type=submit]")
+        page.wait_for_url(re.compile(r"version_b="))
+        params = {"mode": "collaborative", "k": 10}
+        a = _ids(api.get(f"/users/{user_id}/recommendations", params={**params, "model_version": "1"}).json())
+        b = _ids(api.get(f"/users/{user_id}/recommendations", params={**params, "model_version": v2}).json())
+        comparison = page.locator("#comparison")
+        assert _column(comparison, "1", "data-version") == a
+        assert _column(comparison, v2, "data-version") == b
+        assert comparison.locator(".overlap").inner_text() == str(len(set(a) & set(b)))
+        assert comparison.locator(".new-count").inner_text() == str(len(set(b) - set(a)))
+        new_rows = comparison.locator(f"section.recs[data-version='{v2}'] tr.only").evaluate_all(
+            "rows => rows.map(r => r.dataset.item)"
+        )
+        assert new_rows == [i for i in b if i not in a]
+        tab.shot("compare")
+
+        # -- click a recommendation: the item page
+        link = page.locator("section.recs[data-mode='collaborative'] a.item-link").first
+        item_id = page.locator("section.recs[data-mode='collaborative'] tr[data-item]").first.get_attribute("data-item")
+        link.click()
+        page.wait_for_url(re.compile(rf"/ui/items/{item_id}$"))
+        item = api.get(f"/items/{item_id}").json()
+        assert page.locator("#item-title").inner_text() == item["title"]
+        assert page.locator("#item-events").inner_text() == f"{int(store.events_per_day(item_id).sum())} events"
+        for mode in MODES:
+            body = api.get(f"/items/{item_id}/similar", params={"mode": mode, "k": 10}).json()
+            assert _column(page, mode) == _ids(body), mode
+        tab.shot("item")
+
+        # -- click a similar item, then switch its mode
+        similar = page.locator("section.recs[data-mode='hybrid'] tr[data-item]").first.get_attribute("data-item")
+        page.locator("section.recs[data-mode='hybrid'] a.item-link").first.click()
+        page.wait_for_url(re.compile(rf"/ui/items/{similar}$"))
+        assert page.locator("#item-title").inner_text() == api.get(f"/items/{similar}").json()["title"]
+        page.select_option("#similar-form select[name=mode]", "content")
+        page.click("#similar-form button[type=submit]")
+        page.wait_for_url(re.compile(r"mode=content"))
+        assert page.locator("section.recs").count() == 1
+        assert _column(page, "content") == _ids(api.get(f"/items/{similar}/similar", params={"mode": "content"}).json())
+
+        # -- models: registry metrics, the nDCG plot, the card of v2, the empty state of v1
+        page.click("nav a[href='/ui/models']")
+        page.wait_for_url(re.compile(r"/ui/models$"))
+        for version, row in rows.items():
+            cell = page.locator(f"#versions tr[data-version='{version}'] td.metric-ndcg_at_10").inner_text()
+            assert cell == f"{row['metrics']['ndcg_at_10']:.4f}"
+        assert page.locator("svg.plot[aria-label='nDCG@10 over versions']").count() == 1
+        tab.shot("models")
+        page.click(f"#versions a[href='/ui/models/{v2}']")
+        page.wait_for_url(re.compile(rf"/ui/models/{v2}$"))
+        card = page.locator("#model-card")
+        assert "Popularity bias" in card.inner_text() and "0.41" in card.inner_text()
+        image = card.locator("img[alt='popularity bias']")
+        image.wait_for()
+        assert image.evaluate("img => img.complete && img.naturalWidth > 0")
+        tab.shot("model-card")
+        page.goto(f"{server}/ui/models/1")
+        assert (
+            "no model card for this version (trained before model cards existed)"
+            in page.locator("#model-card").inner_text()
+        )
+
+        # -- A/B: per variant users, events and rates as the report computes them
+        page.click("nav a[href='/ui/ab']")
+        page.wait_for_url(re.compile(r"/ui/ab$"))
+        stats = variant_stats(store.variant_activity(OUTCOMES), OUTCOMES)
+        assert len(stats) == 2
+        for s in stats:
+            row = page.locator(f"#ab-table tr[data-variant='{s.variant}']")
+            assert row.locator("td.users").inner_text() == str(s.users)
+            assert row.locator("td.events").inner_text() == str(s.events)
+            assert row.locator("td.rate-click").inner_text() == f"{100 * s.rates['click']:.2f}%"
+            low, high = s.intervals["purchase"]
+            assert row.locator("td.ci-purchase").inner_text() == f"{100 * low:.2f}% – {100 * high:.2f}%"
+        assert page.locator("svg.plot").count() == 2
+        tab.shot("ab")
+
+        assert tab.errors == [], tab.errors
+    finally:
+        tab.close()
+        api.close()
+        store.dispose()
+
+
+@pytest.mark.slow
+def test_key_protected_deployment_refuses_pages_without_a_key(deployment, browser, tmp_path):
+    env, _, _ = deployment
+    protected = {**env, "RECSYS_READS_REQUIRE_KEY": "true"}
+    with serve_process(protected, log_path=tmp_path / "serve.log") as proc:
+        tab = Tab(browser, tmp_path)
+        page = tab.page
+        try:
+            for path in ("/ui", "/ui/users/u1", "/ui/items/i1", "/ui/models", "/ui/ab"):
+                response = page.goto(proc.url + path)
+                assert response.status == 401, path
+                assert page.locator("input[name=key]").count() == 1
+                assert page.locator("#count-events, section.recs, #versions, #ab-table").count() == 0
+            tab.shot("key")
+            page.fill("input[name=key]", "not-the-key")
+            page.click("form[action='/ui/key'] button")
+            assert "the API key is not valid" in page.locator(".error").inner_text()
+            page.fill("input[name=key]", KEY)
+            page.click("form[action='/ui/key'] button")
+            page.wait_for_url(re.compile(r"/ui/ab$"))
+            assert page.locator("#ab-table").count() == 1
+            # the key as the API takes it: the X-API-Key header
+            header_tab = Tab(browser, tmp_path, extra_http_headers={"X-API-Key": KEY})
+            try:
+                assert header_tab.page.goto(proc.url + "/ui").status == 200
+                assert header_tab.page.locator("#count-events").count() == 1
+            finally:
+                header_tab.close()
+            # console errors: only the refused page loads themselves
+            assert all("401" in e or "403" in e for e in tab.errors), tab.errors
+        finally:
+            tab.close()

@@ -107,13 +107,14 @@ def ab_rates(stats: Sequence[VariantStats], outcomes: Sequence[str], label: str)
     """Per variant, each outcome's rate with its 95% Wilson interval (error bars)."""
     if not stats:
         return None
-    fig = _figure(height=0.5 + 0.45 * len(stats) * len(outcomes))
+    fig = _figure(height=1.0 + 0.4 * len(stats))
     axes = fig.subplots(1, len(outcomes), sharey=True, squeeze=False)[0]
     ys = list(range(len(stats)))
     for ax, outcome, color in zip(axes, outcomes, (ACCENT, SECOND)):
         rates = [s.rates[outcome] for s in stats]
-        low = [s.rates[outcome] - s.intervals[outcome][0] for s in stats]
-        high = [s.intervals[outcome][1] - s.rates[outcome] for s in stats]
+        # clipped at 0: a rate at an interval's end differs from it by rounding only
+        low = [max(0.0, s.rates[outcome] - s.intervals[outcome][0]) for s in stats]
+        high = [max(0.0, s.intervals[outcome][1] - s.rates[outcome]) for s in stats]
         ax.errorbar(rates, ys, xerr=[low, high], fmt="o", color=color, capsize=4)
         ax.set_title(f"{outcome} rate (95% interval)", fontsize=9)
         ax.set_xlim(left=0)

@@ -341,6 +341,7 @@ def demo(
         """-d '{"user_id": "u1", "item_id": "i3", "event_type": "click"}' http://127.0.0.1:8000/events"""
     )
     console.print(f"MLflow UI:       mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
+    console.print("dashboard:       open http://127.0.0.1:8000/ui once the API is served (users, items, models, A/B)")
 
 
 app.add_typer(experiment_cli.app, name="experiment")

@@ -492,7 +492,7 @@ def pipeline_runs(client: MlflowClient, settings: Settings, limit: int = 10) -> 
         return []
     runs = client.search_runs(
         [exp.experiment_id],
-        filter_string="tags.pipeline_run_id != ''",
+        filter_string="tags.pipeline != ''",  # parent runs only: stage runs carry no `pipeline` tag
         max_results=limit,
         order_by=["attributes.start_time DESC"],
     )

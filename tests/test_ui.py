@@ -131,6 +131,10 @@ def deployment(tmp_path_factory):
     """Generated data, v1 (production) and v2 (challenger, with a model card), A/B events."""
     from mlflow import MlflowClient
 
+    from experiments.runner import run_experiment
+    from experiments.spec import parse_spec
+    from pipelines.config import PipelineConfig
+    from pipelines.pipeline import run_pipeline
     from pipelines.train import train
 
     data_dir = tmp_path_factory.mktemp("ui-data")
@@ -140,6 +144,27 @@ def deployment(tmp_path_factory):
     MlflowClient(settings.mlflow_tracking_uri).log_artifacts(
         second.run_id, str(_card(tmp_path_factory.mktemp("card"))), "model_card"
     )
+    # a pipeline run whose weak candidate the gate rejects (registered as v3, alias untouched)
+    weak = {"kind": "als", "params": {"factors": 1, "iterations": 1}}
+    pipeline = run_pipeline(
+        settings,
+        PipelineConfig.model_validate(
+            {"name": "nightly", "models": [weak], "evaluation": {"eval_users": 200}, "index": {"n_trees": 10}}
+        ),
+        run_id="ui-weak",
+    )
+    assert pipeline.status == "rejected", pipeline.reason
+    # an experiment comparison (its report is an artifact of the parent run)
+    spec = parse_spec(
+        {
+            "name": "ui-compare",
+            "dataset": {"format": "synthetic", "params": {"n_users": 200, "n_items": 80, "n_events": 3000}},
+            "split": {"method": "random", "test_ratio": 0.2},
+            "k": [10],
+            "models": [{"kind": "als", "params": {"factors": 8, "iterations": 3}}, {"kind": "popular"}],
+        }
+    )
+    run_experiment(spec, settings, report_dir=tmp_path_factory.mktemp("report"))
     store = FeatureStore(settings.database_url)
     events = []
     for i in range(60):
@@ -150,12 +175,12 @@ def deployment(tmp_path_factory):
     store.add_events(events)
     store.dispose()
     env = {**env, "RECSYS_API_KEYS": KEY, "RECSYS_AB_SPLIT": "production=0.5,challenger=0.5"}
-    return env, settings, second.version
+    return env, settings, second.version, pipeline.version
 
 
 @pytest.fixture(scope="module")
 def server(deployment, tmp_path_factory):
-    env, _, _ = deployment
+    env, *_ = deployment
     with serve_process(env, log_path=tmp_path_factory.mktemp("serve") / "serve.log") as proc:
         yield proc.url
 
@@ -213,7 +238,7 @@ def _ids(body: dict) -> list[str]:
 
 @pytest.mark.slow
 def test_click_through_the_dashboard(server, deployment, browser, tmp_path):
-    env, settings, v2 = deployment
+    env, settings, v2, v3 = deployment
     store = FeatureStore(settings.database_url)
     api = httpx.Client(base_url=server, timeout=30)
     tab = Tab(browser, tmp_path)
@@ -234,7 +259,9 @@ def test_click_through_the_dashboard(server, deployment, browser, tmp_path):
         assert f"{rows['1']['metrics']['ndcg_at_10']:.4f}" in production.inner_text()
         assert f"v{v2}" in page.locator("#aliases tr[data-alias='challenger']").inner_text()
         assert page.locator("svg.plot").count() == 1  # events per day
-        assert "no pipeline runs yet" in page.content()
+        run = page.locator("#pipeline-runs tbody tr").first
+        assert "ui-weak" in run.inner_text() and "rejected" in run.inner_text() and f"v{v3}" in run.inner_text()
+        assert "ndcg_at_10" in run.inner_text()  # the gate's reason
         tab.shot("overview")
 
         # -- user: click the most active user; every mode's list is the JSON API's answer
@@ -317,7 +344,18 @@ def test_click_through_the_dashboard(server, deployment, browser, tmp_path):
             cell = page.locator(f"#versions tr[data-version='{version}'] td.metric-ndcg_at_10").inner_text()
             assert cell == f"{row['metrics']['ndcg_at_10']:.4f}"
         assert page.locator("svg.plot[aria-label='nDCG@10 over versions']").count() == 1
+        assert "rejected" in page.locator(f"#versions tr[data-version='{v3}']").inner_text()
         tab.shot("models")
+        # the experiment comparison: its report with the plots it references
+        page.locator("#reports a").first.click()
+        page.wait_for_url(re.compile(r"/ui/experiments/"))
+        metrics_table = page.locator(".markdown table").nth(1).inner_text()  # the first is the context
+        assert "popular" in metrics_table and "als" in metrics_table and "ndcg_at_10" in metrics_table
+        plot = page.locator(".markdown img").first
+        plot.wait_for()
+        assert plot.evaluate("img => img.complete && img.naturalWidth > 0")
+        tab.shot("experiment")
+        page.goto(f"{server}/ui/models")
         page.click(f"#versions a[href='/ui/models/{v2}']")
         page.wait_for_url(re.compile(rf"/ui/models/{v2}$"))
         card = page.locator("#model-card")
@@ -356,7 +394,7 @@ def test_click_through_the_dashboard(server, deployment, browser, tmp_path):
 
 @pytest.mark.slow
 def test_key_protected_deployment_refuses_pages_without_a_key(deployment, browser, tmp_path):
-    env, _, _ = deployment
+    env, *_ = deployment
     protected = {**env, "RECSYS_READS_REQUIRE_KEY": "true"}
     with serve_process(protected, log_path=tmp_path / "serve.log") as proc:
         tab = Tab(browser, tmp_path)

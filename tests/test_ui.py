@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 import httpx
@@ -169,9 +168,20 @@ def deployment(tmp_path_factory):
     events = []
     for i in range(60):
         variant = "production:1" if i % 2 else f"challenger:{second.version}"
-        events.append({"user_id": f"u{i}", "item_id": f"i{i % 20}", "event_type": "click", "variant": variant})
+        when = f"2025-12-31T{i % 24:02d}:30:00Z"  # the last day of the generated data
+        events.append(
+            {"user_id": f"u{i}", "item_id": f"i{i % 20}", "event_type": "click", "variant": variant, "timestamp": when}
+        )
         if i % 3 == 0:
-            events.append({"user_id": f"u{i}", "item_id": f"i{i % 7}", "event_type": "purchase", "variant": variant})
+            events.append(
+                {
+                    "user_id": f"u{i}",
+                    "item_id": f"i{i % 7}",
+                    "event_type": "purchase",
+                    "variant": variant,
+                    "timestamp": when,
+                }
+            )
     store.add_events(events)
     store.dispose()
     env = {**env, "RECSYS_API_KEYS": KEY, "RECSYS_AB_SPLIT": "production=0.5,challenger=0.5"}
@@ -214,9 +224,9 @@ class Tab:
         self.shots.mkdir(parents=True, exist_ok=True)
         path = self.shots / f"dashboard-{name}.png"
         self.page.screenshot(path=str(path), full_page=True)
-        if os.environ.get("RECSYS_UI_SCREENSHOTS_TO_DOCS") == "1":
+        if os.environ.get("RECSYS_UI_SCREENSHOTS_TO_DOCS") == "1":  # the README's pictures: the first screen
             (ROOT / "docs").mkdir(exist_ok=True)
-            shutil.copy(path, ROOT / "docs" / path.name)
+            self.page.screenshot(path=str(ROOT / "docs" / path.name))
 
     def close(self) -> None:
         self.context.close()
@@ -269,7 +279,7 @@ def test_click_through_the_dashboard(server, deployment, browser, tmp_path):
         user_id = first_user.inner_text()
         first_user.click()
         page.wait_for_url(re.compile(rf"/ui/users/{user_id}$"))
-        history, total = store.user_timeline(user_id, 50)
+        history, total = store.user_timeline(user_id, 25)
         assert f"{total} events" in page.locator(".history h2").inner_text()
         assert page.locator("#history tr[data-item]").first.get_attribute("data-item") == history[0].item_id
         assert history[0].title in page.locator("#history tbody tr").first.inner_text()

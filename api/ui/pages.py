@@ -26,7 +26,16 @@ from api.serving import LoadedModel, LoaderBusy, ModelHolder, ModelNotReady, Rel
 from api.ui import plots
 from api.ui.access import COOKIE, COOKIE_PATH, UiAccess, ui_access
 from api.ui.render import markdown, page
-from api.ui.views import MAIN_METRICS, Comparison, RecItem, RecList, VersionView, run_url, version_view
+from api.ui.views import (
+    MAIN_METRICS,
+    Comparison,
+    RecItem,
+    RecList,
+    VersionView,
+    run_url,
+    version_view,
+    with_bundle_facts,
+)
 from feature_store import FeatureStore
 from pipelines import tracking
 from recsys.evaluation.online import OUTCOMES, variant_stats
@@ -44,7 +53,7 @@ T = TypeVar("T")
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,200}\.(png|csv|json|md|svg)$")
 RUN_ID = re.compile(r"^[A-Za-z0-9]{1,64}$")
 VERSION = re.compile(r"^[0-9]{1,18}$")
-HISTORY_ROWS = 50
+HISTORY_ROWS = 25
 #: registry listings are re-read at most this often per worker (every page shows them)
 REGISTRY_TTL_SECONDS = 5.0
 
@@ -150,6 +159,12 @@ def _categories(store: FeatureStore, ids: list[str]) -> dict[str, list[str]]:
     return dict(zip(frame["item_id"], frame["categories"]))
 
 
+def _with_loaded(holder: ModelHolder, view: VersionView) -> VersionView:
+    """The registry's view, completed from the bundle when this worker has the version loaded."""
+    model = holder.loaded_version(view.version)
+    return with_bundle_facts(view, model.recommender.bundle.info) if model is not None else view
+
+
 def _model_modes(holder: ModelHolder) -> tuple[str, ...]:
     try:
         return holder.current.recommender.modes
@@ -248,7 +263,7 @@ async def overview(request: Request, access: Access) -> HTMLResponse:
     def gather() -> dict[str, Any]:
         counts = store.counts()
         per_day = store.events_per_day()
-        versions = _versions(request)
+        versions = [_with_loaded(holder, v) for v in _versions(request)]
         by_version = {v.version: v for v in versions}
         aliases = sorted(
             ((a, v) for v in versions for a in v.aliases), key=lambda av: (av[0] != settings.model_alias, av[0])
@@ -479,7 +494,7 @@ async def models_page(request: Request, access: Access) -> HTMLResponse:
     settings, _, holder = _state(request)
 
     def gather() -> dict[str, Any]:
-        versions = _versions(request)
+        versions = [_with_loaded(holder, v) for v in _versions(request)]
         oldest_first = list(reversed(versions))
         series = {
             label: [v.all_metrics.get(key) for v in oldest_first]
@@ -517,11 +532,13 @@ def _version_row(request: Request, version: str) -> VersionView | None:
 
 @router.get("/models/{version}", response_class=HTMLResponse)
 async def version_page(request: Request, version: str, access: Access) -> HTMLResponse:
+    holder = request.app.state.holder
     if not VERSION.match(version):
         raise UiNotFound(f"no model version {version}")
     view = await _io(_version_row, request, version)
     if view is None:
         raise UiNotFound(f"no model version {version}")
+    view = _with_loaded(holder, view)
     card_dir = await _io(_card_dir, request, view.run_id, "model_card") if view.run_id else None
     card_html = card_json = None
     extra_plots: list[str] = []

@@ -52,32 +52,26 @@ def _attr(text: str) -> str:
 
 
 def events_over_time(per_day: pd.Series, label: str) -> Markup | None:
-    """Daily event counts (bars) with a 7-day mean (line); None for no events."""
+    """Event counts over time: per day (filled steps) with a 7-day mean, or per week as bars
+    when there are too few events a day to read a daily curve (a single item's popularity).
+    None for no events."""
     if per_day.empty:
         return None
     days = pd.date_range(per_day.index.min(), per_day.index.max(), freq="D")
     daily = per_day.reindex(days, fill_value=0)
     fig = _figure()
     ax = fig.add_subplot()
-    # one filled step path rather than a bar per day: a small SVG however long the history
-    ax.fill_between(
-        daily.index.tz_localize(None),
-        daily.to_numpy(),
-        step="mid",
-        color=ACCENT,
-        alpha=0.3,
-        linewidth=0,
-        label="per day",
-    )
-    ax.plot(
-        daily.index.tz_localize(None),
-        daily.rolling(7, min_periods=1).mean().to_numpy(),
-        color=ACCENT,
-        linewidth=1.6,
-        label="7-day mean",
-    )
-    ax.set_ylabel("events")
-    ax.legend(fontsize=8, frameon=False, loc="upper left")
+    x = daily.index.tz_localize(None)
+    if daily.mean() < 2 and len(daily) > 14:
+        weekly = daily.resample("W-MON", label="left", closed="left").sum()
+        ax.bar(weekly.index.tz_localize(None), weekly.to_numpy(), width=6, align="edge", color=ACCENT, alpha=0.7)
+        ax.set_ylabel("events per week")
+    else:
+        # one filled step path rather than a bar per day: a small SVG however long the history
+        ax.fill_between(x, daily.to_numpy(), step="mid", color=ACCENT, alpha=0.3, linewidth=0, label="per day")
+        ax.plot(x, daily.rolling(7, min_periods=1).mean().to_numpy(), color=ACCENT, linewidth=1.6, label="7-day mean")
+        ax.set_ylabel("events")
+        ax.legend(fontsize=8, frameon=False, loc="upper left")
     _style(ax)
     fig.autofmt_xdate(rotation=0, ha="center")
     return _svg(fig, label)

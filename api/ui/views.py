@@ -3,7 +3,7 @@ served models (the templates only format them)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from recsys.settings import Settings
@@ -107,6 +107,29 @@ def version_view(row: dict[str, Any], settings: Settings) -> VersionView:
         run_id=row.get("run_id"),
         run_url=run_url(settings, row.get("experiment_id"), row.get("run_id")),
         created=row.get("created", ""),
+    )
+
+
+def with_bundle_facts(view: VersionView, info: dict[str, Any]) -> VersionView:
+    """Fill what the registry row lacks (versions registered by a pipeline carry no data or
+    index params) from the manifest ``info`` of the bundle this worker has loaded."""
+    data = info.get("data") or {}
+    indexes = view.indexes or [
+        IndexView(
+            role,
+            str(info.get(f"index_{role}_serving", "?")),
+            info.get(f"index_{role}_recall_at_10"),
+            info.get(f"index_{role}_query_ms"),
+        )
+        for role in sorted(info.get("index_choice") or {})
+    ]
+    return replace(
+        view,
+        data_events=view.data_events if view.data_events is not None else data.get("n_events"),
+        data_users=view.data_users if view.data_users is not None else data.get("n_users"),
+        data_items=view.data_items if view.data_items is not None else data.get("n_items"),
+        data_as_of=view.data_as_of or data.get("as_of"),
+        indexes=indexes,
     )
 
 

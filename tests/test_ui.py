@@ -88,6 +88,48 @@ def test_read_key_rules_and_cookie(tmp_path):
         assert client.get("/ui/ab").status_code == 401
 
 
+def test_dashboard_store_reads(db_url):
+    """The store reads behind the pages, on SQLite and PostgreSQL, against pandas on the same data."""
+    import pandas as pd
+
+    from recsys.datasets.synthetic import generate_synthetic
+
+    data = generate_synthetic(n_users=80, n_items=40, n_events=1500, seed=5)
+    store = FeatureStore(db_url, offline_uri="")
+    try:
+        store.ingest(data)
+        store.delete_item("i3")
+        counts = store.counts()
+        assert (counts.items, counts.available_items, counts.users, counts.events) == (
+            len(data.items),
+            len(data.items) - 1,
+            len(data.users),
+            len(data.events),
+        )
+        ev = data.events.assign(day=data.events["timestamp"].dt.floor("D"))
+        expected = ev.groupby("day").size()
+        per_day = store.events_per_day()
+        assert per_day.index.equals(pd.DatetimeIndex(expected.index)) and per_day.tolist() == expected.tolist()
+        item = ev[ev["item_id"] == "i7"].groupby("day").size()
+        assert store.events_per_day("i7").tolist() == item.tolist()
+        assert store.events_per_day("no-such-item").empty
+
+        mine = ev[ev["user_id"] == "u4"].sort_values("timestamp", ascending=False)
+        timeline, total = store.user_timeline("u4", limit=5)
+        assert total == len(mine) and len(timeline) == min(5, len(mine))
+        assert [e.item_id for e in timeline] == mine["item_id"].head(5).tolist()
+        titles = dict(zip(data.items["item_id"], data.items["title"]))
+        assert all(e.title == titles[e.item_id] and e.categories for e in timeline)
+        assert store.user_timeline("nobody") == ([], 0)
+
+        sizes = ev.groupby("user_id").size()
+        top = store.active_users(3)
+        assert [u.events for u in top] == sorted(sizes, reverse=True)[:3]
+        assert all(sizes[u.user_id] == u.events for u in top)
+    finally:
+        store.dispose()
+
+
 def test_markdown_keeps_raw_html_out_and_rewrites_files():
     from api.ui.render import markdown
 
@@ -322,6 +364,19 @@ def test_click_through_the_dashboard(server, deployment, browser, tmp_path):
         )
         assert new_rows == [i for i in b if i not in a]
         tab.shot("compare")
+        # a version this worker has not loaded: like ?model_version=, loading it needs a key
+        url = f"{server}/ui/users/{user_id}?mode=collaborative&version_a=1&version_b={v3}"
+        page.goto(url)
+        assert "loading it needs an API key" in page.locator("#comparison").inner_text()
+        keyed = Tab(browser, tmp_path, extra_http_headers={"X-API-Key": KEY})
+        try:
+            keyed.page.goto(url)
+            pinned = _ids(api.get(f"/users/{user_id}/recommendations", params={**params, "model_version": v3}).json())
+            assert _column(keyed.page.locator("#comparison"), v3, "data-version") == pinned
+            assert keyed.errors == []
+        finally:
+            keyed.close()
+        page.goto(f"{server}/ui/users/{user_id}?mode=collaborative&version_a=1&version_b={v2}")
 
         # -- click a recommendation: the item page
         link = page.locator("section.recs[data-mode='collaborative'] a.item-link").first

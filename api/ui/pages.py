@@ -50,7 +50,7 @@ Access = Annotated[UiAccess, Depends(ui_access)]
 T = TypeVar("T")
 
 #: files of a run's artifact folder the dashboard serves (model cards, experiment reports)
-FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,200}\.(png|csv|json|md|svg)$")
+FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,200}\.(png|csv|json|md)$")
 RUN_ID = re.compile(r"^[A-Za-z0-9]{1,64}$")
 VERSION = re.compile(r"^[0-9]{1,18}$")
 HISTORY_ROWS = 25

@@ -23,7 +23,7 @@ M = TypeVar("M", bound=BaseModel)
 
 def query_model(model: type[M]) -> tuple[Callable[[Request], Coroutine[Any, Any, M]], dict[str, Any]]:
     """``(dependency, openapi_extra)`` for a route whose query parameters are ``model``'s fields."""
-    lists = frozenset(name for name, f in model.model_fields.items() if _is_list(f.annotation))
+    lists = list_fields(model)
     fields = frozenset(model.model_fields)
 
     async def parse(request: Request) -> M:
@@ -43,6 +43,11 @@ def query_model(model: type[M]) -> tuple[Callable[[Request], Coroutine[Any, Any,
 
     parse.__name__ = f"parse_{model.__name__}"
     return parse, {"parameters": _documented_parameters(model)}
+
+
+def list_fields(model: type[BaseModel]) -> frozenset[str]:
+    """Names of the model's list-valued fields: repeated query parameters (``?a=1&a=2``)."""
+    return frozenset(name for name, f in model.model_fields.items() if _is_list(f.annotation))
 
 
 def _is_list(annotation: Any) -> bool:

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from api.ui.access import KeyRequired, UiAccess
-from api.ui.pages import UiNotFound, not_found_response, router
+from api.ui.pages import RegistryCache, UiNotFound, not_found_response, router
 from api.ui.render import STATIC_DIR, page
 
 __all__ = ["install"]
@@ -23,6 +23,7 @@ __all__ = ["install"]
 
 def install(app: FastAPI) -> None:
     """Add the dashboard's routes, its static files and its error pages to the app."""
+    app.state.ui_registry = RegistryCache()
     app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
 

@@ -9,7 +9,9 @@ here writes; the one form that posts (``/ui/key``) only sets the key cookie.
 from __future__ import annotations
 
 import logging
+import math
 import re
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ValidationError
 
+from api.query import list_fields
 from api.routes.recommendations import SimilarQuery, UserQuery, answer_similar, answer_user
 from api.serving import LoadedModel, LoaderBusy, ModelHolder, ModelNotReady, ReloadError, UnknownVersion
 from api.ui import plots
@@ -85,21 +88,31 @@ async def _io(fn: Callable[..., T], *args: Any) -> T:
     return await run_in_threadpool(fn, *args)
 
 
+class RegistryCache:
+    """``tracking.list_versions`` of the served model name, re-read at most every
+    REGISTRY_TTL_SECONDS per worker (every page shows it; one read is a query per version)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: list[dict[str, Any]] = []
+        self._at = -math.inf
+
+    def rows(self, settings: Settings, holder: ModelHolder) -> list[dict[str, Any]]:
+        with self._lock:
+            if time.monotonic() - self._at < REGISTRY_TTL_SECONDS:
+                return self._rows
+            try:
+                self._rows = tracking.list_versions(holder.client(), settings.registered_model_name)
+            except Exception as exc:  # an unreachable tracking server must not take the pages down
+                logger.warning("dashboard: could not list registry versions: %s", exc)
+                self._rows = []
+            self._at = time.monotonic()
+            return self._rows
+
+
 def _registry(request: Request) -> list[dict[str, Any]]:
-    """``tracking.list_versions`` of the served model name, cached for a few seconds."""
     settings, _, holder = _state(request)
-    cache = request.app.state.__dict__.setdefault("ui_registry_cache", {})
-    now = time.monotonic()
-    hit = cache.get("rows")
-    if hit is not None and now - hit[0] < REGISTRY_TTL_SECONDS:
-        return hit[1]
-    try:
-        rows = tracking.list_versions(holder.client(), settings.registered_model_name)
-    except Exception as exc:  # an unreachable tracking server must not take the pages down
-        logger.warning("dashboard: could not list registry versions: %s", exc)
-        rows = []
-    cache["rows"] = (now, rows)
-    return rows
+    return request.app.state.ui_registry.rows(settings, holder)
 
 
 def _versions(request: Request) -> list[VersionView]:
@@ -111,10 +124,11 @@ def _form(params, model: type[BaseModel], skip: tuple[str, ...] = ()) -> tuple[d
     """The non-empty query parameters that are fields of ``model`` (lists as lists), and the
     first validation problem, named by field, or None."""
     data: dict[str, Any] = {}
-    for name, info in model.model_fields.items():
+    lists = list_fields(model)
+    for name in model.model_fields:
         if name in skip:
             continue
-        if "list" in str(info.annotation):
+        if name in lists:
             values = [v for v in params.getlist(name) if v != ""]
             if values:
                 data[name] = values

@@ -542,25 +542,30 @@ def report_runs(client: MlflowClient, limit: int = 20, kind_tag: str = "recsys.e
 
 
 def run_artifact_folder(client: MlflowClient, run_id: str, folder: str, cache_dir: Path) -> Path | None:
-    """A run's artifact folder (e.g. ``model_card``), downloaded once into ``cache_dir`` (a run's
-    artifacts do not change once it has them). None when the run has no such folder."""
-    target = Path(cache_dir) / run_id / folder
-    if target.is_dir():
-        return target
+    """A run's artifact folder (e.g. ``model_card``) as a local copy under ``cache_dir``; None
+    when the run has no such folder. The copy is reused while the run lists the same files
+    with the same sizes (one listing per call), and downloaded again when they changed, e.g. a
+    card that was still being uploaded when it was first copied."""
     try:
-        if not client.list_artifacts(run_id, folder):
-            return None
+        listed = {Path(f.path).name: f.file_size for f in client.list_artifacts(run_id, folder) if not f.is_dir}
     except (MlflowException, OSError):
         return None
+    if not listed:
+        return None
+    target = Path(cache_dir) / run_id / folder
+    if target.is_dir() and {p.name: p.stat().st_size for p in target.iterdir() if p.is_file()} == listed:
+        return target
     with tempfile.TemporaryDirectory(dir=_mkdir(Path(cache_dir))) as tmp:
-        local = download_run_artifact(client, run_id, folder, Path(tmp))
+        local = download_run_artifact(client, run_id, folder, Path(tmp) / "new")
         if local is None or not local.is_dir():
             return None
         target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            os.replace(target, Path(tmp) / "old")  # removed with the temporary folder
         try:
-            os.replace(local, target)  # atomic: a concurrent reader sees all of it or nothing
+            os.replace(local, target)
         except OSError:
-            if not target.is_dir():  # another request won the race: its copy is as good
+            if not target.is_dir():  # another request put its copy there first: as good as ours
                 raise
     return target
 

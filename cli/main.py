@@ -286,6 +286,7 @@ def serve(
     ensure_port_free(host, port)  # before loading anything: a busy port is a usage error
     import uvicorn
 
+    console.print(f"dashboard: http://{host}:{port}/ui", highlight=False)
     uvicorn.run("api.main:app", host=host, port=port, workers=workers, log_level="info")
 
 

@@ -450,6 +450,18 @@ def test_click_through_the_dashboard(server, deployment, browser, tmp_path):
         assert page.locator("svg.plot").count() == 2
         tab.shot("ab")
 
+        # the one button that writes: POST /admin/reload with the key typed next to it
+        page.goto(f"{server}/ui")
+        admin = page.locator("form[data-admin='/admin/reload']")
+        admin.locator("input[name=key]").fill("wrong")
+        admin.locator("button").click()
+        page.wait_for_function("() => document.querySelector('form[data-admin] output').textContent.startsWith('403')")
+        tab.errors = [e for e in tab.errors if "403" not in e]  # the refused fetch is logged by the browser
+        admin.locator("input[name=key]").fill(KEY)
+        admin.locator("button").click()
+        page.wait_for_function("() => document.querySelector('form[data-admin] output').textContent.startsWith('done')")
+        assert '"production":"1"' in admin.locator("output").inner_text()
+
         assert tab.errors == [], tab.errors
     finally:
         tab.close()

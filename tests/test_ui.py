@@ -57,6 +57,9 @@ def test_empty_deployment_says_what_to_do(tmp_path):
         assert "no events carry an A/B variant yet" in client.get("/ui/ab").text
         user = client.get("/ui/users/u1")
         assert user.status_code == 200 and "is not in the store" in user.text and "no model yet" in user.text
+        bad = client.get("/ui/users/u1", params={"k": "0"})
+        assert bad.status_code == 422 and "k: " in bad.text  # the form field is named, as the API names it
+        assert client.get("/ui/users/u1", params={"mode": "sideways"}).status_code == 422
         assert client.get("/ui/items/i1").status_code == 404
         assert client.get("/ui/models/1").status_code == 404
 

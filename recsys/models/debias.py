@@ -29,7 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from recsys.evaluation.bias import binary_targets, attribute_auc
+from recsys.evaluation.bias import attribute_auc, binary_targets
 
 logger = logging.getLogger(__name__)
 

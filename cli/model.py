@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated
 
 import typer
@@ -10,7 +11,9 @@ from rich.table import Table
 
 from cli.common import cli_errors
 
-app = typer.Typer(help="Registered model versions: list, rollback.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Registered model versions: list, card, rollback.", no_args_is_help=True, add_completion=False
+)
 console = Console()
 
 
@@ -100,3 +103,24 @@ def rollback(
     alias = alias or settings.model_alias
     old, new = tracking.rollback_alias(client, settings.registered_model_name, alias)
     console.print(f"{settings.registered_model_name}@{alias}: version {old} -> {new}")
+
+
+class CardFormat(str, Enum):
+    md = "md"
+    json = "json"
+
+
+@app.command()
+@cli_errors
+def card(
+    version: Annotated[str, typer.Argument(help="registered version number")],
+    format: Annotated[CardFormat, typer.Option("--format", help="md (Markdown) or json")] = CardFormat.md,
+) -> None:
+    """The version's model card: data, model, validation metrics, bias report, mitigations."""
+    from cli.common import get_settings
+    from pipelines.card import load_model_card
+
+    if not version.isdigit():
+        raise ValueError(f"version must be a version number, got {version!r}")
+    model_card = load_model_card(get_settings(), version)
+    typer.echo(model_card.to_json() if format is CardFormat.json else model_card.to_markdown())

@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from recsys.evaluation.bias import BiasReport, MitigationResult
-from recsys.evaluation.mitigation import BiasSettings, DebiasSettings
+from recsys.evaluation.mitigation import Assessment, BiasSettings, DebiasSettings
 from recsys.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -438,3 +438,20 @@ def load_model_card(settings: Settings, version: str | int) -> ModelCard:
             )
         card = ModelCard.from_dict(json.loads(path.read_text()))
     return card
+
+
+def assessment_dict(assessment: Assessment) -> dict[str, Any]:
+    """An assessment as JSON-able data (the pipeline keeps it between stages)."""
+    return {
+        "report": assessment.report.to_dict(),
+        "mitigations": [asdict(m) for m in assessment.mitigations],
+        "after": {name: r.to_dict() for name, r in assessment.after.items()},
+    }
+
+
+def assessment_from_dict(d: dict[str, Any]) -> Assessment:
+    return Assessment(
+        BiasReport.from_dict(d["report"]),
+        [MitigationResult(**m) for m in d.get("mitigations", [])],
+        {name: BiasReport.from_dict(r) for name, r in d.get("after", {}).items()},
+    )

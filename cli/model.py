@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -11,9 +11,7 @@ from rich.table import Table
 
 from cli.common import cli_errors
 
-app = typer.Typer(
-    help="Registered model versions: list, card, rollback.", no_args_is_help=True, add_completion=False
-)
+app = typer.Typer(help="Registered model versions: list, card, rollback.", no_args_is_help=True, add_completion=False)
 console = Console()
 
 
@@ -105,7 +103,7 @@ def rollback(
     console.print(f"{settings.registered_model_name}@{alias}: version {old} -> {new}")
 
 
-class CardFormat(str, Enum):
+class CardFormat(StrEnum):
     md = "md"
     json = "json"
 

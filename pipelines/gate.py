@@ -44,8 +44,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from pipelines.config import CardBounds, GateConfig
-from recsys.evaluation.bias import ACTIVITY, BiasReport
 from recsys.evaluation.beyond import catalog_coverage
+from recsys.evaluation.bias import ACTIVITY, BiasReport
 from recsys.evaluation.metrics import ranking_metrics_at_k
 from recsys.evaluation.splits import Split, time_split
 from recsys.evaluation.topk import top_k_scores
@@ -362,9 +362,7 @@ def card_refusals(bounds: CardBounds, report: BiasReport | None, checks: dict[st
             continue
         detail = ""
         if bound == "max_group_gap":
-            g = max(
-                (g for g in report.groups if g.attribute != ACTIVITY and math.isfinite(g.gap)), key=lambda g: g.gap
-            )
+            g = max((g for g in report.groups if g.attribute != ACTIVITY and math.isfinite(g.gap)), key=lambda g: g.gap)
             detail = f" ({g.attribute}: {g.worst} vs {g.best})"
         elif bound == "max_leakage_auc":
             x = max((x for x in report.leakage if math.isfinite(x.auc)), key=lambda x: x.auc)

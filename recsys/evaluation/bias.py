@@ -195,8 +195,9 @@ def user_attribute_labels(users: pd.DataFrame, user_ids: np.ndarray) -> dict[str
     ``MAX_GROUPS`` distinct values as they are. Free-form ones (zip codes) are left out."""
     if users is None or users.empty or "attributes" not in users:
         return {}
-    attrs = pd.DataFrame(users["attributes"].tolist(), index=users["user_id"].astype(str).to_numpy())
-    attrs = attrs[~attrs.index.duplicated(keep="last")].reindex(pd.Index(np.asarray(user_ids).astype(str)))
+    catalog = pd.DataFrame(users["attributes"].tolist(), index=users["user_id"].astype(str).to_numpy())
+    catalog = catalog[~catalog.index.duplicated(keep="last")]
+    attrs = catalog.reindex(pd.Index(np.asarray(user_ids).astype(str)))
     out: dict[str, np.ndarray] = {}
     for key in sorted(attrs.columns, key=str):
         col = attrs[key]
@@ -210,7 +211,9 @@ def user_attribute_labels(users: pd.DataFrame, user_ids: np.ndarray) -> dict[str
             out[f"{key}_band"] = labels
             continue
         values = col[known].astype(str)
-        if values.nunique() < 2 or values.nunique() > MAX_GROUPS:
+        # whether an attribute makes groups is a property of the catalog, not of the users asked
+        distinct = catalog[key].dropna().astype(str).nunique()
+        if distinct < 2 or distinct > MAX_GROUPS:
             continue
         labels = np.full(len(col), None, dtype=object)
         labels[known.to_numpy()] = values.to_numpy()

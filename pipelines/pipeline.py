@@ -706,6 +706,7 @@ class Pipeline:
             self.config.bias.settings(ev.seed),
             model_kind=cand.kind,
             regularization=cand.params.get("regularization"),
+            leakage=False,  # the gate and the card use the served vectors' (index stage)
         )
 
     def _stage_index(self) -> dict[str, Any]:

@@ -285,6 +285,7 @@ def assess_holdout(config: TrainConfig, holdout: HoldoutFit, labels: dict[str, n
         config.bias.settings(config.seed),
         model_kind=config.model.kind,
         regularization=config.model.params.get("regularization"),
+        leakage=False,  # the card reports the leakage of the served vectors (measured on them)
     )
 
 

@@ -45,6 +45,10 @@ AGE_BANDS = (0, 18, 25, 35, 45, 56)
 MAX_GROUPS = 30
 #: the short head: this share of the items, the most popular ones
 HEAD_SHARE = 0.2
+#: user vectors wider than this (EASE's are a row of the item–item model) are reduced to their
+#: first LEAKAGE_COMPONENTS principal components before the leakage probe
+MAX_PROBE_DIMS = 256
+LEAKAGE_COMPONENTS = 128
 ACTIVITY = "activity"
 
 
@@ -348,9 +352,15 @@ def attribute_leakage(
     folds: int = 5,
     seed: int = 0,
 ) -> list[Leakage]:
-    """:class:`Leakage` of every attribute in ``labels`` (aligned with ``user_vectors`` rows)."""
+    """:class:`Leakage` of every attribute in ``labels`` (aligned with ``user_vectors`` rows).
+    Vectors wider than ``MAX_PROBE_DIMS`` are probed on their leading principal components
+    (a lower bound on what the full vectors leak)."""
     out = []
     X = np.asarray(user_vectors, dtype=np.float64)
+    if X.shape[1] > MAX_PROBE_DIMS and len(X) > LEAKAGE_COMPONENTS:
+        from sklearn.decomposition import PCA
+
+        X = PCA(n_components=LEAKAGE_COMPONENTS, random_state=seed, svd_solver="randomized").fit_transform(X)
     for attribute, lab in labels.items():
         lab = np.asarray(lab, dtype=object)
         known = pd.notna(lab)

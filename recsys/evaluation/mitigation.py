@@ -90,10 +90,12 @@ def assess(
     *,
     model_kind: str = "",
     regularization: float | None = None,
+    leakage: bool = True,
 ) -> Assessment:
     """Report + mitigations for a model fitted on ``train`` (its training matrix: confidence
     values for ALS) and scored on ``test`` for ``users`` (matrix rows). ``labels``: attribute
-    labels per matrix row (:func:`recsys.evaluation.bias.user_attribute_labels`)."""
+    labels per matrix row (:func:`recsys.evaluation.bias.user_attribute_labels`). ``leakage``:
+    measure the leakage of ``user_vectors`` (off when the caller measures the served vectors)."""
     train = sp.csr_matrix(train)
     users = np.asarray(users, dtype=np.int64)
     seen = train[users]
@@ -106,7 +108,8 @@ def assess(
         min_group_users=settings.min_group_users,
     )  # fmt: skip
     base = bias_report(recommended, test, train, k, **kw)
-    base = _with_leakage(base, served_leakage(user_vectors, labels, settings))
+    if leakage:
+        base = _with_leakage(base, served_leakage(user_vectors, labels, settings))
     out = Assessment(base)
     if settings.calibration > 0:
         popularity = np.diff(sp.csc_matrix(train).indptr).astype(np.float64)
@@ -136,6 +139,9 @@ def assess(
         after = bias_report(rec, test, train, k, **kw)
         after = _with_leakage(after, served_leakage(debiased, labels, settings))
         out.after["debias"] = after
+        before = base
+        if not base.leakage:  # measured here, on the same vectors, for the before/after pair
+            before = _with_leakage(base, served_leakage(user_vectors, labels, settings))
         out.mitigations.append(
             MitigationResult.compare(
                 "debias",
@@ -145,7 +151,7 @@ def assess(
                     "target_auc": settings.debias.target_auc,
                     "refit_items": bool(refit),
                 },
-                base,
+                before,
                 after,
             )
         )

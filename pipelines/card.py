@@ -70,7 +70,7 @@ class BiasConfig(_Strict):
     #: smaller groups are reported but left out of the worst/best gap
     min_group_users: int = Field(10, ge=1)
     #: leakage is measured on at most this many users
-    max_leakage_users: int = Field(20_000, ge=10)
+    max_leakage_users: int = Field(5_000, ge=10)
     #: popularity calibration strength served by default (0 = off; per request ``?calibration=``);
     #: when > 0 the card measures it on the holdout
     calibration: float = Field(0.0, ge=0, le=1)

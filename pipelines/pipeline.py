@@ -654,7 +654,13 @@ class Pipeline:
         if self.config.bias.enabled and len(users):
             assessment = self._assess(holdout, users, best)
             _write_json(self.run_dir / "evaluate" / "bias.json", assessment_dict(assessment))
-            tracking.log_metrics_finite(assessment.report.summary())
+            summary = {k: v for k, v in assessment.report.summary().items() if math.isfinite(v)}
+            tracking.log_metrics_finite(summary)
+            now = int(time.time() * 1000)
+            self.client.log_batch(
+                self.parent_id,
+                metrics=[mlflow.entities.Metric(k, float(v), now, 0) for k, v in summary.items() if "leakage" not in k],
+            )  # the version's run (leakage: of the served vectors, logged at index)
             arts.append("evaluate/bias.json")
         best_metrics = result["candidates"][best_label]
         self.client.log_batch(
@@ -749,6 +755,14 @@ class Pipeline:
         if bias.enabled:
             leakage = served_leakage(bundle.user_vectors, labels, bias.settings(self.config.evaluation.seed))
             _write_json(self.run_dir / "index" / "leakage.json", [asdict(x) for x in leakage])
+            self.client.log_batch(
+                self.parent_id,
+                metrics=[
+                    mlflow.entities.Metric(f"bias_leakage_{x.attribute}", x.auc, int(time.time() * 1000), 0)
+                    for x in leakage
+                    if math.isfinite(x.auc)
+                ],
+            )
         recall = {k: float(v) for k, v in bundle.info.items() if k.endswith("recall_at_10")}
         if self.config.index.kind == "exact":
             recall = {"index_user_recall_at_10": 1.0, "index_item_recall_at_10": 1.0}

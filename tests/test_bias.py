@@ -406,3 +406,40 @@ def test_api_calibration_changes_the_list_toward_the_history_mix(api_client):
     assert len(ids[1]) == 10 and len(set(ids[1])) == 10
     session = api_client.post("/recommendations", json={"item_ids": ["i1", "i2"], "calibration": 0.5, "k": 5})
     assert session.status_code == 200 and len(session.json()["items"]) == 5
+
+
+@pytest.mark.slow
+def test_pipeline_gate_refuses_on_a_card_bound_and_logs_the_card(tmp_path, monkeypatch):
+    """A feature-store pipeline run (synthetic users carry attributes): the card's group-gap
+    bound refuses the candidate by name; the rejected version still has its card."""
+    from feature_store import FeatureStore
+    from pipelines.card import load_model_card
+    from pipelines.config import PipelineConfig
+    from pipelines.pipeline import FAIL_ENV, run_pipeline
+    from recsys.datasets.synthetic import generate_synthetic
+    from recsys.settings import Settings
+
+    monkeypatch.setenv("RECSYS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv(FAIL_ENV, raising=False)
+    settings = Settings(data_dir=tmp_path / "data")
+    FeatureStore(settings.database_url).ingest(generate_synthetic(seed=1, n_users=400, n_items=200, n_events=15_000))
+    config = PipelineConfig.model_validate(
+        {
+            "name": "card",
+            "models": [{"kind": "als", "params": {"factors": 16, "iterations": 8, "regularization": 0.05}}],
+            "evaluation": {"eval_users": 400},
+            "index": {"kind": "exact"},
+            "gate": {"card": {"max_group_gap": 0.0, "min_coverage": 0.01}},
+            "bias": {"bootstrap": 100, "min_group_users": 5},
+        }
+    )
+    result = run_pipeline(settings, config, run_id="card-1")
+    assert result.status == "rejected"
+    assert "card.max_group_gap" in result.reason and "card.min_coverage" not in result.reason
+    decision = json.loads((result.run_dir / "gate" / "decision.json").read_text())
+    assert decision["refused_by"] == ["card.max_group_gap"]
+    card = load_model_card(settings, result.version)
+    assert card.version == result.version and card.bias is not None
+    assert card.bias.max_group_gap == pytest.approx(decision["checks"]["card_group_gap"])
+    assert {x.attribute for x in card.bias.leakage} >= {"cluster"}
+    assert card.validation_split.startswith("time holdout")

@@ -9,7 +9,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -471,8 +471,6 @@ def train(
             bundle.info["debias"] = debias_info
     if assessment is not None:
         # the card's leakage is that of the vectors served (after debiasing, when configured)
-        from dataclasses import replace
-
         report = replace(
             assessment.report,
             leakage=served_leakage(bundle.user_vectors, labels, config.bias.settings(config.seed)),

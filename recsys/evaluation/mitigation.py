@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -168,6 +168,4 @@ def assess(
 
 
 def _with_leakage(report: BiasReport, leakage) -> BiasReport:
-    from dataclasses import replace
-
     return replace(report, leakage=list(leakage))

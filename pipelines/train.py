@@ -470,12 +470,13 @@ def train(
             bundle.objects["debias"] = debiaser
             bundle.info["debias"] = debias_info
     if assessment is not None:
-        # the card's leakage is that of the vectors served (after debiasing, when configured)
-        report = replace(
-            assessment.report,
-            leakage=served_leakage(bundle.user_vectors, labels, config.bias.settings(config.seed)),
-        )
-        assessment = Assessment(report, assessment.mitigations, assessment.after)
+        with _stage("leakage", timings, on_stage):
+            # the card's leakage is that of the vectors served (after debiasing, when configured)
+            report = replace(
+                assessment.report,
+                leakage=served_leakage(bundle.user_vectors, labels, config.bias.settings(config.seed)),
+            )
+            assessment = Assessment(report, assessment.mitigations, assessment.after)
     client = tracking.setup(settings)
     with _stage("track", timings, on_stage), tempfile.TemporaryDirectory(prefix="bundle-") as tmp:
         bundle_dir = bundle.save(Path(tmp) / "bundle")
@@ -544,7 +545,8 @@ def train(
             mitigations=assessment.mitigations,
             serving={"calibration": config.bias.calibration, "debias": debias_info},
         )
-        log_card(client, run_id, card)
+        with _stage("card", timings, on_stage):
+            log_card(client, run_id, card)
     logger.info("trained %s: %s", model.kind, {k: round(v, 4) for k, v in metrics.items()})
     return TrainResult(
         run_id=run_id,

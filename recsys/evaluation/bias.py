@@ -353,8 +353,17 @@ def attribute_leakage(
     seed: int = 0,
 ) -> list[Leakage]:
     """:class:`Leakage` of every attribute in ``labels`` (aligned with ``user_vectors`` rows).
-    Vectors wider than ``MAX_PROBE_DIMS`` are probed on their leading principal components
-    (a lower bound on what the full vectors leak)."""
+
+    One (multinomial) logistic regression per attribute and fold, its out-of-fold decision
+    scores give each class's one-vs-rest AUC; users of classes with fewer than ``folds``
+    members are left out. Vectors wider than ``MAX_PROBE_DIMS`` are probed on their leading
+    principal components (a lower bound on what the full vectors leak)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     out = []
     X = np.asarray(user_vectors, dtype=np.float64)
     if X.shape[1] > MAX_PROBE_DIMS and len(X) > LEAKAGE_COMPONENTS:
@@ -367,7 +376,25 @@ def attribute_leakage(
         targets = binary_targets(lab[known], folds)
         if not targets:
             continue
-        per_class = {c: attribute_auc(X[known], t, folds=folds, seed=seed) for c, t in targets.items()}
+        y = lab[known].astype(str)
+        classes, counts = np.unique(y, return_counts=True)
+        keep = np.isin(y, classes[counts >= folds])
+        y, Xk = y[keep], X[known][keep]
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        scores = cross_val_predict(model, Xk, y, cv=cv, method="decision_function")
+        fitted = np.unique(y)
+        per_class = {}
+        for c in targets:
+            if c not in fitted:
+                continue
+            if len(fitted) == 2:  # one column: the score of fitted[1]
+                s = scores if c == fitted[1] else -scores
+            else:
+                s = scores[:, int(np.searchsorted(fitted, c))]
+            per_class[c] = float(roc_auc_score(y == c, s))
+        if not per_class:
+            continue
         aucs = list(per_class.values())
         out.append(Leakage(attribute, float(np.mean(aucs)), float(np.max(aucs)), int(known.sum()), per_class))
     return out

@@ -29,6 +29,9 @@ when the holdout cannot tell models apart — too few evaluation users or scorab
 right, by either side), a candidate below plain popularity on the same holdout
 (``below_popularity``) — and when the candidate lacks a capability production has, e.g. its
 content space and with it /search (``capability_loss``, unless ``allow_capability_loss``).
+With ``gate.card`` it also bounds the candidate's model card (pipelines/card.py): coverage,
+the largest user-group nDCG gap, exposure amplification and the attribute leakage of the
+served user vectors, each refusal named ``card.<bound>``.
 """
 
 from __future__ import annotations

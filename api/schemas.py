@@ -140,6 +140,8 @@ class SessionRequest(BaseModel):
     content_weight: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False)
     fusion: Fusion | None = None
     diversity: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    #: popularity calibration strength (0..1); None: the model's default
+    calibration: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
 
     @field_validator("weights")
     @classmethod

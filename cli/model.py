@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -10,7 +11,7 @@ from rich.table import Table
 
 from cli.common import cli_errors
 
-app = typer.Typer(help="Registered model versions: list, rollback.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="Registered model versions: list, card, rollback.", no_args_is_help=True, add_completion=False)
 console = Console()
 
 
@@ -32,11 +33,18 @@ def list_versions(limit: Annotated[int, typer.Option(min=1, help="newest N versi
         "ndcg@10",
         "recall@10",
         "coverage",
+        "amplif.",
+        "group gap",
         "index (recall@10, p50)",
         "created",
         "tags",
     ):
-        table.add_column(col, justify="right" if col in ("version", "ndcg@10", "recall@10", "coverage") else "left")
+        table.add_column(
+            col,
+            justify="right"
+            if col in ("version", "ndcg@10", "recall@10", "coverage", "amplif.", "group gap")
+            else "left",
+        )
     for r in rows:
         m = r["metrics"]
 
@@ -60,6 +68,8 @@ def list_versions(limit: Annotated[int, typer.Option(min=1, help="newest N versi
             fmt("ndcg_at_10"),
             fmt("recall_at_10"),
             fmt("coverage"),
+            fmt("bias_amplification"),
+            fmt("bias_max_group_gap"),
             index_summary(r["tags"], m),
             r["created"],
             other,
@@ -100,3 +110,24 @@ def rollback(
     alias = alias or settings.model_alias
     old, new = tracking.rollback_alias(client, settings.registered_model_name, alias)
     console.print(f"{settings.registered_model_name}@{alias}: version {old} -> {new}")
+
+
+class CardFormat(StrEnum):
+    md = "md"
+    json = "json"
+
+
+@app.command()
+@cli_errors
+def card(
+    version: Annotated[str, typer.Argument(help="registered version number")],
+    format: Annotated[CardFormat, typer.Option("--format", help="md (Markdown) or json")] = CardFormat.md,
+) -> None:
+    """The version's model card: data, model, validation metrics, bias report, mitigations."""
+    from cli.common import get_settings
+    from pipelines.card import load_model_card
+
+    if not version.isdigit():
+        raise ValueError(f"version must be a version number, got {version!r}")
+    model_card = load_model_card(get_settings(), version)
+    typer.echo(model_card.to_json() if format is CardFormat.json else model_card.to_markdown())

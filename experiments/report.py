@@ -23,6 +23,10 @@ logger = logging.getLogger(__name__)
 LOWER_IS_BETTER = {"avg_rec_popularity", "gini"}
 INFO_COLUMNS = ["kind", "run_id", "params"]
 TIME_COLUMNS = ["time_train_s", "time_eval_s", "index_recall_at_10"]
+#: the bias report's columns at the main k (recsys.evaluation.bias), shown beside accuracy;
+#: lower is better for each: exposure amplification, the largest worst/best nDCG gap over user
+#: attributes, the largest attribute leakage AUC of the user vectors
+BIAS_COLUMNS = ["bias_amplification", "bias_max_group_gap", "bias_max_leakage_auc"]
 _METRIC_RE = re.compile(r"^(?P<name>[a-z_]+)_at_(?P<k>\d+)$")
 #: the columns of the terminal table (the report and CSV carry all of them)
 TERMINAL_METRICS = ("precision", "recall", "ndcg", "map", "mrr", "coverage", "diversity", "avg_rec_popularity")
@@ -46,11 +50,18 @@ def ks_of(columns: Iterable[str]) -> list[int]:
 def _ordered(df: pd.DataFrame) -> pd.DataFrame:
     metrics = metric_columns(df.columns)
     rest = [
-        c for c in df.columns if c not in metrics and c not in INFO_COLUMNS and c not in TIME_COLUMNS and c != "error"
+        c
+        for c in df.columns
+        if c not in metrics
+        and c not in INFO_COLUMNS
+        and c not in TIME_COLUMNS
+        and c not in BIAS_COLUMNS
+        and c != "error"
     ]
     cols = (
         [c for c in INFO_COLUMNS if c in df]
         + metrics
+        + [c for c in BIAS_COLUMNS if c in df]
         + [c for c in TIME_COLUMNS if c in df]
         + rest
         + (["error"] if "error" in df else [])
@@ -112,6 +123,10 @@ def best_models(df: pd.DataFrame) -> dict[str, str]:
             continue
         name = _METRIC_RE.match(c)["name"]
         out[c] = s.idxmin() if name in LOWER_IS_BETTER else s.idxmax()
+    for c in BIAS_COLUMNS:
+        s = pd.to_numeric(df[c], errors="coerce").dropna() if c in df else pd.Series(dtype=float)
+        if not s.empty:
+            out[c] = s.idxmin()
     return out
 
 
@@ -146,13 +161,18 @@ def rich_table(df: pd.DataFrame, k: int, title: str = ""):
     from rich.table import Table
 
     compact = [f"{m}_at_{k}" for m in TERMINAL_METRICS if f"{m}_at_{k}" in df]
-    cols = (compact or main_columns(df, k)) + [c for c in TIME_COLUMNS if c in df]
+    cols = (
+        (compact or main_columns(df, k)) + [c for c in BIAS_COLUMNS if c in df] + [c for c in TIME_COLUMNS if c in df]
+    )
     best = best_models(df)
     table = Table(title=title or f"metrics @ {k}", show_lines=False)
     table.add_column("model", overflow="fold")
     for c in cols:
         table.add_column(
             c.replace(f"_at_{k}", f"@{k}")
+            .replace("bias_amplification", "amplif.")
+            .replace("bias_max_group_gap", "group gap")
+            .replace("bias_max_leakage_auc", "leakage AUC")
             .replace("avg_rec_popularity", "ARP")
             .replace("coverage", "cov")
             .replace("diversity", "ILD")
@@ -307,7 +327,10 @@ def write_report(
     if context:
         lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in context.items()] + [""]
     lines += [f"## Metrics @ {main_k}", "", "Best per column in **bold** (lowest for avg_rec_popularity and gini).", ""]
-    lines += [_markdown_table(ok[main_columns(ok, main_k) + [c for c in TIME_COLUMNS if c in ok]], best), ""]
+    lines += [
+        _markdown_table(ok[main_columns(ok, main_k) + [c for c in BIAS_COLUMNS + TIME_COLUMNS if c in ok]], best),
+        "",
+    ]
     lines += ["![metric bars](metric_bars.png)", "", "## Metrics at every k", ""]
     lines += [
         _markdown_table(

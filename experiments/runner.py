@@ -39,6 +39,7 @@ from recsys.evaluation import (
     time_split,
     top_k_scores,
 )
+from recsys.evaluation.bias import bias_report, user_attribute_labels
 from recsys.evaluation.splits import Split
 from recsys.matrix import InteractionMatrix
 from recsys.models.config import ModelConfig
@@ -118,6 +119,8 @@ class PreparedData:
     diversity_embeddings: np.ndarray | None
     user_attribute: str | None
     user_groups: pd.Series | None
+    #: group label per user row for every user attribute (recsys.evaluation.bias)
+    attribute_labels: dict[str, np.ndarray] = field(default_factory=dict)
     _matrices: dict = field(default_factory=dict)
     _features: dict = field(default_factory=dict)
 
@@ -176,6 +179,7 @@ def prepare_data(spec: ExperimentSpec, dataset: Dataset, split: Split | None = N
         else None,
         user_attribute=attribute,
         user_groups=groups,
+        attribute_labels=user_attribute_labels(dataset.users, base.user_ids),
     )
 
 
@@ -331,8 +335,33 @@ def fit_and_evaluate(
         recall = index_recall(model, data, spec.index_recall_queries, spec.seed)
         if recall is not None:
             metrics["index_recall_at_10"] = recall
+    if with_breakdown:
+        metrics.update(bias_columns(model, recommended, data, spec))
     table = user_breakdown(recommended, data, spec.main_k) if with_breakdown else None
     return metrics, table
+
+
+def bias_columns(model, recommended: np.ndarray, data: PreparedData, spec: ExperimentSpec) -> dict[str, float]:
+    """The bias report's numbers at the main k (``bias_…``; recsys.evaluation.bias): exposure
+    amplification, the largest group gap over user attributes, the largest leakage AUC."""
+    k = spec.main_k
+    vectors = getattr(model, "user_vectors_", None)
+    report = bias_report(
+        recommended[:, :k],
+        data.test,
+        data.binary_train,
+        k,
+        user_rows=data.eval_users,
+        attributes=data.attribute_labels,
+        user_vectors=None if vectors is None else np.asarray(vectors)[: len(data.user_ids)],
+        seed=spec.seed,
+        n_boot=200,
+    )
+    return {
+        "bias_amplification": report.amplification,
+        "bias_max_group_gap": report.max_group_gap,
+        "bias_max_leakage_auc": report.max_leakage_auc,
+    }
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipelines.card import BiasConfig
 from pipelines.train import IndexConfig, TrainConfig
 from recsys.models.config import ModelConfig
 
@@ -94,6 +95,19 @@ class ValidationConfig(_Strict):
     drift: DriftConfig = Field(default_factory=DriftConfig)
 
 
+class CardBounds(_Strict):
+    """Bounds on the model card's bias report (pipelines/card.py); None: not checked."""
+
+    #: catalogue coverage of the holdout recommendations
+    min_coverage: float | None = Field(None, ge=0, le=1)
+    #: the largest worst/best nDCG gap over the user attributes (activity buckets excluded)
+    max_group_gap: float | None = Field(None, ge=0)
+    #: exposure Gini − data Gini
+    max_amplification: float | None = None
+    #: the largest attribute leakage AUC of the served user vectors
+    max_leakage_auc: float | None = Field(None, ge=0.5, le=1)
+
+
 class GateConfig(_Strict):
     #: metric name as produced by evaluation, e.g. ``ndcg_at_10``
     metric: str = "ndcg_at_10"
@@ -116,6 +130,9 @@ class GateConfig(_Strict):
     #: promote even if the candidate lacks a capability production has (content space, /search,
     #: content/hybrid modes); by default that is refused (rule ``capability_loss``)
     allow_capability_loss: bool = False
+    #: bounds on the candidate's model card (its bias report); each one that fails refuses
+    #: with a rule named after it (``card.min_coverage``, …)
+    card: CardBounds | None = None
 
 
 class NotifyConfig(_Strict):
@@ -167,6 +184,8 @@ class PipelineConfig(_Strict):
     search: SearchCadenceConfig | None = None
     #: also copy the snapshot Parquet files into MLflow (their sha256 is always logged)
     log_snapshot_artifacts: bool = False
+    #: the model card's bias report and the mitigations (as ``recsys train``'s ``bias:``)
+    bias: BiasConfig = Field(default_factory=BiasConfig)
 
     @field_validator("models")
     @classmethod
@@ -192,6 +211,7 @@ class PipelineConfig(_Strict):
             index=self.index,
             register_version=False,
             promote_alias=None,
+            bias=self.bias,
         )
 
     def digest(self) -> str:

@@ -29,6 +29,9 @@ when the holdout cannot tell models apart — too few evaluation users or scorab
 right, by either side), a candidate below plain popularity on the same holdout
 (``below_popularity``) — and when the candidate lacks a capability production has, e.g. its
 content space and with it /search (``capability_loss``, unless ``allow_capability_loss``).
+With ``gate.card`` it also bounds the candidate's model card (pipelines/card.py): coverage,
+the largest user-group nDCG gap, exposure amplification and the attribute leakage of the
+served user vectors, each refusal named ``card.<bound>``.
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pipelines.config import GateConfig
+from pipelines.config import CardBounds, GateConfig
 from recsys.evaluation.beyond import catalog_coverage
+from recsys.evaluation.bias import ACTIVITY, BiasReport
 from recsys.evaluation.metrics import ranking_metrics_at_k
 from recsys.evaluation.splits import Split, time_split
 from recsys.evaluation.topk import top_k_scores
@@ -208,6 +212,11 @@ RULES = (
     "holdout_uninformative",
     "below_popularity",
     "capability_loss",
+    "card.min_coverage",
+    "card.max_group_gap",
+    "card.max_amplification",
+    "card.max_leakage_auc",
+    "card_missing",
 )
 
 
@@ -235,9 +244,11 @@ def decide(
     holdout: HoldoutStats | None = None,
     production_capabilities: Iterable[str] | None = None,
     candidate_capabilities: Iterable[str] | None = None,
+    card: BiasReport | None = None,
 ) -> GateDecision:
     """Candidate vs production on the same holdout, whether the holdout can tell them apart,
-    the popularity baseline, lost capabilities, index recall and sanity bounds."""
+    the popularity baseline, lost capabilities, index recall, sanity bounds and the bounds on
+    the candidate's model card (``cfg.card``: its bias report)."""
     reasons: list[str] = []
     refused_by: list[str] = []
     checks: dict[str, Any] = {}
@@ -322,4 +333,44 @@ def decide(
                 "coverage_collapse",
                 f"sanity: coverage collapsed to {cov:.4f} (production {production['coverage']:.4f}, floor {floor:.4f})",
             )
+    if cfg.card is not None:
+        for rule, message in card_refusals(cfg.card, card, checks):
+            refuse(rule, message)
     return GateDecision(passed=not reasons, reasons=reasons, checks=checks, refused_by=refused_by)
+
+
+def card_refusals(bounds: CardBounds, report: BiasReport | None, checks: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(rule, message)`` for every bound on the model card that fails (``card.<bound>``);
+    the measured values go into ``checks``."""
+    wanted = {k: v for k, v in bounds.model_dump().items() if v is not None}
+    if not wanted:
+        return []
+    if report is None:
+        return [("card_missing", f"the gate bounds the model card ({', '.join(wanted)}) but no bias report was made")]
+    out = []
+    measured = {
+        "min_coverage": report.coverage,
+        "max_group_gap": report.max_group_gap,
+        "max_amplification": report.amplification,
+        "max_leakage_auc": report.max_leakage_auc,
+    }
+    for bound, limit in wanted.items():
+        value = measured[bound]
+        checks[f"card_{bound.removeprefix('min_').removeprefix('max_')}"] = value
+        low = bound.startswith("min_")
+        if math.isfinite(value) and (value >= limit if low else value <= limit):
+            continue
+        if not math.isfinite(value):
+            out.append((f"card.{bound}", f"not measurable on this holdout ({value}), bound {limit}"))
+            continue
+        detail = ""
+        if bound == "max_group_gap":
+            g = max((g for g in report.groups if g.attribute != ACTIVITY and math.isfinite(g.gap)), key=lambda g: g.gap)
+            detail = f" ({g.attribute}: {g.worst} vs {g.best})"
+        elif bound == "max_leakage_auc":
+            x = max((x for x in report.leakage if math.isfinite(x.auc)), key=lambda x: x.auc)
+            detail = f" ({x.attribute})"
+        op = "<" if low else ">"
+        what = bound.removeprefix("min_").removeprefix("max_").replace("_", " ")
+        out.append((f"card.{bound}", f"model card {what} {value:.4f}{detail} {op} {limit}"))
+    return out

@@ -29,7 +29,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,6 +41,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from pipelines import tracking
+from pipelines.card import assessment_dict, assessment_from_dict, log_card, new_card
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.gate import (
     GateDecision,
@@ -55,15 +56,18 @@ from pipelines.gate import (
     trained_until,
 )
 from pipelines.lock import pipeline_lock
-from pipelines.train import ModelConfig, build_bundle, fit_model
+from pipelines.train import ModelConfig, build_bundle, debias_model, fit_model
 from pipelines.validate import ValidationFailed, snapshot_stats, validate_snapshot
 from recsys.bundle import ModelBundle, manifest_capabilities
+from recsys.evaluation.bias import BiasReport, Leakage, user_attribute_labels
+from recsys.evaluation.mitigation import Assessment, assess, served_leakage
 from recsys.index.annoy_index import file_sha256
 from recsys.matrix import InteractionMatrix
 from recsys.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+USER_ATTRIBUTES = "user_attributes.parquet"
 STAGES = ("snapshot", "validate", "train", "evaluate", "index", "gate", "register", "promote", "notify")
 FAIL_ENV = "RECSYS_FAIL_AT_STAGE"
 
@@ -367,6 +371,15 @@ class Pipeline:
         stats_path = best[1] / "snapshot" / "stats.json"
         return _read_json(stats_path) if stats_path.exists() else None
 
+    def _labels(self, user_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Group labels per user of ``user_ids`` from the snapshot's user attributes."""
+        path = self.run_dir / "snapshot" / USER_ATTRIBUTES
+        if not path.exists():
+            return {}
+        users = pd.read_parquet(path)
+        users["attributes"] = [json.loads(a) for a in users["attributes"]]
+        return user_attribute_labels(users, user_ids)
+
     def _production(self):
         version = tracking.resolve_alias(self.client, self.model_name, self.alias)
         if version is None:
@@ -389,9 +402,18 @@ class Pipeline:
             finally:
                 store.dispose()
             events, items, users = dataset.events, dataset.items[["item_id", "available"]], dataset.users[["user_id"]]
+            attributes = dataset.users[["user_id", "attributes"]]
             del dataset
         else:
-            events, items, users = _read_dataset_source(src)
+            events, items, users, attributes = _read_dataset_source(src)
+        if attributes is not None and len(attributes):
+            # user attributes (JSON per user) for the model card's group and leakage report
+            pd.DataFrame(
+                {
+                    "user_id": attributes["user_id"].astype(str).to_numpy(),
+                    "attributes": [json.dumps(a or {}, default=str) for a in attributes["attributes"]],
+                }
+            ).to_parquet(out / USER_ATTRIBUTES, index=False)
         events.to_parquet(out / "events.parquet", index=False)
         items.to_parquet(out / "items.parquet", index=False)
         users.to_parquet(out / "users.parquet", index=False)
@@ -628,6 +650,18 @@ class Pipeline:
         else:
             result["production"] = None
         _write_json(self.run_dir / "evaluate" / "metrics.json", result)
+        arts = ["evaluate/metrics.json"]
+        if self.config.bias.enabled and len(users):
+            assessment = self._assess(holdout, users, best)
+            _write_json(self.run_dir / "evaluate" / "bias.json", assessment_dict(assessment))
+            summary = {k: v for k, v in assessment.report.summary().items() if math.isfinite(v)}
+            tracking.log_metrics_finite(summary)
+            now = int(time.time() * 1000)
+            self.client.log_batch(
+                self.parent_id,
+                metrics=[mlflow.entities.Metric(k, float(v), now, 0) for k, v in summary.items() if "leakage" not in k],
+            )  # the version's run (leakage: of the served vectors, logged at index)
+            arts.append("evaluate/bias.json")
         best_metrics = result["candidates"][best_label]
         self.client.log_batch(
             self.parent_id,
@@ -651,8 +685,35 @@ class Pipeline:
             "best_index": best["index"],
             "best_metrics": best_metrics,
             "production_version": result["production"]["version"] if result["production"] else None,
-            "_log_artifacts": ["evaluate/metrics.json"],
+            "_log_artifacts": arts,
         }
+
+    def _assess(self, holdout: Holdout, users: np.ndarray, best: dict[str, Any]) -> Assessment:
+        """The best candidate's bias report and configured mitigations on the holdout."""
+        cand = self._trained_candidates()[best["index"]]
+        vec = np.load(self.run_dir / "train" / str(best["index"]) / "eval_vectors.npz")
+        train = InteractionMatrix.from_events(
+            holdout.split.train,
+            user_ids=holdout.user_ids,
+            item_ids=holdout.item_ids,
+            weighting=cand.weighting,
+            alpha=cand.alpha,
+        )
+        ev = self.config.evaluation
+        return assess(
+            vec["user_vectors"],
+            vec["item_vectors"],
+            best["metric"] if best["metric"] in ("dot", "cosine") else "dot",
+            train.matrix,
+            holdout.test,
+            users,
+            ev.k,
+            self._labels(holdout.user_ids),
+            self.config.bias.settings(ev.seed),
+            model_kind=cand.kind,
+            regularization=cand.params.get("regularization"),
+            leakage=False,  # the gate and the card use the served vectors' (index stage)
+        )
 
     def _stage_index(self) -> dict[str, Any]:
         ev = self.state.output("evaluate")
@@ -681,7 +742,27 @@ class Pipeline:
             "metrics": ev["best_metrics"],
             "pipeline": {"name": self.config.name, "run_id": self.run_id, "candidate": cand.label},
         }
+        bias = self.config.bias
+        labels = self._labels(matrix.user_ids) if bias.enabled or bias.debias is not None else {}
+        debiaser, debias_info = None, None
+        if bias.debias is not None:
+            model, debiaser, debias_info = debias_model(tc, model, matrix, labels)
         bundle = build_bundle(tc, model, matrix, info)
+        bundle.info["calibration"] = bias.calibration
+        if debiaser is not None:
+            bundle.objects["debias"] = debiaser
+            bundle.info["debias"] = debias_info
+        if bias.enabled:
+            leakage = served_leakage(bundle.user_vectors, labels, bias.settings(self.config.evaluation.seed))
+            _write_json(self.run_dir / "index" / "leakage.json", [asdict(x) for x in leakage])
+            self.client.log_batch(
+                self.parent_id,
+                metrics=[
+                    mlflow.entities.Metric(f"bias_leakage_{x.attribute}", x.auc, int(time.time() * 1000), 0)
+                    for x in leakage
+                    if math.isfinite(x.auc)
+                ],
+            )
         recall = {k: float(v) for k, v in bundle.info.items() if k.endswith("recall_at_10")}
         if self.config.index.kind == "exact":
             recall = {"index_user_recall_at_10": 1.0, "index_item_recall_at_10": 1.0}
@@ -689,7 +770,7 @@ class Pipeline:
         bundle.save(self.run_dir / "index" / "bundle")
         mlflow.log_metrics(recall)
         mlflow.log_artifact(str(self.run_dir / "index" / "bundle" / "manifest.json"), "index")
-        return {"recall": recall, "vectors_finite": finite, "bundle": "index/bundle"}
+        return {"recall": recall, "vectors_finite": finite, "bundle": "index/bundle", "debias": debias_info}
 
     def _stage_gate(self) -> dict[str, Any]:
         metrics = _read_json(self.run_dir / "evaluate" / "metrics.json")
@@ -708,6 +789,7 @@ class Pipeline:
             holdout=HoldoutStats(int(metrics["eval_users"]), int(metrics.get("test_interactions", 0))),
             production_capabilities=self._production_capabilities(metrics.get("production")),
             candidate_capabilities=candidate_caps,
+            card=self._bias_report(),
         )
         out = {
             "passed": decision.passed,
@@ -728,6 +810,18 @@ class Pipeline:
             "gate %s: %s", "passed" if decision.passed else "REJECTED", decision.reason
         )
         return {**out, "_log_artifacts": ["gate/decision.json"]}
+
+    def _bias_report(self) -> BiasReport | None:
+        """The candidate's bias report (evaluate stage) with the leakage of the vectors it
+        serves (index stage); None when the bias report is off or had no users."""
+        path = self.run_dir / "evaluate" / "bias.json"
+        if not path.exists():
+            return None
+        report = assessment_from_dict(_read_json(path)).report
+        leakage = self.run_dir / "index" / "leakage.json"
+        if leakage.exists():
+            report = replace(report, leakage=[Leakage(**x) for x in _read_json(leakage)])
+        return report
 
     def _production_capabilities(self, production: dict[str, Any] | None) -> list[str] | None:
         """What production serves (recorded at train; read from its manifest for older runs)."""
@@ -752,6 +846,7 @@ class Pipeline:
         existing = self._find_registered()
         if existing is not None:
             logger.info("register: version %s already registered by this run; reusing it", existing.version)
+            self._log_card(str(existing.version))
             return {"version": str(existing.version), "reused": True}
         bundle_dir = self.run_dir / "index" / "bundle"
         manifest = _read_json(bundle_dir / "manifest.json")
@@ -777,7 +872,32 @@ class Pipeline:
         mv = tracking.register_bundle(self.client, self.model_name, self.parent_id, tags=tags)
         mlflow.set_tag("version", str(mv.version))
         self.client.set_tag(self.parent_id, "version", str(mv.version))
+        self._log_card(str(mv.version))
         return {"version": str(mv.version), "reused": False}
+
+    def _log_card(self, version: str) -> None:
+        """The version's model card, on the parent run (the version's run) under model_card/."""
+        if not self.config.bias.enabled:
+            return
+        path = self.run_dir / "evaluate" / "bias.json"
+        assessment = assessment_from_dict(_read_json(path)) if path.exists() else None
+        ev = self.state.output("evaluate")
+        cand = self._trained_candidates()[ev["best_index"]]
+        stats = _read_json(self.run_dir / "snapshot" / "stats.json")
+        tr = self.state.output("train")
+        card = new_card(
+            model_name=self.model_name,
+            version=version,
+            run_id=self.parent_id,
+            model=cand.model_dump(mode="json"),
+            data_stats=stats,
+            validation=ev["best_metrics"],
+            validation_split=f"time holdout: events from {tr['cutoff']} ({tr['holdout_mode']})",
+            bias=self._bias_report(),
+            mitigations=assessment.mitigations if assessment is not None else [],
+            serving={"calibration": self.config.bias.calibration, "debias": self.state.output("index").get("debias")},
+        )
+        log_card(self.client, self.parent_id, card)
 
     def _stage_promote(self) -> dict[str, Any]:
         gate = self.state.output("gate")
@@ -855,8 +975,9 @@ def _list_artifacts(client, run_id: str, path: str) -> list:
     return out
 
 
-def _read_dataset_source(src) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Events (normalized, duplicates kept), items and users (ids only, duplicates kept)."""
+def _read_dataset_source(src) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    """Events (normalized, duplicates kept), items and users (ids only, duplicates kept), and
+    the users' attributes when the source has them (``user_id``, ``attributes`` dicts)."""
     from recsys.datasets.base import DatasetError, normalize_events
 
     if not src.path.exists():
@@ -879,11 +1000,11 @@ def _read_dataset_source(src) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
         )
         if "available" not in items:
             items["available"] = True
-        return events, items, users
+        return events, items, users, None
     from recsys.datasets import load_dataset
 
     ds = load_dataset(src.format, src.path)
-    return ds.events, ds.items[["item_id", "available"]], ds.users[["user_id"]]
+    return ds.events, ds.items[["item_id", "available"]], ds.users[["user_id"]], ds.users[["user_id", "attributes"]]
 
 
 def run_pipeline(

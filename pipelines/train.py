@@ -9,7 +9,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -20,9 +20,12 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines import tracking
+from pipelines.card import BiasConfig, log_card, new_card
 from recsys.bundle import ModelBundle
 from recsys.datasets.base import Dataset, DatasetError
+from recsys.evaluation.bias import user_attribute_labels
 from recsys.evaluation.metrics import ranking_metrics_at_k
+from recsys.evaluation.mitigation import Assessment, assess, fit_debiaser, served_leakage
 from recsys.evaluation.splits import random_split
 from recsys.evaluation.topk import top_k_scores
 from recsys.features import build_item_features, build_user_features
@@ -104,6 +107,9 @@ class TrainConfig(_Config):
     index: IndexConfig = Field(default_factory=IndexConfig)
     register_version: bool = True
     promote_alias: str | None = "production"
+    #: the model card's bias report and the mitigations (popularity calibration served by
+    #: default, linear debiasing of the user vectors); pipelines/card.py
+    bias: BiasConfig = Field(default_factory=BiasConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -145,6 +151,17 @@ class TrainResult:
     metrics: dict[str, float]
     bundle_uri: str
     timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class HoldoutFit:
+    """What the holdout evaluation fitted and scored: the model, its train matrix (weighted as
+    the config says), the test matrix and the evaluated users (rows of both)."""
+
+    model: Embedder
+    train: InteractionMatrix
+    test: InteractionMatrix
+    users: np.ndarray
 
 
 @contextmanager
@@ -204,6 +221,13 @@ def evaluate_holdout(config: TrainConfig, dataset: Dataset, full: InteractionMat
     With a content encoder, the content-only and hybrid rankings are scored on the same split
     (prefixes ``content_`` and ``hybrid_``); unprefixed metrics are the collaborative model's.
     """
+    return fit_holdout(config, dataset, full, encoder)[0]
+
+
+def fit_holdout(
+    config: TrainConfig, dataset: Dataset, full: InteractionMatrix, encoder=None
+) -> tuple[dict[str, float], HoldoutFit]:
+    """:func:`evaluate_holdout`, plus what it fitted (for the bias report)."""
     # Only the columns the matrices need: the split then copies codes and floats, not 5M
     # event-id strings and timestamps it never looks at (same rows, same order: same split).
     split = random_split(
@@ -243,7 +267,58 @@ def evaluate_holdout(config: TrainConfig, dataset: Dataset, full: InteractionMat
         out.update({f"{prefix}{name}_at_{config.k}": float(v) for name, v in metrics.items() if name != "n_users"})
     out["eval_users"] = float(len(users))
     out.update({f"split_{k}": float(v) for k, v in split.report.items() if isinstance(v, (int, float))})
-    return out
+    return out, HoldoutFit(model, train, test, users)
+
+
+def assess_holdout(config: TrainConfig, holdout: HoldoutFit, labels: dict[str, np.ndarray]) -> Assessment:
+    """The bias report and each configured mitigation on the holdout (pipelines/card.py)."""
+    model = holdout.model
+    return assess(
+        model.user_vectors_,
+        model.item_vectors_,
+        model.metric if model.metric in ("dot", "cosine") else "dot",
+        holdout.train.matrix,
+        holdout.test.matrix,
+        holdout.users,
+        config.k,
+        labels,
+        config.bias.settings(config.seed),
+        model_kind=config.model.kind,
+        regularization=config.model.params.get("regularization"),
+        leakage=False,  # the card reports the leakage of the served vectors (measured on them)
+    )
+
+
+@dataclass
+class DebiasedModel:
+    """A fitted model with its user vectors debiased (and, for ALS, its item vectors refit)."""
+
+    kind: str
+    metric: str
+    user_vectors_: np.ndarray
+    item_vectors_: np.ndarray
+
+
+def debias_model(config: TrainConfig, model, matrix: InteractionMatrix, labels: dict[str, np.ndarray]):
+    """``(model with debiased vectors, the fitted LinearDebiaser, info for the manifest)``."""
+    from recsys.models.debias import refit_als_items
+
+    settings = config.bias.settings(config.seed)
+    debiaser = fit_debiaser(model.user_vectors_, labels, settings.debias, config.seed)
+    users = debiaser.transform(np.asarray(model.user_vectors_, np.float32))
+    items = model.item_vectors_
+    refit = settings.debias.refit_items and config.model.kind == "als" and "regularization" in config.model.params
+    if refit:
+        items = refit_als_items(users, matrix.matrix, float(config.model.params["regularization"]))
+    info = {
+        "attributes": list(settings.debias.attributes),
+        "directions": debiaser.n_directions,
+        "refit_items": bool(refit),
+        "leakage_before": debiaser.auc_before_,
+        "leakage_after": debiaser.auc_after_,
+    }
+    logger.info("debiased user vectors: %s", info)
+    return DebiasedModel(model.kind, model.metric, users, items), debiaser, info
 
 
 def build_bundle(
@@ -373,13 +448,35 @@ def train(
         with _stage("content", timings, on_stage):
             encoder = fit_content(config, dataset, full.item_ids)
     with _stage("evaluate", timings, on_stage):
-        metrics = evaluate_holdout(config, dataset, full, encoder)
+        metrics, holdout = fit_holdout(config, dataset, full, encoder)
+    labels = user_attribute_labels(dataset.users, full.user_ids)
+    assessment = None
+    if config.bias.enabled:
+        with _stage("bias", timings, on_stage):
+            assessment = assess_holdout(config, holdout, labels)
+    del holdout
     with _stage("fit", timings, on_stage):
         model = fit_model(config.model, full, dataset)
+    debiaser, debias_info = None, None
+    if config.bias.debias is not None:
+        with _stage("debias", timings, on_stage):
+            model, debiaser, debias_info = debias_model(config, model, full, labels)
     stats = dataset.stats()
     stats["as_of"] = (as_of or datetime.now().astimezone()).isoformat()
     with _stage("index", timings, on_stage):
         bundle = build_bundle(config, model, full, {"data": stats, "metrics": metrics}, dataset, encoder)
+        bundle.info["calibration"] = config.bias.calibration
+        if debiaser is not None:
+            bundle.objects["debias"] = debiaser
+            bundle.info["debias"] = debias_info
+    if assessment is not None:
+        with _stage("leakage", timings, on_stage):
+            # the card's leakage is that of the vectors served (after debiasing, when configured)
+            report = replace(
+                assessment.report,
+                leakage=served_leakage(bundle.user_vectors, labels, config.bias.settings(config.seed)),
+            )
+            assessment = Assessment(report, assessment.mitigations, assessment.after)
     client = tracking.setup(settings)
     with _stage("track", timings, on_stage), tempfile.TemporaryDirectory(prefix="bundle-") as tmp:
         bundle_dir = bundle.save(Path(tmp) / "bundle")
@@ -422,6 +519,8 @@ def train(
                 }
             )
             mlflow.log_metrics({f"time_{k}_s": v for k, v in timings.items()})
+            if assessment is not None:
+                tracking.log_metrics_finite(assessment.report.summary())
             tracking.log_bundle(bundle_dir)
             run_id = run.info.run_id
         version = None
@@ -433,6 +532,21 @@ def train(
             version = str(mv.version)
             if config.promote_alias:
                 tracking.set_alias(client, settings.registered_model_name, config.promote_alias, version)
+    if assessment is not None:
+        card = new_card(
+            model_name=settings.registered_model_name,
+            version=version,
+            run_id=run_id,
+            model=config.model.model_dump(mode="json"),
+            data_stats=stats,
+            validation=metrics,
+            validation_split=f"per-user random holdout, test_ratio {config.test_ratio}, seed {config.seed}",
+            bias=assessment.report,
+            mitigations=assessment.mitigations,
+            serving={"calibration": config.bias.calibration, "debias": debias_info},
+        )
+        with _stage("card", timings, on_stage):
+            log_card(client, run_id, card)
     logger.info("trained %s: %s", model.kind, {k: round(v, 4) for k, v in metrics.items()})
     return TrainResult(
         run_id=run_id,

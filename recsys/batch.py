@@ -11,6 +11,8 @@ request's filters. Two ways to get there:
 - **index** — when serving asks an approximate index (HNSW, Annoy): each user goes through
   :meth:`Recommender.recommend_for_user` itself, so the lists are the API's by construction
   (the ANN answer depends on how many candidates are fetched, which depends on the history).
+  Also when the model serves with popularity calibration by default (``bias.calibration``):
+  the re-ranking is the Ranker's, per user.
 
 Either way, batches of users are yielded as arrays; the caller writes them (cli/recommend.py
 writes Parquet). Trained vectors are used as they are: unlike the API, fresh events posted
@@ -74,6 +76,8 @@ def batch_path(recommender: Recommender, exact: bool = False) -> str:
     """``scan`` or ``index`` (see module doc) for this model."""
     index = recommender.bundle.indexes.get("user")
     metric = index.metric if index is not None else recommender.bundle.metric
+    if recommender.ranker.default_calibration > 0:
+        return "index"
     if (
         (exact or not serving_uses_index(recommender))
         and metric in SCAN_METRICS

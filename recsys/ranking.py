@@ -19,11 +19,12 @@ import math
 import numbers
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from recsys.catalog_state import NO_FILTERS, CatalogState, Filters
+from recsys.evaluation.bias import popularity_deciles
 from recsys.hybrid import FUSIONS, blend
 from recsys.index.annoy_index import AnnoyItemIndex
 from recsys.index.base import ItemIndex
@@ -36,6 +37,10 @@ MODES = ("collaborative", "content", "hybrid")
 SPACE_OF_ROLE = {"user": "cf", "item": "cf", "content": "content"}
 #: how many of the user's most recent items an explanation may point to
 REASON_ANCHORS = 50
+
+#: calibration re-ranks the best max(factor × n, n + min) candidates
+CALIBRATION_POOL_FACTOR = 10
+CALIBRATION_POOL_MIN = 100
 
 _NO_POSITIONS = np.empty(0, np.int64)
 _NO_POSITIONS.flags.writeable = False
@@ -92,6 +97,9 @@ class RankRequest:
     fusion: str | None = None
     #: MMR λ in [0, 1] (1 = pure relevance); None: no re-ranking
     diversity: float | None = None
+    #: popularity calibration strength in [0, 1] (0 = the list as ranked; :func:`calibrate`);
+    #: None: the model's default
+    calibration: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -119,6 +127,8 @@ class RankRequest:
             raise RankRequestError("fusion", f"must be one of {FUSIONS}, got {self.fusion!r}")
         if self.diversity is not None and not (_finite_number(self.diversity) and 0 <= self.diversity <= 1):
             raise RankRequestError("diversity", f"must be a number in [0, 1], got {self.diversity!r}")
+        if self.calibration is not None and not (_finite_number(self.calibration) and 0 <= self.calibration <= 1):
+            raise RankRequestError("calibration", f"must be a number in [0, 1], got {self.calibration!r}")
 
     @property
     def n(self) -> int:
@@ -127,8 +137,11 @@ class RankRequest:
 
     @property
     def pool(self) -> int:
-        """Candidates to fetch: with MMR a wider pool is re-ranked than returned."""
-        return self.n if self.diversity is None or self.diversity >= 1.0 else max(3 * self.n, self.n + 30)
+        """Candidates to fetch: with MMR or calibration a wider pool is re-ranked than returned."""
+        pool = self.n if self.diversity is None or self.diversity >= 1.0 else max(3 * self.n, self.n + 30)
+        if self.calibration:
+            pool = max(pool, CALIBRATION_POOL_FACTOR * self.n, self.n + CALIBRATION_POOL_MIN)
+        return pool
 
 
 def _finite_number(x) -> bool:
@@ -149,6 +162,7 @@ class Ranker:
         model_metric: str = "dot",
         default_blend_weights: Sequence[float] = (0.5, 0.5),
         default_fusion: str = "weighted",
+        default_calibration: float = 0.0,
     ) -> None:
         self.catalog = catalog
         # np.asarray drops the memmap subclass: row reads stay plain ndarray views
@@ -162,6 +176,7 @@ class Ranker:
         self.model_metric = model_metric
         self.default_blend_weights = tuple(float(w) for w in default_blend_weights)
         self.default_fusion = default_fusion
+        self.default_calibration = float(default_calibration)
         self._caches_dropped()
         #: roles answered through their Annoy index (the rest by an exact scan)
         self.indexed_roles = frozenset(role for role in self.indexes if self._index_beats_scan(role))
@@ -189,6 +204,15 @@ class Ranker:
     def _caches_dropped(self) -> None:
         self._unit: dict[str, np.ndarray] = {}
         self._popular_order: np.ndarray | None = None
+        self._bins: np.ndarray | None = None
+
+    def popularity_bins(self) -> np.ndarray:
+        """Head/mid/tail bin of every item (:func:`popularity_bins`), cached until the catalog grows."""
+        bins = self._bins
+        if bins is None or len(bins) != len(self.popularity):
+            bins = popularity_bins(self.popularity)
+            self._bins = bins
+        return bins
 
     def unit_vectors(self, space: str) -> np.ndarray:
         """L2-normalized rows of a space (cached until the space grows)."""
@@ -256,7 +280,11 @@ class Ranker:
         self, request: RankRequest, cf_vector: np.ndarray, seen: np.ndarray, content_profile: np.ndarray | None = None
     ) -> list[ScoredItem]:
         """A user's (or session's) list: ``cf_vector`` in the CF space, ``content_profile``
-        in the content space (content and hybrid modes), ``seen`` explains each item."""
+        in the content space (content and hybrid modes), ``seen`` explains each item and is
+        the history popularity calibration aims at."""
+        strength = self.default_calibration if request.calibration is None else request.calibration
+        if strength != (request.calibration or 0.0):
+            request = replace(request, calibration=strength)
         pool, mode, filters = request.pool, request.mode, request.filters
         if mode == "collaborative":
             ids, scores = self.top("user", cf_vector, pool, request.exclude, filters)
@@ -271,6 +299,8 @@ class Ranker:
                 pool,
                 request.exclude,
             )
+        if strength > 0:
+            ids, scores = calibrate(ids, scores, seen, self.popularity_bins(), strength, request.n)
         if request.diversity is not None and request.diversity < 1.0:
             ids, scores = self._mmr(ids, scores, request.diversity, request.n)
         ids, scores = ids[request.offset : request.n], scores[request.offset : request.n]
@@ -443,3 +473,92 @@ def _minmax(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float64)
     span = x.max() - x.min() if len(x) else 0.0
     return np.zeros_like(x) if span <= 0 else (x - x.min()) / span
+
+
+# ---- popularity calibration (Steck 2018, over popularity bins) ---------------------------------
+
+#: calibration works over the popularity deciles (recsys.evaluation.bias.popularity_deciles):
+#: ten equal-count bins of items by training popularity. Measured on MovieLens 100K
+#: (bench/bias_movielens.py) against head/mid/tail bins by interaction mass (Abdollahpouri et
+#: al. 2021) and ten equal-mass bins: deciles cut exposure amplification most per nDCG lost.
+N_POPULARITY_BINS = 10
+
+
+def popularity_bins(popularity: np.ndarray) -> np.ndarray:
+    """Popularity decile 0..9 of every item (0 = least popular)."""
+    return popularity_deciles(popularity)
+
+
+def calibrate(
+    ids: np.ndarray,
+    scores: np.ndarray,
+    history: np.ndarray,
+    bins: np.ndarray,
+    strength: float,
+    n: int,
+    *,
+    smoothing: float = 0.01,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated re-ranking (Steck, "Calibrated recommendations", RecSys 2018) over
+    popularity bins: greedily pick ``n`` of the candidates ``ids`` (best first) maximizing
+
+        (1 − λ) · Σ relevance  −  λ · KL(p ‖ q̃)
+
+    where ``p`` is the user's own distribution over the bins (of ``history`` positions), ``q``
+    that of the list so far and ``q̃ = (1 − a)·q + a·p`` (``a = smoothing``). Relevance is the
+    candidates' scores min–max scaled to [0, 1]. ``λ = strength`` (0: the list as ranked,
+    1: the calibration term alone). A user without history is returned unchanged.
+
+    The chosen set is returned in the model's order (by score), not in the greedy order:
+    calibration is a property of the list as a set, and the greedy order puts calibrating
+    items above better ones. On MovieLens 100K (bench/bias_movielens.py, strength 0.7) this
+    halves the accuracy cost for the same amplification cut (nDCG@10 −5.7% instead of
+    −10.5%, amplification −30% either way)."""
+    ids, scores = np.asarray(ids), np.asarray(scores)
+    history = np.asarray(history, dtype=np.int64)
+    if strength <= 0 or len(ids) == 0 or len(history) == 0:
+        return ids[:n], scores[:n]
+    n_bins = N_POPULARITY_BINS
+    p = np.bincount(bins[history], minlength=n_bins).astype(np.float64)
+    p /= p.sum()
+    relevance = _minmax(scores)
+    cand_bins = bins[ids].astype(np.int64)
+    counts = np.zeros(n_bins)
+    total_rel = 0.0
+    remaining = np.ones(len(ids), dtype=bool)
+    picked: list[int] = []
+    eye = np.eye(n_bins)
+    p_safe = np.where(p > 0, p, 1.0)
+    for step in range(min(n, len(ids))):
+        # KL of the list with one more item of each bin (only n_bins distinct values)
+        q = (counts[None, :] + eye) / (step + 1)
+        q = (1 - smoothing) * q + smoothing * p[None, :]
+        # q > 0 wherever p > 0 (smoothing); bins with p = 0 add nothing
+        kl = (p[None, :] * np.log(p_safe[None, :] / np.where(q > 0, q, 1.0))).sum(axis=1)
+        objective = (1 - strength) * (total_rel + relevance) - strength * kl[cand_bins]
+        j = int(np.argmax(np.where(remaining, objective, -np.inf)))
+        picked.append(j)
+        remaining[j] = False
+        counts[cand_bins[j]] += 1
+        total_rel += relevance[j]
+    order = np.sort(np.asarray(picked, dtype=np.int64))  # candidates come best first
+    return ids[order], scores[order]
+
+
+def calibrate_batch(
+    candidates: np.ndarray,
+    scores: np.ndarray,
+    histories: Sequence[np.ndarray],
+    bins: np.ndarray,
+    strength: float,
+    n: int,
+) -> np.ndarray:
+    """:func:`calibrate` for every row of ``candidates`` ((users, m) item positions best first,
+    ``-1`` padding) — offline evaluation of the same re-ranking the Ranker serves. Returns
+    (users, n) positions, ``-1`` padded."""
+    out = np.full((len(candidates), n), -1, dtype=np.int64)
+    for i, (ids, sc) in enumerate(zip(candidates, scores)):
+        keep = ids >= 0
+        chosen, _ = calibrate(ids[keep], sc[keep], histories[i], bins, strength, n)
+        out[i, : len(chosen)] = chosen
+    return out

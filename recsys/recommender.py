@@ -78,6 +78,7 @@ class Recommender:
             model_metric=bundle.metric,
             default_blend_weights=tuple(hybrid.get("weights", (0.5, 0.5))),
             default_fusion=hybrid.get("fusion", "weighted"),
+            default_calibration=float(bundle.info.get("calibration", 0.0) or 0.0),
         )
         # np.asarray drops the memmap subclass: one user row is a plain view, no memmap wrapper
         self.user_vectors = np.asarray(bundle.user_vectors, dtype=np.float32)
@@ -85,6 +86,9 @@ class Recommender:
         self._alpha = float(bundle.params.get("alpha", 1.0))
         self._regularization = float(bundle.params.get("regularization", 0.05))
         self._gram: np.ndarray | None = None
+        # linear debiasing at bundle build (recsys.models.debias): fold-in vectors get the
+        # same projection as the trained user vectors
+        self._debias = bundle.objects.get("debias")
         self._lock = threading.Lock()  # guards in-place catalog growth (add_items)
         if catalog is not None and len(catalog):
             self.update_catalog(catalog)
@@ -165,6 +169,7 @@ class Recommender:
         diversity: float | None = None,
         refresh: bool = False,
         weights: Sequence[float] | None = None,
+        calibration: float | None = None,
     ) -> RecommendationResult:
         """Known user: the trained vector (or a fold-in from ``history`` with ``refresh``, so
         fresh events count at once); unseen user with history: fold-in; else popular.
@@ -174,7 +179,9 @@ class Recommender:
         blend_weights = _one_of(blend_weights, weights, "blend_weights", "weights")
         mode = self._mode(mode)
         seen = self.catalog.positions(history)
-        request = RankRequest(mode, k, offset, seen if exclude_seen else (), filters, blend_weights, fusion, diversity)
+        request = RankRequest(
+            mode, k, offset, seen if exclude_seen else (), filters, blend_weights, fusion, diversity, calibration
+        )
         row = self.bundle.user_pos.get(user_id)
         if row is None and len(seen) == 0:
             return self.popular(k, offset=offset, filters=filters)
@@ -201,6 +208,7 @@ class Recommender:
         fusion: str | None = None,
         diversity: float | None = None,
         blend: Sequence[float] | None = None,
+        calibration: float | None = None,
     ) -> RecommendationResult:
         """Anonymous session: fold the given items in on the fly (``item_weights`` weigh each
         item's interaction, like repeating it). ``blend`` is the former name of
@@ -220,7 +228,7 @@ class Recommender:
                 pos.append(j)
                 w.append(1.0 if item_weights is None else float(item_weights[i]))
         seen = np.asarray(pos, np.int64)
-        request = RankRequest(mode, k, offset, seen, filters, blend_weights, fusion, diversity)
+        request = RankRequest(mode, k, offset, seen, filters, blend_weights, fusion, diversity, calibration)
         if not pos:
             return self.popular(k, offset=offset, filters=filters)
         counts = np.asarray(w)
@@ -271,7 +279,10 @@ class Recommender:
             Y = cf.astype(np.float64)
             self._gram = Y.T @ Y
         counts = np.ones(len(item_positions)) if counts is None else np.asarray(counts, np.float64)
-        return als_user_solve(cf, item_positions, 1.0 + self._alpha * counts, self._regularization, gram=self._gram)
+        vector = als_user_solve(cf, item_positions, 1.0 + self._alpha * counts, self._regularization, gram=self._gram)
+        if self._debias is not None:
+            vector = self._debias.transform(vector[None, :])[0]
+        return vector
 
     def content_profile(self, item_positions: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
         """Interaction-weighted mean of the items' content vectors, L2-normalized: the one

@@ -85,6 +85,14 @@ class UserQuery(RuleQuery):
     content_weight: float | None = Field(None, ge=0, le=1000, description="hybrid: weight of the content score")
     fusion: Fusion | None = Field(None, description="hybrid: weighted scores or reciprocal-rank fusion")
     diversity: float | None = Field(None, ge=0, le=1, description="MMR lambda: 1 = pure relevance, 0 = pure diversity")
+    calibration: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="popularity calibration strength: 0 = as ranked, 1 = the list's popularity mix "
+        "matches the user's history (default: the model's)",
+    )
     exclude_seen: bool = Field(True, description="leave out items the user already interacted with")
 
     def weights(self) -> tuple[float, float] | None:
@@ -185,6 +193,7 @@ async def answer_user(
         weights=query.weights(),
         fusion=query.fusion,
         diversity=query.diversity,
+        calibration=query.calibration,
         refresh=is_fresh(history.newest, model.fresh_cutoff),
     )
     return UserRecommendations.model_construct(
@@ -285,6 +294,7 @@ def session_recommendations(body: SessionRequest, holder: HolderDep, pinned: Pin
             blend=blend,
             fusion=body.fusion,
             diversity=body.diversity,
+            calibration=body.calibration,
         )
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")

@@ -289,13 +289,17 @@ STARTING_POINTS: dict[str, list[dict[str, Any]]] = {
     ],
     "bpr": [{"bpr.factors": 64, "bpr.learning_rate": 0.01, "bpr.regularization": 0.001, "bpr.iterations": 100}],
     "itemknn": [{"itemknn.K": 100, "itemknn.weighting": "none"}],
+    # a wide window (the whole history as context) and many epochs: with short windows or few
+    # epochs the vectors stay near their random start on catalogs of a few thousand items
+    # (MovieLens 100K validation nDCG@10 0.010 at window 10 / 5 epochs, 0.165 at 200 / 30)
     "item2vec": [
         {
             "item2vec.factors": 64,
-            "item2vec.window": 10,
-            "item2vec.epochs": 5,
+            "item2vec.window": 200,
+            "item2vec.epochs": 30,
             "item2vec.negative": 5,
-            "item2vec.ns_exponent": -0.5,
+            "item2vec.ns_exponent": 0.75,
+            "item2vec.sample": 0.0,
         }
     ],
 }
@@ -356,10 +360,11 @@ def suggest(trial, kind: str, validation: Validation) -> ModelConfig:
     if kind == "item2vec":
         params = {
             "factors": trial.suggest_categorical("item2vec.factors", [32, 64, 128]),
-            "window": trial.suggest_int("item2vec.window", 3, 20, log=True),
-            "epochs": trial.suggest_int("item2vec.epochs", 5, 10),
+            "window": trial.suggest_int("item2vec.window", 5, 500, log=True),
+            "epochs": trial.suggest_int("item2vec.epochs", 10, 50, step=10),
             "negative": trial.suggest_int("item2vec.negative", 5, 10, step=5),
             "ns_exponent": trial.suggest_float("item2vec.ns_exponent", -0.5, 1.0),
+            "sample": trial.suggest_categorical("item2vec.sample", [0.0, 1e-4, 1e-3]),
         }
         return ModelConfig(kind="item2vec", params=params, weighting="none", alpha=1.0)
     raise ValueError(f"no search space for model kind {kind!r}")

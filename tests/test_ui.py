@@ -432,11 +432,17 @@ def test_click_through_the_dashboard(server, deployment, browser, tmp_path):
         image.wait_for()
         assert image.evaluate("img => img.complete && img.naturalWidth > 0")
         tab.shot("model-card")
+        # v1's card is the one `recsys train` wrote (pipelines.card): its figures and plots
+        from pipelines.card import load_model_card
+
+        real = load_model_card(settings, "1")
         page.goto(f"{server}/ui/models/1")
-        assert (
-            "no model card for this version (trained before model cards existed)"
-            in page.locator("#model-card").inner_text()
-        )
+        card = page.locator("#model-card")
+        assert "Model card: recsys version 1" in card.inner_text()
+        assert f"{real.bias.item.amplification:.4f}" in card.inner_text()
+        plot = card.locator("img").first
+        plot.wait_for()
+        assert plot.evaluate("img => img.complete && img.naturalWidth > 0")
 
         # -- A/B: per variant users, events and rates as the report computes them
         page.click("nav a[href='/ui/ab']")

@@ -31,8 +31,10 @@ class Item2VecEmbedder(Embedder):
     """Parameters follow gensim's ``Word2Vec`` (``sg=1``: skip-gram).
 
     factors : vector size.
-    window : items on each side of an item in a user's sequence that count as its context.
-    epochs : passes over the sequences.
+    window : items on each side of an item in a user's sequence that count as its context
+        (the default takes about the whole history: "bought X, also bought Y").
+    epochs : passes over the sequences (catalog-sized vocabularies are small corpora: with
+        word2vec's usual 5–10 the vectors stay close to their random start).
     negative : negative samples per positive pair.
     ns_exponent : exponent of the negative-sampling distribution (Caselles-Dupré et al. 2018
         found values far from word2vec's 0.75 often better for recommendation).
@@ -46,11 +48,11 @@ class Item2VecEmbedder(Embedder):
     def __init__(
         self,
         factors: int = 64,
-        window: int = 5,
-        epochs: int = 10,
-        negative: int = 10,
+        window: int = 200,
+        epochs: int = 30,
+        negative: int = 5,
         ns_exponent: float = 0.75,
-        sample: float = 1e-3,
+        sample: float = 0.0,
         learning_rate: float = 0.025,
         random_state: int = 42,
         workers: int = 1,

@@ -48,8 +48,8 @@ class Item2VecEmbedder(Embedder):
     def __init__(
         self,
         factors: int = 64,
-        window: int = 200,
-        epochs: int = 30,
+        window: int = 100,
+        epochs: int = 20,
         negative: int = 5,
         ns_exponent: float = 0.75,
         sample: float = 0.0,

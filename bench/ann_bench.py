@@ -92,6 +92,12 @@ def serving_rss(folder: Path, queries_path: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def blas_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=0)
+
+
 def bench_space(
     n_items: int,
     metric: str,
@@ -111,8 +117,10 @@ def bench_space(
 
     truth = ExactIndex(metric).build(items).query_batch(held, 10)[0]
     rows: dict[str, dict] = {}
+    measuring = [0.0]  # seconds spent here, inside the choice: not part of the build
 
     def measure(index, report) -> None:
+        begun = time.perf_counter()
         folder = work / f"{n_items}-{metric}-{report.kind}"
         index.save(folder)
         latencies = query_latencies_ms(index, held, 10)
@@ -128,11 +136,13 @@ def bench_space(
             "file_bytes": sum(p.stat().st_size for p in folder.iterdir()),
             "folder": str(folder),
         }
-        print(f"  {metric:6s} {report.kind:5s} measured", flush=True)
+        measuring[0] += time.perf_counter() - begun
+        print(f"  {metric:6s} {report.kind:5s} measured (load {os.getloadavg()[0]:.1f})", flush=True)
 
     start = time.perf_counter()
     _, choice = build_index("auto", metric, items, tune, settings, kinds=kinds, on_candidate=measure)
-    auto_s = time.perf_counter() - start
+    # the build as training runs it: every candidate built, tuned and timed, then the choice
+    auto_s = time.perf_counter() - start - measuring[0]
     queries_path = work / "held_out.npy"
     np.save(queries_path, held)
     for row in rows.values():
@@ -160,8 +170,8 @@ def check(result: dict) -> list[str]:
         problems.append(
             f"{chosen} serving RSS {c['rss'] / MB:.0f} MB > 2.5× vectors ({result['raw_vector_bytes'] / MB:.0f} MB)"
         )
-    if c["build_s"] > 300:
-        problems.append(f"{chosen} build {c['build_s']:.0f}s > 5 min")
+    if result["auto_build_s"] > 300:
+        problems.append(f"build with the choice measurement {result['auto_build_s']:.0f}s > 5 min")
     return problems
 
 
@@ -169,7 +179,7 @@ def print_result(result: dict) -> None:
     raw = result["raw_vector_bytes"]
     print(
         f"\n{result['n_items']:,} items × {DIMS} dims, {result['metric']}: chosen {result['chosen']} "
-        f"(auto build of all candidates {result['auto_build_s']:.0f}s)"
+        f"(build with the choice among {len(result['indexes'])} candidates: {result['auto_build_s']:.0f}s; load {result['load_avg'][0]:.1f})"
     )
     print(
         f"  {'index':6s} {'setting':>8s} {'R@10':>6s} {'tuneR':>6s} {'p50 ms':>8s} {'p99 ms':>8s} {'QPS':>9s} {'build s':>8s} "
@@ -186,13 +196,18 @@ def print_result(result: dict) -> None:
 def run_ann(
     sizes: list[int], metrics: list[str], json_out: Path | None, kinds: tuple[str, ...], M: int, ef_construction: int
 ) -> int:
+    from threadpoolctl import threadpool_limits
+
     from recsys.index import IndexSettings
 
     settings = IndexSettings(target_recall=TARGET, M=M, ef_construction=ef_construction)
     print(f"candidates {kinds}, HNSW M={M} ef_construction={ef_construction}")
     results = []
     print(f"load before: {os.getloadavg()}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="ann-bench-") as tmp:
+    # one BLAS thread: the exact scan's QPS is what one serving worker's request gets (HNSW
+    # queries are one thread too); index builds still use every core
+    with threadpool_limits(limits=1, user_api="blas"), tempfile.TemporaryDirectory(prefix="ann-bench-") as tmp:
+        print(f"BLAS threads for the exact scan: {blas_threads()}", flush=True)
         for n_items in sizes:
             items, queries = clustered_vectors(n_items, TUNE_QUERIES + HELD_OUT)
             tune, held = queries[:TUNE_QUERIES], queries[TUNE_QUERIES:]
@@ -335,9 +350,15 @@ def main() -> None:
     parser.add_argument("--metrics", nargs="+", default=["dot", "cosine"], choices=["dot", "cosine", "euclidean"])
     parser.add_argument("--json", type=Path, help="write every figure here too")
     parser.add_argument("--kinds", nargs="+", default=["exact", "hnsw", "annoy"], choices=["exact", "hnsw", "annoy"])
-    parser.add_argument("--M", type=int, default=16, help="HNSW graph degree (IndexConfig.M)")
+    from recsys.index import IndexSettings
+
+    defaults = IndexSettings()
+    parser.add_argument("--M", type=int, default=defaults.M, help="HNSW graph degree (IndexConfig.M)")
     parser.add_argument(
-        "--ef-construction", type=int, default=100, help="HNSW construction beam (IndexConfig.ef_construction)"
+        "--ef-construction",
+        type=int,
+        default=defaults.ef_construction,
+        help="HNSW construction beam (IndexConfig.ef_construction)",
     )
     parser.add_argument("--batch", action="store_true", help="batch recommendations bench (100k users × 20k items)")
     parser.add_argument("--filter-check", action="store_true", help="HNSW exclusions: over-fetch vs filter callback")

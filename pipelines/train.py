@@ -65,6 +65,8 @@ class IndexConfig(_Config):
     recall_queries: int = Field(200, ge=1)
     #: cap on each index's tuning time (seconds)
     tune_seconds: float = Field(120.0, gt=0)
+    #: ``auto`` builds Annoy only for catalogs up to this size (it cannot win beyond; 0: never)
+    annoy_auto_max_items: int = Field(200_000, ge=0)
     #: distance metric per index. ``user`` defaults to the model's own (``dot`` for matrix
     #: factorization: Annoy's ranking then equals the model's score); any of cosine, dot,
     #: euclidean, manhattan, hamming may be chosen for each.
@@ -302,6 +304,7 @@ def build_bundle(
         num_threads=ix.num_threads,
         vector_dtype=ix.vector_dtype,
         tune_seconds=ix.tune_seconds,
+        annoy_auto_max_items=ix.annoy_auto_max_items,
     )
     choices = {}
     for role, metric, vectors, queries in spaces:

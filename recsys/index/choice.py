@@ -35,7 +35,7 @@ class IndexSettings:
     target_recall: float = 0.95
     n_trees: int = 50
     search_k: int = -1
-    M: int = 16
+    M: int = 24
     ef_construction: int = 100
     ef: int = -1
     num_threads: int = -1

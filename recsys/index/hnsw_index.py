@@ -47,7 +47,7 @@ class HnswItemIndex(ItemIndex):
     def __init__(
         self,
         metric: str = "dot",
-        M: int = 16,
+        M: int = 24,
         ef_construction: int = 100,
         ef: int = -1,
         target_recall: float = 0.95,

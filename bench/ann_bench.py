@@ -8,7 +8,7 @@ classes (recsys/index/), and the index the build chooses (``kind: auto``).
     python bench/ann_bench.py --float16             # exact search over float16 vectors: recall, RSS
 
 Vectors: 64 dims, clustered (256 centres, skewed cluster sizes) with heavy-tailed (log-normal)
-norms, as ALS produces; the same seed for every size. The build tunes on 300 queries; 1,000
+norms, as ALS produces; the same seed for every size. The build tunes on 1,000 queries; 1,000
 other (held-out) queries are measured, one thread, one query at a time: recall@10 against an
 exact scan, p50/p99 latency, QPS; build seconds (build + tuning), file bytes, and the RSS of a
 fresh serving process (``load_index`` + 1,000 queries; its interpreter baseline shown apart).
@@ -36,7 +36,7 @@ import numpy as np
 DIMS = 64
 SEED = 2026
 N_CENTRES = 256
-TUNE_QUERIES = 300
+TUNE_QUERIES = 1000
 HELD_OUT = 1000
 TARGET = 0.95
 MB = 1024 * 1024

@@ -8,7 +8,7 @@ classes (recsys/index/), and the index the build chooses (``kind: auto``).
     python bench/ann_bench.py --float16             # exact search over float16 vectors: recall, RSS
 
 Vectors: 64 dims, clustered (256 centres, skewed cluster sizes) with heavy-tailed (log-normal)
-norms, as ALS produces; the same seed for every size. The build tunes on 300 queries; 1,000
+norms, as ALS produces; the same seed for every size. The build tunes on 1,000 queries; 1,000
 other (held-out) queries are measured, one thread, one query at a time: recall@10 against an
 exact scan, p50/p99 latency, QPS; build seconds (build + tuning), file bytes, and the RSS of a
 fresh serving process (``load_index`` + 1,000 queries; its interpreter baseline shown apart).
@@ -36,8 +36,12 @@ import numpy as np
 DIMS = 64
 SEED = 2026
 N_CENTRES = 256
-TUNE_QUERIES = 300
+TUNE_QUERIES = 1000
 HELD_OUT = 1000
+#: passes over the held-out queries; each query's fastest time counts (query_latencies_ms):
+#: the machine is shared, and one preemption in a 0.05 ms query would set the mean. The QPS of
+#: the first pass alone is printed too ("QPS 1")
+PASSES = 3
 TARGET = 0.95
 MB = 1024 * 1024
 
@@ -92,6 +96,12 @@ def serving_rss(folder: Path, queries_path: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def blas_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=0)
+
+
 def bench_space(
     n_items: int,
     metric: str,
@@ -111,28 +121,36 @@ def bench_space(
 
     truth = ExactIndex(metric).build(items).query_batch(held, 10)[0]
     rows: dict[str, dict] = {}
+    measuring = [0.0]  # seconds spent here, inside the choice: not part of the build
 
     def measure(index, report) -> None:
+        begun = time.perf_counter()
         folder = work / f"{n_items}-{metric}-{report.kind}"
         index.save(folder)
-        latencies = query_latencies_ms(index, held, 10)
+        single = query_latencies_ms(index, held, 10)
+        latencies = np.minimum(single, query_latencies_ms(index, held, 10, passes=PASSES - 1))
         rows[report.kind] = {
             "recall_at_10": recall_at_k(index.query_batch(held, 10)[0], truth),
             "tune_recall_at_10": report.recall_at_10,
             "p50_ms": float(np.percentile(latencies, 50)),
             "p99_ms": float(np.percentile(latencies, 99)),
             "qps": float(1000.0 / latencies.mean()),
+            "qps_one_pass": float(1000.0 / single.mean()),
             "build_s": report.build_seconds,
             "tune_s": report.tune_seconds,
             "setting": report.setting,
             "file_bytes": sum(p.stat().st_size for p in folder.iterdir()),
             "folder": str(folder),
         }
-        print(f"  {metric:6s} {report.kind:5s} measured", flush=True)
+        measuring[0] += time.perf_counter() - begun
+        print(f"  {metric:6s} {report.kind:5s} measured (load {os.getloadavg()[0]:.1f})", flush=True)
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     _, choice = build_index("auto", metric, items, tune, settings, kinds=kinds, on_candidate=measure)
-    auto_s = time.perf_counter() - start
+    # the build as training runs it: every candidate built, tuned and timed, then the choice
+    auto_s = time.perf_counter() - start - measuring[0]
+    # CPU seconds of every thread (the measuring included): what the build costs whatever else runs
+    auto_cpu_s = time.process_time() - cpu_start
     queries_path = work / "held_out.npy"
     np.save(queries_path, held)
     for row in rows.values():
@@ -142,6 +160,7 @@ def bench_space(
         "metric": metric,
         "chosen": choice.kind,
         "auto_build_s": auto_s,
+        "auto_build_cpu_s": auto_cpu_s,
         "raw_vector_bytes": int(items.nbytes),
         "indexes": rows,
     }
@@ -160,8 +179,8 @@ def check(result: dict) -> list[str]:
         problems.append(
             f"{chosen} serving RSS {c['rss'] / MB:.0f} MB > 2.5× vectors ({result['raw_vector_bytes'] / MB:.0f} MB)"
         )
-    if c["build_s"] > 300:
-        problems.append(f"{chosen} build {c['build_s']:.0f}s > 5 min")
+    if result["auto_build_s"] > 300:
+        problems.append(f"build with the choice measurement {result['auto_build_s']:.0f}s > 5 min")
     return problems
 
 
@@ -169,16 +188,17 @@ def print_result(result: dict) -> None:
     raw = result["raw_vector_bytes"]
     print(
         f"\n{result['n_items']:,} items × {DIMS} dims, {result['metric']}: chosen {result['chosen']} "
-        f"(auto build of all candidates {result['auto_build_s']:.0f}s)"
+        f"(build with the choice among {len(result['indexes'])} candidates: {result['auto_build_s']:.0f}s wall, "
+        f"{result['auto_build_cpu_s']:.0f} CPU s with the bench's measuring; load {result['load_avg'][0]:.1f})"
     )
     print(
-        f"  {'index':6s} {'setting':>8s} {'R@10':>6s} {'tuneR':>6s} {'p50 ms':>8s} {'p99 ms':>8s} {'QPS':>9s} {'build s':>8s} "
+        f"  {'index':6s} {'setting':>8s} {'R@10':>6s} {'tuneR':>6s} {'p50 ms':>8s} {'p99 ms':>8s} {'QPS':>9s} {'QPS 1':>7s} {'build s':>8s} "
         f"{'(tune)':>7s} {'file':>7s} {'RSS MB':>7s} {'(base)':>7s}"
     )
     for kind, r in sorted(result["indexes"].items()):
         print(
             f"  {kind:6s} {r['setting'] if r['setting'] is not None else '-':>8} {r['recall_at_10']:6.3f} {r['tune_recall_at_10']:6.3f} "
-            f"{r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['qps']:9.0f} {r['build_s']:8.1f} {r['tune_s']:7.1f} {r['file_bytes'] / raw:6.2f}× "
+            f"{r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['qps']:9.0f} {r['qps_one_pass']:7.0f} {r['build_s']:8.1f} {r['tune_s']:7.1f} {r['file_bytes'] / raw:6.2f}× "
             f"{r['rss'] / MB:7.0f} {r['baseline_rss'] / MB:7.0f}"
         )
 
@@ -186,13 +206,18 @@ def print_result(result: dict) -> None:
 def run_ann(
     sizes: list[int], metrics: list[str], json_out: Path | None, kinds: tuple[str, ...], M: int, ef_construction: int
 ) -> int:
+    from threadpoolctl import threadpool_limits
+
     from recsys.index import IndexSettings
 
     settings = IndexSettings(target_recall=TARGET, M=M, ef_construction=ef_construction)
     print(f"candidates {kinds}, HNSW M={M} ef_construction={ef_construction}")
     results = []
     print(f"load before: {os.getloadavg()}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="ann-bench-") as tmp:
+    # one BLAS thread: the exact scan's QPS is what one serving worker's request gets (HNSW
+    # queries are one thread too); index builds still use every core
+    with threadpool_limits(limits=1, user_api="blas"), tempfile.TemporaryDirectory(prefix="ann-bench-") as tmp:
+        print(f"BLAS threads for the exact scan: {blas_threads()}", flush=True)
         for n_items in sizes:
             items, queries = clustered_vectors(n_items, TUNE_QUERIES + HELD_OUT)
             tune, held = queries[:TUNE_QUERIES], queries[TUNE_QUERIES:]
@@ -335,9 +360,15 @@ def main() -> None:
     parser.add_argument("--metrics", nargs="+", default=["dot", "cosine"], choices=["dot", "cosine", "euclidean"])
     parser.add_argument("--json", type=Path, help="write every figure here too")
     parser.add_argument("--kinds", nargs="+", default=["exact", "hnsw", "annoy"], choices=["exact", "hnsw", "annoy"])
-    parser.add_argument("--M", type=int, default=16, help="HNSW graph degree (IndexConfig.M)")
+    from recsys.index import IndexSettings
+
+    defaults = IndexSettings()
+    parser.add_argument("--M", type=int, default=defaults.M, help="HNSW graph degree (IndexConfig.M)")
     parser.add_argument(
-        "--ef-construction", type=int, default=100, help="HNSW construction beam (IndexConfig.ef_construction)"
+        "--ef-construction",
+        type=int,
+        default=defaults.ef_construction,
+        help="HNSW construction beam (IndexConfig.ef_construction)",
     )
     parser.add_argument("--batch", action="store_true", help="batch recommendations bench (100k users × 20k items)")
     parser.add_argument("--filter-check", action="store_true", help="HNSW exclusions: over-fetch vs filter callback")

@@ -13,6 +13,8 @@ request's filters. Two ways to get there:
   (the ANN answer depends on how many candidates are fetched, which depends on the history).
   Also when the model serves with popularity calibration by default (``bias.calibration``):
   the re-ranking is the Ranker's, per user.
+  Blocks of users are shared among forked worker processes (one per core): the per-user path
+  is Python-bound, so threads would not run it in parallel.
 
 Either way, batches of users are yielded as arrays; the caller writes them (cli/recommend.py
 writes Parquet). Trained vectors are used as they are: unlike the API, fresh events posted
@@ -22,6 +24,8 @@ since training are not folded in (``refresh``) — the batch is a snapshot of th
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -96,11 +100,13 @@ def recommend_all(
     exact: bool = False,
     batch_size: int = 2048,
     on_batch: Callable[[int], None] | None = None,
+    workers: int = 0,
 ) -> Iterator[UserBatch]:
     """Top-``k`` for every user of the bundle, in blocks of ``batch_size`` users (bundle order).
 
     ``seen``: users × items interactions (rows aligned with ``bundle.user_ids``), left out of
     each user's list. ``on_batch(n_users)`` is called after each block (progress bars).
+    ``workers``: processes for the index path (0: one per available core; 1: this process).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -114,7 +120,7 @@ def recommend_all(
     if path == "scan":
         batches = _scan(recommender, seen, k, filters, batch_size)
     else:
-        batches = _per_user(recommender, seen, k, filters, batch_size)
+        batches = _per_user(recommender, seen, k, filters, batch_size, workers or len(os.sched_getaffinity(0)))
     for batch in batches:
         yield batch
         if on_batch is not None:
@@ -149,20 +155,41 @@ def _scan(
         yield UserBatch(rows, np.where(ids >= 0, allowed[np.maximum(ids, 0)], -1), scores)
 
 
+#: what forked workers of the index path read (set only around the pool's life)
+_PER_USER: tuple[Recommender, sp.csr_matrix, int, Filters] | None = None
+
+
 def _per_user(
-    recommender: Recommender, seen: sp.csr_matrix, k: int, filters: Filters, batch_size: int
+    recommender: Recommender, seen: sp.csr_matrix, k: int, filters: Filters, batch_size: int, workers: int = 1
 ) -> Iterator[UserBatch]:
+    global _PER_USER
+    n_users = len(recommender.bundle.user_ids)
+    blocks = [np.arange(start, min(start + batch_size, n_users)) for start in range(0, n_users, batch_size)]
+    _PER_USER = (recommender, seen, k, filters)
+    try:
+        if workers <= 1 or len(blocks) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+            yield from map(_per_user_block, blocks)
+            return
+        from concurrent.futures import ProcessPoolExecutor
+
+        # fork: the workers share the loaded model and index pages; blocks come back in order
+        with ProcessPoolExecutor(min(workers, len(blocks)), mp_context=multiprocessing.get_context("fork")) as pool:
+            yield from pool.map(_per_user_block, blocks)
+    finally:
+        _PER_USER = None
+
+
+def _per_user_block(rows: np.ndarray) -> UserBatch:
+    recommender, seen, k, filters = _PER_USER
     bundle = recommender.bundle
     item_ids = np.asarray(recommender.item_ids, dtype=object)
-    for start in range(0, len(bundle.user_ids), batch_size):
-        rows = np.arange(start, min(start + batch_size, len(bundle.user_ids)))
-        ids = np.full((len(rows), k), -1, np.int64)
-        scores = np.full((len(rows), k), -np.inf, np.float32)
-        for i, row in enumerate(rows):
-            history = item_ids[seen.indices[seen.indptr[row] : seen.indptr[row + 1]]].tolist()
-            result = recommender.recommend_for_user(
-                str(bundle.user_ids[row]), history, k, filters=filters, mode="collaborative"
-            )
-            ids[i, : len(result.items)] = [recommender.item_pos[it.item_id] for it in result.items]
-            scores[i, : len(result.items)] = [it.score for it in result.items]
-        yield UserBatch(rows, ids, scores)
+    ids = np.full((len(rows), k), -1, np.int64)
+    scores = np.full((len(rows), k), -np.inf, np.float32)
+    for i, row in enumerate(rows):
+        history = item_ids[seen.indices[seen.indptr[row] : seen.indptr[row + 1]]].tolist()
+        result = recommender.recommend_for_user(
+            str(bundle.user_ids[row]), history, k, filters=filters, mode="collaborative"
+        )
+        ids[i, : len(result.items)] = [recommender.item_pos[it.item_id] for it in result.items]
+        scores[i, : len(result.items)] = [it.score for it in result.items]
+    return UserBatch(rows, ids, scores)

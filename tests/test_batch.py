@@ -173,6 +173,29 @@ def test_cli_writes_parquet_with_the_api_rules(trained_env, data):
         assert not set(rows["item_id"]) & set(seen_ids[user])
 
 
+def test_cli_lists_equal_the_http_api_answers(trained_env, data):
+    """The Parquet lists, user by user, equal GET /users/{id}/recommendations from the app serving
+    the same model version (FastAPI TestClient over the real store and registry)."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    out = trained_env["folder"] / "recs-http.parquet"
+    result = _invoke("recommend", "--all-users", "--k", str(K), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    frame = pq.read_table(out).to_pandas()
+    settings = trained_env["settings"].model_copy(update={"api_keys": "batch-key", "reload_poll_seconds": 0})
+    with TestClient(create_app(settings), headers={"X-API-Key": "batch-key"}) as client:
+        for user in frame["user_id"].drop_duplicates().sample(30, random_state=2):
+            r = client.get(f"/users/{user}/recommendations", params={"k": K, "mode": "collaborative"})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            rows = frame[frame["user_id"] == user].sort_values("rank")
+            assert rows["item_id"].tolist() == [it["item_id"] for it in body["items"]], user
+            np.testing.assert_allclose(rows["score"], [it["score"] for it in body["items"]], rtol=1e-4, atol=1e-5)
+            assert set(rows["model_version"]) == {body["model_version"]} == {trained_env["version"]}
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -29,8 +29,8 @@ from recsys.index.base import (
     check_metric,
     query_latencies_ms,
     recall_at_k,
+    recall_lower_bound,
     smallest_reaching,
-    tuning_bar,
 )
 from recsys.index.exact import ExactIndex
 
@@ -199,8 +199,8 @@ class AnnoyItemIndex(ItemIndex):
         slower_than_ms: float | None = None,
         truth: np.ndarray | None = None,
     ) -> float:
-        """Pick about the smallest ``search_k`` whose recall@k on ``queries`` reaches
-        ``target_recall``: doubling from Annoy's default (n_trees·k) until the target is
+        """Pick about the smallest ``search_k`` at which the recall@k on ``queries`` can be
+        promised on other queries (:func:`recall_lower_bound` reaches ``target_recall``): doubling from Annoy's default (n_trees·k) until the target is
         passed, then bisection between the last miss and the first hit (to ~5 %), so the value
         does not overshoot by up to 2×. Returns the recall at the chosen value.
 
@@ -224,26 +224,28 @@ class AnnoyItemIndex(ItemIndex):
             x for x in (exact_ms if stop_when_slower else None, slower_than_ms, float("inf")) if x is not None
         )
         deadline = time.perf_counter() + self.tune_seconds
-        bar = tuning_bar(self.target_recall, len(queries), k)  # the target, plus one standard error
         ceiling = max(self._n_items * self.n_trees, self.n_trees * k)
         tried: dict[int, tuple[float, float]] = {}  # search_k → (recall, ms/query)
 
         def probe(search_k: int) -> float:
+            # the bar: the recall these queries can promise on others (lower bound), as for HNSW
             self.search_k = search_k
             start = time.perf_counter()
-            recall = self.measure_recall(vectors, queries, k, truth)
-            tried[search_k] = (recall, (time.perf_counter() - start) / max(len(queries), 1) * 1000)
-            return recall
+            found = [self.query(q, k)[0] for q in queries]
+            tried[search_k] = (recall_at_k(found, truth), (time.perf_counter() - start) / max(len(queries), 1) * 1000)
+            return recall_lower_bound(found, truth)
 
         def slower(search_k: int) -> bool:
             # strictly: then prefer_exact holds whenever the scan was the budget
             return tried[search_k][1] > budget_ms
 
         hi, why_not = smallest_reaching(
-            probe, lo=0, hi=self.n_trees * k, ceiling=ceiling, bar=bar, deadline=deadline, give_up=slower
+            probe, lo=0, hi=self.n_trees * k, ceiling=ceiling, bar=self.target_recall, deadline=deadline, give_up=slower
         )
         self.search_k = hi
         recall, annoy_ms = tried[hi]
+        if k == 10:
+            self.recall_at_10_ = recall
         if why_not == "slower":
             self.query_ms_, self.exact_query_ms_ = annoy_ms, exact_ms
             logger.info(

@@ -70,27 +70,50 @@ class ItemIndex(ABC):
         return False
 
 
+def per_query_recall(found, truth: np.ndarray) -> np.ndarray:
+    """Recall of every query row: the share of its true top-k rows (-1 = padding) found."""
+    return np.array(
+        [
+            len(set(np.asarray(f).tolist()) & set(t[t >= 0].tolist())) / max(1, int((t >= 0).sum()))
+            for f, t in zip(found, truth)
+        ]
+    )
+
+
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     """Share of the true top-k rows (``truth``, -1 = padding) that ``found`` holds, per row."""
     hits = sum(len(set(f.tolist()) & set(t[t >= 0].tolist())) for f, t in zip(found, truth))
     return float(hits / max(1, int((truth >= 0).sum())))
 
 
-def tuning_bar(target: float, n_queries: int, k: int) -> float:
-    """The recall a tuning sample must show for ``target`` to hold on queries it has not seen:
-    the target plus one standard error of a recall measured over n_queries·k neighbours (300
-    queries at 0.95: +0.004). Without it the smallest passing setting sits on the edge, and
-    held-out recall came out at 0.949 (bench/ann_bench.py, 100k dot)."""
-    return min(1.0, target + math.sqrt(target * (1.0 - target) / max(1, n_queries * k)))
+#: standard errors between the recall a tuning sample shows and the target it must reach
+TUNING_Z = 2.0
 
 
-def query_latencies_ms(index: ItemIndex, queries: np.ndarray, k: int) -> np.ndarray:
-    """Per-query wall time (ms) of single ``query`` calls, one thread: what one request costs."""
-    out = np.empty(len(queries))
-    for i, q in enumerate(queries):
-        start = time.perf_counter()
-        index.query(q, k)
-        out[i] = (time.perf_counter() - start) * 1000
+def recall_lower_bound(found, truth: np.ndarray, z: float = TUNING_Z) -> float:
+    """The recall a tuning sample can promise on queries it has not seen: its mean per-query
+    recall minus ``z`` standard errors of that mean (the spread between queries, not a
+    binomial one: neighbours of one query are found or missed together). Tuning settings
+    (HNSW's ef, Annoy's search_k) must bring this, not the sample's mean, to the target. With
+    one binomial standard error (+0.004 on 300 queries) the 1M-item cosine bench tuned to 0.954
+    on its sample and measured 0.935 on held-out queries."""
+    per_query = per_query_recall(found, truth)
+    if len(per_query) < 2:
+        return float(per_query.mean()) if len(per_query) else 0.0
+    return float(per_query.mean() - z * per_query.std(ddof=1) / math.sqrt(len(per_query)))
+
+
+def query_latencies_ms(index: ItemIndex, queries: np.ndarray, k: int, passes: int = 1) -> np.ndarray:
+    """Per-query wall time (ms) of single ``query`` calls, one thread: what one request costs.
+    With ``passes`` > 1 every query is timed once per pass over all of them and its fastest
+    time kept: on a machine shared with other jobs a preemption lands on one query's time and
+    (at 0.05 ms a query) decides the mean; the other passes do not warm that query's cache."""
+    out = np.full(len(queries), np.inf)
+    for _ in range(passes):
+        for i, q in enumerate(queries):
+            start = time.perf_counter()
+            index.query(q, k)
+            out[i] = min(out[i], (time.perf_counter() - start) * 1000)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from enum import StrEnum
 from typing import Annotated
 
@@ -12,7 +13,9 @@ from rich.table import Table
 from cli.common import cli_errors
 
 app = typer.Typer(help="Registered model versions: list, card, rollback.", no_args_is_help=True, add_completion=False)
-console = Console()
+# the version table has eleven columns: into a log or a pipe (cron, CI) print it wide rather
+# than squeezed into rich's default 80 columns
+console = Console(width=None if sys.stdout.isatty() else 220)
 
 
 @app.command("list")

@@ -1,32 +1,40 @@
-"""Query parameters parsed into one pydantic model in one pass.
+"""Request parameters parsed into one pydantic model in one pass.
 
 FastAPI can declare a query model (``Annotated[Model, Query()]``), but it still resolves it
-field by field in Python on every request (~10% of a recommendation's CPU, py-spy:
-bench/profiles/hotpath_after.txt). :func:`query_model` gives a dependency that hands the
-query string to ``Model.model_validate`` at once, plus the OpenAPI parameters FastAPI itself
-renders for ``Annotated[Model, Query()]``, so the documented schema does not change. Refused
-input raises the same RequestValidationError (``loc`` = ``["query", field, ...]``).
+field by field in Python on every request, and each dependency of a route costs a round of its
+dependency solver (~40% of a recommendation's CPU before, py-spy: bench/profiles/). Here:
+
+- :func:`query_model` gives a dependency that hands the query string to ``Model.model_validate``
+  at once, plus the OpenAPI parameters FastAPI itself renders for ``Annotated[Model, Query()]``.
+- :func:`query_reader` is the same parse for a route that reads all its inputs in one
+  dependency and gathers the errors itself (``checked`` for a single path or header value).
+- :func:`documented_inputs` renders the OpenAPI parameters and security of a declarative
+  signature, so a route that reads its inputs itself documents exactly what FastAPI would.
+
+Refused input raises the same RequestValidationError (``loc`` = ``["query", field, ...]``).
 """
 
 from __future__ import annotations
 
 import typing
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from fastapi.params import Depends
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
-def query_model(model: type[M]) -> tuple[Callable[[Request], Coroutine[Any, Any, M]], dict[str, Any]]:
-    """``(dependency, openapi_extra)`` for a route whose query parameters are ``model``'s fields."""
+def query_reader(model: type[M]) -> Callable[[Request], tuple[M | None, list[dict[str, Any]]]]:
+    """``read(request) -> (model or None, errors)``: the query string validated in one call."""
     lists = frozenset(name for name, f in model.model_fields.items() if _is_list(f.annotation))
     fields = frozenset(model.model_fields)
 
-    async def parse(request: Request) -> M:
+    def read(request: Request) -> tuple[M | None, list[dict[str, Any]]]:
         params = request.query_params
         data: dict[str, Any] = {}
         for key in params:
@@ -35,14 +43,34 @@ def query_model(model: type[M]) -> tuple[Callable[[Request], Coroutine[Any, Any,
             elif key in fields:
                 data[key] = params[key]  # the last value, as FastAPI takes it
         try:
-            return model.model_validate(data)
+            return model.model_validate(data), []
         except ValidationError as exc:
-            raise RequestValidationError(
-                [{**err, "loc": ("query", *err["loc"])} for err in exc.errors(include_url=False)]
-            ) from None
+            return None, [{**err, "loc": ("query", *err["loc"])} for err in exc.errors(include_url=False)]
+
+    return read
+
+
+def query_model(model: type[M]) -> tuple[Callable[[Request], Coroutine[Any, Any, M]], dict[str, Any]]:
+    """``(dependency, openapi_extra)`` for a route whose query parameters are ``model``'s fields."""
+    read = query_reader(model)
+
+    async def parse(request: Request) -> M:
+        value, errors = read(request)
+        if errors:
+            raise RequestValidationError(errors)
+        return value
 
     parse.__name__ = f"parse_{model.__name__}"
     return parse, {"parameters": _documented_parameters(model)}
+
+
+def checked(adapter: TypeAdapter[T], value: Any, loc: tuple[str, ...], errors: list[dict[str, Any]]) -> T | None:
+    """``value`` validated by ``adapter``; on failure None, and the errors (at ``loc``) appended."""
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        errors.extend({**err, "loc": (*loc, *err["loc"])} for err in exc.errors(include_url=False))
+        return None
 
 
 def _is_list(annotation: Any) -> bool:
@@ -52,13 +80,23 @@ def _is_list(annotation: Any) -> bool:
     return any(_is_list(a) for a in typing.get_args(annotation)) if origin is not None else False
 
 
+def documented_inputs(
+    endpoint: Callable[..., Any], path: str = "/probe", dependencies: Sequence[Depends] = ()
+) -> dict[str, Any]:
+    """The OpenAPI ``parameters`` (and ``security``) FastAPI renders for ``endpoint``'s declared
+    signature on ``path`` with route ``dependencies``: the ``openapi_extra`` of a route that
+    reads the same inputs itself."""
+    probe = FastAPI()
+    probe.get(path, dependencies=list(dependencies))(endpoint)
+    operation = probe.openapi()["paths"][path]["get"]
+    return {key: operation[key] for key in ("parameters", "security") if key in operation}
+
+
 def _documented_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     """The OpenAPI parameters FastAPI renders for ``Annotated[model, Query()]``."""
-    probe = FastAPI()
 
     async def endpoint(query) -> None:
         return None
 
     endpoint.__annotations__ = {"query": Annotated[model, Query()], "return": None}  # a real type, not a string
-    probe.get("/probe")(endpoint)
-    return probe.openapi()["paths"]["/probe"]["get"]["parameters"]
+    return documented_inputs(endpoint)["parameters"]

@@ -12,7 +12,6 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, StringConstraints, TypeAdapter
-from pydantic_core import to_json
 
 from api.deps import (
     VERSION_CONSTRAINTS,
@@ -25,7 +24,7 @@ from api.deps import (
     resolve,
 )
 from api.history import is_fresh
-from api.query import checked, documented_inputs, query_model, query_reader
+from api.query import DirectRoute, checked, documented_inputs, query_model, query_reader
 from api.request_guards import StrictJSONRoute
 from api.schemas import (
     Error,
@@ -45,13 +44,14 @@ from api.serving import LoadedModel, ModelHolder
 from recsys.recommender import (
     Filters,
     RecommendationResult,
+    ScoredItem,
     SearchUnavailable,
     UnknownItemError,
 )
 
 router = APIRouter(tags=["recommendations"], dependencies=[Depends(read_key)], route_class=StrictJSONRoute)
-#: routes that check the read key themselves, in the one dependency that reads their inputs
-hot_router = APIRouter(tags=["recommendations"], route_class=StrictJSONRoute)
+#: routes that read their inputs (the read key too) themselves, in one pass (api/query.py)
+hot_router = APIRouter(tags=["recommendations"], route_class=DirectRoute)
 
 ERRORS = {
     401: {"model": Error, "description": "API key missing (when reads require one)"},
@@ -147,11 +147,23 @@ def _json(answer: BaseModel) -> Response:
     return Response(content=answer.model_dump_json(), media_type="application/json")
 
 
-def _answer(fields: dict[str, Any]) -> Response:
-    """An answer whose ``items`` are the Recommender's ScoredItems, serialized as they are in one
-    pass of pydantic's encoder: no per-item response model is built (a test checks the body
-    against the documented ``response_model``)."""
-    return Response(content=to_json(fields), media_type="application/json")
+@dataclass(slots=True)
+class UserAnswer:
+    """The body of GET /users/{user_id}/recommendations (documented as UserRecommendations, the
+    same fields in the same order; a test checks one against the other), holding the
+    Recommender's ScoredItems as they are: serialized in one pass of pydantic's encoder, no
+    per-item response model built."""
+
+    model_version: str
+    variant: str
+    strategy: str
+    mode: str | None
+    offset: int
+    items: list[ScoredItem]
+    user_id: str
+
+
+_USER_ANSWER = TypeAdapter(UserAnswer)
 
 
 def _items(result: RecommendationResult) -> list[RecommendedItem]:
@@ -248,17 +260,8 @@ async def user_recommendations(request: Request) -> Response:
         )
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")
-    return _answer(
-        {
-            "model_version": model.version,
-            "variant": variant,
-            "strategy": result.strategy,
-            "mode": result.mode,
-            "offset": query.offset,
-            "items": result.items,
-            "user_id": user_id,
-        }
-    )
+    answer = UserAnswer(model.version, variant, result.strategy, result.mode, query.offset, result.items, user_id)
+    return Response(content=_USER_ANSWER.dump_json(answer), media_type="application/json")
 
 
 @router.get("/items/{item_id}/similar", response_model=SimilarItems, responses=ERRORS, openapi_extra=SIMILAR_QUERY_DOC)

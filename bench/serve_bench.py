@@ -10,7 +10,7 @@ the last line is a PASS/FAIL summary; exit 0 only when ratio >= 0.5 and p99 <= 2
 Extra modes (the base workload and its PASS/FAIL line are unchanged):
 
 - ``RECSYS_BENCH_COMPARE_WORKERS=2``: afterwards, the same data served by 2 workers; a second
-  table with peak recommendations/health, throughput vs the 1-worker run and RSS per worker
+  table with peak recommendations/health, throughput vs the 1-worker run and RSS/PSS/USS per worker
   (target >= 1.6x; part of the exit status).
 - ``RECSYS_BENCH_DATABASE=postgresql``: the store is a fresh database on the local PostgreSQL
   server (``RECSYS_BENCH_POSTGRES_ADMIN_URL``, default postgres@127.0.0.1:5432), dropped afterwards.
@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -110,11 +111,18 @@ def worker_pids(base: str, expected: int) -> list[int]:
     return sorted(pids)
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def memory_mb(pid: int) -> dict[str, float]:
+    """RSS, PSS and USS of a worker (MB). Pages shared between processes (libraries, files
+    mapped by several workers) count whole in RSS, divided among the sharers in PSS, and not at
+    all in USS (what the worker alone holds)."""
+    info = psutil.Process(pid).memory_full_info()
+    return {"rss": info.rss / 2**20, "pss": info.pss / 2**20, "uss": info.uss / 2**20}
+
+
+def memory_line(mem: dict[int, dict[str, float]]) -> str:
+    return "memory per worker: " + ", ".join(
+        f"pid {pid} RSS {m['rss']:,.0f} MB / PSS {m['pss']:,.0f} MB / USS {m['uss']:,.0f} MB" for pid, m in mem.items()
+    )
 
 
 @contextmanager
@@ -228,7 +236,7 @@ def main() -> int:
             load_before = load()
             rows = endpoint_rows(base, tmp)
             load_after = load()
-            rss = {pid: rss_mb(pid) for pid in worker_pids(base, WORKERS)}
+            rss = {pid: memory_mb(pid) for pid in worker_pids(base, WORKERS)}
             if PROFILE:
                 try:
                     profile(base, tmp, Path(PROFILE))
@@ -240,7 +248,7 @@ def main() -> int:
                 wrk(base, "recs", 0, tmp)
                 scaled_load = load()
                 scaled = endpoint_rows(base, tmp, paced=False)
-                scaled_rss = {pid: rss_mb(pid) for pid in worker_pids(base, COMPARE_WORKERS)}
+                scaled_rss = {pid: memory_mb(pid) for pid in worker_pids(base, COMPARE_WORKERS)}
                 scaled_load += " -> " + load()
     store = "PostgreSQL" if database_url else "SQLite"
     print(
@@ -253,7 +261,7 @@ def main() -> int:
         print(
             f"{'':<18}{'80%':<10}{paced['rps']:>10,.0f}{paced['p50']:>9.2f}{paced['p99']:>9.2f}{paced['non2xx']:>9}  (target {target:,.0f}/s)"
         )
-    print("RSS per worker: " + ", ".join(f"pid {pid} {mb:,.0f} MB" for pid, mb in rss.items()))
+    print(memory_line(rss))
     recs_peak, recs_paced, _ = rows["recommendations"]
     ratio = recs_peak["rps"] / rows["health"][0]["rps"]
     errors = sum(r["non2xx"] for pair in rows.values() for r in pair[:2])
@@ -267,7 +275,7 @@ def main() -> int:
             print(
                 f"{name:<18}{peak['rps']:>10,.0f}{peak['p50']:>9.2f}{peak['p99']:>9.2f}{peak['non2xx']:>9}{speedup:>12.2f}x"
             )
-        print("RSS per worker: " + ", ".join(f"pid {pid} {mb:,.0f} MB" for pid, mb in scaled_rss.items()))
+        print(memory_line(scaled_rss))
         scaling = scaled["recommendations"][0]["rps"] / recs_peak["rps"]
         errors += sum(peak["non2xx"] for peak, _, _ in scaled.values())
         ok = ok and scaling >= TARGET_SCALING and errors == 0

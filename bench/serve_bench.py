@@ -94,11 +94,19 @@ def wrk(base: str, path: str, pace_ms: float, tmp: Path) -> dict:
     cmd = ["wrk", "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", DURATION, "-s", str(script), base]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     p50 = int(re.search(r"P50_US (\d+)", out).group(1)) / 1000
     p99 = int(re.search(r"P99_US (\d+)", out).group(1)) / 1000
     errors = int(re.search(r"NON2XX (\d+)", out).group(1))
     sock = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50": p50, "p99": p99, "non2xx": errors, "socket_errors": sock.group(1) if sock else "none"}
+    return {
+        "rps": rps,
+        "requests": requests,
+        "p50": p50,
+        "p99": p99,
+        "non2xx": errors,
+        "socket_errors": sock.group(1) if sock else "none",
+    }
 
 
 def load() -> str:
@@ -204,10 +212,19 @@ def profile(base: str, tmp: Path, out: Path) -> None:
     print(f"profile written to {out}")
 
 
-def endpoint_rows(base: str, tmp: Path, paced: bool = True) -> dict:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the worker processes used so far."""
+    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
+
+
+def endpoint_rows(base: str, tmp: Path, pids: list[int], paced: bool = True) -> dict:
+    """Per endpoint: the peak run (with the workers' CPU per request), the run paced at 80%."""
     rows = {}
     for name, path in (("recommendations", "recs"), ("health", "/health")):
+        before = cpu_seconds(pids)
         peak = wrk(base, path, 0, tmp)
+        # CPU per request does not depend on what else runs on the machine the way req/s does
+        peak["cpu_us"] = (cpu_seconds(pids) - before) / max(peak["requests"], 1) * 1e6
         # pace each connection so the total is ~80% of this endpoint's peak
         target = 0.8 * peak["rps"]
         pace = CONNECTIONS / target * 1000.0
@@ -237,7 +254,7 @@ def main() -> int:
             # warm up (page in the memory-mapped index, JIT nothing, fill caches)
             wrk(base, "recs", 0, tmp)
             load_before = load()
-            rows = endpoint_rows(base, tmp)
+            rows = endpoint_rows(base, tmp, worker_pids(base, WORKERS))
             load_after = load()
             rss = {pid: memory_mb(pid) for pid in worker_pids(base, WORKERS)}
             if PROFILE:
@@ -250,7 +267,7 @@ def main() -> int:
             with live_server(env, workers=COMPARE_WORKERS, extra_env=extra) as base:
                 wrk(base, "recs", 0, tmp)
                 scaled_load = load()
-                scaled = endpoint_rows(base, tmp, paced=False)
+                scaled = endpoint_rows(base, tmp, worker_pids(base, COMPARE_WORKERS), paced=False)
                 scaled_rss = {pid: memory_mb(pid) for pid in worker_pids(base, COMPARE_WORKERS)}
                 scaled_load += " -> " + load()
     store = "PostgreSQL" if database_url else "SQLite"
@@ -264,9 +281,12 @@ def main() -> int:
         f"catalog {ITEMS:,} items, {USERS:,} users, store {store}; {WORKERS} uvicorn worker(s), {stack}; "
         f"wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION}; {load_before} -> {load_after}"
     )
-    print(f"{'endpoint':<18}{'pass':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+    print(f"{'endpoint':<18}{'pass':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'CPU µs/req':>12}")
     for name, (peak, paced, target) in rows.items():
-        print(f"{name:<18}{'peak':<10}{peak['rps']:>10,.0f}{peak['p50']:>9.2f}{peak['p99']:>9.2f}{peak['non2xx']:>9}")
+        print(
+            f"{name:<18}{'peak':<10}{peak['rps']:>10,.0f}{peak['p50']:>9.2f}{peak['p99']:>9.2f}{peak['non2xx']:>9}"
+            f"{peak['cpu_us']:>12,.0f}"
+        )
         print(
             f"{'':<18}{'80%':<10}{paced['rps']:>10,.0f}{paced['p50']:>9.2f}{paced['p99']:>9.2f}{paced['non2xx']:>9}  (target {target:,.0f}/s)"
         )
@@ -292,6 +312,8 @@ def main() -> int:
             f"recommendations with {COMPARE_WORKERS} workers = {scaling:.2f}x one worker (target >= {TARGET_SCALING})"
         )
     print(f"throughput ratio recommendations/health = {ratio:.2f} (target >= {TARGET_RATIO})")
+    cpu_ratio = rows["health"][0]["cpu_us"] / max(recs_peak["cpu_us"], 1e-9)
+    print(f"worker CPU per request health/recommendations = {cpu_ratio:.2f} (for reading a busy machine's figures)")
     print(
         f"{'PASS' if ok else 'FAIL'}: recs {recs_peak['rps']:,.0f} req/s vs health {rows['health'][0]['rps']:,.0f} req/s "
         f"(ratio {ratio:.2f} >= {TARGET_RATIO}?), p99 at 80% peak {recs_paced['p99']:.1f} ms (<= {TARGET_P99_MS}?), {errors} errors"

@@ -126,7 +126,6 @@ class SearchQuery(RuleQuery):
     user_id: Id | None = Field(None, description="for the A/B split")
 
 
-user_query, USER_QUERY_DOC = query_model(UserQuery)
 similar_query, SIMILAR_QUERY_DOC = query_model(SimilarQuery)
 search_query, SEARCH_QUERY_DOC = query_model(SearchQuery)
 
@@ -205,7 +204,7 @@ USER_INPUTS_DOC = documented_inputs(
 
 async def user_inputs(request: Request) -> UserInputs:
     """Read key, path, query and pin of the route in one pass (what ``read_key``, ``IdPath``,
-    ``Depends(user_query)`` and ``PinDep`` do, without a dependency-solver round each: those
+    a query model dependency and ``PinDep`` do, without a dependency-solver round each: those
     were ~40% of the route's CPU, bench/profiles/). 401/403 first, then every invalid input in
     one 422."""
     key = await api_key_header(request)

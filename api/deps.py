@@ -74,8 +74,17 @@ async def require_key(
 
 async def read_key(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> None:
     """Reads: open unless ``RECSYS_READS_REQUIRE_KEY`` is set."""
+    check_read_key(request, key)
+
+
+def check_read_key(request: Request, key: str | None) -> None:
+    """:func:`read_key` for a route that reads its inputs itself (api/routes/recommendations.py)."""
     if request.app.state.settings.reads_require_key:
         _check_key(key, request.app.state.keys)
+
+
+#: a registry version as a request may pin it (``?model_version=`` / ``X-Model-Version``)
+VERSION_CONSTRAINTS = {"min_length": 1, "max_length": 64, "pattern": r"^[0-9]+$"}
 
 
 async def pinned_model(
@@ -85,16 +94,12 @@ async def pinned_model(
     model_version: Annotated[
         str | None,
         Query(
-            min_length=1,
-            max_length=64,
-            pattern=r"^[0-9]+$",
+            **VERSION_CONSTRAINTS,
             description="serve this registry version instead of the alias "
             "(a version this worker has not loaded needs an API key)",
         ),
     ] = None,
-    x_model_version: Annotated[
-        str | None, Header(min_length=1, max_length=64, pattern=r"^[0-9]+$", description="same as ?model_version=")
-    ] = None,
+    x_model_version: Annotated[str | None, Header(**VERSION_CONSTRAINTS, description="same as ?model_version=")] = None,
 ) -> LoadedModel | None:
     """The pinned version's model, or None when the request pins nothing.
 
@@ -103,7 +108,11 @@ async def pinned_model(
     in the holder's loader thread, one at a time per process: the event loop never blocks on
     it, and a request for a second version while one loads gets 503 with Retry-After.
     """
-    version = model_version or x_model_version
+    return await pin(request, holder, key, model_version or x_model_version)
+
+
+async def pin(request: Request, holder: ModelHolder, key: str | None, version: str | None) -> LoadedModel | None:
+    """:func:`pinned_model` once the version is read and validated (None: nothing pinned)."""
     if version is None:
         return None
     model = holder.loaded_version(version)

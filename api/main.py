@@ -137,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     app.include_router(health.router)
+    app.include_router(recommendations.hot_router)
     app.include_router(recommendations.router)
     app.include_router(events.router)
     app.include_router(catalog.router)

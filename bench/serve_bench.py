@@ -10,20 +10,23 @@ the last line is a PASS/FAIL summary; exit 0 only when ratio >= 0.5 and p99 <= 2
 Extra modes (the base workload and its PASS/FAIL line are unchanged):
 
 - ``RECSYS_BENCH_COMPARE_WORKERS=2``: afterwards, the same data served by 2 workers; a second
-  table with peak recommendations/health, throughput vs the 1-worker run and RSS per worker
+  table with peak recommendations/health, throughput vs the 1-worker run and RSS/PSS/USS per worker
   (target >= 1.6x; part of the exit status).
 - ``RECSYS_BENCH_DATABASE=postgresql``: the store is a fresh database on the local PostgreSQL
   server (``RECSYS_BENCH_POSTGRES_ADMIN_URL``, default postgres@127.0.0.1:5432), dropped afterwards.
 - ``RECSYS_BENCH_PROFILE=out.txt``: one more recommendations run under ``py-spy record`` against
   the worker; the top frames (self and total samples) are written to ``out.txt``.
 
-Every table prints the 1-minute load average before and after it (the machine may be shared).
+Every table prints the 1-minute load average before and after it (the machine may be shared),
+and the HTTP stack uvicorn ran with (h11 + asyncio, or httptools + uvloop when the ``fast``
+extra is installed: both endpoints get cheaper, so the ratio is the harder to reach).
 
 Needs ``wrk`` (Debian/Ubuntu: ``apt-get install wrk``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -38,6 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -90,11 +94,19 @@ def wrk(base: str, path: str, pace_ms: float, tmp: Path) -> dict:
     cmd = ["wrk", "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", DURATION, "-s", str(script), base]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     p50 = int(re.search(r"P50_US (\d+)", out).group(1)) / 1000
     p99 = int(re.search(r"P99_US (\d+)", out).group(1)) / 1000
     errors = int(re.search(r"NON2XX (\d+)", out).group(1))
     sock = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50": p50, "p99": p99, "non2xx": errors, "socket_errors": sock.group(1) if sock else "none"}
+    return {
+        "rps": rps,
+        "requests": requests,
+        "p50": p50,
+        "p99": p99,
+        "non2xx": errors,
+        "socket_errors": sock.group(1) if sock else "none",
+    }
 
 
 def load() -> str:
@@ -110,11 +122,18 @@ def worker_pids(base: str, expected: int) -> list[int]:
     return sorted(pids)
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def memory_mb(pid: int) -> dict[str, float]:
+    """RSS, PSS and USS of a worker (MB). Pages shared between processes (libraries, files
+    mapped by several workers) count whole in RSS, divided among the sharers in PSS, and not at
+    all in USS (what the worker alone holds)."""
+    info = psutil.Process(pid).memory_full_info()
+    return {"rss": info.rss / 2**20, "pss": info.pss / 2**20, "uss": info.uss / 2**20}
+
+
+def memory_line(mem: dict[int, dict[str, float]]) -> str:
+    return "memory per worker: " + ", ".join(
+        f"pid {pid} RSS {m['rss']:,.0f} MB / PSS {m['pss']:,.0f} MB / USS {m['uss']:,.0f} MB" for pid, m in mem.items()
+    )
 
 
 @contextmanager
@@ -188,15 +207,24 @@ def profile(base: str, tmp: Path, out: Path) -> None:
     ]
     lines += [f"{100 * n / max(samples, 1):6.1f}%  {f}" for f, n in self_n.most_common(25)]
     lines += ["", "top total (inclusive):"]
-    lines += [f"{100 * n / max(samples, 1):6.1f}%  {f}" for f, n in total_n.most_common(40)]
+    lines += [f"{100 * n / max(samples, 1):6.1f}%  {f}" for f, n in total_n.most_common(70)]
     out.write_text("\n".join(lines) + "\n")
     print(f"profile written to {out}")
 
 
-def endpoint_rows(base: str, tmp: Path, paced: bool = True) -> dict:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the worker processes used so far."""
+    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
+
+
+def endpoint_rows(base: str, tmp: Path, pids: list[int], paced: bool = True) -> dict:
+    """Per endpoint: the peak run (with the workers' CPU per request), the run paced at 80%."""
     rows = {}
     for name, path in (("recommendations", "recs"), ("health", "/health")):
+        before = cpu_seconds(pids)
         peak = wrk(base, path, 0, tmp)
+        # CPU per request does not depend on what else runs on the machine the way req/s does
+        peak["cpu_us"] = (cpu_seconds(pids) - before) / max(peak["requests"], 1) * 1e6
         # pace each connection so the total is ~80% of this endpoint's peak
         target = 0.8 * peak["rps"]
         pace = CONNECTIONS / target * 1000.0
@@ -226,9 +254,9 @@ def main() -> int:
             # warm up (page in the memory-mapped index, JIT nothing, fill caches)
             wrk(base, "recs", 0, tmp)
             load_before = load()
-            rows = endpoint_rows(base, tmp)
+            rows = endpoint_rows(base, tmp, worker_pids(base, WORKERS))
             load_after = load()
-            rss = {pid: rss_mb(pid) for pid in worker_pids(base, WORKERS)}
+            rss = {pid: memory_mb(pid) for pid in worker_pids(base, WORKERS)}
             if PROFILE:
                 try:
                     profile(base, tmp, Path(PROFILE))
@@ -239,21 +267,30 @@ def main() -> int:
             with live_server(env, workers=COMPARE_WORKERS, extra_env=extra) as base:
                 wrk(base, "recs", 0, tmp)
                 scaled_load = load()
-                scaled = endpoint_rows(base, tmp, paced=False)
-                scaled_rss = {pid: rss_mb(pid) for pid in worker_pids(base, COMPARE_WORKERS)}
+                scaled = endpoint_rows(base, tmp, worker_pids(base, COMPARE_WORKERS), paced=False)
+                scaled_rss = {pid: memory_mb(pid) for pid in worker_pids(base, COMPARE_WORKERS)}
                 scaled_load += " -> " + load()
     store = "PostgreSQL" if database_url else "SQLite"
+    # uvicorn picks its C HTTP parser and event loop when installed (extra "fast")
+    stack = (
+        "httptools+uvloop"
+        if importlib.util.find_spec("httptools") and importlib.util.find_spec("uvloop")
+        else "h11+asyncio"
+    )
     print(
-        f"catalog {ITEMS:,} items, {USERS:,} users, store {store}; {WORKERS} uvicorn worker(s); "
+        f"catalog {ITEMS:,} items, {USERS:,} users, store {store}; {WORKERS} uvicorn worker(s), {stack}; "
         f"wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION}; {load_before} -> {load_after}"
     )
-    print(f"{'endpoint':<18}{'pass':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+    print(f"{'endpoint':<18}{'pass':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'CPU µs/req':>12}")
     for name, (peak, paced, target) in rows.items():
-        print(f"{name:<18}{'peak':<10}{peak['rps']:>10,.0f}{peak['p50']:>9.2f}{peak['p99']:>9.2f}{peak['non2xx']:>9}")
+        print(
+            f"{name:<18}{'peak':<10}{peak['rps']:>10,.0f}{peak['p50']:>9.2f}{peak['p99']:>9.2f}{peak['non2xx']:>9}"
+            f"{peak['cpu_us']:>12,.0f}"
+        )
         print(
             f"{'':<18}{'80%':<10}{paced['rps']:>10,.0f}{paced['p50']:>9.2f}{paced['p99']:>9.2f}{paced['non2xx']:>9}  (target {target:,.0f}/s)"
         )
-    print("RSS per worker: " + ", ".join(f"pid {pid} {mb:,.0f} MB" for pid, mb in rss.items()))
+    print(memory_line(rss))
     recs_peak, recs_paced, _ = rows["recommendations"]
     ratio = recs_peak["rps"] / rows["health"][0]["rps"]
     errors = sum(r["non2xx"] for pair in rows.values() for r in pair[:2])
@@ -267,7 +304,7 @@ def main() -> int:
             print(
                 f"{name:<18}{peak['rps']:>10,.0f}{peak['p50']:>9.2f}{peak['p99']:>9.2f}{peak['non2xx']:>9}{speedup:>12.2f}x"
             )
-        print("RSS per worker: " + ", ".join(f"pid {pid} {mb:,.0f} MB" for pid, mb in scaled_rss.items()))
+        print(memory_line(scaled_rss))
         scaling = scaled["recommendations"][0]["rps"] / recs_peak["rps"]
         errors += sum(peak["non2xx"] for peak, _, _ in scaled.values())
         ok = ok and scaling >= TARGET_SCALING and errors == 0
@@ -275,6 +312,8 @@ def main() -> int:
             f"recommendations with {COMPARE_WORKERS} workers = {scaling:.2f}x one worker (target >= {TARGET_SCALING})"
         )
     print(f"throughput ratio recommendations/health = {ratio:.2f} (target >= {TARGET_RATIO})")
+    cpu_ratio = rows["health"][0]["cpu_us"] / max(recs_peak["cpu_us"], 1e-9)
+    print(f"worker CPU per request health/recommendations = {cpu_ratio:.2f} (for reading a busy machine's figures)")
     print(
         f"{'PASS' if ok else 'FAIL'}: recs {recs_peak['rps']:,.0f} req/s vs health {rows['health'][0]['rps']:,.0f} req/s "
         f"(ratio {ratio:.2f} >= {TARGET_RATIO}?), p99 at 80% peak {recs_paced['p99']:.1f} ms (<= {TARGET_P99_MS}?), {errors} errors"

@@ -111,11 +111,16 @@ class RankRequest:
         exclude = np.asarray(() if self.exclude is None else self.exclude)
         if exclude.size == 0:
             exclude = _NO_POSITIONS
-        elif exclude.ndim != 1 or exclude.dtype.kind not in "iu" or exclude.min() < 0:
+        elif exclude.ndim != 1 or exclude.dtype.kind not in "iu":
             raise RankRequestError("exclude", "must be a 1-D array of item positions (integers >= 0)")
-        # Unique: a history with repeats is the same exclusion (and asks an approximate index
-        # for the same number of candidates, so its answer does not depend on repeats).
-        object.__setattr__(self, "exclude", np.unique(exclude.astype(np.int64, copy=False)))
+        else:
+            # Sorted and unique: a history with repeats is the same exclusion (and asks an
+            # approximate index for the same number of candidates, so its answer does not
+            # depend on repeats); sorted for the binary searches of ``_among``.
+            exclude = _sorted_unique(exclude.astype(np.int64))
+            if exclude[0] < 0:
+                raise RankRequestError("exclude", "must be a 1-D array of item positions (integers >= 0)")
+        object.__setattr__(self, "exclude", exclude)
         if self.blend_weights is not None:
             weights = tuple(self.blend_weights)
             if len(weights) != 2 or not all(_finite_number(w) and w >= 0 for w in weights):
@@ -308,7 +313,7 @@ class Ranker:
 
     def similar(self, position: int, request: RankRequest) -> list[ScoredItem]:
         """Items nearest to the item at ``position`` (which is never returned)."""
-        exclude = np.append(request.exclude, position)
+        exclude = np.union1d(request.exclude, [position])  # sorted and unique, as top() needs
         if request.mode == "collaborative":
             ids, scores = self.top("item", self._vectors["cf"][position], request.n, exclude, request.filters)
         elif request.mode == "content":
@@ -350,7 +355,8 @@ class Ranker:
     def top(
         self, role: str, query: np.ndarray, n: int, exclude: np.ndarray, filters: Filters = NO_FILTERS
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-n allowed, non-excluded rows of the role's space, best first.
+        """Top-n allowed, non-excluded rows of the role's space, best first. ``exclude``: sorted,
+        unique positions (a RankRequest's).
 
         Through the role's index with over-fetching when it is faster than a scan, falling back
         to the exact scan when filters leave too few; rows added after training are not in the
@@ -365,7 +371,7 @@ class Ranker:
         fetch = n + len(exclude) + 16
         while True:
             ids, scores = index.query(query, min(fetch, n_indexed))
-            keep = allowed[ids] & ~np.isin(ids, exclude)
+            keep = allowed[ids] & ~_among(ids, exclude)
             if keep.sum() >= n:
                 result = (ids[keep][:n], scores[keep][:n])
                 break
@@ -377,7 +383,7 @@ class Ranker:
         rows = self.rows()
         if rows > n_indexed:  # cold-start items added since training
             extra = np.arange(n_indexed, rows)
-            extra = extra[allowed[extra] & ~np.isin(extra, exclude)]
+            extra = extra[allowed[extra] & ~_among(extra, exclude)]
             if len(extra):
                 extra_scores = pairwise_scores(query, vectors[extra], self.metric(role))[0]
                 ids = np.concatenate([result[0], extra])
@@ -457,6 +463,29 @@ def _select(scores: np.ndarray, n: int, exclude: np.ndarray, blocked: np.ndarray
     ids, top = ids[order], top[order]
     keep = top > -np.inf
     return ids[keep], top[keep]
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique`` of a fresh 1-D array (sorted in place), without its generic machinery
+    (a request's history: 5 µs → 2 µs)."""
+    values.sort()
+    if len(values) < 2:
+        return values
+    keep = np.empty(len(values), bool)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
+
+
+def _among(ids: np.ndarray, sorted_unique: np.ndarray) -> np.ndarray:
+    """``np.isin(ids, sorted_unique)`` for a sorted, unique second array (a RankRequest's
+    ``exclude``): one binary search per id instead of isin's sort of both (35 µs → 3 µs for
+    a page of candidates against a history)."""
+    if len(sorted_unique) == 0:
+        return np.zeros(len(ids), bool)
+    at = np.searchsorted(sorted_unique, ids)
+    np.minimum(at, len(sorted_unique) - 1, out=at)
+    return sorted_unique[at] == ids
 
 
 def _top_unordered(scores: np.ndarray, n: int) -> np.ndarray:

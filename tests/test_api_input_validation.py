@@ -302,6 +302,48 @@ def test_body_limit_is_the_setting(db_url, mlflow_uri, store, tmp_path):
     assert Settings(data_dir=tmp_path).max_body_bytes == 16 * MiB
 
 
+def test_read_routes_check_the_key_before_anything_else(db_url, mlflow_uri, store, tmp_path):
+    """With RECSYS_READS_REQUIRE_KEY every read route answers 401 / 403 first: the user route
+    reads its key itself (api/routes/recommendations.py), the others through the router."""
+    with _client(db_url, mlflow_uri, tmp_path, reads_require_key=True) as client:
+        for path in ("/users/u1/recommendations?k=0", "/items/i1/similar?k=0", "/users/u%00x/recommendations"):
+            assert client.get(path).status_code == 401, path
+            assert client.get(path, headers={"X-API-Key": "wrong"}).status_code == 403, path
+            assert client.get(path, headers={"X-API-Key": KEY}).status_code == 422, path
+        # a valid request with the key gets past it (no model in this registry: 503)
+        assert client.get("/users/u1/recommendations", headers={"X-API-Key": KEY}).status_code == 503
+
+
+def test_user_route_names_every_invalid_input_in_one_answer(client):
+    r = client.get(
+        "/users/u%00x/recommendations",
+        params={"k": 0, "diversity": 2, "model_version": "v1"},
+        headers={"X-Model-Version": ""},
+    )
+    assert r.status_code == 422
+    locs = {tuple(e["loc"]) for e in r.json()["detail"]}
+    assert locs == {
+        ("path", "user_id"),
+        ("query", "k"),
+        ("query", "diversity"),
+        ("query", "model_version"),
+        ("header", "x-model-version"),
+    }
+
+
+def test_user_route_documents_the_inputs_it_reads(client):
+    """The route reads its inputs itself; its OpenAPI operation is FastAPI's rendering of the
+    declared signature: the path, every query field, the pin and the API key."""
+    op = client.app.openapi()["paths"]["/users/{user_id}/recommendations"]["get"]
+    params = {(p["in"], p["name"]) for p in op["parameters"]}
+    assert {("path", "user_id"), ("query", "k"), ("query", "exclude_item"), ("query", "diversity")} <= params
+    assert {("query", "model_version"), ("header", "x-model-version")} <= params
+    assert op["security"] == [{"APIKeyHeader": []}]
+    similar = client.app.openapi()["paths"]["/items/{item_id}/similar"]["get"]
+    shared = {(p["in"], p["name"]) for p in similar["parameters"]} - {("path", "item_id"), ("query", "mode")}
+    assert shared - {("query", "user_id")} <= params  # the filters and the pin, documented alike
+
+
 def test_made_up_methods_and_paths_do_not_grow_metrics(client):
     for i in range(5):
         assert client.request(f"FOO{i}", "/health").status_code == 405

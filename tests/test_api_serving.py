@@ -71,6 +71,21 @@ def test_every_answer_names_version_and_variant(server, data):
         assert body["model_version"] == "1" and body["variant"] == "production"
 
 
+def test_user_answer_is_the_documented_schema(server):
+    """The user route serializes the Recommender's items directly (no response model built):
+    the body is exactly UserRecommendations, field for field."""
+    from api.schemas import RecommendedItem, UserRecommendations
+
+    r = httpx.get(f"{server}/users/u1/recommendations", params={"k": 5, "offset": 2})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert list(body) == list(UserRecommendations.model_fields)  # same fields, same order
+    assert all(list(item) == list(RecommendedItem.model_fields) for item in body["items"])
+    answer = UserRecommendations.model_validate_json(r.content)
+    assert answer.user_id == "u1" and answer.offset == 2 and len(answer.items) == 5
+    assert answer.model_dump(mode="json") == body
+
+
 def test_fold_in_of_new_user_visible_on_next_call(server, data):
     user = f"new-{uuid.uuid4().hex[:8]}"
     assert recs(server, user)["strategy"] == "popular"

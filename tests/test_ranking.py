@@ -210,3 +210,21 @@ def test_added_items_are_ranked_filtered_and_explained_like_the_others():
     assert rec.popular(6, filters=only_new).items[-1].score == 0.0  # no interactions yet
     rec.update_catalog(new.assign(available=False).iloc[:3])
     assert {i.item_id for i in rec.popular(10, filters=only_new).items} == {f"new-{i}" for i in range(3, 6)}
+
+
+def test_exclusion_helpers_agree_with_numpy():
+    """RankRequest keeps exclusions sorted and unique once; membership is then a binary search
+    (recsys.ranking._among), which must answer exactly what np.isin does."""
+    from recsys.ranking import _among, _sorted_unique
+
+    rng = np.random.default_rng(3)
+    for size in (0, 1, 2, 7, 50, 400):
+        history = rng.integers(0, 300, size)
+        exclude = _sorted_unique(history.astype(np.int64))
+        assert np.array_equal(exclude, np.unique(history))
+        ids = rng.integers(0, 320, 60)
+        assert np.array_equal(_among(ids, exclude), np.isin(ids, history))
+    request = RankRequest(exclude=[5, 3, 5, 0, 3])
+    assert request.exclude.tolist() == [0, 3, 5]
+    with pytest.raises(RankRequestError):
+        RankRequest(exclude=[4, -1])

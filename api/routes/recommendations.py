@@ -5,15 +5,26 @@ All business rules are the Recommender's; these routes map query parameters and 
 
 from __future__ import annotations
 
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, StringConstraints, TypeAdapter
 
-from api.deps import HolderDep, PinDep, read_key, resolve
+from api.deps import (
+    VERSION_CONSTRAINTS,
+    HolderDep,
+    PinDep,
+    api_key_header,
+    check_read_key,
+    pin,
+    read_key,
+    resolve,
+)
 from api.history import is_fresh
-from api.query import query_model
+from api.query import DirectRoute, checked, documented_inputs, query_model, query_reader
 from api.request_guards import StrictJSONRoute
 from api.schemas import (
     Error,
@@ -33,11 +44,14 @@ from api.serving import LoadedModel, ModelHolder
 from recsys.recommender import (
     Filters,
     RecommendationResult,
+    ScoredItem,
     SearchUnavailable,
     UnknownItemError,
 )
 
 router = APIRouter(tags=["recommendations"], dependencies=[Depends(read_key)], route_class=StrictJSONRoute)
+#: routes that read their inputs (the read key too) themselves, in one pass (api/query.py)
+hot_router = APIRouter(tags=["recommendations"], route_class=DirectRoute)
 
 ERRORS = {
     401: {"model": Error, "description": "API key missing (when reads require one)"},
@@ -120,7 +134,6 @@ class SearchQuery(RuleQuery):
     user_id: Id | None = Field(None, description="for the A/B split")
 
 
-user_query, USER_QUERY_DOC = query_model(UserQuery)
 similar_query, SIMILAR_QUERY_DOC = query_model(SimilarQuery)
 search_query, SEARCH_QUERY_DOC = query_model(SearchQuery)
 
@@ -141,6 +154,25 @@ def _json(answer: BaseModel) -> Response:
     return Response(content=answer.model_dump_json(), media_type="application/json")
 
 
+@dataclass(slots=True)
+class UserAnswer:
+    """The body of GET /users/{user_id}/recommendations (documented as UserRecommendations, the
+    same fields in the same order; a test checks one against the other), holding the
+    Recommender's ScoredItems as they are: serialized in one pass of pydantic's encoder, no
+    per-item response model built."""
+
+    model_version: str
+    variant: str
+    strategy: str
+    mode: str | None
+    offset: int
+    items: list[ScoredItem]
+    user_id: str
+
+
+_USER_ANSWER = TypeAdapter(UserAnswer)
+
+
 def _items(result: RecommendationResult) -> list[RecommendedItem]:
     # model_construct: the fields come typed from the Recommender; validating them again is waste
     return [
@@ -153,31 +185,76 @@ def _unavailable(exc: SearchUnavailable, field: str) -> HTTPException:
     return HTTPException(status_code=503, detail={"field": field, "message": str(exc)})
 
 
-@router.get(
+@dataclass(slots=True, frozen=True)
+class UserInputs:
+    """What GET /users/{user_id}/recommendations reads from a request."""
+
+    user_id: str
+    query: UserQuery
+    pinned: LoadedModel | None
+
+
+_USER_ID = TypeAdapter(Id)
+_VERSION = TypeAdapter(Annotated[str, StringConstraints(**VERSION_CONSTRAINTS)])
+_read_user_query = query_reader(UserQuery)
+
+
+async def _declared_user_inputs(
+    user_id: IdPath, query: Annotated[UserQuery, Query()], pinned: PinDep
+) -> None:  # pragma: no cover - documentation only
+    """The inputs of the route as FastAPI declares them: rendered into its OpenAPI operation."""
+
+
+USER_INPUTS_DOC = documented_inputs(
+    _declared_user_inputs, "/users/{user_id}/recommendations", dependencies=[Depends(read_key)]
+)
+
+
+async def user_inputs(request: Request) -> UserInputs:
+    """Read key, path, query and pin of the route in one pass (what ``read_key``, ``IdPath``,
+    a query model dependency and ``PinDep`` do, without a dependency-solver round each: those
+    were ~40% of the route's CPU, bench/profiles/). 401/403 first, then every invalid input in
+    one 422."""
+    key = await api_key_header(request)
+    check_read_key(request, key)
+    errors: list[dict[str, Any]] = []
+    user_id = checked(_USER_ID, request.path_params["user_id"], ("path", "user_id"), errors)
+    query, query_errors = _read_user_query(request)
+    errors += query_errors
+    version = request.query_params.get("model_version")
+    if version is not None:
+        version = checked(_VERSION, version, ("query", "model_version"), errors)
+    header_version = request.headers.get("x-model-version")
+    if header_version is not None:
+        header_version = checked(_VERSION, header_version, ("header", "x-model-version"), errors)
+    if errors:
+        raise RequestValidationError(errors)
+    pinned = await pin(request, request.app.state.holder, key, version or header_version)
+    return UserInputs(user_id, query, pinned)
+
+
+@hot_router.get(
     "/users/{user_id}/recommendations",
     response_model=UserRecommendations,
     responses=ERRORS,
-    openapi_extra=USER_QUERY_DOC,
+    openapi_extra=USER_INPUTS_DOC,
 )
-async def user_recommendations(
-    request: Request, user_id: IdPath, query: Annotated[UserQuery, Depends(user_query)], pinned: PinDep
-) -> Response:
+async def user_recommendations(request: Request) -> Response:
     """Top-k items for a user; events posted a moment ago already count (fold-in).
 
     ``async`` on purpose: the history comes from the worker's memory (api/history.py) and the
     work is CPU only, cheaper on the event loop than handed to the thread pool. A user not in
     the history cache is read from the store in a thread (bench/serve_bench.py).
     """
+    inputs = await user_inputs(request)
     try:
-        answer = await answer_user(request.app.state.holder, user_id, query, pinned)
+        answer = await answer_user(request.app.state.holder, inputs.user_id, inputs.query, inputs.pinned)
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")
-    return _json(answer)
+    return Response(content=_USER_ANSWER.dump_json(answer), media_type="application/json")
 
 
-async def answer_user(
-    holder: ModelHolder, user_id: str, query: UserQuery, pinned: LoadedModel | None
-) -> UserRecommendations:
+async def answer_user(holder: ModelHolder, user_id: str, query: UserQuery, pinned: LoadedModel | None) -> UserAnswer:
     """The answer of ``GET /users/{user_id}/recommendations`` (the dashboard shows the same).
     Raises SearchUnavailable and the 422 HTTPException of :meth:`UserQuery.weights`."""
     model, variant = resolve(holder, user_id, pinned)
@@ -190,21 +267,13 @@ async def answer_user(
         exclude_seen=query.exclude_seen,
         filters=query.filters(),
         mode=query.mode,
-        weights=query.weights(),
+        blend_weights=query.weights(),
         fusion=query.fusion,
         diversity=query.diversity,
         calibration=query.calibration,
         refresh=is_fresh(history.newest, model.fresh_cutoff),
     )
-    return UserRecommendations.model_construct(
-        user_id=user_id,
-        model_version=model.version,
-        variant=variant,
-        strategy=result.strategy,
-        mode=result.mode,
-        offset=query.offset,
-        items=_items(result),
-    )
+    return UserAnswer(model.version, variant, result.strategy, result.mode, query.offset, result.items, user_id)
 
 
 @router.get("/items/{item_id}/similar", response_model=SimilarItems, responses=ERRORS, openapi_extra=SIMILAR_QUERY_DOC)

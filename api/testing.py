@@ -84,15 +84,15 @@ def live_server(
     ready_timeout: float = 180,
     log_path: Path | None = None,
 ) -> Iterator[str]:
-    """``uvicorn api.main:app`` in a subprocess; yields its base URL once /ready answers 200."""
+    """``recsys serve`` in a subprocess; yields its base URL once /ready answers 200."""
     port = port or free_port()
     full_env = {**env, **(extra_env or {})}
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     cmd = [
         sys.executable,
         "-m",
-        "uvicorn",
-        "api.main:app",
+        "cli.main",
+        "serve",
         "--host",
         "127.0.0.1",
         "--port",

@@ -280,14 +280,18 @@ def _autotune(settings, trials: int, max_seconds: float, seed: int, content: str
 def serve(
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="port")] = 8000,
-    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
+    workers: Annotated[
+        int, typer.Option(min=1, help="worker processes, each with its own socket on the port (SO_REUSEPORT)")
+    ] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    access_log: Annotated[bool, typer.Option(help="log every request (costly at high request rates)")] = True,
 ) -> None:
     """Serve the HTTP API with uvicorn."""
-    ensure_port_free(host, port)  # before loading anything: a busy port is a usage error
-    import uvicorn
+    from api.workers import serve_workers
 
+    ensure_port_free(host, port)  # before loading anything: a busy port is a usage error
     console.print(f"dashboard: http://{host}:{port}/ui", highlight=False)
-    uvicorn.run("api.main:app", host=host, port=port, workers=workers, log_level="info")
+    serve_workers("api.main:app", host, port, workers, log_level=log_level, access_log=access_log)
 
 
 @app.command()

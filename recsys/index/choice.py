@@ -158,7 +158,9 @@ def build_index(
             index.tune(vectors, queries, k, stop_when_slower=True, slower_than_ms=bound, truth=truth)
             setting = index.search_k
         elif isinstance(index, HnswItemIndex):
-            index.tune(vectors, queries, k, truth=truth)
+            # likewise: short of the target and slower than a candidate that reached it (the
+            # exact scan, built first), a wider beam only costs more
+            index.tune(vectors, queries, k, truth=truth, slower_than_ms=bound)
             setting = index.ef
         tuned = time.perf_counter()
         build_seconds, tune_seconds = tuned - start, tuned - built

@@ -168,12 +168,22 @@ class HnswItemIndex(ItemIndex):
             self.recall_at_10_ = recall
         return recall
 
-    def tune(self, vectors: np.ndarray, queries: np.ndarray, k: int = 10, truth: np.ndarray | None = None) -> float:
+    def tune(
+        self,
+        vectors: np.ndarray,
+        queries: np.ndarray,
+        k: int = 10,
+        truth: np.ndarray | None = None,
+        slower_than_ms: float | None = None,
+    ) -> float:
         """Smallest ``ef`` (within ~5 %) at which the recall@k ``queries`` show can be promised
         on queries not seen (:func:`recall_lower_bound` reaches ``target_recall``): doubling
         from k, then bisection; returns the (mean) recall at that ef.
         An explicit ``ef`` (not -1) is kept and only measured. Stops at ``tune_seconds`` with
-        the best ef found (logged when the target was not reached)."""
+        the best ef found (logged when the target was not reached), and — given
+        ``slower_than_ms`` (a candidate that already reaches the target, e.g. an exact scan) —
+        as soon as a query at the current ef, still short of the target, is slower than that:
+        a wider beam only costs more, it can no longer win."""
         if truth is None:
             truth = ExactIndex(self.metric).build(vectors).query_batch(queries, k)[0]
         if self.ef != -1:
@@ -182,20 +192,39 @@ class HnswItemIndex(ItemIndex):
         ceiling = max(k, self._n_items)
         tried: dict[int, tuple[float, float]] = {}  # ef → (mean recall, lower bound)
 
+        per_query_ms: dict[int, float] = {}
+
         def probe(ef: int) -> float:
             self.set_ef(ef)
+            start = time.perf_counter()
             found = self.query_batch(queries, k)[0]
+            per_query_ms[ef] = (time.perf_counter() - start) / max(len(queries), 1) * 1000
             tried[ef] = (recall_at_k(found, truth), recall_lower_bound(found, truth))
             return tried[ef][1]
 
+        def slower(ef: int) -> bool:
+            return slower_than_ms is not None and per_query_ms[ef] > slower_than_ms
+
         # lo: an ef known to miss (hnswlib searches with max(ef, k), so no ef below k is worth probing)
         hi, why_not = smallest_reaching(
-            probe, lo=k - 1, hi=k, ceiling=ceiling, bar=self.target_recall, deadline=deadline
+            probe, lo=k - 1, hi=k, ceiling=ceiling, bar=self.target_recall, deadline=deadline, give_up=slower
         )
         self.set_ef(hi)
         recall, bound = tried[hi]
         if k == 10:
             self.recall_at_10_ = recall
+        if why_not == "slower":
+            logger.info(
+                "hnsw %s index: at ef=%d recall@%d %.3f and %.3f ms/query, slower than the alternative (%.3f ms): "
+                "stopped tuning",
+                self.metric,
+                hi,
+                k,
+                recall,
+                per_query_ms[hi],
+                slower_than_ms,
+            )
+            return recall
         if why_not is not None:
             logger.warning(
                 "hnsw %s index: recall@%d target %.3f not reached (best %.3f, lower bound %.3f, at ef=%d; %s)",

@@ -25,8 +25,10 @@ logger = logging.getLogger(__name__)
 
 #: seconds a worker gets to finish its requests after SIGTERM before it is killed
 GRACEFUL_SECONDS = 15.0
-#: a worker that exits sooner than this after its start is not started again
+#: a worker that exits sooner than this after its start, more than STARTUP_RETRIES times in a
+#: row, stops the server (exit 3) rather than being restarted in a loop
 STARTUP_SECONDS = 5.0
+STARTUP_RETRIES = 3
 
 
 def reuseport_supported() -> bool:
@@ -83,14 +85,22 @@ def serve_workers(app: str, host: str, port: int, workers: int, **uvicorn_option
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     processes = [start(n) for n in range(workers)]
     failed = False
+    early_exits = [0] * workers
     try:
         while not stop.wait(0.5):
             for n, process in enumerate(processes):
                 if process.is_alive():
                     continue
-                if time.monotonic() - started[n] < STARTUP_SECONDS:
-                    # dying while starting (bad settings, unreadable model store): restarting would loop
-                    logger.error("worker %d exited with %s while starting: stopping", n, process.exitcode)
+                early = time.monotonic() - started[n] < STARTUP_SECONDS
+                early_exits[n] = early_exits[n] + 1 if early else 0
+                if early_exits[n] > STARTUP_RETRIES:
+                    # dying again and again while starting (bad settings, unreadable model store)
+                    logger.error(
+                        "worker %d exited with %s while starting, %d times: stopping",
+                        n,
+                        process.exitcode,
+                        early_exits[n],
+                    )
                     failed = True
                     stop.set()
                     break

@@ -114,7 +114,11 @@ def test_alias_poller_picks_up_new_version(env):
 
 
 def test_catalog_changes_apply_across_workers(env):
-    with live_server(env, workers=2, extra_env={"RECSYS_API_KEYS": KEY, "RECSYS_RELOAD_POLL_SECONDS": "0"}) as base:
+    with live_server(
+        env,
+        workers=2,
+        extra_env={"RECSYS_API_KEYS": KEY, "RECSYS_RELOAD_POLL_SECONDS": "0"},
+    ) as base:
         top = [
             i["item_id"]
             for i in httpx.get(f"{base}/users/someone-new/recommendations", params={"k": 5}).json()["items"]
@@ -135,3 +139,29 @@ def test_catalog_changes_apply_across_workers(env):
             sims = httpx.get(f"{base}/items/{top[1]}/similar", params={"k": 100}).json()
             assert victim not in [i["item_id"] for i in sims["items"]]
         assert answered == pids
+
+
+def test_workers_share_connections_opened_together(env):
+    """`recsys serve --workers 2`: each worker listens on its own SO_REUSEPORT socket, so a pool
+    of keep-alive connections opened at once is spread over both workers (on one shared socket
+    whichever worker woke first accepted them all, and the other idled)."""
+    from collections import Counter
+    from concurrent.futures import ThreadPoolExecutor
+
+    with live_server(env, workers=2, extra_env={"RECSYS_RELOAD_POLL_SECONDS": "0"}) as base:
+        ready: set[int] = set()  # /ready answered from one worker; wait for the other's model
+        deadline = time.time() + 60
+        while len(ready) < 2 and time.time() < deadline:
+            ready.add(httpx.get(f"{base}/health").json()["pid"])
+        assert len(ready) == 2, "both workers should answer"
+        clients = [httpx.Client(base_url=base, timeout=30) for _ in range(32)]
+        try:
+            with ThreadPoolExecutor(len(clients)) as pool:
+                first = list(pool.map(lambda c: c.get("/health").json()["pid"], clients))
+                again = list(pool.map(lambda c: c.get("/health").json()["pid"], clients))
+        finally:
+            for client in clients:
+                client.close()
+        assert again == first  # keep-alive: each connection stays with the worker that accepted it
+        per_worker = Counter(first)
+        assert set(per_worker) == ready and min(per_worker.values()) >= 6, per_worker

@@ -323,21 +323,6 @@ class AnnoyItemIndex(ItemIndex):
         return meta
 
     @classmethod
-    def load(cls, folder: Path, verify: bool = True, digests: Mapping[str, str] | None = None) -> AnnoyItemIndex:
-        """Map a private copy of a saved index (see module doc). With ``verify`` the copy must
-        hash to ``digests[INDEX_FILE]`` (the bundle manifest's) or else the metadata's sha256;
-        ``digests[META_FILE]`` checks the metadata itself."""
-        folder = Path(folder)
-        digests = digests or {}
-        try:
-            meta = json.loads(read_verified(folder / META_FILE, digests.get(META_FILE) if verify else None))
-        except (OSError, ValueError) as exc:
-            raise IndexError_(f"index metadata unreadable in {folder}: {exc}") from exc
-        return cls._load_private(
-            folder / INDEX_FILE, meta, (digests.get(INDEX_FILE) or meta["sha256"]) if verify else None
-        )
-
-    @classmethod
     def _load_private(cls, path: Path, meta: dict, expected_sha256: str | None) -> AnnoyItemIndex:
         if not path.exists():
             raise IndexError_(f"index file missing: {path}")

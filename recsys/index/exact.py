@@ -164,9 +164,3 @@ class ExactIndex(ItemIndex):
         }
         (folder / "index.json").write_text(json.dumps(meta, indent=2))
         return meta
-
-    @classmethod
-    def load(cls, folder: Path) -> ExactIndex:
-        folder = Path(folder)
-        meta = json.loads((folder / "index.json").read_text())
-        return cls(meta["metric"], meta.get("dtype", "float32")).build(np.load(folder / "vectors.npy"))

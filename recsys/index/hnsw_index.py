@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 import hnswlib
@@ -269,20 +269,6 @@ class HnswItemIndex(ItemIndex):
         }
         (folder / META_FILE).write_text(json.dumps(meta, indent=2))
         return meta
-
-    @classmethod
-    def load(cls, folder: Path, verify: bool = True, digests: Mapping[str, str] | None = None) -> HnswItemIndex:
-        from recsys.index.annoy_index import read_verified
-
-        folder = Path(folder)
-        digests = (digests or {}) if verify else {}
-        try:
-            meta = json.loads(read_verified(folder / META_FILE, digests.get(META_FILE)))
-        except (OSError, ValueError) as exc:
-            raise IndexError_(f"index metadata unreadable in {folder}: {exc}") from exc
-        return cls._load_private(
-            folder / INDEX_FILE, meta, (digests.get(INDEX_FILE) or meta["sha256"]) if verify else None
-        )
 
     @classmethod
     def _load_private(cls, path: Path, meta: dict, expected_sha256: str | None) -> HnswItemIndex:

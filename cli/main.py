@@ -64,19 +64,6 @@ def _store(settings):
     return open_store(settings)
 
 
-def _check_alias(alias: str) -> None:
-    """MLflow's own alias rules, checked before training rather than after registering."""
-    try:
-        from mlflow.utils.validation import (
-            _validate_model_alias_name,
-            _validate_model_alias_name_reserved,
-        )
-    except ImportError:  # private helpers moved: MLflow still refuses a bad alias when setting it
-        return
-    _validate_model_alias_name(alias)
-    _validate_model_alias_name_reserved(alias)
-
-
 def _read_train_config(path: Path):
     """A TrainConfig from YAML; every problem is one line naming the file (and line or field)."""
     import yaml
@@ -198,6 +185,7 @@ def train(
     Without --config: search model families and their parameters on a time-based validation
     split of the snapshot (see pipelines/search.py), then train the winner on all of it.
     One run per registered model at a time: a second exits with code 3 and registers nothing."""
+    from pipelines import tracking
     from pipelines.train import train as run_train
 
     settings = _settings()
@@ -212,7 +200,7 @@ def train(
             raise UsageError(f"--budget: {exc}") from exc
         promote = None if no_promote else (alias or settings.model_alias)
         if promote is not None:
-            _check_alias(promote)
+            tracking.check_alias(promote)
         _store(settings).dispose()
         _autotune(settings, trials, max_seconds, seed, content, as_of, promote)
         return
@@ -223,7 +211,7 @@ def train(
         cfg.content = ContentConfig(kind=content)
     cfg.promote_alias = None if no_promote else (alias or settings.model_alias)
     if cfg.promote_alias is not None:
-        _check_alias(cfg.promote_alias)
+        tracking.check_alias(cfg.promote_alias)
     _store(settings).dispose()  # a bad database URL fails here, before the lock and MLflow
     with train_lock(settings), console.status("training") as status:
         result = run_train(settings, cfg, as_of=as_of, on_stage=lambda s: status.update(f"training: {s}"))

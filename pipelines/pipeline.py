@@ -35,7 +35,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -212,11 +211,11 @@ class Pipeline:
         parent_id = self.state.data.get("mlflow_run_id")
         resumed = parent_id is not None
         if resumed:
-            parent = mlflow.start_run(run_id=parent_id)
+            parent = tracking.start_run(run_id=parent_id)
         else:
-            parent = mlflow.start_run(
-                experiment_id=experiment_id,
-                run_name=self.run_id,
+            parent = tracking.start_run(
+                experiment_id,
+                self.run_id,
                 tags={
                     "pipeline": self.config.name,
                     "pipeline_run_id": self.run_id,
@@ -225,7 +224,7 @@ class Pipeline:
             )
             self.state.data["mlflow_run_id"] = parent.info.run_id
             self.state.save()
-            mlflow.log_dict(self.config.model_dump(mode="json"), "pipeline_config.json")
+            tracking.log_dict(self.config.model_dump(mode="json"), "pipeline_config.json")
         self.parent_id = parent.info.run_id
         self.experiment_id = parent.info.experiment_id
         logger.info(
@@ -246,14 +245,14 @@ class Pipeline:
         except ValidationFailed as exc:
             self.state.data.update(status="stopped", reason=f"validation failed: {exc}")
             self.state.save()
-            mlflow.set_tags({"status": "stopped", "validation_failed": str(exc)[:5000]})
+            tracking.set_tags({"status": "stopped", "validation_failed": str(exc)[:5000]})
             logger.error("pipeline %s run %s stopped before training: %s", self.config.name, self.run_id, exc)
-            mlflow.end_run("FAILED")
+            tracking.end_run("FAILED")
             return self._result()
         except BaseException as exc:
             self.state.data.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
             self.state.save()
-            mlflow.set_tags({"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:5000]})
+            tracking.set_tags({"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:5000]})
             logger.error(
                 "pipeline run %s failed: %s: %s (rerun with --run-id %s to resume)",
                 self.run_id,
@@ -261,7 +260,7 @@ class Pipeline:
                 exc,
                 self.run_id,
             )
-            mlflow.end_run("FAILED")
+            tracking.end_run("FAILED")
             raise
         promoted = self.state.output("promote").get("promoted", False)
         gate = self.state.output("gate")
@@ -271,8 +270,8 @@ class Pipeline:
             finished_at=datetime.now(UTC).isoformat(),
         )
         self.state.save()
-        mlflow.set_tags({"status": "completed", "outcome": "promoted" if promoted else "rejected"})
-        mlflow.end_run("FINISHED")
+        tracking.set_tags({"status": "completed", "outcome": "promoted" if promoted else "rejected"})
+        tracking.end_run("FINISHED")
         result = self._result()
         logger.info("pipeline run %s completed: %s (version %s)", self.run_id, result.status, result.version)
         return result
@@ -285,10 +284,10 @@ class Pipeline:
         self.state.mark(stage, "running")
         attempt = int(self.state.data["stages"][stage].get("attempts", 0)) + 1
         self.state.data["stages"][stage]["attempts"] = attempt
-        with mlflow.start_run(
-            run_name=stage,
+        with tracking.start_run(
+            self.experiment_id,
+            stage,
             nested=True,
-            experiment_id=self.experiment_id,
             tags={"stage": stage, "attempt": str(attempt), "pipeline_run_id": self.run_id},
         ):
             try:
@@ -297,15 +296,15 @@ class Pipeline:
                 _maybe_fail(stage, "after")
             except ValidationFailed as exc:
                 self.state.mark(stage, "failed", error=str(exc))
-                mlflow.set_tags({"validation_failed": str(exc)[:5000]})
+                tracking.set_tags({"validation_failed": str(exc)[:5000]})
                 raise
             except BaseException as exc:
                 self.state.mark(stage, "failed", error=f"{type(exc).__name__}: {exc}")
-                mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
+                tracking.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
                 raise
             hashes = self._hash_outputs(stage, outputs.pop("_log_artifacts", ()))
             seconds = time.perf_counter() - start
-            mlflow.log_metric("seconds", seconds)
+            tracking.log_metrics_finite({"seconds": seconds})
         self.state.mark(stage, "done", outputs=outputs, seconds=seconds, sha256=hashes)
         self.client.set_tag(self.parent_id, f"stage.{stage}", "done")
         logger.info("stage %s: done in %.2fs", stage, seconds)
@@ -321,9 +320,9 @@ class Pipeline:
                 if p.is_file():
                     hashes[str(p.relative_to(self.run_dir))] = file_sha256(p)
         for rel, digest in list(hashes.items())[:200]:
-            mlflow.set_tag(f"sha256/{rel}", digest)
+            tracking.set_tag(f"sha256/{rel}", digest)
         for rel in log_artifacts:
-            mlflow.log_artifact(str(self.run_dir / rel), artifact_path=str(Path(rel).parent))
+            tracking.log_artifact(self.run_dir / rel, str(Path(rel).parent))
         return hashes
 
     def _result(self) -> PipelineResult:
@@ -421,7 +420,7 @@ class Pipeline:
         stats["as_of"] = as_of.isoformat()
         stats["source"] = src.kind if src.kind == "feature_store" else str(src.path)
         _write_json(out / "stats.json", stats)
-        mlflow.log_params({f"data_{k}": v for k, v in stats.items() if not isinstance(v, dict)})
+        tracking.log_params_flat({f"data_{k}": v for k, v in stats.items() if not isinstance(v, dict)})
         arts = ["snapshot/stats.json"] + (
             ["snapshot/events.parquet", "snapshot/items.parquet", "snapshot/users.parquet"]
             if self.config.log_snapshot_artifacts
@@ -437,10 +436,10 @@ class Pipeline:
         report = validate_snapshot(events, stats, self.config.validation, previous)
         del events
         _write_json(self.run_dir / "validate" / "report.json", report.as_dict())
-        mlflow.log_artifact(str(self.run_dir / "validate" / "report.json"), "validate")
+        tracking.log_artifact(self.run_dir / "validate" / "report.json", "validate")
         drift = report.checks.get("drift")
         if isinstance(drift, dict):
-            mlflow.log_metrics({f"drift_{k}": float(v) if math.isfinite(v) else 1e9 for k, v in drift.items()})
+            tracking.log_metrics_finite({f"drift_{k}": float(v) if math.isfinite(v) else 1e9 for k, v in drift.items()})
         if not report.ok:
             raise ValidationFailed(report.reasons)
         return {"ok": True, "checks": report.checks}
@@ -520,14 +519,14 @@ class Pipeline:
                 {"label": cand.label, "kind": model.kind, "metric": model.metric, "params": cand.params},
             )
             seconds = time.perf_counter() - t0
-            mlflow.log_metric(f"fit_seconds_{i}", seconds)
+            tracking.log_metrics_finite({f"fit_seconds_{i}": seconds})
             trained.append(
                 {"index": i, "label": cand.label, "kind": model.kind, "metric": model.metric, "seconds": seconds}
             )
             logger.info("trained candidate %s in %.1fs", cand.label, seconds)
             del full, model
         _write_json(out / "split.json", {k: v for k, v in holdout.split.report.items()})
-        mlflow.log_params({f"split_{k}": v for k, v in holdout.split.report.items()})
+        tracking.log_params_flat({f"split_{k}": v for k, v in holdout.split.report.items()})
         return {
             "candidates": trained,
             "cutoff": pd.Timestamp(cutoff).isoformat(),
@@ -623,10 +622,12 @@ class Pipeline:
                 else dict(empty)
             )
             result["candidates"][cand["label"]] = m
-            mlflow.log_metrics({f"{cand['label']}.{k}": v for k, v in m.items() if math.isfinite(v)})
+            tracking.log_metrics_finite({f"{cand['label']}.{k}": v for k, v in m.items() if math.isfinite(v)})
         result["popularity"] = score_popularity(holdout, users, ev.k) if len(users) else None
         if result["popularity"] is not None:
-            mlflow.log_metrics({f"popularity.{k}": v for k, v in result["popularity"].items() if math.isfinite(v)})
+            tracking.log_metrics_finite(
+                {f"popularity.{k}": v for k, v in result["popularity"].items() if math.isfinite(v)}
+            )
         gate_metric = self.config.gate.metric
 
         def key(label: str) -> float:
@@ -645,8 +646,8 @@ class Pipeline:
                 vec = np.load(self.run_dir / "train" / "production" / "eval_vectors.npz")
                 pm = score(holdout, users, vec["user_vectors"], vec["item_vectors"], prod_info["metric"], ev.k)
             result["production"] = {**prod_info, "metrics": pm}
-            mlflow.log_metrics({f"production.{k}": v for k, v in pm.items() if math.isfinite(v)})
-            mlflow.set_tags({"production_version": prod_info["version"], "production_eval": prod_info["eval"]})
+            tracking.log_metrics_finite({f"production.{k}": v for k, v in pm.items() if math.isfinite(v)})
+            tracking.set_tags({"production_version": prod_info["version"], "production_eval": prod_info["eval"]})
         else:
             result["production"] = None
         _write_json(self.run_dir / "evaluate" / "metrics.json", result)
@@ -656,21 +657,13 @@ class Pipeline:
             _write_json(self.run_dir / "evaluate" / "bias.json", assessment_dict(assessment))
             summary = {k: v for k, v in assessment.report.summary().items() if math.isfinite(v)}
             tracking.log_metrics_finite(summary)
-            now = int(time.time() * 1000)
-            self.client.log_batch(
-                self.parent_id,
-                metrics=[mlflow.entities.Metric(k, float(v), now, 0) for k, v in summary.items() if "leakage" not in k],
-            )  # the version's run (leakage: of the served vectors, logged at index)
+            # the version's run (leakage: of the served vectors, logged at index)
+            tracking.log_metrics_to_run(
+                self.client, self.parent_id, {k: v for k, v in summary.items() if "leakage" not in k}
+            )
             arts.append("evaluate/bias.json")
         best_metrics = result["candidates"][best_label]
-        self.client.log_batch(
-            self.parent_id,
-            metrics=[
-                mlflow.entities.Metric(k, v, int(time.time() * 1000), 0)
-                for k, v in best_metrics.items()
-                if math.isfinite(v)
-            ],
-        )
+        tracking.log_metrics_to_run(self.client, self.parent_id, best_metrics)
         logger.info(
             "evaluate: best %s %s=%.4f%s",
             best_label,
@@ -755,21 +748,16 @@ class Pipeline:
         if bias.enabled:
             leakage = served_leakage(bundle.user_vectors, labels, bias.settings(self.config.evaluation.seed))
             _write_json(self.run_dir / "index" / "leakage.json", [asdict(x) for x in leakage])
-            self.client.log_batch(
-                self.parent_id,
-                metrics=[
-                    mlflow.entities.Metric(f"bias_leakage_{x.attribute}", x.auc, int(time.time() * 1000), 0)
-                    for x in leakage
-                    if math.isfinite(x.auc)
-                ],
+            tracking.log_metrics_to_run(
+                self.client, self.parent_id, {f"bias_leakage_{x.attribute}": x.auc for x in leakage}
             )
         recall = {k: float(v) for k, v in bundle.info.items() if k.endswith("recall_at_10")}
         if self.config.index.kind == "exact":
             recall = {"index_user_recall_at_10": 1.0, "index_item_recall_at_10": 1.0}
         finite = bool(np.isfinite(bundle.user_vectors).all() and np.isfinite(bundle.item_vectors).all())
         bundle.save(self.run_dir / "index" / "bundle")
-        mlflow.log_metrics(recall)
-        mlflow.log_artifact(str(self.run_dir / "index" / "bundle" / "manifest.json"), "index")
+        tracking.log_metrics_finite(recall)
+        tracking.log_artifact(self.run_dir / "index" / "bundle" / "manifest.json", "index")
         return {"recall": recall, "vectors_finite": finite, "bundle": "index/bundle", "debias": debias_info}
 
     def _stage_gate(self) -> dict[str, Any]:
@@ -801,7 +789,7 @@ class Pipeline:
             "production_eval": (metrics.get("production") or {}).get("eval"),
         }
         _write_json(self.run_dir / "gate" / "decision.json", out)
-        mlflow.set_tags({"gate": "passed" if decision.passed else "rejected", "gate_reason": decision.reason[:5000]})
+        tracking.set_tags({"gate": "passed" if decision.passed else "rejected", "gate_reason": decision.reason[:5000]})
         self.client.set_tag(self.parent_id, "gate", "passed" if decision.passed else "rejected")
         self.client.set_tag(self.parent_id, "gate_reason", decision.reason[:5000])
         if decision.refused_by:
@@ -870,7 +858,7 @@ class Pipeline:
         if not gate["passed"]:
             tags["rejected"] = gate["reason"][:5000]
         mv = tracking.register_bundle(self.client, self.model_name, self.parent_id, tags=tags)
-        mlflow.set_tag("version", str(mv.version))
+        tracking.set_tag("version", str(mv.version))
         self.client.set_tag(self.parent_id, "version", str(mv.version))
         self._log_card(str(mv.version))
         return {"version": str(mv.version), "reused": False}
@@ -942,7 +930,7 @@ class Pipeline:
                 "notify %s: %s", target, results[-1].get("status") or results[-1].get("error")
             )
         failed = [r for r in results if not r["ok"]]
-        mlflow.set_tag("notify_failed", str(len(failed)))
+        tracking.set_tag("notify_failed", str(len(failed)))
         _write_json(self.run_dir / "notify" / "results.json", results)
         if failed and cfg.required:
             raise RuntimeError(f"{len(failed)} server(s) could not be told to reload: {failed[0]['url']}")

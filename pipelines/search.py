@@ -32,7 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -529,7 +528,7 @@ def run_search(
             trial.report(half, step=0)
             if trial.should_prune():
                 tracking.log_metrics_finite({f"ndcg_at_{config.k}_half": half, "time_fit_s": fit_s})
-                mlflow.set_tag("optuna.state", "pruned")
+                tracking.set_tag("optuna.state", "pruned")
                 raise optuna.TrialPruned()
             per_user = validation.per_user(model)
             value = float(per_user.mean())
@@ -547,11 +546,11 @@ def run_search(
         return value
 
     # a resumed search continues its parent run, so every trial stays under one parent
-    nested = mlflow.active_run() is not None  # inside a pipeline run: the search is its child
+    nested = tracking.has_active_run()  # inside a pipeline run: the search is its child
     parent_run = (
         tracking.start_run(exp_id, f"search-{study_name[:40]}", nested=nested, tags={SEARCH_TAG: "parent"})
         if parent_id is None
-        else mlflow.start_run(run_id=parent_id, nested=nested)
+        else tracking.start_run(run_id=parent_id, nested=nested)
     )
     with parent_run as parent:
         if parent_id is None:
@@ -634,7 +633,7 @@ def run_search(
                 "content_weight": hybrid.weights[1] if content else 0.0,
             }
         )
-        mlflow.set_tag("recsys.search.notes", "; ".join(notes)[:4000])
+        tracking.set_tag("recsys.search.notes", "; ".join(notes)[:4000])
         parent_run_id = parent.info.run_id
     logger.info(
         "search: winner %s, ndcg@%d %.4f (popularity %.4f) in %.0fs",

@@ -240,15 +240,7 @@ class RegistryClient:
             return self._client
 
 
-def run_metrics(client: MlflowClient, run_id: str) -> dict[str, Any]:
-    return dict(client.get_run(run_id).data.metrics)
-
-
-# =============================================================================================
-# Experiment helpers (used by experiments/: comparison runs, nested child runs, reading back)
-# =============================================================================================
-
-_PARAM_MAX = 500
+_PARAM_MAX = 500  # MLflow's limit on a param value
 
 
 def experiment_id(settings: Settings, name: str) -> str:
@@ -263,9 +255,60 @@ def client_for(settings: Settings) -> MlflowClient:
     return MlflowClient(settings.mlflow_tracking_uri)
 
 
-def start_run(experiment_id_: str, run_name: str, *, nested: bool = False, tags: dict[str, str] | None = None):
-    """``mlflow.start_run`` for an experiment run; ``nested=True`` makes it a child of the active run."""
+def start_run(
+    experiment_id_: str | None = None,
+    run_name: str | None = None,
+    *,
+    run_id: str | None = None,
+    nested: bool = False,
+    tags: dict[str, str] | None = None,
+):
+    """Start (or, with ``run_id``, resume) a run; ``nested=True`` makes it a child of the active run."""
+    if run_id is not None:
+        return mlflow.start_run(run_id=run_id, nested=nested)
     return mlflow.start_run(experiment_id=experiment_id_, run_name=run_name, nested=nested, tags=tags)
+
+
+def end_run(status: str = "FINISHED") -> None:
+    mlflow.end_run(status)
+
+
+def has_active_run() -> bool:
+    return mlflow.active_run() is not None
+
+
+def log_dict(obj: dict[str, Any], artifact_file: str) -> None:
+    mlflow.log_dict(obj, artifact_file)
+
+
+def set_tag(key: str, value: str) -> None:
+    mlflow.set_tag(key, value)
+
+
+def log_metrics_to_run(client: MlflowClient, run_id: str, metrics: dict[str, float]) -> None:
+    """Log finite metrics to a run other than the active one (a pipeline's parent run)."""
+    import math
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if math.isfinite(float(v))]
+    if batch:
+        client.log_batch(run_id, metrics=batch)
+
+
+def check_alias(alias: str) -> None:
+    """MLflow's own alias rules, checked before training rather than after registering."""
+    try:
+        from mlflow.utils.validation import (
+            _validate_model_alias_name,
+            _validate_model_alias_name_reserved,
+        )
+    except ImportError:  # private helpers moved: MLflow still refuses a bad alias when setting it
+        return
+    _validate_model_alias_name(alias)
+    _validate_model_alias_name_reserved(alias)
 
 
 def log_params_flat(params: dict[str, Any], prefix: str = "") -> None:

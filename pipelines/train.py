@@ -14,7 +14,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import mlflow
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -489,11 +488,11 @@ def train(
     client = tracking.setup(settings)
     with _stage("track", timings, on_stage), tempfile.TemporaryDirectory(prefix="bundle-") as tmp:
         bundle_dir = bundle.save(Path(tmp) / "bundle")
-        with mlflow.start_run(
-            experiment_id=tracking.ensure_experiment(settings, settings.experiment_name), run_name=f"train-{model.kind}"
+        with tracking.start_run(
+            tracking.ensure_experiment(settings, settings.experiment_name), f"train-{model.kind}"
         ) as run:
             if config.content is not None:
-                mlflow.log_params(
+                tracking.log_params_flat(
                     {
                         "content_kind": config.content.kind,
                         "hybrid_fusion": config.hybrid.fusion,
@@ -501,7 +500,7 @@ def train(
                         "hybrid_default_mode": config.hybrid.default_mode,
                     }
                 )
-            mlflow.log_params(
+            tracking.log_params_flat(
                 {
                     "model_kind": model.kind,
                     **config.model.params,
@@ -513,13 +512,15 @@ def train(
                     "n_trees": config.index.n_trees,
                 }
             )
-            mlflow.log_params({f"data_{k}": v for k, v in stats.items()})
-            mlflow.log_metrics(metrics)
-            mlflow.log_params({f"index_{role}_kind": c["kind"] for role, c in bundle.info["index_choice"].items()})
-            mlflow.log_metrics(
+            tracking.log_params_flat({f"data_{k}": v for k, v in stats.items()})
+            tracking.log_metrics_finite(metrics)
+            tracking.log_params_flat(
+                {f"index_{role}_kind": c["kind"] for role, c in bundle.info["index_choice"].items()}
+            )
+            tracking.log_metrics_finite(
                 {k: v for k, v in bundle.info.items() if k.startswith("index_") and isinstance(v, (int, float))}
             )
-            mlflow.log_metrics(
+            tracking.log_metrics_finite(
                 {
                     f"index_{role}_{c['kind']}_{name}": c[name]
                     for role, choice in bundle.info["index_choice"].items()
@@ -527,7 +528,7 @@ def train(
                     for name in ("recall_at_10", "query_ms_p50", "build_seconds")
                 }
             )
-            mlflow.log_metrics({f"time_{k}_s": v for k, v in timings.items()})
+            tracking.log_metrics_finite({f"time_{k}_s": v for k, v in timings.items()})
             if assessment is not None:
                 tracking.log_metrics_finite(assessment.report.summary())
             tracking.log_bundle(bundle_dir)

@@ -222,19 +222,15 @@ def fit_content(config: TrainConfig, dataset: Dataset, item_ids: np.ndarray):
     return encoder.fit(dataset.items, item_ids=item_ids)
 
 
-def evaluate_holdout(config: TrainConfig, dataset: Dataset, full: InteractionMatrix, encoder=None) -> dict[str, float]:
-    """Fit on a per-user random holdout split and score the held-out interactions.
+def fit_holdout(
+    config: TrainConfig, dataset: Dataset, full: InteractionMatrix, encoder=None
+) -> tuple[dict[str, float], HoldoutFit]:
+    """Fit on a per-user random holdout split and score the held-out interactions; returns the
+    metrics and what it fitted (for the bias report).
 
     With a content encoder, the content-only and hybrid rankings are scored on the same split
     (prefixes ``content_`` and ``hybrid_``); unprefixed metrics are the collaborative model's.
     """
-    return fit_holdout(config, dataset, full, encoder)[0]
-
-
-def fit_holdout(
-    config: TrainConfig, dataset: Dataset, full: InteractionMatrix, encoder=None
-) -> tuple[dict[str, float], HoldoutFit]:
-    """:func:`evaluate_holdout`, plus what it fitted (for the bias report)."""
     # Only the columns the matrices need: the split then copies codes and floats, not 5M
     # event-id strings and timestamps it never looks at (same rows, same order: same split).
     split = random_split(

@@ -34,10 +34,18 @@ def _store():
 def export(
     batch_events: Annotated[int, typer.Option(min=1, help="sequence numbers per committed batch")] = 1_000_000,
     lock_timeout_ms: Annotated[int, typer.Option(min=1, help="PostgreSQL: longest wait for in-flight writers")] = 5_000,
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild", help="empty the log and export every event of this store again (a log of another store)"
+        ),
+    ] = False,
 ) -> None:
     """Append the events committed since the last export to the offline log."""
     store = _store()
-    result = store.export_offline(progress=True, batch_events=batch_events, lock_timeout_ms=lock_timeout_ms)
+    result = store.export_offline(
+        progress=True, rebuild=rebuild, batch_events=batch_events, lock_timeout_ms=lock_timeout_ms
+    )
     console.print(
         f"exported {result.events:,} events in {result.batches} batch(es) to {store.offline.uri} "
         f"in {result.seconds:.2f}s ({result.events_per_second:,.0f} events/s); watermark {result.watermark}"

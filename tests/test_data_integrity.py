@@ -169,3 +169,71 @@ def test_attributes_come_back_as_stored(db_url):
     assert attrs["big"] == 1e300 and isinstance(attrs["big"], float)
     assert math.copysign(1.0, attrs["negzero"]) == -1.0 and isinstance(attrs["negzero"], float)
     assert attrs["n"] == 3 and isinstance(attrs["n"], int)
+
+
+# ------------------------------------------------------------------ one bad value, every reader
+
+
+def _hostile_events(store: FeatureStore) -> None:
+    store.add_events(
+        [
+            {"user_id": "u1", "item_id": "i1", "timestamp": "1970-01-01T00:00:00Z", "variant": "$\\frac{$"},
+            {"user_id": "u2", "item_id": "i2", "timestamp": "2199-12-31T23:59:59Z", "variant": "[/x]"},
+            {"user_id": "u3", "item_id": "i1", "event_type": "click", "variant": "[bold red]loud"},
+        ]
+        + [{"user_id": f"n{i}", "item_id": "i2", "timestamp": f"2024-03-{1 + i % 28:02d}T10:00:00Z"} for i in range(60)]
+    )
+
+
+def test_dashboard_survives_extreme_times_and_math_text(client):
+    """Events at both ends of the accepted range and a variant that is matplotlib math text:
+    /ui, /ui/items/{id} and /ui/ab answer 200 with small pages, the label shown as written."""
+    _hostile_events(client.app.state.store)
+    for path in ("/ui", "/ui/items/i1", "/ui/ab"):
+        r = client.get(path)
+        assert r.status_code == 200, (path, r.status_code, r.text[:300])
+        assert len(r.content) < 400_000, (path, len(r.content))
+    assert "$\\frac{$" in client.get("/ui/ab").text
+
+
+def test_online_report_prints_markup_as_text(db_url, tmp_path):
+    env = _env(tmp_path, db_url)
+    store = FeatureStore(db_url, offline_uri="")
+    store.upsert_items([{"item_id": "i1"}, {"item_id": "i2"}])
+    _hostile_events(store)
+    proc = env.run("online-report", "--no-mlflow")
+    assert proc.returncode == 0, proc.stderr
+    assert "[/x]" in proc.stdout and "[bold red]loud" in proc.stdout and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------ smaller
+
+
+@pytest.mark.parametrize("item_id", [".", ".."])
+def test_dot_ids_are_refused_like_slash(client, item_id):
+    r = client.put(f"/items/{item_id}", json={"title": "x"}, headers=H)  # the path itself normalises away
+    assert r.status_code in (404, 405, 422)
+    r = client.post("/items", json={"item_id": item_id, "title": "x"}, headers=H)
+    assert r.status_code == 422 and "item_id" in r.text, r.text
+    r = client.post("/events", json={"user_id": item_id, "item_id": "i1"}, headers=H)
+    assert r.status_code == 422, r.text
+    assert client.app.state.store.get_item(item_id) is None and client.app.state.store.get_user(item_id) is None
+
+
+def test_revoked_key_stops_at_once_here_and_within_the_bound_elsewhere(db_url, mlflow_uri, tmp_path):
+    import time
+
+    from api.keys import KEY_CACHE_SECONDS
+
+    store = FeatureStore(db_url)
+    store.upsert_items([{"item_id": "i1"}])
+    key = store.create_api_key("temp")
+    settings = Settings(data_dir=tmp_path, database_url=db_url, mlflow_tracking_uri=mlflow_uri, reload_poll_seconds=0)
+    event = {"user_id": "u1", "item_id": "i1"}
+    with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
+        assert a.post("/events", json=event, headers={"X-API-Key": key}).status_code == 200
+        assert b.post("/events", json=event, headers={"X-API-Key": key}).status_code == 200
+        assert a.app.state.keys.revoke("temp") == 1
+        assert a.post("/events", json=event, headers={"X-API-Key": key}).status_code == 403
+        time.sleep(KEY_CACHE_SECONDS + 0.1)
+        assert b.post("/events", json=event, headers={"X-API-Key": key}).status_code == 403

@@ -56,6 +56,7 @@ _USER_ERROR_CLASSES = {
     "recsys.bundle": "BundleError",
     "recsys.datasets.base": "DatasetError",
 }
+# (MovedDataFolder and StoreMismatch are ValueErrors: one line as well.)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -2,7 +2,8 @@
 
 ``export`` appends the events committed in SQL since the last export (by the watermark on the
 event sequence; safe to run at any time, from cron or beside the API); ``compact`` merges the
-small files of each date partition; ``status`` shows the log's watermark and size.
+small files of each date partition; ``status`` shows the log's watermark and size; ``rebind``
+points MLflow's artifact locations at a copied or moved data folder.
 """
 
 from __future__ import annotations
@@ -78,3 +79,19 @@ def status() -> None:
         f"{store.offline.uri}: watermark {state.watermark}, {state.rows:,} events in {len(state.files):,} files "
         f"(checkpoint at {state.checkpoint}, {len(state.batch_markers)} batch(es) since)"
     )
+
+
+@app.command()
+@cli_errors
+def rebind() -> None:
+    """After `cp -r`/`mv` of a data folder: point MLflow's artifact locations at this folder."""
+    from cli.common import get_settings
+    from pipelines import tracking
+
+    settings = get_settings()
+    moved = tracking.rebind_artifacts(settings)
+    if moved is None:
+        console.print(f"artifact locations already in {settings.mlflow_artifact_root}")
+        return
+    old, new, rows = moved
+    console.print(f"artifact locations moved from {old} to {new} ({rows} rows)")

@@ -68,24 +68,28 @@ def test_train_refuses_the_log_of_a_deleted_store(db_url, tmp_path):
 
 
 def test_copied_data_folder_trains_into_its_own_artifacts(tmp_path):
-    """`cp -r .recsys other/` + RECSYS_DATA_DIR at the copy: training from the copy works and
-    writes its artifacts under the copy, never into the original folder."""
-    env = _env(tmp_path, f"sqlite:///{tmp_path / 'a' / '.recsys' / 'feature_store.db'}")
-    for name in ("RECSYS_DATABASE_URL", "RECSYS_MLFLOW_TRACKING_URI"):
-        env.vars.pop(name)
-    env.vars["RECSYS_DATA_DIR"] = str(tmp_path / "a" / ".recsys")
-    assert env.run("ingest", "csv", str(_csv(tmp_path / "a.csv", 200))).returncode == 0
-    assert env.run("train").returncode == 0
+    """`cp -r .recsys other/` + RECSYS_DATA_DIR at the copy: `recsys train` names the folder it
+    was copied from and `recsys store rebind` (one line, no traceback); then training from the
+    copy works, its snapshot reads the copy's log, and nothing is written into the original."""
+    from api.testing import prepare
+
     original = tmp_path / "a" / ".recsys"
-    before = sorted(p for p in (original / "mlartifacts").rglob("*") if p.is_file())
+    prepare(original, users=150, items=80, events=4000, clusters=4, factors=8, iterations=3)
+    before = sorted(p for p in original.rglob("*") if p.is_file() and "mlartifacts" in p.parts)
     (tmp_path / "b").mkdir()
     shutil.copytree(original, tmp_path / "b" / ".recsys")
+    env = _env(tmp_path, "")
+    for name in ("RECSYS_DATABASE_URL", "RECSYS_MLFLOW_TRACKING_URI", "RECSYS_OFFLINE_STORE_URI"):
+        env.vars.pop(name, None)
     env.vars["RECSYS_DATA_DIR"] = str(tmp_path / "b" / ".recsys")
+    assert_one_error(env.run("train"), str(original / "mlartifacts"), "recsys store rebind")
+    proc = env.run("store", "rebind")
+    assert proc.returncode == 0 and "moved" in proc.stdout, proc.stderr
     proc = env.run("train")
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p for p in (original / "mlartifacts").rglob("*") if p.is_file()) == before
-    copy_files = [p for p in (tmp_path / "b" / ".recsys" / "mlartifacts").rglob("manifest.json")]
-    assert len(copy_files) == 2  # the copied run and the new one
+    assert sorted(p for p in original.rglob("*") if p.is_file() and "mlartifacts" in p.parts) == before
+    manifests = list((tmp_path / "b" / ".recsys" / "mlartifacts").rglob("manifest.json"))
+    assert len(manifests) == 2  # the copied version and the new one
 
 
 # ------------------------------------------------------------------ event ids

@@ -113,6 +113,34 @@ def _jsonb_to_json(engine: Engine) -> None:
             conn.execute(text(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE json USING "{column}"::json'))
 
 
+def replace_prefix(url: str, columns: dict[str, tuple[str, ...]], old: str, new: str) -> int:
+    """In the database at ``url``, rewrite every value of the given ``{table: columns}`` that
+    starts with ``old`` to start with ``new`` instead, in one transaction (tables that do not
+    exist are skipped); returns the rows changed. Used to rebind MLflow's SQLite tracking store
+    to a copied data folder (pipelines/tracking.py)."""
+    from sqlalchemy import inspect
+
+    engine = create_engine(url)
+    changed = 0
+    try:
+        tables = set(inspect(engine).get_table_names())
+        with engine.begin() as conn:
+            for table, names in columns.items():
+                if table not in tables:
+                    continue
+                for column in names:
+                    changed += conn.execute(
+                        text(
+                            f'UPDATE "{table}" SET "{column}" = :new || substr("{column}", :cut) '
+                            f'WHERE substr("{column}", 1, :n) = :old'
+                        ),
+                        {"new": new, "old": old, "cut": len(old) + 1, "n": len(old)},
+                    ).rowcount
+    finally:
+        engine.dispose()
+    return changed
+
+
 def init_db(engine: Engine) -> None:
     """Create the tables that do not exist yet and give a new store its identity (once)."""
     metadata.create_all(engine)

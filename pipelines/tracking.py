@@ -99,9 +99,10 @@ def rebind_artifacts(settings: Settings) -> tuple[str, str, int] | None:
     (old root, new root, rows changed), or None when nothing points elsewhere.
 
     MLflow has no call that moves an experiment's artifact location, so this rewrites the
-    location columns of its SQLite store (:data:`_LOCATION_COLUMNS`) in one transaction.
+    location columns of its SQLite store (:data:`_LOCATION_COLUMNS`) in one transaction,
+    through the feature store's SQL helper (all SQL lives in feature_store/).
     """
-    from sqlalchemy import create_engine, inspect, text
+    from feature_store.db import replace_prefix
 
     if _sqlite_path(settings.mlflow_tracking_uri) is None:
         raise MovedDataFolder(f"rebind works on a local SQLite tracking store, not {settings.mlflow_tracking_uri}")
@@ -111,24 +112,7 @@ def rebind_artifacts(settings: Settings) -> tuple[str, str, int] | None:
     if old is None:
         return None
     new = settings.mlflow_artifact_root.rstrip("/")
-    engine = create_engine(settings.mlflow_tracking_uri)
-    changed = 0
-    try:
-        tables = set(inspect(engine).get_table_names())
-        with engine.begin() as conn:
-            for table, columns in _LOCATION_COLUMNS.items():
-                if table not in tables:
-                    continue
-                for column in columns:
-                    changed += conn.execute(
-                        text(
-                            f"UPDATE {table} SET {column} = :new || substr({column}, :cut) "
-                            f"WHERE substr({column}, 1, :n) = :old"
-                        ),
-                        {"new": new, "old": old, "cut": len(old) + 1, "n": len(old)},
-                    ).rowcount
-    finally:
-        engine.dispose()
+    changed = replace_prefix(settings.mlflow_tracking_uri, _LOCATION_COLUMNS, old, new)
     forget_store(settings.mlflow_tracking_uri)
     logger.info("artifact locations %s -> %s (%d rows)", old, new, changed)
     return old, new, changed

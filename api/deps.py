@@ -115,6 +115,7 @@ async def pin(request: Request, holder: ModelHolder, key: str | None, version: s
     """:func:`pinned_model` once the version is read and validated (None: nothing pinned)."""
     if version is None:
         return None
+    version = str(int(version))  # "01" and "001" are version 1: one cache entry, one answer
     model = holder.loaded_version(version)
     if model is not None:
         return model

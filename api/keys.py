@@ -1,7 +1,9 @@
 """API keys: from settings (``RECSYS_API_KEYS``) and/or stored in the feature store (sha256 only).
 
 Create a stored key: ``python -m api.keys create NAME`` (prints the key once);
-revoke: ``python -m api.keys revoke NAME``.
+revoke: ``python -m api.keys revoke NAME``. A worker caches the answer for a stored key for
+:data:`KEY_CACHE_SECONDS`: a revocation through :meth:`KeyChecker.revoke` takes effect at once
+in that process, and in every other worker and replica within that bound.
 """
 
 from __future__ import annotations
@@ -12,13 +14,18 @@ import time
 
 from feature_store import FeatureStore, key_hash
 
-__all__ = ["KeyChecker", "key_hash"]
+__all__ = ["KEY_CACHE_SECONDS", "KeyChecker", "key_hash"]
+
+
+#: how long a worker trusts its last lookup of a stored key (the bound on a revocation made
+#: elsewhere reaching this worker)
+KEY_CACHE_SECONDS = 1.0
 
 
 class KeyChecker:
     """Answers "is this key valid?"; stored-key lookups are cached for ``ttl`` seconds."""
 
-    def __init__(self, store: FeatureStore, static_keys: list[str], ttl: float = 5.0) -> None:
+    def __init__(self, store: FeatureStore, static_keys: list[str], ttl: float = KEY_CACHE_SECONDS) -> None:
         self.store = store
         self._static = [key_hash(k) for k in static_keys]
         self._ttl = ttl
@@ -40,6 +47,12 @@ class KeyChecker:
         self._cache[digest] = (ok, now)
         return ok
 
+    def revoke(self, name: str) -> int:
+        """Revoke every stored key named ``name``; this checker forgets what it cached at once."""
+        n = self.store.revoke_api_keys(name)
+        self._cache.clear()
+        return n
+
 
 def _main(argv: list[str]) -> int:
     from recsys.settings import get_settings
@@ -58,7 +71,7 @@ def _main(argv: list[str]) -> int:
         if command == "create":
             sys.stdout.write(store.create_api_key(name) + "\n")
         else:
-            n = store.revoke_api_keys(name)
+            n = KeyChecker(store, []).revoke(name)
             sys.stdout.write(f"revoked {n} key(s) named {name!r}\n")
     finally:
         store.dispose()

@@ -31,7 +31,11 @@ if TYPE_CHECKING:
 
     from recsys.settings import Settings
 
-console = Console()
+#: standard output is text, never markup: a variant, item id or reason printed here is shown
+#: as written (``[/x]`` or ``[bold red]`` in user data must neither crash nor style the output);
+#: styling goes through rich ``Text`` objects. ``err_console`` formats its own fixed prefixes
+#: and escapes every message (:func:`cli_errors`).
+console = Console(markup=False)
 err_console = Console(stderr=True)
 logger = logging.getLogger(__name__)
 
@@ -52,6 +56,7 @@ _USER_ERROR_CLASSES = {
     "recsys.bundle": "BundleError",
     "recsys.datasets.base": "DatasetError",
 }
+# (MovedDataFolder and StoreMismatch are ValueErrors: one line as well.)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

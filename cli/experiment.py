@@ -20,7 +20,7 @@ from rich.progress import (
 from cli.common import UsageError, cli_errors, err_console
 
 # tables are wide: when piped (not a terminal), do not squeeze them into 80 columns
-console = Console(width=None if sys.stdout.isatty() else 180)
+console = Console(width=None if sys.stdout.isatty() else 180, markup=False)  # text, never markup (cli/common.py)
 
 
 app = typer.Typer(

@@ -9,13 +9,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from cli.common import cli_errors
 
 app = typer.Typer(help="Registered model versions: list, card, rollback.", no_args_is_help=True, add_completion=False)
 # the version table has eleven columns: into a log or a pipe (cron, CI) print it wide rather
 # than squeezed into rich's default 80 columns
-console = Console(width=None if sys.stdout.isatty() else 220)
+console = Console(width=None if sys.stdout.isatty() else 220, markup=False)  # text, never markup (cli/common.py)
 
 
 @app.command("list")
@@ -56,9 +57,9 @@ def list_versions(limit: Annotated[int, typer.Option(min=1, help="newest N versi
 
         gate = r["tags"].get("gate", "-")
         if "rejected" in r["tags"]:
-            gate = f"[red]rejected[/]: {r['tags']['rejected'][:60]}"
+            gate = Text.assemble(("rejected", "red"), f": {r['tags']['rejected'][:60]}")
         elif "promoted" in r["tags"]:
-            gate = "[green]promoted[/]"
+            gate = Text("promoted", style="green")
         other = ", ".join(
             f"{k}={v}"
             for k, v in sorted(r["tags"].items())

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+console = Console(markup=False)  # text, never markup (cli/common.py)
 
 
 def online_report(

@@ -21,6 +21,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.text import Text
 
 from cli.common import cli_errors, err_console
 
@@ -29,7 +30,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
+console = Console(markup=False)  # text, never markup (cli/common.py)
 
 EXIT_STOPPED = 4
 
@@ -57,7 +58,7 @@ def run(
     _quiet_console_logs()
     with Progress(
         SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
@@ -74,8 +75,11 @@ def run(
 
         result = run_pipeline(get_settings(), cfg, run_id=run_id, on_stage=on_stage)
     console.print(
-        f"run {result.run_id}: [bold]{result.status}[/] — {result.reason}"
-        + (f" (version {result.version})" if result.version else ""),
+        Text.assemble(
+            f"run {result.run_id}: ",
+            (result.status, "bold"),
+            f" — {result.reason}" + (f" (version {result.version})" if result.version else ""),
+        ),
         highlight=False,
         soft_wrap=True,
     )

@@ -2,7 +2,8 @@
 
 ``export`` appends the events committed in SQL since the last export (by the watermark on the
 event sequence; safe to run at any time, from cron or beside the API); ``compact`` merges the
-small files of each date partition; ``status`` shows the log's watermark and size.
+small files of each date partition; ``status`` shows the log's watermark and size; ``rebind``
+points MLflow's artifact locations at a copied or moved data folder.
 """
 
 from __future__ import annotations
@@ -34,10 +35,18 @@ def _store():
 def export(
     batch_events: Annotated[int, typer.Option(min=1, help="sequence numbers per committed batch")] = 1_000_000,
     lock_timeout_ms: Annotated[int, typer.Option(min=1, help="PostgreSQL: longest wait for in-flight writers")] = 5_000,
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild", help="empty the log and export every event of this store again (a log of another store)"
+        ),
+    ] = False,
 ) -> None:
     """Append the events committed since the last export to the offline log."""
     store = _store()
-    result = store.export_offline(progress=True, batch_events=batch_events, lock_timeout_ms=lock_timeout_ms)
+    result = store.export_offline(
+        progress=True, rebuild=rebuild, batch_events=batch_events, lock_timeout_ms=lock_timeout_ms
+    )
     console.print(
         f"exported {result.events:,} events in {result.batches} batch(es) to {store.offline.uri} "
         f"in {result.seconds:.2f}s ({result.events_per_second:,.0f} events/s); watermark {result.watermark}"
@@ -70,3 +79,19 @@ def status() -> None:
         f"{store.offline.uri}: watermark {state.watermark}, {state.rows:,} events in {len(state.files):,} files "
         f"(checkpoint at {state.checkpoint}, {len(state.batch_markers)} batch(es) since)"
     )
+
+
+@app.command()
+@cli_errors
+def rebind() -> None:
+    """After `cp -r`/`mv` of a data folder: point MLflow's artifact locations at this folder."""
+    from cli.common import get_settings
+    from pipelines import tracking
+
+    settings = get_settings()
+    moved = tracking.rebind_artifacts(settings)
+    if moved is None:
+        console.print(f"artifact locations already in {settings.mlflow_artifact_root}")
+        return
+    old, new, rows = moved
+    console.print(f"artifact locations moved from {old} to {new} ({rows} rows)")

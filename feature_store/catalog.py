@@ -60,7 +60,7 @@ def check_records(records: Sequence[dict[str, Any]], what: str, **fields: tuple[
         try:
             check_record(record, **fields)
         except InvalidValue as exc:
-            raise DatasetError(f"{what} record {i}: {exc}") from None
+            raise DatasetError(f"{what} record {i}: {exc}", row=i, column=exc.field) from None
 
 
 def upsert_items(conn: Connection, backend: Backend, items: pd.DataFrame, *, placeholders_overwrite: bool) -> int:

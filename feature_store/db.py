@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 
-from feature_store.tables import metadata
+from feature_store.tables import metadata, store_identity_table
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +94,63 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def read_store_id(engine: Engine) -> str:
+    """The id the store wrote once at creation (:data:`~feature_store.tables.store_identity_table`)."""
+    with engine.connect() as conn:
+        return str(conn.execute(select(store_identity_table.c.store_id)).scalar_one())
+
+
+def _jsonb_to_json(engine: Engine) -> None:
+    """Stores created when the JSON columns were JSONB keep exact numbers from now on."""
+    with engine.begin() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND data_type = 'jsonb' AND table_name IN ('items', 'users')"
+            )
+        ).all()
+        for table, column in rows:
+            conn.execute(text(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE json USING "{column}"::json'))
+
+
+def replace_prefix(url: str, columns: dict[str, tuple[str, ...]], old: str, new: str) -> int:
+    """In the database at ``url``, rewrite every value of the given ``{table: columns}`` that
+    starts with ``old`` to start with ``new`` instead, in one transaction (tables that do not
+    exist are skipped); returns the rows changed. Used to rebind MLflow's SQLite tracking store
+    to a copied data folder (pipelines/tracking.py)."""
+    from sqlalchemy import inspect
+
+    engine = create_engine(url)
+    changed = 0
+    try:
+        tables = set(inspect(engine).get_table_names())
+        with engine.begin() as conn:
+            for table, names in columns.items():
+                if table not in tables:
+                    continue
+                for column in names:
+                    changed += conn.execute(
+                        text(
+                            f'UPDATE "{table}" SET "{column}" = :new || substr("{column}", :cut) '
+                            f'WHERE substr("{column}", 1, :n) = :old'
+                        ),
+                        {"new": new, "old": old, "cut": len(old) + 1, "n": len(old)},
+                    ).rowcount
+    finally:
+        engine.dispose()
+    return changed
+
+
 def init_db(engine: Engine) -> None:
-    """Create the tables that do not exist yet."""
+    """Create the tables that do not exist yet and give a new store its identity (once)."""
     metadata.create_all(engine)
+    if engine.dialect.name == "postgresql":
+        _jsonb_to_json(engine)
+    insert = sqlite_insert if engine.dialect.name == "sqlite" else pg_insert
+    with engine.begin() as conn:
+        conn.execute(
+            insert(store_identity_table)
+            .values(singleton=1, store_id=str(uuid.uuid4()))
+            .on_conflict_do_nothing(index_elements=["singleton"])
+        )
     logger.debug("feature store schema ready on %s", engine.url.render_as_string(hide_password=True))

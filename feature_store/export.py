@@ -180,6 +180,7 @@ def export_events(
     engine: Engine,
     offline: OfflineStore,
     *,
+    store_id: str,
     batch_events: int = 1_000_000,
     lock_timeout_ms: int = 5_000,
     progress: bool = False,
@@ -189,10 +190,11 @@ def export_events(
 
     Batches of at most ``batch_events`` sequence numbers, each committed on its own; a crash
     leaves the log at the last committed batch and the next call resumes there, rewriting the
-    interrupted batch under the same names.
+    interrupted batch under the same names. ``store_id``: the SQL store's identity
+    (:func:`feature_store.db.read_store_id`), which the log must be bound to.
     """
     start = time.perf_counter()
-    offline.bind_source(engine.url.render_as_string(hide_password=True))
+    offline.bind_source(store_id, engine.url.render_as_string(hide_password=True))
     lo = offline.state().watermark
     try:
         top = safe_max_seq(engine, lock_timeout_ms=lock_timeout_ms)
@@ -201,8 +203,8 @@ def export_events(
         return ExportResult(events=0, batches=0, seconds=time.perf_counter() - start, watermark=lo)
     if top < lo:
         raise OfflineStoreError(
-            f"offline store {offline.uri} is at sequence {lo} but the database only reaches {top}: "
-            "was the database recreated? Point RECSYS_OFFLINE_STORE_URI at a new location"
+            f"offline log {offline.uri} is at sequence {lo} but the database only reaches {top}: "
+            "was the database recreated? Rebuild the log with `recsys store export --rebuild`"
         )
     reader = EventReader(engine)
     exported = batches = 0

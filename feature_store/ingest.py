@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Table, bindparam, select
 
 from feature_store.backends import Backend
 from feature_store.catalog import check_records, insert_missing_users
-from feature_store.tables import items_table, users_table
+from feature_store.tables import events_table, items_table, users_table
 from recsys.datasets.base import DatasetError, normalize_events
 
 # Up to this many distinct ids are looked up with IN (...); more and the whole id table is read.
@@ -34,10 +34,28 @@ class IngestResult:
 
 @dataclass(frozen=True)
 class EventBatch:
-    """Normalized events (``EVENT_COLUMNS``) plus the variant each is attributed to (or None)."""
+    """Normalized events (``EVENT_COLUMNS``) plus the variant each is attributed to (or None).
+
+    ``given_id``: rows whose ``event_id`` the caller chose (None: every id was given, as a
+    dataset's are, or derived); ``given_time``: rows whose time the caller gave (None: all).
+    A given id that is stored with other content is a conflict (:class:`EventIdConflict`).
+    """
 
     events: pd.DataFrame
     variant: pd.Series | None = None
+    given_id: np.ndarray | None = None
+    given_time: np.ndarray | None = None
+
+
+class EventIdConflict(ValueError):
+    """An ``event_id`` already stored (or repeated in the batch) with other content."""
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(
+            f"event_id {event_id!r} is already stored with a different user, item, type, value or time: "
+            "nothing of this batch was stored"
+        )
+        self.event_id = event_id
 
 
 def events_from_records(records: Sequence[dict[str, Any]]) -> EventBatch:
@@ -56,8 +74,10 @@ def events_from_records(records: Sequence[dict[str, Any]]) -> EventBatch:
     frame = pd.DataFrame.from_records(list(records))
     now = pd.Timestamp.now(tz="UTC")
     if "timestamp" not in frame:
+        given_time = np.zeros(len(frame), bool)
         frame["timestamp"] = now
     else:
+        given_time = np.array([not _missing(v) for v in frame["timestamp"]], bool)
         frame["timestamp"] = [now if _missing(v) else v for v in frame["timestamp"]]
         if frame["timestamp"].map(lambda v: isinstance(v, (int, float))).all():
             frame["timestamp"] = pd.to_numeric(frame["timestamp"])
@@ -67,6 +87,7 @@ def events_from_records(records: Sequence[dict[str, Any]]) -> EventBatch:
             frame[col] = [default if _missing(v) else v for v in frame[col]]
     given_ids = frame.get("event_id")
     events = normalize_events(frame.drop(columns=["event_id"], errors="ignore"))
+    mask = np.zeros(len(events), bool)
     if given_ids is not None:
         # Keep caller ids where given; derived ids only fill the gaps.
         mask = given_ids.notna().to_numpy()
@@ -74,7 +95,7 @@ def events_from_records(records: Sequence[dict[str, Any]]) -> EventBatch:
         ids[mask] = given_ids[mask].astype(str).to_numpy()
         events["event_id"] = pd.Series(ids, dtype="str")
     variant = frame["variant"].reset_index(drop=True) if "variant" in frame else None
-    return EventBatch(events=events, variant=variant)
+    return EventBatch(events=events, variant=variant, given_id=mask, given_time=given_time)
 
 
 def lookup_pks(conn: Connection, table: Table, key: str, ids: np.ndarray) -> np.ndarray:
@@ -149,7 +170,44 @@ def write_events(
             ),
         }
     )
-    return backend.insert_events(conn, rows, chunk_size=chunk_size, progress=progress)
+    inserted = backend.insert_events(conn, rows, chunk_size=chunk_size, progress=progress)
+    if inserted < len(rows):
+        _check_conflicts(conn, rows, batch)
+    return inserted
+
+
+def _check_conflicts(conn: Connection, rows: pd.DataFrame, batch: EventBatch) -> None:
+    """Raise :class:`EventIdConflict` (the caller's transaction then rolls back) when a skipped
+    row's given id is stored with other content. Derived ids hash the content, so only given
+    ids can conflict; the time is compared only where the caller gave one (a retry without a
+    timestamp gets a new "now")."""
+    given = np.ones(len(rows), bool) if batch.given_id is None else batch.given_id
+    if not given.any():
+        return
+    times = np.ones(len(rows), bool) if batch.given_time is None else batch.given_time
+    check = rows[given].assign(time_given=times[given])
+    for lo in range(0, len(check), 5_000):
+        part = check.iloc[lo : lo + 5_000]
+        stored = conn.execute(
+            select(
+                events_table.c.event_id,
+                events_table.c.user_pk,
+                events_table.c.item_pk,
+                events_table.c.event_type,
+                events_table.c.value,
+                events_table.c.ts,
+            ).where(events_table.c.event_id.in_(bindparam("ids", expanding=True))),
+            {"ids": [str(v) for v in pd.unique(part["event_id"])]},
+        ).all()
+        by_id = {r[0]: r[1:] for r in stored}
+        for r in part.itertuples(index=False):
+            s = by_id.get(r.event_id)
+            if s is None:
+                continue
+            if (s[0], s[1], s[2], float(s[3])) != (int(r.user_pk), int(r.item_pk), r.event_type, float(r.value)) or (
+                r.time_given and int(s[4]) != int(r.ts)
+            ):
+                raise EventIdConflict(r.event_id)
 
 
 def _missing(v: Any) -> bool:

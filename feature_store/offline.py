@@ -8,7 +8,7 @@ folder, ``file:///…``, ``s3://bucket/prefix``, ``gs://…``, ``hdfs://…``)::
     _log/intent-<lo>.json      the batch (lo, hi] an export is writing (fixes hi for a re-run)
     _log/batch-<lo>.json       commit marker of batch (lo, hi]: its files, rows, time range
     _log/checkpoint-<hi>.json  compaction: the complete live file list up to sequence hi
-    _log/source.json           which SQL store this log belongs to
+    _log/source.json           which SQL store this log belongs to (its store id, see bind_source)
 
 ``lo``/``hi`` are positions on the SQL store's monotone event sequence (``events.id``): a batch
 holds exactly the events with ``lo < id <= hi``. The committed log is the newest checkpoint plus
@@ -70,10 +70,15 @@ _DAY_MS = 86_400_000
 _LOG = "_log"
 _EVENTS = "events"
 _READ_RETRIES = 5
+_SOURCE = "source.json"
 
 
 class OfflineStoreError(RuntimeError):
     """The log cannot be used as asked (belongs to another store, unreadable marker, ...)."""
+
+
+class StoreMismatch(OfflineStoreError, ValueError):
+    """The log was exported from another store than the one reading it (one line for the user)."""
 
 
 @dataclass(frozen=True)
@@ -186,20 +191,42 @@ class OfflineStore:
 
     # ------------------------------------------------------------------ source binding
 
-    def bind_source(self, source: str) -> None:
-        """Tie the log to one SQL store (its URL without password); refuse another store's log.
+    def bind_source(self, store_id: str, source: str) -> None:
+        """Tie the log to one SQL store by the id it wrote at creation; refuse another store's log.
 
-        Watermarks are positions on one database's sequence: exporting a second database into
-        the same log would skip or repeat events.
+        Watermarks are positions on one database's sequence: exporting a second database (or
+        the same URL recreated) into the same log would skip or repeat events and re-attribute
+        them by surrogate key. ``source`` (the URL without password) is kept for messages
+        only: a copied data folder (same store, new path) stays bound. A log written before
+        stores had ids is adopted by the store at the URL it names.
         """
-        rel = posixpath.join(_LOG, "source.json")
+        rel = posixpath.join(_LOG, _SOURCE)
         try:
-            known = self._read_json(rel)["source"]
+            known = self._read_json(rel)
         except FileNotFoundError:
-            self._write_json(rel, {"source": source, "created_at": datetime.now(UTC).isoformat()})
+            self._write_json(rel, {"store_id": store_id, "source": source, "created_at": datetime.now(UTC).isoformat()})
             return
-        if known != source:
-            raise OfflineStoreError(f"offline store {self.uri} holds the event log of {known}, not of {source}")
+        known_id = known.get("store_id")
+        if known_id is None and known.get("source") == source:
+            self._write_json(rel, {**known, "store_id": store_id})
+            return
+        if known_id != store_id:
+            raise StoreMismatch(
+                f"offline log {self.uri} was exported from store {known_id or 'unknown'} "
+                f"({known.get('source')}), not from store {store_id} ({source}): "
+                "rebuild it from this store with `recsys store export --rebuild`"
+            )
+
+    def rebuild(self, store_id: str, source: str) -> None:
+        """Drop the whole log (data files and markers) and bind it to ``store_id``: the next
+        export writes every event of that store again."""
+        for rel in (_EVENTS, _LOG):
+            try:
+                self.fs.delete_dir(self._path(rel))
+            except FileNotFoundError:
+                pass
+        logger.warning("offline log %s emptied: it is rebuilt from store %s (%s)", self.uri, store_id, source)
+        self.bind_source(store_id, source)
 
     # ------------------------------------------------------------------ committed state
 
@@ -566,6 +593,7 @@ __all__ = [
     "LogState",
     "OfflineStore",
     "OfflineStoreError",
+    "StoreMismatch",
     "cutoff_millis",
     "default_offline_uri",
 ]

@@ -29,7 +29,7 @@ from feature_store.activity import ActiveUser, StoreCounts, StoredEvent, Timelin
 from feature_store.backends import backend_for
 from feature_store.catalog import NotFoundError
 from feature_store.control import ServingControl
-from feature_store.db import init_db, make_engine
+from feature_store.db import init_db, make_engine, read_store_id
 from feature_store.export import export_events
 from feature_store.ingest import EventBatch, IngestResult
 from feature_store.offline import (
@@ -167,11 +167,22 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ snapshot
 
-    def export_offline(self, *, progress: bool = False, **kwargs: Any) -> ExportResult:
-        """Append committed events past the offline log's watermark (see feature_store.export)."""
+    @functools.cached_property
+    def store_id(self) -> str:
+        """The id this store wrote once at creation; its offline log is bound to it."""
+        return read_store_id(self.engine)
+
+    def export_offline(self, *, progress: bool = False, rebuild: bool = False, **kwargs: Any) -> ExportResult:
+        """Append committed events past the offline log's watermark (see feature_store.export).
+
+        ``rebuild``: empty the log first and export every event of this store again (the way
+        out when the log belongs to another store, :class:`~feature_store.offline.StoreMismatch`).
+        """
         if self.offline is None:
             raise ValueError("this feature store has no offline store (offline_uri)")
-        return export_events(self.engine, self.offline, progress=progress, **kwargs)
+        if rebuild:
+            self.offline.rebuild(self.store_id, self.engine.url.render_as_string(hide_password=True))
+        return export_events(self.engine, self.offline, store_id=self.store_id, progress=progress, **kwargs)
 
     def snapshot(self, as_of: datetime | None = None, *, source: str = "auto") -> Dataset:
         """All events with ``timestamp <= as_of`` (default now) plus the full item and user tables.

@@ -10,12 +10,28 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, Float, ForeignKey, String, Text, false, func, true
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Table,
+    Text,
+    false,
+    func,
+    true,
+)
 from sqlmodel import Field, SQLModel
 
-# JSONB on PostgreSQL (indexable, compact); plain JSON text elsewhere.
-JSONType = JSON().with_variant(JSONB(), "postgresql")
+# JSON text on every dialect: PostgreSQL's JSONB stores numbers as ``numeric`` and gives back
+# 1e300 as a 301-digit integer and -0.0 as 0; JSON keeps the text that was written, so every
+# store returns what was stored (no query reads inside these columns).
+JSONType = JSON()
 
 
 def _created() -> Column:
@@ -73,6 +89,17 @@ class ApiKey(SQLModel, table=True):
     revoked: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
     created_at: datetime | None = Field(default=None, sa_column=_created())
 
+
+#: The store's identity: one row, written once when the schema is created. The offline log is
+#: bound to this id (not to the database URL), so a recreated database is a different store
+#: and a copied data folder is the same one.
+store_identity_table = Table(
+    "store_identity",
+    SQLModel.metadata,
+    Column("singleton", Integer, primary_key=True, autoincrement=False),
+    Column("store_id", String(36), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
 
 items_table = Item.__table__
 users_table = User.__table__

@@ -966,7 +966,7 @@ def _list_artifacts(client, run_id: str, path: str) -> list:
 def _read_dataset_source(src) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
     """Events (normalized, duplicates kept), items and users (ids only, duplicates kept), and
     the users' attributes when the source has them (``user_id``, ``attributes`` dicts)."""
-    from recsys.datasets.base import DatasetError, normalize_events
+    from recsys.datasets.base import DatasetError, normalize_events, source_time
 
     if not src.path.exists():
         raise DatasetError(f"dataset path not found: {src.path}")
@@ -975,7 +975,10 @@ def _read_dataset_source(src) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
         return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
 
     if src.format in ("parquet", "csv"):
-        events = normalize_events(read(src.path))
+        raw = read(src.path)
+        if "timestamp" not in raw:
+            raw["timestamp"] = source_time(src.path)
+        events = normalize_events(raw)
         items = (
             read(src.items_path)[["item_id"]].astype(str)
             if src.items_path

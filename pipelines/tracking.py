@@ -40,16 +40,82 @@ def setup(settings: Settings) -> MlflowClient:
     return MlflowClient(settings.mlflow_tracking_uri)
 
 
+class MovedDataFolder(ValueError):
+    """The tracking store names artifact locations of the folder it was copied or moved from."""
+
+
+def _expected_location(settings: Settings, name: str) -> str | None:
+    return f"{settings.mlflow_artifact_root.rstrip('/')}/{name}" if settings.mlflow_artifact_root else None
+
+
+def _moved_from(settings: Settings, exp) -> str | None:
+    """The artifact root the experiment's runs would write to when this data folder is a copy
+    (or a move) of another: the experiment's local location is not the configured one, and
+    the configured one holds the same folder (copied along). None otherwise."""
+    expected = _expected_location(settings, exp.name)
+    location = exp.artifact_location or ""
+    if expected is None or not location.startswith("file:") or not expected.startswith("file:"):
+        return None
+    if location.rstrip("/") == expected.rstrip("/"):
+        return None
+    from urllib.parse import unquote, urlparse
+
+    if not Path(unquote(urlparse(expected).path)).is_dir():
+        return None
+    return location.rstrip("/").removesuffix(f"/{exp.name}")
+
+
 def ensure_experiment(settings: Settings, name: str) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
+        old = _moved_from(settings, exp)
+        if old is not None:
+            raise MovedDataFolder(
+                f"MLflow experiment {name!r} keeps its artifacts in {old}, not in this data folder's "
+                f"{settings.mlflow_artifact_root}: it was copied or moved; run `recsys store rebind` so runs "
+                "from here write here"
+            )
         return exp.experiment_id
     # No artifact root (a tracking server): the server's default, proxied through the server.
-    location = f"{settings.mlflow_artifact_root.rstrip('/')}/{name}" if settings.mlflow_artifact_root else None
+    location = _expected_location(settings, name)
     try:
         return mlflow.create_experiment(name, artifact_location=location)
     except MlflowException:  # created concurrently by another process
         return mlflow.get_experiment_by_name(name).experiment_id
+
+
+#: columns of MLflow's SQL tracking store that hold artifact locations (mlflow 2.x and 3.x)
+_LOCATION_COLUMNS = {
+    "experiments": ("artifact_location",),
+    "runs": ("artifact_uri",),
+    "model_versions": ("source", "storage_location"),
+    "logged_models": ("artifact_location",),
+}
+
+
+def rebind_artifacts(settings: Settings) -> tuple[str, str, int] | None:
+    """Point every artifact location the local tracking store names under the folder it was
+    copied or moved from at this data folder's artifact root (the files came along). Returns
+    (old root, new root, rows changed), or None when nothing points elsewhere.
+
+    MLflow has no call that moves an experiment's artifact location, so this rewrites the
+    location columns of its SQLite store (:data:`_LOCATION_COLUMNS`) in one transaction,
+    through the feature store's SQL helper (all SQL lives in feature_store/).
+    """
+    from feature_store.db import replace_prefix
+
+    if _sqlite_path(settings.mlflow_tracking_uri) is None:
+        raise MovedDataFolder(f"rebind works on a local SQLite tracking store, not {settings.mlflow_tracking_uri}")
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    exp = mlflow.get_experiment_by_name(settings.experiment_name)
+    old = _moved_from(settings, exp) if exp is not None else None
+    if old is None:
+        return None
+    new = settings.mlflow_artifact_root.rstrip("/")
+    changed = replace_prefix(settings.mlflow_tracking_uri, _LOCATION_COLUMNS, old, new)
+    forget_store(settings.mlflow_tracking_uri)
+    logger.info("artifact locations %s -> %s (%d rows)", old, new, changed)
+    return old, new, changed
 
 
 def log_bundle(bundle_dir: Path) -> None:

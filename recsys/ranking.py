@@ -41,6 +41,10 @@ REASON_ANCHORS = 50
 #: calibration re-ranks the best max(factor × n, n + min) candidates
 CALIBRATION_POOL_FACTOR = 10
 CALIBRATION_POOL_MIN = 100
+#: re-rankers (calibration, MMR diversity) build a list this many items at a time, each block
+#: chosen given the blocks before it, so any page (k, offset) is a slice of one list: pages
+#: never repeat an item and concatenate to the longer list (:meth:`Ranker.rank`)
+PAGE_BLOCK = 10
 
 _NO_POSITIONS = np.empty(0, np.int64)
 _NO_POSITIONS.flags.writeable = False
@@ -141,12 +145,26 @@ class RankRequest:
         return self.k + self.offset
 
     @property
-    def pool(self) -> int:
-        """Candidates to fetch: with MMR or calibration a wider pool is re-ranked than returned."""
-        pool = self.n if self.diversity is None or self.diversity >= 1.0 else max(3 * self.n, self.n + 30)
+    def reranked(self) -> bool:
+        return bool(self.calibration) or (self.diversity is not None and self.diversity < 1.0)
+
+    @property
+    def block_window(self) -> int:
+        """Candidates a re-ranker chooses each :data:`PAGE_BLOCK` from (not yet picked)."""
+        b = PAGE_BLOCK
+        window = max(3 * b, b + 30) if self.diversity is not None and self.diversity < 1.0 else b
         if self.calibration:
-            pool = max(pool, CALIBRATION_POOL_FACTOR * self.n, self.n + CALIBRATION_POOL_MIN)
-        return pool
+            window = max(window, CALIBRATION_POOL_FACTOR * b, b + CALIBRATION_POOL_MIN)
+        return window
+
+    @property
+    def pool(self) -> int:
+        """Candidates to fetch: with MMR or calibration a wider pool is re-ranked than returned
+        (the first block's window, then :data:`PAGE_BLOCK` more per further block)."""
+        if not self.reranked:
+            return self.n
+        blocks = -(-self.n // PAGE_BLOCK)
+        return self.block_window + (blocks - 1) * PAGE_BLOCK
 
 
 def _finite_number(x) -> bool:
@@ -304,12 +322,43 @@ class Ranker:
                 pool,
                 request.exclude,
             )
-        if strength > 0:
-            ids, scores = calibrate(ids, scores, seen, self.popularity_bins(), strength, request.n)
-        if request.diversity is not None and request.diversity < 1.0:
-            ids, scores = self._mmr(ids, scores, request.diversity, request.n)
-        ids, scores = ids[request.offset : request.n], scores[request.offset : request.n]
+        ids, scores = self._page(ids, scores, seen, request)
         return self._scored(ids, scores, self._reasons(ids, seen, mode))
+
+    def _page(
+        self, ids: np.ndarray, scores: np.ndarray, seen: np.ndarray, request: RankRequest
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The one pager: rows ``offset:offset+k`` of the request's list. Re-rankers build the
+        list block by block (:data:`PAGE_BLOCK`), each block from the best ``block_window``
+        candidates not yet picked and given what was picked before, so the list does not
+        depend on ``k`` or ``offset`` and pages never repeat an item."""
+        if not request.reranked:
+            return ids[request.offset : request.n], scores[request.offset : request.n]
+        window, block = request.block_window, PAGE_BLOCK
+        taken = np.zeros(len(ids), bool)
+        out_ids: list[np.ndarray] = []
+        out_scores: list[np.ndarray] = []
+        picked = _NO_POSITIONS
+        for b in range(-(-request.n // block)):
+            cand = np.flatnonzero(~taken[: window + b * block])
+            if len(cand) == 0:
+                break
+            c_ids, c_scores = ids[cand], scores[cand]
+            if request.calibration:
+                c_ids, c_scores = calibrate(
+                    c_ids, c_scores, seen, self.popularity_bins(), request.calibration, block, context=picked
+                )
+            if request.diversity is not None and request.diversity < 1.0:
+                c_ids, c_scores = self._mmr(c_ids, c_scores, request.diversity, block, context=picked)
+            c_ids, c_scores = c_ids[:block], c_scores[:block]
+            taken[: window + b * block] |= np.isin(ids[: window + b * block], c_ids)
+            out_ids.append(c_ids)
+            out_scores.append(c_scores)
+            picked = np.concatenate([picked, c_ids])
+        if not out_ids:
+            return ids[:0], scores[:0]
+        all_ids, all_scores = np.concatenate(out_ids), np.concatenate(out_scores)
+        return all_ids[request.offset : request.n], all_scores[request.offset : request.n]
 
     def similar(self, position: int, request: RankRequest) -> list[ScoredItem]:
         """Items nearest to the item at ``position`` (which is never returned)."""
@@ -400,16 +449,21 @@ class Ranker:
         fused = blend(cf_scores, content_scores, weights, request.fusion or self.default_fusion)[0]
         return _select(fused, n, exclude, self.catalog.blocked(request.filters))
 
-    def _mmr(self, ids: np.ndarray, scores: np.ndarray, lam: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _mmr(
+        self, ids: np.ndarray, scores: np.ndarray, lam: float, n: int, *, context: np.ndarray = _NO_POSITIONS
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Maximal marginal relevance (Carbonell & Goldstein): λ·relevance − (1−λ)·max similarity
-        to what is already picked, on cosine of the CF item vectors."""
+        to what is already picked (``context``: positions picked before these), on cosine of
+        the CF item vectors."""
         if len(ids) == 0:
             return ids, scores
-        vecs = self.unit_vectors("cf")[ids]
+        unit = self.unit_vectors("cf")
+        vecs = unit[ids]
         relevance = lam * _minmax(scores)
         sim = (1 - lam) * (vecs @ vecs.T)
-        picked = [int(np.argmax(relevance))]
-        penalty = sim[picked[0]].copy()
+        before = ((1 - lam) * (vecs @ unit[context].T)).max(axis=1) if len(context) else np.zeros(len(ids), np.float32)
+        picked = [int(np.argmax(relevance - before))]
+        penalty = np.maximum(before, sim[picked[0]])
         remaining = np.ones(len(ids), bool)
         remaining[picked[0]] = False
         while len(picked) < min(n, len(ids)):
@@ -527,6 +581,7 @@ def calibrate(
     n: int,
     *,
     smoothing: float = 0.01,
+    context: np.ndarray = _NO_POSITIONS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Calibrated re-ranking (Steck, "Calibrated recommendations", RecSys 2018) over
     popularity bins: greedily pick ``n`` of the candidates ``ids`` (best first) maximizing
@@ -540,7 +595,8 @@ def calibrate(
 
     The chosen set is returned in the model's order (by score), not in the greedy order:
     calibration is a property of the list as a set, and the greedy order puts calibrating
-    items above better ones. On MovieLens 100K (bench/bias_movielens.py, strength 0.7) this
+    items above better ones. ``context``: positions already in the list above these (the
+    pager's earlier blocks), counted in ``q``. On MovieLens 100K (bench/bias_movielens.py, strength 0.7) this
     halves the accuracy cost for the same amplification cut (nDCG@10 −5.7% instead of
     −10.5%, amplification −30% either way)."""
     ids, scores = np.asarray(ids), np.asarray(scores)
@@ -552,7 +608,8 @@ def calibrate(
     p /= p.sum()
     relevance = _minmax(scores)
     cand_bins = bins[ids].astype(np.int64)
-    counts = np.zeros(n_bins)
+    context = np.asarray(context, dtype=np.int64)
+    counts = np.bincount(bins[context], minlength=n_bins).astype(np.float64) if len(context) else np.zeros(n_bins)
     total_rel = 0.0
     remaining = np.ones(len(ids), dtype=bool)
     picked: list[int] = []
@@ -560,7 +617,7 @@ def calibrate(
     p_safe = np.where(p > 0, p, 1.0)
     for step in range(min(n, len(ids))):
         # KL of the list with one more item of each bin (only n_bins distinct values)
-        q = (counts[None, :] + eye) / (step + 1)
+        q = (counts[None, :] + eye) / (len(context) + step + 1)
         q = (1 - smoothing) * q + smoothing * p[None, :]
         # q > 0 wherever p > 0 (smoothing); bins with p = 0 add nothing
         kl = (p[None, :] * np.log(p_safe[None, :] / np.where(q > 0, q, 1.0))).sum(axis=1)

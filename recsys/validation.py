@@ -46,7 +46,16 @@ _BAD_LABEL = re.compile(f"[{_FORBIDDEN_ANYWHERE}\t\n\r]")
 
 #: for pydantic ``StringConstraints(pattern=...)``: the same rule as :func:`id_problem`
 #: (the Rust regex engine sees surrogates as invalid input and refuses the string anyway).
-ID_PATTERN = r"^[^\x00-\x1f\x7f/]*[^\x00-\x1f\x7f/\s][^\x00-\x1f\x7f/]*$"
+#: ``.`` and ``..`` are refused too: browsers and curl normalise them out of a path. The pattern
+#: spells that without look-around: a non-blank character that is not a dot, or else only dots
+#: and spaces other than exactly "." / "..".
+_SPACE = r"[^\S\x00-\x1f\x7f]"
+_DOTS = rf"(?:\.|{_SPACE})"
+ID_PATTERN = (
+    r"^(?:[^\x00-\x1f\x7f/]*[^\x00-\x1f\x7f/\s.][^\x00-\x1f\x7f/]*"
+    rf"|{_SPACE}+\.{_DOTS}*|\.{_DOTS}*{_SPACE}{_DOTS}*|\.\.\.{_DOTS}*)$"
+)
+_DOT_IDS = frozenset({".", ".."})
 LABEL_PATTERN = r"^[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s][^\x00-\x1f\x7f]*$"
 TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 
@@ -67,6 +76,8 @@ def _describe(value: str, limit: int = 40) -> str:
 
 def id_problem(value: Any) -> str | None:
     """Why ``value`` is not a valid id, or None when it is."""
+    if value in _DOT_IDS:
+        return f"must not be {value!r} (paths normalise it away, like '/')"
     return _name_problem(value, ID_MAX_LENGTH, _BAD_ID)
 
 
@@ -312,7 +323,10 @@ def _first_bad(values: pd.Series, bad_chars: re.Pattern, max_length: int, proble
         # Arrow-backed strings are valid UTF-8 already (no surrogates), and Arrow's regex
         # engine refuses a pattern that names them.
         pattern = pattern.replace("\ud800-\udfff", "")
-    bad = ((s.str.len() > max_length) | s.str.contains(pattern, regex=True) | (s.str.strip() == "")).to_numpy()
+    bad = (s.str.len() > max_length) | s.str.contains(pattern, regex=True) | (s.str.strip() == "")
+    if problem is id_problem:
+        bad |= s.isin(_DOT_IDS)
+    bad = bad.to_numpy()
     if not bad.any():
         return None
     pos = int(np.flatnonzero(bad)[0])

@@ -17,18 +17,25 @@ class RawNumber(str):
     """A JSON number token written as is (``1e400``: no Python float holds it)."""
 
 
+#: text that a renderer would read as markup: matplotlib math text, rich markup, HTML
+MARKUP_STRINGS = ["$\\frac{$", "$x$", "[/x]", "[bold red]loud[/]", "<b>x</b>", "{{ 7*7 }}"]
+#: times at both ends of the accepted range (and just past them)
+EDGE_TIMES = ["1970-01-01T00:00:00Z", "2199-12-31T23:59:59Z", "1969-12-31T23:59:59Z", "2200-01-01T00:00:00Z"]
 #: strings every id/label/text rule is about: lone surrogates, NUL and other controls, '/',
-#: blanks, over-long
+#: '.' and '..' (paths normalise them away), blanks, over-long, markup, edge times
 HOSTILE_STRINGS = st.one_of(
     st.sampled_from(
-        ["\ud800", "a\udfffb", "u\x00x", "\x00", "a/b", "/", " ", "\t", "x" * 256, "\x7f", "\x1b[0m", "\u2028", "é"]
+        ["\ud800", "a\udfffb", "u\x00x", "\x00", "a/b", "/", ".", "..", " ", "\t", "x" * 256, "\x7f", "\x1b[0m"]
+        + ["\u2028", "é", *MARKUP_STRINGS, *EDGE_TIMES]
     ),
     st.text(st.characters(codec=None, categories=["Cc", "Cs", "Zs", "Lu"]), min_size=0, max_size=8),
 )
 #: the same for path and query parameters, less what a URL can't carry (surrogates) or what
 #: changes the route rather than the value ('/')
 URL_STRINGS = st.one_of(
-    st.sampled_from(["p\x00x", "\x00", " ", "\t", "x" * 256, "\x7f", "\x1b[0m", "\u2028"]),
+    st.sampled_from(
+        ["p\x00x", "\x00", " ", "\t", "x" * 256, "\x7f", "\x1b[0m", "\u2028", *MARKUP_STRINGS, *EDGE_TIMES]
+    ),
     st.text(
         st.characters(codec="utf-8", categories=["Cc", "Zs", "Lu"], exclude_characters="/"), min_size=1, max_size=8
     ),
@@ -118,6 +125,7 @@ def assert_stored_values_valid(store: Any) -> None:
         assert validation.text_problem(item.title) is None and validation.text_problem(item.description) is None
         assert all(validation.label_problem(c) is None for c in item.categories), item.categories
         assert validation.json_problem(item.attributes) is None, item.attributes
+    assert not (set(data.items["item_id"]) | set(data.users["user_id"])) & {".", ".."}
     for user in data.users.itertuples():
         assert validation.id_problem(user.user_id) is None and validation.json_problem(user.attributes) is None
     assert all(validation.id_problem(e) is None for e in data.events["event_id"])

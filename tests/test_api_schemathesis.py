@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from hostile_input import assert_stored_values_valid
 
@@ -132,6 +133,17 @@ def test_openapi_fuzz_with_hostile_values(served, tmp_path):
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
     assert_stored_values_valid(store)
+    # whatever was stored (markup and math text in labels, times at both ends of the range),
+    # every page still renders; events at the range ends included on purpose
+    store.add_events(
+        [
+            {"user_id": "fuzz-edge", "item_id": store.items_frame()["item_id"].iloc[0], "timestamp": t, "variant": v}
+            for t, v in (("1970-01-01T00:00:00Z", "$\\frac{$"), ("2199-12-31T23:59:59Z", "[/x]"))
+        ]
+    )
+    for page in ("/ui", "/ui/ab", "/ui/users/fuzz-edge"):
+        r = httpx.get(f"{base}{page}", timeout=60)
+        assert r.status_code == 200, (page, r.status_code)
 
 
 def test_live_server_refuses_oversized_body_before_reading_it(server):

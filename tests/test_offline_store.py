@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, insert, select, text
 
 from feature_store import FeatureStore, events_table, items_table, users_table
 from feature_store.export import safe_max_seq
-from feature_store.offline import OfflineStore, OfflineStoreError
+from feature_store.offline import OfflineStore, StoreMismatch
 from recsys.datasets.base import Dataset
 from recsys.datasets.synthetic import generate_synthetic
 from recsys.matrix import InteractionMatrix
@@ -122,14 +122,61 @@ def test_export_refuses_another_stores_log(tmp_path):
     _catalog(a)
     a.add_events(_events(3))
     a.export_offline()
-    with pytest.raises(OfflineStoreError, match="holds the event log of"):
+    with pytest.raises(StoreMismatch, match=f"store {a.store_id}.*not from store {b.store_id}.*--rebuild"):
         b.export_offline()
-    # The same database file recreated empty: the log is ahead of it and says so.
-    a.dispose()
-    (tmp_path / "a.db").unlink()
-    recreated = _store(f"sqlite:///{tmp_path / 'a.db'}", tmp_path, "shared")
-    with pytest.raises(OfflineStoreError, match="database recreated"):
-        recreated.export_offline()
+
+
+def test_recreated_store_is_refused_by_id_and_rebuilt(db_url, tmp_path):
+    """300 events, the database recreated at the same URL, 400 other events: the log of the old
+    store is refused (it would train on its events, re-attributed by surrogate key), naming both
+    store ids and the command that rebuilds it; after the rebuild the snapshot holds exactly
+    the new store's events."""
+    old = _store(db_url, tmp_path)
+    _catalog(old)
+    old.add_events(_events(300))
+    old.export_offline()
+    old_id = old.store_id
+    old.dispose()
+    if db_url.startswith("sqlite"):
+        Path(db_url.removeprefix("sqlite:///")).unlink()
+    else:
+        engine = create_engine(db_url)
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        engine.dispose()
+    new = _store(db_url, tmp_path)
+    assert new.store_id != old_id
+    _catalog(new)
+    new.add_events(_events(400, start=1000, users=7))  # different users, more events than before
+    with pytest.raises(StoreMismatch) as info:
+        new.snapshot()
+    message = str(info.value)
+    assert "\n" not in message and old_id in message and new.store_id in message
+    assert "recsys store export --rebuild" in message
+    new.export_offline(rebuild=True)
+    snap = new.snapshot()
+    assert sorted(snap.events["event_id"]) == sorted(f"ev{i}" for i in range(1000, 1400))
+    _assert_exactly_once(new)
+
+
+def test_copied_data_folder_keeps_its_log(tmp_path):
+    """``cp -r`` of a data folder: the copy is the same store, so its log (at the copy's path)
+    stays bound and the copy exports on from its watermark."""
+    src = tmp_path / "a" / ".recsys"
+    store = FeatureStore(f"sqlite:///{src / 'feature_store.db'}", offline_uri=str(src / "offline"))
+    _catalog(store)
+    store.add_events(_events(10))
+    store.export_offline()
+    store.dispose()
+    import shutil
+
+    dst = tmp_path / "b" / ".recsys"
+    shutil.copytree(src, dst)
+    copy = FeatureStore(f"sqlite:///{dst / 'feature_store.db'}", offline_uri=str(dst / "offline"))
+    copy.add_events(_events(5, start=10))
+    assert copy.export_offline().events == 5
+    assert len(copy.snapshot().events) == 15
+    assert OfflineStore(str(src / "offline")).state().rows == 10  # the original is untouched
 
 
 # --------------------------------------------------------------------------- PostgreSQL in-flight

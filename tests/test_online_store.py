@@ -248,7 +248,8 @@ def _race_serializable_insert(postgres_url: str, store: FeatureStore) -> tuple[i
                     outcome.append(
                         store.add_events(
                             [
-                                {"event_id": "race-1", "user_id": "u1", "item_id": "i1"},
+                                # the same event as the other transaction's (a client retry)
+                                {"event_id": "race-1", "user_id": "u1", "item_id": "i1", "event_type": "click"},
                                 {"event_id": "race-2", "user_id": "u2", "item_id": "i2"},
                             ]
                         )

@@ -52,7 +52,10 @@ def test_rank_request_refuses_values_out_of_domain_naming_the_field(kwargs, fiel
 def test_rank_request_normalizes_and_sizes_its_pool():
     r = RankRequest("hybrid", k=5, offset=2, exclude=[4, 4, 9], blend_weights=(1, 0), fusion="rrf", diversity=0.5)
     assert r.exclude.dtype == np.int64 and r.exclude.tolist() == [4, 9]  # repeats collapse
-    assert r.blend_weights == (1.0, 0.0) and r.n == 7 and r.pool == 37
+    assert r.blend_weights == (1.0, 0.0) and r.n == 7 and r.pool == 40
+    # the pager's blocks: the first block's window, then one block more per further block
+    assert RankRequest(k=10, offset=20, diversity=0.5).pool == 40 + 2 * 10
+    assert RankRequest(k=10, offset=20, calibration=1.0).pool == 110 + 2 * 10
     assert RankRequest("content", k=5, diversity=1.0).pool == 5
     assert RankRequest(exclude=None).exclude.size == 0
     with pytest.raises(AttributeError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse
 
 from api.deps import HolderDep, require_key
@@ -21,6 +21,7 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
     responses={
         401: {"model": Error},
         403: {"model": Error},
+        404: {"model": Error, "description": "the registered model has no such alias"},
         409: {"model": Error, "description": "the new version was refused; the old one keeps serving"},
     },
 )
@@ -54,6 +55,14 @@ def reload(
                     "message": exc.reason,
                     "served": holder.served(),
                 }
+            },
+        )
+    if alias is not None and results[alias]["version"] is None:
+        raise HTTPException(
+            status_code=404,
+            detail={
+                "field": "alias",
+                "message": f"model {holder.settings.registered_model_name!r} has no alias {alias!r}",
             },
         )
     holder.announce_reload(f"admin/reload pid {os.getpid()}")

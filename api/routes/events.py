@@ -12,7 +12,9 @@ from api.deps import HolderDep, StoreDep, require_key
 from api.request_guards import StrictJSONRoute
 from api.schemas import Error, EventIn, EventsAccepted
 from feature_store import WriteConflict
+from feature_store.ingest import EventIdConflict
 from recsys.datasets.base import DatasetError
+from recsys.validation import LABEL_MAX_LENGTH
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ MAX_BATCH = 10_000
     responses={
         401: {"model": Error},
         403: {"model": Error},
+        409: {"model": Error, "description": "an event_id is stored with other content: nothing stored"},
         422: {"model": Error, "description": "invalid event(s): nothing stored"},
         503: {"model": Error, "description": "lost to concurrent writers on every retry: nothing stored, send again"},
     },
@@ -41,18 +44,33 @@ def post_events(
     store: StoreDep,
 ) -> EventsAccepted:
     """Store one event or a batch in one transaction (all or nothing). Re-sending an event
-    with the same ``event_id`` is a no-op counted under ``duplicates``."""
+    with the same ``event_id`` is a no-op counted under ``duplicates``; the same ``event_id``
+    with another user, item, type, value or timestamp is a conflict (409, nothing stored).
+    Events without an ``event_id`` get one derived from all their fields and their place in
+    the batch, so two identical events in one batch are two events."""
     events = body if isinstance(body, list) else [body]
     records = []
-    for e in events:
+    for i, e in enumerate(events):
         record = e.model_dump(exclude={"variant", "model_version"}, exclude_none=True)
         record["variant"] = holder.variant_label(e.user_id, e.variant, e.model_version)
+        if record["variant"] is not None and len(record["variant"]) > LABEL_MAX_LENGTH:
+            where = f"event {i}: " if isinstance(body, list) else ""
+            raise HTTPException(
+                status_code=422,
+                detail={
+                    "field": "variant",
+                    "message": f"{where}variant and model_version are stored together as 'variant:version', "
+                    f"at most {LABEL_MAX_LENGTH} characters ({len(record['variant'])} given)",
+                },
+            )
         records.append(record)
     # Lock ordering and retries after a deadlock / serialization failure are the store's job.
     try:
         inserted, duplicates = store.add_events(records)
+    except EventIdConflict as exc:  # same id, other content: the transaction rolled back
+        raise HTTPException(status_code=409, detail={"field": "event_id", "message": str(exc)})
     except DatasetError as exc:  # e.g. an unknown item: the transaction rolled back
-        raise HTTPException(status_code=422, detail={"field": "item_id", "message": str(exc)})
+        raise HTTPException(status_code=422, detail={"field": exc.column or "item_id", "message": str(exc)})
     except WriteConflict as exc:  # lost to concurrent writers on every retry: nothing stored
         raise HTTPException(status_code=503, detail={"field": None, "message": str(exc)}, headers={"Retry-After": "1"})
     if inserted:

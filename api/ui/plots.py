@@ -3,6 +3,7 @@ text, so the page stays searchable and readable by tests; no JavaScript, no CDN)
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from collections.abc import Sequence
@@ -19,6 +20,18 @@ ACCENT = "#2463eb"
 SECOND = "#e07b00"
 GRID = "#d9dee7"
 _SIZE = re.compile(r'<svg([^>]*?)\swidth="[^"]*"\s+height="[^"]*"')
+
+
+def _text_only(plot):
+    """Every string a plot draws is text, never markup: matplotlib would otherwise parse
+    ``$…$`` in a variant name or item id as math (and fail the page on ``$\\frac{$``)."""
+
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+            return plot(*args, **kwargs)
+
+    return wrapper
 
 
 def _figure(width: float = 10.0, height: float = 2.6) -> Figure:
@@ -51,32 +64,76 @@ def _attr(text: str) -> str:
     return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
 
 
+#: most bins a time plot draws, whatever span its events cover
+MAX_TIME_BINS = 400
+#: share of events (at each end) a time plot may leave out to show the range holding the rest
+TIME_TRIM = 0.005
+
+
+def time_bins(per_day: pd.Series) -> tuple[pd.Series, int, int]:
+    """Event counts per bin over the range that holds the data: days from the first to the
+    last day once ``TIME_TRIM`` of the events at each end is set aside, in at most
+    ``MAX_TIME_BINS`` equal bins of whole days. Returns (counts indexed by bin start, bin width
+    in days, events left outside the range). Two stray events 230 years apart cost as much as
+    any other plot."""
+    day = (per_day.index.tz_convert("UTC").tz_localize(None).normalize() - pd.Timestamp(0)).days.to_numpy()
+    counts = per_day.to_numpy(dtype="int64")
+    order = day.argsort(kind="stable")
+    day, counts = day[order], counts[order]
+    cum = counts.cumsum()
+    total = int(cum[-1])
+    lo = day[int((cum > TIME_TRIM * total).argmax())]
+    hi = day[int((cum >= (1 - TIME_TRIM) * total).argmax())]
+    inside = (day >= lo) & (day <= hi)
+    width = max(1, -(-(int(hi - lo) + 1) // MAX_TIME_BINS))
+    n_bins = (int(hi - lo) // width) + 1
+    binned = pd.Series(0, index=range(n_bins), dtype="int64")
+    binned = binned.add(pd.Series(counts[inside]).groupby((day[inside] - lo) // width).sum(), fill_value=0).astype(
+        "int64"
+    )
+    starts = pd.Timestamp(0) + pd.to_timedelta(lo + binned.index.to_numpy() * width, unit="D")
+    return pd.Series(binned.to_numpy(), index=starts), width, total - int(counts[inside].sum())
+
+
+@_text_only
 def events_over_time(per_day: pd.Series, label: str) -> Markup | None:
-    """Event counts over time: per day (filled steps) with a 7-day mean, or per week as bars
-    when there are too few events a day to read a daily curve (a single item's popularity).
-    None for no events."""
-    if per_day.empty:
+    """Event counts over time (:func:`time_bins`): per day (filled steps) with a 7-day mean,
+    per week as bars when there are too few events a day to read a daily curve (a single
+    item's popularity), or per wider bin over a long span. None for no events."""
+    if per_day.empty or int(per_day.sum()) == 0:
         return None
-    days = pd.date_range(per_day.index.min(), per_day.index.max(), freq="D")
-    daily = per_day.reindex(days, fill_value=0)
+    binned, width, outside = time_bins(per_day)
     fig = _figure()
     ax = fig.add_subplot()
-    x = daily.index.tz_localize(None)
-    if daily.mean() < 2 and len(daily) > 14:
-        weekly = daily.resample("W-MON", label="left", closed="left").sum()
-        ax.bar(weekly.index.tz_localize(None), weekly.to_numpy(), width=6, align="edge", color=ACCENT, alpha=0.7)
+    if width == 1 and binned.mean() < 2 and len(binned) > 14:
+        weekly = binned.resample("W-MON", label="left", closed="left").sum()
+        ax.bar(weekly.index, weekly.to_numpy(), width=6, align="edge", color=ACCENT, alpha=0.7)
         ax.set_ylabel("events per week")
-    else:
+    elif width == 1:
         # one filled step path rather than a bar per day: a small SVG however long the history
-        ax.fill_between(x, daily.to_numpy(), step="mid", color=ACCENT, alpha=0.3, linewidth=0, label="per day")
-        ax.plot(x, daily.rolling(7, min_periods=1).mean().to_numpy(), color=ACCENT, linewidth=1.6, label="7-day mean")
+        ax.fill_between(
+            binned.index, binned.to_numpy(), step="mid", color=ACCENT, alpha=0.3, linewidth=0, label="per day"
+        )
+        ax.plot(
+            binned.index,
+            binned.rolling(7, min_periods=1).mean().to_numpy(),
+            color=ACCENT,
+            linewidth=1.6,
+            label="7-day mean",
+        )
         ax.set_ylabel("events")
         ax.legend(fontsize=8, frameon=False, loc="upper left")
+    else:
+        ax.fill_between(binned.index, binned.to_numpy(), step="post", color=ACCENT, alpha=0.5, linewidth=0)
+        ax.set_ylabel(f"events per {width} days")
+    if outside:
+        ax.set_title(f"{outside:,} event(s) outside the range shown", fontsize=8, loc="right")
     _style(ax)
     fig.autofmt_xdate(rotation=0, ha="center")
     return _svg(fig, label)
 
 
+@_text_only
 def metric_over_versions(
     versions: Sequence[str], series: dict[str, Sequence[float | None]], label: str
 ) -> Markup | None:
@@ -97,6 +154,7 @@ def metric_over_versions(
     return _svg(fig, label)
 
 
+@_text_only
 def ab_rates(stats: Sequence[VariantStats], outcomes: Sequence[str], label: str) -> Markup | None:
     """Per variant, each outcome's rate with its 95% Wilson interval (error bars)."""
     if not stats:
@@ -118,6 +176,7 @@ def ab_rates(stats: Sequence[VariantStats], outcomes: Sequence[str], label: str)
     return _svg(fig, label)
 
 
+@_text_only
 def bars(labels: Sequence[str], values: Sequence[float], label: str, xlabel: str) -> Markup | None:
     """Horizontal bars, one per label."""
     if not labels:

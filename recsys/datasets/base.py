@@ -18,12 +18,15 @@ the file's line.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import InitVar, dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from recsys.validation import first_bad_id, first_bad_label, json_problem, text_problem
+
+logger = logging.getLogger(__name__)
 
 EVENT_COLUMNS = ["event_id", "user_id", "item_id", "event_type", "value", "timestamp"]
 ITEM_COLUMNS = ["item_id", "title", "description", "categories", "attributes", "available"]
@@ -91,21 +94,48 @@ def empty_users() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=object) for c in USER_COLUMNS})
 
 
+def source_time(path) -> pd.Timestamp:
+    """The time given to events of a file without a timestamp column: the file's modification
+    time (UTC, whole ms) — when its content last changed, so re-ingesting the unchanged file
+    finds the same events and a new file of the same rows adds new ones."""
+    from pathlib import Path
+
+    ts = pd.Timestamp(Path(path).stat().st_mtime_ns, unit="ns", tz="UTC").floor("ms")
+    logger.info("%s has no timestamp column: its events are at the file's modification time %s", path, ts)
+    return ts
+
+
 def make_event_ids(events: pd.DataFrame) -> pd.Series:
-    """Deterministic ids for sources without their own, so re-ingesting a file is idempotent."""
+    """The one derivation of event ids for sources without their own.
+
+    The id hashes every field that makes two events different — user, item, type, value and
+    time (ms) — and the row's occurrence number among identical rows of the batch, in batch
+    order: two identical clicks in one batch are two events, and re-ingesting the same file
+    gives the same ids (idempotent).
+    """
+    if len(events) == 0:
+        return pd.Series([], dtype="str")
+    sep = "\x1f"
     key = (
         events["user_id"].astype(str)
-        + "\x1f"
+        + sep
         + events["item_id"].astype(str)
-        + "\x1f"
+        + sep
         + events["event_type"].astype(str)
-        + "\x1f"
-        + events["timestamp"].astype("int64").astype(str)
+        + sep
+        + events["value"].astype("float64").map(repr)
+        + sep
+        + (events["timestamp"].array.as_unit("ns").asi8 // 1_000_000).astype(str)
     )
-    return key.map(lambda s: hashlib.blake2b(s.encode(), digest_size=12).hexdigest())
+    key = key.reset_index(drop=True)
+    key = key + sep + key.groupby(key, sort=False).cumcount().astype(str)
+    return key.map(lambda s: hashlib.blake2b(s.encode(), digest_size=12).hexdigest()).astype("str")
 
 
 def normalize_events(events: pd.DataFrame, *, validate: bool = True) -> pd.DataFrame:
+    """Events in the column contract. Without a ``timestamp`` column every event is at
+    1970-01-01, with a warning (file loaders give such files their modification time,
+    :func:`source_time`)."""
     missing = {"user_id", "item_id"} - set(events.columns)
     if missing:
         raise DatasetError(f"events are missing required columns: {sorted(missing)}")
@@ -141,6 +171,8 @@ def normalize_events(events: pd.DataFrame, *, validate: bool = True) -> pd.DataF
             )
         out["timestamp"] = ts.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
     else:
+        if len(events):
+            logger.warning("%d events have no timestamp: they are placed at 1970-01-01", len(events))
         out["timestamp"] = pd.Timestamp("1970-01-01", tz="UTC")
     if "event_id" in events and events["event_id"].notna().all():
         if validate:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recsys.datasets.base import Dataset, DatasetError
+from recsys.datasets.base import Dataset, DatasetError, source_time
 
 logger = logging.getLogger(__name__)
 
@@ -516,7 +516,8 @@ def load_table(
     ``mapping`` renames the file's columns to ours: ``{our_name: their_name}``, e.g.
     ``{"user_id": "customer", "item_id": "sku", "timestamp": "time"}``. Required: user_id and
     item_id; optional: event_id, event_type, value, timestamp (epoch seconds or a date string).
-    ``items_path`` (same format) holds item_id, title, description, categories ('|'-separated
+    Without a timestamp column the events are at the file's modification time
+    (:func:`~recsys.datasets.base.source_time`). ``items_path`` (same format) holds item_id, title, description, categories ('|'-separated
     in CSV) and available; any other columns become the item's attributes.
     """
     if fmt not in ("csv", "parquet"):
@@ -544,6 +545,8 @@ def load_table(
         events["value"] = _checked_numbers(raw[source["value"]], "value", where)
     if source["timestamp"] in raw:
         events["timestamp"] = _checked_times(raw[source["timestamp"]], where)
+    else:
+        events["timestamp"] = source_time(path)
     if source["event_id"] in raw:
         events["event_id"] = raw[source["event_id"]]
     locate = {"events": where}

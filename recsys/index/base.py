@@ -21,6 +21,10 @@ class IndexError_(RuntimeError):
     """An index file that is missing, corrupt or does not match its metadata."""
 
 
+class BuildTooSlow(RuntimeError):
+    """A build abandoned because its measured rate projects it past its time allowance."""
+
+
 def check_metric(metric: str) -> str:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")

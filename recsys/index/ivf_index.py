@@ -100,7 +100,9 @@ class IvfItemIndex(ItemIndex):
         return ENCODINGS[self.kind][1]
 
     def _factory(self) -> str:
-        encoding = ENCODINGS[self.kind][0].format(m=max(1, self.dims // 2))
+        # below LISTS_MIN_ITEMS one list of float vectors (codebooks need more training points)
+        small = self._n_items < LISTS_MIN_ITEMS
+        encoding = "Flat" if small else ENCODINGS[self.kind][0].format(m=max(1, self.dims // 2))
         return f"IVF{self.nlist},{encoding}" + (",RFlat" if self.refines else "")
 
     def build(self, vectors: np.ndarray) -> IvfItemIndex:

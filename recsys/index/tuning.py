@@ -58,9 +58,7 @@ def tune_knob(
     def slower(value: int) -> bool:
         return slower_than_ms is not None and tried[value][2] > slower_than_ms
 
-    value, why_not = smallest_reaching(
-        probe, lo=lo, hi=hi, ceiling=ceiling, bar=bar, deadline=deadline, give_up=slower
-    )
+    value, why_not = smallest_reaching(probe, lo=lo, hi=hi, ceiling=ceiling, bar=bar, deadline=deadline, give_up=slower)
     set_value(value)
     recall, bound, ms = tried[value]
     return KnobTuning(value, recall, bound, ms, why_not, len(tried))

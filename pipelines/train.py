@@ -58,10 +58,10 @@ class IndexConfig(_Config):
     #: vectors recall 0.95 at ef ~55 against ~75 for M 16 (about 1.5× faster queries) for a
     #: similar build time; M 32 needs ef ~45 but builds slower and its graph (2× the vectors)
     #: pushes serving RSS at 1M items to the 2.5× limit (bench/ann_bench.py)
-    #: (16 / 64 since ScaNN serves cosine spaces: HNSW is then mostly chosen for dot spaces,
-    #: which need a narrow beam, and builds ~2× faster at 1M items; docs/ann.md)
+    #: (M 16 since ScaNN serves cosine spaces: HNSW is then mostly chosen for dot spaces,
+    #: which need a narrow beam; a smaller graph than M 24, quicker to build; docs/ann.md)
     M: int = Field(16, ge=2)
-    ef_construction: int = Field(64, ge=1)
+    ef_construction: int = Field(100, ge=1)
     #: HNSW search beam; -1: tuned at build time to the smallest value reaching ``target_recall``
     ef: int = -1
     #: threads for building indexes (-1: every core)

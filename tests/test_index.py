@@ -398,8 +398,9 @@ def test_choice_scans_small_catalogs_without_building_an_approximate_index(caplo
 
 
 def test_choice_abandons_hnsw_projected_past_the_build_budget(caplog):
-    items, queries = clustered(30_000, 16, 50)
-    settings = IndexSettings(build_budget_seconds=1e-3, M=32, ef_construction=200)
+    items, queries = clustered(60_000, 16, 50)
+    # the scan's truth and timing take well under the budget; the graph's first chunk projects past it
+    settings = IndexSettings(build_budget_seconds=2.0, M=48, ef_construction=400)
     with caplog.at_level("INFO", logger="recsys.index.choice"):
         _, choice = build_index("auto", "dot", items, queries, settings, kinds=("exact", "hnsw"))
     assert [c.kind for c in choice.candidates] == ["exact"]

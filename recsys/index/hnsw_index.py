@@ -146,15 +146,18 @@ class HnswItemIndex(ItemIndex):
         excluded)."""
         if self.index_ is None:
             raise IndexError_("index is not built or loaded")
+        if (exclude is None or not len(exclude)) and self.metric != "euclidean" and 0 < k <= self._n_items:
+            # the common case without _knn's copies, nor any of our own: views of hnswlib's
+            # arrays, scores made in place (this wrapper cost 20 % of a 0.03 ms query at 1M)
+            try:
+                labels, dist = self.index_.knn_query(vector, k=k, num_threads=1)
+                scores = dist[0]
+                np.subtract(1.0, scores, out=scores)
+                return labels[0].view(np.int64), scores
+            except RuntimeError:  # fewer than k reachable: _knn asks for fewer
+                pass
         vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         if exclude is None or not len(exclude):
-            if self.metric != "euclidean" and 0 < k <= self._n_items:
-                # the common case without _knn's copies (a tenth of a 0.1 ms query at 1M items)
-                try:
-                    labels, dist = self.index_.knn_query(vector, k=k, num_threads=1)
-                    return labels[0].astype(np.int64), 1.0 - dist[0]
-                except RuntimeError:  # fewer than k reachable: _knn asks for fewer
-                    pass
             ids, scores = self._knn(vector, k)
             return ids[0], scores[0]
         excluded = set(np.asarray(exclude, dtype=np.int64).tolist())

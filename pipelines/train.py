@@ -46,10 +46,10 @@ class _Config(BaseModel):
 
 
 class IndexConfig(_Config):
-    #: ``auto``: build exact, HNSW and Annoy per space and keep the fastest reaching
+    #: ``auto``: build exact, ScaNN, IVF, HNSW and Annoy per space and keep the fastest reaching
     #: ``target_recall`` (measured on held-out queries; recsys/index/choice.py). The others
     #: force one kind.
-    kind: Literal["auto", "annoy", "hnsw", "exact"] = "auto"
+    kind: Literal["auto", "annoy", "hnsw", "exact", "scann", "ivf_flat", "ivf_sq8", "ivf_pq"] = "auto"
     n_trees: int = Field(50, ge=1)
     #: -1: tuned at build time to the smallest value reaching ``target_recall``
     search_k: int = -1
@@ -58,7 +58,9 @@ class IndexConfig(_Config):
     #: vectors recall 0.95 at ef ~55 against ~75 for M 16 (about 1.5× faster queries) for a
     #: similar build time; M 32 needs ef ~45 but builds slower and its graph (2× the vectors)
     #: pushes serving RSS at 1M items to the 2.5× limit (bench/ann_bench.py)
-    M: int = Field(24, ge=2)
+    #: (M 16 since ScaNN serves cosine spaces: HNSW is then mostly chosen for dot spaces,
+    #: which need a narrow beam; a smaller graph than M 24, quicker to build; docs/ann.md)
+    M: int = Field(16, ge=2)
     ef_construction: int = Field(100, ge=1)
     #: HNSW search beam; -1: tuned at build time to the smallest value reaching ``target_recall``
     ef: int = -1
@@ -75,6 +77,13 @@ class IndexConfig(_Config):
     tune_seconds: float = Field(120.0, gt=0)
     #: ``auto`` builds Annoy only for catalogs up to this size (it cannot win beyond; 0: never)
     annoy_auto_max_items: int = Field(200_000, ge=0)
+    #: ScaNN tree leaves / IVF lists (-1: about 2·√n items)
+    num_leaves: int = -1
+    #: ``auto`` builds no approximate index when one exact query takes at most this (ms)
+    exact_enough_ms: float = Field(0.005, ge=0)
+    #: wall time per space for building, tuning and timing the candidates (HNSW is abandoned
+    #: once its measured insertion rate projects past what is left)
+    build_budget_seconds: float = Field(150.0, gt=0)
     #: distance metric per index. ``user`` defaults to the model's own (``dot`` for matrix
     #: factorization: Annoy's ranking then equals the model's score); any of cosine, dot,
     #: euclidean, manhattan, hamming may be chosen for each.
@@ -381,6 +390,9 @@ def build_bundle(
         vector_dtype=ix.vector_dtype,
         tune_seconds=ix.tune_seconds,
         annoy_auto_max_items=ix.annoy_auto_max_items,
+        num_leaves=ix.num_leaves,
+        exact_enough_ms=ix.exact_enough_ms,
+        build_budget_seconds=ix.build_budget_seconds,
     )
     choices = {}
     for role, metric, vectors, queries in spaces:
@@ -396,6 +408,10 @@ def build_bundle(
             info[f"index_{role}_search_k"] = chosen.setting
         elif chosen.kind == "hnsw":
             info[f"index_{role}_ef"] = chosen.setting
+        elif chosen.setting is not None:  # scann: leaves searched, ivf: nprobe
+            info[f"index_{role}_setting"] = chosen.setting
+            if chosen.reorder is not None:
+                info[f"index_{role}_reorder"] = chosen.reorder
         choices[role] = choice.as_dict()
         indexes[role] = index
     info["index_choice"] = choices

@@ -10,6 +10,8 @@ from recsys.index.base import (
 from recsys.index.choice import CandidateReport, IndexChoice, IndexSettings, build_index
 from recsys.index.exact import ExactIndex, pairwise_scores
 from recsys.index.hnsw_index import HnswItemIndex
+from recsys.index.ivf_index import IvfItemIndex
+from recsys.index.scann_index import ScannItemIndex
 
 __all__ = [
     "INDEX_KINDS",
@@ -21,6 +23,8 @@ __all__ = [
     "IndexChoice",
     "IndexError_",
     "IndexSettings",
+    "IvfItemIndex",
+    "ScannItemIndex",
     "ItemIndex",
     "binary_codes",
     "build_index",

@@ -346,8 +346,8 @@ class AnnoyItemIndex(ItemIndex):
 
 
 def load_index(folder: Path, verify: bool = True, digests: Mapping[str, str] | None = None) -> ItemIndex:
-    """An index the process owns: Annoy maps a private copy, HNSW reads one, exact vectors are
-    read into memory.
+    """An index the process owns: Annoy maps a private copy, HNSW and ScaNN read one, faiss (IVF)
+    indexes and exact vectors are read into memory from verified bytes.
 
     ``digests`` (file name in the index folder → sha256, from the bundle manifest) are checked
     on the very bytes that are used, when ``verify``.
@@ -369,6 +369,17 @@ def load_index(folder: Path, verify: bool = True, digests: Mapping[str, str] | N
         return HnswItemIndex._load_private(
             folder / HNSW_FILE, meta, (digests.get(HNSW_FILE) or meta["sha256"]) if verify else None
         )
+    if meta["kind"] == "scann":
+        from recsys.index.scann_index import ScannItemIndex
+
+        return ScannItemIndex._load_private(folder, meta, digests if verify else None)
+    if meta["kind"] in IVF_KINDS:
+        from recsys.index.ivf_index import INDEX_FILE as IVF_FILE
+        from recsys.index.ivf_index import IvfItemIndex
+
+        return IvfItemIndex._load_private(
+            folder / IVF_FILE, meta, (digests.get(IVF_FILE) or meta["sha256"]) if verify else None
+        )
     if meta["kind"] != "exact":
         raise IndexError_(f"unknown index kind {meta['kind']!r} in {folder}")
     vectors = np.load(
@@ -381,13 +392,20 @@ def load_index(folder: Path, verify: bool = True, digests: Mapping[str, str] | N
     return ExactIndex(meta["metric"], meta.get("dtype", "float32")).build(vectors)
 
 
-INDEX_KINDS = ("annoy", "exact", "hnsw")
+IVF_KINDS = ("ivf_flat", "ivf_pq", "ivf_sq8")
+INDEX_KINDS = ("annoy", "exact", "hnsw", *IVF_KINDS, "scann")
 
 
 def make_index(kind: str, metric: str, **params) -> ItemIndex:
-    """An unbuilt index of ``kind`` (annoy, exact, hnsw); ``params`` go to its constructor."""
+    """An unbuilt index of ``kind`` (one of ``INDEX_KINDS``); ``params`` go to its constructor."""
     from recsys.index.hnsw_index import HnswItemIndex
+    from recsys.index.ivf_index import IvfItemIndex
+    from recsys.index.scann_index import ScannItemIndex
 
+    if kind in IVF_KINDS:
+        return IvfItemIndex(metric, kind, **params)
+    if kind == "scann":
+        return ScannItemIndex(metric, **params)
     if kind == "annoy":
         return AnnoyItemIndex(metric, **params)
     if kind == "exact":

@@ -21,10 +21,30 @@ class IndexError_(RuntimeError):
     """An index file that is missing, corrupt or does not match its metadata."""
 
 
+class BuildTooSlow(RuntimeError):
+    """A build abandoned because its measured rate projects it past its time allowance."""
+
+
 def check_metric(metric: str) -> str:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     return metric
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero): cosine as a dot product."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+
+def drop_excluded(
+    ids: np.ndarray, scores: np.ndarray, k: int, exclude: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` of an over-fetched answer (best first) that are not in ``exclude``."""
+    if exclude is not None and len(exclude):
+        keep = ~np.isin(ids, np.asarray(exclude, dtype=np.int64))
+        ids, scores = ids[keep], scores[keep]
+    return ids[:k], scores[:k]
 
 
 def binary_codes(vectors: np.ndarray) -> np.ndarray:

@@ -1,10 +1,20 @@
 """Which index serves a space: measured at build time, not assumed.
 
-Every candidate (exact scan, HNSW, Annoy) is built on the space's vectors, tuned to the
-recall target on held-out queries, and timed one query at a time. The choice is the fastest
-candidate whose recall@10 reaches the target (exact always does in float32); when none does,
-the one with the best recall. The figures of every candidate travel with the choice into the
-bundle manifest and the MLflow run.
+Every candidate (exact scan, ScaNN, faiss IVF, HNSW, Annoy) that serves the space's metric is
+built on its vectors, tuned to the recall target on held-out queries, and timed one query at a
+time. The choice is the fastest candidate whose recall@10 lower bound reaches the target (exact
+always does in float32); when none does, the one with the best recall. The figures of every
+candidate travel with the choice into the bundle manifest and the MLflow run.
+
+Cost follows the work, by measured rules that say so in the log:
+
+- the exact scan is built and timed first; when one query of it takes no more than
+  ``exact_enough_ms`` (below what the fastest approximate query costs through its Python
+  binding), no approximate index can answer faster and none is built (small catalogs);
+- candidates go cheapest to build first (ScaNN and IVF train on a sample), and HNSW is
+  abandoned as soon as its measured insertion rate projects its build past what is left of
+  ``build_budget_seconds`` for the space;
+- Annoy is built by ``auto`` only up to ``annoy_auto_max_items`` items.
 """
 
 from __future__ import annotations
@@ -18,14 +28,29 @@ from typing import Any
 
 import numpy as np
 
-from recsys.index.annoy_index import AnnoyItemIndex, make_index
-from recsys.index.base import ItemIndex, query_latencies_ms, recall_at_k
+from recsys.index.annoy_index import IVF_KINDS, AnnoyItemIndex, make_index
+from recsys.index.base import METRICS, BuildTooSlow, ItemIndex, query_latencies_ms, recall_at_k, recall_lower_bound
 from recsys.index.exact import ExactIndex
 from recsys.index.hnsw_index import HNSW_SPACE, HnswItemIndex
+from recsys.index.ivf_index import IVF_METRICS, IvfItemIndex
+from recsys.index.scann_index import SCANN_DISTANCE, ScannItemIndex
 
 logger = logging.getLogger(__name__)
 
-AUTO_KINDS = ("exact", "hnsw", "annoy")
+#: ``auto``'s candidates, in the order they are built: the ones that won at 1M items first
+#: (ScaNN for cosine, HNSW for dot; docs/ann.md), so the build budget is spent on them before
+#: the IVF kinds, which lost everywhere on the bench's vectors. ``ivf_pq`` is left
+#: out (ask for it by name): with faiss-cpu's generic build its 4-bit codes missed recall 0.95
+#: even with every list searched and 200 re-ranked (200k×64: cosine 0.89, dot 0.91; docs/ann.md)
+AUTO_KINDS = ("exact", "scann", "hnsw", "ivf_flat", "ivf_sq8", "annoy")
+#: the metrics each kind serves; ``auto`` leaves a kind out (with a log line) for the others
+KIND_METRICS: dict[str, tuple[str, ...]] = {
+    "exact": METRICS,
+    "annoy": METRICS,
+    "hnsw": tuple(HNSW_SPACE),
+    "scann": tuple(SCANN_DISTANCE),
+    **dict.fromkeys(IVF_KINDS, IVF_METRICS),
+}
 
 
 @dataclass
@@ -35,7 +60,7 @@ class IndexSettings:
     target_recall: float = 0.95
     n_trees: int = 50
     search_k: int = -1
-    M: int = 24
+    M: int = 16
     ef_construction: int = 100
     ef: int = -1
     num_threads: int = -1
@@ -50,8 +75,24 @@ class IndexSettings:
     #: a query against 0.03 ms for HNSW, and slower than a scan). 0: never; ``kind: annoy``
     #: builds it at any size.
     annoy_auto_max_items: int = 200_000
+    #: ScaNN tree leaves and IVF lists (-1: about 2·√n); their search knobs are always tuned
+    num_leaves: int = -1
+    #: ``auto`` builds no approximate index when one exact query takes at most this (ms): the
+    #: fastest approximate query measured through its binding, HNSW on 2,000×8 items, took
+    #: 0.005 ms (ScaNN 0.010, IVF 0.016), against 0.034 ms for the scan (tests/test_index.py)
+    exact_enough_ms: float = 0.005
+    #: wall time for building, tuning and timing every candidate of one space: HNSW, the slowest
+    #: to build, is abandoned once its insertion rate projects past what is left of it
+    build_budget_seconds: float = 150.0
 
     def params(self, kind: str) -> dict[str, Any]:
+        if kind == "scann" or kind in IVF_KINDS:
+            return {
+                ("num_leaves" if kind == "scann" else "nlist"): self.num_leaves,
+                "target_recall": self.target_recall,
+                "num_threads": self.num_threads,
+                "tune_seconds": self.tune_seconds,
+            }
         if kind == "annoy":
             return {
                 "n_trees": self.n_trees,
@@ -78,13 +119,19 @@ class CandidateReport:
     query_ms_p50: float
     #: building and tuning, together
     build_seconds: float
-    #: the tuned knob: search_k (annoy), ef (hnsw); None for exact
+    #: the tuned knob: search_k (annoy), ef (hnsw), leaves searched (scann), nprobe (ivf); None
+    #: for exact
     setting: int | None = None
     #: of which tuning
     tune_seconds: float = 0.0
+    #: candidates re-ranked exactly (scann, ivf_sq8, ivf_pq)
+    reorder: int | None = None
+    #: what the tuning queries promise on others (recall less two standard errors); the bar
+    recall_lower_bound: float | None = None
 
     def reaches(self, target: float) -> bool:
-        return self.recall_at_10 >= target
+        bound = self.recall_at_10 if self.recall_lower_bound is None else self.recall_lower_bound
+        return bound >= target
 
 
 @dataclass
@@ -110,6 +157,33 @@ def _pick(candidates: list[CandidateReport], target: float) -> CandidateReport:
     return max(candidates, key=lambda c: (c.recall_at_10, -c.query_ms_p50))
 
 
+def _candidates(kind: str, metric: str, n_items: int, settings: IndexSettings, kinds: tuple[str, ...]) -> list[str]:
+    if kind != "auto":
+        return [kind]
+    order = []
+    for candidate in (c for c in AUTO_KINDS if c in kinds):
+        if metric not in KIND_METRICS[candidate]:
+            logger.info(
+                "index %s: %s not built: it has no %s metric (serves %s)",
+                metric,
+                candidate,
+                metric,
+                ", ".join(KIND_METRICS[candidate]),
+            )
+        elif candidate == "annoy" and n_items > settings.annoy_auto_max_items:
+            logger.info(
+                "index %s: annoy not built: %d items > annoy_auto_max_items %d (at this size it cannot "
+                "reach recall %.2f faster than the other candidates; ask for kind annoy to build it anyway)",
+                metric,
+                n_items,
+                settings.annoy_auto_max_items,
+                settings.target_recall,
+            )
+        else:
+            order.append(candidate)
+    return order
+
+
 def build_index(
     kind: str,
     metric: str,
@@ -120,36 +194,63 @@ def build_index(
     k: int = 10,
     on_candidate: Callable[[ItemIndex, CandidateReport], None] | None = None,
 ) -> tuple[ItemIndex, IndexChoice]:
-    """Build the index of ``kind`` (annoy, exact, hnsw) — or with ``auto`` every applicable kind
-    of ``kinds`` — tuned on ``queries``; returns the index that serves and the measured choice.
-    ``on_candidate`` sees every candidate once measured, before a losing one is dropped
-    (bench/ann_bench.py measures each on its own queries there)."""
+    """Build the index of ``kind`` (one of ``INDEX_KINDS``) — or with ``auto`` every applicable
+    kind of ``kinds`` — tuned on ``queries``; returns the index that serves and the measured
+    choice. ``on_candidate`` sees every candidate once measured, before a losing one is dropped
+    (bench/ann_bench.py measures each on its own queries there; that time is not charged to the
+    build budget)."""
     settings = settings or IndexSettings()
     vectors = np.asarray(vectors, dtype=np.float32)
     queries = np.asarray(queries, dtype=np.float32)
+    began = time.perf_counter()
+    outside = 0.0  # seconds spent in on_candidate
     truth = ExactIndex(metric).build(vectors).query_batch(queries, k)[0]
     timed = queries[: settings.latency_queries]
-    if kind == "auto":
-        # HNSW has no manhattan/hamming space; exact first: its latency bounds Annoy's tuning
-        order = [c for c in ("exact", "hnsw", "annoy") if c in kinds and (c != "hnsw" or metric in HNSW_SPACE)]
-        if "annoy" in order and len(vectors) > settings.annoy_auto_max_items:
-            order.remove("annoy")
-            logger.info(
-                "index %s: annoy not built: %d items > annoy_auto_max_items %d (at this size it cannot "
-                "reach recall %.2f faster than the other candidates; ask for kind annoy to build it anyway)",
-                metric,
-                len(vectors),
-                settings.annoy_auto_max_items,
-                settings.target_recall,
-            )
-    else:
-        order = [kind]
+    order = _candidates(kind, metric, len(vectors), settings, kinds)
     best: tuple[ItemIndex, CandidateReport] | None = None
     reports: list[CandidateReport] = []
-    for candidate in order:
+    for position, candidate in enumerate(order):
+        left = settings.build_budget_seconds - (time.perf_counter() - began - outside)
+        if (
+            kind == "auto"
+            and best is not None
+            and best[1].kind == "exact"
+            and best[1].query_ms_p50 <= settings.exact_enough_ms
+        ):
+            logger.info(
+                "index %s: exact scan p50 %.3f ms <= exact_enough_ms %.3f: no approximate index answers faster, "
+                "%s not built",
+                metric,
+                best[1].query_ms_p50,
+                settings.exact_enough_ms,
+                ", ".join(order[position:]),
+            )
+            break
+        if kind == "auto" and best is not None and left <= 0:
+            logger.info(
+                "index %s: %s not built: the build budget of %.0fs for the space is spent",
+                metric,
+                ", ".join(order[position:]),
+                settings.build_budget_seconds,
+            )
+            break
+        params = settings.params(candidate)
+        if candidate == "hnsw" and kind == "auto" and best is not None:
+            params["max_build_seconds"] = max(0.0, left)
         start = time.perf_counter()
-        index = make_index(candidate, metric, **settings.params(candidate)).build(vectors)
-        setting = None
+        try:
+            index = make_index(candidate, metric, **params).build(vectors)
+        except BuildTooSlow as exc:
+            logger.info(
+                "index %s: %s not built: %s (build budget %.0fs per space, %.0fs left)",
+                metric,
+                candidate,
+                exc,
+                settings.build_budget_seconds,
+                left,
+            )
+            continue
+        setting = reorder = None
         built = time.perf_counter()
         bound = best[1].query_ms_p50 if best is not None and best[1].reaches(settings.target_recall) else None
         if isinstance(index, AnnoyItemIndex):
@@ -162,29 +263,41 @@ def build_index(
             # exact scan, built first), a wider beam only costs more
             index.tune(vectors, queries, k, truth=truth, slower_than_ms=bound)
             setting = index.ef
+        elif isinstance(index, (ScannItemIndex, IvfItemIndex)):
+            index.tune(vectors, queries, k, truth=truth, slower_than_ms=bound)
+            setting = index.setting
+            reorder = None if isinstance(index, IvfItemIndex) and not index.refines else index.reorder
         tuned = time.perf_counter()
         build_seconds, tune_seconds = tuned - start, tuned - built
-        recall = recall_at_k(index.query_batch(queries, k)[0], truth)
+        # the exact scan is the truth itself: no second pass over the catalog (30 s at 1M×64)
+        found = (
+            truth if isinstance(index, ExactIndex) and index.dtype == "float32" else index.query_batch(queries, k)[0]
+        )
         report = CandidateReport(
             candidate,
-            round(recall, 4),
+            round(recall_at_k(found, truth), 4),
             round(float(np.median(query_latencies_ms(index, timed, k))), 4),
             round(build_seconds, 2),
             setting,
             round(tune_seconds, 2),
+            reorder,
+            round(recall_lower_bound(found, truth), 4),
         )
         reports.append(report)
         if on_candidate is not None:
+            begun = time.perf_counter()
             on_candidate(index, report)
+            outside += time.perf_counter() - begun
         logger.info(
-            "index %s/%s: recall@%d %.3f, p50 %.3f ms, built in %.1fs%s",
+            "index %s/%s: recall@%d %.3f (lower bound %.3f), p50 %.3f ms, built in %.1fs%s",
             metric,
             candidate,
             k,
             report.recall_at_10,
+            report.recall_lower_bound,
             report.query_ms_p50,
             report.build_seconds,
-            f" ({setting=})" if setting is not None else "",
+            f" ({setting=}{f', {reorder=}' if reorder is not None else ''})" if setting is not None else "",
         )
         if best is None or _pick([best[1], report], settings.target_recall) is report:
             best = (index, report)
@@ -193,12 +306,13 @@ def build_index(
     chosen = best[1]
     if kind == "auto":
         logger.info(
-            "index %s: chose %s (recall@%d %.3f, p50 %.3f ms) among %s",
+            "index %s: chose %s (recall@%d %.3f, p50 %.3f ms) among %s in %.0fs",
             metric,
             chosen.kind,
             k,
             chosen.recall_at_10,
             chosen.query_ms_p50,
             ", ".join(f"{c.kind} {c.recall_at_10:.3f}/{c.query_ms_p50:.3f}ms" for c in reports),
+            time.perf_counter() - began - outside,
         )
     return best[0], IndexChoice(metric, chosen.kind, settings.target_recall, reports)

@@ -1,0 +1,295 @@
+"""Inverted-file indexes (faiss-cpu): a k-means coarse quantizer of ``nlist`` lists, of which
+``nprobe`` are scanned per query.
+
+Encodings (one kind each):
+
+- ``ivf_flat`` — the lists hold the float vectors: scores are exact, no re-rank.
+- ``ivf_sq8`` — 8-bit scalar quantization (a quarter of the bytes to scan), then an exact
+  re-rank of the best ``reorder`` candidates against the float vectors (faiss ``RFlat``).
+- ``ivf_pq`` — 4-bit product quantization scored with SIMD lookup tables (faiss "fast scan",
+  2 dims per sub-quantizer), then the same exact re-rank.
+
+Metrics: ``dot`` (inner product), ``cosine`` (unit rows, inner product), ``euclidean`` (L2).
+Manhattan and hamming have no faiss IVF metric: asking for them is a ``ValueError``, and the
+``auto`` choice leaves IVF out for them.
+
+``nprobe`` (with a wide re-rank), then ``reorder``, are tuned at build time to about the smallest
+values whose recall lower bound on held-out queries reaches ``target_recall``
+(recsys/index/tuning.py, the code HNSW's ``ef`` uses). The index is one file, read once through
+the verified read of recsys/index/annoy_index.py and deserialized from those very bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recsys.index.base import IndexError_, ItemIndex, check_metric, drop_excluded, recall_at_k, unit_rows
+from recsys.index.exact import ExactIndex
+from recsys.index.tuning import tune_knob
+
+logger = logging.getLogger(__name__)
+
+IVF_METRICS = ("cosine", "dot", "euclidean")
+#: kind → faiss factory encoding and whether an exact re-rank follows
+ENCODINGS = {"ivf_flat": ("Flat", False), "ivf_sq8": ("SQ8", True), "ivf_pq": ("PQ{m}x4fs", True)}
+INDEX_FILE = "index.faiss"
+META_FILE = "index.json"
+#: re-rank width (multiples of k) while ``nprobe`` is tuned
+TUNE_REORDER_FACTOR = 20
+#: below this many items one list holds everything (k-means has nothing to split)
+LISTS_MIN_ITEMS = 256
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def default_nlist(n_items: int) -> int:
+    """About 2·√n lists (2,000 at 1M items), at least 20 items each."""
+    return max(1, min(int(2 * math.sqrt(n_items)), n_items // 20))
+
+
+class IvfItemIndex(ItemIndex):
+    def __init__(
+        self,
+        metric: str = "dot",
+        kind: str = "ivf_flat",
+        nlist: int = -1,
+        nprobe: int = -1,
+        reorder: int = -1,
+        training_sample: int = 100_000,
+        target_recall: float = 0.95,
+        num_threads: int = -1,
+        tune_seconds: float = 120.0,
+        random_state: int = 42,
+    ) -> None:
+        self.metric = check_metric(metric)
+        if metric not in IVF_METRICS:
+            raise ValueError(f"{kind} supports metrics {list(IVF_METRICS)}, not {metric!r}")
+        if kind not in ENCODINGS:
+            raise ValueError(f"ivf kind must be one of {sorted(ENCODINGS)}, got {kind!r}")
+        self.kind = kind
+        #: coarse lists; -1: :func:`default_nlist`
+        self.nlist = nlist
+        #: lists scanned per query; -1 before ``tune``: all
+        self.nprobe = nprobe
+        #: candidates re-ranked exactly for k = 10 (scaled with k; sq8/pq only); -1: 20·k
+        self.reorder = reorder
+        self.training_sample = training_sample
+        self.target_recall = target_recall
+        self.num_threads = num_threads
+        self.tune_seconds = tune_seconds
+        self.random_state = random_state
+        self.index_ = None
+        self.dims = 0
+        self._n_items = 0
+        self.recall_at_10_: float | None = None
+        self._tuned = {"nprobe": nprobe == -1, "reorder": reorder == -1}
+
+    @property
+    def refines(self) -> bool:
+        return ENCODINGS[self.kind][1]
+
+    def _factory(self) -> str:
+        # below LISTS_MIN_ITEMS one list of float vectors (codebooks need more training points)
+        small = self._n_items < LISTS_MIN_ITEMS
+        encoding = "Flat" if small else ENCODINGS[self.kind][0].format(m=max(1, self.dims // 2))
+        return f"IVF{self.nlist},{encoding}" + (",RFlat" if self.refines else "")
+
+    def build(self, vectors: np.ndarray) -> IvfItemIndex:
+        faiss = _faiss()
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.metric == "cosine":
+            vectors = np.ascontiguousarray(unit_rows(vectors))
+        self.dims, self._n_items = int(vectors.shape[1]), len(vectors)
+        if not len(vectors):
+            raise ValueError(f"{self.kind} needs at least one item")
+        if self.nlist == -1 or len(vectors) < LISTS_MIN_ITEMS:
+            self.nlist = default_nlist(len(vectors)) if len(vectors) >= LISTS_MIN_ITEMS else 1
+        metric = faiss.METRIC_L2 if self.metric == "euclidean" else faiss.METRIC_INNER_PRODUCT
+        threads_before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads((os.cpu_count() or 1) if self.num_threads == -1 else self.num_threads)
+        try:
+            index = faiss.index_factory(self.dims, self._factory(), metric)
+            rng = np.random.default_rng(self.random_state)
+            sample = vectors
+            if len(vectors) > self.training_sample:
+                sample = vectors[np.sort(rng.choice(len(vectors), self.training_sample, replace=False))]
+            ivf = faiss.extract_index_ivf(index)
+            ivf.cp.seed = self.random_state
+            ivf.cp.min_points_per_centroid = 1  # a small sample per list is fine for a coarse split
+            index.train(sample)
+            index.add(vectors)
+        finally:
+            faiss.omp_set_num_threads(threads_before)
+        self.index_ = index
+        if self.nprobe == -1:
+            self.nprobe = self.nlist
+        if self.reorder == -1:
+            self.reorder = TUNE_REORDER_FACTOR * 10
+        return self
+
+    @property
+    def n_items(self) -> int:
+        return self._n_items
+
+    @property
+    def setting(self) -> int:
+        """The tuned knob reported by the choice: ``nprobe`` (reorder in the metadata)."""
+        return self.nprobe
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        faiss = _faiss()
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.metric == "cosine":
+            queries = np.ascontiguousarray(unit_rows(queries))
+        k = max(1, min(k, self._n_items))
+        if self.refines:
+            factor = max(1.0, self.reorder * max(1, math.ceil(k / 10)) / k)
+            params = faiss.IndexRefineSearchParameters(
+                k_factor=factor, base_index_params=faiss.SearchParametersIVF(nprobe=self.nprobe)
+            )
+        else:
+            params = faiss.SearchParametersIVF(nprobe=self.nprobe)
+        dist, ids = self.index_.search(queries, k, params=params)
+        scores = -np.sqrt(np.maximum(dist, 0.0)) if self.metric == "euclidean" else dist
+        return ids.astype(np.int64), scores.astype(np.float32)
+
+    def query(self, vector, k, exclude=None):
+        """Over-fetches ``k + |exclude|`` and drops the excluded (and faiss's -1 padding)."""
+        if self.index_ is None:
+            raise IndexError_("index is not built or loaded")
+        n_excluded = 0 if exclude is None else len(exclude)
+        ids, scores = self._search(np.asarray(vector, np.float32).reshape(1, -1), k + n_excluded)
+        found = ids[0] >= 0
+        return drop_excluded(ids[0][found], scores[0][found], k, exclude)
+
+    def query_batch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.atleast_2d(np.asarray(queries, np.float32))
+        found, dist = self._search(queries, k)
+        ids = np.full((len(queries), k), -1, np.int64)
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        ids[:, : found.shape[1]], scores[:, : found.shape[1]] = found, np.where(found >= 0, dist, -np.inf)
+        return ids, scores
+
+    def tune(
+        self,
+        vectors: np.ndarray,
+        queries: np.ndarray,
+        k: int = 10,
+        truth: np.ndarray | None = None,
+        slower_than_ms: float | None = None,
+    ) -> float:
+        """``nprobe`` (with a re-rank 20·k wide), then ``reorder`` (sq8/pq), each to about the
+        smallest value whose recall lower bound reaches ``target_recall``; returns the (mean)
+        recall at the values kept. Values given explicitly are kept."""
+        if truth is None:
+            truth = ExactIndex(self.metric).build(vectors).query_batch(queries, k)[0]
+        deadline = time.perf_counter() + self.tune_seconds
+
+        def search(q: np.ndarray) -> np.ndarray:
+            return self.query_batch(q, k)[0]
+
+        outcome = None
+        if self._tuned["nprobe"] and self.nlist > 1:
+            outcome = tune_knob(
+                lambda v: setattr(self, "nprobe", v),
+                search,
+                queries,
+                truth,
+                lo=0,
+                hi=max(1, self.nlist // 100),
+                ceiling=self.nlist,
+                bar=self.target_recall,
+                deadline=deadline,
+                slower_than_ms=slower_than_ms,
+            )
+        if self.refines and self._tuned["reorder"] and (outcome is None or outcome.why_not is None):
+            outcome = tune_knob(
+                lambda v: setattr(self, "reorder", v),
+                search,
+                queries,
+                truth,
+                lo=k - 1,
+                hi=k,
+                ceiling=self.reorder,
+                bar=self.target_recall,
+                deadline=deadline,
+            )
+        recall = recall_at_k(search(queries), truth) if outcome is None else outcome.recall
+        if k == 10:
+            self.recall_at_10_ = recall
+        if outcome is not None and outcome.why_not is not None:
+            logger.info(
+                "%s %s index: recall@%d target %.3f not reached (%.3f, lower bound %.3f, at nprobe=%d reorder=%d; %s)",
+                self.kind,
+                self.metric,
+                k,
+                self.target_recall,
+                outcome.recall,
+                outcome.lower_bound,
+                self.nprobe,
+                self.reorder,
+                outcome.why_not,
+            )
+        else:
+            logger.info(
+                "%s %s index: nprobe=%d/%d%s give recall@%d %.3f",
+                self.kind,
+                self.metric,
+                self.nprobe,
+                self.nlist,
+                f" reorder={self.reorder}" if self.refines else "",
+                k,
+                recall,
+            )
+        return recall
+
+    def save(self, folder: Path) -> dict:
+        from recsys.index.annoy_index import file_sha256
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / INDEX_FILE
+        _faiss().write_index(self.index_, str(path))
+        meta = {
+            "kind": self.kind,
+            "metric": self.metric,
+            "dims": self.dims,
+            "n_items": self._n_items,
+            "nlist": self.nlist,
+            "nprobe": self.nprobe,
+            "reorder": self.reorder,
+            "recall_at_10": self.recall_at_10_,
+            "sha256": file_sha256(path),
+        }
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+        return meta
+
+    @classmethod
+    def _load_private(cls, path: Path, meta: dict, expected_sha256: str | None) -> IvfItemIndex:
+        from recsys.index.annoy_index import read_verified
+
+        if not path.exists():
+            raise IndexError_(f"index file missing: {path}")
+        index = cls(meta["metric"], meta["kind"], nlist=meta["nlist"], nprobe=meta["nprobe"], reorder=meta["reorder"])
+        data = read_verified(path, expected_sha256)
+        try:
+            native = _faiss().deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        except RuntimeError as exc:
+            raise IndexError_(f"faiss could not load {path}: {exc}") from exc
+        del data
+        if native.ntotal != meta["n_items"]:
+            raise IndexError_(f"index {path} holds {native.ntotal} items, metadata says {meta['n_items']}")
+        index.index_, index.dims, index._n_items = native, meta["dims"], meta["n_items"]
+        index.recall_at_10_ = meta.get("recall_at_10")
+        return index

@@ -1,0 +1,327 @@
+"""ScaNN index (Google's ``scann``, no TensorFlow): a k-means tree over the items, anisotropic
+vector quantization (4-bit codes, 2 dims per block) scored with SIMD lookup tables, then an
+exact re-rank of the best ``reorder`` candidates against the float vectors.
+
+Metrics: ``dot`` (ScaNN ``dot_product``), ``cosine`` (unit rows, then ``dot_product``),
+``euclidean`` (``squared_l2``, plain quantization). Manhattan and hamming have no ScaNN
+distance: asking for them is a ``ValueError``, and the build's ``auto`` choice leaves ScaNN out
+for them (recsys/index/choice.py).
+
+``leaves_to_search`` then ``reorder`` are tuned at build time, each to about the smallest value
+whose recall lower bound on held-out queries reaches ``target_recall`` (recsys/index/tuning.py,
+the code HNSW's ``ef`` uses). Catalogs under ``TREE_MIN_ITEMS`` items are scored by brute force
+(ScaNN's own), where a tree has nothing to prune.
+
+Loading copies every file, hashed on the way, into private sealed memory files (the same
+``private_copy`` as Annoy and HNSW) and ScaNN reads them from there: what is served is what was
+verified.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recsys.index.base import IndexError_, ItemIndex, check_metric, drop_excluded, recall_at_k, unit_rows
+from recsys.index.exact import ExactIndex
+from recsys.index.tuning import tune_knob
+
+logger = logging.getLogger(__name__)
+
+SCANN_DISTANCE = {"dot": "dot_product", "cosine": "dot_product", "euclidean": "squared_l2"}
+META_FILE = "index.json"
+ASSETS_FILE = "scann_assets.pbtxt"
+#: below this many items the index scores every item (a tree of a few leaves prunes nothing)
+TREE_MIN_ITEMS = 256
+#: reorder (exact re-rank) width used while ``leaves_to_search`` is tuned, in multiples of k
+TUNE_REORDER_FACTOR = 20
+
+
+def _scann():
+    from scann.scann_ops.py import scann_ops_pybind
+
+    return scann_ops_pybind
+
+
+def default_num_leaves(n_items: int) -> int:
+    """About 2·√n leaves (ScaNN's guidance is √n to a few √n): 2,000 at 1M items."""
+    return max(1, min(int(2 * math.sqrt(n_items)), n_items // 20))
+
+
+class ScannItemIndex(ItemIndex):
+    kind = "scann"
+
+    def __init__(
+        self,
+        metric: str = "dot",
+        num_leaves: int = -1,
+        leaves_to_search: int = -1,
+        reorder: int = -1,
+        dims_per_block: int = 2,
+        anisotropic_threshold: float = 0.2,
+        training_sample: int = 250_000,
+        target_recall: float = 0.95,
+        num_threads: int = -1,
+        tune_seconds: float = 120.0,
+    ) -> None:
+        self.metric = check_metric(metric)
+        if metric not in SCANN_DISTANCE:
+            raise ValueError(f"scann supports metrics {sorted(SCANN_DISTANCE)}, not {metric!r}")
+        #: k-means tree leaves; -1: :func:`default_num_leaves`
+        self.num_leaves = num_leaves
+        #: leaves searched per query; -1 before ``tune``: all of them
+        self.leaves_to_search = leaves_to_search
+        #: candidates re-ranked exactly, for k = 10 (scaled with k); -1 before ``tune``: 20·k
+        self.reorder = reorder
+        self.dims_per_block = dims_per_block
+        #: anisotropic quantization threshold (dot and cosine only: for L2 plain quantization)
+        self.anisotropic_threshold = anisotropic_threshold
+        #: items the tree and the codebooks are trained on
+        self.training_sample = training_sample
+        self.target_recall = target_recall
+        #: threads for building (-1: every core); queries run on the caller's thread
+        self.num_threads = num_threads
+        self.tune_seconds = tune_seconds
+        self.searcher_ = None
+        self.dims = 0
+        self._n_items = 0
+        self.brute_force_ = False
+        self.recall_at_10_: float | None = None
+        #: knobs given explicitly are kept by ``tune`` (only measured)
+        self._tuned = {"leaves_to_search": leaves_to_search == -1, "reorder": reorder == -1}
+
+    # ---- build --------------------------------------------------------------------------
+    def build(self, vectors: np.ndarray) -> ScannItemIndex:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.metric == "cosine":
+            vectors = unit_rows(vectors)
+        self.dims, self._n_items = int(vectors.shape[1]), len(vectors)
+        if not len(vectors):
+            raise ValueError("scann needs at least one item")
+        builder = _scann().builder(vectors, 10, SCANN_DISTANCE[self.metric])
+        self.brute_force_ = len(vectors) < TREE_MIN_ITEMS
+        if self.brute_force_:
+            builder = builder.score_brute_force()
+            self.num_leaves = self.leaves_to_search = 0
+        else:
+            if self.num_leaves == -1:
+                self.num_leaves = default_num_leaves(len(vectors))
+            self.num_leaves = min(self.num_leaves, len(vectors))
+            if self.leaves_to_search == -1:
+                self.leaves_to_search = self.num_leaves
+            builder = builder.tree(
+                num_leaves=self.num_leaves,
+                num_leaves_to_search=self.leaves_to_search,
+                training_sample_size=min(len(vectors), self.training_sample),
+            )
+            threshold = self.anisotropic_threshold if self.metric != "euclidean" else float("nan")
+            builder = builder.score_ah(self.dims_per_block, anisotropic_quantization_threshold=threshold)
+            if self.reorder == -1:
+                self.reorder = TUNE_REORDER_FACTOR * 10
+            builder = builder.reorder(self.reorder)
+        threads = (os.cpu_count() or 1) if self.num_threads == -1 else self.num_threads
+        builder = builder.set_n_training_threads(threads)
+        self.searcher_ = builder.build()
+        self.searcher_.set_num_threads(1)
+        return self
+
+    @property
+    def n_items(self) -> int:
+        return self._n_items
+
+    # ---- search -------------------------------------------------------------------------
+    def _widths(self, k: int) -> tuple[int, int, int]:
+        """(final neighbours, pre-reorder neighbours, leaves) for a top-``k`` search: the
+        re-rank width was tuned for k = 10 and grows with k."""
+        k = max(1, min(k, self._n_items))
+        if self.brute_force_:
+            return k, k, -1
+        return k, max(k, self.reorder * max(1, math.ceil(k / 10))), self.leaves_to_search
+
+    def _to_score(self, distances: np.ndarray) -> np.ndarray:
+        if self.metric == "euclidean":
+            return -np.sqrt(np.maximum(distances, 0.0))
+        return distances  # dot_product: ScaNN reports the product itself
+
+    def _prepare(self, q: np.ndarray) -> np.ndarray:
+        q = np.asarray(q, dtype=np.float32)
+        return unit_rows(q) if self.metric == "cosine" else q
+
+    def query(self, vector, k, exclude=None):
+        """Over-fetches ``k + |exclude|`` (each re-ranked exactly) and drops the excluded."""
+        if self.searcher_ is None:
+            raise IndexError_("index is not built or loaded")
+        n_excluded = 0 if exclude is None else len(exclude)
+        final, pre, leaves = self._widths(k + n_excluded)
+        ids, dist = self.searcher_.search(self._prepare(np.ravel(vector)), final, pre, leaves)
+        ids = np.asarray(ids, dtype=np.int64)
+        return drop_excluded(ids, self._to_score(np.asarray(dist, np.float32)), k, exclude)
+
+    def query_batch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = self._prepare(np.atleast_2d(queries))
+        final, pre, leaves = self._widths(k)
+        found, dist = self.searcher_.search_batched(queries, final, pre, None if leaves == -1 else leaves)
+        found, dist = np.asarray(found, np.int64), np.asarray(dist, np.float32)
+        ids = np.full((len(queries), k), -1, np.int64)
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        width = min(k, found.shape[1]) if found.ndim == 2 else 0
+        ids[:, :width], scores[:, :width] = found[:, :width], self._to_score(dist[:, :width])
+        return ids, scores
+
+    # ---- tuning -------------------------------------------------------------------------
+    def tune(
+        self,
+        vectors: np.ndarray,
+        queries: np.ndarray,
+        k: int = 10,
+        truth: np.ndarray | None = None,
+        slower_than_ms: float | None = None,
+    ) -> float:
+        """``leaves_to_search`` (with a wide re-rank, 20·k), then ``reorder`` at those leaves,
+        each to about the smallest value whose recall lower bound reaches ``target_recall``;
+        returns the (mean) recall at the values kept. Values given explicitly are kept."""
+        if truth is None:
+            truth = ExactIndex(self.metric).build(vectors).query_batch(queries, k)[0]
+        if self.brute_force_:
+            self.recall_at_10_ = recall_of(self, queries, truth, k)
+            return self.recall_at_10_
+        deadline = time.perf_counter() + self.tune_seconds
+
+        def search(q: np.ndarray) -> np.ndarray:
+            return self.query_batch(q, k)[0]
+
+        outcome = None
+        if self._tuned["leaves_to_search"]:
+            outcome = tune_knob(
+                lambda v: setattr(self, "leaves_to_search", v),
+                search,
+                queries,
+                truth,
+                lo=0,
+                hi=max(1, self.num_leaves // 100),
+                ceiling=self.num_leaves,
+                bar=self.target_recall,
+                deadline=deadline,
+                slower_than_ms=slower_than_ms,
+            )
+        if self._tuned["reorder"] and (outcome is None or outcome.why_not is None):
+            outcome = tune_knob(
+                lambda v: setattr(self, "reorder", v),
+                search,
+                queries,
+                truth,
+                lo=k - 1,
+                hi=k,
+                ceiling=self.reorder,
+                bar=self.target_recall,
+                deadline=deadline,
+            )
+        recall = recall_of(self, queries, truth, k) if outcome is None else outcome.recall
+        if k == 10:
+            self.recall_at_10_ = recall
+        if outcome is not None and outcome.why_not is not None:
+            logger.info(
+                "scann %s index: recall@%d target %.3f not reached (%.3f, lower bound %.3f, at leaves=%d "
+                "reorder=%d; %s)",
+                self.metric,
+                k,
+                self.target_recall,
+                outcome.recall,
+                outcome.lower_bound,
+                self.leaves_to_search,
+                self.reorder,
+                outcome.why_not,
+            )
+        else:
+            logger.info(
+                "scann %s index: leaves=%d/%d reorder=%d give recall@%d %.3f",
+                self.metric,
+                self.leaves_to_search,
+                self.num_leaves,
+                self.reorder,
+                k,
+                recall,
+            )
+        return recall
+
+    @property
+    def setting(self) -> int:
+        """The tuned knob reported by the choice: leaves searched (reorder in the metadata)."""
+        return self.leaves_to_search
+
+    # ---- files --------------------------------------------------------------------------
+    def save(self, folder: Path) -> dict:
+        from recsys.index.annoy_index import file_sha256
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.searcher_.serialize(str(folder), relative_path=True)
+        files = {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.name != META_FILE}
+        meta = {
+            "kind": self.kind,
+            "metric": self.metric,
+            "dims": self.dims,
+            "n_items": self._n_items,
+            "num_leaves": self.num_leaves,
+            "leaves_to_search": self.leaves_to_search,
+            "reorder": self.reorder,
+            "brute_force": self.brute_force_,
+            "recall_at_10": self.recall_at_10_,
+            "files": files,
+        }
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+        return meta
+
+    @classmethod
+    def _load_private(cls, folder: Path, meta: dict, digests: dict[str, str] | None) -> ScannItemIndex:
+        """``digests``: file name → sha256 to check (None: unverified)."""
+        from recsys.index.annoy_index import private_copy
+
+        index = cls(
+            meta["metric"],
+            num_leaves=meta["num_leaves"],
+            leaves_to_search=meta["leaves_to_search"],
+            reorder=meta["reorder"],
+        )
+        names = list(meta["files"])
+        if ASSETS_FILE not in names:
+            raise IndexError_(f"scann index in {folder} lists no {ASSETS_FILE}")
+        scratch = Path(tempfile.mkdtemp(prefix=".recsys-scann-"))
+        fds: list[int] = []
+        try:
+            for name in names:
+                if "/" in name or not (folder / name).is_file():
+                    raise IndexError_(f"index file missing: {folder / name}")
+                fd = private_copy(folder / name, None if digests is None else digests.get(name, meta["files"][name]))
+                fds.append(fd)
+                # ScaNN opens files by name inside one folder: the names point at the sealed copies
+                os.symlink(f"/proc/self/fd/{fd}", scratch / name)
+            assets = os.pread(fds[names.index(ASSETS_FILE)], 1 << 20, 0).decode()
+            try:
+                native = _scann().scann_pybind.ScannNumpy(str(scratch), assets)
+            except (RuntimeError, ValueError) as exc:
+                raise IndexError_(f"scann could not load {folder}: {exc}") from exc
+        finally:
+            for fd in fds:
+                os.close(fd)
+            shutil.rmtree(scratch, ignore_errors=True)
+        index.searcher_ = _scann().ScannSearcher(native)
+        index.searcher_.set_num_threads(1)
+        if index.searcher_.size() != meta["n_items"]:
+            raise IndexError_(f"index {folder} holds {index.searcher_.size()} items, metadata says {meta['n_items']}")
+        index.dims, index._n_items = meta["dims"], meta["n_items"]
+        index.brute_force_ = meta["brute_force"]
+        index.recall_at_10_ = meta.get("recall_at_10")
+        return index
+
+
+def recall_of(index: ItemIndex, queries: np.ndarray, truth: np.ndarray, k: int) -> float:
+    return recall_at_k(index.query_batch(queries, k)[0], truth)

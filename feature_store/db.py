@@ -13,6 +13,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 
+from feature_store import impressions as _impressions  # noqa: F401  (registers its tables)
 from feature_store.tables import metadata
 
 logger = logging.getLogger(__name__)

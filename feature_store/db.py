@@ -16,6 +16,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 
+from feature_store import impressions as _impressions  # noqa: F401  (registers its tables)
 from feature_store.tables import metadata, store_identity_table
 
 logger = logging.getLogger(__name__)

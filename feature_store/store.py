@@ -24,13 +24,14 @@ import pandas as pd
 import pyarrow as pa
 from sqlalchemy import Connection, Engine
 
-from feature_store import activity, admin, catalog, ingest
+from feature_store import activity, admin, catalog, impressions, ingest
 from feature_store.activity import ActiveUser, StoreCounts, StoredEvent, TimelineEvent, VariantActivity
 from feature_store.backends import backend_for
 from feature_store.catalog import NotFoundError
 from feature_store.control import ServingControl
 from feature_store.db import init_db, make_engine, read_store_id
 from feature_store.export import export_events
+from feature_store.impressions import AttributedEvent, ExposureCounts, Impression, LoggedImpression
 from feature_store.ingest import EventBatch, IngestResult
 from feature_store.offline import (
     ExportResult,
@@ -366,6 +367,27 @@ class FeatureStore:
         """
         with self.engine.connect() as conn:
             return activity.variant_activity(conn, event_types, since)
+
+    # ------------------------------------------------------------------ impressions
+
+    def add_impressions(self, records: Sequence[Impression]) -> int:
+        """Store a batch of impressions in one transaction; returns how many."""
+        return self._write("add_impressions", lambda conn: impressions.insert_impressions(conn, records))
+
+    def attribute_events(self, records: Sequence[AttributedEvent]) -> int:
+        """Record events that name a request id with their position in that impression;
+        returns how many matched an item the impression showed."""
+        return self._write("attribute_events", lambda conn: impressions.insert_attributed(conn, records))
+
+    def impressions(self, since: datetime | None = None, surface: str | None = None) -> list[LoggedImpression]:
+        """Impressions (oldest first) with the positions of the events attributed to them."""
+        with self.engine.connect() as conn:
+            return impressions.read_impressions(conn, None if since is None else cutoff_millis(since)[1], surface)
+
+    def exposure_counts(self, event_types: Sequence[str], since: datetime | None = None) -> list[ExposureCounts]:
+        """Per variant (sorted): users with an impression, impressions, and those with each outcome."""
+        with self.engine.connect() as conn:
+            return impressions.exposure_counts(conn, event_types, None if since is None else cutoff_millis(since)[1])
 
     # ------------------------------------------------------------------ dashboard reads (api/ui)
 

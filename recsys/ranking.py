@@ -513,9 +513,16 @@ def _select(scores: np.ndarray, n: int, exclude: np.ndarray, blocked: np.ndarray
         ids = candidates[_top_unordered(scores[candidates], n)]
     else:
         ids = _top_unordered(scores, n)
+    if 0 < len(ids) < len(scores):
+        # argpartition cuts among equal scores arbitrarily: take every entry tied with the
+        # cut so that the order is always (score, position) and a page of k + offset rows
+        # is the prefix of any longer one (BM25 scores tie often)
+        cut = scores[ids].min()
+        if cut > -np.inf and np.count_nonzero(scores >= cut) > len(ids):
+            ids = np.flatnonzero(scores >= cut)
     top = scores[ids]
     order = np.lexsort((ids, -top))
-    ids, top = ids[order], top[order]
+    ids, top = ids[order][:n], top[order][:n]
     keep = top > -np.inf
     return ids[keep], top[keep]
 

@@ -135,10 +135,54 @@ def choose_weight(recommender: Recommender, validation: list[Query], console: Co
         m = metrics(rows)
         scores[w] = (m["exact_mrr"] + m["typo_mrr"] + m["genre_p10"]) / 3
         table.add_row(
-            f"{w:.1f}", f"{m['exact_mrr']:.3f}", f"{m['typo_mrr']:.3f}", f"{m['genre_p10']:.3f}", f"{scores[w]:.4f}"
+            f"{w:.2f}", f"{m['exact_mrr']:.3f}", f"{m['typo_mrr']:.3f}", f"{m['genre_p10']:.3f}", f"{scores[w]:.4f}"
         )
     console.print(table)
     return scores
+
+
+def compare_backends(recommender: Recommender, qs: list[Query], console: Console) -> None:
+    """The lexical half, in process, on the same queries and texts: bm25s (what /search uses)
+    against SQLite FTS5 (``porter unicode61`` tokenizer, terms OR-ed, ranked by ``bm25()``)."""
+    import sqlite3
+
+    catalog = recommender.catalog
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE VIRTUAL TABLE docs USING fts5(body, tokenize='porter unicode61')")
+    db.executemany(
+        "INSERT INTO docs(rowid, body) VALUES (?, ?)", [(j, catalog.search_text(j)) for j in range(len(catalog))]
+    )
+
+    def fts5(text: str) -> list[str]:
+        terms = " OR ".join(f'"{w}"' for w in re.findall(r"\w+", text))
+        if not terms:
+            return []
+        rows = db.execute("SELECT rowid FROM docs WHERE docs MATCH ? ORDER BY bm25(docs) LIMIT ?", (terms, K))
+        return [catalog.item_ids[r] for (r,) in rows]
+
+    def bm25s(text: str) -> list[str]:
+        return [i.item_id for i in recommender.search(text, K, match="lexical").items]
+
+    table = Table(title="lexical backends in process (same catalog text and queries)")
+    for col in ("backend", "exact MRR@10", "typo MRR@10", "genre P@10", "p50 ms", "p99 ms"):
+        table.add_column(col, justify="right")
+    for name, run in (("bm25s + PyStemmer + typo correction", bm25s), ("SQLite FTS5 (porter)", fts5)):
+        rows, latency = [], []
+        for q in qs:
+            start = time.perf_counter()
+            got = run(q.text)
+            latency.append(time.perf_counter() - start)
+            rows.append((q, got))
+        m, lat = metrics(rows), np.asarray(latency) * 1000
+        table.add_row(
+            name,
+            f"{m['exact_mrr']:.3f}",
+            f"{m['typo_mrr']:.3f}",
+            f"{m['genre_p10']:.3f}",
+            f"{np.percentile(lat, 50):.3f}",
+            f"{np.percentile(lat, 99):.3f}",
+        )
+    console.print(table)
 
 
 def over_http(base: str, qs: list[Query], match: str) -> tuple[dict[str, float], np.ndarray]:
@@ -193,6 +237,7 @@ def main() -> int:
             f"{SEARCH_LEXICAL_WEIGHT} → {val.get(SEARCH_LEXICAL_WEIGHT, float('nan')):.4f}: "
             f"{'ok' if default_ok else 'NOT the validated weight'}; lexical index rebuild {rebuild_ms:.0f} ms"
         )
+        compare_backends(recommender, qs, console)
         holder.stop()
 
         results = {}

@@ -4,17 +4,23 @@ correction on the catalog's own vocabulary.
 - Scoring is ``bm25s`` (BM25, Lucene variant: k1 = 1.5, b = 0.75) over one document per item:
   its title, description, categories and the attribute values marked searchable
   (:meth:`recsys.catalog_state.CatalogState.search_text`).
-- Tokens: lower-cased runs of two or more word characters (Unicode), the Lucene English stop
-  words removed (``bm25s.stopwords.STOPWORDS_EN``), each stemmed by PyStemmer's Snowball
-  English stemmer — the same for documents and queries, so "wars" finds "War".
+- Tokens: lower-cased runs of word characters (Unicode; single letters and digits count, so
+  "Die Hard 2" differs from "Die Hard"), the Lucene English stop words removed
+  (``bm25s.stopwords.STOPWORDS_EN``). Each word is indexed twice — stemmed by PyStemmer's
+  Snowball English stemmer, and as typed (``=word``) — the same for documents and queries: "wars"
+  finds "War" through the stem, while "Alien" ranks "Alien" above "Aliens" and "Terminator"
+  above "Terminal" (same stem) through the exact form.
 - Typo tolerance: a query word that, stemmed, is not in the index's vocabulary is replaced by the
   closest word of the catalog's own (unstemmed) vocabulary within an optimal-string-alignment
   distance of 1 (words of 4–7 letters) or 2 (8 letters and more), ties to the word in more
   items (rapidfuzz). Words of 3 letters or fewer, and misspellings that happen to be another
   catalog word, are not corrected (the semantic half of a hybrid search may still find them).
-- Catalog writes mark the index stale; the next query rebuilds it (on MovieLens 100K's 1,682
-  items a rebuild costs ~30 ms, docs/search.md), so a new or edited item is found by its new
-  words and no longer by its old ones from the next request on.
+- Writes (``update``) mark the index stale and ``refresh`` rebuilds it: the serving catalog
+  sync calls it right after applying a change, so the write pays the rebuild, before it is
+  answered, and a new or edited item is found by its new words and no longer by its old ones
+  from the next request on (a query on a stale index rebuilds it first). bm25s has no
+  incremental update: a rebuild is ~40 ms on MovieLens 100K's 1,682 items, ~0.3 s at 10k and
+  ~1.8 s at 50k (docs/search.md).
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ from rapidfuzz.distance import OSA
 
 logger = logging.getLogger(__name__)
 
-_WORD = re.compile(r"(?u)\b\w\w+\b")
+_WORD = re.compile(r"(?u)\w+")
 _STOP = frozenset(STOPWORDS_EN)
+#: marks the as-typed form of a word among the index's terms (stems never contain it)
+EXACT = "="
 #: words shorter than this are never typo-corrected
 MIN_CORRECTED_LENGTH = 4
 #: words at least this long may be corrected at distance 2 (shorter ones at distance 1)
@@ -45,9 +53,10 @@ TWO_EDITS_LENGTH = 8
 
 @dataclass(frozen=True, slots=True)
 class ParsedQuery:
-    """A query as the index reads it: the stems it scores and the corrections it made."""
+    """A query as the index reads it: the terms it scores (stems and ``=``-marked exact words)
+    and the corrections it made."""
 
-    stems: tuple[str, ...]
+    terms: tuple[str, ...]
     #: (typed word, catalog word it was read as)
     corrections: tuple[tuple[str, str], ...] = ()
 
@@ -70,7 +79,7 @@ class LexicalIndex:
         self._lock = threading.Lock()
         self._stale = True
         self._retriever: bm25s.BM25 | None = None
-        self._stems: frozenset[str] = frozenset()
+        self._terms: frozenset[str] = frozenset()
         self._words: dict[str, int] = {}  # surface word → number of items it occurs in
         self._stem_of: dict[str, str] = {}
 
@@ -99,26 +108,32 @@ class LexicalIndex:
         return [w for w in _WORD.findall(text.lower()) if w not in _STOP]
 
     def parse(self, query: str) -> ParsedQuery:
-        """The stems ``query`` is scored with, after typo correction against the vocabulary."""
+        """The terms ``query`` is scored with, after typo correction against the vocabulary."""
         self._fresh()
-        stems, corrections = [], []
+        terms, corrections = [], []
         for word in self.words(query):
             stem = self._stem(word)
-            if stem in self._stems:
-                stems.append(stem)
-                continue
-            fixed = self._correct(word)
-            if fixed is not None:
+            if stem not in self._terms:
+                fixed = self._correct(word)
+                if fixed is None:
+                    continue
                 corrections.append((word, fixed))
-                stems.append(self._stem_of[fixed])
-        return ParsedQuery(tuple(stems), tuple(corrections))
+                word, stem = fixed, self._stem_of[fixed]
+            terms.append(stem)
+            if EXACT + word in self._terms:
+                terms.append(EXACT + word)
+        return ParsedQuery(tuple(terms), tuple(corrections))
 
     def scores(self, parsed: ParsedQuery) -> np.ndarray:
-        """BM25 score of every position for the query's stems (float32, 0 = no term matched)."""
+        """BM25 score of every position for the query's terms (float32, 0 = no term matched)."""
         retriever = self._fresh()
-        if retriever is None or not parsed.stems:
+        if retriever is None or not parsed.terms:
             return np.zeros(len(self._texts), np.float32)
-        return np.asarray(retriever.get_scores(list(parsed.stems)), np.float32)
+        return np.asarray(retriever.get_scores(list(parsed.terms)), np.float32)
+
+    def refresh(self) -> None:
+        """Rebuild now if a write made the index stale (otherwise the next query would)."""
+        self._fresh()
 
     # ---- internals ---------------------------------------------------------------------
     def _stem(self, word: str) -> str:
@@ -150,12 +165,12 @@ class LexicalIndex:
         for doc in docs:
             df.update(set(doc))
         stem_of = dict(zip(df, self._stemmer.stemWords(list(df))))
-        corpus = [[stem_of[w] for w in doc] for doc in docs]
+        corpus = [[t for w in doc for t in (stem_of[w], EXACT + w)] for doc in docs]
         retriever = None
         if df:
             retriever = bm25s.BM25(k1=self.k1, b=self.b)
             retriever.index(corpus, show_progress=False)
         self._retriever, self._words, self._stem_of = retriever, dict(df), stem_of
-        self._stems = frozenset(stem_of.values())
+        self._terms = frozenset(stem_of.values()) | {EXACT + w for w in df}
         self._stale = False
         logger.debug("lexical index rebuilt: %d items, %d words", len(docs), len(df))

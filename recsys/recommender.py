@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 SEARCH_MATCHES = ("lexical", "semantic", "hybrid")
 #: the hybrid search's weight of the words (BM25, max-scaled) against the meaning (cosine):
 #: chosen on a validation set of MovieLens 100K queries (bench/search_movielens.py, docs/search.md)
-SEARCH_LEXICAL_WEIGHT = 0.7
+SEARCH_LEXICAL_WEIGHT = 0.95
 
 __all__ = [
     "MODES",
@@ -142,6 +142,7 @@ class Recommender:
                 self.lexical.update(
                     change.search_text_changed, [self.catalog.search_text(j) for j in change.search_text_changed]
                 )
+                self.lexical.refresh()  # the write pays the rebuild, not the next search
             if change.content_changed:
                 self._reencode(catalog, change.content_changed)
 

@@ -188,3 +188,14 @@ def test_filters_and_availability_hold(workers, match):
     assert a.delete(f"/items/{gone}", headers=AUTH).status_code == 200
     for worker in (a, b):
         assert gone not in ids(search(worker, q, match=match, k=120))
+
+
+def test_words_need_no_text_encoder(tmp_path):
+    env = prepare(tmp_path, users=100, items=60, events=2_000, clusters=3)  # no content encoder
+    with TestClient(_app(env)) as client:
+        title = _item(client, "i7")["title"]
+        body = search(client, title, match="lexical")
+        assert body["items"][0]["item_id"] == "i7" and body["mode"] == "lexical"
+        for match in ("semantic", "hybrid"):
+            r = client.get("/search", params={"q": title, "match": match})
+            assert r.status_code == 503 and r.json()["detail"]["field"] == "match", r.text

@@ -55,7 +55,7 @@ Text = _string(
     rules.text_problem, "text_invalid", min_length=0, max_length=rules.TEXT_MAX_LENGTH, pattern=rules.TEXT_PATTERN
 )
 SearchText = _string(
-    lambda v: rules.text_problem(v, max_length=1000) or (None if v else "must not be empty"),
+    lambda v: rules.text_problem(v, max_length=1000) or (None if v.strip() else "must not be blank"),
     "text_invalid",
     min_length=1,
     max_length=1000,
@@ -65,6 +65,8 @@ SearchText = _string(
 AttrValue = Annotated[str | int | float | bool | None, _rule(rules.json_problem, "json_value_invalid")]
 Mode = Literal["collaborative", "content", "hybrid"]
 Fusion = Literal["weighted", "rrf"]
+#: how /search matches the text (recsys.recommender.SEARCH_MATCHES)
+SearchMatch = Literal["lexical", "semantic", "hybrid"]
 
 _MIN_TS = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_TS = datetime(2200, 1, 1, tzinfo=UTC)

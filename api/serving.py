@@ -365,7 +365,9 @@ class ModelHolder:
             try:
                 bundle, digest = self._fetch_and_verify(mv)
                 seq = self.control.catalog_generation()
-                recommender = Recommender(bundle, self.store.items_frame())
+                recommender = Recommender(
+                    bundle, self.store.items_frame(), search_attributes=self.settings.search_attributes
+                )
                 _smoke_test(recommender, bundle)
             except Exception as exc:
                 reason = f"version {version} refused: {exc.__class__.__name__}: {exc}"

@@ -47,19 +47,35 @@ class Filters:
 
 NO_FILTERS = Filters()
 
+
+@dataclass(frozen=True, slots=True)
+class CatalogUpdate:
+    """What one ``CatalogState.update`` changed."""
+
+    #: positions whose searchable text changed (or was set for the first time)
+    search_text_changed: tuple[int, ...] = ()
+    #: positions whose content (title, description, categories) changed after it was first set
+    content_changed: tuple[int, ...] = ()
+
+
 _NO_POSITIONS = np.empty(0, np.int64)
 
 
 class CatalogState:
     """Item ids and their catalog facts, aligned with the model's item rows (position j)."""
 
-    def __init__(self, item_ids: Iterable[str]) -> None:
+    def __init__(self, item_ids: Iterable[str], search_attributes: Sequence[str] = ()) -> None:
         self.item_ids: list[str] = [str(i) for i in item_ids]
         self.item_pos: dict[str, int] = {item_id: j for j, item_id in enumerate(self.item_ids)}
+        #: attribute keys whose values are part of an item's searchable text (``search_text``)
+        self.search_attributes: tuple[str, ...] = tuple(search_attributes)
         n = len(self.item_ids)
         self.titles: list[str] = [""] * n
+        self.descriptions: list[str] = [""] * n
         self.categories: list[frozenset[str]] = [frozenset()] * n
         self.attributes: list[dict] = [{} for _ in range(n)]
+        #: whether an item's text was ever set (its first text is the one it was encoded with)
+        self._has_text = np.zeros(n, dtype=bool)
         self._available = np.ones(n, dtype=bool)
         self._changed()
 
@@ -67,23 +83,48 @@ class CatalogState:
         return len(self.item_ids)
 
     # ---- changes -----------------------------------------------------------------------
-    def update(self, catalog: pd.DataFrame) -> None:
-        """Refresh titles, categories, attributes and availability from catalog rows (columns
-        that are absent are left as they are; unknown item ids are skipped)."""
+    def update(self, catalog: pd.DataFrame) -> CatalogUpdate:
+        """Refresh titles, descriptions, categories, attributes and availability from catalog
+        rows (columns that are absent are left as they are; unknown item ids are skipped).
+
+        Returns which positions' searchable text changed, and of those which had a text before
+        whose content (title, description, categories) changed: their content vectors no
+        longer match the text and must be re-encoded."""
         cols = set(catalog.columns)
+        searched, reencode = [], []
         for row in catalog.to_dict("records"):
             j = self.item_pos.get(str(row["item_id"]))
             if j is None:
                 continue
+            before_text, before_content = self.search_text(j), self._content_key(j)
             if "title" in cols:
                 self.titles[j] = str(row["title"] or "")
+            if "description" in cols:
+                self.descriptions[j] = str(row["description"] or "")
             if "categories" in cols:
                 self.categories[j] = frozenset(row["categories"] or ())
             if "attributes" in cols:
                 self.attributes[j] = dict(row["attributes"] or {})
             if "available" in cols:
                 self._available[j] = bool(row["available"])
+            if self.search_text(j) != before_text or not self._has_text[j]:
+                searched.append(j)
+            if self._has_text[j] and self._content_key(j) != before_content:
+                reencode.append(j)
+            self._has_text[j] = True
         self._changed()
+        return CatalogUpdate(tuple(searched), tuple(reencode))
+
+    def search_text(self, j: int) -> str:
+        """What lexical search reads of the item at ``j``: title, description, categories and
+        the values of the ``search_attributes`` it has."""
+        attrs = self.attributes[j]
+        values = [str(attrs[key]) for key in self.search_attributes if attrs.get(key) is not None]
+        return "\n".join([self.titles[j], self.descriptions[j], *sorted(self.categories[j]), *values])
+
+    def _content_key(self, j: int) -> tuple:
+        """What content encoders read of an item (``title``, ``description``, ``categories``)."""
+        return self.titles[j], self.descriptions[j], self.categories[j]
 
     def set_available(self, item_id: str, available: bool) -> None:
         j = self.item_pos.get(item_id)
@@ -99,8 +140,10 @@ class CatalogState:
         # Every per-item list grows before ``item_ids``, which publishes the new rows: a request
         # running meanwhile ranks len(item_ids) rows and finds all their facts.
         self.titles.extend("" for _ in new)
+        self.descriptions.extend("" for _ in new)
         self.categories.extend(frozenset() for _ in new)
         self.attributes.extend({} for _ in new)
+        self._has_text = np.concatenate([self._has_text, np.zeros(len(new), bool)])
         self._available = np.concatenate([self._available, np.ones(len(new), bool)])
         self._changed()
         self.item_pos.update({item_id: start + i for i, item_id in enumerate(new)})

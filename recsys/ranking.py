@@ -49,6 +49,15 @@ PAGE_BLOCK = 10
 _NO_POSITIONS = np.empty(0, np.int64)
 _NO_POSITIONS.flags.writeable = False
 
+#: a text search counts an item as matching the query's meaning from this cosine on
+MEANING_MIN_SIMILARITY = 0.3
+#: (matched words, matched meaning) → a search result's reason
+_SEARCH_REASONS = {
+    (True, True): "matches the words and the meaning",
+    (True, False): "matches the words",
+    (False, True): "matches the meaning",
+}
+
 
 class UnknownItemError(KeyError):
     def __init__(self, item_id: str) -> None:
@@ -196,6 +205,9 @@ class Ranker:
         self.indexes = dict(indexes or {})
         #: rows the indexes hold; rows after these were added since training (scored exactly)
         self.n_indexed = len(self._vectors["cf"])
+        #: space → sorted indexed rows whose vectors were replaced since training (re-encoded
+        #: text): the index's copy is stale, so they are dropped from its answers and scored exactly
+        self._replaced: dict[str, np.ndarray] = {}
         self.model_metric = model_metric
         self.default_blend_weights = tuple(float(w) for w in default_blend_weights)
         self.default_fusion = default_fusion
@@ -222,6 +234,20 @@ class Ranker:
             grown["content"] = np.vstack([self._vectors["content"], np.asarray(content_vectors, np.float32)])
         self._vectors = grown
         self.popularity = np.concatenate([self.popularity, np.zeros(len(cf_vectors))])
+        self._caches_dropped()
+
+    def replace_rows(self, space: str, positions: Sequence[int], vectors: np.ndarray) -> None:
+        """New vectors for existing rows of a space (an item's text was edited): a copy with
+        the rows replaced is swapped in, so a request running meanwhile reads one or the other."""
+        positions = np.asarray(positions, np.int64)
+        if len(positions) == 0:
+            return
+        grown = dict(self._vectors)
+        grown[space] = grown[space].copy()
+        grown[space][positions] = np.asarray(vectors, np.float32)
+        indexed = positions[positions < self.n_indexed]
+        self._replaced[space] = np.union1d(self._replaced.get(space, _NO_POSITIONS), indexed)
+        self._vectors = grown
         self._caches_dropped()
 
     def _caches_dropped(self) -> None:
@@ -382,11 +408,39 @@ class Ranker:
         ids, scores = ids[request.offset : request.n], scores[request.offset : request.n]
         return self._scored(ids, scores, [reason] * len(ids))
 
-    def nearest_content(self, vector: np.ndarray, request: RankRequest, reason: str) -> list[ScoredItem]:
-        """Items whose content vector is nearest to ``vector`` (e.g. an encoded query text)."""
-        ids, scores = self.top("content", vector, request.n, request.exclude, request.filters)
+    def search(
+        self,
+        request: RankRequest,
+        lexical_scores: np.ndarray | None,
+        query_vector: np.ndarray | None,
+        lexical_weight: float = 0.5,
+    ) -> list[ScoredItem]:
+        """A text search's list: items that match the query's words (``lexical_scores`` > 0,
+        BM25 per position) or its meaning (cosine of ``query_vector`` with the content vectors
+        ≥ ``MEANING_MIN_SIMILARITY``), ranked by the blend ``w·lexical/max lexical + (1 − w)·
+        cosine`` (``w = lexical_weight``). Either input may be None (that half matches
+        nothing). Nothing that matches neither is returned, so a query that matches nothing
+        gives an empty list. Exact over the listed rows; filters, exclusions and the page as on
+        every list."""
+        rows = self.rows()
+        fused = np.zeros(rows, np.float32)
+        words = np.zeros(rows, bool)
+        meaning = np.zeros(rows, bool)
+        if lexical_scores is not None and lexical_weight > 0:
+            lexical = np.asarray(lexical_scores, np.float32)[:rows]
+            words[: len(lexical)] = lexical > 0
+            top = float(lexical.max()) if len(lexical) else 0.0
+            if top > 0:
+                fused[: len(lexical)] += lexical_weight * lexical / top
+        if query_vector is not None and lexical_weight < 1 and float(np.linalg.norm(query_vector)) > 0:
+            cosine = self.exact_scores("content", query_vector, rows)
+            meaning = cosine >= MEANING_MIN_SIMILARITY
+            fused += (1 - lexical_weight) * np.where(meaning, cosine, 0).astype(np.float32)
+        fused[~(words | meaning)] = -np.inf
+        ids, scores = _select(fused, request.n, request.exclude, self.catalog.blocked(request.filters))
         ids, scores = ids[request.offset : request.n], scores[request.offset : request.n]
-        return self._scored(ids, scores, [reason] * len(ids))
+        reasons = [_SEARCH_REASONS[(bool(words[j]), bool(meaning[j]))] for j in ids.tolist()]
+        return self._scored(ids, scores, reasons)
 
     def popular(self, request: RankRequest) -> list[ScoredItem]:
         rows = self.rows()
@@ -416,11 +470,12 @@ class Ranker:
         vectors = self._vectors[SPACE_OF_ROLE[role]]
         allowed = self.catalog.mask(filters)
         n_indexed = self.n_indexed
+        replaced = self._replaced.get(SPACE_OF_ROLE[role], _NO_POSITIONS)
         result = None
-        fetch = n + len(exclude) + 16
+        fetch = n + len(exclude) + len(replaced) + 16
         while True:
             ids, scores = index.query(query, min(fetch, n_indexed))
-            keep = allowed[ids] & ~_among(ids, exclude)
+            keep = allowed[ids] & ~_among(ids, exclude) & ~_among(ids, replaced)
             if keep.sum() >= n:
                 result = (ids[keep][:n], scores[keep][:n])
                 break
@@ -430,8 +485,8 @@ class Ranker:
         if result is None:
             return _select(self.exact_scores(role, query), n, exclude, self.catalog.blocked(filters))
         rows = self.rows()
-        if rows > n_indexed:  # cold-start items added since training
-            extra = np.arange(n_indexed, rows)
+        if rows > n_indexed or len(replaced):  # cold-start items added since training, re-encoded rows
+            extra = np.concatenate([replaced, np.arange(n_indexed, rows)])
             extra = extra[allowed[extra] & ~_among(extra, exclude)]
             if len(extra):
                 extra_scores = pairwise_scores(query, vectors[extra], self.metric(role))[0]
@@ -512,9 +567,16 @@ def _select(scores: np.ndarray, n: int, exclude: np.ndarray, blocked: np.ndarray
         ids = candidates[_top_unordered(scores[candidates], n)]
     else:
         ids = _top_unordered(scores, n)
+    if 0 < len(ids) < len(scores):
+        # argpartition cuts among equal scores arbitrarily: take every entry tied with the
+        # cut so that the order is always (score, position) and a page of k + offset rows
+        # is the prefix of any longer one (BM25 scores tie often)
+        cut = scores[ids].min()
+        if cut > -np.inf and np.count_nonzero(scores >= cut) > len(ids):
+            ids = np.flatnonzero(scores >= cut)
     top = scores[ids]
     order = np.lexsort((ids, -top))
-    ids, top = ids[order], top[order]
+    ids, top = ids[order][:n], top[order][:n]
     keep = top > -np.inf
     return ids[keep], top[keep]
 

@@ -34,6 +34,7 @@ import pandas as pd
 from recsys.bundle import ModelBundle
 from recsys.catalog_state import NO_FILTERS, CatalogState, Filters
 from recsys.hybrid import content_profile
+from recsys.lexical import LexicalIndex
 from recsys.models.foldin import FoldInSpec, serving_model
 from recsys.ranking import (
     MODES,
@@ -47,6 +48,12 @@ from recsys.ranking import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: how a text search matches: the query's words, its meaning, or both blended
+SEARCH_MATCHES = ("lexical", "semantic", "hybrid")
+#: the hybrid search's weight of the words (BM25, max-scaled) against the meaning (cosine):
+#: chosen on a validation set of MovieLens 100K queries (bench/search_movielens.py, docs/search.md)
+SEARCH_LEXICAL_WEIGHT = 0.95
 
 __all__ = [
     "MODES",
@@ -65,9 +72,14 @@ __all__ = [
 
 
 class Recommender:
-    def __init__(self, bundle: ModelBundle, catalog: pd.DataFrame | None = None) -> None:
+    def __init__(
+        self, bundle: ModelBundle, catalog: pd.DataFrame | None = None, *, search_attributes: Sequence[str] = ()
+    ) -> None:
         self.bundle = bundle
-        self.catalog = CatalogState(bundle.item_ids)
+        self.catalog = CatalogState(bundle.item_ids, search_attributes)
+        #: BM25 over every item's search text, kept in step by ``update_catalog``
+        self.lexical = LexicalIndex()
+        self.lexical.set_texts([""] * len(self.catalog))
         content = bundle.extras.get("content")
         hybrid = bundle.info.get("hybrid", {})
         self.ranker = Ranker(
@@ -121,8 +133,36 @@ class Recommender:
 
     # ---- catalog -----------------------------------------------------------------------
     def update_catalog(self, catalog: pd.DataFrame) -> None:
-        """Refresh titles, categories, attributes and availability from catalog rows."""
-        self.catalog.update(catalog)
+        """Refresh titles, descriptions, categories, attributes and availability from catalog
+        rows. Items whose text changed are found by their new words from the next search on,
+        and their content vectors are re-encoded from the new text (with the bundle's content
+        encoder; an item added since training also gets its CF vector predicted again)."""
+        with self._lock:
+            change = self.catalog.update(catalog)
+            if change.search_text_changed:
+                self.lexical.update(
+                    change.search_text_changed, [self.catalog.search_text(j) for j in change.search_text_changed]
+                )
+                self.lexical.refresh()  # the write pays the rebuild, not the next search
+            if change.content_changed:
+                self._reencode(catalog, change.content_changed)
+
+    def _reencode(self, catalog: pd.DataFrame, positions: Sequence[int]) -> None:
+        encoder, mapper = self.bundle.objects.get("text_encoder"), self.bundle.objects.get("cf_mapper")
+        if encoder is None or not self.ranker.has_content:
+            return
+        ids = [self.catalog.item_ids[j] for j in positions]
+        rows = catalog.assign(item_id=catalog["item_id"].astype(str)).drop_duplicates("item_id", keep="last")
+        rows = rows.set_index("item_id").loc[ids].reset_index()
+        content = encoder.transform(rows).astype(np.float32)
+        self.ranker.replace_rows("content", positions, content)
+        added = [i for i, j in enumerate(positions) if j >= self.ranker.n_indexed]
+        if mapper is not None and added:
+            self.ranker.replace_rows(
+                "cf", [positions[i] for i in added], mapper.predict(content[added]).astype(np.float32)
+            )
+            self._gram = None
+        logger.info("re-encoded the content of %d items whose text changed", len(positions))
 
     def set_available(self, item_id: str, available: bool) -> None:
         self.catalog.set_available(item_id, available)
@@ -149,6 +189,7 @@ class Recommender:
             # vectors first, ids last: requests running meanwhile rank a consistent prefix
             self.ranker.extend(cf, content)
             ids = self.catalog.add(new["item_id"].astype(str).tolist())
+            self.lexical.update(range(len(self.lexical), len(self.catalog)), [""] * len(ids))
         self.update_catalog(items)
         logger.info("added %d cold-start items", len(ids))
         return ids
@@ -248,19 +289,43 @@ class Recommender:
         return RecommendationResult("similar", self.ranker.similar(j, request), mode)
 
     def search(
-        self, query: str, k: int = 10, *, offset: int = 0, filters: Filters = NO_FILTERS
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        offset: int = 0,
+        filters: Filters = NO_FILTERS,
+        match: str = "hybrid",
+        lexical_weight: float | None = None,
     ) -> RecommendationResult:
-        """Items whose content embedding is nearest to the encoded query text."""
+        """Items matching the query text: by its words (BM25 over the catalog text,
+        ``recsys.lexical``), by its meaning (the content encoder's space) or both, blended
+        (``match`` = ``lexical`` / ``semantic`` / ``hybrid``; ``lexical_weight`` the blend's
+        weight of the words, default ``SEARCH_LEXICAL_WEIGHT``). Typos in words the catalog
+        does not contain are corrected before either half reads the query. No match: an
+        empty list. Without a text encoder only ``lexical`` is possible."""
+        if match not in SEARCH_MATCHES:
+            raise RankRequestError("match", f"must be one of {SEARCH_MATCHES}, got {match!r}")
+        if not query.strip():
+            raise RankRequestError("q", "must not be blank")
         encoder = self.bundle.objects.get("text_encoder")
-        if encoder is None or not self.ranker.has_content or not encoder.supports_text:
+        semantic = encoder is not None and self.ranker.has_content and encoder.supports_text
+        if match != "lexical" and not semantic:
             raise SearchUnavailable(
-                "this model has no text encoder: train with a tfidf or sbert content model for /search"
+                "this model has no text encoder: train with a tfidf or sbert content model for "
+                "match=semantic or hybrid (match=lexical works without one)"
             )
+        weight = {"lexical": 1.0, "semantic": 0.0}.get(match, SEARCH_LEXICAL_WEIGHT)
+        if lexical_weight is not None and match == "hybrid":
+            weight = float(lexical_weight)
+        parsed = self.lexical.parse(query)
+        lexical = self.lexical.scores(parsed) if weight > 0 else None
+        vector = None
+        if weight < 1:
+            text = query if parsed.corrected_text is None else f"{query} {parsed.corrected_text}"
+            vector = encoder.transform([text])[0]
         request = RankRequest("content", k, offset, (), filters)
-        vector = encoder.transform([query])[0]
-        return RecommendationResult(
-            "search", self.ranker.nearest_content(vector, request, "matches the query text"), "content"
-        )
+        return RecommendationResult("search", self.ranker.search(request, lexical, vector, weight), match)
 
     def popular(self, k: int = 10, *, offset: int = 0, filters: Filters = NO_FILTERS) -> RecommendationResult:
         return RecommendationResult(

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     #: a catalog write (PUT/DELETE /items...) answers once every live worker applied it, or after
     #: this many seconds (then logged): from the next request on no worker serves the old item
     catalog_wait_seconds: float = Field(5.0, ge=0, le=60)
+    #: item attribute keys whose values /search matches by their words besides the title,
+    #: description and categories, as a JSON list, e.g. ``["brand", "author"]``
+    search_attributes: list[str] = []
 
     # ---- Spark training engine (``model: {kind: als, engine: spark}``) --------------------
     #: where Spark ALS runs: ``local[*]`` (this machine), ``spark://host:7077`` (a standalone

@@ -68,8 +68,8 @@ def served(request, trained):
 def test_hybrid_model_search_and_cold_start(server):
     import httpx
 
-    r = httpx.get(f"{server}/search", params={"q": "item", "k": 5})
-    assert r.status_code == 200 and r.json()["mode"] == "content" and len(r.json()["items"]) == 5
+    r = httpx.get(f"{server}/search", params={"q": "telescope", "k": 5})
+    assert r.status_code == 200 and r.json()["mode"] == "hybrid" and len(r.json()["items"]) == 5
     for mode in ("collaborative", "content", "hybrid"):
         body = httpx.get(f"{server}/items/i3/similar", params={"mode": mode, "k": 5}).json()
         assert body["mode"] == mode and len(body["items"]) == 5

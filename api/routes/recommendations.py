@@ -33,6 +33,7 @@ from api.schemas import (
     Label,
     Mode,
     RecommendedItem,
+    SearchMatch,
     SearchResults,
     SearchText,
     SessionRecommendations,
@@ -43,6 +44,7 @@ from api.schemas import (
 from api.serving import LoadedModel, ModelHolder
 from recsys.recommender import (
     Filters,
+    RankRequestError,
     RecommendationResult,
     ScoredItem,
     SearchUnavailable,
@@ -131,6 +133,11 @@ class SimilarQuery(RuleQuery):
 
 class SearchQuery(RuleQuery):
     q: SearchText = Field(description="free text")
+    match: SearchMatch = Field(
+        "hybrid",
+        description="what the text must match: lexical (its words, BM25 with stemming and typo correction), "
+        "semantic (its meaning, the model's content encoder) or hybrid (both, blended)",
+    )
     user_id: Id | None = Field(None, description="for the A/B split")
 
 
@@ -310,12 +317,17 @@ def answer_similar(holder: ModelHolder, item_id: str, query: SimilarQuery, pinne
 
 @router.get("/search", response_model=SearchResults, responses=ERRORS, openapi_extra=SEARCH_QUERY_DOC)
 def search(query: Annotated[SearchQuery, Depends(search_query)], holder: HolderDep, pinned: PinDep) -> Response:
-    """Items whose content matches the text (needs a model trained with a text encoder)."""
+    """Items matching the text by its words, its meaning or both (semantic and hybrid need a
+    model trained with a text encoder); no match is an empty list."""
     model, variant = resolve(holder, query.user_id, pinned)
     try:
-        result = model.recommender.search(query.q, query.k, offset=query.offset, filters=query.filters())
+        result = model.recommender.search(
+            query.q, query.k, offset=query.offset, filters=query.filters(), match=query.match
+        )
     except SearchUnavailable as exc:
-        raise _unavailable(exc, "q")
+        raise _unavailable(exc, "match")
+    except RankRequestError as exc:
+        raise HTTPException(status_code=422, detail={"field": exc.field, "message": exc.message})
     return _json(
         SearchResults.model_construct(
             query=query.q,

@@ -161,6 +161,7 @@ class Recommender:
             self.ranker.replace_rows(
                 "cf", [positions[i] for i in added], mapper.predict(content[added]).astype(np.float32)
             )
+            self._gram = None
         logger.info("re-encoded the content of %d items whose text changed", len(positions))
 
     def set_available(self, item_id: str, available: bool) -> None:

@@ -34,7 +34,6 @@ from recsys.matrix import InteractionMatrix
 from recsys.models.base import Embedder
 from recsys.models.coldstart import ContentToCFMapper
 from recsys.models.config import FeatureConfig, ModelConfig, checked_params, user_sequences
-from recsys.models.foldin import FoldInSpec
 from recsys.models.registry import CONTENT_KINDS, SEQUENCE_KINDS, make_model
 from recsys.settings import Settings
 
@@ -416,10 +415,6 @@ def build_bundle(
         choices[role] = choice.as_dict()
         indexes[role] = index
     info["index_choice"] = choices
-    # serving folds fresh users in through this model's own method (recsys.models.foldin)
-    info["fold_in"] = FoldInSpec.for_model(
-        config.model.kind, config.model.params, config.weighting, config.alpha, model
-    ).to_manifest()
     return ModelBundle(
         kind=model.kind,
         params={**config.model.params, "alpha": config.alpha, "weighting": config.weighting},

@@ -25,7 +25,6 @@ import logging
 import math
 import numbers
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -35,7 +34,7 @@ from recsys.bundle import ModelBundle
 from recsys.catalog_state import NO_FILTERS, CatalogState, Filters
 from recsys.hybrid import content_profile
 from recsys.lexical import LexicalIndex
-from recsys.models.foldin import FoldInSpec, serving_model
+from recsys.models.als import als_user_solve
 from recsys.ranking import (
     MODES,
     Ranker,
@@ -96,9 +95,9 @@ class Recommender:
         # np.asarray drops the memmap subclass: one user row is a plain view, no memmap wrapper
         self.user_vectors = np.asarray(bundle.user_vectors, dtype=np.float32)
         self.default_mode = hybrid.get("default_mode", "hybrid" if content is not None else "collaborative")
-        self._fold_in_spec, self._fold_in_model = _fold_in_model(bundle)
-        #: folded-in vectors of users with fresh events, until their next event (LRU)
-        self._folded: OrderedDict[str, tuple[tuple[int, str], np.ndarray]] = OrderedDict()
+        self._alpha = float(bundle.params.get("alpha", 1.0))
+        self._regularization = float(bundle.params.get("regularization", 0.05))
+        self._gram: np.ndarray | None = None
         # linear debiasing at bundle build (recsys.models.debias): fold-in vectors get the
         # same projection as the trained user vectors
         self._debias = bundle.objects.get("debias")
@@ -188,6 +187,7 @@ class Recommender:
         with self._lock:
             # vectors first, ids last: requests running meanwhile rank a consistent prefix
             self.ranker.extend(cf, content)
+            self._gram = None
             ids = self.catalog.add(new["item_id"].astype(str).tolist())
             self.lexical.update(range(len(self.lexical), len(self.catalog)), [""] * len(ids))
         self.update_catalog(items)
@@ -229,7 +229,7 @@ class Recommender:
         if row is not None and (not refresh or len(seen) == 0):
             cf_vector, strategy = self.user_vectors[row], "collaborative"
         else:
-            cf_vector, strategy = self._user_fold_in(user_id, history, seen), "fold_in"
+            cf_vector, strategy = self.fold_in(seen), "fold_in"
         profile = (
             None if mode == "collaborative" else self.content_profile(np.unique(seen))
         )  # each touched item once, as evaluated
@@ -334,38 +334,19 @@ class Recommender:
 
     # ---- user modelling ------------------------------------------------------------------
     def fold_in(self, item_positions: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
-        """The user vector the trained model gives for these items (``counts``: how often each
-        position was touched; repeated positions add up), through the model's own ``fold_in``.
+        """ALS user solve against the fixed CF item vectors (works from the bundle alone).
 
-        Items the model was not trained on (cold-start rows) have no trained vector; a bundle
-        without a fold-in record, or a history of cold items only, gets the (weighted) mean of the
-        items' CF vectors: a query among their neighbours."""
-        pos = np.asarray(item_positions, np.int64)
-        weights = np.ones(len(pos)) if counts is None else np.asarray(counts, np.float64)
-        unique, inverse = np.unique(pos, return_inverse=True)
-        touched = np.bincount(inverse, weights=weights, minlength=len(unique)) if len(pos) else np.zeros(0)
-        spec, model = self._fold_in_spec, self._fold_in_model
-        trained = unique < spec.n_items if spec is not None else np.zeros(len(unique), bool)
-        if model is not None and trained.any():
-            vector = model.fold_in(unique[trained], spec.weights(touched[trained]))
-        else:
-            cf = self.ranker.vectors("cf")
-            vector = (touched @ cf[unique] / max(touched.sum(), 1e-12)).astype(np.float32)
+        For ALS this is exactly the user step of training; for BPR/LightFM vectors it is a
+        least-squares approximation of the user's position in the same space.
+        """
+        cf = self.ranker.vectors("cf")
+        if self._gram is None:
+            Y = cf.astype(np.float64)
+            self._gram = Y.T @ Y
+        counts = np.ones(len(item_positions)) if counts is None else np.asarray(counts, np.float64)
+        vector = als_user_solve(cf, item_positions, 1.0 + self._alpha * counts, self._regularization, gram=self._gram)
         if self._debias is not None:
             vector = self._debias.transform(vector[None, :])[0]
-        return np.asarray(vector, np.float32)
-
-    def _user_fold_in(self, user_id: str, history: Sequence[str], seen: np.ndarray) -> np.ndarray:
-        """:meth:`fold_in` over the user's whole history, kept until their history changes
-        (histories only grow: their length and newest item identify them)."""
-        key = (len(history), history[-1] if len(history) else "")
-        cached = self._folded.get(user_id)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        vector = self.fold_in(seen)
-        self._folded[user_id] = (key, vector)
-        if len(self._folded) > FOLDED_USERS:
-            self._folded.popitem(last=False)
         return vector
 
     def content_profile(self, item_positions: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
@@ -383,27 +364,6 @@ class Recommender:
 
     def _positions(self, item_ids: Iterable[str]) -> np.ndarray:
         return self.catalog.positions(item_ids)
-
-
-#: folded-in users kept per worker (a vector each: about 50 MB at 10k users × 256 dims… float32)
-FOLDED_USERS = 20_000
-
-
-def _fold_in_model(bundle: ModelBundle):
-    """The bundle's fold-in record and the model rebuilt from it (None, None when the bundle
-    has none, e.g. built before fold-in records or by hand)."""
-    record = bundle.info.get("fold_in")
-    if record is None:
-        logger.warning("bundle %s records no fold-in: fresh users get their items' mean vector", bundle.kind)
-        return None, None
-    spec = FoldInSpec.from_manifest(record)
-    try:
-        return spec, serving_model(spec, bundle.item_vectors)
-    except (ValueError, TypeError) as exc:
-        logger.warning(
-            "bundle %s: fold-in model not rebuilt (%s): fresh users get their items' mean vector", spec.kind, exc
-        )
-        return spec, None
 
 
 def _one_of(value, former, name: str, former_name: str):

@@ -61,12 +61,6 @@ class RandomRecommender(_VectorRecommendMixin, Embedder):
         self._rng = rng
         return self
 
-    @classmethod
-    def for_fold_in(cls, params, item_vectors, member_dims=()):
-        model = super().for_fold_in(params, item_vectors, member_dims)
-        model._rng = np.random.default_rng(model.random_state)
-        return model
-
     def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         self._check_fitted()
         return self._rng.standard_normal(self.factors).astype(np.float32)
@@ -135,23 +129,13 @@ class ItemKNNRecommender(Embedder):
             )
         return self
 
-    @classmethod
-    def for_fold_in(cls, params, item_vectors, member_dims=()):
-        model = super().for_fold_in(params, item_vectors, member_dims)
-        model.n_items_ = model.item_vectors_.shape[1]
-        return model
-
     def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        """The user's row: the touched items' weights (1 each by default); items the model was
-        not trained on have no column and are left out."""
+        """The user's row: the touched items' weights (1 each by default)."""
         self._check_fitted()
         if self.item_vectors_ is None:
             raise NotImplementedError("item-kNN without its vector form cannot fold in users")
-        item_indices = np.asarray(item_indices, np.int64)
-        w = np.ones(len(item_indices), np.float32) if weights is None else np.asarray(weights, np.float32)
-        keep = item_indices < self.n_items_
         row = np.zeros(self.n_items_, np.float32)
-        np.add.at(row, item_indices[keep], w[keep])
+        np.add.at(row, np.asarray(item_indices, np.int64), 1.0 if weights is None else np.asarray(weights, np.float32))
         return row
 
     def _check_fitted(self) -> None:

@@ -63,22 +63,12 @@ class ALSEmbedder(Embedder):
         self.item_vectors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
         return self
 
-    @classmethod
-    def for_fold_in(cls, params, item_vectors, member_dims=()):
-        model = super().for_fold_in(params, item_vectors, member_dims)
-        Y = model.item_vectors_.astype(np.float64)
-        model.gram_ = Y.T @ Y  # YᵀY once: each fold-in is then a factors² solve
-        return model
-
     def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        """Solve the ALS user step for one new user against the fixed item factors (``weights``:
-        the confidences of the training matrix, 1 + alpha·count for its default weighting)."""
+        """Solve the ALS user step for one new user against the fixed item factors."""
         self._check_fitted()
         item_indices = np.asarray(item_indices, dtype=np.int64)
         w = np.ones(len(item_indices), np.float32) if weights is None else np.asarray(weights, np.float32)
-        return als_user_solve(
-            self.item_vectors_, item_indices, w, self.regularization, gram=getattr(self, "gram_", None)
-        )
+        return als_user_solve(self.item_vectors_, item_indices, w, self.regularization)
 
 
 def als_user_solve(

@@ -8,8 +8,8 @@ attributes ending in ``_``. After ``fit``:
 - ``metric``: the metric under which nearest neighbours equal the model's own ranking
   (``dot`` for matrix factorization; content encoders return unit vectors, ``cosine``).
 
-``fold_in`` gives the vector this model would learn for a user from the items they touched;
-serving calls it through ``for_fold_in`` (recsys.models.foldin), from the bundle alone.
+``score(user_vector, item_vectors)`` is the model's ranking score for one user, so that
+``argsort(-score)`` is the model's ranking; ``fold_in`` gives a vector for an unseen user.
 """
 
 from __future__ import annotations
@@ -51,17 +51,6 @@ class Embedder(ABC):
     def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """A user vector for a user the model has not seen, from the items they touched."""
         raise NotImplementedError(f"{type(self).__name__} cannot fold in new users")
-
-    @classmethod
-    def for_fold_in(
-        cls, params: dict[str, Any], item_vectors: np.ndarray, member_dims: tuple[int, ...] = ()
-    ) -> Embedder:
-        """This model as serving holds it: hyperparameters and the trained item vectors, all
-        that :meth:`fold_in` reads (recsys.models.foldin). Kinds with more serving state override."""
-        model = cls(**params)
-        model.item_vectors_ = np.ascontiguousarray(item_vectors, np.float32)
-        model.user_vectors_ = None
-        return model
 
     def _check_fitted(self) -> None:
         if getattr(self, "item_vectors_", None) is None:

@@ -74,16 +74,14 @@ class EASEEmbedder(Embedder):
         """A new user's vector is their interaction row (EASE has no user parameters)."""
         self._check_fitted()
         item_indices = np.asarray(item_indices, dtype=np.int64)
-        n_items = self.item_vectors_.shape[1]  # items without a column (cold-start rows) are left out
-        x = np.zeros(n_items, np.float32)
+        x = np.zeros(self.item_vectors_.shape[0], np.float32)
         if len(item_indices):
             w = (
                 np.ones(len(item_indices), np.float32)
                 if (weights is None or self.binarize)
                 else np.asarray(weights, np.float32)
             )
-            keep = item_indices < n_items
-            np.add.at(x, item_indices[keep], w[keep])
+            np.add.at(x, item_indices, w)
             if self.binarize:
                 x = np.minimum(x, 1.0)
         return x

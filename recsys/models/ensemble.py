@@ -76,25 +76,6 @@ class EnsembleEmbedder(Embedder):
         ensemble.user_vectors_ = ensemble._combine([m.user_vectors_ for m in models])
         return ensemble
 
-    @classmethod
-    def for_fold_in(cls, params, item_vectors, member_dims=()):
-        """Each member rebuilt from its slice of the side-by-side item vectors."""
-        from recsys.models.registry import model_class
-
-        members = params.get("members") or []
-        if len(members) != len(member_dims) or sum(member_dims) != item_vectors.shape[1]:
-            raise ValueError(f"ensemble fold-in: member widths {member_dims} do not match {item_vectors.shape[1]} dims")
-        ensemble = cls(members)
-        edges = np.cumsum([0, *member_dims])
-        ensemble.models_ = [
-            model_class(m["kind"]).for_fold_in(m.get("params", {}), item_vectors[:, a:b])
-            for m, a, b in zip(members, edges[:-1], edges[1:])
-        ]
-        ensemble.weights_ = np.array([float(m.get("weight", 1.0)) for m in members])
-        ensemble.item_vectors_ = np.ascontiguousarray(item_vectors, np.float32)
-        ensemble.user_vectors_ = None
-        return ensemble
-
     def _combine(self, user_parts: list[np.ndarray]) -> np.ndarray:
         parts = []
         for w, model, u in zip(self.weights_, self.models_, user_parts):

@@ -158,12 +158,6 @@ class LightFMEmbedder(Embedder):
         if getattr(self, "model_", None) is None:
             self._check_fitted()
 
-    @classmethod
-    def for_fold_in(cls, params, item_vectors, member_dims=()):
-        model = super().for_fold_in(params, item_vectors, member_dims)
-        model.model_, model.user_features_ = None, None  # folded in from items, not features
-        return model
-
     def fold_in(
         self,
         item_indices: np.ndarray,

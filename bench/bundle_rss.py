@@ -26,6 +26,7 @@ def build(folder: Path, items: int, users: int, factors: int, n_trees: int) -> P
 
     from recsys.bundle import ModelBundle
     from recsys.index.annoy_index import AnnoyItemIndex
+    from recsys.models.foldin import FoldInSpec
 
     rng = np.random.default_rng(0)
     item_vectors = rng.normal(size=(items, factors)).astype(np.float32)
@@ -44,6 +45,7 @@ def build(folder: Path, items: int, users: int, factors: int, n_trees: int) -> P
         item_vectors=item_vectors,
         item_popularity=np.ones(items),
         indexes=indexes,
+        fold_in=FoldInSpec(kind="als", params={}, weighting="confidence", alpha=1.0, trained_items=items),
     )
     return bundle.save(folder / "bundle")
 

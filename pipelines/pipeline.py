@@ -62,6 +62,7 @@ from recsys.evaluation.bias import BiasReport, Leakage, user_attribute_labels
 from recsys.evaluation.mitigation import Assessment, assess, served_leakage
 from recsys.index.annoy_index import file_sha256
 from recsys.matrix import InteractionMatrix
+from recsys.models.foldin import FoldInSpec
 from recsys.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -516,7 +517,13 @@ class Pipeline:
             _write_json(folder / "ids.json", {"user_ids": full.user_ids.tolist(), "item_ids": full.item_ids.tolist()})
             _write_json(
                 folder / "model.json",
-                {"label": cand.label, "kind": model.kind, "metric": model.metric, "params": cand.params},
+                {
+                    "label": cand.label,
+                    "kind": model.kind,
+                    "metric": model.metric,
+                    "params": cand.params,
+                    "fold_in": FoldInSpec.of(model, tc.weighting, tc.alpha).model_dump(mode="json"),
+                },
             )
             seconds = time.perf_counter() - t0
             tracking.log_metrics_finite({f"fit_seconds_{i}": seconds})
@@ -740,7 +747,7 @@ class Pipeline:
         debiaser, debias_info = None, None
         if bias.debias is not None:
             model, debiaser, debias_info = debias_model(tc, model, matrix, labels)
-        bundle = build_bundle(tc, model, matrix, info)
+        bundle = build_bundle(tc, model, matrix, info, fold_in=FoldInSpec.model_validate(meta["fold_in"]))
         bundle.info["calibration"] = bias.calibration
         if debiaser is not None:
             bundle.objects["debias"] = debiaser

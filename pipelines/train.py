@@ -34,6 +34,7 @@ from recsys.matrix import InteractionMatrix
 from recsys.models.base import Embedder
 from recsys.models.coldstart import ContentToCFMapper
 from recsys.models.config import FeatureConfig, ModelConfig, checked_params, user_sequences
+from recsys.models.foldin import FoldInSpec
 from recsys.models.registry import CONTENT_KINDS, SEQUENCE_KINDS, make_model
 from recsys.settings import Settings
 
@@ -340,8 +341,13 @@ def build_bundle(
     info: dict[str, Any],
     dataset: Dataset | None = None,
     encoder=None,
+    fold_in: FoldInSpec | None = None,
 ) -> ModelBundle:
     """Vectors, indexes and serving objects of one trained model.
+
+    ``fold_in`` is what serving needs to fold users in through the model's own method
+    (default: :meth:`FoldInSpec.of` the fitted ``model``; give it when ``model`` holds vectors
+    only, e.g. after debiasing or when the pipeline reloads a candidate's vectors).
 
     With a content encoder, available catalog items that have no interactions yet are added
     as cold-start items: their CF vectors are predicted from content by a ridge mapping
@@ -415,6 +421,8 @@ def build_bundle(
         choices[role] = choice.as_dict()
         indexes[role] = index
     info["index_choice"] = choices
+    if fold_in is None:
+        fold_in = FoldInSpec.of(model, config.weighting, config.alpha)
     return ModelBundle(
         kind=model.kind,
         params={**config.model.params, "alpha": config.alpha, "weighting": config.weighting},
@@ -428,6 +436,8 @@ def build_bundle(
         extras=extras,
         objects=objects,
         info=info,
+        fold_in=fold_in,
+        user_item_counts=np.diff(matrix.matrix.indptr).astype(np.int32),
     )
 
 
@@ -477,6 +487,7 @@ def train(
     del holdout
     with _stage("fit", timings, on_stage):
         model = fit_model(config.model, full, dataset)
+    fold_in = FoldInSpec.of(model, config.weighting, config.alpha)
     debiaser, debias_info = None, None
     if config.bias.debias is not None:
         with _stage("debias", timings, on_stage):
@@ -484,7 +495,9 @@ def train(
     stats = dataset.stats()
     stats["as_of"] = (as_of or datetime.now().astimezone()).isoformat()
     with _stage("index", timings, on_stage):
-        bundle = build_bundle(config, model, full, {"data": stats, "metrics": metrics}, dataset, encoder)
+        bundle = build_bundle(
+            config, model, full, {"data": stats, "metrics": metrics}, dataset, encoder, fold_in=fold_in
+        )
         bundle.info["calibration"] = config.bias.calibration
         if debiaser is not None:
             bundle.objects["debias"] = debiaser

@@ -30,10 +30,11 @@ import numpy as np
 
 from recsys.index.annoy_index import file_sha256, load_index
 from recsys.index.base import IndexError_, ItemIndex
+from recsys.models.foldin import FoldInSpec
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 
 
@@ -63,6 +64,12 @@ class ModelBundle:
     #: own checksummed bundles.
     objects: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # data stats, metrics, version…
+    #: how serving folds users in through the trained model's own ``fold_in``
+    #: (recsys.models.foldin); a bundle without it cannot be served
+    fold_in: FoldInSpec | None = None
+    #: distinct items of each user in the training matrix: which part of a user's history the
+    #: trained vector already holds (the rest is folded in on top of it, recsys/recommender.py)
+    user_item_counts: np.ndarray | None = None
     path: Path | None = None
 
     def __post_init__(self) -> None:
@@ -91,6 +98,12 @@ class ModelBundle:
         for name, arr in self.extras.items():
             if len(arr) != len(self.item_ids):
                 raise BundleError(f"extra array {name!r} is not aligned with item ids")
+        if self.user_item_counts is not None and len(self.user_item_counts) != len(self.user_ids):
+            raise BundleError("user item counts are not aligned with user ids")
+        if self.fold_in is not None and self.fold_in.trained_items > len(self.item_ids):
+            raise BundleError(
+                f"fold-in spec covers {self.fold_in.trained_items} items, bundle has {len(self.item_ids)}"
+            )
 
     def save(self, folder: Path) -> Path:
         """Write atomically to ``folder`` (which must not exist yet, or is replaced whole)."""
@@ -103,6 +116,8 @@ class ModelBundle:
             np.save(tmp / "user_vectors.npy", np.ascontiguousarray(self.user_vectors, dtype=np.float32))
             np.save(tmp / "item_vectors.npy", np.ascontiguousarray(self.item_vectors, dtype=np.float32))
             np.save(tmp / "item_popularity.npy", np.asarray(self.item_popularity, dtype=np.float64))
+            if self.user_item_counts is not None:
+                np.save(tmp / "user_item_counts.npy", np.asarray(self.user_item_counts, dtype=np.int32))
             index_meta = {role: index.save(tmp / f"index_{role}") for role, index in self.indexes.items()}
             for name, arr in self.extras.items():
                 np.save(tmp / f"extra_{name}.npy", np.asarray(arr))
@@ -120,6 +135,8 @@ class ModelBundle:
                 "extras": sorted(self.extras),
                 "objects": sorted(self.objects),
                 "info": self.info,
+                "fold_in": None if self.fold_in is None else self.fold_in.model_dump(mode="json"),
+                "user_item_counts": self.user_item_counts is not None,
                 "created_at": datetime.now(UTC).isoformat(),
                 "files": {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()},
             }
@@ -198,10 +215,16 @@ class ModelBundle:
                     name: joblib.load(io.BytesIO(read(f"object_{name}.joblib"))) for name in manifest.get("objects", [])
                 },
                 info=manifest["info"],
+                fold_in=None if manifest["fold_in"] is None else FoldInSpec.model_validate(manifest["fold_in"]),
+                user_item_counts=array("user_item_counts.npy") if manifest["user_item_counts"] else None,
                 path=folder,
             )
         except BundleError:
             raise
+        except KeyError as exc:
+            raise BundleError(
+                f"bundle {folder}: manifest has no {exc} entry (written by an older version: retrain)"
+            ) from exc
         except IndexError_ as exc:
             raise BundleError(f"bundle {folder}: {exc}") from exc
         except Exception as exc:  # a truncated .npy or annoy file surfaces here

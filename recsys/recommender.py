@@ -7,7 +7,16 @@ diversity — it returns ranked items with scores and a reason each. The API is 
 Three parts: ``CatalogState`` (recsys.catalog_state: titles, categories, attributes,
 availability, filter masks), ``Ranker`` (recsys.ranking: scoring, blending, rules, MMR,
 explanations over the item vectors) and this facade, which turns a user or a session into query
-vectors (trained user vector, ALS fold-in, content profile) and one ``RankRequest``.
+vectors (trained user vector, the trained model's own fold-in, content profile) and one
+``RankRequest``.
+
+Fold-in: a session, a user the model never saw, or a known user with events newer than the
+model gets a vector from the *trained model's* ``fold_in`` (rebuilt from the bundle's typed
+``fold_in`` spec and item vectors, recsys.models.foldin). A known user keeps what training
+learned: their vector is the trained one plus the fold-in difference their new items make,
+``v_trained + fold_in(history) − fold_in(trained part of the history)`` (docs/foldin.md
+measures this against folding the whole history in afresh). A user's folded vector is cached
+until their history changes, so a fresh user costs about what a trained user costs.
 
 Spaces: the bundle's own vectors are the collaborative (CF) space, searched with the model's
 metric through the ``user`` index and with cosine through the ``item`` index. When the bundle
@@ -25,16 +34,16 @@ import logging
 import math
 import numbers
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from recsys.bundle import ModelBundle
+from recsys.bundle import BundleError, ModelBundle
 from recsys.catalog_state import NO_FILTERS, CatalogState, Filters
 from recsys.hybrid import content_profile
 from recsys.lexical import LexicalIndex
-from recsys.models.als import als_user_solve
 from recsys.ranking import (
     MODES,
     Ranker,
@@ -53,6 +62,8 @@ SEARCH_MATCHES = ("lexical", "semantic", "hybrid")
 #: the hybrid search's weight of the words (BM25, max-scaled) against the meaning (cosine):
 #: chosen on a validation set of MovieLens 100K queries (bench/search_movielens.py, docs/search.md)
 SEARCH_LEXICAL_WEIGHT = 0.95
+#: memory for cached folded-in user vectors (float32), whatever the model's width
+FOLD_CACHE_BYTES = 64 * 2**20
 
 __all__ = [
     "MODES",
@@ -95,9 +106,16 @@ class Recommender:
         # np.asarray drops the memmap subclass: one user row is a plain view, no memmap wrapper
         self.user_vectors = np.asarray(bundle.user_vectors, dtype=np.float32)
         self.default_mode = hybrid.get("default_mode", "hybrid" if content is not None else "collaborative")
-        self._alpha = float(bundle.params.get("alpha", 1.0))
-        self._regularization = float(bundle.params.get("regularization", 0.05))
-        self._gram: np.ndarray | None = None
+        if bundle.fold_in is None:
+            raise BundleError("this bundle has no fold-in spec (written by an older version): retrain to serve it")
+        self.fold_in_spec = bundle.fold_in
+        #: the trained model's class, rebuilt from the bundle: serving folds in through its fold_in
+        self.fold_in_model = bundle.fold_in.restore(bundle.item_vectors)
+        self._user_item_counts = bundle.user_item_counts
+        #: user id -> (hash of the history it was folded from, vector)
+        self._fold_cache: OrderedDict[str, tuple[int, np.ndarray]] = OrderedDict()
+        self._fold_cache_size = max(1_000, FOLD_CACHE_BYTES // (4 * max(bundle.dims, 1)))
+        self._fold_lock = threading.Lock()
         # linear debiasing at bundle build (recsys.models.debias): fold-in vectors get the
         # same projection as the trained user vectors
         self._debias = bundle.objects.get("debias")
@@ -160,7 +178,6 @@ class Recommender:
             self.ranker.replace_rows(
                 "cf", [positions[i] for i in added], mapper.predict(content[added]).astype(np.float32)
             )
-            self._gram = None
         logger.info("re-encoded the content of %d items whose text changed", len(positions))
 
     def set_available(self, item_id: str, available: bool) -> None:
@@ -187,7 +204,6 @@ class Recommender:
         with self._lock:
             # vectors first, ids last: requests running meanwhile rank a consistent prefix
             self.ranker.extend(cf, content)
-            self._gram = None
             ids = self.catalog.add(new["item_id"].astype(str).tolist())
             self.lexical.update(range(len(self.lexical), len(self.catalog)), [""] * len(ids))
         self.update_catalog(items)
@@ -229,7 +245,7 @@ class Recommender:
         if row is not None and (not refresh or len(seen) == 0):
             cf_vector, strategy = self.user_vectors[row], "collaborative"
         else:
-            cf_vector, strategy = self.fold_in(seen), "fold_in"
+            cf_vector, strategy = self.user_vector(user_id, seen), "fold_in"
         profile = (
             None if mode == "collaborative" else self.content_profile(np.unique(seen))
         )  # each touched item once, as evaluated
@@ -334,19 +350,47 @@ class Recommender:
 
     # ---- user modelling ------------------------------------------------------------------
     def fold_in(self, item_positions: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
-        """ALS user solve against the fixed CF item vectors (works from the bundle alone).
-
-        For ALS this is exactly the user step of training; for BPR/LightFM vectors it is a
-        least-squares approximation of the user's position in the same space.
-        """
-        cf = self.ranker.vectors("cf")
-        if self._gram is None:
-            Y = cf.astype(np.float64)
-            self._gram = Y.T @ Y
-        counts = np.ones(len(item_positions)) if counts is None else np.asarray(counts, np.float64)
-        vector = als_user_solve(cf, item_positions, 1.0 + self._alpha * counts, self._regularization, gram=self._gram)
+        """The vector the trained model's own ``fold_in`` gives for these items (``counts``:
+        how often each was touched, 1 each by default; repeated positions add up), weighted as
+        the training matrix weighted events. Items added after training (cold start) have no
+        trained parameters and are left out."""
+        positions = np.asarray(item_positions, np.int64)
+        counts = np.ones(len(positions)) if counts is None else np.asarray(counts, np.float64)
+        keep = positions < self.fold_in_spec.trained_items
+        positions, inverse = np.unique(positions[keep], return_inverse=True)
+        touched = np.bincount(inverse, weights=counts[keep], minlength=len(positions))
+        vector = np.asarray(
+            self.fold_in_model.fold_in(positions, self.fold_in_spec.weights(touched)), np.float32
+        ).ravel()
         if self._debias is not None:
             vector = self._debias.transform(vector[None, :])[0]
+        return vector
+
+    def user_vector(self, user_id: str, seen: np.ndarray) -> np.ndarray:
+        """A user's vector from their history ``seen`` (positions in the order the events came):
+        a user the model never saw is folded in; a trained user keeps their trained vector plus
+        what their items after the trained part change in the fold-in. Cached until the
+        history changes."""
+        key = hash(np.asarray(seen, np.int64).tobytes())
+        with self._fold_lock:
+            cached = self._fold_cache.get(user_id)
+            if cached is not None and cached[0] == key:
+                self._fold_cache.move_to_end(user_id)
+                return cached[1]
+        row = self.bundle.user_pos.get(user_id)
+        vector = self.fold_in(seen)
+        if row is not None and self._user_item_counts is not None:
+            trained = _trained_prefix(seen, int(self._user_item_counts[row]))
+            if trained < len(seen):
+                vector = self.user_vectors[row] + vector - self.fold_in(seen[:trained])
+            else:
+                vector = self.user_vectors[row]
+        vector = np.ascontiguousarray(vector, dtype=np.float32)
+        with self._fold_lock:
+            self._fold_cache[user_id] = (key, vector)
+            self._fold_cache.move_to_end(user_id)
+            while len(self._fold_cache) > self._fold_cache_size:
+                self._fold_cache.popitem(last=False)
         return vector
 
     def content_profile(self, item_positions: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
@@ -364,6 +408,17 @@ class Recommender:
 
     def _positions(self, item_ids: Iterable[str]) -> np.ndarray:
         return self.catalog.positions(item_ids)
+
+
+def _trained_prefix(seen: np.ndarray, n_trained: int) -> int:
+    """Length of the shortest prefix of ``seen`` holding ``n_trained`` distinct items: the part
+    of a time-ordered history the trained vector was fitted on."""
+    if n_trained <= 0:
+        return 0
+    _, first = np.unique(np.asarray(seen, np.int64), return_index=True)
+    if len(first) <= n_trained:
+        return len(seen)
+    return int(np.sort(first)[n_trained - 1]) + 1
 
 
 def _one_of(value, former, name: str, former_name: str):

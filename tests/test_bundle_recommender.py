@@ -10,6 +10,7 @@ from recsys.datasets.synthetic import generate_synthetic
 from recsys.index import AnnoyItemIndex
 from recsys.matrix import InteractionMatrix
 from recsys.models.als import ALSEmbedder
+from recsys.models.foldin import FoldInSpec
 from recsys.recommender import Filters, Recommender, UnknownItemError
 
 
@@ -27,6 +28,8 @@ def trained():
         user_vectors=model.user_vectors_,
         item_vectors=model.item_vectors_,
         item_popularity=np.diff(matrix.matrix.tocsc().indptr).astype(float),
+        fold_in=FoldInSpec.of(model, "confidence", 2.0),
+        user_item_counts=np.diff(matrix.matrix.indptr),
         indexes={
             "user": AnnoyItemIndex("dot", n_trees=20).build(model.item_vectors_),
             "item": AnnoyItemIndex("cosine", n_trees=20).build(model.item_vectors_),

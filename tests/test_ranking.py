@@ -19,6 +19,7 @@ from recsys.catalog_state import Filters
 from recsys.datasets.synthetic import generate_synthetic
 from recsys.matrix import InteractionMatrix
 from recsys.models.als import ALSEmbedder
+from recsys.models.foldin import FoldInSpec
 from recsys.ranking import RankRequest, RankRequestError
 from recsys.recommender import Recommender
 
@@ -76,6 +77,8 @@ def als():
         user_vectors=model.user_vectors_,
         item_vectors=model.item_vectors_,
         item_popularity=np.diff(matrix.matrix.tocsc().indptr).astype(float),
+        fold_in=FoldInSpec.of(model, "confidence", 2.0),
+        user_item_counts=np.diff(matrix.matrix.indptr),
     )
     history = data.events.sort_values("timestamp").groupby("user_id")["item_id"].agg(list)
     return data, bundle, history

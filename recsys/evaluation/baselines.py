@@ -61,7 +61,14 @@ class RandomRecommender(_VectorRecommendMixin, Embedder):
         self._rng = rng
         return self
 
+    @classmethod
+    def for_fold_in(cls, params, item_vectors: np.ndarray) -> RandomRecommender:
+        model = super().for_fold_in(params, item_vectors)
+        model._rng = np.random.default_rng(model.random_state)
+        return model
+
     def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """A random vector: this reference model has nothing to learn from a history."""
         self._check_fitted()
         return self._rng.standard_normal(self.factors).astype(np.float32)
 
@@ -129,23 +136,31 @@ class ItemKNNRecommender(Embedder):
             )
         return self
 
+    @classmethod
+    def for_fold_in(cls, params, item_vectors: np.ndarray) -> ItemKNNRecommender:
+        """The vector form only (``recommend`` needs the fitted implicit model)."""
+        model = super().for_fold_in(params, item_vectors)
+        model.model_, model.n_items_ = None, item_vectors.shape[1]
+        return model
+
     def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        """The user's row: the touched items' weights (1 each by default)."""
-        self._check_fitted()
-        if self.item_vectors_ is None:
+        """The user's row: the touched items' weights (1 each by default), as in training."""
+        if getattr(self, "item_vectors_", None) is None:
+            self._check_fitted()
             raise NotImplementedError("item-kNN without its vector form cannot fold in users")
         row = np.zeros(self.n_items_, np.float32)
         np.add.at(row, np.asarray(item_indices, np.int64), 1.0 if weights is None else np.asarray(weights, np.float32))
         return row
 
     def _check_fitted(self) -> None:
-        if getattr(self, "model_", None) is None:
+        if getattr(self, "model_", None) is None and getattr(self, "item_vectors_", None) is None:
             raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() first")
 
     def recommend(self, user_rows: np.ndarray, matrix: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` items for ``user_rows`` from their rows of ``matrix`` (already-liked items
         filtered out). Padded to ``k`` with ``-1`` / ``-inf``."""
-        self._check_fitted()
+        if getattr(self, "model_", None) is None:
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() first")
         rows = np.asarray(user_rows, dtype=np.int64)
         out_idx = np.full((len(rows), k), -1, dtype=np.int64)
         out_scores = np.full((len(rows), k), -np.inf, dtype=np.float32)

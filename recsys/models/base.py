@@ -52,6 +52,14 @@ class Embedder(ABC):
         """A user vector for a user the model has not seen, from the items they touched."""
         raise NotImplementedError(f"{type(self).__name__} cannot fold in new users")
 
+    @classmethod
+    def for_fold_in(cls, params: dict[str, Any], item_vectors: np.ndarray) -> Embedder:
+        """A model of this class, with ``params``, that can ``fold_in`` against trained
+        ``item_vectors`` (serving rebuilds it from the bundle: recsys.models.foldin)."""
+        model = cls(**params)
+        model.item_vectors_ = np.ascontiguousarray(item_vectors, dtype=np.float32)
+        return model
+
     def _check_fitted(self) -> None:
         if getattr(self, "item_vectors_", None) is None:
             raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() first")

@@ -74,7 +74,7 @@ class EASEEmbedder(Embedder):
         """A new user's vector is their interaction row (EASE has no user parameters)."""
         self._check_fitted()
         item_indices = np.asarray(item_indices, dtype=np.int64)
-        x = np.zeros(self.item_vectors_.shape[0], np.float32)
+        x = np.zeros(self.item_vectors_.shape[1], np.float32)
         if len(item_indices):
             w = (
                 np.ones(len(item_indices), np.float32)

@@ -25,7 +25,12 @@ logger = logging.getLogger(__name__)
 
 
 def score_std(user_vectors: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
-    """Standard deviation over items of each user's dot-product scores (closed form)."""
+    """Standard deviation over items of each user's dot-product scores: in closed form for
+    many users, from the scores themselves for a few (a fold-in: one product with the items
+    instead of a dims×dims covariance, which is catalog-sized for EASE and item-kNN)."""
+    if len(user_vectors) * 4 < item_vectors.shape[1]:
+        scores = np.asarray(user_vectors, np.float64) @ np.asarray(item_vectors, np.float64).T
+        return np.maximum(scores.std(axis=1), 1e-9)
     V = np.asarray(item_vectors, np.float64)
     cov = np.cov(V, rowvar=False, bias=True)
     U = np.asarray(user_vectors, np.float64)
@@ -68,12 +73,16 @@ class EnsembleEmbedder(Embedder):
         return self
 
     @classmethod
-    def from_fitted(cls, models: list[Embedder], weights: list[float]) -> EnsembleEmbedder:
-        """An ensemble of already-fitted members (e.g. to try several weightings cheaply)."""
+    def from_fitted(
+        cls, models: list[Embedder], weights: list[float], *, with_user_vectors: bool = True
+    ) -> EnsembleEmbedder:
+        """An ensemble of already-fitted members (e.g. to try several weightings cheaply);
+        ``with_user_vectors=False`` for members that have item vectors only (serving's fold-in,
+        recsys.models.foldin)."""
         ensemble = cls([{"kind": m.kind, "params": m.get_params(), "weight": w} for m, w in zip(models, weights)])
         ensemble.models_, ensemble.weights_ = list(models), np.asarray(weights, float)
         ensemble.item_vectors_ = np.ascontiguousarray(np.hstack([m.item_vectors_ for m in models]), np.float32)
-        ensemble.user_vectors_ = ensemble._combine([m.user_vectors_ for m in models])
+        ensemble.user_vectors_ = ensemble._combine([m.user_vectors_ for m in models]) if with_user_vectors else None
         return ensemble
 
     def _combine(self, user_parts: list[np.ndarray]) -> np.ndarray:

@@ -17,6 +17,11 @@ Extra modes (the base workload and its PASS/FAIL line are unchanged):
 - ``RECSYS_BENCH_PROFILE=out.txt``: one more recommendations run under ``py-spy record`` against
   the worker; the top frames (self and total samples) are written to ``out.txt``.
 
+- ``RECSYS_BENCH_FRESH_SHARE=0.5``: before measuring, that share of the users gets one event
+  posted through ``POST /events`` (newer than the training snapshot), so that share of the
+  recommendation requests is served by fold-in (the trained model's own, cached per user until
+  the user's next event) instead of the trained vector. The table says which share ran.
+
 Every table prints the 1-minute load average before and after it (the machine may be shared),
 and the HTTP stack uvicorn ran with (h11 + asyncio, or httptools + uvloop when the ``fast``
 extra is installed: both endpoints get cheaper, so the ratio is the harder to reach).
@@ -29,6 +34,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -60,6 +66,8 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "RECSYS_BENCH_POSTGRES_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )
 PROFILE = os.environ.get("RECSYS_BENCH_PROFILE")
+FRESH_SHARE = float(os.environ.get("RECSYS_BENCH_FRESH_SHARE", "0"))
+BENCH_KEY = "serve-bench-key"
 PY_SPY = Path(sys.executable).with_name("py-spy")
 TARGET_RATIO, TARGET_P99_MS, TARGET_SCALING = 0.5, 20.0, 1.6
 
@@ -232,6 +240,22 @@ def endpoint_rows(base: str, tmp: Path, pids: list[int], paced: bool = True) -> 
     return rows
 
 
+def post_fresh_events(base: str) -> None:
+    """One event, newer than the training snapshot, for the first FRESH_SHARE of the users."""
+    n = int(round(FRESH_SHARE * USERS))
+    if n == 0:
+        return
+    rng = random.Random(7)
+    with httpx.Client(base_url=base, headers={"X-API-Key": BENCH_KEY}, timeout=120) as http:
+        for start in range(0, n, 5_000):
+            batch = [
+                {"user_id": f"u{u}", "item_id": f"i{rng.randrange(ITEMS)}", "event_type": "click"}
+                for u in range(start, min(n, start + 5_000))
+            ]
+            http.post("/events", json=batch).raise_for_status()
+    print(f"posted one fresh event for {n:,} of {USERS:,} users ({FRESH_SHARE:.0%} of requests)")
+
+
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     if shutil.which("wrk") is None:
@@ -249,8 +273,14 @@ def main() -> int:
             iterations=10,
             database_url=database_url,
         )
-        extra = {"RECSYS_RELOAD_POLL_SECONDS": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        extra = {
+            "RECSYS_RELOAD_POLL_SECONDS": "0",
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "RECSYS_API_KEYS": BENCH_KEY,
+        }
         with live_server(env, workers=WORKERS, extra_env=extra) as base:
+            post_fresh_events(base)
             # warm up (page in the memory-mapped index, JIT nothing, fill caches)
             wrk(base, "recs", 0, tmp)
             load_before = load()
@@ -278,7 +308,7 @@ def main() -> int:
         else "h11+asyncio"
     )
     print(
-        f"catalog {ITEMS:,} items, {USERS:,} users, store {store}; {WORKERS} uvicorn worker(s), {stack}; "
+        f"catalog {ITEMS:,} items, {USERS:,} users ({FRESH_SHARE:.0%} with fresh events), store {store}; {WORKERS} uvicorn worker(s), {stack}; "
         f"wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION}; {load_before} -> {load_after}"
     )
     print(f"{'endpoint':<18}{'pass':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'CPU µs/req':>12}")

@@ -34,8 +34,13 @@ def recommend(
     exclude_item: Annotated[list[str] | None, typer.Option(help="never these items (repeatable)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="users per block")] = 2048,
 ) -> None:
-    """Top-k for every user with the API's rules (seen items left out, available items only,
-    filters), written as Parquet: user_id, rank, item_id, score, model_version."""
+    """Top-k for every user the model was trained on, with the API's rules (seen items left
+    out, available items only, filters), written as Parquet: user_id, rank, item_id, score,
+    model_version.
+
+    A snapshot of the model: each user's trained vector and training-time history. Unlike the
+    API, events stored after training are not folded in, and users who had no events at
+    training time are not written (the API answers them with a fold-in or popularity)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq

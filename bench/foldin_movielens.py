@@ -1,0 +1,155 @@
+"""Fresh events on MovieLens 100K: does serving's fold-in make a user's answer better?
+
+Protocol (global time cutoffs, ``--cutoffs 0.7 0.85`` by default): events before the 70% time
+quantile train the model; the events between the 70% and 85% quantiles are the *fresh* events
+(they reach serving after training); events after the 85% quantile are the test. Users scored: those with trained history, fresh
+events and test items (returning users), plus users whose first events are fresh (new users).
+Each user is asked through ``Recommender.recommend_for_user`` exactly as the API asks it:
+
+- **before**: their history up to the first cutoff, trained vector;
+- **after**: their history including the fresh events, ``refresh=True`` (the API's fresh-user
+  path: the trained model's own fold-in, recsys.models.foldin);
+- **retrained**: the same model fitted in process on the events up to the second cutoff.
+
+nDCG@10 on the test items not already in the history. Exit 0 only when, for every kind,
+after ≥ before and after ≥ 0.95 × retrained. Data: ../shared/datasets/ml-100k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from pipelines.train import TrainConfig, build_bundle, fit_content, fit_model  # noqa: E402
+from recsys.datasets import load_movielens_100k  # noqa: E402
+from recsys.datasets.base import Dataset  # noqa: E402
+from recsys.matrix import InteractionMatrix  # noqa: E402
+from recsys.recommender import Recommender  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "datasets" / "ml-100k"
+K = 10
+LIGHTFM = {"no_components": 64, "loss": "warp", "epochs": 30}
+KINDS: dict[str, dict] = {
+    "als": {"model": {"kind": "als", "params": {"factors": 64, "regularization": 5.0, "iterations": 15}}},
+    "bpr": {"model": {"kind": "bpr", "params": {"factors": 64, "learning_rate": 0.05, "iterations": 200}}},
+    "lightfm (features)": {"model": {"kind": "lightfm", "params": LIGHTFM}},
+    "ease": {"model": {"kind": "ease", "params": {"l2": 500.0}}},
+    "itemknn": {"model": {"kind": "itemknn", "params": {"K": 100}}},
+    "item2vec": {"model": {"kind": "item2vec", "params": {}}},
+    "ensemble(lightfm + itemknn)": {
+        "model": {
+            "kind": "ensemble",
+            "params": {
+                "members": [
+                    {"kind": "lightfm", "params": LIGHTFM, "weight": 1.0},
+                    {"kind": "itemknn", "params": {"K": 100}, "weight": 0.25},
+                ]
+            },
+        }
+    },
+    "hybrid (als + tfidf)": {
+        "model": {"kind": "als", "params": {"factors": 64, "regularization": 5.0, "iterations": 15}},
+        "content": {"kind": "tfidf"},
+    },
+}
+
+
+def ndcg(ranked: list[str], relevant: set[str]) -> float:
+    gains = [1.0 / np.log2(i + 2) for i, it in enumerate(ranked[:K]) if it in relevant]
+    ideal = sum(1.0 / np.log2(i + 2) for i in range(min(len(relevant), K)))
+    return float(sum(gains) / ideal) if ideal else 0.0
+
+
+def serve(config: TrainConfig, dataset: Dataset, events: pd.DataFrame) -> Recommender:
+    """Fit and bundle like ``recsys train`` does, then serve the bundle in process."""
+    matrix = InteractionMatrix.from_events(events, weighting=config.weighting, alpha=config.alpha)
+    data = Dataset(events=events, items=dataset.items, users=dataset.users)
+    model = fit_model(config.model, matrix, data, events)
+    encoder = fit_content(config, data, matrix.item_ids) if config.content is not None else None
+    bundle = build_bundle(config, model, matrix, {}, data, encoder)
+    return Recommender(bundle, dataset.items)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kinds", nargs="*", default=list(KINDS), help="subset of: " + ", ".join(KINDS))
+    parser.add_argument(
+        "--cutoffs", nargs=2, type=float, default=(0.7, 0.85), help="time quantiles: train | fresh | test"
+    )
+    args = parser.parse_args()
+    console = Console()
+    if not DATA.exists():
+        console.print(f"skipped: {DATA} is absent")
+        return 0
+    dataset = load_movielens_100k(DATA)
+    events = dataset.events.sort_values("timestamp", kind="stable")
+    t1, t2 = events["timestamp"].quantile(list(args.cutoffs))
+    train, fresh = events[events["timestamp"] < t1], events[(events["timestamp"] >= t1) & (events["timestamp"] < t2)]
+    test = events[events["timestamp"] >= t2]
+    upto2 = events[events["timestamp"] < t2]
+    hist_before = train.groupby("user_id")["item_id"].agg(list).to_dict()
+    hist_after = upto2.groupby("user_id")["item_id"].agg(list).to_dict()
+    fresh_users = set(fresh["user_id"])
+    test_items = test.groupby("user_id")["item_id"].agg(set).to_dict()
+    users = sorted(u for u in fresh_users if u in test_items)
+    returning = [u for u in users if u in hist_before]
+    console.print(
+        f"{len(train)} train / {len(fresh)} fresh / {len(test)} test events; "
+        f"{len(returning)} returning and {len(users) - len(returning)} new users scored"
+    )
+    table = Table(title=f"fold-in on MovieLens 100K, nDCG@{K} (returning users | all scored users)")
+    for col in ("kind", "before", "after", "retrained", "after/before", "after/retrained", "fold-in ms", "result"):
+        table.add_column(col, justify="left" if col == "kind" else "right")
+    failed = []
+    for name in args.kinds:
+        config = TrainConfig.model_validate({**KINDS[name], "index": {"kind": "exact"}})
+        t0 = time.perf_counter()
+        served, retrained = serve(config, dataset, train), serve(config, dataset, upto2)
+        scores = {"before": [], "after": [], "retrained": []}
+        fold_ms = []
+        for u in users:
+            relevant = test_items[u] - set(hist_after[u])
+            if not relevant:
+                continue
+            b = served.recommend_for_user(u, hist_before.get(u, []), K)
+            t = time.perf_counter()
+            a = served.recommend_for_user(u, hist_after[u], K, refresh=True)
+            fold_ms.append((time.perf_counter() - t) * 1e3)
+            r = retrained.recommend_for_user(u, hist_after[u], K)
+            for key, res in (("before", b), ("after", a), ("retrained", r)):
+                scores[key].append((u in hist_before, ndcg([s.item_id for s in res.items], relevant)))
+        means = {k: (np.mean([s for ret, s in v if ret]), np.mean([s for _, s in v])) for k, v in scores.items()}
+        before, after, re = means["before"][0], means["after"][0], means["retrained"][0]
+        ok = after >= before and after >= 0.95 * re
+        if not ok:
+            failed.append(name)
+        table.add_row(
+            name,
+            *(f"{means[k][0]:.4f} | {means[k][1]:.4f}" for k in ("before", "after", "retrained")),
+            f"{after / max(before, 1e-12):.3f}",
+            f"{after / max(re, 1e-12):.3f}",
+            f"{np.median(fold_ms):.2f}",
+            "PASS" if ok else "FAIL",
+        )
+        console.print(f"{name}: {time.perf_counter() - t0:.0f}s")
+    console.print(table)
+    console.print("targets (returning users): after ≥ before and after ≥ 0.95 × retrained, every kind")
+    if failed:
+        console.print(f"FAIL: {', '.join(failed)}")
+        return 1
+    console.print("PASS")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

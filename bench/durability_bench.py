@@ -43,6 +43,7 @@ def make_batches(n_events: int, seed: int = 0) -> tuple[list[list[dict]], list[l
     rng = random.Random(seed)
     valid_ids = [f"dur-{i}" for i in range(n_events)]
     batches, malformed = [], []
+    records: list[dict] = []
     for lo in range(0, n_events, BATCH):
         batch = [
             {
@@ -54,10 +55,11 @@ def make_batches(n_events: int, seed: int = 0) -> tuple[list[list[dict]], list[l
             }
             for eid in valid_ids[lo : lo + BATCH]
         ]
-        # duplicates: repeat a few ids of this or an earlier batch
+        records.extend(batch)
+        # duplicates: a client's retry resends a few events of this or an earlier batch as they
+        # were (the same id with other content would be a conflict, 409)
         for _ in range(max(1, len(batch) // 20)):
-            j = rng.randrange(min(lo + BATCH, n_events))
-            batch.append({"event_id": valid_ids[j], "user_id": "dup-user", "item_id": "i1"})
+            batch.append(dict(records[rng.randrange(len(records))]))
         rng.shuffle(batch)
         batches.append(batch)
         if (lo // BATCH) % 5 == 0:  # every 5th: a malformed batch: one bad record poisons the whole batch

@@ -32,7 +32,7 @@ import numpy as np
 
 from recsys.index.base import IndexError_, ItemIndex, check_metric, drop_excluded, recall_at_k, unit_rows
 from recsys.index.exact import ExactIndex
-from recsys.index.tuning import tune_knob
+from recsys.index.tuning import PARTITION_MIN_ITEMS, TUNE_REORDER_FACTOR, default_partitions, tune_knob
 
 logger = logging.getLogger(__name__)
 
@@ -41,21 +41,12 @@ IVF_METRICS = ("cosine", "dot", "euclidean")
 ENCODINGS = {"ivf_flat": ("Flat", False), "ivf_sq8": ("SQ8", True), "ivf_pq": ("PQ{m}x4fs", True)}
 INDEX_FILE = "index.faiss"
 META_FILE = "index.json"
-#: re-rank width (multiples of k) while ``nprobe`` is tuned
-TUNE_REORDER_FACTOR = 20
-#: below this many items one list holds everything (k-means has nothing to split)
-LISTS_MIN_ITEMS = 256
 
 
 def _faiss():
     import faiss
 
     return faiss
-
-
-def default_nlist(n_items: int) -> int:
-    """About 2·√n lists (2,000 at 1M items), at least 20 items each."""
-    return max(1, min(int(2 * math.sqrt(n_items)), n_items // 20))
 
 
 class IvfItemIndex(ItemIndex):
@@ -78,7 +69,7 @@ class IvfItemIndex(ItemIndex):
         if kind not in ENCODINGS:
             raise ValueError(f"ivf kind must be one of {sorted(ENCODINGS)}, got {kind!r}")
         self.kind = kind
-        #: coarse lists; -1: :func:`default_nlist`
+        #: coarse lists; -1: :func:`default_partitions`
         self.nlist = nlist
         #: lists scanned per query; -1 before ``tune``: all
         self.nprobe = nprobe
@@ -100,8 +91,8 @@ class IvfItemIndex(ItemIndex):
         return ENCODINGS[self.kind][1]
 
     def _factory(self) -> str:
-        # below LISTS_MIN_ITEMS one list of float vectors (codebooks need more training points)
-        small = self._n_items < LISTS_MIN_ITEMS
+        # below PARTITION_MIN_ITEMS one list of float vectors (codebooks need more training points)
+        small = self._n_items < PARTITION_MIN_ITEMS
         encoding = "Flat" if small else ENCODINGS[self.kind][0].format(m=max(1, self.dims // 2))
         return f"IVF{self.nlist},{encoding}" + (",RFlat" if self.refines else "")
 
@@ -113,8 +104,8 @@ class IvfItemIndex(ItemIndex):
         self.dims, self._n_items = int(vectors.shape[1]), len(vectors)
         if not len(vectors):
             raise ValueError(f"{self.kind} needs at least one item")
-        if self.nlist == -1 or len(vectors) < LISTS_MIN_ITEMS:
-            self.nlist = default_nlist(len(vectors)) if len(vectors) >= LISTS_MIN_ITEMS else 1
+        if self.nlist == -1 or len(vectors) < PARTITION_MIN_ITEMS:
+            self.nlist = default_partitions(len(vectors)) if len(vectors) >= PARTITION_MIN_ITEMS else 1
         metric = faiss.METRIC_L2 if self.metric == "euclidean" else faiss.METRIC_INNER_PRODUCT
         threads_before = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads((os.cpu_count() or 1) if self.num_threads == -1 else self.num_threads)

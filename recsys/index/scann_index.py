@@ -9,7 +9,7 @@ for them (recsys/index/choice.py).
 
 ``leaves_to_search`` then ``reorder`` are tuned at build time, each to about the smallest value
 whose recall lower bound on held-out queries reaches ``target_recall`` (recsys/index/tuning.py,
-the code HNSW's ``ef`` uses). Catalogs under ``TREE_MIN_ITEMS`` items are scored by brute force
+the code HNSW's ``ef`` uses). Catalogs under ``PARTITION_MIN_ITEMS`` items are scored by brute force
 (ScaNN's own), where a tree has nothing to prune.
 
 Loading copies every file, hashed on the way, into private sealed memory files (the same
@@ -32,28 +32,19 @@ import numpy as np
 
 from recsys.index.base import IndexError_, ItemIndex, check_metric, drop_excluded, recall_at_k, unit_rows
 from recsys.index.exact import ExactIndex
-from recsys.index.tuning import tune_knob
+from recsys.index.tuning import PARTITION_MIN_ITEMS, TUNE_REORDER_FACTOR, default_partitions, tune_knob
 
 logger = logging.getLogger(__name__)
 
 SCANN_DISTANCE = {"dot": "dot_product", "cosine": "dot_product", "euclidean": "squared_l2"}
 META_FILE = "index.json"
 ASSETS_FILE = "scann_assets.pbtxt"
-#: below this many items the index scores every item (a tree of a few leaves prunes nothing)
-TREE_MIN_ITEMS = 256
-#: reorder (exact re-rank) width used while ``leaves_to_search`` is tuned, in multiples of k
-TUNE_REORDER_FACTOR = 20
 
 
 def _scann():
     from scann.scann_ops.py import scann_ops_pybind
 
     return scann_ops_pybind
-
-
-def default_num_leaves(n_items: int) -> int:
-    """About 2·√n leaves (ScaNN's guidance is √n to a few √n): 2,000 at 1M items."""
-    return max(1, min(int(2 * math.sqrt(n_items)), n_items // 20))
 
 
 class ScannItemIndex(ItemIndex):
@@ -75,7 +66,7 @@ class ScannItemIndex(ItemIndex):
         self.metric = check_metric(metric)
         if metric not in SCANN_DISTANCE:
             raise ValueError(f"scann supports metrics {sorted(SCANN_DISTANCE)}, not {metric!r}")
-        #: k-means tree leaves; -1: :func:`default_num_leaves`
+        #: k-means tree leaves; -1: :func:`default_partitions`
         self.num_leaves = num_leaves
         #: leaves searched per query; -1 before ``tune``: all of them
         self.leaves_to_search = leaves_to_search
@@ -107,13 +98,13 @@ class ScannItemIndex(ItemIndex):
         if not len(vectors):
             raise ValueError("scann needs at least one item")
         builder = _scann().builder(vectors, 10, SCANN_DISTANCE[self.metric])
-        self.brute_force_ = len(vectors) < TREE_MIN_ITEMS
+        self.brute_force_ = len(vectors) < PARTITION_MIN_ITEMS
         if self.brute_force_:
             builder = builder.score_brute_force()
             self.num_leaves = self.leaves_to_search = 0
         else:
             if self.num_leaves == -1:
-                self.num_leaves = default_num_leaves(len(vectors))
+                self.num_leaves = default_partitions(len(vectors))
             self.num_leaves = min(self.num_leaves, len(vectors))
             if self.leaves_to_search == -1:
                 self.leaves_to_search = self.num_leaves

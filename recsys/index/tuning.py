@@ -5,6 +5,7 @@ doubling-then-bisection (:func:`recsys.index.base.smallest_reaching`) and the sa
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +13,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from recsys.index.base import recall_at_k, recall_lower_bound, smallest_reaching
+
+#: partitioned kinds (ScaNN leaves, IVF lists): re-rank width while the partition knob is
+#: tuned, in multiples of k
+TUNE_REORDER_FACTOR = 20
+#: below this many items a partitioned kind does not partition (k-means has nothing to split)
+PARTITION_MIN_ITEMS = 256
+
+
+def default_partitions(n_items: int) -> int:
+    """About 2·√n partitions (2,000 at 1M items; ScaNN's guidance is √n to a few √n), at
+    least 20 items each."""
+    return max(1, min(int(2 * math.sqrt(n_items)), n_items // 20))
 
 
 @dataclass

@@ -107,26 +107,28 @@ def snapshot(settings, as_of=None) -> Dataset:
     return dataset
 
 
-def save_snapshot(dataset: Dataset, folder: Path) -> None:
-    """The whole dataset (events, catalog with its text and categories, users with their
-    attributes) as Parquet files :func:`load_snapshot` reads back."""
+def save_snapshot(folder: Path, events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame) -> None:
+    """A snapshot's events, catalog (text, categories, attributes) and users (attributes) as
+    Parquet files :func:`load_snapshot` reads back as a :class:`Dataset`. The tables are kept
+    as given (duplicates too: the pipeline's validation counts them)."""
     folder.mkdir(parents=True, exist_ok=True)
-    events = dataset.events.assign(
-        user_id=dataset.events["user_id"].astype(str), item_id=dataset.events["item_id"].astype(str)
+    events.assign(user_id=events["user_id"].astype(str), item_id=events["item_id"].astype(str)).to_parquet(
+        folder / "events.parquet", index=False
     )
-    events.to_parquet(folder / "events.parquet", index=False)
-    items = dataset.items.assign(attributes=[json.dumps(a or {}, default=str) for a in dataset.items["attributes"]])
-    items.to_parquet(folder / "items.parquet", index=False)
-    users = dataset.users.assign(attributes=[json.dumps(a or {}, default=str) for a in dataset.users["attributes"]])
-    users.to_parquet(folder / "users.parquet", index=False)
+    for name, table in (("items", items), ("users", users)):
+        if "attributes" in table:
+            table = table.assign(attributes=[json.dumps(a or {}, default=str) for a in table["attributes"]])
+        table.to_parquet(folder / f"{name}.parquet", index=False)
 
 
 def load_snapshot(folder: Path) -> Dataset:
     items = pd.read_parquet(folder / "items.parquet")
-    items["attributes"] = [json.loads(a) for a in items["attributes"]]
-    items["categories"] = [list(c) if c is not None else [] for c in items["categories"]]
     users = pd.read_parquet(folder / "users.parquet")
-    users["attributes"] = [json.loads(a) for a in users["attributes"]]
+    for table in (items, users):
+        if "attributes" in table:
+            table["attributes"] = [json.loads(a) for a in table["attributes"]]
+    if "categories" in items:
+        items["categories"] = [list(c) if c is not None else [] for c in items["categories"]]
     return Dataset(events=pd.read_parquet(folder / "events.parquet"), items=items, users=users, validate=False)
 
 

@@ -252,7 +252,7 @@ def test_gate_refuses_degenerate_fresh_holdout(tmp_path, monkeypatch):
     assert flooded.status == "rejected"
     decision = json.loads((flooded.run_dir / "gate" / "decision.json").read_text())
     state = json.loads((flooded.run_dir / "state.json").read_text())
-    assert state["stages"]["train"]["outputs"]["holdout_mode"] == "fresh"
+    assert state["stages"]["split"]["outputs"]["mode"] == "fresh"
     assert {"holdout_too_small", "holdout_uninformative"} <= set(decision["refused_by"]), decision
     assert decision["checks"]["holdout_eval_users"] == 3
     assert (

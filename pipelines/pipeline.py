@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -720,7 +721,8 @@ class Pipeline:
             trained = steps.TrainedModel.load(self.run_dir / "fit" / str(done.index) / "holdout")
             m = steps.score(self.config.train_config(cand), holdout, trained, encoder, full_ids, users)
             candidates[done.label] = m
-            tracking.log_metrics_finite({f"{done.label}.{k}": v for k, v in m.items() if math.isfinite(v)})
+            prefix = re.sub(r"[^\w\-. :/]", "_", done.label)[:200]  # what MLflow accepts in a metric name
+            tracking.log_metrics_finite({f"{prefix}.{k}": v for k, v in m.items() if math.isfinite(v)})
         popularity = score_popularity(holdout, users, ev.k) if len(users) else None
         if popularity is not None:
             tracking.log_metrics_finite({f"popularity.{k}": v for k, v in popularity.items() if math.isfinite(v)})

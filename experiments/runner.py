@@ -40,6 +40,7 @@ from recsys.evaluation import (
     top_k_scores,
 )
 from recsys.evaluation.bias import bias_report, user_attribute_labels
+from recsys.evaluation.holdout import vector_metric
 from recsys.evaluation.splits import Split
 from recsys.matrix import InteractionMatrix
 from recsys.models.config import ModelConfig
@@ -246,9 +247,13 @@ def fit_on_split(config: ModelConfig, data: PreparedData):
 def recommend(model, users: np.ndarray, exclude: sp.csr_matrix, k: int) -> np.ndarray:
     """Top-``k`` item indices per user (train items excluded), ``-1`` padded."""
     if getattr(model, "user_vectors_", None) is not None:
-        metric = model.metric if model.metric in ("dot", "cosine") else "dot"
         return top_k_scores(
-            model.user_vectors_, model.item_vectors_, k, exclude=exclude, user_rows=users, metric=metric
+            model.user_vectors_,
+            model.item_vectors_,
+            k,
+            exclude=exclude,
+            user_rows=users,
+            metric=vector_metric(model.metric),
         )[0]
     if hasattr(model, "recommend"):
         return model.recommend(users, exclude, k)[0]
@@ -300,18 +305,20 @@ def user_breakdown(recommended: np.ndarray, data: PreparedData, k: int) -> pd.Da
     return out[["dimension", "group", "k", *cols]]
 
 
-def index_recall(model, data: PreparedData, n_queries: int, seed: int) -> float | None:
-    """Annoy recall@10 against exact search, on ``n_queries`` sampled user vectors."""
+def index_recall(model, n_queries: int, seed: int) -> float | None:
+    """Recall@10 against exact search of the index ``recsys train`` would serve this model's
+    user space with (``IndexConfig`` defaults: the measured choice, exact when an exact scan
+    is served), on ``n_queries`` sampled user vectors."""
     if n_queries <= 0 or getattr(model, "item_vectors_", None) is None or getattr(model, "user_vectors_", None) is None:
         return None
-    from recsys.index import make_index
+    from pipelines.train import IndexConfig
+    from recsys.index import build_index
 
-    index = make_index("annoy", model.metric, n_trees=50).build(model.item_vectors_)
-    rng = np.random.default_rng(seed)
-    queries = model.user_vectors_[
-        rng.choice(len(model.user_vectors_), min(n_queries, len(model.user_vectors_)), replace=False)
-    ]
-    return index.tune(model.item_vectors_, queries, k=10)
+    config = IndexConfig(recall_queries=n_queries)
+    queries = config.sample_queries(model.user_vectors_, np.random.default_rng(seed))
+    index, choice = build_index(config.kind, model.metric, model.item_vectors_, queries, config.settings())
+    logger.info("index for %s: %s", model.kind, "exact" if index.prefer_exact else choice.chosen.kind)
+    return 1.0 if index.prefer_exact else float(choice.chosen.recall_at_10)
 
 
 def fit_and_evaluate(
@@ -332,7 +339,7 @@ def fit_and_evaluate(
     t_eval = time.perf_counter() - start
     metrics.update({"time_train_s": t_train, "time_eval_s": t_eval, "eval_users": float(len(data.eval_users))})
     if with_index:
-        recall = index_recall(model, data, spec.index_recall_queries, spec.seed)
+        recall = index_recall(model, spec.index_recall_queries, spec.seed)
         if recall is not None:
             metrics["index_recall_at_10"] = recall
     if with_breakdown:

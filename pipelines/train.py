@@ -87,6 +87,28 @@ class IndexConfig(_Config):
     item_metric: Literal["cosine", "dot", "euclidean", "manhattan", "hamming"] = "cosine"
     content_metric: Literal["cosine", "dot", "euclidean", "manhattan", "hamming"] = "cosine"
 
+    def settings(self) -> IndexSettings:
+        """The build-time knobs (recsys/index/choice.py)."""
+        return IndexSettings(
+            target_recall=self.target_recall,
+            n_trees=self.n_trees,
+            search_k=self.search_k,
+            M=self.M,
+            ef_construction=self.ef_construction,
+            ef=self.ef,
+            num_threads=self.num_threads,
+            vector_dtype=self.vector_dtype,
+            tune_seconds=self.tune_seconds,
+            annoy_auto_max_items=self.annoy_auto_max_items,
+            num_leaves=self.num_leaves,
+            exact_enough_ms=self.exact_enough_ms,
+            build_budget_seconds=self.build_budget_seconds,
+        )
+
+    def sample_queries(self, queries: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The queries the index choice tunes and measures on."""
+        return queries[rng.choice(len(queries), min(self.recall_queries, len(queries)), replace=False)]
+
 
 class ContentConfig(_Config):
     """A content encoder trained beside the CF model: content/hybrid modes, /search, cold start."""
@@ -307,25 +329,10 @@ def build_bundle(
     ]
     if encoder is not None:
         spaces.append(("content", ix.content_metric, extras["content"], extras["content"]))
-    settings = IndexSettings(
-        target_recall=ix.target_recall,
-        n_trees=ix.n_trees,
-        search_k=ix.search_k,
-        M=ix.M,
-        ef_construction=ix.ef_construction,
-        ef=ix.ef,
-        num_threads=ix.num_threads,
-        vector_dtype=ix.vector_dtype,
-        tune_seconds=ix.tune_seconds,
-        annoy_auto_max_items=ix.annoy_auto_max_items,
-        num_leaves=ix.num_leaves,
-        exact_enough_ms=ix.exact_enough_ms,
-        build_budget_seconds=ix.build_budget_seconds,
-    )
+    settings = ix.settings()
     choices = {}
     for role, metric, vectors, queries in spaces:
-        sample = queries[rng.choice(len(queries), min(ix.recall_queries, len(queries)), replace=False)]
-        index, choice = build_index(ix.kind, metric, vectors, sample, settings)
+        index, choice = build_index(ix.kind, metric, vectors, ix.sample_queries(queries, rng), settings)
         chosen = choice.chosen
         # An Annoy index slower than a scan short of its target is served by scanning (prefer_exact).
         info[f"index_{role}_serving"] = "exact" if index.prefer_exact else chosen.kind

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 
 from pipelines import tracking
-from pipelines.search import SearchConfig, autotune, parse_duration, run_search, time_validation_split
+from pipelines.search import SearchConfig, autotune, parse_duration, run_search
 from recsys.datasets.base import Dataset
 from recsys.datasets.synthetic import generate_synthetic
+from recsys.evaluation.holdout import Holdout, HoldoutConfig
 from recsys.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ def clustered() -> Dataset:
 
 
 def test_validation_split_is_by_time(clustered):
-    split = time_validation_split(clustered.events, 0.1)
+    split = Holdout.build(clustered.events, HoldoutConfig(kind="time", test_ratio=0.1)).split
     assert split.train["timestamp"].max() < split.test["timestamp"].min()
     assert 0.05 < len(split.test) / len(clustered.events) < 0.15
 

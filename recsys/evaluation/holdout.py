@@ -74,25 +74,41 @@ class Holdout:
     cutoff: pd.Timestamp | None = None
 
     @classmethod
-    def build(cls, events: pd.DataFrame, config: HoldoutConfig, cutoff: pd.Timestamp | None = None) -> Holdout:
-        """``cutoff`` fixes a ``time`` holdout's start (default: :func:`time_cutoff`)."""
+    def build(
+        cls,
+        events: pd.DataFrame,
+        config: HoldoutConfig,
+        cutoff: pd.Timestamp | None = None,
+        *,
+        require_test: bool = True,
+    ) -> Holdout:
+        """``cutoff`` fixes a ``time`` holdout's start (default: :func:`time_cutoff`).
+
+        A repeat of an item the user already has in the train part is not something to
+        recommend (it is excluded from every ranking): such test pairs are dropped, and test
+        values count as one relevant pair each. ``require_test=False`` allows a holdout with
+        nothing to score (e.g. every event at one instant: all of it trains).
+        """
         if config.kind == "time":
             cutoff = pd.Timestamp(cutoff) if cutoff is not None else time_cutoff(events, config.test_ratio)
             split = time_split(events, cutoff)
+            if len(split.train) == 0 and not require_test:  # every event at one instant
+                split = time_split(events, events["timestamp"].max() + pd.Timedelta(seconds=1))
             cutoff = pd.Timestamp(split.report["cutoff"])
         elif config.kind == "user_time":
             split = user_time_split(events, config.test_ratio, seed=config.seed)
         else:
             split = random_split(events, config.test_ratio, seed=config.seed)
-        if split.report["n_test"] == 0:
+        if split.report["n_test"] == 0 and require_test:
             raise ValueError(f"the {config.kind} holdout holds no scorable events (every test user/item is new)")
         train = InteractionMatrix.from_events(split.train, weighting="none")
         test = InteractionMatrix.from_events(
             split.test, user_ids=train.user_ids, item_ids=train.item_ids, weighting="none"
-        )
-        holdout = cls(
-            config.kind, split, train.user_ids, train.item_ids, train.matrix, test.matrix, np.array([]), cutoff
-        )
+        ).matrix
+        test.data = np.ones_like(test.data)
+        test = sp.csr_matrix(test - test.multiply(train.matrix > 0))
+        test.eliminate_zeros()
+        holdout = cls(config.kind, split, train.user_ids, train.item_ids, train.matrix, test, np.array([]), cutoff)
         holdout.users = holdout.eval_users(config.eval_users, config.seed)
         return holdout
 

@@ -224,7 +224,6 @@ def bundle(
         debiased, debiaser, debias_info = debias_model(config, trained, full, labels)
         served = replace(trained, user_vectors_=debiased.user_vectors_, item_vectors_=debiased.item_vectors_)
     built = build_bundle(config, served, full, info, dataset, encoder, fold_in=trained.fold_in)
-    built.info["calibration"] = config.bias.calibration
     if debiaser is not None:
         built.objects["debias"] = debiaser
         built.info["debias"] = debias_info

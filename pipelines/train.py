@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pipelines import tracking
 from pipelines.card import BiasConfig, log_card, new_card
-from recsys.bundle import ModelBundle
+from recsys.bundle import HybridConfig, ModelBundle, ServingSpec
 from recsys.datasets.base import Dataset, DatasetError
 from recsys.evaluation.holdout import HoldoutConfig, HoldoutKind
 from recsys.evaluation.mitigation import fit_debiaser
@@ -117,14 +117,6 @@ class ContentConfig(_Config):
     params: dict[str, Any] = Field(default_factory=dict)
 
     _params = field_validator("params")(checked_params)
-
-
-class HybridConfig(_Config):
-    default_mode: Literal["collaborative", "content", "hybrid"] = "hybrid"
-    fusion: Literal["weighted", "rrf"] = "weighted"
-    weights: tuple[float, float] = (0.7, 0.3)
-    #: ridge penalty of the content → CF mapping for cold-start items
-    cold_start_alpha: float = 1.0
 
 
 class TrainConfig(_Config):
@@ -316,8 +308,6 @@ def build_bundle(
             popularity = np.concatenate([popularity, np.zeros(len(cold))])
         extras["content"] = content.astype(np.float32)
         objects = {"text_encoder": encoder.for_serving(), "cf_mapper": mapper}
-        info["hybrid"] = config.hybrid.model_dump()
-        info["hybrid"]["content_kind"] = encoder.kind
         info["cold_start_items"] = int(len(cold))
     indexes = {}
     # Metric per index (IndexConfig): "user" defaults to the model's own ranking metric, "item"
@@ -366,6 +356,11 @@ def build_bundle(
         objects=objects,
         info=info,
         fold_in=fold_in,
+        serving=ServingSpec(
+            calibration=config.bias.calibration,
+            hybrid=config.hybrid if encoder is not None else None,
+            content_kind=encoder.kind if encoder is not None else None,
+        ),
         user_item_counts=np.diff(matrix.matrix.indptr).astype(np.int32),
     )
 

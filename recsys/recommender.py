@@ -90,8 +90,11 @@ class Recommender:
         #: BM25 over every item's search text, kept in step by ``update_catalog``
         self.lexical = LexicalIndex()
         self.lexical.set_texts([""] * len(self.catalog))
+        if bundle.serving is None:
+            raise BundleError("this bundle has no serving spec (written by an older version): retrain to serve it")
         content = bundle.extras.get("content")
-        hybrid = bundle.info.get("hybrid", {})
+        serving = bundle.serving
+        hybrid = serving.hybrid
         self.ranker = Ranker(
             self.catalog,
             bundle.item_vectors,
@@ -99,13 +102,14 @@ class Recommender:
             content_vectors=content,
             indexes=bundle.indexes,
             model_metric=bundle.metric,
-            default_blend_weights=tuple(hybrid.get("weights", (0.5, 0.5))),
-            default_fusion=hybrid.get("fusion", "weighted"),
-            default_calibration=float(bundle.info.get("calibration", 0.0) or 0.0),
+            default_calibration=serving.calibration,
+            **(
+                {"default_blend_weights": hybrid.weights, "default_fusion": hybrid.fusion} if hybrid is not None else {}
+            ),
         )
         # np.asarray drops the memmap subclass: one user row is a plain view, no memmap wrapper
         self.user_vectors = np.asarray(bundle.user_vectors, dtype=np.float32)
-        self.default_mode = hybrid.get("default_mode", "hybrid" if content is not None else "collaborative")
+        self.default_mode = serving.default_mode
         if bundle.fold_in is None:
             raise BundleError("this bundle has no fold-in spec (written by an older version): retrain to serve it")
         self.fold_in_spec = bundle.fold_in

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from recsys.bundle import BundleError, ModelBundle
+from recsys.bundle import BundleError, ModelBundle, ServingSpec
 from recsys.datasets.synthetic import generate_synthetic
 from recsys.index import AnnoyItemIndex
 from recsys.matrix import InteractionMatrix
@@ -29,6 +29,7 @@ def trained():
         item_vectors=model.item_vectors_,
         item_popularity=np.diff(matrix.matrix.tocsc().indptr).astype(float),
         fold_in=FoldInSpec.of(model, "confidence", 2.0),
+        serving=ServingSpec(calibration=0.0, hybrid=None, content_kind=None),
         user_item_counts=np.diff(matrix.matrix.indptr),
         indexes={
             "user": AnnoyItemIndex("dot", n_trees=20).build(model.item_vectors_),

@@ -14,7 +14,7 @@ from pipelines.train import (
     fit_content,
     fit_model,
 )
-from recsys.bundle import ModelBundle
+from recsys.bundle import ModelBundle, ServingSpec
 from recsys.catalog_state import Filters
 from recsys.datasets.synthetic import generate_synthetic
 from recsys.matrix import InteractionMatrix
@@ -78,6 +78,7 @@ def als():
         item_vectors=model.item_vectors_,
         item_popularity=np.diff(matrix.matrix.tocsc().indptr).astype(float),
         fold_in=FoldInSpec.of(model, "confidence", 2.0),
+        serving=ServingSpec(calibration=0.0, hybrid=None, content_kind=None),
         user_item_counts=np.diff(matrix.matrix.indptr),
     )
     history = data.events.sort_values("timestamp").groupby("user_id")["item_id"].agg(list)

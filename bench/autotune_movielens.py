@@ -36,7 +36,6 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from api.testing import live_server  # noqa: E402
 from recsys.datasets import Dataset, load_dataset  # noqa: E402
 from recsys.evaluation.metrics import ranking_metrics_at_k  # noqa: E402
 from recsys.evaluation.splits import random_split, time_split  # noqa: E402
@@ -44,6 +43,7 @@ from recsys.evaluation.topk import top_k_scores  # noqa: E402
 from recsys.matrix import InteractionMatrix  # noqa: E402
 from recsys.models.config import ModelConfig  # noqa: E402
 from recsys.models.registry import make_model  # noqa: E402
+from tests.harness import live_server  # noqa: E402
 
 K = 10
 TARGET = 1.03

@@ -229,15 +229,10 @@ class Recommender:
         fusion: str | None = None,
         diversity: float | None = None,
         refresh: bool = False,
-        weights: Sequence[float] | None = None,
         calibration: float | None = None,
     ) -> RecommendationResult:
         """Known user: the trained vector (or a fold-in from ``history`` with ``refresh``, so
-        fresh events count at once); unseen user with history: fold-in; else popular.
-
-        ``weights`` is the former name of ``blend_weights`` (kept until the API passes
-        ``blend_weights``)."""
-        blend_weights = _one_of(blend_weights, weights, "blend_weights", "weights")
+        fresh events count at once); unseen user with history: fold-in; else popular."""
         mode = self._mode(mode)
         seen = self.catalog.positions(history)
         request = RankRequest(
@@ -268,13 +263,10 @@ class Recommender:
         blend_weights: Sequence[float] | None = None,
         fusion: str | None = None,
         diversity: float | None = None,
-        blend: Sequence[float] | None = None,
         calibration: float | None = None,
     ) -> RecommendationResult:
         """Anonymous session: fold the given items in on the fly (``item_weights`` weigh each
-        item's interaction, like repeating it). ``blend`` is the former name of
-        ``blend_weights`` (kept until the API passes ``blend_weights``)."""
-        blend_weights = _one_of(blend_weights, blend, "blend_weights", "blend")
+        item's interaction, like repeating it)."""
         mode = self._mode(mode)
         if item_weights is not None:
             if len(item_weights) != len(item_ids):
@@ -423,12 +415,3 @@ def _trained_prefix(seen: np.ndarray, n_trained: int) -> int:
     if len(first) <= n_trained:
         return len(seen)
     return int(np.sort(first)[n_trained - 1]) + 1
-
-
-def _one_of(value, former, name: str, former_name: str):
-    """A renamed keyword: the new name or the former one, not both."""
-    if former is None:
-        return value
-    if value is not None:
-        raise TypeError(f"give {name} or {former_name}, not both")
-    return former

@@ -374,9 +374,9 @@ def test_card_artifacts_after_train_on_sqlite_and_file_mlflow(tmp_path):
 @pytest.fixture(scope="module")
 def api_client(tmp_path_factory):
     from fastapi.testclient import TestClient
+    from harness import prepare
 
     from api.main import create_app
-    from api.testing import prepare
     from recsys.settings import Settings
 
     folder = tmp_path_factory.mktemp("bias-api")

@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from harness import live_server, prepare, settings_for, training_config
 
-from api.testing import live_server, prepare, settings_for, training_config
 from feature_store import FeatureStore
 from pipelines import tracking
 from pipelines.config import GateConfig, PipelineConfig

@@ -18,8 +18,8 @@ import httpx
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from harness import free_port
 
-from api.testing import free_port
 from recsys.models.spark_als import (
     SparkALSEmbedder,
     SparkUnavailableError,

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from harness import ROOT, prepare, settings_for, training_config
 from servers import serve_process
 
-from api.testing import ROOT, prepare, settings_for, training_config
 from feature_store import FeatureStore
 from pipelines import tracking
 from recsys.evaluation.online import OUTCOMES, variant_stats

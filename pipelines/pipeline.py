@@ -150,6 +150,8 @@ class FitResult(_Result):
     candidates: list[CandidateFit]
     #: the ranking metric of production's refit recipe (``refit`` mode)
     production_metric: str | None = None
+    #: the candidate whose holdout fit is production's recipe refit (None: fitted on its own)
+    production_fit: int | None = None
 
 
 class ProductionScore(_Result):
@@ -678,12 +680,6 @@ class Pipeline:
             full_ids = steps.matrix(self.config.train_config(self._candidates()[0]), dataset).item_ids
             encoder = steps.content(self.config.train_config(self._candidates()[0]), dataset, full_ids)
             steps.save_encoder(encoder, out)
-        production_metric = None
-        recipe = split.production.recipe if split.production is not None else None
-        if recipe is not None:
-            trained = steps.fit_holdout(self.config.train_config(recipe), dataset, holdout)
-            trained.save(out / "production")
-            production_metric = trained.metric
         fitted = []
         for i, cand in enumerate(self._candidates()):
             tc = self.config.train_config(cand)
@@ -697,7 +693,21 @@ class Pipeline:
                 CandidateFit(index=i, label=cand.label, kind=trained.kind, metric=trained.metric, seconds=seconds)
             )
             logger.info("fitted candidate %s in %.1fs", cand.label, seconds)
-        return FitResult(candidates=fitted, production_metric=production_metric)
+        production_metric, production_fit = None, None
+        recipe = split.production.recipe if split.production is not None else None
+        if recipe is not None:
+            # production's recipe is usually a candidate's (the same config, nightly): that
+            # candidate's holdout fit serves both
+            same = [c.index for c, m in zip(fitted, self._candidates()) if _same_recipe(m, recipe)]
+            if same:
+                production_fit = same[0]
+                production_metric = fitted[production_fit].metric
+                logger.info("production's recipe is candidate %s's: its holdout fit serves both", fitted[same[0]].label)
+            else:
+                trained = steps.fit_holdout(self.config.train_config(recipe), dataset, holdout)
+                trained.save(out / "production")
+                production_metric = trained.metric
+        return FitResult(candidates=fitted, production_metric=production_metric, production_fit=production_fit)
 
     def evaluate(self) -> EvaluateResult:
         ev = self.config.evaluation
@@ -741,7 +751,8 @@ class Pipeline:
             elif split.mode == "fresh":
                 pm = score_production(holdout, prod_bundle, users, ev.k)
             else:
-                vec = steps.TrainedModel.load(self.run_dir / "fit" / "production")
+                folder = "production" if fit.production_fit is None else f"{fit.production_fit}/holdout"
+                vec = steps.TrainedModel.load(self.run_dir / "fit" / folder)
                 pm = score_vectors(holdout, users, vec.user_vectors_, vec.item_vectors_, fit.production_metric, ev.k)
             production = ProductionScore(version=ref.version, eval=ref.eval, capabilities=ref.capabilities, metrics=pm)
             tracking.log_metrics_finite({f"production.{k}": v for k, v in pm.items() if math.isfinite(v)})
@@ -996,6 +1007,18 @@ class Pipeline:
             return None
         logger.info("notify: reload generation %d", generation)
         return generation
+
+
+def _same_recipe(candidate: ModelConfig, recipe: ModelConfig) -> bool:
+    """Whether fitting ``candidate`` is fitting production's ``recipe`` (read from its bundle:
+    kind, params, weighting and alpha)."""
+    return (candidate.kind, candidate.params, candidate.weighting, float(candidate.alpha), candidate.engine) == (
+        recipe.kind,
+        recipe.params,
+        recipe.weighting,
+        float(recipe.alpha),
+        recipe.engine,
+    )
 
 
 def _list_artifacts(client, run_id: str, path: str) -> list:

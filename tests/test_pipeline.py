@@ -105,6 +105,8 @@ def test_crash_at_each_stage_keeps_production_and_resumes(production_dir, tmp_pa
     state = json.loads((s.data_dir / "pipelines" / run_id / "state.json").read_text())
     assert state["status"] == "completed"
     assert all(state["stages"][st]["status"] == "done" for st in STAGES)
+    if state["stages"]["split"]["outputs"]["mode"] == "refit":  # production's recipe is the candidate's
+        assert state["stages"]["fit"]["outputs"]["production_fit"] == 0, "one holdout fit serves both"
     crashed = where.split(":")[0]
     assert state["stages"][crashed]["attempts"] == 2
     # stages before the crash ran once: resume really skipped them

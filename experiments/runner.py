@@ -40,7 +40,7 @@ from recsys.evaluation import (
     top_k_scores,
 )
 from recsys.evaluation.bias import bias_report, user_attribute_labels
-from recsys.evaluation.holdout import vector_metric
+from recsys.evaluation.holdout import Holdout, vector_metric
 from recsys.evaluation.splits import Split
 from recsys.matrix import InteractionMatrix
 from recsys.models.config import ModelConfig
@@ -106,16 +106,12 @@ def split_hash(split: Split) -> str:
 
 @dataclass
 class PreparedData:
-    """Everything every model of one experiment shares: the split and its matrices."""
+    """Everything every model of one experiment shares: the holdout (recsys/evaluation/holdout.py)
+    of the spec's split, and what the metrics need beside it."""
 
     dataset: Dataset
-    split: Split
+    holdout: Holdout
     split_hash: str
-    user_ids: np.ndarray
-    item_ids: np.ndarray
-    test: sp.csr_matrix
-    binary_train: sp.csr_matrix
-    eval_users: np.ndarray
     item_popularity: np.ndarray
     diversity_embeddings: np.ndarray | None
     user_attribute: str | None
@@ -125,12 +121,38 @@ class PreparedData:
     _matrices: dict = field(default_factory=dict)
     _features: dict = field(default_factory=dict)
 
+    @property
+    def split(self) -> Split:
+        return self.holdout.split
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        return self.holdout.user_ids
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        return self.holdout.item_ids
+
+    @property
+    def test(self) -> sp.csr_matrix:
+        return self.holdout.test
+
+    @property
+    def eval_users(self) -> np.ndarray:
+        return self.holdout.users
+
+    @property
+    def binary_train(self) -> sp.csr_matrix:
+        if "binary" not in self._matrices:
+            binary = self.holdout.train.copy()
+            binary.data = np.ones_like(binary.data)
+            self._matrices["binary"] = binary
+        return self._matrices["binary"]
+
     def train_matrix(self, weighting: str, alpha: float) -> sp.csr_matrix:
         key = (weighting, float(alpha))
         if key not in self._matrices:
-            self._matrices[key] = InteractionMatrix.from_events(
-                self.split.train, user_ids=self.user_ids, item_ids=self.item_ids, weighting=weighting, alpha=alpha
-            ).matrix
+            self._matrices[key] = self.holdout.train_matrix(weighting, alpha).matrix
         return self._matrices[key]
 
     def features(self, what: str, text: bool = False, exclude_keys: tuple[str, ...] = ()) -> sp.csr_matrix:
@@ -153,34 +175,22 @@ def prepare_data(spec: ExperimentSpec, dataset: Dataset, split: Split | None = N
         raise ValueError(
             f"the {spec.split.method} split left {len(split.train)} train and {len(split.test)} test events; adjust split"
         )
-    base = InteractionMatrix.from_events(split.train, weighting="none")
-    binary = base.matrix.copy()
-    binary.data = np.ones_like(binary.data)
-    test = InteractionMatrix.from_events(
-        split.test, user_ids=base.user_ids, item_ids=base.item_ids, weighting="none"
-    ).matrix
-    test.data = np.ones_like(test.data)
-    users = np.flatnonzero(np.diff(test.indptr) > 0)
-    if spec.eval_users is not None and len(users) > spec.eval_users:
-        users = np.sort(np.random.default_rng(spec.seed).choice(users, spec.eval_users, replace=False))
-    popularity = np.diff(sp.csc_matrix(binary).indptr).astype(np.float64)
-    attribute, groups = _user_groups(spec, dataset.users, base.user_ids)
+    holdout = Holdout.of_split(split, spec.split.method, spec.eval_users, spec.seed)
+    counts = holdout.train.copy()
+    counts.data = np.ones_like(counts.data)
+    popularity = np.diff(sp.csc_matrix(counts).indptr).astype(np.float64)
+    attribute, groups = _user_groups(spec, dataset.users, holdout.user_ids)
     return PreparedData(
         dataset=dataset,
-        split=split,
+        holdout=holdout,
         split_hash=split_hash(split),
-        user_ids=base.user_ids,
-        item_ids=base.item_ids,
-        test=test,
-        binary_train=binary,
-        eval_users=users,
         item_popularity=popularity,
-        diversity_embeddings=_diversity_embeddings(dataset.items, base.item_ids)
+        diversity_embeddings=_diversity_embeddings(dataset.items, holdout.item_ids)
         if "diversity" in spec.metrics
         else None,
         user_attribute=attribute,
         user_groups=groups,
-        attribute_labels=user_attribute_labels(dataset.users, base.user_ids),
+        attribute_labels=user_attribute_labels(dataset.users, holdout.user_ids),
     )
 
 

@@ -89,6 +89,9 @@ class Holdout:
         values count as one relevant pair each. ``require_test=False`` allows a holdout with
         nothing to score (e.g. every event at one instant: all of it trains).
         """
+        # Only the columns the matrices and sequences need: the split then copies codes, floats
+        # and times, not millions of event-id strings it never looks at (same rows, same order).
+        events = events[[c for c in ("user_id", "item_id", "value", "timestamp") if c in events]]
         if config.kind == "time":
             cutoff = pd.Timestamp(cutoff) if cutoff is not None else time_cutoff(events, config.test_ratio)
             split = time_split(events, cutoff)
@@ -101,6 +104,13 @@ class Holdout:
             split = random_split(events, config.test_ratio, seed=config.seed)
         if split.report["n_test"] == 0 and require_test:
             raise ValueError(f"the {config.kind} holdout holds no scorable events (every test user/item is new)")
+        return cls.of_split(split, config.kind, config.eval_users, config.seed, cutoff)
+
+    @classmethod
+    def of_split(
+        cls, split: Split, kind: str, eval_users: int | None, seed: int, cutoff: pd.Timestamp | None = None
+    ) -> Holdout:
+        """The holdout of a given split (e.g. an experiment spec's); ``eval_users`` None: all."""
         train = InteractionMatrix.from_events(split.train, weighting="none")
         test = InteractionMatrix.from_events(
             split.test, user_ids=train.user_ids, item_ids=train.item_ids, weighting="none"
@@ -108,8 +118,8 @@ class Holdout:
         test.data = np.ones_like(test.data)
         test = sp.csr_matrix(test - test.multiply(train.matrix > 0))
         test.eliminate_zeros()
-        holdout = cls(config.kind, split, train.user_ids, train.item_ids, train.matrix, test, np.array([]), cutoff)
-        holdout.users = holdout.eval_users(config.eval_users, config.seed)
+        holdout = cls(kind, split, train.user_ids, train.item_ids, train.matrix, test, np.array([]), cutoff)
+        holdout.users = holdout.eval_users(eval_users if eval_users is not None else len(train.user_ids), seed)
         return holdout
 
     def train_matrix(self, weighting: str, alpha: float) -> InteractionMatrix:

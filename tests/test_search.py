@@ -219,10 +219,11 @@ def test_item2vec_defaults_learn_on_a_real_catalog():
     0.17); the defaults must learn something comparable to popularity."""
     from pipelines.search import Validation
     from recsys.datasets import load_dataset
+    from recsys.models.base import TrainData
     from recsys.models.config import ModelConfig
     from recsys.models.registry import make_model
 
     validation = Validation(load_dataset("movielens-100k", ML100K), SearchConfig())
-    popular = validation.score(make_model("popular").fit(validation.seen))
+    popular = validation.score(make_model("popular").fit(TrainData(validation.seen)))
     item2vec = validation.score(validation.fit(ModelConfig(kind="item2vec", params={}, weighting="none")))
     assert item2vec > 0.6 * popular

@@ -48,11 +48,11 @@ class EnsembleEmbedder(Embedder):
     supports_fold_in = True
 
     @property
-    def uses_side_features(self) -> bool:  # type: ignore[override]
+    def uses_side_features(self) -> bool:
         return any(_member_class(m).uses_side_features for m in self.members)
 
     @property
-    def uses_sequences(self) -> bool:  # type: ignore[override]
+    def uses_sequences(self) -> bool:
         return any(_member_class(m).uses_sequences for m in self.members)
 
     def __init__(self, members: list[dict[str, Any]] | None = None) -> None:

@@ -18,6 +18,9 @@ Capability flags are class attributes, so callers ask the model instead of switc
 names: ``needs_catalog`` (``fit`` requires ``TrainData.items``), ``uses_side_features`` and
 ``uses_sequences`` (``fit`` reads them when given; the trainer builds them only then),
 ``supports_fold_in``, ``reference`` (a baseline every model should beat) and ``metric``.
+A composite reads them from its parts: an ensemble uses side features or sequences when one of
+its members does (a property of the instance, read as ``model.uses_sequences``).
+``tests/test_models.py`` runs the contract over every kind in the registry.
 """
 
 from __future__ import annotations

@@ -116,6 +116,8 @@ class ModelConfig(_Strict):
         """What ``model`` learns from, built only as far as its capability flags ask: side
         features from ``dataset``'s catalog and users (as ``features`` says), each user's
         time-ordered items from ``events`` (default: the dataset's events), the catalog."""
+        if model.needs_catalog and dataset is None:
+            raise ValueError(f"{self.kind} is a content encoder: it needs the items catalog")
         item_features = user_features = sequences = None
         if model.uses_side_features and dataset is not None:
             from recsys.features import build_item_features, build_user_features
@@ -133,8 +135,6 @@ class ModelConfig(_Strict):
             source = events if events is not None else (dataset.events if dataset is not None else None)
             if source is not None and "timestamp" in source:
                 sequences = user_sequences(source, matrix)
-        if model.needs_catalog and dataset is None:
-            raise ValueError(f"{self.kind} is a content encoder: it needs the items catalog")
         return TrainData(
             matrix.matrix,
             user_ids=matrix.user_ids,

@@ -43,6 +43,7 @@ from recsys.evaluation.bias import bias_report, user_attribute_labels
 from recsys.evaluation.holdout import Holdout, vector_metric
 from recsys.evaluation.splits import Split
 from recsys.matrix import InteractionMatrix
+from recsys.models.base import TrainData
 from recsys.models.config import ModelConfig
 from recsys.models.registry import make_model
 from recsys.settings import Settings
@@ -199,7 +200,7 @@ def _diversity_embeddings(items: pd.DataFrame, item_ids: np.ndarray) -> np.ndarr
     if not any(len(c) for c in items["categories"]):
         logger.info("items have no categories: intra-list diversity is not computed")
         return None
-    return make_model("tags").fit(items, item_ids=item_ids).item_vectors_
+    return make_model("tags").fit(TrainData.catalog_only(items, item_ids)).item_vectors_
 
 
 def _user_groups(

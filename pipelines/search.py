@@ -50,6 +50,7 @@ from recsys.evaluation.metrics import per_user_metrics, ranking_metrics_at_k
 from recsys.evaluation.topk import top_k_scores
 from recsys.hybrid import history_profiles, hybrid_top_k
 from recsys.matrix import InteractionMatrix
+from recsys.models.base import TrainData
 from recsys.models.config import FeatureConfig, ModelConfig
 from recsys.models.ensemble import EnsembleEmbedder
 from recsys.models.registry import make_model
@@ -453,7 +454,7 @@ def run_search(
         "search: validation split %s",
         {k: v for k, v in validation.split.report.items() if isinstance(v, (int, float, str))},
     )
-    popular = make_model("popular").fit(validation.seen)
+    popular = make_model("popular").fit(TrainData(validation.seen))
     pop_score = validation.score(popular)
     kinds, family_notes = families(validation, config)
     notes += family_notes
@@ -774,7 +775,7 @@ def _content_space(
             notes.append("no content space: items have no titles, descriptions or categories")
         return None, HybridConfig(default_mode="collaborative", weights=(1.0, 0.0))
     content = ContentConfig(kind=kind)
-    encoder = make_model(kind).fit(validation.dataset.items, item_ids=validation.item_ids)
+    encoder = make_model(kind).fit(TrainData.catalog_only(validation.dataset.items, validation.item_ids))
     C = encoder.item_vectors_
     if winner.kind == "popular" or len(validation.users) == 0:
         return content, HybridConfig(default_mode="collaborative", weights=(1.0, 0.0))

@@ -23,14 +23,13 @@ from recsys.bundle import HybridConfig, ModelBundle, ServingSpec
 from recsys.datasets.base import Dataset, DatasetError
 from recsys.evaluation.holdout import HoldoutConfig, HoldoutKind
 from recsys.evaluation.mitigation import fit_debiaser
-from recsys.features import build_item_features, build_user_features
 from recsys.index import IndexSettings, build_index
 from recsys.matrix import InteractionMatrix
-from recsys.models.base import Embedder
+from recsys.models.base import Embedder, TrainData
 from recsys.models.coldstart import ContentToCFMapper
-from recsys.models.config import FeatureConfig, ModelConfig, checked_params, user_sequences
+from recsys.models.config import FeatureConfig, ModelConfig, checked_params
 from recsys.models.foldin import FoldInSpec
-from recsys.models.registry import CONTENT_KINDS, SEQUENCE_KINDS, make_model
+from recsys.models.registry import make_model
 from recsys.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -200,42 +199,18 @@ def _stage(name: str, timings: dict[str, float], on_stage: Callable[[str], None]
 def fit_model(
     config: ModelConfig, matrix: InteractionMatrix, dataset: Dataset | None = None, events: pd.DataFrame | None = None
 ) -> Embedder:
-    """Fit ``config`` on ``matrix`` (already weighted as ``config`` says). LightFM gets side
-    features built from ``dataset``'s catalog; item2vec gets each user's time-ordered items
-    from ``events`` (default: the dataset's events restricted to the matrix)."""
-    if config.engine == "spark":
-        from recsys.models.spark_als import SparkALSEmbedder
-
-        return SparkALSEmbedder(**config.params).fit(matrix.matrix)
-    model = make_model(config.kind, **config.params)
-    if config.kind in CONTENT_KINDS:
-        if dataset is None:
-            raise ValueError(f"{config.kind} is a content encoder: it needs the items catalog")
-        return model.fit(dataset.items, item_ids=matrix.item_ids, matrix=matrix.matrix)
-    kinds = config.member_kinds()
-    kwargs: dict[str, Any] = {}
-    lightfm = [p for k, p in kinds if k == "lightfm"]
-    if lightfm and dataset is not None:
-        f = config.features
-        if any(p.get("use_item_features", True) for p in lightfm) and (f.item_categories or f.item_text):
-            kwargs["item_features"] = build_item_features(
-                dataset.items, matrix.item_ids, identity=f.identity, categories=f.item_categories, text=f.item_text
-            )[0]
-        if any(p.get("use_user_features", True) for p in lightfm) and f.user_attributes and not dataset.users.empty:
-            kwargs["user_features"] = build_user_features(
-                dataset.users, matrix.user_ids, identity=f.identity, exclude_keys=tuple(f.exclude_user_keys)
-            )[0]
-    if any(k in SEQUENCE_KINDS for k, _ in kinds):
-        source = events if events is not None else (dataset.events if dataset is not None else None)
-        if source is not None and "timestamp" in source:
-            kwargs["sequences"] = user_sequences(source, matrix)
-    return model.fit(matrix.matrix, **kwargs)
+    """Fit ``config`` on ``matrix`` (already weighted as ``config`` says), with what the model's
+    capability flags ask for (``ModelConfig.train_data``): side features from ``dataset``'s
+    catalog, each user's time-ordered items from ``events`` (default: the dataset's events),
+    the catalog itself for a content encoder."""
+    model = config.make_model()
+    return model.fit(config.train_data(model, matrix, dataset, events))
 
 
 def fit_content(config: TrainConfig, dataset: Dataset, item_ids: np.ndarray):
     """The content encoder, fitted on the catalog (no interactions: nothing leaks from a split)."""
     encoder = make_model(config.content.kind, **config.content.params)
-    return encoder.fit(dataset.items, item_ids=item_ids)
+    return encoder.fit(TrainData.catalog_only(dataset.items, item_ids))
 
 
 @dataclass

@@ -32,6 +32,7 @@ from recsys.evaluation.bias import (
 )
 from recsys.evaluation.mitigation import BiasSettings, DebiasSettings, assess
 from recsys.models.als import ALSEmbedder
+from recsys.models.base import TrainData
 from recsys.models.debias import LinearDebiaser
 from recsys.ranking import RankRequest, RankRequestError, calibrate, calibrate_batch, popularity_bins
 
@@ -148,7 +149,7 @@ def _synthetic(hide_group: str | None, seed: int = 0):
 
 def _als(train):
     return ALSEmbedder(factors=16, regularization=0.1, iterations=10, random_state=0).fit(
-        sp.csr_matrix(train * 2.0 + (train > 0))
+        TrainData(sp.csr_matrix(train * 2.0 + (train > 0)))
     )
 
 

@@ -340,6 +340,7 @@ def test_pipeline_searches_on_its_cadence_and_refits_the_winner_in_between(setti
     record = json.loads((settings.data_dir / "pipelines" / "t.search.json").read_text())
     winner = record["winner"]
     assert winner["kind"] in ("als", "itemknn", "popular", "ensemble")
+
     def candidates(result) -> list:
         return json.loads((result.run_dir / "state.json").read_text())["stages"]["search"]["outputs"]["candidates"]
 

@@ -19,6 +19,7 @@ from recsys.catalog_state import Filters
 from recsys.datasets.synthetic import generate_synthetic
 from recsys.matrix import InteractionMatrix
 from recsys.models.als import ALSEmbedder
+from recsys.models.base import TrainData
 from recsys.models.foldin import FoldInSpec
 from recsys.ranking import RankRequest, RankRequestError
 from recsys.recommender import Recommender
@@ -67,7 +68,7 @@ def test_rank_request_normalizes_and_sizes_its_pool():
 def als():
     data = generate_synthetic(n_users=300, n_items=400, n_events=12_000, n_clusters=4, seed=9)
     matrix = InteractionMatrix.from_events(data.events, alpha=2.0)
-    model = ALSEmbedder(factors=12, iterations=8, random_state=0).fit(matrix.matrix)
+    model = ALSEmbedder(factors=12, iterations=8, random_state=0).fit(TrainData(matrix.matrix))
     bundle = ModelBundle(
         kind="als",
         params={"alpha": 2.0, "regularization": model.regularization},

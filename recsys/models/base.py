@@ -15,10 +15,13 @@ attributes ending in ``_``. After ``fit``:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
+
+ReturningFoldIn = Literal["delta", "afresh"]
+RETURNING_FOLD_INS: tuple[ReturningFoldIn, ...] = ("delta", "afresh")
 
 
 class NotFittedError(RuntimeError):
@@ -30,6 +33,11 @@ class Embedder(ABC):
     kind: str = ""
     #: "dot" | "cosine" | "euclidean" | "manhattan" | "hamming"
     metric: str = "dot"
+    #: how serving gives a trained user with newer events their vector (recsys.recommender):
+    #: ``delta`` — the trained vector plus what the new events change in ``fold_in``;
+    #: ``afresh`` — ``fold_in`` of the whole history. Chosen per kind by
+    #: bench/foldin_movielens.py (docs/foldin.md).
+    returning_fold_in: ReturningFoldIn = "delta"
 
     def get_params(self) -> dict[str, Any]:
         import inspect

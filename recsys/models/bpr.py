@@ -81,6 +81,7 @@ class BPREmbedder(Embedder):
 
         Solved to optimum by ``pairwise_user_solve`` (see there) with this model's
         ``regularization``; the bias column of the result is the constant 1, as for trained users.
+        ``weights`` are ignored: training samples every touched item alike, whatever its weight.
         """
         self._check_fitted()
         user = np.ones(self.item_vectors_.shape[1], np.float32)
@@ -88,7 +89,7 @@ class BPREmbedder(Embedder):
             self.item_vectors_[:, :-1],
             self.item_vectors_[:, -1],
             item_indices,
-            weights,
+            None,
             regularization=self.regularization,
             n_negatives=self.fold_in_negatives,
             random_state=self.random_state,

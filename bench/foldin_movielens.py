@@ -92,7 +92,7 @@ def main() -> int:
         "--cutoffs", nargs=2, type=float, default=(0.7, 0.85), help="time quantiles: train | fresh | test"
     )
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=200)
     if not DATA.exists():
         console.print(f"skipped: {DATA} is absent")
         return 0

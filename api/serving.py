@@ -373,10 +373,7 @@ class ModelHolder:
                 reason = f"version {version} refused: {exc.__class__.__name__}: {exc}"
                 logger.error("%s (keeping the model that is being served)", reason)
                 raise ReloadError(None, version, reason) from exc
-            as_of = (bundle.info.get("data") or {}).get("as_of")
-            trained_as_of = pd.Timestamp(as_of) if as_of else None
-            if trained_as_of is not None and trained_as_of.tzinfo is None:
-                trained_as_of = trained_as_of.tz_localize("UTC")
+            trained_as_of = bundle.trained_as_of
             model = LoadedModel(
                 version=version,
                 run_id=mv.run_id,

@@ -343,6 +343,13 @@ class FeatureStore:
         with self.engine.connect() as conn:
             return activity.user_events(conn, user_id)
 
+    def events_of_users_stored_since(self, since: datetime) -> list[StoredEvent]:
+        """Every event of the users who have an event stored at or after ``since`` (to the
+        second), grouped by user, oldest first: the users a model trained at ``since`` has
+        not seen all of (``recsys recommend --all-users`` folds them in as the API does)."""
+        with self.engine.connect() as conn:
+            return activity.events_of_users_stored_since(conn, since)
+
     def recent_users_events(self, n_users: int, users_per_read: int = 2_000) -> Iterator[list[StoredEvent]]:
         """Every event of the ``n_users`` most recently active users, most recent users first,
         read ``users_per_read`` users at a time (one list each, grouped by user, oldest first)."""

@@ -8,7 +8,9 @@
    with the catalog's side features (when items or users have attributes), BPR, item-kNN,
    item2vec — and its parameters, fits on the validation train part and scores nDCG@10 on the
    validation holdout. A trial first scores half the validation users and reports it, so the
-   median pruner stops clearly bad trials early. Popularity is scored once as the baseline.
+   median pruner stops clearly bad trials early. A sample of validation users is also scored
+   as serving folds them in (the model's own ``fold_in`` over their train row): a model whose
+   fold-in does worse than its trained vectors has its score scaled down by that ratio. Popularity is scored once as the baseline.
    Every trial is an MLflow child run of the search's parent run (params, metrics, time).
 3. **Ensemble**: the best configuration of the top families, refitted once, blended by
    ``recsys.models.ensemble`` (per-user standardized scores) with weights chosen on validation.
@@ -105,6 +107,9 @@ class SearchConfig:
     families: tuple[str, ...] | None = None
     #: fewer validation users than this: too little data to compare models, popularity wins
     min_eval_users: int = 5
+    #: validation users (seeded sample) also scored as serving folds them in (0: off): a
+    #: trial's score is scaled down by how much worse its fold-in is than its trained vectors
+    fold_in_users: int = 200
 
 
 @dataclass
@@ -155,6 +160,8 @@ class Validation:
         users = self.users
         self.first_half = users[np.random.default_rng(config.seed).permutation(len(users))[: max(1, len(users) // 2)]]
         self.first_half.sort()
+        n_fold_in = min(config.fold_in_users, len(users))
+        self.fold_in_users = np.sort(np.random.default_rng(config.seed + 1).choice(users, n_fold_in, replace=False))
         self._matrices: dict[tuple[str, float], InteractionMatrix] = {}
 
     @property
@@ -190,6 +197,24 @@ class Validation:
         )[0]
         frame = per_user_metrics(top, self.test, self.k, user_rows=self.users)
         return frame.set_index("user_row")["ndcg"].reindex(self.users).fillna(0.0).to_numpy(np.float64)
+
+    def fold_in_ratio(self, model, config: ModelConfig) -> float:
+        """nDCG@k of ``fold_in_users`` folded in from their validation-train row through the
+        model's own ``fold_in`` (with the training matrix's weights: the path serving takes for
+        a user with events newer than the model), over their nDCG@k from the trained vectors.
+        1.0 when there is nothing to compare."""
+        users = self.fold_in_users
+        if len(users) == 0 or model.user_vectors_ is None:
+            return 1.0
+        trained = self.ndcg(model.user_vectors_, model.item_vectors_, model.metric, users)
+        if trained <= 0:
+            return 1.0
+        matrix = self.matrix(config).matrix
+        folded = np.zeros((matrix.shape[0], model.item_vectors_.shape[1]), np.float32)
+        for u in users:
+            row = matrix[u]
+            folded[u] = model.fold_in(row.indices, row.data)
+        return self.ndcg(folded, model.item_vectors_, model.metric, users) / trained
 
     def score(self, model, users: np.ndarray | None = None) -> float:
         if model.user_vectors_ is None:
@@ -516,11 +541,16 @@ def run_search(
                 tracking.set_tag("optuna.state", "pruned")
                 raise optuna.TrialPruned()
             per_user = validation.per_user(model)
+            # a model whose fold-in is worse than its trained vectors serves returning users
+            # with new events, and new users, worse than it validates: its score says so
+            fold_in_ratio = validation.fold_in_ratio(model, model_config)
+            per_user = per_user * min(1.0, fold_in_ratio)
             value = float(per_user.mean())
             trial.set_user_attr("per_user", np.round(per_user, 5).tolist())
             tracking.log_metrics_finite(
                 {
                     f"ndcg_at_{config.k}": value,
+                    f"ndcg_at_{config.k}_fold_in_ratio": fold_in_ratio,
                     f"ndcg_at_{config.k}_half": half,
                     "time_fit_s": fit_s,
                     "time_trial_s": time.perf_counter() - t0,

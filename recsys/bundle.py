@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import joblib
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from recsys.index.annoy_index import file_sha256, load_index
@@ -116,6 +117,16 @@ class ModelBundle:
     @property
     def dims(self) -> int:
         return int(self.item_vectors.shape[1])
+
+    @property
+    def trained_as_of(self) -> pd.Timestamp | None:
+        """The training snapshot time (UTC) from ``info["data"]["as_of"]``, when recorded:
+        events stored after it are *fresh* to this model (serving folds them in)."""
+        as_of = (self.info.get("data") or {}).get("as_of")
+        if not as_of:
+            return None
+        ts = pd.Timestamp(as_of)
+        return ts.tz_localize("UTC") if ts.tzinfo is None else ts
 
     def _check_shapes(self) -> None:
         if self.user_vectors.shape[0] != len(self.user_ids):

@@ -228,3 +228,27 @@ def test_item2vec_defaults_learn_on_a_real_catalog():
     popular = validation.score(make_model("popular").fit(TrainData(validation.seen)))
     item2vec = validation.score(validation.fit(ModelConfig(kind="item2vec", params={}, weighting="none")))
     assert item2vec > 0.6 * popular
+
+
+def test_validation_scores_the_fold_in_serving_uses(clustered):
+    """The search scores a sample of validation users as serving folds them in: a model's own
+    fold-in of ALS keeps close to its trained vectors, a fold-in that ignores the history
+    (every user the same vector) scores far below them."""
+    from pipelines.search import Validation
+    from recsys.models.als import ALSEmbedder
+    from recsys.models.config import ModelConfig
+
+    validation = Validation(clustered, SearchConfig(fold_in_users=80))
+    assert len(validation.fold_in_users) == 80
+    config = ModelConfig(kind="als", params={"factors": 16, "iterations": 8, "regularization": 0.05})
+    model = validation.fit(config)
+    assert validation.fold_in_ratio(model, config) > 0.8
+
+    class Forgetful(ALSEmbedder):
+        def fold_in(self, item_indices, weights=None):
+            return self.item_vectors_.mean(axis=0)
+
+    forgetful = Forgetful(factors=16)
+    forgetful.user_vectors_, forgetful.item_vectors_ = model.user_vectors_, model.item_vectors_
+    assert validation.fold_in_ratio(forgetful, config) < 0.6
+    assert Validation(clustered, SearchConfig(fold_in_users=0)).fold_in_ratio(forgetful, config) == 1.0

@@ -279,6 +279,7 @@ async def answer_user(holder: ModelHolder, user_id: str, query: UserQuery, pinne
         diversity=query.diversity,
         calibration=query.calibration,
         refresh=is_fresh(history.newest, model.fresh_cutoff),
+        values=history.values,
     )
     return UserAnswer(model.version, variant, result.strategy, result.mode, query.offset, result.items, user_id)
 

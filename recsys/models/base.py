@@ -30,13 +30,16 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 logger = logging.getLogger(__name__)
+
+ReturningFoldIn = Literal["delta", "afresh"]
+RETURNING_FOLD_INS: tuple[ReturningFoldIn, ...] = ("delta", "afresh")
 
 
 class NotFittedError(RuntimeError):
@@ -108,6 +111,11 @@ class Embedder(ABC):
     supports_fold_in: ClassVar[bool] = False
     #: a reference recommender (popularity, random, item-kNN), not a model to search
     reference: ClassVar[bool] = False
+    #: how serving gives a trained user with newer events their vector (recsys.recommender):
+    #: ``delta`` — the trained vector plus what the new events change in ``fold_in``;
+    #: ``afresh`` — ``fold_in`` of the whole history. Chosen per kind by
+    #: bench/foldin_movielens.py (docs/foldin.md).
+    returning_fold_in: ClassVar[ReturningFoldIn] = "delta"
 
     def get_params(self) -> dict[str, Any]:
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]

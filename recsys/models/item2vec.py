@@ -110,10 +110,11 @@ class Item2VecEmbedder(Embedder):
         self.user_vectors_ = np.ascontiguousarray(np.asarray(binary @ self.item_vectors_) / counts[:, None], np.float32)
 
     def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        """The (weighted) mean of the touched items' vectors."""
+        """The mean of the touched items' vectors, each item once, as ``fit`` gives known users
+        (``weights`` are ignored like the matrix values in ``fit``: on MovieLens, weighing by
+        the rating ranked worse, bench/foldin_movielens.py)."""
         self._check_fitted()
-        item_indices = np.asarray(item_indices, dtype=np.int64)
+        item_indices = np.unique(np.asarray(item_indices, dtype=np.int64))
         if len(item_indices) == 0:
             return np.zeros(self.item_vectors_.shape[1], np.float32)
-        w = np.ones(len(item_indices)) if weights is None else np.asarray(weights, np.float64)
-        return (w @ self.item_vectors_[item_indices] / max(w.sum(), 1e-12)).astype(np.float32)
+        return self.item_vectors_[item_indices].mean(axis=0).astype(np.float32)

@@ -188,7 +188,7 @@ class LightFMEmbedder(Embedder):
             self.item_vectors_[:, :-2],
             self.item_vectors_[:, -1],
             item_indices,
-            weights,
+            weights if self.use_sample_weight else None,  # training binarizes otherwise
             regularization=self.fold_in_regularization,
             random_state=self.random_state,
         )

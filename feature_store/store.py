@@ -429,6 +429,11 @@ class FeatureStore:
         """Revoke every active key stored under ``name``; returns how many."""
         return self._write("revoke_api_keys", lambda conn: admin.revoke_api_keys(conn, name))
 
+    def has_api_keys(self) -> bool:
+        """Whether any stored key is active (not revoked)."""
+        with self.engine.connect() as conn:
+            return admin.any_active_api_key(conn)
+
     def api_key_active(self, key: str) -> bool:
         """Whether ``key`` is a stored key that is not revoked (looked up by its sha256)."""
         with self.engine.connect() as conn:

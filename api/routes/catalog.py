@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Path
+from fastapi import APIRouter, Body, Depends, Path
 
 from api.deps import HolderDep, StoreDep, read_key, require_key
+from api.errors import ApiError
 from api.request_guards import StrictJSONRoute
 from api.schemas import (
     Error,
@@ -30,8 +31,8 @@ WRITE_ERRORS = {401: {"model": Error}, 403: {"model": Error}, 422: {"model": Err
 NOT_FOUND = {404: {"model": Error}}
 
 
-def _bad(exc: Exception, field: str) -> HTTPException:
-    return HTTPException(status_code=422, detail={"field": field, "message": str(exc)})
+def _bad(exc: Exception, field: str) -> ApiError:
+    return ApiError(422, field, str(exc))
 
 
 # ---- items ---------------------------------------------------------------------------------
@@ -75,7 +76,7 @@ def delete_item(item_id: IdPath, holder: HolderDep, store: StoreDep) -> ItemOut:
     try:
         store.delete_item(item_id)
     except NotFoundError:
-        raise HTTPException(status_code=404, detail={"field": "item_id", "message": f"unknown item: {item_id}"})
+        raise ApiError(404, "item_id", f"unknown item: {item_id}")
     holder.record_catalog_change([item_id])
     return _item_out(store.get_item(item_id))
 
@@ -84,7 +85,7 @@ def delete_item(item_id: IdPath, holder: HolderDep, store: StoreDep) -> ItemOut:
 def get_item(item_id: IdPath, store: StoreDep) -> ItemOut:
     row = store.get_item(item_id)
     if row is None:
-        raise HTTPException(status_code=404, detail={"field": "item_id", "message": f"unknown item: {item_id}"})
+        raise ApiError(404, "item_id", f"unknown item: {item_id}")
     return _item_out(row)
 
 
@@ -128,5 +129,5 @@ def put_user(user_id: IdPath, body: UserUpdate, store: StoreDep) -> UserOut:
 def get_user(user_id: IdPath, store: StoreDep) -> UserOut:
     row = store.get_user(user_id)
     if row is None:
-        raise HTTPException(status_code=404, detail={"field": "user_id", "message": f"unknown user: {user_id}"})
+        raise ApiError(404, "user_id", f"unknown user: {user_id}")
     return UserOut(user_id=row["user_id"], attributes=dict(row["attributes"] or {}))

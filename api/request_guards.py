@@ -154,16 +154,18 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
     if any(len(_parts(err)) > 1 for err in errors):
         # A body that is one object or a list of them: the member it did not match is noise.
         errors = [err for err in errors if not (len(_parts(err)) == 1 and err.get("type") in _UNION_MISMATCH)]
-    problems = [_problem(err, exc.__cause__) for err in errors[:MAX_ERRORS]]
+    # a union's members give one error each for one input: merged (from a bounded head, so a
+    # huge batch costs no more than a small one)
+    head = 4 * MAX_ERRORS
+    problems = _merged([_problem(err, exc.__cause__) for err in errors[:head]])
+    not_listed = len(problems) - MAX_ERRORS + max(0, len(errors) - head)
+    problems = problems[:MAX_ERRORS]
     if not problems:
         problems = [FieldError(field="body", location="body", message="invalid request", type="invalid")]
-    if len(errors) > MAX_ERRORS:
+    if not_listed > 0:
         problems.append(
             FieldError(
-                field=None,
-                location=None,
-                message=f"{len(errors) - MAX_ERRORS:,} more errors not listed",
-                type="too_many_errors",
+                field=None, location=None, message=f"{not_listed:,} more errors not listed", type="too_many_errors"
             )
         )
     return error_response(422, validation_detail(problems))
@@ -181,7 +183,10 @@ def _problem(err: dict[str, Any], cause: BaseException | None) -> FieldError:
             reason = (err.get("ctx") or {}).get("error")
             msg = f"the body is not valid JSON: {reason}" if reason else "the body is not valid JSON"
     location, field = field_of(
-        [part if isinstance(part, int) else _safe_text(str(part), _LOC_PART_CHARS) for part in _parts({"loc": loc})]
+        [
+            part if isinstance(part, int) else _safe_text(str(part), _LOC_PART_CHARS)
+            for part in _parts({"loc": loc, "type": kind})
+        ]
     )
     problem = FieldError(
         field=field, location=location, message=_safe_text(msg, _MSG_CHARS), type=_safe_text(kind, _LOC_PART_CHARS)
@@ -196,9 +201,14 @@ def _problem(err: dict[str, Any], cause: BaseException | None) -> FieldError:
 _UNION_MISMATCH = frozenset({"model_attributes_type", "model_type", "list_type", "dict_type"})
 
 
+#: the member names pydantic puts last in the location of a scalar union (``str | int | …``)
+_SCALAR_MEMBERS = frozenset({"str", "int", "float", "bool", "bytes", "none"})
+
+
 def _parts(err: dict[str, Any]) -> list[Any]:
-    """The error's location without the names pydantic adds for validators (``function-…``) and
-    for the member of a union body it tried (``EventIn``, ``list[EventIn]``, right after ``body``)."""
+    """The error's location without the names pydantic adds for validators (``function-…``),
+    for the member of a union body it tried (``EventIn``, ``list[EventIn]``, right after
+    ``body``) and for the member of a scalar union (``str``, ``int``, … last, on a type error)."""
     parts = [p for p in err.get("loc", ()) if not (isinstance(p, str) and p.startswith("function-"))]
     if (
         len(parts) > 1
@@ -207,7 +217,25 @@ def _parts(err: dict[str, Any]) -> list[Any]:
         and (parts[1][:1].isupper() or "[" in parts[1])
     ):
         del parts[1]
+    if len(parts) > 2 and parts[-1] in _SCALAR_MEMBERS and str(err.get("type", "")).endswith(("_type", "_parsing")):
+        del parts[-1]
     return parts
+
+
+def _merged(problems: list[FieldError]) -> list[FieldError]:
+    """One entry per input for the errors of a union's members (``Input should be a valid
+    string`` + ``… integer`` → ``Input should be a valid string or a valid integer``)."""
+    out: list[FieldError] = []
+    seen: dict[tuple[str | None, str | None], FieldError] = {}
+    for p in problems:
+        key = (p.location, p.field)
+        first = seen.get(key)
+        if first is not None and first.type.endswith("_type") and p.type.endswith("_type"):
+            first.message += " or " + p.message.removeprefix("Input should be ")
+            continue
+        seen.setdefault(key, p)
+        out.append(p)
+    return out
 
 
 _NO_PREVIEW = object()

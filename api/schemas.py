@@ -230,6 +230,24 @@ class UserOut(BaseModel):
     attributes: dict[str, Any]
 
 
+class UserEvent(BaseModel):
+    event_id: str
+    item_id: str
+    title: str = Field(description="the item's title in the catalog now")
+    event_type: str
+    value: float
+    timestamp: datetime
+    variant: str | None = Field(description="the A/B variant (and model version) the event was attributed to")
+
+
+class UserEvents(BaseModel):
+    user_id: str
+    total: int = Field(description="how many events the user has in all")
+    offset: int
+    limit: int
+    events: list[UserEvent] = Field(description="newest first")
+
+
 class Written(BaseModel):
     written: int
 

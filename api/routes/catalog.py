@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Path
+from fastapi import APIRouter, Body, Depends, Path, Query
 
 from api.deps import HolderDep, StoreDep, read_key, require_key
 from api.errors import ApiError
@@ -16,6 +16,8 @@ from api.schemas import (
     ItemIn,
     ItemOut,
     ItemUpdate,
+    UserEvent,
+    UserEvents,
     UserIn,
     UserOut,
     UserUpdate,
@@ -131,3 +133,36 @@ def get_user(user_id: IdPath, store: StoreDep) -> UserOut:
     if row is None:
         raise ApiError(404, "user_id", f"unknown user: {user_id}")
     return UserOut(user_id=row["user_id"], attributes=dict(row["attributes"] or {}))
+
+
+@router.get("/users/{user_id}/events", response_model=UserEvents, responses=NOT_FOUND, dependencies=[Depends(read_key)])
+def user_events(
+    user_id: IdPath,
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="events per page")] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000, description="skip this many of the newest events")] = 0,
+) -> UserEvents:
+    """The user's stored events, newest first, a page at a time (``total`` counts them all).
+    Events stored meanwhile come first, so a page read later may repeat the end of the one
+    before. 404 for a user the store does not have."""
+    events, total = store.user_timeline(user_id, limit, offset)
+    if total == 0 and store.get_user(user_id) is None:
+        raise ApiError(404, "user_id", f"unknown user: {user_id}")
+    return UserEvents(
+        user_id=user_id,
+        total=total,
+        offset=offset,
+        limit=limit,
+        events=[
+            UserEvent(
+                event_id=e.event_id,
+                item_id=e.item_id,
+                title=e.title,
+                event_type=e.event_type,
+                value=e.value,
+                timestamp=e.timestamp,
+                variant=e.variant,
+            )
+            for e in events
+        ],
+    )

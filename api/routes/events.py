@@ -48,7 +48,9 @@ def post_events(
     with the same ``event_id`` is a no-op counted under ``duplicates``; the same ``event_id``
     with another user, item, type, value or timestamp is a conflict (409, nothing stored).
     Events without an ``event_id`` get one derived from all their fields and their place in
-    the batch, so two identical events in one batch are two events."""
+    the batch, so two identical events in one batch are two events. An event for an item the
+    catalog lacks is refused (422, nothing stored) unless the server creates unknown items
+    (``RECSYS_CREATE_UNKNOWN_ITEMS=true``)."""
     events = body if isinstance(body, list) else [body]
     records = []
     for i, e in enumerate(events):
@@ -65,7 +67,7 @@ def post_events(
         records.append(record)
     # Lock ordering and retries after a deadlock / serialization failure are the store's job.
     try:
-        inserted, duplicates = store.add_events(records)
+        inserted, duplicates = store.add_events(records, create_items=holder.settings.create_unknown_items)
     except EventIdConflict as exc:  # same id, other content: the transaction rolled back
         raise ApiError(409, "event_id", str(exc))
     except DatasetError as exc:  # e.g. an unknown item: the transaction rolled back

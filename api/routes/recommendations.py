@@ -244,12 +244,12 @@ async def user_inputs(request: Request) -> UserInputs:
     openapi_extra=USER_INPUTS_DOC,
 )
 async def user_recommendations(request: Request) -> Response:
-    """Top-k items for a user; events posted a moment ago already count (fold-in).
-
-    ``async`` on purpose: the history comes from the worker's memory (api/history.py) and the
-    work is CPU only, cheaper on the event loop than handed to the thread pool. A user not in
-    the history cache is read from the store in a thread (bench/serve_bench.py).
-    """
+    """Top-k items for a user, each with a score and a reason. Events posted a moment ago
+    already count; a user without events gets the most popular items (``strategy`` says which).
+    Page with ``offset``; ``exclude_seen`` (default on) leaves out what the user interacted with."""
+    # async: the history comes from the worker's memory (api/history.py) and the work is CPU
+    # only, cheaper on the event loop than handed to the thread pool; a user not in the history
+    # cache is read from the store in a thread (bench/serve_bench.py).
     inputs = await user_inputs(request)
     try:
         answer = await answer_user(request.app.state.holder, inputs.user_id, inputs.query, inputs.pinned)

@@ -11,9 +11,9 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.docs import install as install_docs
 from api.errors import ApiError, Error, FieldError, error_detail, error_response, validation_detail
 from api.keys import NO_KEYS_HINT, KeyChecker
 from api.metrics import MetricsMiddleware
@@ -120,14 +120,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             holder.stop()
             store.dispose()
 
-    # /docs (Swagger UI) and /redoc from the JavaScript and CSS the fastapi-offline package ships,
-    # served by this app: the pages work without internet access.
-    app = FastAPIOffline(
+    app = FastAPI(
         title="recsys",
         version="0.2.0",
         lifespan=lifespan,
         description=API_DESCRIPTION,
-        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the online validator
+        docs_url=None,  # /docs and /redoc from local files: api/docs.py
+        redoc_url=None,
         responses={
             # Answered by the HTTP server (uvicorn/h11) before the app sees the request, e.g. a
             # request line or headers past its 16 KB limit: documented so clients expect it.
@@ -136,7 +135,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "content": {"text/plain": {}},
             },
             413: {"model": Error, "description": "request body over RECSYS_MAX_BODY_BYTES"},
-            422: {"model": Error, "description": "invalid input: the body names the field"},
         },
     )
 
@@ -167,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(catalog.router)
     app.include_router(admin.router)
+    install_docs(app)  # /docs and /redoc, offline (api/docs.py)
     install_dashboard(app)  # the operator dashboard under /ui (api/ui)
     return app
 

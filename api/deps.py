@@ -62,13 +62,18 @@ def _check_key(key: str | None, keys: KeyChecker) -> None:
                 401,
                 "X-API-Key",
                 f"this server has no API key configured, so no request that needs one can succeed: {NO_KEYS_HINT}",
+                location="header",
                 headers={"WWW-Authenticate": "APIKey"},
             )
         raise ApiError(
-            401, "X-API-Key", "an API key is required (header X-API-Key)", headers={"WWW-Authenticate": "APIKey"}
+            401,
+            "X-API-Key",
+            "an API key is required (header X-API-Key)",
+            location="header",
+            headers={"WWW-Authenticate": "APIKey"},
         )
     if not keys.valid(key):
-        raise ApiError(403, "X-API-Key", "the API key is not valid")
+        raise ApiError(403, "X-API-Key", "the API key is not valid", location="header")
 
 
 async def require_key(

@@ -127,6 +127,8 @@ def test_every_error_answer_has_the_one_body_naming_the_field(client, store):
         if kind is not None:
             assert detail["errors"][0]["type"] == kind, (path, detail)
     # the location is named with the field: path, query, header or body
+    assert _error(client.post("/events", json=event), 401, "X-API-Key")["errors"][0]["location"] == "header"
+    assert _error(client.get("/items/no-such-item"), 404, "item_id")["errors"][0]["location"] == "path"
     r = client.get("/users/u%00x/recommendations", params={"k": 0}, headers={"X-Model-Version": "x"})
     detail = _error(r, 422, "user_id")
     assert {(e["location"], e["field"]) for e in detail["errors"]} == {

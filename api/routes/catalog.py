@@ -78,7 +78,7 @@ def delete_item(item_id: IdPath, holder: HolderDep, store: StoreDep) -> ItemOut:
     try:
         store.delete_item(item_id)
     except NotFoundError:
-        raise ApiError(404, "item_id", f"unknown item: {item_id}")
+        raise ApiError(404, "item_id", f"unknown item: {item_id}", location="path")
     holder.record_catalog_change([item_id])
     return _item_out(store.get_item(item_id))
 
@@ -87,7 +87,7 @@ def delete_item(item_id: IdPath, holder: HolderDep, store: StoreDep) -> ItemOut:
 def get_item(item_id: IdPath, store: StoreDep) -> ItemOut:
     row = store.get_item(item_id)
     if row is None:
-        raise ApiError(404, "item_id", f"unknown item: {item_id}")
+        raise ApiError(404, "item_id", f"unknown item: {item_id}", location="path")
     return _item_out(row)
 
 
@@ -131,7 +131,7 @@ def put_user(user_id: IdPath, body: UserUpdate, store: StoreDep) -> UserOut:
 def get_user(user_id: IdPath, store: StoreDep) -> UserOut:
     row = store.get_user(user_id)
     if row is None:
-        raise ApiError(404, "user_id", f"unknown user: {user_id}")
+        raise ApiError(404, "user_id", f"unknown user: {user_id}", location="path")
     return UserOut(user_id=row["user_id"], attributes=dict(row["attributes"] or {}))
 
 
@@ -147,7 +147,7 @@ def user_events(
     before. 404 for a user the store does not have."""
     events, total = store.user_timeline(user_id, limit, offset)
     if total == 0 and store.get_user(user_id) is None:
-        raise ApiError(404, "user_id", f"unknown user: {user_id}")
+        raise ApiError(404, "user_id", f"unknown user: {user_id}", location="path")
     return UserEvents(
         user_id=user_id,
         total=total,

@@ -288,7 +288,7 @@ def similar_items(
     try:
         answer = answer_similar(holder, item_id, query, pinned)
     except UnknownItemError:
-        raise ApiError(404, "item_id", f"unknown item: {item_id}")
+        raise ApiError(404, "item_id", f"unknown item: {item_id}", location="path")
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")
     return _json(answer)

@@ -329,6 +329,8 @@ def test_operation_descriptions_are_written_for_api_users(client):
         for op in ops.values():
             texts += [op.get("summary", ""), op.get("description", "")]
             texts += [p.get("description", "") for p in op.get("parameters", [])]
+    undescribed = [f"{m} {p}" for p, ops in spec["paths"].items() for m, op in ops.items() if not op.get("description")]
+    assert not undescribed, undescribed
     leaks = [t for t in texts if INTERNAL.search(t)]
     assert not leaks, json.dumps(leaks, indent=1)
     user = spec["paths"]["/users/{user_id}/recommendations"]["get"]

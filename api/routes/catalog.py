@@ -85,6 +85,7 @@ def delete_item(item_id: IdPath, holder: HolderDep, store: StoreDep) -> ItemOut:
 
 @router.get("/items/{item_id}", response_model=ItemOut, responses=NOT_FOUND, dependencies=[Depends(read_key)])
 def get_item(item_id: IdPath, store: StoreDep) -> ItemOut:
+    """The item's catalog entry (a deleted item too: ``available`` is false)."""
     row = store.get_item(item_id)
     if row is None:
         raise ApiError(404, "item_id", f"unknown item: {item_id}", location="path")
@@ -120,6 +121,7 @@ def create_users(
 
 @router.put("/users/{user_id}", response_model=UserOut, responses=WRITE_ERRORS, dependencies=[Depends(require_key)])
 def put_user(user_id: IdPath, body: UserUpdate, store: StoreDep) -> UserOut:
+    """Create the user or replace their attributes."""
     try:
         store.upsert_users([{"user_id": user_id, **body.model_dump()}])
     except DatasetError as exc:
@@ -129,6 +131,7 @@ def put_user(user_id: IdPath, body: UserUpdate, store: StoreDep) -> UserOut:
 
 @router.get("/users/{user_id}", response_model=UserOut, responses=NOT_FOUND, dependencies=[Depends(read_key)])
 def get_user(user_id: IdPath, store: StoreDep) -> UserOut:
+    """The user's attributes (their events: ``GET /users/{user_id}/events``)."""
     row = store.get_user(user_id)
     if row is None:
         raise ApiError(404, "user_id", f"unknown user: {user_id}", location="path")

@@ -340,7 +340,8 @@ def search(query: Annotated[SearchQuery, Depends(search_query)], holder: HolderD
 
 @router.post("/recommendations", response_model=SessionRecommendations, responses=ERRORS)
 def session_recommendations(body: SessionRequest, holder: HolderDep, pinned: PinDep) -> SessionRecommendations:
-    """Anonymous session: recommendations folded in from the given items (and weights)."""
+    """Recommendations for an anonymous session from the items it touched (``item_ids``,
+    optionally ``weights``), with the same filters and ranking options as a user's list."""
     model, variant = resolve(holder, body.session_id, pinned)
     f = body.filters
     filters = Filters(

@@ -16,7 +16,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from api.errors import Error, ErrorDetail, FieldError
 from recsys import validation as rules
+
+__all__ = ["Error", "ErrorDetail", "FieldError"]  # the one error body (api/errors.py), beside the other schemas
 
 
 def _rule(problem: Callable[[Any], str | None], error_type: str) -> AfterValidator:
@@ -70,15 +73,6 @@ SearchMatch = Literal["lexical", "semantic", "hybrid"]
 
 _MIN_TS = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_TS = datetime(2200, 1, 1, tzinfo=UTC)
-
-
-class ErrorDetail(BaseModel):
-    field: str | None = None
-    message: str
-
-
-class Error(BaseModel):
-    detail: ErrorDetail | str | list[Any]
 
 
 # ---- recommendations -----------------------------------------------------------------------
@@ -234,6 +228,24 @@ class UserUpdate(BaseModel):
 class UserOut(BaseModel):
     user_id: str
     attributes: dict[str, Any]
+
+
+class UserEvent(BaseModel):
+    event_id: str
+    item_id: str
+    title: str = Field(description="the item's title in the catalog now")
+    event_type: str
+    value: float
+    timestamp: datetime
+    variant: str | None = Field(description="the A/B variant (and model version) the event was attributed to")
+
+
+class UserEvents(BaseModel):
+    user_id: str
+    total: int = Field(description="how many events the user has in all")
+    offset: int
+    limit: int
+    events: list[UserEvent] = Field(description="newest first")
 
 
 class Written(BaseModel):

@@ -16,7 +16,7 @@ import pandas as pd
 from sqlalchemy import Connection, Table, bindparam, select
 
 from feature_store.backends import Backend
-from feature_store.catalog import check_records, insert_missing_users
+from feature_store.catalog import check_records, insert_missing_items, insert_missing_users
 from feature_store.tables import events_table, items_table, users_table
 from recsys.datasets.base import DatasetError, normalize_events
 
@@ -124,17 +124,21 @@ def write_events(
     create_users: bool,
     chunk_size: int,
     progress: bool = False,
+    create_items: bool = False,
 ) -> int:
     """Insert the batch's events (stored event ids are skipped); returns how many were inserted.
 
-    Every item must exist (DatasetError otherwise); unknown users are created when
-    ``create_users``, else they are a DatasetError too.
+    Unknown items are created (empty catalog entries) when ``create_items``, else they are a
+    DatasetError; unknown users are created when ``create_users``, else they are a DatasetError too.
     """
     events = batch.events
     if len(events) == 0:
         return 0
     item_ids = events["item_id"].to_numpy()
     item_pk = lookup_pks(conn, items_table, "item_id", item_ids)
+    if (item_pk < 0).any() and create_items:
+        insert_missing_items(conn, backend, pd.unique(item_ids[item_pk < 0]))
+        item_pk = lookup_pks(conn, items_table, "item_id", item_ids)
     if (item_pk < 0).any():
         missing = pd.unique(item_ids[item_pk < 0])
         raise DatasetError(

@@ -150,19 +150,22 @@ class FeatureStore:
         logger.info("ingested %s in %.1fs: %s", dataset.name, time.perf_counter() - start, result)
         return result
 
-    def add_events(self, records: Sequence[dict[str, Any]]) -> tuple[int, int]:
+    def add_events(self, records: Sequence[dict[str, Any]], *, create_items: bool = False) -> tuple[int, int]:
         """Insert events given as dicts; returns ``(inserted, duplicates)``.
 
         Keys: user_id, item_id (required), event_type, value, timestamp (datetime, ISO string or
         epoch seconds; default now), event_id (default: derived from the other fields), variant.
-        Unknown users are created; an unknown item raises DatasetError and writes nothing.
+        Unknown users are created; an unknown item raises DatasetError and writes nothing, unless
+        ``create_items``: then it is created in the same transaction (no title or text, available).
         """
         if not records:
             return 0, 0
         batch = ingest.events_from_records(records)
         inserted = self._write(
             "add_events",
-            lambda conn: ingest.write_events(conn, self.backend, batch, create_users=True, chunk_size=self.chunk_size),
+            lambda conn: ingest.write_events(
+                conn, self.backend, batch, create_users=True, chunk_size=self.chunk_size, create_items=create_items
+            ),
         )
         return inserted, len(batch.events) - inserted
 
@@ -408,11 +411,11 @@ class FeatureStore:
         with self.engine.connect() as conn:
             return activity.events_per_day(conn, item_id)
 
-    def user_timeline(self, user_id: str, limit: int = 50) -> tuple[list[TimelineEvent], int]:
-        """The user's newest ``limit`` events with the items' titles and categories (newest
-        first), and the user's event count."""
+    def user_timeline(self, user_id: str, limit: int = 50, offset: int = 0) -> tuple[list[TimelineEvent], int]:
+        """The user's events newest first, ``offset`` skipped and at most ``limit``, with the
+        items' titles and categories, and the user's event count."""
         with self.engine.connect() as conn:
-            return activity.user_timeline(conn, user_id, limit)
+            return activity.user_timeline(conn, user_id, limit, offset)
 
     def items_by_ids(self, item_ids: Sequence[str]) -> pd.DataFrame:
         """Catalog rows of these items (item_id, title, description, categories, attributes,
@@ -435,6 +438,11 @@ class FeatureStore:
     def revoke_api_keys(self, name: str) -> int:
         """Revoke every active key stored under ``name``; returns how many."""
         return self._write("revoke_api_keys", lambda conn: admin.revoke_api_keys(conn, name))
+
+    def has_api_keys(self) -> bool:
+        """Whether any stored key is active (not revoked)."""
+        with self.engine.connect() as conn:
+            return admin.any_active_api_key(conn)
 
     def api_key_active(self, key: str) -> bool:
         """Whether ``key`` is a stored key that is not revoked (looked up by its sha256)."""

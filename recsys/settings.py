@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     #: a catalog write (PUT/DELETE /items...) answers once every live worker applied it, or after
     #: this many seconds (then logged): from the next request on no worker serves the old item
     catalog_wait_seconds: float = Field(5.0, ge=0, le=60)
+    #: POST /events creates the items it names that the catalog lacks (no title or text, available;
+    #: fill them in later with PUT /items/{item_id}). Off: an event for an unknown item is refused
+    #: with 422 and nothing of its batch is stored.
+    create_unknown_items: bool = False
     #: item attribute keys whose values /search matches by their words besides the title,
     #: description and categories, as a JSON list, e.g. ``["brand", "author"]``
     search_attributes: list[str] = []

@@ -152,9 +152,10 @@ def serve_process(
     port: int | None = None,
     name: str = "recsys serve",
     ready_timeout: float = 180,
+    ready_path: str = "/ready",
 ) -> Iterator[ServerProcess]:
-    """``recsys serve --host 127.0.0.1 --port PORT`` with ``env``; yields once /ready answers 200
-    (a model is loaded)."""
+    """``recsys serve --host 127.0.0.1 --port PORT`` with ``env``; yields once ``ready_path``
+    answers 200 (``/ready``: a model is loaded; ``/health``: the process answers)."""
     port = port or free_port()
     cmd = [*RECSYS, "serve", "--host", "127.0.0.1", "--port", str(port)]
     with _server(
@@ -162,7 +163,7 @@ def serve_process(
         cmd,
         url=f"http://127.0.0.1:{port}",
         log_path=log_path,
-        ready_path="/ready",
+        ready_path=ready_path,
         ready_timeout=ready_timeout,
         env=env,
     ) as server:

@@ -391,10 +391,10 @@ def api_client(tmp_path_factory):
 def test_api_calibration_param_validated(api_client, bad):
     r = api_client.get("/users/u1/recommendations", params={"calibration": bad})
     assert r.status_code == 422, r.text
-    assert any("calibration" in err["loc"] for err in r.json()["detail"])
+    assert any(err["field"] == "calibration" for err in r.json()["detail"]["errors"])
     r = api_client.post("/recommendations", json={"item_ids": ["i1"], "calibration": 7})
     assert r.status_code == 422
-    assert any("calibration" in err["loc"] for err in r.json()["detail"])
+    assert any(err["field"] == "calibration" for err in r.json()["detail"]["errors"])
 
 
 def test_api_calibration_changes_the_list_toward_the_history_mix(api_client):

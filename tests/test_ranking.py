@@ -21,7 +21,7 @@ from recsys.matrix import InteractionMatrix
 from recsys.models.als import ALSEmbedder
 from recsys.models.base import TrainData
 from recsys.models.foldin import FoldInSpec
-from recsys.ranking import RankRequest, RankRequestError
+from recsys.ranking import NEW_ITEM_REASON, RankRequest, RankRequestError
 from recsys.recommender import Recommender
 
 
@@ -204,6 +204,10 @@ def test_added_items_are_ranked_filtered_and_explained_like_the_others():
     for mode in ("collaborative", "content", "hybrid"):
         got = rec.similar_items("new-0", 10, mode=mode, filters=only_new).items
         assert {i.item_id for i in got} == {f"new-{i}" for i in range(1, 6)}, mode
+        # nobody interacted with them: explained by their text, never "liked by the same users"
+        assert {i.reason for i in got} == {"similar item" if mode == "hybrid" else "similar text"}, mode
+    established = rec.similar_items(originals["item_id"].iloc[1], 10, mode="collaborative").items
+    assert {i.reason for i in established if not i.item_id.startswith("new-")} == {"liked by the same users"}
     assert rec.similar_items(originals["item_id"].iloc[0], 1, mode="content").items[0].item_id == "new-0"
     hits = rec.search(originals["title"].iloc[0], 3, filters=only_new).items
     assert hits[0].item_id == "new-0"
@@ -211,8 +215,14 @@ def test_added_items_are_ranked_filtered_and_explained_like_the_others():
     got = rec.recommend_for_user(
         user_id, [originals["item_id"].iloc[0]], 10, mode="collaborative", filters=only_new, refresh=True
     ).items
-    assert {i.item_id for i in got} == set(new["item_id"]) and all(i.reason for i in got)
-    assert rec.popular(6, filters=only_new).items[-1].score == 0.0  # no interactions yet
+    assert {i.item_id for i in got} == set(new["item_id"])
+    titles = set(data.items["title"])
+    assert all(
+        i.reason.startswith("similar text to ") and i.reason.removeprefix("similar text to ") in titles for i in got
+    ), [i.reason for i in got]
+    fresh = rec.popular(6, filters=only_new).items
+    assert fresh[-1].score == 0.0 and {i.reason for i in fresh} == {NEW_ITEM_REASON}  # no interactions yet
+    assert {i.reason for i in rec.popular(5).items} == {"popular"}
     rec.update_catalog(new.assign(available=False).iloc[:3])
     assert {i.item_id for i in rec.popular(10, filters=only_new).items} == {f"new-{i}" for i in range(3, 6)}
 

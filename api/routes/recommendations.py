@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, StringConstraints, TypeAdapter
@@ -23,6 +23,7 @@ from api.deps import (
     read_key,
     resolve,
 )
+from api.errors import ApiError
 from api.history import is_fresh
 from api.query import DirectRoute, checked, documented_inputs, query_model, query_reader
 from api.request_guards import StrictJSONRoute
@@ -114,15 +115,11 @@ class UserQuery(RuleQuery):
     def weights(self) -> tuple[float, float] | None:
         if (self.cf_weight is None) != (self.content_weight is None):
             field = "content_weight" if self.content_weight is None else "cf_weight"
-            raise HTTPException(
-                status_code=422, detail={"field": field, "message": "give both cf_weight and content_weight"}
-            )
+            raise ApiError(422, field, "give both cf_weight and content_weight")
         if self.cf_weight is None:
             return None
         if self.cf_weight + self.content_weight <= 0:
-            raise HTTPException(
-                status_code=422, detail={"field": "cf_weight", "message": "the weights must not both be 0"}
-            )
+            raise ApiError(422, "cf_weight", "the weights must not both be 0")
         return self.cf_weight, self.content_weight
 
 
@@ -150,7 +147,7 @@ def _attrs(values: list[str], field: str) -> dict[str, list[str]]:
     for v in values:
         key, sep, value = v.partition(":")
         if not sep or not key:
-            raise HTTPException(status_code=422, detail={"field": field, "message": f"expected key:value, got {v!r}"})
+            raise ApiError(422, field, f"expected key:value, got {v!r}")
         out.setdefault(key, []).append(value)
     return out
 
@@ -188,8 +185,8 @@ def _items(result: RecommendationResult) -> list[RecommendedItem]:
     ]
 
 
-def _unavailable(exc: SearchUnavailable, field: str) -> HTTPException:
-    return HTTPException(status_code=503, detail={"field": field, "message": str(exc)})
+def _unavailable(exc: SearchUnavailable, field: str) -> ApiError:
+    return ApiError(503, field, str(exc))
 
 
 @dataclass(slots=True, frozen=True)
@@ -247,12 +244,12 @@ async def user_inputs(request: Request) -> UserInputs:
     openapi_extra=USER_INPUTS_DOC,
 )
 async def user_recommendations(request: Request) -> Response:
-    """Top-k items for a user; events posted a moment ago already count (fold-in).
-
-    ``async`` on purpose: the history comes from the worker's memory (api/history.py) and the
-    work is CPU only, cheaper on the event loop than handed to the thread pool. A user not in
-    the history cache is read from the store in a thread (bench/serve_bench.py).
-    """
+    """Top-k items for a user, each with a score and a reason. Events posted a moment ago
+    already count; a user without events gets the most popular items (``strategy`` says which).
+    Page with ``offset``; ``exclude_seen`` (default on) leaves out what the user interacted with."""
+    # async: the history comes from the worker's memory (api/history.py) and the work is CPU
+    # only, cheaper on the event loop than handed to the thread pool; a user not in the history
+    # cache is read from the store in a thread (bench/serve_bench.py).
     inputs = await user_inputs(request)
     try:
         answer = await answer_user(request.app.state.holder, inputs.user_id, inputs.query, inputs.pinned)
@@ -263,7 +260,7 @@ async def user_recommendations(request: Request) -> Response:
 
 async def answer_user(holder: ModelHolder, user_id: str, query: UserQuery, pinned: LoadedModel | None) -> UserAnswer:
     """The answer of ``GET /users/{user_id}/recommendations`` (the dashboard shows the same).
-    Raises SearchUnavailable and the 422 HTTPException of :meth:`UserQuery.weights`."""
+    Raises SearchUnavailable and the 422 ApiError of :meth:`UserQuery.weights`."""
     model, variant = resolve(holder, user_id, pinned)
     history = holder.history.get(user_id) or await run_in_threadpool(holder.history.load, user_id)
     result = model.recommender.recommend_for_user(
@@ -292,7 +289,7 @@ def similar_items(
     try:
         answer = answer_similar(holder, item_id, query, pinned)
     except UnknownItemError:
-        raise HTTPException(status_code=404, detail={"field": "item_id", "message": f"unknown item: {item_id}"})
+        raise ApiError(404, "item_id", f"unknown item: {item_id}", location="path")
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")
     return _json(answer)
@@ -328,7 +325,7 @@ def search(query: Annotated[SearchQuery, Depends(search_query)], holder: HolderD
     except SearchUnavailable as exc:
         raise _unavailable(exc, "match")
     except RankRequestError as exc:
-        raise HTTPException(status_code=422, detail={"field": exc.field, "message": exc.message})
+        raise ApiError(422, exc.field, exc.message)
     return _json(
         SearchResults.model_construct(
             query=query.q,
@@ -344,7 +341,8 @@ def search(query: Annotated[SearchQuery, Depends(search_query)], holder: HolderD
 
 @router.post("/recommendations", response_model=SessionRecommendations, responses=ERRORS)
 def session_recommendations(body: SessionRequest, holder: HolderDep, pinned: PinDep) -> SessionRecommendations:
-    """Anonymous session: recommendations folded in from the given items (and weights)."""
+    """Recommendations for an anonymous session from the items it touched (``item_ids``,
+    optionally ``weights``), with the same filters and ranking options as a user's list."""
     model, variant = resolve(holder, body.session_id, pinned)
     f = body.filters
     filters = Filters(
@@ -355,15 +353,13 @@ def session_recommendations(body: SessionRequest, holder: HolderDep, pinned: Pin
         exclude_attributes=f.exclude_attributes,
     )
     if (body.cf_weight is None) != (body.content_weight is None):
-        raise HTTPException(
-            status_code=422,
-            detail={
-                "field": "content_weight" if body.content_weight is None else "cf_weight",
-                "message": "give both cf_weight and content_weight",
-            },
+        raise ApiError(
+            422,
+            "content_weight" if body.content_weight is None else "cf_weight",
+            "give both cf_weight and content_weight",
         )
     if body.cf_weight is not None and body.cf_weight + body.content_weight <= 0:
-        raise HTTPException(status_code=422, detail={"field": "cf_weight", "message": "the weights must not both be 0"})
+        raise ApiError(422, "cf_weight", "the weights must not both be 0")
     blend = None if body.cf_weight is None else (body.cf_weight, body.content_weight)
     try:
         result = model.recommender.recommend_for_items(

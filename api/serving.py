@@ -58,6 +58,7 @@ import pandas as pd
 
 from api import metrics
 from api.history import HistoryCache, snapshot_cutoff
+from api.impressions import ImpressionLog
 from feature_store import FeatureStore
 from pipelines import tracking
 from recsys.bundle import BundleError, ModelBundle
@@ -158,6 +159,17 @@ class ModelHolder:
         self._syncer: threading.Thread | None = None
         #: users' event histories, kept current by the event feed (api/history.py)
         self.history = HistoryCache(store, settings.history_cache_users)
+        #: served lists, logged off the request path (api/impressions.py); None: logging off
+        self.impressions = (
+            ImpressionLog(
+                store,
+                queue_size=settings.impression_queue,
+                batch_size=settings.impression_batch,
+                flush_seconds=settings.impression_flush_seconds,
+            )
+            if settings.impressions
+            else None
+        )
         #: this process in ``serving_workers`` (catalog writes wait for every live worker)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._reported: tuple[int, float] = (-1, 0.0)  # catalog generation reported, when
@@ -466,6 +478,8 @@ class ModelHolder:
         ``history_feed_seconds`` in a background thread. Call before serving requests."""
         if self._syncer is not None:
             return
+        if self.impressions is not None:
+            self.impressions.start()
         self._report(force=True)  # before the catch-up: a write from now on waits for us
         self.sync_catalog()
         self._report(force=True)
@@ -514,6 +528,8 @@ class ModelHolder:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.impressions is not None:
+            self.impressions.stop()  # what is still queued is stored
         if self._watcher is not None:
             self._watcher.join(timeout=5)
         if self._syncer is not None:

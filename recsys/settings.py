@@ -66,6 +66,16 @@ class Settings(BaseSettings):
     #: item attribute keys whose values /search matches by their words besides the title,
     #: description and categories, as a JSON list, e.g. ``["brand", "author"]``
     search_attributes: list[str] = []
+    #: log every served list as an impression (request id, user, version, variant, items by
+    #: position), batched off the request path (api/impressions.py, docs/online-evaluation.md)
+    impressions: bool = True
+    #: impressions a worker queues at most; when full, new ones are dropped and counted
+    impression_queue: int = Field(10_000, ge=1)
+    #: impressions stored per transaction at most
+    impression_batch: int = Field(500, ge=1)
+    #: the writer stores what is queued at least this often (seconds): a crash loses at most
+    #: about this long of impressions (plus one batch in flight)
+    impression_flush_seconds: float = Field(0.5, gt=0, le=60)
 
     # ---- Spark training engine (``model: {kind: als, engine: spark}``) --------------------
     #: where Spark ALS runs: ``local[*]`` (this machine), ``spark://host:7077`` (a standalone

@@ -5,6 +5,8 @@ All business rules are the Recommender's; these routes map query parameters and 
 
 from __future__ import annotations
 
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -42,6 +44,7 @@ from api.schemas import (
     UserRecommendations,
 )
 from api.serving import LoadedModel, ModelHolder
+from feature_store.impressions import Impression
 from recsys.recommender import (
     Filters,
     RankRequestError,
@@ -168,6 +171,7 @@ class UserAnswer:
     Recommender's ScoredItems as they are: serialized in one pass of pydantic's encoder, no
     per-item response model built."""
 
+    request_id: str
     model_version: str
     variant: str
     strategy: str
@@ -186,6 +190,33 @@ def _items(result: RecommendationResult) -> list[RecommendedItem]:
         RecommendedItem.model_construct(item_id=i.item_id, score=float(i.score), title=i.title, reason=i.reason)
         for i in result.items
     ]
+
+
+def _request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _shown(
+    holder: ModelHolder,
+    surface: str,
+    user_id: str | None,
+    answer: UserAnswer | SimilarItems | SearchResults | SessionRecommendations,
+) -> None:
+    """Log the served list as an impression (queued, never blocking: api/impressions.py)."""
+    log = holder.impressions
+    if log is None:
+        return
+    log.record(
+        Impression(
+            request_id=answer.request_id,
+            user_id=user_id,
+            surface=surface,
+            model_version=answer.model_version,
+            variant=f"{answer.variant}:{answer.model_version}",
+            ts=time.time_ns() // 1_000_000,
+            items=tuple(i.item_id for i in answer.items),
+        )
+    )
 
 
 def _unavailable(exc: SearchUnavailable, field: str) -> HTTPException:
@@ -258,6 +289,7 @@ async def user_recommendations(request: Request) -> Response:
         answer = await answer_user(request.app.state.holder, inputs.user_id, inputs.query, inputs.pinned)
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")
+    _shown(request.app.state.holder, "user", inputs.user_id, answer)
     return Response(content=_USER_ANSWER.dump_json(answer), media_type="application/json")
 
 
@@ -280,7 +312,9 @@ async def answer_user(holder: ModelHolder, user_id: str, query: UserQuery, pinne
         calibration=query.calibration,
         refresh=is_fresh(history.newest, model.fresh_cutoff),
     )
-    return UserAnswer(model.version, variant, result.strategy, result.mode, query.offset, result.items, user_id)
+    return UserAnswer(
+        _request_id(), model.version, variant, result.strategy, result.mode, query.offset, result.items, user_id
+    )
 
 
 @router.get("/items/{item_id}/similar", response_model=SimilarItems, responses=ERRORS, openapi_extra=SIMILAR_QUERY_DOC)
@@ -294,6 +328,7 @@ def similar_items(
         raise HTTPException(status_code=404, detail={"field": "item_id", "message": f"unknown item: {item_id}"})
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")
+    _shown(holder, "similar", query.user_id, answer)
     return _json(answer)
 
 
@@ -305,6 +340,7 @@ def answer_similar(holder: ModelHolder, item_id: str, query: SimilarQuery, pinne
         item_id, query.k, offset=query.offset, filters=query.filters(), mode=query.mode
     )
     return SimilarItems.model_construct(
+        request_id=_request_id(),
         item_id=item_id,
         model_version=model.version,
         variant=variant,
@@ -328,17 +364,18 @@ def search(query: Annotated[SearchQuery, Depends(search_query)], holder: HolderD
         raise _unavailable(exc, "match")
     except RankRequestError as exc:
         raise HTTPException(status_code=422, detail={"field": exc.field, "message": exc.message})
-    return _json(
-        SearchResults.model_construct(
-            query=query.q,
-            model_version=model.version,
-            variant=variant,
-            strategy=result.strategy,
-            mode=result.mode,
-            offset=query.offset,
-            items=_items(result),
-        )
+    answer = SearchResults.model_construct(
+        request_id=_request_id(),
+        query=query.q,
+        model_version=model.version,
+        variant=variant,
+        strategy=result.strategy,
+        mode=result.mode,
+        offset=query.offset,
+        items=_items(result),
     )
+    _shown(holder, "search", query.user_id, answer)
+    return _json(answer)
 
 
 @router.post("/recommendations", response_model=SessionRecommendations, responses=ERRORS)
@@ -379,7 +416,8 @@ def session_recommendations(body: SessionRequest, holder: HolderDep, pinned: Pin
         )
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")
-    return SessionRecommendations(
+    answer = SessionRecommendations(
+        request_id=_request_id(),
         model_version=model.version,
         variant=variant,
         strategy=result.strategy,
@@ -387,3 +425,5 @@ def session_recommendations(body: SessionRequest, holder: HolderDep, pinned: Pin
         offset=body.offset,
         items=_items(result),
     )
+    _shown(holder, "session", body.session_id, answer)
+    return answer

@@ -99,3 +99,31 @@ def test_impressions_exported_to_the_offline_log(db_url, tmp_path):
         "date=1970-01-01",
         "date=1970-01-02",
     }
+
+
+def test_a_variant_that_drives_users_away_shows_a_lower_rate(db_url, tmp_path):
+    """Counted by events alone, the challenger would look better (its one active user clicked:
+    100%); counted by exposure, the nine users it was shown to and lost are in the denominator."""
+    from experiments.online import variant_stats
+
+    store = _store(db_url, tmp_path)
+    imps, clicks = [], []
+    for i in range(10):  # production: 10 users shown a list, 5 click
+        imps.append(Impression(f"p{i}", f"u{i}", "user", "3", "production:3", 10 + i, ("a", "b")))
+        if i % 2 == 0:
+            clicks.append(_click(f"u{i}", "b", f"p{i}", f"ep{i}"))
+    for i in range(10):  # challenger: 10 users shown a list, 1 clicks, twice over two lists
+        imps.append(Impression(f"c{i}", f"v{i}", "user", "4", "challenger:4", 10 + i, ("x", "y")))
+    imps.append(Impression("c-again", "v0", "user", "4", "challenger:4", 30, ("y",)))
+    clicks += [_click("v0", "x", "c0", "ec0"), _click("v0", "y", "c-again", "ec1")]
+    store.add_impressions(imps)
+    store.add_events(clicks)
+    stats = {s.variant: s for s in variant_stats(store, outcomes=("click",))}
+    prod, chal = stats["production:3"], stats["challenger:4"]
+    assert (prod.alias, prod.version, prod.users, prod.impressions) == ("production", "3", 10, 10)
+    assert (chal.users, chal.impressions) == (10, 11)
+    assert prod.rates["click"] == 0.5 and chal.rates["click"] == 0.1
+    assert chal.impression_rates["click"] == 2 / 11 and prod.impression_rates["click"] == 0.5
+    assert chal.intervals["click"][0] < 0.1 < chal.intervals["click"][1]
+    assert chal.intervals["click"][1] < prod.rates["click"]  # credibly lower
+    assert prod.metrics()["online_click_impression_rate"] == 0.5

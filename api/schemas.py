@@ -104,6 +104,9 @@ class _Answer(BaseModel):
 
 class UserRecommendations(_Answer):
     user_id: str
+    sources: list[str] | None = Field(
+        None, description="interleaving (RECSYS_INTERLEAVE): the model version that contributed each position"
+    )
 
 
 class SimilarItems(_Answer):

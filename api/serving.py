@@ -144,6 +144,11 @@ class ModelHolder:
         self.aliases: list[str] = list(self.split) or [settings.model_alias]
         if settings.model_alias not in self.aliases:
             self.aliases.insert(0, settings.model_alias)
+        #: the two aliases interleaved per request (RECSYS_INTERLEAVE), or None
+        self.interleave = settings.interleave_aliases
+        for alias in self.interleave or ():
+            if alias not in self.aliases:
+                self.aliases.append(alias)
         self.control = store.control
         self.registry = tracking.RegistryClient(settings)
         self._by_alias: dict[str, LoadedModel] = {}
@@ -208,6 +213,13 @@ class ModelHolder:
                 return model, alias
             # A challenger alias that isn't loaded: its users get the default model.
         return self.current, self.settings.model_alias
+
+    def interleaved(self) -> tuple[LoadedModel, LoadedModel] | None:
+        """The two models to interleave (RECSYS_INTERLEAVE), or None when off or one is not loaded."""
+        if self.interleave is None:
+            return None
+        a, b = (self._by_alias.get(alias) for alias in self.interleave)
+        return (a, b) if a is not None and b is not None else None
 
     def variant_label(self, user_id: str, variant: str | None, version: str | None) -> str | None:
         """What an event stores in ``events.variant``: ``alias:version``."""

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     #: on ``model_alias``); a user's variant is a stable hash of the user id and the salt
     ab_split: str = ""
     ab_salt: str = "recsys-ab"
+    #: team-draft interleaving of two aliases' lists, ``production,challenger``: every user
+    #: recommendation list (first page) merges both, each position credited to the version that
+    #: contributed it (recsys/evaluation/interleaving.py); empty = off
+    interleave: str = ""
     #: largest request body accepted (bytes); bigger ones get 413 before they are read. The
     #: default holds a 10,000-event batch (the /events maximum) with room for item attributes.
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
@@ -115,6 +119,18 @@ class Settings(BaseSettings):
 
             return [str(k) for k in json.loads(raw) if str(k)]
         return [k.strip() for k in raw.split(",") if k.strip()]
+
+    @property
+    def interleave_aliases(self) -> tuple[str, str] | None:
+        """The two aliases of ``RECSYS_INTERLEAVE`` (production first), or None when off."""
+        parts = [p.strip() for p in self.interleave.split(",") if p.strip()]
+        if not parts:
+            return None
+        if len(parts) != 2 or parts[0] == parts[1]:
+            raise ValueError(
+                f"RECSYS_INTERLEAVE: expected two aliases, e.g. production,challenger; got {self.interleave!r}"
+            )
+        return parts[0], parts[1]
 
     @property
     def ab_weights(self) -> dict[str, float]:

@@ -5,6 +5,7 @@ All business rules are the Recommender's; these routes map query parameters and 
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from api.schemas import (
 )
 from api.serving import LoadedModel, ModelHolder
 from feature_store.impressions import Impression
+from recsys.evaluation.interleaving import team_draft
 from recsys.recommender import (
     Filters,
     RankRequestError,
@@ -179,6 +181,7 @@ class UserAnswer:
     offset: int
     items: list[ScoredItem]
     user_id: str
+    sources: list[str] | None = None
 
 
 _USER_ANSWER = TypeAdapter(UserAnswer)
@@ -215,6 +218,7 @@ def _shown(
             variant=f"{answer.variant}:{answer.model_version}",
             ts=time.time_ns() // 1_000_000,
             items=tuple(i.item_id for i in answer.items),
+            sources=tuple(answer.sources) if isinstance(answer, UserAnswer) and answer.sources else None,
         )
     )
 
@@ -295,25 +299,50 @@ async def user_recommendations(request: Request) -> Response:
 
 async def answer_user(holder: ModelHolder, user_id: str, query: UserQuery, pinned: LoadedModel | None) -> UserAnswer:
     """The answer of ``GET /users/{user_id}/recommendations`` (the dashboard shows the same).
+    With ``RECSYS_INTERLEAVE`` (and no pinned version, first page) the two aliases' lists are
+    merged by team draft, each position naming the version that contributed it.
     Raises SearchUnavailable and the 422 HTTPException of :meth:`UserQuery.weights`."""
+    pair = holder.interleaved() if pinned is None and query.offset == 0 else None
     model, variant = resolve(holder, user_id, pinned)
     history = holder.history.get(user_id) or await run_in_threadpool(holder.history.load, user_id)
-    result = model.recommender.recommend_for_user(
-        user_id,
-        history.items,
-        query.k,
-        offset=query.offset,
-        exclude_seen=query.exclude_seen,
-        filters=query.filters(),
-        mode=query.mode,
-        blend_weights=query.weights(),
-        fusion=query.fusion,
-        diversity=query.diversity,
-        calibration=query.calibration,
-        refresh=is_fresh(history.newest, model.fresh_cutoff),
+
+    def rank(model: LoadedModel) -> RecommendationResult:
+        return model.recommender.recommend_for_user(
+            user_id,
+            history.items,
+            query.k,
+            offset=query.offset,
+            exclude_seen=query.exclude_seen,
+            filters=query.filters(),
+            mode=query.mode,
+            blend_weights=query.weights(),
+            fusion=query.fusion,
+            diversity=query.diversity,
+            calibration=query.calibration,
+            refresh=is_fresh(history.newest, model.fresh_cutoff),
+        )
+
+    request_id = _request_id()
+    if pair is None:
+        result = rank(model)
+        return UserAnswer(
+            request_id, model.version, variant, result.strategy, result.mode, query.offset, result.items, user_id
+        )
+    results = [rank(m) for m in pair]
+    scored = [{i.item_id: i for i in r.items} for r in results]
+    ids, teams = team_draft(
+        [i.item_id for i in results[0].items], [i.item_id for i in results[1].items], query.k, random.Random(request_id)
     )
     return UserAnswer(
-        _request_id(), model.version, variant, result.strategy, result.mode, query.offset, result.items, user_id
+        request_id,
+        "+".join(m.version for m in pair),
+        "interleaved",
+        results[0].strategy,
+        results[0].mode,
+        0,
+        [scored[t][i] for i, t in zip(ids, teams)],
+        user_id,
+        [pair[t].version for t in teams],
     )
 
 

@@ -86,11 +86,6 @@ def snapshot_cutoff(trained_as_of: pd.Timestamp | None) -> datetime | None:
     return None if trained_as_of is None else trained_as_of.tz_convert("UTC").to_pydatetime()
 
 
-def has_fresh_events(newest: datetime | None, trained_as_of: pd.Timestamp | None) -> bool:
-    """:func:`is_fresh` against a training snapshot timestamp."""
-    return is_fresh(newest, snapshot_cutoff(trained_as_of))
-
-
 class HistoryCache:
     """Bounded LRU of users' histories plus the event feed that keeps them current.
 

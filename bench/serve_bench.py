@@ -55,7 +55,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.testing import live_server, prepare  # noqa: E402
+from tests.harness import live_server, prepare  # noqa: E402
 
 USERS = int(os.environ.get("RECSYS_BENCH_USERS", "20000"))
 ITEMS = int(os.environ.get("RECSYS_BENCH_ITEMS", "10000"))

@@ -3,7 +3,7 @@ deploy it), an MLflow tracking server, and nginx in front of API replicas.
 
 Each context manager starts the process in its own process group with its output in a log
 file, waits with a deadline until it answers over HTTP (the log tail is in the error when it
-does not), and stops the whole group on exit. ``free_port`` is api.testing's (the benches use it
+does not), and stops the whole group on exit. ``free_port`` is tests/harness.py's (the benches use it
 too); tests import both from here.
 """
 
@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-
-from api.testing import ROOT, free_port
+from harness import ROOT, free_port
 
 __all__ = [
     "RECSYS",

@@ -8,10 +8,10 @@ import sys
 
 import httpx
 import pytest
+from harness import live_server, prepare, settings_for, training_config
 from mlflow import MlflowClient
 
 from api.serving import assign_variant
-from api.testing import live_server, prepare, settings_for, training_config
 from experiments.online import report, wilson_interval
 
 SPLIT = {"production": 0.9, "challenger": 0.1}

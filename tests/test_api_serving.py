@@ -7,8 +7,8 @@ import uuid
 
 import httpx
 import pytest
+from harness import live_server, prepare, settings_for, training_config
 
-from api.testing import live_server, prepare, settings_for, training_config
 from feature_store import FeatureStore
 from recsys.datasets.synthetic import generate_synthetic
 

@@ -32,6 +32,7 @@ from recsys.evaluation.bias import (
 )
 from recsys.evaluation.mitigation import BiasSettings, DebiasSettings, assess
 from recsys.models.als import ALSEmbedder
+from recsys.models.base import TrainData
 from recsys.models.debias import LinearDebiaser
 from recsys.ranking import RankRequest, RankRequestError, calibrate, calibrate_batch, popularity_bins
 
@@ -148,7 +149,7 @@ def _synthetic(hide_group: str | None, seed: int = 0):
 
 def _als(train):
     return ALSEmbedder(factors=16, regularization=0.1, iterations=10, random_state=0).fit(
-        sp.csr_matrix(train * 2.0 + (train > 0))
+        TrainData(sp.csr_matrix(train * 2.0 + (train > 0)))
     )
 
 
@@ -374,9 +375,9 @@ def test_card_artifacts_after_train_on_sqlite_and_file_mlflow(tmp_path):
 @pytest.fixture(scope="module")
 def api_client(tmp_path_factory):
     from fastapi.testclient import TestClient
+    from harness import prepare
 
     from api.main import create_app
-    from api.testing import prepare
     from recsys.settings import Settings
 
     folder = tmp_path_factory.mktemp("bias-api")

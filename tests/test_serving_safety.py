@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from harness import live_server, prepare, settings_for, training_config
 
-from api.testing import live_server, prepare, settings_for, training_config
 from feature_store import FeatureStore
 from pipelines import tracking
 from pipelines.config import GateConfig, PipelineConfig
@@ -252,7 +252,7 @@ def test_gate_refuses_degenerate_fresh_holdout(tmp_path, monkeypatch):
     assert flooded.status == "rejected"
     decision = json.loads((flooded.run_dir / "gate" / "decision.json").read_text())
     state = json.loads((flooded.run_dir / "state.json").read_text())
-    assert state["stages"]["train"]["outputs"]["holdout_mode"] == "fresh"
+    assert state["stages"]["split"]["outputs"]["mode"] == "fresh"
     assert {"holdout_too_small", "holdout_uninformative"} <= set(decision["refused_by"]), decision
     assert decision["checks"]["holdout_eval_users"] == 3
     assert (

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from harness import prepare
 
 from api.main import create_app
-from api.testing import prepare
 from recsys.lexical import LexicalIndex
 from recsys.settings import Settings
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+from harness import ROOT, prepare, settings_for, training_config
 from servers import serve_process
 
-from api.testing import ROOT, prepare, settings_for, training_config
 from feature_store import FeatureStore
 from feature_store.impressions import Impression
 from pipelines import tracking

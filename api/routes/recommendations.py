@@ -438,7 +438,7 @@ def session_recommendations(body: SessionRequest, holder: HolderDep, pinned: Pin
             offset=body.offset,
             filters=filters,
             mode=body.mode,
-            blend=blend,
+            blend_weights=blend,
             fusion=body.fusion,
             diversity=body.diversity,
             calibration=body.calibration,

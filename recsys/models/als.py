@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.models.base import Embedder
+from recsys.models.base import Embedder, TrainData
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ class ALSEmbedder(Embedder):
 
     kind = "als"
     metric = "dot"
+    supports_fold_in = True
 
     def __init__(
         self,
@@ -41,7 +42,7 @@ class ALSEmbedder(Embedder):
         self.num_threads = num_threads
         self.show_progress = show_progress
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> ALSEmbedder:
+    def _fit(self, data: TrainData) -> None:
         from implicit.cpu.als import AlternatingLeastSquares
         from threadpoolctl import threadpool_limits
 
@@ -57,11 +58,10 @@ class ALSEmbedder(Embedder):
                 num_threads=self.num_threads,
                 dtype=np.float32,
             )
-            model.fit(sp.csr_matrix(matrix, dtype=np.float32), show_progress=self.show_progress)
+            model.fit(sp.csr_matrix(data.matrix, dtype=np.float32), show_progress=self.show_progress)
         self.model_ = model
         self.user_vectors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self.item_vectors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
-        return self
 
     def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """Solve the ALS user step for one new user against the fixed item factors."""

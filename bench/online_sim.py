@@ -107,8 +107,8 @@ def build(workdir: Path, cfg: SimConfig):
     from fastapi.testclient import TestClient
 
     from api.main import create_app
-    from api.testing import prepare, settings_for, training_config
     from pipelines.train import train
+    from tests.harness import prepare, settings_for, training_config
 
     env = prepare(
         workdir,

@@ -11,10 +11,10 @@ import time
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from harness import prepare, settings_for
 
 from api.impressions import ImpressionLog
 from api.main import create_app
-from api.testing import prepare, settings_for
 from feature_store import FeatureStore
 from feature_store.impressions import Impression
 

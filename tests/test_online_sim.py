@@ -10,8 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-
-from api.testing import ROOT
+from harness import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -84,6 +84,10 @@ class RecommendedItem(BaseModel):
 
 
 class _Answer(BaseModel):
+    request_id: str = Field(
+        description="id of this served list (its impression); send it with the events it leads to "
+        "(POST /events request_id) so they are credited to this list and position"
+    )
     model_version: str
     variant: str = Field(description="A/B variant (alias) that answered, or 'pinned'")
     strategy: str
@@ -94,6 +98,9 @@ class _Answer(BaseModel):
 
 class UserRecommendations(_Answer):
     user_id: str
+    sources: list[str] | None = Field(
+        None, description="interleaving (RECSYS_INTERLEAVE): the model version that contributed each position"
+    )
 
 
 class SimilarItems(_Answer):
@@ -160,6 +167,7 @@ class EventIn(BaseModel):
     timestamp: datetime | None = Field(None, description="when it happened (default: now); naive times are UTC")
     variant: Label | None = Field(None, description="A/B variant named by the recommendation response")
     model_version: Label | None = Field(None, description="model version named by the recommendation response")
+    request_id: Id | None = Field(None, description="request_id of the recommendation response the event came from")
 
     @field_validator("timestamp")
     @classmethod

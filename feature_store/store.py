@@ -10,6 +10,7 @@ lost a race with a concurrent writer (:mod:`feature_store.transactions`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -30,15 +31,17 @@ from feature_store.backends import backend_for
 from feature_store.catalog import NotFoundError
 from feature_store.control import ServingControl
 from feature_store.db import init_db, make_engine, read_store_id
-from feature_store.export import export_events
-from feature_store.impressions import AttributedEvent, ExposureCounts, Impression, LoggedImpression
+from feature_store.export import export_events, export_impressions
+from feature_store.impressions import ExposureCounts, Impression, LoggedImpression
 from feature_store.ingest import EventBatch, IngestResult
 from feature_store.offline import (
+    IMPRESSIONS_LOG,
     ExportResult,
     OfflineStore,
     OfflineStoreError,
     cutoff_millis,
     default_offline_uri,
+    impressions_log_uri,
 )
 from feature_store.transactions import RetryPolicy, run_write
 from recsys.datasets.base import (
@@ -93,6 +96,10 @@ class FeatureStore:
         if offline_uri is None:
             offline_uri = default_offline_uri(self.engine.url.render_as_string(hide_password=False))
         self.offline = OfflineStore(offline_uri) if offline_uri else None
+        #: the impressions log beside the event log (same layout and commit protocol)
+        self.offline_impressions = (
+            OfflineStore(impressions_log_uri(offline_uri), IMPRESSIONS_LOG) if offline_uri else None
+        )
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -154,19 +161,25 @@ class FeatureStore:
         """Insert events given as dicts; returns ``(inserted, duplicates)``.
 
         Keys: user_id, item_id (required), event_type, value, timestamp (datetime, ISO string or
-        epoch seconds; default now), event_id (default: derived from the other fields), variant.
+        epoch seconds; default now), event_id (default: derived from the other fields), variant,
+        request_id (the impression it came from: recorded with its position in that impression,
+        in the same transaction, once per event_id).
         Unknown users are created; an unknown item raises DatasetError and writes nothing, unless
         ``create_items``: then it is created in the same transaction (no title or text, available).
         """
         if not records:
             return 0, 0
         batch = ingest.events_from_records(records)
-        inserted = self._write(
-            "add_events",
-            lambda conn: ingest.write_events(
+        attributed = ingest.attributed_events(batch)
+
+        def work(conn: Connection) -> int:
+            inserted = ingest.write_events(
                 conn, self.backend, batch, create_users=True, chunk_size=self.chunk_size, create_items=create_items
-            ),
-        )
+            )
+            impressions.insert_attributed(conn, self.backend, attributed)
+            return inserted
+
+        inserted = self._write("add_events", work)
         return inserted, len(batch.events) - inserted
 
     # ------------------------------------------------------------------ snapshot
@@ -177,16 +190,22 @@ class FeatureStore:
         return read_store_id(self.engine)
 
     def export_offline(self, *, progress: bool = False, rebuild: bool = False, **kwargs: Any) -> ExportResult:
-        """Append committed events past the offline log's watermark (see feature_store.export).
+        """Append committed events past the offline log's watermark, then committed impressions
+        past the impressions log's (see feature_store.export).
 
-        ``rebuild``: empty the log first and export every event of this store again (the way
-        out when the log belongs to another store, :class:`~feature_store.offline.StoreMismatch`).
+        ``rebuild``: empty the logs first and export every event and impression of this store
+        again (the way out when the log belongs to another store,
+        :class:`~feature_store.offline.StoreMismatch`).
         """
-        if self.offline is None:
+        if self.offline is None or self.offline_impressions is None:
             raise ValueError("this feature store has no offline store (offline_uri)")
+        source = self.engine.url.render_as_string(hide_password=True)
         if rebuild:
-            self.offline.rebuild(self.store_id, self.engine.url.render_as_string(hide_password=True))
-        return export_events(self.engine, self.offline, store_id=self.store_id, progress=progress, **kwargs)
+            self.offline.rebuild(self.store_id, source)
+            self.offline_impressions.rebuild(self.store_id, source)
+        result = export_events(self.engine, self.offline, store_id=self.store_id, progress=progress, **kwargs)
+        shown = export_impressions(self.engine, self.offline_impressions, store_id=self.store_id)
+        return dataclasses.replace(result, impressions=shown.events)
 
     def snapshot(self, as_of: datetime | None = None, *, source: str = "auto") -> Dataset:
         """All events with ``timestamp <= as_of`` (default now) plus the full item and user tables.
@@ -383,11 +402,6 @@ class FeatureStore:
     def add_impressions(self, records: Sequence[Impression]) -> int:
         """Store a batch of impressions in one transaction; returns how many."""
         return self._write("add_impressions", lambda conn: impressions.insert_impressions(conn, records))
-
-    def attribute_events(self, records: Sequence[AttributedEvent]) -> int:
-        """Record events that name a request id with their position in that impression;
-        returns how many matched an item the impression showed."""
-        return self._write("attribute_events", lambda conn: impressions.insert_attributed(conn, records))
 
     def impressions(self, since: datetime | None = None, surface: str | None = None) -> list[LoggedImpression]:
         """Impressions (oldest first) with the positions of the events attributed to them."""

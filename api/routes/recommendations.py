@@ -5,6 +5,9 @@ All business rules are the Recommender's; these routes map query parameters and 
 
 from __future__ import annotations
 
+import random
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -43,6 +46,8 @@ from api.schemas import (
     UserRecommendations,
 )
 from api.serving import LoadedModel, ModelHolder
+from feature_store.impressions import Impression
+from recsys.evaluation.interleaving import team_draft
 from recsys.recommender import (
     Filters,
     RankRequestError,
@@ -165,6 +170,7 @@ class UserAnswer:
     Recommender's ScoredItems as they are: serialized in one pass of pydantic's encoder, no
     per-item response model built."""
 
+    request_id: str
     model_version: str
     variant: str
     strategy: str
@@ -172,6 +178,7 @@ class UserAnswer:
     offset: int
     items: list[ScoredItem]
     user_id: str
+    sources: list[str] | None = None
 
 
 _USER_ANSWER = TypeAdapter(UserAnswer)
@@ -183,6 +190,34 @@ def _items(result: RecommendationResult) -> list[RecommendedItem]:
         RecommendedItem.model_construct(item_id=i.item_id, score=float(i.score), title=i.title, reason=i.reason)
         for i in result.items
     ]
+
+
+def _request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _shown(
+    holder: ModelHolder,
+    surface: str,
+    user_id: str | None,
+    answer: UserAnswer | SimilarItems | SearchResults | SessionRecommendations,
+) -> None:
+    """Log the served list as an impression (queued, never blocking: api/impressions.py)."""
+    log = holder.impressions
+    if log is None:
+        return
+    log.record(
+        Impression(
+            request_id=answer.request_id,
+            user_id=user_id,
+            surface=surface,
+            model_version=answer.model_version,
+            variant=f"{answer.variant}:{answer.model_version}",
+            ts=time.time_ns() // 1_000_000,
+            items=tuple(i.item_id for i in answer.items),
+            sources=tuple(answer.sources) if isinstance(answer, UserAnswer) and answer.sources else None,
+        )
+    )
 
 
 def _unavailable(exc: SearchUnavailable, field: str) -> ApiError:
@@ -255,30 +290,58 @@ async def user_recommendations(request: Request) -> Response:
         answer = await answer_user(request.app.state.holder, inputs.user_id, inputs.query, inputs.pinned)
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")
+    _shown(request.app.state.holder, "user", inputs.user_id, answer)
     return Response(content=_USER_ANSWER.dump_json(answer), media_type="application/json")
 
 
 async def answer_user(holder: ModelHolder, user_id: str, query: UserQuery, pinned: LoadedModel | None) -> UserAnswer:
     """The answer of ``GET /users/{user_id}/recommendations`` (the dashboard shows the same).
+    With ``RECSYS_INTERLEAVE`` (and no pinned version, first page) the two aliases' lists are
+    merged by team draft, each position naming the version that contributed it.
     Raises SearchUnavailable and the 422 ApiError of :meth:`UserQuery.weights`."""
+    pair = holder.interleaved() if pinned is None and query.offset == 0 else None
     model, variant = resolve(holder, user_id, pinned)
     history = holder.history.get(user_id) or await run_in_threadpool(holder.history.load, user_id)
-    result = model.recommender.recommend_for_user(
-        user_id,
-        history.items,
-        query.k,
-        offset=query.offset,
-        exclude_seen=query.exclude_seen,
-        filters=query.filters(),
-        mode=query.mode,
-        blend_weights=query.weights(),
-        fusion=query.fusion,
-        diversity=query.diversity,
-        calibration=query.calibration,
-        refresh=is_fresh(history.newest, model.fresh_cutoff),
-        values=history.values,
+
+    def rank(model: LoadedModel) -> RecommendationResult:
+        return model.recommender.recommend_for_user(
+            user_id,
+            history.items,
+            query.k,
+            offset=query.offset,
+            exclude_seen=query.exclude_seen,
+            filters=query.filters(),
+            mode=query.mode,
+            blend_weights=query.weights(),
+            fusion=query.fusion,
+            diversity=query.diversity,
+            calibration=query.calibration,
+            refresh=is_fresh(history.newest, model.fresh_cutoff),
+            values=history.values,
+        )
+
+    request_id = _request_id()
+    if pair is None:
+        result = rank(model)
+        return UserAnswer(
+            request_id, model.version, variant, result.strategy, result.mode, query.offset, result.items, user_id
+        )
+    results = [rank(m) for m in pair]
+    scored = [{i.item_id: i for i in r.items} for r in results]
+    ids, teams = team_draft(
+        [i.item_id for i in results[0].items], [i.item_id for i in results[1].items], query.k, random.Random(request_id)
     )
-    return UserAnswer(model.version, variant, result.strategy, result.mode, query.offset, result.items, user_id)
+    return UserAnswer(
+        request_id,
+        "+".join(m.version for m in pair),
+        "interleaved",
+        results[0].strategy,
+        results[0].mode,
+        0,
+        [scored[t][i] for i, t in zip(ids, teams)],
+        user_id,
+        [pair[t].version for t in teams],
+    )
 
 
 @router.get("/items/{item_id}/similar", response_model=SimilarItems, responses=ERRORS, openapi_extra=SIMILAR_QUERY_DOC)
@@ -292,6 +355,7 @@ def similar_items(
         raise ApiError(404, "item_id", f"unknown item: {item_id}", location="path")
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")
+    _shown(holder, "similar", query.user_id, answer)
     return _json(answer)
 
 
@@ -303,6 +367,7 @@ def answer_similar(holder: ModelHolder, item_id: str, query: SimilarQuery, pinne
         item_id, query.k, offset=query.offset, filters=query.filters(), mode=query.mode
     )
     return SimilarItems.model_construct(
+        request_id=_request_id(),
         item_id=item_id,
         model_version=model.version,
         variant=variant,
@@ -326,17 +391,18 @@ def search(query: Annotated[SearchQuery, Depends(search_query)], holder: HolderD
         raise _unavailable(exc, "match")
     except RankRequestError as exc:
         raise ApiError(422, exc.field, exc.message)
-    return _json(
-        SearchResults.model_construct(
-            query=query.q,
-            model_version=model.version,
-            variant=variant,
-            strategy=result.strategy,
-            mode=result.mode,
-            offset=query.offset,
-            items=_items(result),
-        )
+    answer = SearchResults.model_construct(
+        request_id=_request_id(),
+        query=query.q,
+        model_version=model.version,
+        variant=variant,
+        strategy=result.strategy,
+        mode=result.mode,
+        offset=query.offset,
+        items=_items(result),
     )
+    _shown(holder, "search", query.user_id, answer)
+    return _json(answer)
 
 
 @router.post("/recommendations", response_model=SessionRecommendations, responses=ERRORS)
@@ -376,7 +442,8 @@ def session_recommendations(body: SessionRequest, holder: HolderDep, pinned: Pin
         )
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")
-    return SessionRecommendations(
+    answer = SessionRecommendations(
+        request_id=_request_id(),
         model_version=model.version,
         variant=variant,
         strategy=result.strategy,
@@ -384,3 +451,5 @@ def session_recommendations(body: SessionRequest, holder: HolderDep, pinned: Pin
         offset=body.offset,
         items=_items(result),
     )
+    _shown(holder, "session", body.session_id, answer)
+    return answer

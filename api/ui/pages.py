@@ -635,12 +635,12 @@ async def ab_page(request: Request, access: Access) -> HTMLResponse:
     settings, store, holder = _state(request)
 
     def gather() -> dict[str, Any]:
-        stats = variant_stats(store.variant_activity(OUTCOMES), OUTCOMES)
+        stats = variant_stats(store.exposure_counts(OUTCOMES), OUTCOMES)
         return dict(
             stats=stats,
-            rates_plot=plots.ab_rates(stats, OUTCOMES, "click and purchase rate per variant, 95% intervals"),
-            events_plot=plots.bars(
-                [s.variant for s in stats], [s.events for s in stats], "events per variant", "events"
+            rates_plot=plots.ab_rates(stats, OUTCOMES, "click and purchase rate per exposed user, 95% intervals"),
+            impressions_plot=plots.bars(
+                [s.variant for s in stats], [s.impressions for s in stats], "impressions per variant", "impressions"
             ),
         )
 

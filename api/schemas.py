@@ -101,6 +101,11 @@ class UserRecommendations(_Answer):
     sources: list[str] | None = Field(
         None, description="interleaving (RECSYS_INTERLEAVE): the model version that contributed each position"
     )
+    propensities: list[float] | None = Field(
+        None,
+        description="exploration (RECSYS_EXPLORE_EPSILON): the probability the policy had of showing each "
+        "item at its position",
+    )
 
 
 class SimilarItems(_Answer):

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     #: recommendation list (first page) merges both, each position credited to the version that
     #: contributed it (recsys/evaluation/interleaving.py); empty = off
     interleave: str = ""
+    #: exploration with known propensities on user recommendation lists (first page, not
+    #: interleaved, no pinned version): with probability ``explore_epsilon`` the list is a
+    #: uniformly random ordered sample from the top ``explore_pool`` candidates instead of the
+    #: top k; every shown item's propensity is logged in its impression, for off-policy
+    #: evaluation (recsys/evaluation/offpolicy.py). 0 = off.
+    explore_epsilon: float = Field(0.0, ge=0, le=1)
+    explore_pool: int = Field(30, ge=1, le=1000)
     #: largest request body accepted (bytes); bigger ones get 413 before they are read. The
     #: default holds a 10,000-event batch (the /events maximum) with room for item attributes.
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)

@@ -134,3 +134,27 @@ def test_impressions_survive_kill_9_up_to_the_last_flushed_batch(env, tmp_path):
     assert all(stored.get(rid) == items for rid, items in flushed.items())  # none lost, none torn
     for rid, items in recent.items():  # whatever made it is whole
         assert rid not in stored or stored[rid] == items
+
+
+def test_exploration_logs_each_shown_items_propensity(env):
+    settings = settings_for(env).model_copy(
+        update={"api_keys": KEY, "reload_poll_seconds": 0, "explore_epsilon": 0.5, "explore_pool": 8}
+    )
+    eps, pool, k = 0.5, 8, 4
+    with TestClient(create_app(settings)) as c:
+        # a pinned version is not explored: the deterministic ranking (the exploration pool's order)
+        pinned = c.get("/users/u5/recommendations", params={"k": pool, "model_version": "1"}).json()
+        assert pinned["propensities"] is None
+        top = [i["item_id"] for i in pinned["items"]]
+        answers = [c.get("/users/u5/recommendations", params={"k": k}).json() for _ in range(80)]
+        logged = _logged(c)
+    explored = 0
+    for a in answers:
+        items = [i["item_id"] for i in a["items"]]
+        assert len(items) == k and set(items) <= set(top)
+        expected = [(1 - eps) * (item == top[p]) + eps / pool for p, item in enumerate(items)]
+        assert a["propensities"] == pytest.approx(expected)
+        assert logged[a["request_id"]].impression.propensities == pytest.approx(expected)
+        explored += items != top[:k]
+    # about half the lists are a random sample of the pool (the other half the top k)
+    assert 20 <= explored <= 60

@@ -48,6 +48,7 @@ from api.schemas import (
 from api.serving import LoadedModel, ModelHolder
 from feature_store.impressions import Impression
 from recsys.evaluation.interleaving import team_draft
+from recsys.evaluation.offpolicy import explore
 from recsys.recommender import (
     Filters,
     RankRequestError,
@@ -179,6 +180,7 @@ class UserAnswer:
     items: list[ScoredItem]
     user_id: str
     sources: list[str] | None = None
+    propensities: list[float] | None = None
 
 
 _USER_ANSWER = TypeAdapter(UserAnswer)
@@ -216,6 +218,9 @@ def _shown(
             ts=time.time_ns() // 1_000_000,
             items=tuple(i.item_id for i in answer.items),
             sources=tuple(answer.sources) if isinstance(answer, UserAnswer) and answer.sources else None,
+            propensities=tuple(answer.propensities)
+            if isinstance(answer, UserAnswer) and answer.propensities is not None
+            else None,
         )
     )
 
@@ -297,17 +302,22 @@ async def user_recommendations(request: Request) -> Response:
 async def answer_user(holder: ModelHolder, user_id: str, query: UserQuery, pinned: LoadedModel | None) -> UserAnswer:
     """The answer of ``GET /users/{user_id}/recommendations`` (the dashboard shows the same).
     With ``RECSYS_INTERLEAVE`` (and no pinned version, first page) the two aliases' lists are
-    merged by team draft, each position naming the version that contributed it.
+    merged by team draft, each position naming the version that contributed it; otherwise, with
+    ``RECSYS_EXPLORE_EPSILON`` (no pinned version, first page), the list is drawn by the
+    exploration policy (:func:`recsys.evaluation.offpolicy.explore`) with each item's propensity.
     Raises SearchUnavailable and the 422 ApiError of :meth:`UserQuery.weights`."""
     pair = holder.interleaved() if pinned is None and query.offset == 0 else None
     model, variant = resolve(holder, user_id, pinned)
     history = holder.history.get(user_id) or await run_in_threadpool(holder.history.load, user_id)
 
+    settings = holder.settings
+    exploring = pair is None and pinned is None and query.offset == 0 and settings.explore_epsilon > 0
+
     def rank(model: LoadedModel) -> RecommendationResult:
         return model.recommender.recommend_for_user(
             user_id,
             history.items,
-            query.k,
+            max(query.k, settings.explore_pool) if exploring else query.k,
             offset=query.offset,
             exclude_seen=query.exclude_seen,
             filters=query.filters(),
@@ -323,8 +333,28 @@ async def answer_user(holder: ModelHolder, user_id: str, query: UserQuery, pinne
     request_id = _request_id()
     if pair is None:
         result = rank(model)
+        if not exploring:
+            return UserAnswer(
+                request_id, model.version, variant, result.strategy, result.mode, query.offset, result.items, user_id
+            )
+        by_id = {i.item_id: i for i in result.items}
+        ids, propensities = explore(
+            [i.item_id for i in result.items],
+            query.k,
+            settings.explore_epsilon,
+            settings.explore_pool,
+            random.Random(request_id),
+        )
         return UserAnswer(
-            request_id, model.version, variant, result.strategy, result.mode, query.offset, result.items, user_id
+            request_id,
+            model.version,
+            variant,
+            result.strategy,
+            result.mode,
+            0,
+            [by_id[i] for i in ids],
+            user_id,
+            propensities=propensities,
         )
     results = [rank(m) for m in pair]
     scored = [{i.item_id: i for i in r.items} for r in results]

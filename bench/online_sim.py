@@ -27,8 +27,21 @@ Phases
    test at 95% gives the same decision at every later impression of the stream (a first
    crossing alone would count lucky early flukes).
 
-Done when (issue 23, a): both reach the right decision, and the median over the seeds of A/B
-impressions ÷ interleaving impressions is ≥ 10. The table goes to stdout; exit 1 when missed.
+3. Off-policy, per seed: ``--ope-impressions`` impressions logged by a version's exploration
+   policy (the API's own :func:`~recsys.evaluation.offpolicy.explore`, ε = ``--epsilon`` over its
+   top ``--pool``, as ``RECSYS_EXPLORE_EPSILON`` serves), each shown item's propensity logged;
+   the other version's click-through (expected clicks per impression over its k positions, exact
+   from the click model and its lists) estimated by IPS, SNIPS and DR with 95% bootstrap
+   intervals (:func:`~recsys.evaluation.offpolicy.compare`), and the gate's ``off_policy`` rule
+   (pipelines/gate.py) applied to the paired comparison with production — for the candidate
+   (better: must promote) and for a worse one, production's own ranks k+1…2k with its scores
+   (must refuse). Production logs in both.
+
+Done when (issue 23): (a) both reach the right decision, and the median over the seeds of A/B
+impressions ÷ interleaving impressions is ≥ 10; (b) the SNIPS estimate of the candidate's
+click-through is within ±10% of its true value in every seed and its interval covers the truth
+in ≥ 90% of the seeds; (c) the gate promotes the better candidate and refuses the worse one in
+every seed. The tables go to stdout; exit 1 when a target is missed.
 
     PYTHONPATH=. .venv/bin/python bench/online_sim.py [--seeds 20] [--workdir DIR]
 """
@@ -45,7 +58,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.config import GateConfig, OffPolicyBounds
+from pipelines.gate import decide
 from recsys.evaluation.interleaving import Credit, credit, preference, team_draft
+from recsys.evaluation.offpolicy import LoggedList, OffPolicyComparison, TargetList, compare, explore
 from recsys.evaluation.online import Z_95
 
 logger = logging.getLogger("online_sim")
@@ -54,6 +70,8 @@ REL_IN = 0.35
 REL_OUT = 0.02
 POSITION_DECAY = 0.8
 RATIO_TARGET = 10.0
+SNIPS_TOLERANCE = 0.10
+COVERAGE_TARGET = 0.90
 
 
 @dataclass(frozen=True)
@@ -71,6 +89,11 @@ class SimConfig:
     #: about three points of click-through better (the run prints the exact margin)
     production: tuple[int, int] = (8, 8)
     candidate: tuple[int, int] = (16, 8)
+    #: off-policy phase: impressions logged per seed, the exploration policy, bootstrap resamples
+    ope_impressions: int = 100_000
+    epsilon: float = 0.5
+    pool: int = 40
+    bootstrap: int = 300
 
 
 @dataclass
@@ -80,6 +103,11 @@ class World:
     versions: tuple[str, str]  # production, candidate
     users: list[str]
     lists: tuple[dict[str, list[str]], dict[str, list[str]]]
+    #: each version's scores of its k-list; its ranking's top ``pool`` (what it explores over)
+    #: with their scores
+    scores: tuple[dict[str, list[float]], dict[str, list[float]]]
+    pools: tuple[dict[str, list[str]], dict[str, list[str]]]
+    pool_scores: tuple[dict[str, list[float]], dict[str, list[float]]]
     user_cluster: np.ndarray
     item_cluster: np.ndarray
     k: int
@@ -95,6 +123,18 @@ class World:
 
     def any_click_prob(self, version: int, user: str) -> float:
         return float(1 - np.prod(1 - self.click_probs(user, self.lists[version][user])))
+
+    def true_clicks(self, target: int) -> float:
+        """Expected clicks per impression of a target's k-list (:meth:`target`), averaged over
+        the users (the click-through the off-policy estimators estimate)."""
+        return float(np.mean([self.click_probs(u, list(self.target(target, u).items)).sum() for u in self.users]))
+
+    def target(self, target: int, user: str) -> TargetList:
+        """0 production's k-list, 1 the candidate's, 2 the worse one: production's ranks k+1…2k."""
+        if target == 2:
+            lo, hi = self.k, 2 * self.k
+            return TargetList(tuple(self.pools[0][user][lo:hi]), tuple(self.pool_scores[0][user][lo:hi]))
+        return TargetList(tuple(self.lists[target][user]), tuple(self.scores[target][user]))
 
 
 def position_bias(n: int) -> np.ndarray:
@@ -135,13 +175,28 @@ def fetch_world(client, cfg: SimConfig) -> World:
     versions = (ready["production"], ready["challenger"])
     users = [f"u{i}" for i in range(cfg.users)]
     lists: tuple[dict[str, list[str]], dict[str, list[str]]] = ({}, {})
-    for v, out in zip(versions, lists):
+    scores: tuple[dict[str, list[float]], dict[str, list[float]]] = ({}, {})
+    pools: tuple[dict[str, list[str]], dict[str, list[str]]] = ({}, {})
+    pool_scores: tuple[dict[str, list[float]], dict[str, list[float]]] = ({}, {})
+    for v, out, sc, pool, psc in zip(versions, lists, scores, pools, pool_scores):
         for u in users:
-            r = client.get(f"/users/{u}/recommendations", params={"k": cfg.k, "model_version": v})
-            r.raise_for_status()
-            out[u] = [i["item_id"] for i in r.json()["items"]]
+            for k, ids, sco in ((cfg.k, out, sc), (max(2 * cfg.k, cfg.pool), pool, psc)):
+                r = client.get(f"/users/{u}/recommendations", params={"k": k, "model_version": v})
+                r.raise_for_status()
+                ids[u] = [i["item_id"] for i in r.json()["items"]]
+                sco[u] = [float(i["score"]) for i in r.json()["items"]]
     user_cluster, item_cluster = synthetic_clusters(cfg.users, cfg.items, cfg.clusters, cfg.data_seed)
-    return World(versions, users, lists, user_cluster, item_cluster, cfg.k)
+    return World(
+        versions=versions,
+        users=users,
+        lists=lists,
+        scores=scores,
+        pools=pools,
+        pool_scores=pool_scores,
+        user_cluster=user_cluster,
+        item_cluster=item_cluster,
+        k=cfg.k,
+    )
 
 
 def http_phase(client, world: World, n: int, seed: int):
@@ -249,17 +304,83 @@ def efficiency(world: World, seeds: int, cap: int) -> list[SeedResult]:
     return out
 
 
+def exploration_log(world: World, logging_version: int, n: int, epsilon: float, pool: int, seed: int):
+    """``n`` impressions shown by ``logging_version``'s exploration policy to uniformly drawn
+    users, clicked by the click model: (users, logged lists with propensities and clicks)."""
+    rng = random.Random(seed)
+    nrng = np.random.default_rng(seed + 20_000)
+    users, logged = [], []
+    for _ in range(n):
+        user = world.users[rng.randrange(len(world.users))]
+        items, props = explore(world.pools[logging_version][user], world.k, epsilon, pool, rng)
+        clicked = np.flatnonzero(nrng.random(len(items)) < world.click_probs(user, items))
+        users.append(user)
+        logged.append(LoggedList(tuple(items), tuple(props), tuple(int(c) for c in clicked)))
+    return users, logged
+
+
+def off_policy_run(world: World, cfg: SimConfig, seed: int) -> tuple[OffPolicyComparison, OffPolicyComparison]:
+    """Production logs with exploration; the candidate and the worse target are each compared
+    with production off-policy on that log."""
+    users, logged = exploration_log(world, 0, cfg.ope_impressions, cfg.epsilon, cfg.pool, seed)
+
+    def targets(t: int) -> list[TargetList]:
+        cache = {u: world.target(t, u) for u in world.users}
+        return [cache[u] for u in users]
+
+    prod = targets(0)
+    better = compare(logged, targets(1), prod, bootstrap=cfg.bootstrap, seed=seed)
+    worse = compare(logged, targets(2), prod, bootstrap=cfg.bootstrap, seed=seed)
+    return better, worse
+
+
+@dataclass(frozen=True)
+class OffPolicySeed:
+    seed: int
+    better: OffPolicyComparison  # the candidate against production
+    worse: OffPolicyComparison  # production's ranks k+1…2k against production
+    promotes_better: bool
+    refuses_worse: bool
+
+
+def gate_off_policy(comparison: OffPolicyComparison) -> bool:
+    """Whether the gate's off-policy rule lets the candidate through (the other rules are given
+    passing inputs, so only ``off_policy`` can refuse)."""
+    cfg = GateConfig(also=[], popularity_baseline=False, off_policy=OffPolicyBounds())
+    decision = decide(cfg, {cfg.metric: 1.0, "coverage": 1.0}, None, {}, True, off_policy=comparison)
+    assert set(decision.refused_by) <= {"off_policy"}, decision.reasons
+    return decision.passed
+
+
+def off_policy(world: World, cfg: SimConfig) -> list[OffPolicySeed]:
+    out = []
+    for seed in range(cfg.seeds):
+        better, worse = off_policy_run(world, cfg, seed)
+        out.append(OffPolicySeed(seed, better, worse, gate_off_policy(better), not gate_off_policy(worse)))
+        logger.info("off-policy seed %d done", seed)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=SimConfig.seeds)
     parser.add_argument("--users", type=int, default=SimConfig.users)
     parser.add_argument("--http-impressions", type=int, default=SimConfig.http_impressions)
     parser.add_argument("--max-impressions", type=int, default=SimConfig.max_impressions)
+    parser.add_argument("--ope-impressions", type=int, default=SimConfig.ope_impressions)
+    parser.add_argument("--epsilon", type=float, default=SimConfig.epsilon)
+    parser.add_argument("--pool", type=int, default=SimConfig.pool)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     cfg = SimConfig(
-        seeds=args.seeds, users=args.users, http_impressions=args.http_impressions, max_impressions=args.max_impressions
+        seeds=args.seeds,
+        users=args.users,
+        http_impressions=args.http_impressions,
+        max_impressions=args.max_impressions,
+        ope_impressions=args.ope_impressions,
+        epsilon=args.epsilon,
+        pool=args.pool,
     )
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="online-sim-"))
     client, _ = build(workdir, cfg)
@@ -294,9 +415,48 @@ def main(argv: list[str] | None = None) -> int:
         f"interleaving {right_i}/{len(results)}, A/B {right_ab}/{len(results)}"
     )
     ok = better == 1 and pref.decided in (better, None) and median >= RATIO_TARGET and right_i >= 0.95 * len(results)
+    ok = report_off_policy(world, cfg, off_policy(world, cfg)) and ok
     if not ok:
         print("TARGET MISSED", file=sys.stderr)
     return 0 if ok else 1
+
+
+def report_off_policy(world: World, cfg: SimConfig, runs: list[OffPolicySeed]) -> bool:
+    """Print the off-policy table; whether (b) and (c) hold."""
+    truth = (world.true_clicks(0), world.true_clicks(1), world.true_clicks(2))
+    print(
+        f"\noff-policy: {cfg.ope_impressions:,} impressions per seed logged by production, ε = {cfg.epsilon} over "
+        f"its top {cfg.pool}; true clicks per impression: production {truth[0]:.4f}, candidate {truth[1]:.4f}, "
+        f"worse (production's ranks {world.k + 1}–{2 * world.k}) {truth[2]:.4f}"
+    )
+    print(
+        "\n| seed | candidate IPS | SNIPS [95%] | DR | SNIPS error | covers | matched | "
+        "candidate − production [95%] | gate: candidate | worse − production [95%] | gate: worse |"
+    )
+    print("|---:|---:|---|---:|---:|---|---:|---|---|---|---|")
+    errors, covered = [], 0
+    for r in runs:
+        c, d = r.better.candidate, r.better.difference
+        err = c.snips.value / truth[1] - 1
+        hit = c.snips.interval[0] <= truth[1] <= c.snips.interval[1]
+        errors.append(err)
+        covered += hit
+        print(
+            f"| {r.seed} | {c.ips.value:.4f} | {c.snips.value:.4f} [{c.snips.interval[0]:.4f}, {c.snips.interval[1]:.4f}] "
+            f"| {c.dr.value:.4f} | {err:+.1%} | {'yes' if hit else 'no'} | {c.matched:,} "
+            f"| {d.value:+.4f} [{d.interval[0]:+.4f}, {d.interval[1]:+.4f}] "
+            f"| {'promoted' if r.promotes_better else 'REFUSED'} "
+            f"| {r.worse.difference.value:+.4f} [{r.worse.difference.interval[0]:+.4f}, "
+            f"{r.worse.difference.interval[1]:+.4f}] | {'refused' if r.refuses_worse else 'PROMOTED'} |"
+        )
+    within = sum(abs(e) <= SNIPS_TOLERANCE for e in errors)
+    gate_ok = sum(r.promotes_better and r.refuses_worse for r in runs)
+    print(
+        f"\nSNIPS within ±{SNIPS_TOLERANCE:.0%}: {within}/{len(runs)} (largest error {max(map(abs, errors)):.1%}); "
+        f"interval covers the truth: {covered}/{len(runs)} (target ≥ {COVERAGE_TARGET:.0%}); "
+        f"gate right both ways: {gate_ok}/{len(runs)}"
+    )
+    return within == len(runs) and covered >= COVERAGE_TARGET * len(runs) and gate_ok == len(runs)
 
 
 if __name__ == "__main__":

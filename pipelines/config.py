@@ -105,6 +105,20 @@ class CardBounds(_Strict):
     max_leakage_auc: float | None = Field(None, ge=0.5, le=1)
 
 
+class OffPolicyBounds(_Strict):
+    """The gate's off-policy rule (recsys/evaluation/offpolicy.py): the candidate's click-through
+    estimated by self-normalised IPS from logged impressions with propensities, against
+    production's on the same log and bootstrap resamples."""
+
+    #: refuse when the paired interval of (candidate − production) lies wholly below
+    #: ``−tolerance × production``
+    tolerance: float = Field(0.0, ge=0, lt=1)
+    #: refuse when fewer logged (impression, position) pairs show what the candidate would show
+    min_matched: int = Field(200, ge=1)
+    #: bootstrap resamples of the intervals
+    bootstrap: int = Field(500, ge=50)
+
+
 class GateConfig(_Strict):
     #: metric name as produced by evaluation, e.g. ``ndcg_at_10``
     metric: str = "ndcg_at_10"
@@ -130,6 +144,10 @@ class GateConfig(_Strict):
     #: bounds on the candidate's model card (its bias report); each one that fails refuses
     #: with a rule named after it (``card.min_coverage``, …)
     card: CardBounds | None = None
+    #: the off-policy rule (``off_policy``): refuse a candidate whose click-through estimated
+    #: from logged impressions with propensities (RECSYS_EXPLORE_EPSILON) is credibly below
+    #: production's
+    off_policy: OffPolicyBounds | None = None
 
 
 class NotifyConfig(_Strict):

@@ -31,7 +31,9 @@ right, by either side), a candidate below plain popularity on the same holdout
 content space and with it /search (``capability_loss``, unless ``allow_capability_loss``).
 With ``gate.card`` it also bounds the candidate's model card (pipelines/card.py): coverage,
 the largest user-group nDCG gap, exposure amplification and the attribute leakage of the
-served user vectors, each refusal named ``card.<bound>``.
+served user vectors, each refusal named ``card.<bound>``. With ``gate.off_policy`` it refuses a
+candidate whose click-through, estimated off-policy from logged impressions with propensities,
+is credibly below production's (``off_policy``; ``off_policy_missing`` when no estimate was made).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import pandas as pd
 from pipelines.config import CardBounds, GateConfig
 from recsys.evaluation.bias import ACTIVITY, BiasReport
 from recsys.evaluation.holdout import Holdout, score_vectors, time_cutoff
+from recsys.evaluation.offpolicy import OffPolicyComparison, off_policy_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +134,8 @@ RULES = (
     "card.max_amplification",
     "card.max_leakage_auc",
     "card_missing",
+    "off_policy",
+    "off_policy_missing",
 )
 
 
@@ -159,6 +164,7 @@ def decide(
     production_capabilities: Iterable[str] | None = None,
     candidate_capabilities: Iterable[str] | None = None,
     card: BiasReport | None = None,
+    off_policy: OffPolicyComparison | None = None,
 ) -> GateDecision:
     """Candidate vs production on the same holdout, whether the holdout can tell them apart,
     the popularity baseline, lost capabilities, index recall, sanity bounds and the bounds on
@@ -250,6 +256,15 @@ def decide(
     if cfg.card is not None:
         for rule, message in card_refusals(cfg.card, card, checks):
             refuse(rule, message)
+    if cfg.off_policy is not None:
+        if off_policy is None:
+            refuse("off_policy_missing", "the gate asks for an off-policy estimate but none was made")
+        else:
+            message = off_policy_refusal(
+                off_policy, tolerance=cfg.off_policy.tolerance, min_matched=cfg.off_policy.min_matched, checks=checks
+            )
+            if message is not None:
+                refuse("off_policy", message)
     return GateDecision(passed=not reasons, reasons=reasons, checks=checks, refused_by=refused_by)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
@@ -11,9 +12,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cli.common import cli_errors
+from cli.common import UsageError, cli_errors
 
-app = typer.Typer(help="Registered model versions: list, card, rollback.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Registered model versions: list, card, rollback, off-policy evaluation.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 # the version table has eleven columns: into a log or a pipe (cron, CI) print it wide rather
 # than squeezed into rich's default 80 columns
 console = Console(width=None if sys.stdout.isatty() else 220, markup=False)  # text, never markup (cli/common.py)
@@ -135,3 +140,36 @@ def card(
         raise ValueError(f"version must be a version number, got {version!r}")
     model_card = load_model_card(get_settings(), version)
     typer.echo(model_card.to_json() if format is CardFormat.json else model_card.to_markdown())
+
+
+@app.command("evaluate-offpolicy")
+@cli_errors
+def evaluate_offpolicy(
+    version: Annotated[str, typer.Argument(help="registered version number (the candidate)")],
+    since: Annotated[datetime | None, typer.Option(help="only impressions at or after this time")] = None,
+    alias: Annotated[str | None, typer.Option(help="compare with the version behind this alias")] = None,
+    outcome: Annotated[str, typer.Option(help="event type counted as a click")] = "click",
+    bootstrap: Annotated[int, typer.Option(min=50, help="bootstrap resamples of the intervals")] = 500,
+) -> None:
+    """The version's click-through (expected clicks per impression) estimated off-policy by IPS,
+    SNIPS and doubly robust from the impressions logged with propensities, beside production's
+    on the same log, with 95% bootstrap intervals."""
+    from cli.common import get_settings
+    from experiments.offpolicy import evaluate_offpolicy as run
+
+    if not version.isdigit():
+        raise UsageError(f"version must be a version number, got {version!r}")
+    with console.status("estimating"):
+        out = run(get_settings(), version, alias=alias, since=since, outcome=outcome, bootstrap=bootstrap)
+    c = out.comparison
+    table = Table(title=f"off-policy click-through on {c.candidate.impressions:,} impressions (95% bootstrap)")
+    table.add_column("estimator")
+    table.add_column(f"version {out.candidate_version}", justify="right")
+    table.add_column(f"{out.alias} (version {out.production_version})", justify="right")
+    a, b = c.candidate, c.production
+    for label, pair in (("IPS", (a.ips, b.ips)), ("SNIPS", (a.snips, b.snips)), ("DR", (a.dr, b.dr))):
+        table.add_row(label, *(f"{e.value:.4f} [{e.interval[0]:.4f}, {e.interval[1]:.4f}]" for e in pair))
+    d = c.difference
+    table.add_row("SNIPS difference", f"{d.value:+.4f} [{d.interval[0]:+.4f}, {d.interval[1]:+.4f}]", "")
+    table.add_row("matched (impression, position)", f"{a.matched:,}", f"{b.matched:,}")
+    console.print(table)

@@ -155,7 +155,7 @@ def evaluate_offpolicy(
     SNIPS and doubly robust from the impressions logged with propensities, beside production's
     on the same log, with 95% bootstrap intervals."""
     from cli.common import get_settings
-    from experiments.offpolicy import evaluate_offpolicy as run
+    from pipelines.offpolicy import evaluate_offpolicy as run
 
     if not version.isdigit():
         raise UsageError(f"version must be a version number, got {version!r}")

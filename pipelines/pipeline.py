@@ -538,6 +538,24 @@ class Pipeline:
             return None, None
         return version, ModelBundle.load(tracking.fetch_bundle(self.settings, version), verify=True)
 
+    def _off_policy(self, ev: EvaluateResult):
+        """The candidate bundle against production on the impressions logged with propensities
+        (``gate.off_policy``); None when the rule is off, there is no production or nothing was
+        logged (the gate then refuses with ``off_policy_missing``)."""
+        bounds = self.config.gate.off_policy
+        if bounds is None or ev.production is None:
+            return None
+        from pipelines.offpolicy import NothingToEvaluate, compare_bundles
+
+        candidate = ModelBundle.load(self.run_dir / "index" / "bundle", verify=True)
+        version = tracking.get_version(self.client, self.model_name, ev.production.version)
+        production = ModelBundle.load(tracking.fetch_bundle(self.settings, version), verify=True)
+        try:
+            return compare_bundles(self.settings, candidate, production, bootstrap=bounds.bootstrap)
+        except NothingToEvaluate as exc:
+            logger.warning("gate: %s", exc)
+            return None
+
     def _production_bundle(self, ref: ProductionRef) -> ModelBundle:
         version = tracking.get_version(self.client, self.model_name, ref.version)
         return ModelBundle.load(tracking.fetch_bundle(self.settings, version), verify=True)
@@ -843,6 +861,7 @@ class Pipeline:
             production_capabilities=ev.production.capabilities if ev.production is not None else None,
             candidate_capabilities=candidate_caps,
             card=self._bias_report(),
+            off_policy=self._off_policy(ev),
         )
         out = GateResult(
             passed=decision.passed,

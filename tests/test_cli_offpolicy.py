@@ -54,7 +54,7 @@ def _invoke(monkeypatch, settings, *args):
 
 
 def test_estimates_with_intervals_beside_production(logged, monkeypatch):
-    from experiments.offpolicy import evaluate_offpolicy
+    from pipelines.offpolicy import evaluate_offpolicy
 
     settings, served = logged
     result = _invoke(monkeypatch, settings, "2", "--since", "2000-01-01", "--bootstrap", "100")

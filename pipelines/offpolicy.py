@@ -2,7 +2,9 @@
 recommendation impressions logged with propensities (``RECSYS_EXPLORE_EPSILON``), the lists the
 version and the version behind an alias (production) would have shown each impression's user,
 and the IPS / SNIPS / DR estimates of both with bootstrap intervals
-(recsys/evaluation/offpolicy.py).
+(recsys/evaluation/offpolicy.py). ``recsys model evaluate-offpolicy`` reports a registered
+version this way (:func:`evaluate_offpolicy`); the pipeline's gate (``gate.off_policy``) its
+candidate bundle (:func:`compare_bundles`).
 
 A target list is what the version ranks for the impression's user from the events the user had
 stored before the impression (seen items excluded, the model's defaults) — not from the user's
@@ -56,6 +58,51 @@ def _utc(t: datetime) -> datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
+def compare_bundles(
+    settings: Settings,
+    candidate: ModelBundle,
+    production: ModelBundle,
+    *,
+    since: datetime | None = None,
+    outcome: str = "click",
+    bootstrap: int = 500,
+    seed: int = 0,
+) -> OffPolicyComparison:
+    """The candidate bundle against production's on the user recommendation impressions logged
+    with propensities since ``since``. Raises NothingToEvaluate when there are none."""
+    store = FeatureStore(settings.database_url)
+    try:
+        logged = logged_lists(store.impressions(since=since, surface="user"))
+        if not logged:
+            raise NothingToEvaluate(
+                "no user recommendation impressions with propensities"
+                + (f" since {since.isoformat()}" if since else "")
+                + ": turn exploration on (RECSYS_EXPLORE_EPSILON) and serve traffic first"
+            )
+        users = sorted({x.impression.user_id for x in logged})
+        histories = {u: store.user_events(u) for u in users}
+        items = store.items_frame()
+    finally:
+        store.dispose()
+    k = max(len(x.impression.items) for x in logged)
+    # per impression: its user and how many of the user's events (oldest first) came before it
+    keys = [(x.impression.user_id, _events_before(histories[x.impression.user_id], x.impression.ts)) for x in logged]
+    targets = []
+    for bundle in (candidate, production):
+        rec = Recommender(bundle, items)
+        lists: dict[tuple[str, int], TargetList] = {}
+        for key in keys:
+            user, n = key
+            if key not in lists:
+                result = rec.recommend_for_user(user, [e.item_id for e in histories[user][:n]], k)
+                lists[key] = TargetList(
+                    tuple(i.item_id for i in result.items), tuple(float(i.score) for i in result.items)
+                )
+        targets.append([lists[key] for key in keys])
+    log = [LoggedList(x.impression.items, x.impression.propensities, tuple(x.clicks.get(outcome, ()))) for x in logged]
+    return compare(log, targets[0], targets[1], bootstrap=bootstrap, seed=seed)
+
+
 def evaluate_offpolicy(
     settings: Settings,
     version: str,
@@ -78,38 +125,18 @@ def evaluate_offpolicy(
     prod = tracking.resolve_alias(client, name, alias)
     if prod is None:
         raise ValueError(f"no model version behind alias {name}@{alias}")
-    store = FeatureStore(settings.database_url)
-    try:
-        logged = logged_lists(store.impressions(since=since, surface="user"))
-        if not logged:
-            raise NothingToEvaluate(
-                "no user recommendation impressions with propensities"
-                + (f" since {since.isoformat()}" if since else "")
-                + ": turn exploration on (RECSYS_EXPLORE_EPSILON) and serve traffic first"
-            )
-        users = sorted({x.impression.user_id for x in logged})
-        histories = {u: store.user_events(u) for u in users}
-        items = store.items_frame()
-    finally:
-        store.dispose()
-    k = max(len(x.impression.items) for x in logged)
-    # per impression: its user and how many of the user's events (oldest first) came before it
-    keys = [(x.impression.user_id, _events_before(histories[x.impression.user_id], x.impression.ts)) for x in logged]
-    targets = []
+    bundles = []
     for mv in (cand, prod):
         fetched = tracking.fetch_bundle_checked(settings, mv)
-        bundle = ModelBundle.load(fetched.path, verify=True, manifest_sha256=fetched.manifest_sha256)
-        rec = Recommender(bundle, items)
-        lists: dict[tuple[str, int], TargetList] = {}
-        for key in keys:
-            user, n = key
-            if key not in lists:
-                result = rec.recommend_for_user(user, [e.item_id for e in histories[user][:n]], k)
-                lists[key] = TargetList(
-                    tuple(i.item_id for i in result.items), tuple(float(i.score) for i in result.items)
-                )
-        targets.append([lists[key] for key in keys])
-    log = [LoggedList(x.impression.items, x.impression.propensities, tuple(x.clicks.get(outcome, ()))) for x in logged]
-    comparison = compare(log, targets[0], targets[1], bootstrap=bootstrap, seed=seed)
-    logger.info("off-policy: version %s vs %s@%s on %d impressions", cand.version, alias, prod.version, len(log))
+        bundles.append(ModelBundle.load(fetched.path, verify=True, manifest_sha256=fetched.manifest_sha256))
+    comparison = compare_bundles(
+        settings, bundles[0], bundles[1], since=since, outcome=outcome, bootstrap=bootstrap, seed=seed
+    )
+    logger.info(
+        "off-policy: version %s vs %s@%s on %d impressions",
+        cand.version,
+        alias,
+        prod.version,
+        comparison.candidate.impressions,
+    )
     return OffPolicyReport(str(cand.version), str(prod.version), alias, comparison)

@@ -325,7 +325,8 @@ def index_recall(model, n_queries: int, seed: int) -> float | None:
     from pipelines.train import IndexConfig
     from recsys.index import build_index
 
-    config = IndexConfig(recall_queries=n_queries)
+    # training's choice, under a budget per model that suits a comparison of many models
+    config = IndexConfig(recall_queries=n_queries, tune_seconds=5.0, build_budget_seconds=15.0)
     queries = config.sample_queries(model.user_vectors_, np.random.default_rng(seed))
     index, choice = build_index(config.kind, model.metric, model.item_vectors_, queries, config.settings())
     logger.info("index for %s: %s", model.kind, "exact" if index.prefer_exact else choice.chosen.kind)

@@ -111,6 +111,8 @@ class ItemKNNRecommender(Embedder):
 
     kind = "itemknn"
     metric = "dot"
+    #: the history row: delta and afresh are the same vector, afresh costs one fold-in
+    returning_fold_in = "afresh"
 
     def __init__(self, K: int = 100, num_threads: int = 0, max_items: int = 20_000) -> None:
         self.K = K

@@ -22,6 +22,8 @@ class ALSEmbedder(Embedder):
 
     kind = "als"
     metric = "dot"
+    #: the exact user step over the whole history (one solve; measured ≥ delta, docs/foldin.md)
+    returning_fold_in = "afresh"
 
     def __init__(
         self,

@@ -28,6 +28,8 @@ class BPREmbedder(Embedder):
 
     kind = "bpr"
     metric = "dot"
+    #: the solved pairwise step beats the SGD-trained user vectors (docs/foldin.md)
+    returning_fold_in = "afresh"
 
     def __init__(
         self,

@@ -40,6 +40,8 @@ class EASEEmbedder(Embedder):
 
     kind = "ease"
     metric = "dot"
+    #: the history row: delta and afresh are the same vector, afresh costs one fold-in
+    returning_fold_in = "afresh"
 
     def __init__(self, l2: float = 500.0, binarize: bool = True, max_items: int = 30_000, dropout: float = 0.0) -> None:
         self.l2 = l2

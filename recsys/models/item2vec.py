@@ -44,6 +44,8 @@ class Item2VecEmbedder(Embedder):
 
     kind = "item2vec"
     metric = "dot"
+    #: a mean: delta and afresh are the same vector, afresh costs one fold-in
+    returning_fold_in = "afresh"
 
     def __init__(
         self,

@@ -232,8 +232,10 @@ class StoreCounts:
 
 @dataclass(frozen=True)
 class TimelineEvent:
-    """One event of a user with the item's catalog entry (the dashboard's history view)."""
+    """One event of a user with the item's catalog entry (the dashboard's history view and
+    ``GET /users/{user_id}/events``)."""
 
+    event_id: str
     item_id: str
     title: str
     categories: list[str]
@@ -271,15 +273,16 @@ def events_per_day(conn: Connection, item_id: str | None = None) -> pd.Series:
     return pd.Series([int(r[1]) for r in rows], index=index, name="events", dtype="int64")
 
 
-def user_timeline(conn: Connection, user_id: str, limit: int) -> tuple[list[TimelineEvent], int]:
-    """The user's newest ``limit`` events (newest first) with titles and categories, and how
-    many events the user has in all."""
+def user_timeline(conn: Connection, user_id: str, limit: int, offset: int = 0) -> tuple[list[TimelineEvent], int]:
+    """The user's events newest first (ties: the later stored first), ``offset`` skipped and at
+    most ``limit``, with titles and categories, and how many events the user has in all."""
     ev = events_table
     where = users_table.c.user_id == str(user_id)
     joined = ev.join(users_table, ev.c.user_pk == users_table.c.id).join(items_table, ev.c.item_pk == items_table.c.id)
     total = conn.execute(select(func.count()).select_from(joined).where(where)).scalar_one()
     stmt = (
         select(
+            ev.c.event_id,
             items_table.c.item_id,
             items_table.c.title,
             items_table.c.categories,
@@ -292,16 +295,18 @@ def user_timeline(conn: Connection, user_id: str, limit: int) -> tuple[list[Time
         .where(where)
         .order_by(ev.c.ts.desc(), ev.c.id.desc())
         .limit(int(limit))
+        .offset(int(offset))
     )
     out = [
         TimelineEvent(
-            item_id=r[0],
-            title=r[1] or "",
-            categories=list(r[2] or []),
-            event_type=r[3],
-            value=float(r[4]),
-            timestamp=datetime.fromtimestamp(int(r[5]) / 1000, UTC),
-            variant=r[6],
+            event_id=r[0],
+            item_id=r[1],
+            title=r[2] or "",
+            categories=list(r[3] or []),
+            event_type=r[4],
+            value=float(r[5]),
+            timestamp=datetime.fromtimestamp(int(r[6]) / 1000, UTC),
+            variant=r[7],
         )
         for r in conn.execute(stmt).all()
     ]

@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from pipelines import tracking
 from pipelines.train import (
@@ -48,11 +47,12 @@ from pipelines.train import (
     train,
 )
 from recsys.datasets.base import Dataset, DatasetError
+from recsys.evaluation.holdout import Holdout, HoldoutConfig, score_vectors
 from recsys.evaluation.metrics import per_user_metrics, ranking_metrics_at_k
-from recsys.evaluation.splits import Split, time_split
 from recsys.evaluation.topk import top_k_scores
 from recsys.hybrid import history_profiles, hybrid_top_k
 from recsys.matrix import InteractionMatrix
+from recsys.models.base import TrainData
 from recsys.models.config import FeatureConfig, ModelConfig
 from recsys.models.ensemble import EnsembleEmbedder
 from recsys.models.registry import make_model
@@ -135,43 +135,29 @@ class SearchOutcome:
 # ----------------------------------------------------------------------------------------------
 
 
-def time_validation_split(events: pd.DataFrame, ratio: float) -> Split:
-    """The newest ``ratio`` of events (global time cutoff) as holdout, the rest as train."""
-    cutoff = events["timestamp"].quantile(1.0 - ratio, interpolation="higher")
-    split = time_split(events, cutoff)
-    if len(split.train) == 0:  # every event at one instant: nothing is earlier than the cutoff
-        split = time_split(events, events["timestamp"].max() + pd.Timedelta(seconds=1))
-    return split
-
-
 class Validation:
-    """The validation split, its matrices per weighting and the nDCG scorer every trial uses."""
+    """The validation holdout (recsys/evaluation/holdout.py: the newest events, widened until
+    enough users are in it), its matrices per weighting and the nDCG scorer every trial uses."""
 
     def __init__(self, dataset: Dataset, config: SearchConfig) -> None:
         self.dataset, self.k = dataset, config.k
         ratio = config.validation_ratio
         while True:
-            self.split = time_validation_split(dataset.events, ratio)
+            holdout_config = HoldoutConfig(
+                kind="time", test_ratio=ratio, eval_users=config.eval_users, seed=config.seed
+            )
+            self.holdout = Holdout.build(dataset.events, holdout_config, require_test=False)
             self.ratio = ratio
-            n_users = self.split.test["user_id"].nunique()
-            if n_users >= config.min_validation_users or ratio >= config.max_validation_ratio:
+            if (
+                self.holdout.split.report["n_test_users"] >= config.min_validation_users
+                or ratio >= config.max_validation_ratio
+            ):
                 break
             ratio = min(config.max_validation_ratio, ratio + 0.05)
-        base = InteractionMatrix.from_events(self.split.train, weighting="none")
-        self.user_ids, self.item_ids = base.user_ids, base.item_ids
-        self.seen = base.matrix
-        test = InteractionMatrix.from_events(
-            self.split.test, user_ids=self.user_ids, item_ids=self.item_ids, weighting="none"
-        ).matrix
-        test.data = np.ones_like(test.data)
-        # a repeat of an item already seen in train is not something to recommend: drop it
-        test = test - test.multiply(self.seen > 0)
-        test.eliminate_zeros()
-        self.test = sp.csr_matrix(test)
-        users = np.flatnonzero((np.diff(self.test.indptr) > 0) & (np.diff(self.seen.indptr) > 0))
-        if len(users) > config.eval_users:
-            users = np.sort(np.random.default_rng(config.seed).choice(users, config.eval_users, replace=False))
-        self.users = users
+        self.split = self.holdout.split
+        self.user_ids, self.item_ids = self.holdout.user_ids, self.holdout.item_ids
+        self.seen, self.test, self.users = self.holdout.train, self.holdout.test, self.holdout.users
+        users = self.users
         self.first_half = users[np.random.default_rng(config.seed).permutation(len(users))[: max(1, len(users) // 2)]]
         self.first_half.sort()
         n_fold_in = min(config.fold_in_users, len(users))
@@ -197,8 +183,7 @@ class Validation:
         users = self.users if users is None else users
         if len(users) == 0:
             return 0.0
-        top = top_k_scores(user_vectors, item_vectors, self.k, exclude=self.seen, user_rows=users, metric=metric)[0]
-        return float(ranking_metrics_at_k(top, self.test, self.k, user_rows=users)["ndcg"])
+        return score_vectors(self.holdout, users, user_vectors, item_vectors, metric, self.k)[f"ndcg_at_{self.k}"]
 
     def per_user(self, model) -> np.ndarray:
         """nDCG@k of every validation user (row order of ``self.users``)."""
@@ -494,7 +479,7 @@ def run_search(
         "search: validation split %s",
         {k: v for k, v in validation.split.report.items() if isinstance(v, (int, float, str))},
     )
-    popular = make_model("popular").fit(validation.seen)
+    popular = make_model("popular").fit(TrainData(validation.seen))
     pop_score = validation.score(popular)
     kinds, family_notes = families(validation, config)
     notes += family_notes
@@ -820,7 +805,7 @@ def _content_space(
             notes.append("no content space: items have no titles, descriptions or categories")
         return None, HybridConfig(default_mode="collaborative", weights=(1.0, 0.0))
     content = ContentConfig(kind=kind)
-    encoder = make_model(kind).fit(validation.dataset.items, item_ids=validation.item_ids)
+    encoder = make_model(kind).fit(TrainData.catalog_only(validation.dataset.items, validation.item_ids))
     C = encoder.item_vectors_
     if winner.kind == "popular" or len(validation.users) == 0:
         return content, HybridConfig(default_mode="collaborative", weights=(1.0, 0.0))

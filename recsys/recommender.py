@@ -98,8 +98,11 @@ class Recommender:
         #: BM25 over every item's search text, kept in step by ``update_catalog``
         self.lexical = LexicalIndex()
         self.lexical.set_texts([""] * len(self.catalog))
+        if bundle.serving is None:
+            raise BundleError("this bundle has no serving spec (written by an older version): retrain to serve it")
         content = bundle.extras.get("content")
-        hybrid = bundle.info.get("hybrid", {})
+        serving = bundle.serving
+        hybrid = serving.hybrid
         self.ranker = Ranker(
             self.catalog,
             bundle.item_vectors,
@@ -107,13 +110,14 @@ class Recommender:
             content_vectors=content,
             indexes=bundle.indexes,
             model_metric=bundle.metric,
-            default_blend_weights=tuple(hybrid.get("weights", (0.5, 0.5))),
-            default_fusion=hybrid.get("fusion", "weighted"),
-            default_calibration=float(bundle.info.get("calibration", 0.0) or 0.0),
+            default_calibration=serving.calibration,
+            **(
+                {"default_blend_weights": hybrid.weights, "default_fusion": hybrid.fusion} if hybrid is not None else {}
+            ),
         )
         # np.asarray drops the memmap subclass: one user row is a plain view, no memmap wrapper
         self.user_vectors = np.asarray(bundle.user_vectors, dtype=np.float32)
-        self.default_mode = hybrid.get("default_mode", "hybrid" if content is not None else "collaborative")
+        self.default_mode = serving.default_mode
         if bundle.fold_in is None:
             raise BundleError("this bundle has no fold-in spec (written by an older version): retrain to serve it")
         self.fold_in_spec = bundle.fold_in
@@ -236,7 +240,6 @@ class Recommender:
         fusion: str | None = None,
         diversity: float | None = None,
         refresh: bool = False,
-        weights: Sequence[float] | None = None,
         calibration: float | None = None,
         values: Sequence[float] | None = None,
     ) -> RecommendationResult:
@@ -244,10 +247,7 @@ class Recommender:
         fresh events count at once); unseen user with history: fold-in; else popular.
 
         ``values``: each history event's stored value (1 each by default); the fold-in sums
-        them per item and weighs them as the training matrix did.
-        ``weights`` is the former name of ``blend_weights`` (kept until the API passes
-        ``blend_weights``)."""
-        blend_weights = _one_of(blend_weights, weights, "blend_weights", "weights")
+        them per item and weighs them as the training matrix did."""
         mode = self._mode(mode)
         if values is not None and len(values) != len(history):
             raise ValueError(f"{len(values)} values for {len(history)} history events")
@@ -280,13 +280,10 @@ class Recommender:
         blend_weights: Sequence[float] | None = None,
         fusion: str | None = None,
         diversity: float | None = None,
-        blend: Sequence[float] | None = None,
         calibration: float | None = None,
     ) -> RecommendationResult:
         """Anonymous session: fold the given items in on the fly (``item_weights`` weigh each
-        item's interaction, like repeating it). ``blend`` is the former name of
-        ``blend_weights`` (kept until the API passes ``blend_weights``)."""
-        blend_weights = _one_of(blend_weights, blend, "blend_weights", "blend")
+        item's interaction, like repeating it)."""
         mode = self._mode(mode)
         if item_weights is not None:
             if len(item_weights) != len(item_ids):
@@ -452,12 +449,3 @@ def _trained_prefix(seen: np.ndarray, n_trained: int) -> int:
     if len(first) <= n_trained:
         return len(seen)
     return int(np.sort(first)[n_trained - 1]) + 1
-
-
-def _one_of(value, former, name: str, former_name: str):
-    """A renamed keyword: the new name or the former one, not both."""
-    if former is None:
-        return value
-    if value is not None:
-        raise TypeError(f"give {name} or {former_name}, not both")
-    return former

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from harness import prepare
 from sqlalchemy import text
 
 from api.history import HistoryCache
 from api.main import create_app
-from api.testing import prepare
 from feature_store import FeatureStore
 from recsys.settings import Settings
 

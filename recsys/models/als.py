@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.models.base import Embedder
+from recsys.models.base import Embedder, TrainData
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ class ALSEmbedder(Embedder):
 
     kind = "als"
     metric = "dot"
+    supports_fold_in = True
     #: the exact user step over the whole history (one solve; measured ≥ delta, docs/foldin.md)
     returning_fold_in = "afresh"
 
@@ -43,7 +44,7 @@ class ALSEmbedder(Embedder):
         self.num_threads = num_threads
         self.show_progress = show_progress
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> ALSEmbedder:
+    def _fit(self, data: TrainData) -> None:
         from implicit.cpu.als import AlternatingLeastSquares
         from threadpoolctl import threadpool_limits
 
@@ -59,12 +60,11 @@ class ALSEmbedder(Embedder):
                 num_threads=self.num_threads,
                 dtype=np.float32,
             )
-            model.fit(sp.csr_matrix(matrix, dtype=np.float32), show_progress=self.show_progress)
+            model.fit(sp.csr_matrix(data.matrix, dtype=np.float32), show_progress=self.show_progress)
         self.model_ = model
         self.user_vectors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self.item_vectors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
         self.gram_ = None
-        return self
 
     @classmethod
     def for_fold_in(cls, params: dict, item_vectors: np.ndarray) -> ALSEmbedder:

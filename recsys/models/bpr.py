@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from scipy.optimize import minimize
 from scipy.special import expit, log_expit
 
-from recsys.models.base import Embedder
+from recsys.models.base import Embedder, TrainData
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ class BPREmbedder(Embedder):
 
     kind = "bpr"
     metric = "dot"
+    supports_fold_in = True
     #: the solved pairwise step beats the SGD-trained user vectors (docs/foldin.md)
     returning_fold_in = "afresh"
 
@@ -51,7 +52,7 @@ class BPREmbedder(Embedder):
         self.show_progress = show_progress
         self.fold_in_negatives = fold_in_negatives
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> BPREmbedder:
+    def _fit(self, data: TrainData) -> None:
         from implicit.cpu.bpr import BayesianPersonalizedRanking
 
         model = BayesianPersonalizedRanking(
@@ -63,7 +64,7 @@ class BPREmbedder(Embedder):
             num_threads=self.num_threads,
             dtype=np.float32,
         )
-        model.fit(sp.csr_matrix(matrix, dtype=np.float32), show_progress=self.show_progress)
+        model.fit(sp.csr_matrix(data.matrix, dtype=np.float32), show_progress=self.show_progress)
         self.model_ = model
         self.user_vectors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self.item_vectors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
@@ -76,7 +77,6 @@ class BPREmbedder(Embedder):
             self.item_vectors_.shape[0],
             self.item_vectors_.shape[1],
         )
-        return self
 
     def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """The BPR user step for one new user against the fixed item factors.

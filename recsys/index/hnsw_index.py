@@ -45,6 +45,72 @@ INDEX_FILE = "index.hnsw"
 META_FILE = "index.json"
 
 
+def graph_order(index: hnswlib.Index) -> hnswlib.Index:
+    """The same graph with its nodes renumbered in breadth-first order from the entry point, so
+    that nodes linked in the graph (visited one after another by a search) sit next to each other
+    in memory. hnswlib numbers nodes in insertion order, so a search's every hop lands on another
+    memory page; at 300k×64 items (dot, M 16, ef 23) this layout answered 31 % more queries a
+    second, one thread, with identical results (the graph, its labels and its entry point do not
+    change; bench/ann_bench.py measures it against hnswlib used directly at 1M). Cost: one pass
+    over the index's arrays (~6 s at 300k on 2 cores under load), charged to the build.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import breadth_first_order
+
+    (state,) = index.__getstate__()
+    n, size = state["cur_element_count"], state["size_data_per_element"]
+    if n < 2:
+        return index
+    level0 = state["data_level0"].reshape(-1, size)
+    # level 0: per node a uint16 link count (in a 4-byte header), max_M0 int32 links, vector, label
+    links0, counts0 = _links(level0[:n], state["max_M0"])
+    valid0 = np.arange(state["max_M0"]) < counts0[:, None]
+    graph = csr_matrix(
+        (np.ones(int(counts0.sum()), np.int8), links0[valid0], np.concatenate([[0], np.cumsum(counts0)])),
+        shape=(n, n),
+    )
+    order = breadth_first_order(graph, state["enterpoint_node"], directed=True, return_predecessors=False)
+    if len(order) < n:  # nodes the entry point does not reach at level 0 keep their order, last
+        order = np.concatenate([order, np.setdiff1d(np.arange(n), order, assume_unique=True)])
+    new_id = np.empty(n, np.int64)
+    new_id[order] = np.arange(n)
+
+    moved = level0.copy()
+    moved[:n] = level0[order]
+    links, _ = _links(moved[:n], state["max_M0"])
+    links[valid0[order]] = new_id[links[valid0[order]]]
+    # upper levels: per node with level L > 0, L blocks of (header, max_M links), nodes in id order
+    levels = state["element_levels"][:n].astype(np.int64)
+    per = state["size_links_per_element"]
+    blocks = state["link_lists"].reshape(-1, per)
+    upper, counts = _links(blocks, state["max_M"])
+    upper_valid = np.arange(state["max_M"]) < counts[:, None]
+    upper[upper_valid] = new_id[upper[upper_valid]]
+    first = np.concatenate([[0], np.cumsum(levels)])[:-1]
+    new_levels = levels[order]
+    new_first = np.concatenate([[0], np.cumsum(new_levels)])[:-1]
+    rows = np.repeat(first[order] - new_first, new_levels) + np.arange(int(new_levels.sum()))
+
+    state = {
+        **state,
+        "data_level0": moved.reshape(-1),
+        "link_lists": blocks[rows].reshape(-1),
+        "element_levels": np.concatenate([new_levels, state["element_levels"][n:]]).astype(np.int32),
+        "enterpoint_node": int(new_id[state["enterpoint_node"]]),
+        "label_lookup_internal": new_id[state["label_lookup_internal"]].astype(np.uint32),
+    }
+    del level0, blocks, graph
+    ordered = hnswlib.Index.__new__(hnswlib.Index)
+    ordered.__setstate__((state,))
+    return ordered
+
+
+def _links(blocks: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A writable int32 view of the ``width`` links of every link block (rows of bytes) and their
+    counts (the header's first two bytes)."""
+    return blocks[:, 4 : 4 + 4 * width].view(np.int32), blocks[:, :2].copy().view(np.uint16)[:, 0].astype(np.int64)
+
+
 class HnswItemIndex(ItemIndex):
     kind = "hnsw"
 
@@ -105,6 +171,7 @@ class HnswItemIndex(ItemIndex):
                     f"hnsw M={self.M} ef_construction={self.ef_construction}: {end:,} of {len(vectors):,} items in "
                     f"{elapsed:.1f}s, projected {projected:.0f}s > {self.max_build_seconds:.0f}s allowed"
                 )
+        index = graph_order(index)
         index.set_num_threads(1)
         if self.ef > 0:
             index.set_ef(self.ef)
@@ -148,12 +215,12 @@ class HnswItemIndex(ItemIndex):
             raise IndexError_("index is not built or loaded")
         if (exclude is None or not len(exclude)) and self.metric != "euclidean" and 0 < k <= self._n_items:
             # the common case without _knn's copies, nor any of our own: views of hnswlib's
-            # arrays, scores made in place (this wrapper cost 20 % of a 0.03 ms query at 1M)
+            # arrays, scores made in place, positional arguments (keywords cost pybind11 ~0.4 µs;
+            # the whole wrapper ~0.6 µs of a 0.03 ms query at 1M)
             try:
-                labels, dist = self.index_.knn_query(vector, k=k, num_threads=1)
-                scores = dist[0]
-                np.subtract(1.0, scores, out=scores)
-                return labels[0].view(np.int64), scores
+                labels, dist = self.index_.knn_query(vector, k, 1)
+                np.subtract(1.0, dist, out=dist)
+                return labels[0].view(np.int64), dist[0]
             except RuntimeError:  # fewer than k reachable: _knn asks for fewer
                 pass
         vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)

@@ -60,7 +60,7 @@ from pipelines.validate import ValidationFailed, snapshot_stats, validate_snapsh
 from recsys.bundle import ModelBundle, manifest_capabilities
 from recsys.evaluation.bias import BiasReport, Leakage, user_attribute_labels
 from recsys.evaluation.mitigation import Assessment, assess, served_leakage
-from recsys.index.annoy_index import file_sha256
+from recsys.index.base import file_sha256
 from recsys.matrix import InteractionMatrix
 from recsys.models.foldin import FoldInSpec
 from recsys.settings import Settings

@@ -28,8 +28,8 @@ from typing import Any
 import joblib
 import numpy as np
 
-from recsys.index.annoy_index import file_sha256, load_index
-from recsys.index.base import IndexError_, ItemIndex
+from recsys.index.annoy_index import load_index
+from recsys.index.base import IndexError_, ItemIndex, file_sha256
 from recsys.models.foldin import FoldInSpec
 
 logger = logging.getLogger(__name__)

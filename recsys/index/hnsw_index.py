@@ -14,7 +14,6 @@ outside the process can change what is served.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -29,11 +28,14 @@ from recsys.index.base import (
     IndexError_,
     ItemIndex,
     check_metric,
+    euclidean_scores,
+    fd_path,
+    file_sha256,
+    padded,
+    private_copy,
     recall_at_k,
-    recall_lower_bound,
-    smallest_reaching,
 )
-from recsys.index.exact import ExactIndex
+from recsys.index.tuning import exact_truth, log_tuning, tune_knob
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,6 @@ HNSW_SPACE = {"dot": "ip", "cosine": "cosine", "euclidean": "l2"}
 BUILD_CHUNK = 10_000
 
 INDEX_FILE = "index.hnsw"
-META_FILE = "index.json"
 
 
 def graph_order(index: hnswlib.Index) -> hnswlib.Index:
@@ -184,9 +185,8 @@ class HnswItemIndex(ItemIndex):
         return self._n_items
 
     def _to_score(self, distances: np.ndarray) -> np.ndarray:
-        if self.metric == "euclidean":
-            return -np.sqrt(np.maximum(distances, 0.0))
-        return 1.0 - distances  # ip: 1 - q·v; cosine: 1 - cos
+        # ip: 1 - q·v; cosine: 1 - cos; l2: squared distance
+        return euclidean_scores(distances) if self.metric == "euclidean" else 1.0 - distances
 
     def _knn(
         self, queries: np.ndarray, k: int, allow: Callable[[int], bool] | None = None
@@ -240,12 +240,7 @@ class HnswItemIndex(ItemIndex):
         return ids[0][keep][:k], scores[0][keep][:k]
 
     def query_batch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        found, scores = self._knn(queries, k)
-        ids = np.full((len(queries), k), -1, np.int64)
-        out = np.full((len(queries), k), -np.inf, np.float32)
-        ids[:, : found.shape[1]], out[:, : found.shape[1]] = found, scores
-        return ids, out
+        return padded(*self._knn(np.atleast_2d(np.asarray(queries, dtype=np.float32)), k), k)
 
     def set_ef(self, ef: int) -> None:
         self.ef = int(ef)
@@ -267,120 +262,58 @@ class HnswItemIndex(ItemIndex):
     ) -> float:
         """Smallest ``ef`` (within ~5 %) at which the recall@k ``queries`` show can be promised
         on queries not seen (:func:`recall_lower_bound` reaches ``target_recall``): doubling
-        from k, then bisection; returns the (mean) recall at that ef.
+        from k, then bisection (recsys/index/tuning.py); returns the (mean) recall at that ef.
         An explicit ``ef`` (not -1) is kept and only measured. Stops at ``tune_seconds`` with
         the best ef found (logged when the target was not reached), and — given
         ``slower_than_ms`` (a candidate that already reaches the target, e.g. an exact scan) —
-        as soon as a query at the current ef, still short of the target, is slower than that:
-        a wider beam only costs more, it can no longer win."""
+        as soon as a query at the current ef, still short of the target, is slower than that."""
         if truth is None:
-            truth = ExactIndex(self.metric).build(vectors).query_batch(queries, k)[0]
+            truth = exact_truth(self, vectors, queries, k)
         if self.ef != -1:
             return self.measure_recall(queries, truth, k)
-        deadline = time.perf_counter() + self.tune_seconds
-        ceiling = max(k, self._n_items)
-        tried: dict[int, tuple[float, float]] = {}  # ef → (mean recall, lower bound)
-
-        per_query_ms: dict[int, float] = {}
-
-        def probe(ef: int) -> float:
-            self.set_ef(ef)
-            start = time.perf_counter()
-            found = self.query_batch(queries, k)[0]
-            per_query_ms[ef] = (time.perf_counter() - start) / max(len(queries), 1) * 1000
-            tried[ef] = (recall_at_k(found, truth), recall_lower_bound(found, truth))
-            return tried[ef][1]
-
-        def slower(ef: int) -> bool:
-            return slower_than_ms is not None and per_query_ms[ef] > slower_than_ms
-
         # lo: an ef known to miss (hnswlib searches with max(ef, k), so no ef below k is worth probing)
-        hi, why_not = smallest_reaching(
-            probe, lo=k - 1, hi=k, ceiling=ceiling, bar=self.target_recall, deadline=deadline, give_up=slower
-        )
-        self.set_ef(hi)
-        recall, bound = tried[hi]
-        if k == 10:
-            self.recall_at_10_ = recall
-        if why_not == "slower":
-            logger.info(
-                "hnsw %s index: at ef=%d recall@%d %.3f and %.3f ms/query, slower than the alternative (%.3f ms): "
-                "stopped tuning",
-                self.metric,
-                hi,
-                k,
-                recall,
-                per_query_ms[hi],
-                slower_than_ms,
-            )
-            return recall
-        if why_not is not None:
-            logger.warning(
-                "hnsw %s index: recall@%d target %.3f not reached (best %.3f, lower bound %.3f, at ef=%d; %s)",
-                self.metric,
-                k,
-                self.target_recall,
-                recall,
-                bound,
-                hi,
-                why_not,
-            )
-            return recall
-        logger.info(
-            "hnsw %s index: ef=%d gives recall@%d %.3f (lower bound %.3f over %d queries; %d probes)",
-            self.metric,
-            hi,
+        outcome = tune_knob(
+            self,
+            self.set_ef,
+            queries,
+            truth,
             k,
-            recall,
-            bound,
-            len(queries),
-            len(tried),
+            lo=k - 1,
+            hi=k,
+            ceiling=max(k, self._n_items),
+            bar=self.target_recall,
+            deadline=time.perf_counter() + self.tune_seconds,
+            slower_than_ms=slower_than_ms,
         )
-        return recall
+        log_tuning(self, outcome, f"ef={self.ef}", k, self.target_recall, len(queries))
+        if k == 10:
+            self.recall_at_10_ = outcome.recall
+        return outcome.recall
 
     def save(self, folder: Path) -> dict:
-        from recsys.index.annoy_index import file_sha256
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / INDEX_FILE
         self.index_.save_index(str(path))
-        meta = {
-            "kind": self.kind,
-            "metric": self.metric,
-            "dims": self.dims,
-            "n_items": self._n_items,
-            "M": self.M,
-            "ef_construction": self.ef_construction,
-            "ef": self.ef,
-            "recall_at_10": self.recall_at_10_,
-            "sha256": file_sha256(path),
-        }
-        (folder / META_FILE).write_text(json.dumps(meta, indent=2))
-        return meta
+        return self.write_meta(
+            folder, M=self.M, ef_construction=self.ef_construction, ef=self.ef, sha256=file_sha256(path)
+        )
 
     @classmethod
     def _load_private(cls, path: Path, meta: dict, expected_sha256: str | None) -> HnswItemIndex:
-        from recsys.index.annoy_index import private_copy
-
-        if not path.exists():
-            raise IndexError_(f"index file missing: {path}")
         index = cls(meta["metric"], M=meta["M"], ef_construction=meta["ef_construction"], ef=meta["ef"])
         hnsw = hnswlib.Index(space=HNSW_SPACE[meta["metric"]], dim=meta["dims"])
         fd = private_copy(path, expected_sha256)
         try:
-            proc = f"/proc/self/fd/{fd}"
             # hnswlib reads the whole file into its own memory; the private copy can then go.
-            hnsw.load_index(proc if os.path.exists(proc) else str(path), max_elements=max(1, meta["n_items"]))
+            hnsw.load_index(fd_path(fd, path), max_elements=max(1, meta["n_items"]))
         except RuntimeError as exc:
             raise IndexError_(f"hnswlib could not load {path}: {exc}") from exc
         finally:
             os.close(fd)
-        if hnsw.get_current_count() != meta["n_items"]:
-            raise IndexError_(f"index {path} holds {hnsw.get_current_count()} items, metadata says {meta['n_items']}")
+        index.adopt(path, hnsw.get_current_count(), meta)
         hnsw.set_num_threads(1)
         if meta["ef"] > 0:
             hnsw.set_ef(meta["ef"])
-        index.index_, index.dims, index._n_items = hnsw, meta["dims"], meta["n_items"]
-        index.recall_at_10_ = meta.get("recall_at_10")
+        index.index_ = hnsw
         return index

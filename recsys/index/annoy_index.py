@@ -31,10 +31,9 @@ from recsys.index.base import (
     private_copy,
     query_latencies_ms,
     read_verified,
-    recall_at_k,
 )
 from recsys.index.exact import ExactIndex
-from recsys.index.tuning import exact_truth, log_tuning, tune_knob
+from recsys.index.tuning import exact_truth, record_tuning, tune_knob
 
 logger = logging.getLogger(__name__)
 
@@ -120,17 +119,6 @@ class AnnoyItemIndex(ItemIndex):
         order = np.argsort(-scores, kind="stable")[:k]
         return ids[order], scores[order]
 
-    def measure_recall(
-        self, vectors: np.ndarray, queries: np.ndarray, k: int = 10, truth: np.ndarray | None = None
-    ) -> float:
-        """Recall@k of this index against exact search with the same metric."""
-        if truth is None:
-            truth = exact_truth(self, vectors, queries, k)
-        recall = recall_at_k([self.query(q, k)[0] for q in queries], truth)
-        if k == 10:
-            self.recall_at_10_ = recall
-        return recall
-
     def tune(
         self,
         vectors: np.ndarray,
@@ -160,7 +148,7 @@ class AnnoyItemIndex(ItemIndex):
         if truth is None:
             truth = exact_truth(self, vectors, queries, k)
         if self.search_k != -1:
-            return self.measure_recall(vectors, queries, k, truth)
+            return self.measure_recall(queries, truth, k)
         exact_ms = self._exact_ms(vectors, queries, k) if stop_when_slower or slower_than_ms is not None else None
         rivals = [x for x in (exact_ms if stop_when_slower else None, slower_than_ms) if x is not None]
         outcome = tune_knob(
@@ -177,21 +165,12 @@ class AnnoyItemIndex(ItemIndex):
             # strictly slower: then prefer_exact holds whenever the scan was the rival
             slower_than_ms=min(rivals) if rivals else None,
         )
-        if k == 10:
-            self.recall_at_10_ = outcome.recall
         if outcome.why_not == "slower":
             self.query_ms_, self.exact_query_ms_ = outcome.ms_per_query, exact_ms
         else:
             self._time_queries(vectors, queries, k)
-        log_tuning(
-            self,
-            outcome,
-            f"search_k={self.search_k}" + (" (serving scans: a scan is faster)" if self.prefer_exact else ""),
-            k,
-            self.target_recall,
-            len(queries),
-        )
-        return outcome.recall
+        setting = f"search_k={self.search_k}" + (" (serving scans: a scan is faster)" if self.prefer_exact else "")
+        return record_tuning(self, outcome, setting, k, self.target_recall, len(queries))
 
     def _set_search_k(self, value: int) -> None:
         self.search_k = int(value)

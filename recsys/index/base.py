@@ -101,6 +101,14 @@ class ItemIndex(ABC):
             ids[row, : len(found)], scores[row, : len(found)] = found, s
         return ids, scores
 
+    def measure_recall(self, queries: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
+        """Recall@k of ``queries`` against their true top rows ``truth``; kept as
+        ``recall_at_10_`` for k = 10."""
+        recall = recall_at_k(self.query_batch(queries, k)[0], truth)
+        if k == 10:
+            self.recall_at_10_ = recall
+        return recall
+
     def write_meta(self, folder: Path, **fields) -> dict:
         """Write ``index.json``: what every kind records (kind, metric, dims, items, recall) and
         its own ``fields`` (knobs, file checksums); returns it."""

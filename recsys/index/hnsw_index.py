@@ -33,9 +33,8 @@ from recsys.index.base import (
     file_sha256,
     padded,
     private_copy,
-    recall_at_k,
 )
-from recsys.index.tuning import exact_truth, log_tuning, tune_knob
+from recsys.index.tuning import exact_truth, record_tuning, tune_knob
 
 logger = logging.getLogger(__name__)
 
@@ -246,12 +245,6 @@ class HnswItemIndex(ItemIndex):
         self.ef = int(ef)
         self.index_.set_ef(self.ef)
 
-    def measure_recall(self, queries: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
-        recall = recall_at_k(self.query_batch(queries, k)[0], truth)
-        if k == 10:
-            self.recall_at_10_ = recall
-        return recall
-
     def tune(
         self,
         vectors: np.ndarray,
@@ -285,10 +278,7 @@ class HnswItemIndex(ItemIndex):
             deadline=time.perf_counter() + self.tune_seconds,
             slower_than_ms=slower_than_ms,
         )
-        log_tuning(self, outcome, f"ef={self.ef}", k, self.target_recall, len(queries))
-        if k == 10:
-            self.recall_at_10_ = outcome.recall
-        return outcome.recall
+        return record_tuning(self, outcome, f"ef={self.ef}", k, self.target_recall, len(queries))
 
     def save(self, folder: Path) -> dict:
         folder = Path(folder)

@@ -30,7 +30,6 @@ import numpy as np
 
 from recsys.index.base import (
     IndexError_,
-    check_metric,
     drop_excluded,
     euclidean_scores,
     file_sha256,
@@ -68,29 +67,18 @@ class IvfItemIndex(PartitionedIndex):
         tune_seconds: float = 120.0,
         random_state: int = 42,
     ) -> None:
-        self.metric = check_metric(metric)
-        if metric not in IVF_METRICS:
-            raise ValueError(f"{kind} supports metrics {list(IVF_METRICS)}, not {metric!r}")
         if kind not in ENCODINGS:
             raise ValueError(f"ivf kind must be one of {sorted(ENCODINGS)}, got {kind!r}")
         self.kind = kind
+        super().__init__(
+            metric, IVF_METRICS, nprobe, reorder, training_sample, target_recall, num_threads, tune_seconds
+        )
         #: coarse lists; -1: :func:`default_partitions`
         self.nlist = nlist
         #: lists scanned per query; -1 before ``tune``: all
         self.nprobe = nprobe
-        #: candidates re-ranked exactly for k = 10 (scaled with k; sq8/pq only); -1: 20·k
-        self.reorder = reorder
-        self.training_sample = training_sample
-        self.target_recall = target_recall
-        self.num_threads = num_threads
-        self.tune_seconds = tune_seconds
         self.random_state = random_state
         self.index_ = None
-        self.dims = 0
-        self._n_items = 0
-        self.recall_at_10_: float | None = None
-        #: knobs given explicitly are kept by ``tune`` (only measured)
-        self.tune_setting, self.tune_reorder = nprobe == -1, reorder == -1
 
     @property
     def refines(self) -> bool:
@@ -134,10 +122,6 @@ class IvfItemIndex(PartitionedIndex):
         if self.reorder == -1:
             self.reorder = TUNE_REORDER_FACTOR * 10
         return self
-
-    @property
-    def n_items(self) -> int:
-        return self._n_items
 
     @property
     def setting(self) -> int:

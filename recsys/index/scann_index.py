@@ -31,7 +31,6 @@ import numpy as np
 from recsys.index.base import (
     META_FILE,
     IndexError_,
-    check_metric,
     drop_excluded,
     euclidean_scores,
     file_sha256,
@@ -69,31 +68,25 @@ class ScannItemIndex(PartitionedIndex):
         num_threads: int = -1,
         tune_seconds: float = 120.0,
     ) -> None:
-        self.metric = check_metric(metric)
-        if metric not in SCANN_DISTANCE:
-            raise ValueError(f"scann supports metrics {sorted(SCANN_DISTANCE)}, not {metric!r}")
+        super().__init__(
+            metric,
+            tuple(SCANN_DISTANCE),
+            leaves_to_search,
+            reorder,
+            training_sample,
+            target_recall,
+            num_threads,
+            tune_seconds,
+        )
         #: k-means tree leaves; -1: :func:`default_partitions`
         self.num_leaves = num_leaves
         #: leaves searched per query; -1 before ``tune``: all of them
         self.leaves_to_search = leaves_to_search
-        #: candidates re-ranked exactly, for k = 10 (scaled with k); -1 before ``tune``: 20·k
-        self.reorder = reorder
         self.dims_per_block = dims_per_block
         #: anisotropic quantization threshold (dot and cosine only: for L2 plain quantization)
         self.anisotropic_threshold = anisotropic_threshold
-        #: items the tree and the codebooks are trained on
-        self.training_sample = training_sample
-        self.target_recall = target_recall
-        #: threads for building (-1: every core); queries run on the caller's thread
-        self.num_threads = num_threads
-        self.tune_seconds = tune_seconds
         self.searcher_ = None
-        self.dims = 0
-        self._n_items = 0
         self.brute_force_ = False
-        self.recall_at_10_: float | None = None
-        #: knobs given explicitly are kept by ``tune`` (only measured)
-        self.tune_setting, self.tune_reorder = leaves_to_search == -1, reorder == -1
 
     # ---- build --------------------------------------------------------------------------
     def build(self, vectors: np.ndarray) -> ScannItemIndex:
@@ -129,10 +122,6 @@ class ScannItemIndex(PartitionedIndex):
         self.searcher_ = builder.build()
         self.searcher_.set_num_threads(1)
         return self
-
-    @property
-    def n_items(self) -> int:
-        return self._n_items
 
     # ---- search -------------------------------------------------------------------------
     def _widths(self, k: int) -> tuple[int, int, int]:

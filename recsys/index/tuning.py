@@ -15,7 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsys.index.base import ItemIndex, query_latencies_ms, recall_at_k, recall_lower_bound, smallest_reaching
+from recsys.index.base import (
+    ItemIndex,
+    check_metric,
+    query_latencies_ms,
+    recall_at_k,
+    recall_lower_bound,
+    smallest_reaching,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +100,11 @@ def tune_knob(
     return KnobTuning(value, recall, bound, ms, why_not, len(tried))
 
 
-def log_tuning(index: ItemIndex, outcome: KnobTuning, setting: str, k: int, bar: float, n_queries: int) -> None:
-    """The one log line of a tuning: reached, stopped as slower than a rival, or not reachable."""
+def record_tuning(index: ItemIndex, outcome: KnobTuning, setting: str, k: int, bar: float, n_queries: int) -> float:
+    """The end of every tuning: the one log line (reached, stopped as slower than a rival, or
+    not reachable), the recall kept as the index's ``recall_at_10_`` (for k = 10); returns it."""
+    if k == 10:
+        index.recall_at_10_ = outcome.recall
     name = f"{index.kind} {index.metric} index"
     if outcome.why_not == "slower":
         logger.info(
@@ -128,6 +138,7 @@ def log_tuning(index: ItemIndex, outcome: KnobTuning, setting: str, k: int, bar:
             n_queries,
             outcome.probes,
         )
+    return outcome.recall
 
 
 def exact_truth(index: ItemIndex, vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -141,12 +152,37 @@ class PartitionedIndex(ItemIndex):
     """ScaNN and faiss IVF: items in k-means partitions of which a tuned number is searched,
     then (where codes are quantized) a tuned number of candidates re-ranked exactly."""
 
-    target_recall: float
-    tune_seconds: float
-    reorder: int
-    #: whether ``tune`` may change each knob (False where it was given explicitly)
-    tune_setting: bool
-    tune_reorder: bool
+    def __init__(
+        self,
+        metric: str,
+        served: tuple[str, ...],
+        setting: int,
+        reorder: int,
+        training_sample: int,
+        target_recall: float,
+        num_threads: int,
+        tune_seconds: float,
+    ) -> None:
+        self.metric = check_metric(metric)
+        if metric not in served:
+            raise ValueError(f"{self.kind} supports metrics {sorted(served)}, not {metric!r}")
+        #: candidates re-ranked exactly for k = 10 (scaled with k); -1 before ``tune``: 20·k
+        self.reorder = reorder
+        #: items the partitions (and codebooks) are trained on
+        self.training_sample = training_sample
+        self.target_recall = target_recall
+        #: threads for building (-1: every core); queries run on the caller's thread
+        self.num_threads = num_threads
+        self.tune_seconds = tune_seconds
+        self.dims = 0
+        self._n_items = 0
+        self.recall_at_10_: float | None = None
+        #: knobs given explicitly are kept by ``tune`` (only measured)
+        self.tune_setting, self.tune_reorder = setting == -1, reorder == -1
+
+    @property
+    def n_items(self) -> int:
+        return self._n_items
 
     @property
     @abstractmethod
@@ -208,10 +244,5 @@ class PartitionedIndex(ItemIndex):
                 self, self.set_reorder, queries, truth, k, lo=k - 1, hi=k, ceiling=self.reorder, **common
             )
         if outcome is None:
-            recall = recall_at_k(self.query_batch(queries, k)[0], truth)
-        else:
-            log_tuning(self, outcome, self.describe(), k, self.target_recall, len(queries))
-            recall = outcome.recall
-        if k == 10:
-            self.recall_at_10_ = recall
-        return recall
+            return self.measure_recall(queries, truth, k)
+        return record_tuning(self, outcome, self.describe(), k, self.target_recall, len(queries))

@@ -313,13 +313,19 @@ def run_ann(
     M: int,
     ef_construction: int,
     anchor_Ms: tuple[int, ...] = (16,),
+    build_budget: float = 150.0,
 ) -> int:
     from threadpoolctl import threadpool_limits
 
     from recsys.index import IndexSettings
 
-    settings = IndexSettings(target_recall=TARGET, M=M, ef_construction=ef_construction)
-    print(f"candidates {kinds}, HNSW M={M} ef_construction={ef_construction}; anchor hnswlib M in {anchor_Ms}")
+    settings = IndexSettings(
+        target_recall=TARGET, M=M, ef_construction=ef_construction, build_budget_seconds=build_budget
+    )
+    print(
+        f"candidates {kinds}, HNSW M={M} ef_construction={ef_construction}, build budget {build_budget:.0f}s; "
+        f"anchor hnswlib M in {anchor_Ms}"
+    )
     results = []
     print(f"load before: {os.getloadavg()}", flush=True)
     # the build as training runs it, every core (the ground truth of the tuning queries is one
@@ -484,6 +490,13 @@ def main() -> None:
         default=defaults.ef_construction,
         help="HNSW construction beam (IndexConfig.ef_construction)",
     )
+    parser.add_argument(
+        "--build-budget",
+        type=float,
+        default=defaults.build_budget_seconds,
+        help="seconds per space for building the candidates (IndexConfig.build_budget_seconds); on a loaded "
+        "machine the default leaves out what a quiet one builds",
+    )
     parser.add_argument("--batch", action="store_true", help="batch recommendations bench (100k users × 20k items)")
     parser.add_argument("--filter-check", action="store_true", help="HNSW exclusions: over-fetch vs filter callback")
     parser.add_argument(
@@ -504,7 +517,14 @@ def main() -> None:
         sys.exit(run_float16(args.sizes, args.metrics))
     sys.exit(
         run_ann(
-            args.sizes, args.metrics, args.json, tuple(args.kinds), args.M, args.ef_construction, tuple(args.anchor_M)
+            args.sizes,
+            args.metrics,
+            args.json,
+            tuple(args.kinds),
+            args.M,
+            args.ef_construction,
+            tuple(args.anchor_M),
+            args.build_budget,
         )
     )
 

@@ -36,6 +36,7 @@ def test_wilson_interval():
     assert wilson_interval(0, 50)[0] == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_ab_over_http_and_online_report(tmp_path):
     from pipelines.train import train
 

@@ -16,6 +16,8 @@ from feature_store import FeatureStore
 from recsys.datasets.synthetic import generate_synthetic
 from recsys.settings import Settings
 
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
+
 KEY = "test-key-1"
 AUTH = {"X-API-Key": KEY}
 

@@ -386,6 +386,7 @@ def api_client(tmp_path_factory):
         yield client
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", ["-0.5", "1.01", "abc", "nan", "inf"])
 def test_api_calibration_param_validated(api_client, bad):
     r = api_client.get("/users/u1/recommendations", params={"calibration": bad})
@@ -396,6 +397,7 @@ def test_api_calibration_param_validated(api_client, bad):
     assert any("calibration" in err["loc"] for err in r.json()["detail"])
 
 
+@pytest.mark.slow
 def test_api_calibration_changes_the_list_toward_the_history_mix(api_client):
     plain = api_client.get("/users/u1/recommendations", params={"k": 10})
     strong = api_client.get("/users/u1/recommendations", params={"k": 10, "calibration": 1})

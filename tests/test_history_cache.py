@@ -23,6 +23,8 @@ from api.testing import prepare
 from feature_store import FeatureStore
 from recsys.settings import Settings
 
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
+
 KEY = "history-key"
 AUTH = {"X-API-Key": KEY}
 

@@ -11,6 +11,8 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from api.testing import prepare, settings_for
 
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
+
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):

@@ -18,6 +18,8 @@ from recsys.datasets.base import Dataset
 from recsys.datasets.synthetic import generate_synthetic
 from recsys.settings import Settings
 
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
+
 REPO = Path(__file__).resolve().parents[1]
 FAST = ("als", "itemknn", "ease", "item2vec")
 

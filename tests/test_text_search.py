@@ -22,6 +22,8 @@ from api.testing import prepare
 from recsys.lexical import LexicalIndex
 from recsys.settings import Settings
 
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
+
 KEY = "search-key"
 AUTH = {"X-API-Key": KEY}
 MATCHES = ("lexical", "semantic", "hybrid")

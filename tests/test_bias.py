@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from recsys.evaluation.bias import (
     popularity_deciles,
     user_attribute_labels,
 )
-from recsys.evaluation.mitigation import BiasSettings, DebiasSettings, assess
+from recsys.evaluation.mitigation import BiasSettings, DebiasSettings, assess, served_leakage
 from recsys.models.als import ALSEmbedder
 from recsys.models.debias import LinearDebiaser
 from recsys.ranking import RankRequest, RankRequestError, calibrate, calibrate_batch, popularity_bins
@@ -311,6 +312,33 @@ def test_card_round_trips_and_renders(planted_report, tmp_path):
     assert again.bias.item == planted_report.item
     md = render_markdown(again)
     assert "amplification" in md and "| gender | F | M |" in md
+
+
+def test_leakage_probe_is_a_bounded_seeded_sample_named_in_the_card(planted_report):
+    """The probe's cost is bounded: at most ``max_leakage_users`` users are probed (the same ones
+    for the same seed); the card names the sample, its population and the holdout users."""
+    train, _, labels = _synthetic(hide_group=None)
+    vectors = _als(train).user_vectors_
+    probed = served_leakage(vectors, labels, BiasSettings(max_leakage_users=150, seed=3))
+    assert probed == served_leakage(vectors, labels, BiasSettings(max_leakage_users=150, seed=3))
+    assert [(x.attribute, x.n_users, x.population) for x in probed] == [("gender", 150, 400)]
+    whole = served_leakage(vectors, labels, BiasSettings(max_leakage_users=5_000, seed=3))
+    assert [(x.n_users, x.population) for x in whole] == [(400, 400)]
+    card = new_card(
+        model_name="recsys",
+        version="4",
+        run_id="r2",
+        model={"kind": "als", "params": {"factors": 16}},
+        data_stats={"n_users": 400, "n_items": 200, "n_events": 6000, "min_timestamp": "2020-01-01", "as_of": "now"},
+        validation={"ndcg_at_10": 0.25},
+        validation_split="test",
+        bias=replace(planted_report, leakage=probed),
+        mitigations=[],
+        serving={"calibration": 0.0},
+    )
+    md = render_markdown(ModelCard.from_dict(json.loads(card.to_json())))
+    assert "| 150 of 400 (seeded sample) |" in md
+    assert f"Over the {planted_report.n_users:,} holdout users evaluated" in md
 
 
 # ------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def run(args, env, check=True):
 @pytest.fixture(scope="module")
 def trained(env):
     run(["generate", *GEN], env)
-    out = run(["train", "--trials", "2"], env)  # the search path, on both ALS starting points
+    out = run(["train", "--trials", "6"], env)
     assert "registered recsys version 1" in out.stdout
     return env
 

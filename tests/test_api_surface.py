@@ -22,6 +22,8 @@ from api.main import create_app
 from feature_store import FeatureStore
 from recsys.settings import Settings
 
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
+
 KEY = "surface-key"
 AUTH = {"X-API-Key": KEY}
 

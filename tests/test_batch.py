@@ -22,6 +22,8 @@ from recsys.index import ExactIndex, HnswItemIndex
 from recsys.matrix import InteractionMatrix
 from recsys.recommender import NO_FILTERS, Filters, Recommender
 
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
+
 K = 8
 
 

@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
+
 REPO = Path(__file__).resolve().parents[1]
 ML100K = REPO.parent / "shared" / "datasets" / "ml-100k"
 

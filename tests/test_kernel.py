@@ -16,6 +16,8 @@ from recsys.bundle import ModelBundle
 from recsys.datasets.synthetic import generate_synthetic
 from recsys.settings import Settings
 
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
+
 LIGHTFM = {"kind": "lightfm", "params": {"no_components": 16, "epochs": 5}}
 CONFIGS = {
     "als": {"models": [{"kind": "als", "params": {"factors": 16, "iterations": 6, "regularization": 0.05}}]},

@@ -30,6 +30,8 @@ from pipelines.train import train
 from recsys.datasets.synthetic import generate_synthetic
 from recsys.settings import Settings
 
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
+
 KEY = "safety-key"
 AUTH = {"X-API-Key": KEY}
 
@@ -293,7 +295,6 @@ def _pids_serving(base: str, version: str, pids: set[int], deadline: float) -> s
     return done
 
 
-@pytest.mark.slow
 def test_reload_reaches_every_worker(tmp_path, db_url):
     # The reload generation lives in the online store: both databases.
     env = prepare(tmp_path / "data", database_url=db_url if db_url.startswith("postgresql") else None)

@@ -6,14 +6,12 @@ Every failure the user can fix prints one line `error: …` on stderr and exits 
 
 from __future__ import annotations
 
-import logging
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.logging import RichHandler
 from rich.table import Table
 
 from cli import experiment as experiment_cli
@@ -27,10 +25,10 @@ from cli.common import (
     UsageError,
     apply_cli_errors,
     cli_errors,
+    configure_logging,
     console,
     describe_validation_error,
     ensure_port_free,
-    err_console,
     get_settings,
     open_store,
     train_lock,
@@ -45,15 +43,28 @@ app = typer.Typer(
 FORMATS = ("movielens-100k", "movielens-1m", "goodbooks-10k", "csv", "parquet")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("recsys-service")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            number = "unknown (not installed)"
+        console.print(f"recsys {number}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")] = False) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False)],
-    )
-    for noisy in ("alembic", "mlflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="log progress details, MLflow's and other libraries' INFO lines")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    configure_logging(verbose)
 
 
 def _settings():

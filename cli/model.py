@@ -41,9 +41,9 @@ def list_versions(
 ) -> None:
     """Versions newest first: alias, status (what the dashboard shows), kind, nDCG@10,
     recall@10 and catalogue coverage; --wide adds the gate reason, bias, indexes and tags."""
-    from pipelines.versions import version_view
     from cli.common import get_settings
     from pipelines import tracking
+    from pipelines.versions import version_view
 
     settings = get_settings(database=False)
     client = tracking.client_for(settings)  # read-only: no experiment created, no migration run

@@ -138,8 +138,28 @@ def configure_logging(verbose: bool) -> None:
         level=level, format="%(message)s", handlers=[RichHandler(console=err_console, show_path=False)], force=True
     )
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(level))
+    # libraries' Python warnings (implicit's "expects CSR input", deprecations) are log lines too
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(level if verbose else logging.ERROR)
     for name in ("mlflow", "alembic", "optuna", *OWN_LOGGERS):
         logging.getLogger(name).setLevel(level)
+
+
+def progress():
+    """The one progress display of every command (recsys/progress.py), on standard error."""
+    from recsys.progress import progress_bar
+
+    return progress_bar(err_console)
+
+
+def duration(seconds: float) -> str:
+    """``41s``, ``3m05s``, ``1h02m``: an elapsed time or an ETA as a person reads it."""
+    seconds = max(int(round(seconds)), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def describe_yaml_error(exc: Exception) -> str:

@@ -28,9 +28,11 @@ from cli.common import (
     configure_logging,
     console,
     describe_validation_error,
+    duration,
     ensure_port_free,
     get_settings,
     open_store,
+    progress,
     train_lock,
 )
 
@@ -224,8 +226,11 @@ def train(
     if cfg.promote_alias is not None:
         tracking.check_alias(cfg.promote_alias)
     _store(settings).dispose()  # a bad database URL fails here, before the lock and MLflow
-    with train_lock(settings), console.status("training") as status:
-        result = run_train(settings, cfg, as_of=as_of, on_stage=lambda s: status.update(f"training: {s}"))
+    with train_lock(settings), progress() as bar:
+        task = bar.add_task("training", total=None)
+        result = run_train(
+            settings, cfg, as_of=as_of, on_stage=lambda s: bar.update(task, description=f"training: {s}")
+        )
     _print_train_result(result, cfg.model.kind, cfg.k, cfg.promote_alias, settings)
 
 
@@ -245,17 +250,33 @@ def _print_train_result(result, kind: str, k: int, alias: str | None, settings) 
 
 def _autotune(settings, trials: int, max_seconds: float, seed: int, content: str | None, as_of, alias: str | None):
     """Search, train the winner, print what won and by how much over popularity."""
-    from pipelines.search import SearchConfig, autotune, describe
+    from pipelines.search import SearchConfig, TrialProgress, autotune, describe
 
     search = SearchConfig(trials=trials, max_seconds=max_seconds, seed=seed)
-    with train_lock(settings), console.status("searching") as status:
+    with train_lock(settings), progress() as bar:
+        task = bar.add_task(f"search: up to {trials} trials, {duration(max_seconds)} budget", total=trials)
+
+        def on_trial(p: TrialProgress) -> None:
+            best = f"best ndcg@{search.k} {p.best:.4f} ({p.best_kind})" if p.best is not None else "no score yet"
+            bar.update(
+                task,
+                total=p.total,
+                completed=p.done,
+                description=f"search trial {p.done}/{p.total}: {p.label} · {best} · ETA {duration(p.eta_seconds)}",
+            )
+
+        def on_stage(stage: str) -> None:
+            if stage != "search":  # the winner's training: a stage at a time, no count
+                bar.update(task, total=None, description=f"training the winner: {stage}")
+
         result = autotune(
             settings,
             search,
             as_of=as_of,
             promote_alias=alias,
             content=content,
-            on_stage=lambda s: status.update(f"training: {s}"),
+            on_stage=on_stage,
+            on_trial=on_trial,
         )
     outcome = result.search
     _print_train_result(result.train, outcome.winner.kind, search.k, alias, settings)

@@ -31,8 +31,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -120,14 +120,14 @@ def script_for(block: DocBlock) -> str:
     lines = [
         "set -euo pipefail",
         "ip link set lo up",
-        "curl() { command curl --fail-with-body --silent --show-error --max-time 120 \"$@\"; echo; }",
+        'curl() { command curl --fail-with-body --silent --show-error --max-time 120 "$@"; echo; }',
         "wait_port() {  # until something answers on 127.0.0.1:$1, while the server ($2) lives",
         "  for _ in $(seq 600); do",
-        "    command curl --silent --output /dev/null --max-time 2 \"http://127.0.0.1:$1/\" && return 0",
-        "    kill -0 \"$2\" 2>/dev/null || { echo \"server on port $1 exited\"; return 1; }",
+        '    command curl --silent --output /dev/null --max-time 2 "http://127.0.0.1:$1/" && return 0',
+        '    kill -0 "$2" 2>/dev/null || { echo "server on port $1 exited"; return 1; }',
         "    sleep 0.5",
         "  done",
-        "  echo \"nothing answers on port $1\"; return 1",
+        '  echo "nothing answers on port $1"; return 1',
         "}",
     ]
     for n, command in enumerate(block.commands()):

@@ -168,7 +168,7 @@ def test_library_logs_only_with_verbose(tmp_path):
 def test_native_library_lines_become_debug_records(capfd, caplog, monkeypatch):
     from recsys.native_logs import native_stderr_as_debug
 
-    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # no handler left by a CliRunner run
+    monkeypatch.setattr(logging.getLogger(), "handlers", [caplog.handler])  # none left by a CliRunner run
 
     log = logging.getLogger("recsys.test.native")
     with caplog.at_level(logging.DEBUG, logger="recsys.test.native"), native_stderr_as_debug(log):

@@ -16,6 +16,8 @@ How a block runs:
   background and the next line runs once its port answers; a scheduler (``recsys pipeline
   schedule``) must still be running after a few seconds. Whatever a block started is stopped
   when it ends.
+- A block that calls the API (``curl …:8000``) without starting a server runs against the
+  README's server, started first: ``RECSYS_API_KEYS=dev-key recsys serve --port 8000``.
 - Each block runs in a network namespace of its own (``unshare -n``, loopback only), so the
   ports the docs print (8000, 5000) are free whatever else runs on the machine.
 
@@ -53,6 +55,8 @@ SERVER = re.compile(r"^(?:make serve|(?:\S*/)?recsys serve|(?:\S*/)?mlflow (?:ui
 DAEMON = re.compile(r"^(?:\S*/)?recsys pipeline schedule\b")
 DEFAULT_PORTS = {"mlflow": 5000}
 BLOCK_TIMEOUT = 900
+#: the server a block of API calls assumes (README.md, "Serve")
+README_SERVER = "RECSYS_API_KEYS=dev-key recsys serve --port 8000"
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,11 @@ def script_for(block: DocBlock) -> str:
         '  echo "nothing answers on port $1"; return 1',
         "}",
     ]
-    for n, command in enumerate(block.commands()):
+    commands = block.commands()
+    calls_api = any(c.startswith("curl") and "127.0.0.1:8000" in c for c in commands)
+    if calls_api and not any(SERVER.match(_bare(c)) for c in commands):
+        commands = [README_SERVER, *commands]
+    for n, command in enumerate(commands):
         marked = NOT_RUN.search(command)
         shown = shlex.quote(f"$ {command}")
         if marked:
@@ -252,6 +260,8 @@ def test_the_extractor_joins_continuations_and_honours_the_marker():
     assert "(not run: it is the suite)" in script
     assert "\nmake test" not in script
     assert DocBlock(ROOT / "x.md", 1, "# not run by tests: needs nginx\nnginx\n").not_run_reason() == "needs nginx"
+    api_only = script_for(DocBlock(ROOT / "x.md", 1, "curl 'http://127.0.0.1:8000/health'\n"))
+    assert api_only.index(f"{README_SERVER} > server-0.log") < api_only.index("curl 'http://127.0.0.1:8000/health'")
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.name for b in BLOCKS])

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Query, Request, Security
+from fastapi import Depends, Header, Query, Request, Security
 from fastapi.security import APIKeyHeader
 
-from api.keys import KeyChecker
+from api.errors import ApiError
+from api.keys import NO_KEYS_HINT, KeyChecker
 from api.serving import (
     LoadedModel,
     LoaderBusy,
@@ -56,13 +57,23 @@ ModelDep = Annotated[LoadedModel, Depends(get_model)]
 
 def _check_key(key: str | None, keys: KeyChecker) -> None:
     if not key:
-        raise HTTPException(
-            status_code=401,
-            detail={"field": "X-API-Key", "message": "an API key is required (header X-API-Key)"},
+        if not keys.any_configured():
+            raise ApiError(
+                401,
+                "X-API-Key",
+                f"this server has no API key configured, so no request that needs one can succeed: {NO_KEYS_HINT}",
+                location="header",
+                headers={"WWW-Authenticate": "APIKey"},
+            )
+        raise ApiError(
+            401,
+            "X-API-Key",
+            "an API key is required (header X-API-Key)",
+            location="header",
             headers={"WWW-Authenticate": "APIKey"},
         )
     if not keys.valid(key):
-        raise HTTPException(status_code=403, detail={"field": "X-API-Key", "message": "the API key is not valid"})
+        raise ApiError(403, "X-API-Key", "the API key is not valid", location="header")
 
 
 async def require_key(
@@ -123,15 +134,11 @@ async def pin(request: Request, holder: ModelHolder, key: str | None, version: s
     try:
         return await holder.load_pinned(version)
     except UnknownVersion:
-        raise HTTPException(
-            status_code=404, detail={"field": "model_version", "message": f"no model version {version}"}
-        )
+        raise ApiError(404, "model_version", f"no model version {version}")
     except LoaderBusy as exc:
-        raise HTTPException(
-            status_code=503, detail={"field": "model_version", "message": str(exc)}, headers={"Retry-After": "2"}
-        )
+        raise ApiError(503, "model_version", str(exc), headers={"Retry-After": "2"})
     except ReloadError as exc:
-        raise HTTPException(status_code=503, detail={"field": "model_version", "message": exc.reason})
+        raise ApiError(503, "model_version", exc.reason)
 
 
 PinDep = Annotated[LoadedModel | None, Depends(pinned_model)]

@@ -35,12 +35,12 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import pandas as pd
-
 from feature_store import FeatureStore
-from feature_store.activity import StoredEvent
+from feature_store.activity import StoredEvent, is_fresh, snapshot_cutoff
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["HistoryCache", "UserHistory", "is_fresh", "snapshot_cutoff"]
 
 #: how long an id the feed skipped is asked for again before it counts as never coming
 GAP_SECONDS = 30.0
@@ -55,40 +55,20 @@ FEED_BATCH = 10_000
 @dataclass(slots=True)
 class UserHistory:
     """One user's history: item ids in the order they reached this worker (a fold-in and the
-    seen-items filter don't depend on the order), and when the newest event was stored."""
+    seen-items filter don't depend on the order), each event's value (the fold-in weighs items
+    by their summed values, as the training matrix does), and when the newest event was stored."""
 
     items: list[str] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
     newest: datetime | None = None
     #: feed ids read from the store above the horizon of that moment (see the module doc)
     loaded_seqs: set[int] | None = None
 
     def add(self, event: StoredEvent) -> None:
         self.items.append(sys.intern(event.item_id))
+        self.values.append(event.value)
         if event.stored_at is not None and (self.newest is None or event.stored_at > self.newest):
             self.newest = event.stored_at
-
-
-def is_fresh(newest: datetime | None, cutoff: datetime | None) -> bool:
-    """Were some of the user's events stored after the model's training snapshot ``cutoff``?
-
-    SQLite stores ``created_at`` to the second, so the snapshot time is compared at that
-    resolution too (an event stored in the very second of the snapshot counts as trained).
-    """
-    if newest is None or cutoff is None:
-        return False
-    if newest.microsecond == 0:
-        cutoff = cutoff.replace(microsecond=0)
-    return newest > cutoff
-
-
-def snapshot_cutoff(trained_as_of: pd.Timestamp | None) -> datetime | None:
-    """A model's training snapshot time as an aware UTC datetime (computed once per model)."""
-    return None if trained_as_of is None else trained_as_of.tz_convert("UTC").to_pydatetime()
-
-
-def has_fresh_events(newest: datetime | None, trained_as_of: pd.Timestamp | None) -> bool:
-    """:func:`is_fresh` against a training snapshot timestamp."""
-    return is_fresh(newest, snapshot_cutoff(trained_as_of))
 
 
 class HistoryCache:

@@ -14,7 +14,13 @@ import time
 
 from feature_store import FeatureStore, key_hash
 
-__all__ = ["KEY_CACHE_SECONDS", "KeyChecker", "key_hash"]
+__all__ = ["KEY_CACHE_SECONDS", "NO_KEYS_HINT", "KeyChecker", "key_hash"]
+
+#: how to give a server its first key (the start-up warning and the 401 of a keyless server say it)
+NO_KEYS_HINT = (
+    "set RECSYS_API_KEYS=<key>[,<key>...] and restart the server, "
+    "or store one with `python -m api.keys create NAME` (no restart needed)"
+)
 
 
 #: how long a worker trusts its last lookup of a stored key (the bound on a revocation made
@@ -31,6 +37,7 @@ class KeyChecker:
         self._ttl = ttl
         # Keyed by digest: the plain keys are not kept in memory.
         self._cache: dict[str, tuple[bool, float]] = {}
+        self._any_stored: tuple[bool, float] | None = None
 
     def valid(self, key: str) -> bool:
         digest = key_hash(key)
@@ -47,10 +54,21 @@ class KeyChecker:
         self._cache[digest] = (ok, now)
         return ok
 
+    def any_configured(self) -> bool:
+        """Whether any key could be valid: one from settings, or an active stored one (that
+        lookup cached for ``ttl`` seconds like the others)."""
+        if self._static:
+            return True
+        now = time.monotonic()
+        if self._any_stored is None or now - self._any_stored[1] >= self._ttl:
+            self._any_stored = (self.store.has_api_keys(), now)
+        return self._any_stored[0]
+
     def revoke(self, name: str) -> int:
         """Revoke every stored key named ``name``; this checker forgets what it cached at once."""
         n = self.store.revoke_api_keys(name)
         self._cache.clear()
+        self._any_stored = None
         return n
 
 

@@ -9,16 +9,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.keys import KeyChecker
+from api.docs import install as install_docs
+from api.errors import ApiError, Error, FieldError, error_detail, error_response, validation_detail
+from api.keys import NO_KEYS_HINT, KeyChecker
 from api.metrics import MetricsMiddleware
 from api.request_guards import BodySizeLimit, validation_error_response
 from api.routes import admin, catalog, events, health, recommendations
-from api.schemas import Error
 from api.serving import ModelHolder, ModelNotReady, ReloadError
 from api.ui import install as install_dashboard
 from feature_store import FeatureStore
@@ -74,6 +74,21 @@ def _connected(sock: socket.socket) -> bool:
     return True
 
 
+API_DESCRIPTION = """Embedding-based recommendations: collaborative, content and hybrid.
+
+**Errors.** Every error answer (4xx and 5xx) has one JSON body, `Error`:
+`{"detail": {"field": ..., "message": ..., "errors": [{"field", "location", "message", "type", "input"}]}}`.
+`field` names the input at fault (a parameter, a header such as `X-API-Key`, or a body field as a
+dotted path with `[i]` for list positions; `null` when no one input is), `message` says what is
+wrong, and `errors` lists every problem found (invalid input: up to 20, each with a short preview
+of a scalar value).
+
+**Keys.** Writes and `/admin/*` need an `X-API-Key` header (reads too when the server is set up
+so). A server started without any key refuses every write with 401 until keys are configured
+(`RECSYS_API_KEYS`, or `python -m api.keys create NAME`).
+"""
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -91,6 +106,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 logger.exception("could not load the model behind alias %s", alias)
         app.state.settings, app.state.store, app.state.holder = settings, store, holder
         app.state.keys = KeyChecker(store, settings.api_key_list)
+        if not app.state.keys.any_configured():
+            logger.warning(
+                "no API key configured: every write (POST /events, /items, /users) and /admin/* is refused "
+                "with 401. To accept writes, %s",
+                NO_KEYS_HINT,
+            )
         holder.start_syncing()
         holder.start_watching()
         try:
@@ -103,7 +124,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="recsys",
         version="0.2.0",
         lifespan=lifespan,
-        description="Embedding-based recommendations: collaborative, content and hybrid.",
+        description=API_DESCRIPTION,
+        docs_url=None,  # /docs and /redoc from local files: api/docs.py
+        redoc_url=None,
         responses={
             # Answered by the HTTP server (uvicorn/h11) before the app sees the request, e.g. a
             # request line or headers past its 16 KB limit: documented so clients expect it.
@@ -121,17 +144,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ModelNotReady)
     async def _not_ready(request: Request, exc: ModelNotReady) -> JSONResponse:
-        return JSONResponse(status_code=503, content={"detail": {"field": None, "message": str(exc)}})
+        return error_response(503, ApiError(503, None, str(exc)).body())
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
             # A body that isn't decodable JSON: answer like every other invalid input (422).
-            return JSONResponse(
-                status_code=422,
-                content={"detail": [{"loc": ["body"], "msg": "the body is not valid JSON", "type": "json_invalid"}]},
+            problem = FieldError(
+                field="body", location="body", message="the body is not valid JSON", type="json_invalid"
             )
-        return await http_exception_handler(request, exc)
+            return error_response(422, validation_detail([problem]))
+        return error_response(exc.status_code, error_detail(exc), exc.headers)
 
     # Outermost last: metrics also count the 413s of the body limit.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
@@ -142,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(catalog.router)
     app.include_router(admin.router)
+    install_docs(app)  # /docs and /redoc, offline (api/docs.py)
     install_dashboard(app)  # the operator dashboard under /ui (api/ui)
     return app
 

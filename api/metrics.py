@@ -36,6 +36,9 @@ MODEL_INFO = Gauge(
     ["alias", "version"],
     multiprocess_mode="liveall",
 )
+IMPRESSIONS = Counter(
+    "recsys_impressions_total", "Served lists logged as impressions (logged, dropped: queue full, failed)", ["result"]
+)
 CATALOG_CHANGES = Counter("recsys_catalog_changes_applied_total", "Catalog changes applied to loaded models")
 
 

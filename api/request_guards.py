@@ -5,14 +5,14 @@
 - :class:`StrictJSONRoute`: request bodies are parsed by :func:`recsys.validation.loads_json`,
   which refuses NaN/Infinity, numbers that overflow to infinity and lone surrogates (Python's
   ``json.loads``, FastAPI's default, accepts all of them).
-- :func:`validation_error_response`: the 422 for a RequestValidationError. It never echoes the
-  input (a 10 MB batch must not come back twice, and a lone surrogate in it cannot be encoded):
-  each error is ``loc`` + ``msg`` + ``type``, with at most a short, escaped preview of a scalar.
+- :func:`validation_error_response`: the 422 for a RequestValidationError, in the API's one
+  error body (api/errors.py). It never echoes the input (a 10 MB batch must not come back
+  twice, and a lone surrogate in it cannot be encoded): each problem names its field, with at
+  most a short, escaped preview of a scalar.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import ErrorDetail, FieldError, error_bytes, error_response, field_of, validation_detail
 from recsys.validation import InvalidJSON, loads_json
 
 #: errors listed in one 422 answer; the rest are counted in a last entry
@@ -34,7 +35,7 @@ _PREVIEW_CHARS = 40
 
 # ---- body size -----------------------------------------------------------------------------
 class BodySizeLimit:
-    """Refuse request bodies larger than ``max_bytes`` with 413 ``{"detail": {"field": "body", ...}}``.
+    """Refuse request bodies larger than ``max_bytes`` with 413 (field ``body``).
 
     With a Content-Length over the limit the app is never called and nothing is read; a body
     without one (chunked) is counted as it streams in and cut off at the first chunk past the
@@ -84,14 +85,9 @@ class BodySizeLimit:
             await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "detail": {
-                    "field": "body",
-                    "message": (f"the request body is larger than {self.max_bytes:,} bytes (RECSYS_MAX_BODY_BYTES)"),
-                }
-            }
-        ).encode()
+        message = f"the request body is larger than {self.max_bytes:,} bytes (RECSYS_MAX_BODY_BYTES)"
+        problem = FieldError(field="body", location="body", message=message, type="body_too_large")
+        body = error_bytes(ErrorDetail(field="body", message=message, errors=[problem]))
         await send(
             {
                 "type": "http.response.start",
@@ -153,17 +149,29 @@ class StrictJSONRoute(APIRoute):
 
 # ---- 422 answers ---------------------------------------------------------------------------
 def validation_error_response(exc: RequestValidationError) -> JSONResponse:
-    """``{"detail": [{"loc", "msg", "type"[, "input"]}, ...]}``: bounded and always serializable."""
+    """The 422 of the API's error body, one entry per problem: bounded and always serializable."""
     errors = list(exc.errors())
-    detail = [_error_entry(err, exc.__cause__) for err in errors[:MAX_ERRORS]]
-    if len(errors) > MAX_ERRORS:
-        detail.append(
-            {"loc": ["body"], "msg": f"{len(errors) - MAX_ERRORS:,} more errors not listed", "type": "too_many_errors"}
+    if any(len(_parts(err)) > 1 for err in errors):
+        # A body that is one object or a list of them: the member it did not match is noise.
+        errors = [err for err in errors if not (len(_parts(err)) == 1 and err.get("type") in _UNION_MISMATCH)]
+    # a union's members give one error each for one input: merged (from a bounded head, so a
+    # huge batch costs no more than a small one)
+    head = 4 * MAX_ERRORS
+    problems = _merged([_problem(err, exc.__cause__) for err in errors[:head]])
+    not_listed = len(problems) - MAX_ERRORS + max(0, len(errors) - head)
+    problems = problems[:MAX_ERRORS]
+    if not problems:
+        problems = [FieldError(field="body", location="body", message="invalid request", type="invalid")]
+    if not_listed > 0:
+        problems.append(
+            FieldError(
+                field=None, location=None, message=f"{not_listed:,} more errors not listed", type="too_many_errors"
+            )
         )
-    return JSONResponse(status_code=422, content={"detail": detail})
+    return error_response(422, validation_detail(problems))
 
 
-def _error_entry(err: dict[str, Any], cause: BaseException | None) -> dict[str, Any]:
+def _problem(err: dict[str, Any], cause: BaseException | None) -> FieldError:
     kind = str(err.get("type", "value_error"))
     loc: tuple[Any, ...] = tuple(err.get("loc", ()))
     msg = str(err.get("msg", ""))
@@ -174,15 +182,60 @@ def _error_entry(err: dict[str, Any], cause: BaseException | None) -> dict[str, 
         else:
             reason = (err.get("ctx") or {}).get("error")
             msg = f"the body is not valid JSON: {reason}" if reason else "the body is not valid JSON"
-    entry: dict[str, Any] = {
-        "loc": [part if isinstance(part, int) else _safe_text(str(part), _LOC_PART_CHARS) for part in loc],
-        "msg": _safe_text(msg, _MSG_CHARS),
-        "type": _safe_text(kind, _LOC_PART_CHARS),
-    }
+    location, field = field_of(
+        [
+            part if isinstance(part, int) else _safe_text(str(part), _LOC_PART_CHARS)
+            for part in _parts({"loc": loc, "type": kind})
+        ]
+    )
+    problem = FieldError(
+        field=field, location=location, message=_safe_text(msg, _MSG_CHARS), type=_safe_text(kind, _LOC_PART_CHARS)
+    )
     preview = _preview(err.get("input"))
     if preview is not _NO_PREVIEW:
-        entry["input"] = preview
-    return entry
+        problem.input = preview  # set only when shown: an absent preview is left out of the body
+    return problem
+
+
+#: the error of a body that is not the union member tried (``EventIn | list[EventIn]``)
+_UNION_MISMATCH = frozenset({"model_attributes_type", "model_type", "list_type", "dict_type"})
+
+
+#: the member names pydantic puts last in the location of a scalar union (``str | int | …``)
+_SCALAR_MEMBERS = frozenset({"str", "int", "float", "bool", "bytes", "none"})
+
+
+def _parts(err: dict[str, Any]) -> list[Any]:
+    """The error's location without the names pydantic adds for validators (``function-…``),
+    for the member of a union body it tried (``EventIn``, ``list[EventIn]``, right after
+    ``body``) and for the member of a scalar union (``str``, ``int``, … last, on a type error)."""
+    parts = [p for p in err.get("loc", ()) if not (isinstance(p, str) and p.startswith("function-"))]
+    if (
+        len(parts) > 1
+        and parts[0] == "body"
+        and isinstance(parts[1], str)
+        and (parts[1][:1].isupper() or "[" in parts[1])
+    ):
+        del parts[1]
+    if len(parts) > 2 and parts[-1] in _SCALAR_MEMBERS and str(err.get("type", "")).endswith(("_type", "_parsing")):
+        del parts[-1]
+    return parts
+
+
+def _merged(problems: list[FieldError]) -> list[FieldError]:
+    """One entry per input for the errors of a union's members (``Input should be a valid
+    string`` + ``… integer`` → ``Input should be a valid string or a valid integer``)."""
+    out: list[FieldError] = []
+    seen: dict[tuple[str | None, str | None], FieldError] = {}
+    for p in problems:
+        key = (p.location, p.field)
+        first = seen.get(key)
+        if first is not None and first.type.endswith("_type") and p.type.endswith("_type"):
+            first.message += " or " + p.message.removeprefix("Input should be ")
+            continue
+        seen.setdefault(key, p)
+        out.append(p)
+    return out
 
 
 _NO_PREVIEW = object()

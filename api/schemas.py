@@ -16,7 +16,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from api.errors import Error, ErrorDetail, FieldError
 from recsys import validation as rules
+
+__all__ = ["Error", "ErrorDetail", "FieldError"]  # the one error body (api/errors.py), beside the other schemas
 
 
 def _rule(problem: Callable[[Any], str | None], error_type: str) -> AfterValidator:
@@ -72,15 +75,6 @@ _MIN_TS = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_TS = datetime(2200, 1, 1, tzinfo=UTC)
 
 
-class ErrorDetail(BaseModel):
-    field: str | None = None
-    message: str
-
-
-class Error(BaseModel):
-    detail: ErrorDetail | str | list[Any]
-
-
 # ---- recommendations -----------------------------------------------------------------------
 class RecommendedItem(BaseModel):
     item_id: str
@@ -90,6 +84,10 @@ class RecommendedItem(BaseModel):
 
 
 class _Answer(BaseModel):
+    request_id: str = Field(
+        description="id of this served list (its impression); send it with the events it leads to "
+        "(POST /events request_id) so they are credited to this list and position"
+    )
     model_version: str
     variant: str = Field(description="A/B variant (alias) that answered, or 'pinned'")
     strategy: str
@@ -100,6 +98,9 @@ class _Answer(BaseModel):
 
 class UserRecommendations(_Answer):
     user_id: str
+    sources: list[str] | None = Field(
+        None, description="interleaving (RECSYS_INTERLEAVE): the model version that contributed each position"
+    )
 
 
 class SimilarItems(_Answer):
@@ -166,6 +167,7 @@ class EventIn(BaseModel):
     timestamp: datetime | None = Field(None, description="when it happened (default: now); naive times are UTC")
     variant: Label | None = Field(None, description="A/B variant named by the recommendation response")
     model_version: Label | None = Field(None, description="model version named by the recommendation response")
+    request_id: Id | None = Field(None, description="request_id of the recommendation response the event came from")
 
     @field_validator("timestamp")
     @classmethod
@@ -234,6 +236,24 @@ class UserUpdate(BaseModel):
 class UserOut(BaseModel):
     user_id: str
     attributes: dict[str, Any]
+
+
+class UserEvent(BaseModel):
+    event_id: str
+    item_id: str
+    title: str = Field(description="the item's title in the catalog now")
+    event_type: str
+    value: float
+    timestamp: datetime
+    variant: str | None = Field(description="the A/B variant (and model version) the event was attributed to")
+
+
+class UserEvents(BaseModel):
+    user_id: str
+    total: int = Field(description="how many events the user has in all")
+    offset: int
+    limit: int
+    events: list[UserEvent] = Field(description="newest first")
 
 
 class Written(BaseModel):

@@ -58,6 +58,7 @@ import pandas as pd
 
 from api import metrics
 from api.history import HistoryCache, snapshot_cutoff
+from api.impressions import ImpressionLog
 from feature_store import FeatureStore
 from pipelines import tracking
 from recsys.bundle import BundleError, ModelBundle
@@ -143,6 +144,11 @@ class ModelHolder:
         self.aliases: list[str] = list(self.split) or [settings.model_alias]
         if settings.model_alias not in self.aliases:
             self.aliases.insert(0, settings.model_alias)
+        #: the two aliases interleaved per request (RECSYS_INTERLEAVE), or None
+        self.interleave = settings.interleave_aliases
+        for alias in self.interleave or ():
+            if alias not in self.aliases:
+                self.aliases.append(alias)
         self.control = store.control
         self.registry = tracking.RegistryClient(settings)
         self._by_alias: dict[str, LoadedModel] = {}
@@ -158,6 +164,17 @@ class ModelHolder:
         self._syncer: threading.Thread | None = None
         #: users' event histories, kept current by the event feed (api/history.py)
         self.history = HistoryCache(store, settings.history_cache_users)
+        #: served lists, logged off the request path (api/impressions.py); None: logging off
+        self.impressions = (
+            ImpressionLog(
+                store,
+                queue_size=settings.impression_queue,
+                batch_size=settings.impression_batch,
+                flush_seconds=settings.impression_flush_seconds,
+            )
+            if settings.impressions
+            else None
+        )
         #: this process in ``serving_workers`` (catalog writes wait for every live worker)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._reported: tuple[int, float] = (-1, 0.0)  # catalog generation reported, when
@@ -196,6 +213,13 @@ class ModelHolder:
                 return model, alias
             # A challenger alias that isn't loaded: its users get the default model.
         return self.current, self.settings.model_alias
+
+    def interleaved(self) -> tuple[LoadedModel, LoadedModel] | None:
+        """The two models to interleave (RECSYS_INTERLEAVE), or None when off or one is not loaded."""
+        if self.interleave is None:
+            return None
+        a, b = (self._by_alias.get(alias) for alias in self.interleave)
+        return (a, b) if a is not None and b is not None else None
 
     def variant_label(self, user_id: str, variant: str | None, version: str | None) -> str | None:
         """What an event stores in ``events.variant``: ``alias:version``."""
@@ -373,10 +397,7 @@ class ModelHolder:
                 reason = f"version {version} refused: {exc.__class__.__name__}: {exc}"
                 logger.error("%s (keeping the model that is being served)", reason)
                 raise ReloadError(None, version, reason) from exc
-            as_of = (bundle.info.get("data") or {}).get("as_of")
-            trained_as_of = pd.Timestamp(as_of) if as_of else None
-            if trained_as_of is not None and trained_as_of.tzinfo is None:
-                trained_as_of = trained_as_of.tz_localize("UTC")
+            trained_as_of = bundle.trained_as_of
             model = LoadedModel(
                 version=version,
                 run_id=mv.run_id,
@@ -466,6 +487,8 @@ class ModelHolder:
         ``history_feed_seconds`` in a background thread. Call before serving requests."""
         if self._syncer is not None:
             return
+        if self.impressions is not None:
+            self.impressions.start()
         self._report(force=True)  # before the catch-up: a write from now on waits for us
         self.sync_catalog()
         self._report(force=True)
@@ -514,6 +537,8 @@ class ModelHolder:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.impressions is not None:
+            self.impressions.stop()  # what is still queued is stored
         if self._watcher is not None:
             self._watcher.join(timeout=5)
         if self._syncer is not None:

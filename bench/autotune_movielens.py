@@ -36,14 +36,15 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from api.testing import live_server  # noqa: E402
 from recsys.datasets import Dataset, load_dataset  # noqa: E402
 from recsys.evaluation.metrics import ranking_metrics_at_k  # noqa: E402
 from recsys.evaluation.splits import random_split, time_split  # noqa: E402
 from recsys.evaluation.topk import top_k_scores  # noqa: E402
 from recsys.matrix import InteractionMatrix  # noqa: E402
+from recsys.models.base import TrainData  # noqa: E402
 from recsys.models.config import ModelConfig  # noqa: E402
 from recsys.models.registry import make_model  # noqa: E402
+from tests.harness import live_server  # noqa: E402
 
 K = 10
 TARGET = 1.03
@@ -74,7 +75,7 @@ class Scorer:
 
     def model(self, config: ModelConfig) -> dict[str, float]:
         matrix = config.matrix(self.train_events, self.user_ids, self.item_ids)
-        model = make_model(config.kind, **config.params).fit(matrix.matrix)
+        model = make_model(config.kind, **config.params).fit(TrainData(matrix.matrix))
         top = top_k_scores(
             model.user_vectors_, model.item_vectors_, K, exclude=self.seen, user_rows=self.users, metric=model.metric
         )[0]

@@ -24,7 +24,7 @@ MB = 1024 * 1024
 def build(folder: Path, items: int, users: int, factors: int, n_trees: int) -> Path:
     import numpy as np
 
-    from recsys.bundle import ModelBundle
+    from recsys.bundle import ModelBundle, ServingSpec
     from recsys.index.annoy_index import AnnoyItemIndex
     from recsys.models.foldin import FoldInSpec
 
@@ -46,6 +46,7 @@ def build(folder: Path, items: int, users: int, factors: int, n_trees: int) -> P
         item_popularity=np.ones(items),
         indexes=indexes,
         fold_in=FoldInSpec(kind="als", params={}, weighting="confidence", alpha=1.0, trained_items=items),
+        serving=ServingSpec(calibration=0.0, hybrid=None, content_kind=None),
     )
     return bundle.save(folder / "bundle")
 

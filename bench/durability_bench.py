@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import func, select  # noqa: E402
 
-from api.testing import live_server, prepare, settings_for  # noqa: E402
 from feature_store import FeatureStore, events_table  # noqa: E402
+from tests.harness import live_server, prepare, settings_for  # noqa: E402
 
 logger = logging.getLogger("durability_bench")
 

@@ -37,6 +37,7 @@ from recsys.evaluation.splits import random_split
 from recsys.evaluation.topk import top_k_scores
 from recsys.hybrid import content_profiles, hybrid_top_k
 from recsys.matrix import InteractionMatrix
+from recsys.models.base import TrainData
 from recsys.models.coldstart import ContentToCFMapper
 from recsys.models.content import TfidfEncoder
 from recsys.models.ensemble import EnsembleEmbedder
@@ -102,7 +103,7 @@ def warm_experiment(dataset, console):
     vtrain, vtest = matrices(inner.train, inner.test, full)
     users = np.flatnonzero(np.diff(test.matrix.indptr) > 0)
     vusers = np.flatnonzero(np.diff(vtest.matrix.indptr) > 0)
-    encoder = TfidfEncoder(n_components=64).fit(dataset.items, item_ids=full.item_ids)
+    encoder = TfidfEncoder(n_components=64).fit(TrainData.catalog_only(dataset.items, full.item_ids))
     C = encoder.item_vectors_
 
     rows, fitted, val_ndcg = [], {}, {}
@@ -198,7 +199,9 @@ def cold_experiment(dataset, console):
     test = InteractionMatrix.from_events(cold_events, user_ids=train.user_ids, item_ids=cold_ids, weighting="none")
     users = np.flatnonzero(np.diff(test.matrix.indptr) > 0)
 
-    encoder = TfidfEncoder(n_components=64).fit(dataset.items, item_ids=np.concatenate([train.item_ids, cold_ids]))
+    encoder = TfidfEncoder(n_components=64).fit(
+        TrainData.catalog_only(dataset.items, np.concatenate([train.item_ids, cold_ids]))
+    )
     warm_c, cold_c = encoder.item_vectors_[: len(train.item_ids)], encoder.item_vectors_[len(train.item_ids) :]
     model = fit("ALS", train, dataset)
     cold_cf = ContentToCFMapper(alpha=1.0).fit(warm_c, model.item_vectors_).predict(cold_c)

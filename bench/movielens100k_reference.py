@@ -44,6 +44,7 @@ from recsys.datasets import load_dataset  # noqa: E402
 from recsys.evaluation import recommenders_metrics, stratified_split, top_k_scores  # noqa: E402
 from recsys.features import build_item_features  # noqa: E402
 from recsys.matrix import InteractionMatrix  # noqa: E402
+from recsys.models.base import TrainData  # noqa: E402
 from recsys.models.config import FeatureConfig, ModelConfig  # noqa: E402
 from recsys.models.registry import make_model  # noqa: E402
 
@@ -196,7 +197,7 @@ def choose_ensemble_weights(
         fitted = {}
         for kind, params in CANDIDATES.items():
             model = make_model(kind, **params)
-            model.fit(train, **({"item_features": data.features("items")} if kind == "lightfm" else {}))
+            model.fit(TrainData(train, item_features=data.features("items")))
             fitted[kind] = model
             print(f"  {weighting:>10} α={alpha:<6.3g} {kind:>8} alone: nDCG@10 {score(model):.6f}", flush=True)
         for w_als in grid:
@@ -240,10 +241,8 @@ def evaluate(config: ModelConfig, dataset, split) -> dict[str, float]:
     users = np.flatnonzero(np.diff(test.indptr) > 0)
     model = make_model(config.kind, **config.params)
     start = time.perf_counter()
-    kwargs = {}
-    if config.features.item_categories:
-        kwargs["item_features"] = build_item_features(dataset.items, base.item_ids)[0]
-    model.fit(train, **kwargs)
+    features = build_item_features(dataset.items, base.item_ids)[0] if config.features.item_categories else None
+    model.fit(TrainData(train, item_features=features))
     fit_s = time.perf_counter() - start
     if getattr(model, "user_vectors_", None) is not None:
         rec = top_k_scores(

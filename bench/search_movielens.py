@@ -2,7 +2,7 @@
 
 Setup: the ML-100K catalog (1,682 films: title, genres, year) and ratings ingested into a fresh
 SQLite store, one model trained with the TF-IDF content encoder (``recsys train``'s path,
-``api.testing.training_config``), served by ``recsys serve`` (one uvicorn worker). Queries go
+``tests/harness.py:training_config``), served by ``recsys serve`` (one uvicorn worker). Queries go
 through one keep-alive HTTP connection, one at a time; latency is the client's wall time per
 request.
 
@@ -41,9 +41,9 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from api.testing import live_server, settings_for, training_config  # noqa: E402
 from recsys.datasets import load_movielens_100k  # noqa: E402
 from recsys.recommender import SEARCH_LEXICAL_WEIGHT, Recommender  # noqa: E402
+from tests.harness import live_server, settings_for, training_config  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets" / "ml-100k"
 K = 10

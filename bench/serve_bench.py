@@ -22,6 +22,10 @@ Extra modes (the base workload and its PASS/FAIL line are unchanged):
   recommendation requests is served by fold-in (the trained model's own, cached per user until
   the user's next event) instead of the trained vector. The table says which share ran.
 
+- ``RECSYS_BENCH_IMPRESSIONS=0``: serve with impression logging off (``RECSYS_IMPRESSIONS``); by
+  default it is on, as in production, so the ratio above is with every recommendation list logged
+  (api/impressions.py). The table says which ran and how many impressions were logged and dropped.
+
 Every table prints the 1-minute load average before and after it (the machine may be shared),
 and the HTTP stack uvicorn ran with (h11 + asyncio, or httptools + uvloop when the ``fast``
 extra is installed: both endpoints get cheaper, so the ratio is the harder to reach).
@@ -51,7 +55,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.testing import live_server, prepare  # noqa: E402
+from tests.harness import live_server, prepare  # noqa: E402
 
 USERS = int(os.environ.get("RECSYS_BENCH_USERS", "20000"))
 ITEMS = int(os.environ.get("RECSYS_BENCH_ITEMS", "10000"))
@@ -67,6 +71,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 PROFILE = os.environ.get("RECSYS_BENCH_PROFILE")
 FRESH_SHARE = float(os.environ.get("RECSYS_BENCH_FRESH_SHARE", "0"))
+IMPRESSIONS = os.environ.get("RECSYS_BENCH_IMPRESSIONS", "1") not in ("0", "false", "no", "")
 BENCH_KEY = "serve-bench-key"
 PY_SPY = Path(sys.executable).with_name("py-spy")
 TARGET_RATIO, TARGET_P99_MS, TARGET_SCALING = 0.5, 20.0, 1.6
@@ -240,6 +245,15 @@ def endpoint_rows(base: str, tmp: Path, pids: list[int], paced: bool = True) -> 
     return rows
 
 
+def impression_counts(base: str) -> dict[str, float]:
+    """``recsys_impressions_total`` by result, from the serving worker's /metrics."""
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    return {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r'^recsys_impressions_total\{result="(\w+)"\} ([0-9.e+]+)$', text, re.M)
+    }
+
+
 def post_fresh_events(base: str) -> None:
     """One event, newer than the training snapshot, for the first FRESH_SHARE of the users."""
     n = int(round(FRESH_SHARE * USERS))
@@ -278,6 +292,7 @@ def main() -> int:
             "OPENBLAS_NUM_THREADS": "1",
             "OMP_NUM_THREADS": "1",
             "RECSYS_API_KEYS": BENCH_KEY,
+            "RECSYS_IMPRESSIONS": "1" if IMPRESSIONS else "0",
         }
         with live_server(env, workers=WORKERS, extra_env=extra) as base:
             post_fresh_events(base)
@@ -287,6 +302,7 @@ def main() -> int:
             rows = endpoint_rows(base, tmp, worker_pids(base, WORKERS))
             load_after = load()
             rss = {pid: memory_mb(pid) for pid in worker_pids(base, WORKERS)}
+            logged = impression_counts(base)
             if PROFILE:
                 try:
                     profile(base, tmp, Path(PROFILE))
@@ -321,6 +337,15 @@ def main() -> int:
             f"{'':<18}{'80%':<10}{paced['rps']:>10,.0f}{paced['p50']:>9.2f}{paced['p99']:>9.2f}{paced['non2xx']:>9}  (target {target:,.0f}/s)"
         )
     print(memory_line(rss))
+    print(
+        "impression logging "
+        + (
+            f"on: {logged.get('logged', 0):,.0f} logged, {logged.get('dropped', 0):,.0f} dropped (queue full), "
+            f"{logged.get('failed', 0):,.0f} failed"
+            if IMPRESSIONS
+            else "off"
+        )
+    )
     recs_peak, recs_paced, _ = rows["recommendations"]
     ratio = recs_peak["rps"] / rows["health"][0]["rps"]
     errors = sum(r["non2xx"] for pair in rows.values() for r in pair[:2])

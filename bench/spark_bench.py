@@ -45,6 +45,7 @@ def main() -> int:
     from recsys.evaluation.topk import top_k_scores
     from recsys.matrix import InteractionMatrix
     from recsys.models.als import ALSEmbedder
+    from recsys.models.base import TrainData
     from recsys.models.spark_als import SparkALSEmbedder
 
     console = Console(width=120)
@@ -81,14 +82,14 @@ def main() -> int:
         return float(ranking_metrics_at_k(top, test.matrix, config.k, user_rows=users)["ndcg"])
 
     t = time.perf_counter()
-    implicit_model = ALSEmbedder(**params).fit(train.matrix)
+    implicit_model = ALSEmbedder(**params).fit(TrainData(train.matrix))
     implicit_seconds = time.perf_counter() - t
     implicit_ndcg = ndcg(implicit_model)
     del implicit_model
 
     t = time.perf_counter()
     try:
-        spark_model = SparkALSEmbedder(**params).fit(train.matrix)
+        spark_model = SparkALSEmbedder(**params).fit(TrainData(train.matrix))
     except Exception:
         logging.getLogger("spark_bench").exception("the Spark fit failed")
         print("Spark ALS fit FAILED")

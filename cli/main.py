@@ -322,10 +322,8 @@ def demo(
     events: Annotated[int, typer.Option(min=100)] = 100_000,
 ) -> None:
     """Generate data, ingest, train, and print a few users' recommendations."""
-    from pipelines import tracking
-    from recsys.bundle import ModelBundle
+    from pipelines.library import load
     from recsys.datasets.synthetic import generate_synthetic
-    from recsys.recommender import Recommender
 
     settings = _settings()
     console.rule("1. generate + ingest")
@@ -343,9 +341,7 @@ def demo(
         )
     )
     console.rule("3. recommendations")
-    client = tracking.setup(settings)
-    version = tracking.get_version(client, settings.registered_model_name, result.version)
-    recommender = Recommender(ModelBundle.load(tracking.fetch_bundle(settings, version)), store.items_frame())
+    recommender = load(version=result.version, catalog=store.items_frame(), settings=settings)
     for user_id in ["u1", "u2", "u3"]:
         recs = recommender.recommend_for_user(user_id, store.user_history(user_id), k=5)
         table = Table(title=f"user {user_id} ({recs.strategy})")

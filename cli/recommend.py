@@ -5,12 +5,18 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli.common import UsageError, cli_errors, console, err_console
+
+if TYPE_CHECKING:
+    from feature_store import FeatureStore
+    from feature_store.activity import StoredEvent
+    from recsys.batch import FreshHistory
 
 COLUMNS = ("user_id", "rank", "item_id", "score", "model_version")
 
@@ -38,9 +44,9 @@ def recommend(
     out, available items only, filters), written as Parquet: user_id, rank, item_id, score,
     model_version.
 
-    A snapshot of the model: each user's trained vector and training-time history. Unlike the
-    API, events stored after training are not folded in, and users who had no events at
-    training time are not written (the API answers them with a fold-in or popularity)."""
+    Users with events stored after the model's training snapshot get the API's answer: their
+    fresh events folded in through the trained model (users new since training included, after
+    the model's users)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -52,6 +58,7 @@ def recommend(
     )
 
     from cli.common import get_settings, open_store
+    from feature_store.activity import snapshot_cutoff
     from pipelines import tracking
     from recsys.batch import batch_path, recommend_all, seen_matrix
     from recsys.bundle import ModelBundle
@@ -89,8 +96,9 @@ def recommend(
         bundle = ModelBundle.load(fetched.path, verify=True, manifest_sha256=fetched.manifest_sha256)
         recommender = Recommender(bundle, store.items_frame())
         seen = seen_matrix(store.snapshot().events, bundle.user_ids, bundle.item_ids)
+        fresh = fresh_histories(store, snapshot_cutoff(bundle.trained_as_of))
     model_version = str(mv.version)
-    user_ids = bundle.user_ids.astype(str)
+    n_new = sum(f.user_id not in bundle.user_pos for f in fresh)
     item_ids = bundle.item_ids.astype(str)
     schema = pa.schema(
         [
@@ -116,7 +124,7 @@ def recommend(
                 console=err_console,
             ) as progress,
         ):
-            task = progress.add_task("users", total=len(user_ids))
+            task = progress.add_task("users", total=len(bundle.user_ids) + n_new)
             for batch in recommend_all(
                 recommender,
                 seen,
@@ -125,12 +133,13 @@ def recommend(
                 exact=exact,
                 batch_size=batch_size,
                 on_batch=lambda n: progress.advance(task, n),
+                fresh=fresh,
             ):
                 found = batch.item_rows >= 0
                 rows, ranks = np.nonzero(found)
                 table = pa.table(
                     {
-                        "user_id": pa.array(user_ids[batch.user_rows[rows]]),
+                        "user_id": pa.array(batch.user_ids[rows].astype(str)),
                         "rank": pa.array((ranks + 1).astype(np.int16)),
                         "item_id": pa.array(item_ids[batch.item_rows[found]]),
                         "score": pa.array(batch.scores[found].astype(np.float32)),
@@ -145,7 +154,28 @@ def recommend(
         tmp.unlink(missing_ok=True)
         raise
     seconds = time.perf_counter() - start
+    n_users = len(bundle.user_ids) + n_new
     console.print(
-        f"wrote {n_rows:,} recommendations for {len(user_ids):,} users of version {model_version} to {out} "
-        f"in {seconds:.1f}s ({len(user_ids) / max(seconds, 1e-9):,.0f} users/s, {batch_path(recommender, exact)} path)"
+        f"wrote {n_rows:,} recommendations for {n_users:,} users of version {model_version} to {out} "
+        f"in {seconds:.1f}s ({n_users / max(seconds, 1e-9):,.0f} users/s, {batch_path(recommender, exact)} path; "
+        f"{len(fresh):,} users with events since training folded in)"
     )
+
+
+def fresh_histories(store: FeatureStore, cutoff: datetime | None) -> list[FreshHistory]:
+    """Users whose newest event was stored after the model's snapshot ``cutoff`` (decided as
+    the API decides it, ``is_fresh``), each with their whole history, oldest first."""
+    from feature_store.activity import is_fresh
+    from recsys.batch import FreshHistory
+
+    if cutoff is None:
+        return []
+    by_user: dict[str, list[StoredEvent]] = {}
+    for event in store.events_of_users_stored_since(cutoff):
+        by_user.setdefault(event.user_id, []).append(event)
+    out = []
+    for user_id, events in by_user.items():
+        newest = max((e.stored_at for e in events if e.stored_at is not None), default=None)
+        if is_fresh(newest, cutoff):
+            out.append(FreshHistory(user_id, [e.item_id for e in events], [e.value for e in events]))
+    return out

@@ -42,14 +42,15 @@ def export(
         ),
     ] = False,
 ) -> None:
-    """Append the events committed since the last export to the offline log."""
+    """Append the events and impressions committed since the last export to the offline logs."""
     store = _store()
     result = store.export_offline(
         progress=True, rebuild=rebuild, batch_events=batch_events, lock_timeout_ms=lock_timeout_ms
     )
     console.print(
         f"exported {result.events:,} events in {result.batches} batch(es) to {store.offline.uri} "
-        f"in {result.seconds:.2f}s ({result.events_per_second:,.0f} events/s); watermark {result.watermark}"
+        f"in {result.seconds:.2f}s ({result.events_per_second:,.0f} events/s); watermark {result.watermark}; "
+        f"{result.impressions:,} impressions to {store.offline_impressions.uri}"
     )
 
 

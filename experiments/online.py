@@ -1,10 +1,10 @@
-"""Online A/B report: per variant, the share of exposed users who clicked / purchased, with
-Wilson score intervals, logged onto the MLflow runs of the versions behind each variant.
+"""Online A/B report: per variant, the share of exposed users and of impressions with a click /
+purchase, with Wilson score intervals, logged onto the MLflow runs of the versions behind each
+variant.
 
-Events carry ``variant = "alias:version"`` (set by ``POST /events`` from the response the
-client saw, or from the user's stable hash bucket). A user is *exposed* to a variant when they
-have at least one event attributed to it; a *success* is at least one event of the outcome
-type (``click``, ``purchase``) in that variant.
+Exposure is an impression (the API logs every served list with ``variant = "alias:version"``);
+a success is an event of the outcome type (``click``, ``purchase``) that names one of the
+variant's impressions by ``request_id`` (recsys/evaluation/online.py).
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ logger = logging.getLogger(__name__)
 def variant_stats(
     store: FeatureStore, outcomes=OUTCOMES, since: datetime | None = None, z: float = Z_95
 ) -> list[VariantStats]:
-    """Per variant (sorted by name): exposed users, events, and each outcome's rate with its Wilson interval."""
-    return online_stats.variant_stats(store.variant_activity(outcomes, since), outcomes, z)
+    """Per variant (sorted by name): exposed users and impressions, and each outcome's rate per
+    user and per impression with its Wilson interval."""
+    return online_stats.variant_stats(store.exposure_counts(outcomes, since), outcomes, z)
 
 
 def report(

@@ -40,8 +40,10 @@ from recsys.evaluation import (
     top_k_scores,
 )
 from recsys.evaluation.bias import bias_report, user_attribute_labels
+from recsys.evaluation.holdout import Holdout, vector_metric
 from recsys.evaluation.splits import Split
 from recsys.matrix import InteractionMatrix
+from recsys.models.base import TrainData
 from recsys.models.config import ModelConfig
 from recsys.models.registry import make_model
 from recsys.settings import Settings
@@ -105,16 +107,12 @@ def split_hash(split: Split) -> str:
 
 @dataclass
 class PreparedData:
-    """Everything every model of one experiment shares: the split and its matrices."""
+    """Everything every model of one experiment shares: the holdout (recsys/evaluation/holdout.py)
+    of the spec's split, and what the metrics need beside it."""
 
     dataset: Dataset
-    split: Split
+    holdout: Holdout
     split_hash: str
-    user_ids: np.ndarray
-    item_ids: np.ndarray
-    test: sp.csr_matrix
-    binary_train: sp.csr_matrix
-    eval_users: np.ndarray
     item_popularity: np.ndarray
     diversity_embeddings: np.ndarray | None
     user_attribute: str | None
@@ -124,12 +122,38 @@ class PreparedData:
     _matrices: dict = field(default_factory=dict)
     _features: dict = field(default_factory=dict)
 
+    @property
+    def split(self) -> Split:
+        return self.holdout.split
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        return self.holdout.user_ids
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        return self.holdout.item_ids
+
+    @property
+    def test(self) -> sp.csr_matrix:
+        return self.holdout.test
+
+    @property
+    def eval_users(self) -> np.ndarray:
+        return self.holdout.users
+
+    @property
+    def binary_train(self) -> sp.csr_matrix:
+        if "binary" not in self._matrices:
+            binary = self.holdout.train.copy()
+            binary.data = np.ones_like(binary.data)
+            self._matrices["binary"] = binary
+        return self._matrices["binary"]
+
     def train_matrix(self, weighting: str, alpha: float) -> sp.csr_matrix:
         key = (weighting, float(alpha))
         if key not in self._matrices:
-            self._matrices[key] = InteractionMatrix.from_events(
-                self.split.train, user_ids=self.user_ids, item_ids=self.item_ids, weighting=weighting, alpha=alpha
-            ).matrix
+            self._matrices[key] = self.holdout.train_matrix(weighting, alpha).matrix
         return self._matrices[key]
 
     def features(self, what: str, text: bool = False, exclude_keys: tuple[str, ...] = ()) -> sp.csr_matrix:
@@ -152,34 +176,22 @@ def prepare_data(spec: ExperimentSpec, dataset: Dataset, split: Split | None = N
         raise ValueError(
             f"the {spec.split.method} split left {len(split.train)} train and {len(split.test)} test events; adjust split"
         )
-    base = InteractionMatrix.from_events(split.train, weighting="none")
-    binary = base.matrix.copy()
-    binary.data = np.ones_like(binary.data)
-    test = InteractionMatrix.from_events(
-        split.test, user_ids=base.user_ids, item_ids=base.item_ids, weighting="none"
-    ).matrix
-    test.data = np.ones_like(test.data)
-    users = np.flatnonzero(np.diff(test.indptr) > 0)
-    if spec.eval_users is not None and len(users) > spec.eval_users:
-        users = np.sort(np.random.default_rng(spec.seed).choice(users, spec.eval_users, replace=False))
-    popularity = np.diff(sp.csc_matrix(binary).indptr).astype(np.float64)
-    attribute, groups = _user_groups(spec, dataset.users, base.user_ids)
+    holdout = Holdout.of_split(split, spec.split.method, spec.eval_users, spec.seed)
+    counts = holdout.train.copy()
+    counts.data = np.ones_like(counts.data)
+    popularity = np.diff(sp.csc_matrix(counts).indptr).astype(np.float64)
+    attribute, groups = _user_groups(spec, dataset.users, holdout.user_ids)
     return PreparedData(
         dataset=dataset,
-        split=split,
+        holdout=holdout,
         split_hash=split_hash(split),
-        user_ids=base.user_ids,
-        item_ids=base.item_ids,
-        test=test,
-        binary_train=binary,
-        eval_users=users,
         item_popularity=popularity,
-        diversity_embeddings=_diversity_embeddings(dataset.items, base.item_ids)
+        diversity_embeddings=_diversity_embeddings(dataset.items, holdout.item_ids)
         if "diversity" in spec.metrics
         else None,
         user_attribute=attribute,
         user_groups=groups,
-        attribute_labels=user_attribute_labels(dataset.users, base.user_ids),
+        attribute_labels=user_attribute_labels(dataset.users, holdout.user_ids),
     )
 
 
@@ -188,7 +200,7 @@ def _diversity_embeddings(items: pd.DataFrame, item_ids: np.ndarray) -> np.ndarr
     if not any(len(c) for c in items["categories"]):
         logger.info("items have no categories: intra-list diversity is not computed")
         return None
-    return make_model("tags").fit(items, item_ids=item_ids).item_vectors_
+    return make_model("tags").fit(TrainData.catalog_only(items, item_ids)).item_vectors_
 
 
 def _user_groups(
@@ -246,9 +258,13 @@ def fit_on_split(config: ModelConfig, data: PreparedData):
 def recommend(model, users: np.ndarray, exclude: sp.csr_matrix, k: int) -> np.ndarray:
     """Top-``k`` item indices per user (train items excluded), ``-1`` padded."""
     if getattr(model, "user_vectors_", None) is not None:
-        metric = model.metric if model.metric in ("dot", "cosine") else "dot"
         return top_k_scores(
-            model.user_vectors_, model.item_vectors_, k, exclude=exclude, user_rows=users, metric=metric
+            model.user_vectors_,
+            model.item_vectors_,
+            k,
+            exclude=exclude,
+            user_rows=users,
+            metric=vector_metric(model.metric),
         )[0]
     if hasattr(model, "recommend"):
         return model.recommend(users, exclude, k)[0]
@@ -300,18 +316,20 @@ def user_breakdown(recommended: np.ndarray, data: PreparedData, k: int) -> pd.Da
     return out[["dimension", "group", "k", *cols]]
 
 
-def index_recall(model, data: PreparedData, n_queries: int, seed: int) -> float | None:
-    """Annoy recall@10 against exact search, on ``n_queries`` sampled user vectors."""
+def index_recall(model, n_queries: int, seed: int) -> float | None:
+    """Recall@10 against exact search of the index ``recsys train`` would serve this model's
+    user space with (``IndexConfig`` defaults: the measured choice, exact when an exact scan
+    is served), on ``n_queries`` sampled user vectors."""
     if n_queries <= 0 or getattr(model, "item_vectors_", None) is None or getattr(model, "user_vectors_", None) is None:
         return None
-    from recsys.index import make_index
+    from pipelines.train import IndexConfig
+    from recsys.index import build_index
 
-    index = make_index("annoy", model.metric, n_trees=50).build(model.item_vectors_)
-    rng = np.random.default_rng(seed)
-    queries = model.user_vectors_[
-        rng.choice(len(model.user_vectors_), min(n_queries, len(model.user_vectors_)), replace=False)
-    ]
-    return index.tune(model.item_vectors_, queries, k=10)
+    config = IndexConfig(recall_queries=n_queries)
+    queries = config.sample_queries(model.user_vectors_, np.random.default_rng(seed))
+    index, choice = build_index(config.kind, model.metric, model.item_vectors_, queries, config.settings())
+    logger.info("index for %s: %s", model.kind, "exact" if index.prefer_exact else choice.chosen.kind)
+    return 1.0 if index.prefer_exact else float(choice.chosen.recall_at_10)
 
 
 def fit_and_evaluate(
@@ -332,7 +350,7 @@ def fit_and_evaluate(
     t_eval = time.perf_counter() - start
     metrics.update({"time_train_s": t_train, "time_eval_s": t_eval, "eval_users": float(len(data.eval_users))})
     if with_index:
-        recall = index_recall(model, data, spec.index_recall_queries, spec.seed)
+        recall = index_recall(model, spec.index_recall_queries, spec.seed)
         if recall is not None:
             metrics["index_recall_at_10"] = recall
     if with_breakdown:

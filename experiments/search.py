@@ -25,7 +25,7 @@ from pipelines import tracking
 from recsys.datasets import Dataset
 from recsys.evaluation.splits import Split
 from recsys.models.config import ModelConfig
-from recsys.models.registry import BASELINE_KINDS, CONTENT_KINDS
+from recsys.models.registry import model_class
 from recsys.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class SearchResult:
 
 
 def searchable(spec: ExperimentSpec):
-    models = [m for m in spec.models if m.kind not in BASELINE_KINDS and m.kind not in CONTENT_KINDS]
+    models = [m for m in spec.models if not (model_class(m.kind).reference or model_class(m.kind).needs_catalog)]
     skipped = [m.label() for m in spec.models if m not in models]
     if skipped:
         logger.info("not searched (recsys train cannot train them): %s", ", ".join(skipped))

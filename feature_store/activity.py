@@ -107,16 +107,24 @@ class StoredEvent:
     item_id: str
     #: when the row was stored (UTC)
     stored_at: datetime | None
+    #: the event's ``value`` (training sums a user's values per item into the matrix entry)
+    value: float = 1.0
 
 
-_FEED_COLUMNS = (events_table.c.id, users_table.c.user_id, items_table.c.item_id, events_table.c.created_at)
+_FEED_COLUMNS = (
+    events_table.c.id,
+    users_table.c.user_id,
+    items_table.c.item_id,
+    events_table.c.created_at,
+    events_table.c.value,
+)
 _FEED_FROM = events_table.join(users_table, events_table.c.user_pk == users_table.c.id).join(
     items_table, events_table.c.item_pk == items_table.c.id
 )
 
 
 def _stored(rows) -> list[StoredEvent]:
-    return [StoredEvent(int(r[0]), r[1], r[2], _utc(r[3])) for r in rows]
+    return [StoredEvent(int(r[0]), r[1], r[2], _utc(r[3]), float(r[4])) for r in rows]
 
 
 def _utc(value: Any) -> datetime | None:
@@ -174,6 +182,40 @@ def events_of_user_pks(conn: Connection, user_pks: Sequence[int]) -> list[Stored
     return _stored(conn.execute(stmt).all())
 
 
+def is_fresh(newest: datetime | None, cutoff: datetime | None) -> bool:
+    """Were some of the user's events stored after the model's training snapshot ``cutoff``?
+
+    SQLite stores ``created_at`` to the second, so the snapshot time is compared at that
+    resolution too (an event stored in the very second of the snapshot counts as trained).
+    """
+    if newest is None or cutoff is None:
+        return False
+    if newest.microsecond == 0:
+        cutoff = cutoff.replace(microsecond=0)
+    return newest > cutoff
+
+
+def snapshot_cutoff(trained_as_of: pd.Timestamp | None) -> datetime | None:
+    """A model's training snapshot time as an aware UTC datetime (computed once per model)."""
+    return None if trained_as_of is None else trained_as_of.tz_convert("UTC").to_pydatetime()
+
+
+def events_of_users_stored_since(conn: Connection, since: datetime) -> list[StoredEvent]:
+    """Every event of the users with an event stored at or after ``since`` (compared to the
+    second: SQLite stores ``created_at`` to the second), grouped by user, oldest first."""
+    floor = since.astimezone(UTC).replace(microsecond=0, tzinfo=None)
+    if conn.dialect.name != "sqlite":
+        floor = floor.replace(tzinfo=UTC)
+    recent = select(events_table.c.user_pk).where(events_table.c.created_at >= floor).distinct()
+    stmt = (
+        select(*_FEED_COLUMNS)
+        .select_from(_FEED_FROM)
+        .where(events_table.c.user_pk.in_(recent))
+        .order_by(events_table.c.user_pk, events_table.c.ts, events_table.c.id)
+    )
+    return _stored(conn.execute(stmt).all())
+
+
 # ---- reads for the operator dashboard (api/ui) -----------------------------------------------
 DAY_MS = 86_400_000
 
@@ -190,8 +232,10 @@ class StoreCounts:
 
 @dataclass(frozen=True)
 class TimelineEvent:
-    """One event of a user with the item's catalog entry (the dashboard's history view)."""
+    """One event of a user with the item's catalog entry (the dashboard's history view and
+    ``GET /users/{user_id}/events``)."""
 
+    event_id: str
     item_id: str
     title: str
     categories: list[str]
@@ -229,15 +273,16 @@ def events_per_day(conn: Connection, item_id: str | None = None) -> pd.Series:
     return pd.Series([int(r[1]) for r in rows], index=index, name="events", dtype="int64")
 
 
-def user_timeline(conn: Connection, user_id: str, limit: int) -> tuple[list[TimelineEvent], int]:
-    """The user's newest ``limit`` events (newest first) with titles and categories, and how
-    many events the user has in all."""
+def user_timeline(conn: Connection, user_id: str, limit: int, offset: int = 0) -> tuple[list[TimelineEvent], int]:
+    """The user's events newest first (ties: the later stored first), ``offset`` skipped and at
+    most ``limit``, with titles and categories, and how many events the user has in all."""
     ev = events_table
     where = users_table.c.user_id == str(user_id)
     joined = ev.join(users_table, ev.c.user_pk == users_table.c.id).join(items_table, ev.c.item_pk == items_table.c.id)
     total = conn.execute(select(func.count()).select_from(joined).where(where)).scalar_one()
     stmt = (
         select(
+            ev.c.event_id,
             items_table.c.item_id,
             items_table.c.title,
             items_table.c.categories,
@@ -250,16 +295,18 @@ def user_timeline(conn: Connection, user_id: str, limit: int) -> tuple[list[Time
         .where(where)
         .order_by(ev.c.ts.desc(), ev.c.id.desc())
         .limit(int(limit))
+        .offset(int(offset))
     )
     out = [
         TimelineEvent(
-            item_id=r[0],
-            title=r[1] or "",
-            categories=list(r[2] or []),
-            event_type=r[3],
-            value=float(r[4]),
-            timestamp=datetime.fromtimestamp(int(r[5]) / 1000, UTC),
-            variant=r[6],
+            event_id=r[0],
+            item_id=r[1],
+            title=r[2] or "",
+            categories=list(r[3] or []),
+            event_type=r[4],
+            value=float(r[5]),
+            timestamp=datetime.fromtimestamp(int(r[6]) / 1000, UTC),
+            variant=r[7],
         )
         for r in conn.execute(stmt).all()
     ]

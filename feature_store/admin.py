@@ -36,6 +36,14 @@ def revoke_api_keys(conn: Connection, name: str) -> int:
     return int(res.rowcount)
 
 
+def any_active_api_key(conn: Connection) -> bool:
+    """Whether any stored key is not revoked."""
+    return (
+        conn.execute(select(api_keys_table.c.id).where(api_keys_table.c.revoked.is_(False)).limit(1)).first()
+        is not None
+    )
+
+
 def api_key_active(conn: Connection, digest: str) -> bool:
     """Whether a key with this sha256 digest is stored and not revoked."""
     row = conn.execute(

@@ -114,6 +114,16 @@ def insert_missing_users(conn: Connection, backend: Backend, user_ids: Sequence[
     return backend.upsert(conn, users_table, "user_id", rows, overwrite=False)
 
 
+def insert_missing_items(conn: Connection, backend: Backend, item_ids: Sequence[str]) -> int:
+    """Create items (no title, text, categories or attributes; available) for ids not stored
+    yet; returns how many were created."""
+    rows = [
+        {"item_id": i, "title": "", "description": "", "categories": [], "attributes": {}, "available": True}
+        for i in sorted(map(str, item_ids))
+    ]
+    return backend.upsert(conn, items_table, "item_id", rows, overwrite=False)
+
+
 def set_item_available(conn: Connection, item_id: str, available: bool) -> None:
     res = conn.execute(
         update(items_table)

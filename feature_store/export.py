@@ -55,20 +55,23 @@ class BoundUnavailable(RuntimeError):
     """In-flight writers kept the safe upper bound out of reach within the lock timeout."""
 
 
-def safe_max_seq(engine: Engine, *, lock_timeout_ms: int = 5_000) -> int:
-    """The largest ``events.id`` below which no uncommitted row can still appear."""
+def safe_max_seq(engine: Engine, *, lock_timeout_ms: int = 5_000, table: str = "events") -> int:
+    """The largest ``<table>.id`` (events or impressions) below which no uncommitted row can
+    still appear."""
+    if table not in ("events", "impressions"):
+        raise ValueError(f"no offline log for table {table!r}")
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(text(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}"))
             try:
-                conn.execute(text("LOCK TABLE events IN SHARE MODE"))
+                conn.execute(text(f"LOCK TABLE {table} IN SHARE MODE"))
             except OperationalError as exc:
                 if getattr(exc.orig, "pgcode", None) == "55P03":  # lock_not_available
                     raise BoundUnavailable(
-                        f"events table busy for {lock_timeout_ms} ms (a long write in flight)"
+                        f"{table} table busy for {lock_timeout_ms} ms (a long write in flight)"
                     ) from exc
                 raise
-        return int(conn.execute(text("SELECT coalesce(max(id), 0) FROM events")).scalar_one())
+        return int(conn.execute(text(f"SELECT coalesce(max(id), 0) FROM {table}")).scalar_one())
 
 
 class EventReader:
@@ -193,39 +196,81 @@ def export_events(
     interrupted batch under the same names. ``store_id``: the SQL store's identity
     (:func:`feature_store.db.read_store_id`), which the log must be bound to.
     """
+    return _export(
+        engine,
+        offline,
+        EventReader(engine).read,
+        "events",
+        store_id=store_id,
+        batch_rows=batch_events,
+        lock_timeout_ms=lock_timeout_ms,
+        progress=progress,
+        after_file=after_file,
+    )
+
+
+def export_impressions(
+    engine: Engine, offline: OfflineStore, *, store_id: str, batch_rows: int = 200_000, lock_timeout_ms: int = 5_000
+) -> ExportResult:
+    """:func:`export_events` for the impressions table, into the impressions log
+    (``offline.kind`` is :data:`~feature_store.offline.IMPRESSIONS_LOG`)."""
+    from feature_store.impressions import read_impression_rows
+
+    def read(lo: int, hi: int) -> pa.Table:
+        with engine.connect() as conn:
+            return read_impression_rows(conn, lo, hi)
+
+    return _export(
+        engine, offline, read, "impressions", store_id=store_id, batch_rows=batch_rows, lock_timeout_ms=lock_timeout_ms
+    )
+
+
+def _export(
+    engine: Engine,
+    offline: OfflineStore,
+    read: Callable[[int, int], pa.Table],
+    table: str,
+    *,
+    store_id: str,
+    batch_rows: int,
+    lock_timeout_ms: int,
+    progress: bool = False,
+    after_file: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """The export loop of one log: rows of ``table`` past the watermark, batch by batch."""
     start = time.perf_counter()
     offline.bind_source(store_id, engine.url.render_as_string(hide_password=True))
     lo = offline.state().watermark
     try:
-        top = safe_max_seq(engine, lock_timeout_ms=lock_timeout_ms)
+        top = safe_max_seq(engine, lock_timeout_ms=lock_timeout_ms, table=table)
     except BoundUnavailable as exc:
-        logger.warning("offline export skipped, log stays at sequence %d: %s", lo, exc)
+        logger.warning("offline export of %s skipped, log stays at sequence %d: %s", table, lo, exc)
         return ExportResult(events=0, batches=0, seconds=time.perf_counter() - start, watermark=lo)
     if top < lo:
         raise OfflineStoreError(
-            f"offline log {offline.uri} is at sequence {lo} but the database only reaches {top}: "
+            f"offline log {offline.uri} is at sequence {lo} but the database's {table} only reach {top}: "
             "was the database recreated? Rebuild the log with `recsys store export --rebuild`"
         )
-    reader = EventReader(engine)
     exported = batches = 0
     with progress_bar(disable=not progress) as bar:
-        task = bar.add_task("export (events)", total=max(top - lo, 0))
+        task = bar.add_task(f"export {table}", total=max(top - lo, 0))
         while lo < top:
             hi = offline.pending_batch(lo)
             if hi is None or not lo < hi <= top:
-                hi = min(lo + int(batch_events), top)
+                hi = min(lo + int(batch_rows), top)
                 offline.begin_batch(lo, hi)
-            table = reader.read(lo, hi)
-            offline.write_batch(lo, hi, table, after_file=after_file)
-            exported += table.num_rows
+            rows = read(lo, hi)
+            offline.write_batch(lo, hi, rows, after_file=after_file)
+            exported += rows.num_rows
             batches += 1
             bar.advance(task, hi - lo)
             lo = hi
     result = ExportResult(events=exported, batches=batches, seconds=time.perf_counter() - start, watermark=lo)
     if exported:
         logger.info(
-            "exported %d events to %s in %.2fs (%.0f events/s), watermark %d",
+            "exported %d %s to %s in %.2fs (%.0f rows/s), watermark %d",
             exported,
+            table,
             offline.uri,
             result.seconds,
             result.events_per_second,

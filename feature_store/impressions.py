@@ -1,9 +1,12 @@
 """Impressions: what was shown, to whom, by which model version and variant, at which positions
 (and, under an exploration policy, with which propensities); and the events attributed to them.
 
-Two tables of their own (``impressions``, ``impression_events``) so the events table and its
-idempotency stay as they are: an event that names a ``request_id`` is also recorded here with
-the position its item had in that impression.
+Two tables of their own (``impressions``, ``impression_events``) so the events table stays as
+it is: an event that names a ``request_id`` is also recorded here, in the same transaction as
+the event itself and under the same ``event_id`` (a re-sent event is attributed once), with the
+position its item had in that impression. Impressions are written in batches off the request
+path (api/impressions.py), so a click can reach the store before its impression: its position
+is then NULL and filled in when read (:func:`read_impressions`) from the impression's items.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from sqlalchemy import (
     select,
 )
 
+from feature_store.backends import Backend
 from feature_store.tables import JSONType, metadata
 
 impressions_table = Table(
@@ -45,7 +49,8 @@ impression_events_table = Table(
     "impression_events",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("request_id", String(64), nullable=False, index=True),
+    Column("event_id", String(255), unique=True, nullable=False),
+    Column("request_id", String(255), nullable=False, index=True),
     Column("item_id", String(255), nullable=False),
     Column("event_type", String(64), nullable=False),
     Column("position", Integer, nullable=True),
@@ -73,6 +78,9 @@ class Impression:
 
 @dataclass(frozen=True, slots=True)
 class AttributedEvent:
+    """An event that names the impression (``request_id``) it came from."""
+
+    event_id: str
     request_id: str
     item_id: str
     event_type: str
@@ -121,9 +129,10 @@ def insert_impressions(conn: Connection, records: Sequence[Impression]) -> int:
     return len(rows)
 
 
-def insert_attributed(conn: Connection, records: Sequence[AttributedEvent]) -> int:
+def insert_attributed(conn: Connection, backend: Backend, records: Sequence[AttributedEvent]) -> int:
     """Record events that name a request id, with their item's position in that impression
-    (None when the impression is unknown or did not show the item). Returns how many had one."""
+    (None when the impression is not stored yet or did not show the item); an ``event_id``
+    already recorded is skipped. Returns how many had a position."""
     if not records:
         return 0
     ids = sorted({r.request_id for r in records})
@@ -142,6 +151,7 @@ def insert_attributed(conn: Connection, records: Sequence[AttributedEvent]) -> i
         placed += pos is not None
         rows.append(
             {
+                "event_id": r.event_id,
                 "request_id": r.request_id,
                 "item_id": r.item_id,
                 "event_type": r.event_type,
@@ -150,7 +160,7 @@ def insert_attributed(conn: Connection, records: Sequence[AttributedEvent]) -> i
                 "ts": int(r.ts),
             }
         )
-    conn.execute(insert(impression_events_table), rows)
+    conn.execute(backend.insert(impression_events_table).on_conflict_do_nothing(index_elements=["event_id"]), rows)
     return placed
 
 
@@ -181,16 +191,49 @@ def read_impressions(
     if not out:
         return []
     e = impression_events_table
-    ev = select(e.c.request_id, e.c.event_type, e.c.position).where(e.c.position.is_not(None))
+    ev = select(e.c.request_id, e.c.event_type, e.c.position, e.c.item_id).order_by(e.c.id)
     if since_ms is not None:
         ev = ev.where(e.c.ts >= since_ms)
-    for rid, etype, pos in conn.execute(ev):
-        if rid in out:
-            out[rid].clicks.setdefault(etype, []).append(int(pos))
+    for rid, etype, pos, item in conn.execute(ev):
+        logged = out.get(rid)
+        if logged is None:
+            continue
+        if pos is None:  # the event was stored before its impression: place it now
+            items = logged.impression.items
+            if item not in items:
+                continue
+            pos = items.index(item)
+        logged.clicks.setdefault(etype, []).append(int(pos))
     return list(out.values())
 
 
+def read_impression_rows(conn: Connection, lo: int, hi: int):
+    """Impressions with ``lo < id <= hi`` as an Arrow table in the impressions log's layout
+    (:data:`feature_store.offline.IMPRESSION_SCHEMA`)."""
+    import pyarrow as pa
+
+    from feature_store.offline import IMPRESSION_SCHEMA
+
+    i = impressions_table
+    rows = conn.execute(select(i).where(i.c.id > int(lo), i.c.id <= int(hi)).order_by(i.c.id)).all()
+    columns = {
+        "seq": [r.id for r in rows],
+        "request_id": [r.request_id for r in rows],
+        "user_id": [r.user_id for r in rows],
+        "surface": [r.surface for r in rows],
+        "model_version": [r.model_version for r in rows],
+        "variant": [r.variant for r in rows],
+        "items": [list(r.items) for r in rows],
+        "propensities": [None if r.propensities is None else [float(p) for p in r.propensities] for r in rows],
+        "sources": [None if r.sources is None else list(r.sources) for r in rows],
+        "ts": pa.array([int(r.ts) for r in rows], pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+    }
+    return pa.table(columns, schema=IMPRESSION_SCHEMA)
+
+
 def exposure_counts(conn: Connection, event_types: Sequence[str], since_ms: int | None = None) -> list[ExposureCounts]:
+    """Per variant: users and impressions, and those with an event of each type that names one
+    of the variant's impressions (by request id: a click on the list it came from)."""
     i, e = impressions_table, impression_events_table
     base = select(i.c.variant, func.count(func.distinct(i.c.user_id)), func.count()).group_by(i.c.variant)
     if since_ms is not None:
@@ -202,7 +245,7 @@ def exposure_counts(conn: Connection, event_types: Sequence[str], since_ms: int 
         q = (
             select(i.c.variant, func.count(func.distinct(i.c.user_id)), func.count(func.distinct(i.c.request_id)))
             .join(e, e.c.request_id == i.c.request_id)
-            .where(e.c.event_type == etype, e.c.position.is_not(None))
+            .where(e.c.event_type == etype)
             .group_by(i.c.variant)
         )
         if since_ms is not None:

@@ -16,7 +16,8 @@ import pandas as pd
 from sqlalchemy import Connection, Table, bindparam, select
 
 from feature_store.backends import Backend
-from feature_store.catalog import check_records, insert_missing_users
+from feature_store.catalog import check_records, insert_missing_items, insert_missing_users
+from feature_store.impressions import AttributedEvent
 from feature_store.tables import events_table, items_table, users_table
 from recsys.datasets.base import DatasetError, normalize_events
 
@@ -34,7 +35,8 @@ class IngestResult:
 
 @dataclass(frozen=True)
 class EventBatch:
-    """Normalized events (``EVENT_COLUMNS``) plus the variant each is attributed to (or None).
+    """Normalized events (``EVENT_COLUMNS``) plus the variant each is attributed to (or None)
+    and the impression (``request_id``) each came from (or None).
 
     ``given_id``: rows whose ``event_id`` the caller chose (None: every id was given, as a
     dataset's are, or derived); ``given_time``: rows whose time the caller gave (None: all).
@@ -43,6 +45,7 @@ class EventBatch:
 
     events: pd.DataFrame
     variant: pd.Series | None = None
+    request_id: pd.Series | None = None
     given_id: np.ndarray | None = None
     given_time: np.ndarray | None = None
 
@@ -62,12 +65,13 @@ def events_from_records(records: Sequence[dict[str, Any]]) -> EventBatch:
     """Event dicts (API / ``add_events``) as a normalized batch.
 
     Keys: user_id, item_id (required), event_type, value, timestamp (datetime, ISO string or
-    epoch seconds; default now), event_id (default: derived from the other fields), variant.
+    epoch seconds; default now), event_id (default: derived from the other fields), variant,
+    request_id (the impression the event came from).
     """
     check_records(
         records,
         "event",
-        ids=("user_id", "item_id", "event_id"),
+        ids=("user_id", "item_id", "event_id", "request_id"),
         labels=("event_type", "variant"),
         numbers=("value", "timestamp"),
     )
@@ -86,7 +90,7 @@ def events_from_records(records: Sequence[dict[str, Any]]) -> EventBatch:
         if col in frame:
             frame[col] = [default if _missing(v) else v for v in frame[col]]
     given_ids = frame.get("event_id")
-    events = normalize_events(frame.drop(columns=["event_id"], errors="ignore"))
+    events = normalize_events(frame.drop(columns=["event_id", "request_id"], errors="ignore"))
     mask = np.zeros(len(events), bool)
     if given_ids is not None:
         # Keep caller ids where given; derived ids only fill the gaps.
@@ -95,7 +99,28 @@ def events_from_records(records: Sequence[dict[str, Any]]) -> EventBatch:
         ids[mask] = given_ids[mask].astype(str).to_numpy()
         events["event_id"] = pd.Series(ids, dtype="str")
     variant = frame["variant"].reset_index(drop=True) if "variant" in frame else None
-    return EventBatch(events=events, variant=variant, given_id=mask, given_time=given_time)
+    request_id = frame["request_id"].reset_index(drop=True) if "request_id" in frame else None
+    return EventBatch(events=events, variant=variant, request_id=request_id, given_id=mask, given_time=given_time)
+
+
+def attributed_events(batch: EventBatch) -> list[AttributedEvent]:
+    """The batch's events that name an impression (``request_id``), for ``impression_events``."""
+    if batch.request_id is None:
+        return []
+    events = batch.events
+    ts_ms = events["timestamp"].array.as_unit("ns").asi8 // 1_000_000
+    return [
+        AttributedEvent(
+            event_id=str(events["event_id"].iat[i]),
+            request_id=str(rid),
+            item_id=str(events["item_id"].iat[i]),
+            event_type=str(events["event_type"].iat[i]),
+            ts=int(ts_ms[i]),
+            value=float(events["value"].iat[i]),
+        )
+        for i, rid in enumerate(batch.request_id)
+        if not _missing(rid)
+    ]
 
 
 def lookup_pks(conn: Connection, table: Table, key: str, ids: np.ndarray) -> np.ndarray:
@@ -124,17 +149,21 @@ def write_events(
     create_users: bool,
     chunk_size: int,
     progress: bool = False,
+    create_items: bool = False,
 ) -> int:
     """Insert the batch's events (stored event ids are skipped); returns how many were inserted.
 
-    Every item must exist (DatasetError otherwise); unknown users are created when
-    ``create_users``, else they are a DatasetError too.
+    Unknown items are created (empty catalog entries) when ``create_items``, else they are a
+    DatasetError; unknown users are created when ``create_users``, else they are a DatasetError too.
     """
     events = batch.events
     if len(events) == 0:
         return 0
     item_ids = events["item_id"].to_numpy()
     item_pk = lookup_pks(conn, items_table, "item_id", item_ids)
+    if (item_pk < 0).any() and create_items:
+        insert_missing_items(conn, backend, pd.unique(item_ids[item_pk < 0]))
+        item_pk = lookup_pks(conn, items_table, "item_id", item_ids)
     if (item_pk < 0).any():
         missing = pd.unique(item_ids[item_pk < 0])
         raise DatasetError(

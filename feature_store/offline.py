@@ -65,12 +65,48 @@ EVENT_SCHEMA = pa.schema(
         ("ts", pa.timestamp("ms", tz="UTC")),
     ]
 )
-_DICTIONARY_COLUMNS = ("user_id", "item_id", "event_type")
 _DAY_MS = 86_400_000
 _LOG = "_log"
-_EVENTS = "events"
 _READ_RETRIES = 5
 _SOURCE = "source.json"
+
+
+@dataclass(frozen=True)
+class LogKind:
+    """What one log holds: its data folder, the column layout of its files (every one has an
+    int64 ``seq`` — the SQL table's id — and a ``ts`` timestamp) and the string columns read
+    back dictionary-encoded."""
+
+    folder: str
+    schema: pa.Schema
+    dictionary_columns: tuple[str, ...]
+
+
+EVENTS_LOG = LogKind("events", EVENT_SCHEMA, ("user_id", "item_id", "event_type"))
+
+#: Column layout of the impressions log (feature_store/impressions.py): ``seq`` is
+#: ``impressions.id``; the shown items in order, with their propensities and, when interleaved,
+#: the version that contributed each position.
+IMPRESSION_SCHEMA = pa.schema(
+    [
+        ("seq", pa.int64()),
+        ("request_id", pa.string()),
+        ("user_id", pa.string()),
+        ("surface", pa.string()),
+        ("model_version", pa.string()),
+        ("variant", pa.string()),
+        ("items", pa.list_(pa.string())),
+        ("propensities", pa.list_(pa.float64())),
+        ("sources", pa.list_(pa.string())),
+        ("ts", pa.timestamp("ms", tz="UTC")),
+    ]
+)
+IMPRESSIONS_LOG = LogKind("impressions", IMPRESSION_SCHEMA, ("user_id", "surface", "model_version", "variant"))
+
+
+def impressions_log_uri(uri: str) -> str:
+    """Where the impressions log of the offline store at ``uri`` lives (its own markers)."""
+    return posixpath.join(str(uri).rstrip("/"), "impressions")
 
 
 class OfflineStoreError(RuntimeError):
@@ -114,6 +150,8 @@ class ExportResult:
     batches: int
     seconds: float
     watermark: int
+    #: impressions exported to the impressions log alongside (FeatureStore.export_offline)
+    impressions: int = 0
 
     @property
     def events_per_second(self) -> float:
@@ -130,10 +168,12 @@ class CompactResult:
 
 
 class OfflineStore:
-    """The Parquet event log at ``uri`` (a local path or any URI pyarrow's filesystems open)."""
+    """The Parquet event log at ``uri`` (a local path or any URI pyarrow's filesystems open);
+    ``kind``: the impressions log has the same layout and commit protocol over its own rows."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, kind: LogKind = EVENTS_LOG):
         self.uri = str(uri)
+        self.kind = kind
         if "://" in self.uri:
             self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
         else:
@@ -220,7 +260,7 @@ class OfflineStore:
     def rebuild(self, store_id: str, source: str) -> None:
         """Drop the whole log (data files and markers) and bind it to ``store_id``: the next
         export writes every event of that store again."""
-        for rel in (_EVENTS, _LOG):
+        for rel in (self.kind.folder, _LOG):
             try:
                 self.fs.delete_dir(self._path(rel))
             except FileNotFoundError:
@@ -283,13 +323,13 @@ class OfflineStore:
         """Write batch (lo, hi] as one file per event date, then its commit marker.
 
         ``table`` holds exactly the events with ``lo < seq <= hi`` (any order), in
-        :data:`EVENT_SCHEMA`. ``after_file`` is called after each data file (tests use it to
+        :attr:`kind`'s schema. ``after_file`` is called after each data file (tests use it to
         crash half way).
         """
-        table = table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
+        table = table.select(self.kind.schema.names).cast(self.kind.schema)
         written = []
         for day, part in _split_by_day(table):
-            rel = posixpath.join(_EVENTS, f"date={day}", f"part-{lo:020d}-{hi:020d}.parquet")
+            rel = posixpath.join(self.kind.folder, f"date={day}", f"part-{lo:020d}-{hi:020d}.parquet")
             self._write_table(rel, part)
             written.append(_describe(rel, part))
             if after_file is not None:
@@ -320,7 +360,7 @@ class OfflineStore:
         ``user_id``, ``item_id`` and ``event_type`` come back dictionary-encoded (one unified
         dictionary each), so pandas gets Categorical columns without touching a string per row.
         """
-        columns = list(columns or EVENT_SCHEMA.names)
+        columns = list(columns or self.kind.schema.names)
         for attempt in range(_READ_RETRIES):
             state = self.state()
             try:
@@ -338,13 +378,12 @@ class OfflineStore:
         # by (date, seq), so one stable sort by ts yields (ts, seq).
         chosen = sorted((f for f in files if cutoff_ms is None or f.min_ts <= cutoff_ms), key=_file_order)
         straddle = cutoff_ms is not None and any(f.max_ts > cutoff_ms for f in chosen)
-        fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(_DICTIONARY_COLUMNS)))
+        dictionary = self.kind.dictionary_columns
+        fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(dictionary)))
         schema = pa.schema(
             [
-                pa.field(n, pa.dictionary(pa.int32(), pa.string()))
-                if n in _DICTIONARY_COLUMNS
-                else EVENT_SCHEMA.field(n)
-                for n in EVENT_SCHEMA.names
+                pa.field(n, pa.dictionary(pa.int32(), pa.string())) if n in dictionary else self.kind.schema.field(n)
+                for n in self.kind.schema.names
             ]
         )
         if not chosen:
@@ -355,7 +394,7 @@ class OfflineStore:
         ts = table.column("ts").cast(pa.int64()).to_numpy()
         if len(ts) > 1 and (np.diff(ts) < 0).any():
             table = table.take(pa.array(np.argsort(ts, kind="stable")))
-        table = table.unify_dictionaries() if any(c in _DICTIONARY_COLUMNS for c in need) else table
+        table = table.unify_dictionaries() if any(c in dictionary for c in need) else table
         return table.select(columns)
 
     def read_events(
@@ -418,10 +457,10 @@ class OfflineStore:
             if len(small) < 2:
                 live.extend(small)
                 continue
-            table = self._read_files(tuple(small), None, list(EVENT_SCHEMA.names))
-            table = table.cast(EVENT_SCHEMA)  # plain strings again for the file
+            table = self._read_files(tuple(small), None, list(self.kind.schema.names))
+            table = table.cast(self.kind.schema)  # plain strings again for the file
             lo, hi = _seq_range(small)
-            rel = posixpath.join(_EVENTS, f"date={day}", f"compact-{lo:020d}-{hi:020d}.parquet")
+            rel = posixpath.join(self.kind.folder, f"date={day}", f"compact-{lo:020d}-{hi:020d}.parquet")
             self._write_table(rel, table)
             live.append(_describe(rel, table))
             superseded.extend(f.path for f in small)
@@ -468,7 +507,7 @@ class OfflineStore:
                 name.startswith(("batch-", "intent-")) and int(name.split("-")[1][:-5]) < checkpoint_hi
             ):
                 self._delete(posixpath.join(_LOG, name))
-        sel = pafs.FileSelector(self._path(_EVENTS), recursive=True, allow_not_found=True)
+        sel = pafs.FileSelector(self._path(self.kind.folder), recursive=True, allow_not_found=True)
         root = self.root.rstrip("/") + "/"
         for info in self.fs.get_file_info(sel):
             if info.type != pafs.FileType.File:
@@ -586,7 +625,11 @@ def default_offline_uri(database_url: str) -> str | None:
 
 
 __all__ = [
+    "EVENTS_LOG",
     "EVENT_SCHEMA",
+    "IMPRESSIONS_LOG",
+    "IMPRESSION_SCHEMA",
+    "LogKind",
     "CompactResult",
     "ExportResult",
     "LogFile",
@@ -596,4 +639,5 @@ __all__ = [
     "StoreMismatch",
     "cutoff_millis",
     "default_offline_uri",
+    "impressions_log_uri",
 ]

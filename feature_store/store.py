@@ -10,6 +10,7 @@ lost a race with a concurrent writer (:mod:`feature_store.transactions`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -30,15 +31,17 @@ from feature_store.backends import backend_for
 from feature_store.catalog import NotFoundError
 from feature_store.control import ServingControl
 from feature_store.db import init_db, make_engine, read_store_id
-from feature_store.export import export_events
-from feature_store.impressions import AttributedEvent, ExposureCounts, Impression, LoggedImpression
+from feature_store.export import export_events, export_impressions
+from feature_store.impressions import ExposureCounts, Impression, LoggedImpression
 from feature_store.ingest import EventBatch, IngestResult
 from feature_store.offline import (
+    IMPRESSIONS_LOG,
     ExportResult,
     OfflineStore,
     OfflineStoreError,
     cutoff_millis,
     default_offline_uri,
+    impressions_log_uri,
 )
 from feature_store.transactions import RetryPolicy, run_write
 from recsys.datasets.base import (
@@ -93,6 +96,10 @@ class FeatureStore:
         if offline_uri is None:
             offline_uri = default_offline_uri(self.engine.url.render_as_string(hide_password=False))
         self.offline = OfflineStore(offline_uri) if offline_uri else None
+        #: the impressions log beside the event log (same layout and commit protocol)
+        self.offline_impressions = (
+            OfflineStore(impressions_log_uri(offline_uri), IMPRESSIONS_LOG) if offline_uri else None
+        )
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -150,20 +157,29 @@ class FeatureStore:
         logger.info("ingested %s in %.1fs: %s", dataset.name, time.perf_counter() - start, result)
         return result
 
-    def add_events(self, records: Sequence[dict[str, Any]]) -> tuple[int, int]:
+    def add_events(self, records: Sequence[dict[str, Any]], *, create_items: bool = False) -> tuple[int, int]:
         """Insert events given as dicts; returns ``(inserted, duplicates)``.
 
         Keys: user_id, item_id (required), event_type, value, timestamp (datetime, ISO string or
-        epoch seconds; default now), event_id (default: derived from the other fields), variant.
-        Unknown users are created; an unknown item raises DatasetError and writes nothing.
+        epoch seconds; default now), event_id (default: derived from the other fields), variant,
+        request_id (the impression it came from: recorded with its position in that impression,
+        in the same transaction, once per event_id).
+        Unknown users are created; an unknown item raises DatasetError and writes nothing, unless
+        ``create_items``: then it is created in the same transaction (no title or text, available).
         """
         if not records:
             return 0, 0
         batch = ingest.events_from_records(records)
-        inserted = self._write(
-            "add_events",
-            lambda conn: ingest.write_events(conn, self.backend, batch, create_users=True, chunk_size=self.chunk_size),
-        )
+        attributed = ingest.attributed_events(batch)
+
+        def work(conn: Connection) -> int:
+            inserted = ingest.write_events(
+                conn, self.backend, batch, create_users=True, chunk_size=self.chunk_size, create_items=create_items
+            )
+            impressions.insert_attributed(conn, self.backend, attributed)
+            return inserted
+
+        inserted = self._write("add_events", work)
         return inserted, len(batch.events) - inserted
 
     # ------------------------------------------------------------------ snapshot
@@ -174,16 +190,22 @@ class FeatureStore:
         return read_store_id(self.engine)
 
     def export_offline(self, *, progress: bool = False, rebuild: bool = False, **kwargs: Any) -> ExportResult:
-        """Append committed events past the offline log's watermark (see feature_store.export).
+        """Append committed events past the offline log's watermark, then committed impressions
+        past the impressions log's (see feature_store.export).
 
-        ``rebuild``: empty the log first and export every event of this store again (the way
-        out when the log belongs to another store, :class:`~feature_store.offline.StoreMismatch`).
+        ``rebuild``: empty the logs first and export every event and impression of this store
+        again (the way out when the log belongs to another store,
+        :class:`~feature_store.offline.StoreMismatch`).
         """
-        if self.offline is None:
+        if self.offline is None or self.offline_impressions is None:
             raise ValueError("this feature store has no offline store (offline_uri)")
+        source = self.engine.url.render_as_string(hide_password=True)
         if rebuild:
-            self.offline.rebuild(self.store_id, self.engine.url.render_as_string(hide_password=True))
-        return export_events(self.engine, self.offline, store_id=self.store_id, progress=progress, **kwargs)
+            self.offline.rebuild(self.store_id, source)
+            self.offline_impressions.rebuild(self.store_id, source)
+        result = export_events(self.engine, self.offline, store_id=self.store_id, progress=progress, **kwargs)
+        shown = export_impressions(self.engine, self.offline_impressions, store_id=self.store_id)
+        return dataclasses.replace(result, impressions=shown.events)
 
     def snapshot(self, as_of: datetime | None = None, *, source: str = "auto") -> Dataset:
         """All events with ``timestamp <= as_of`` (default now) plus the full item and user tables.
@@ -343,6 +365,13 @@ class FeatureStore:
         with self.engine.connect() as conn:
             return activity.user_events(conn, user_id)
 
+    def events_of_users_stored_since(self, since: datetime) -> list[StoredEvent]:
+        """Every event of the users who have an event stored at or after ``since`` (to the
+        second), grouped by user, oldest first: the users a model trained at ``since`` has
+        not seen all of (``recsys recommend --all-users`` folds them in as the API does)."""
+        with self.engine.connect() as conn:
+            return activity.events_of_users_stored_since(conn, since)
+
     def recent_users_events(self, n_users: int, users_per_read: int = 2_000) -> Iterator[list[StoredEvent]]:
         """Every event of the ``n_users`` most recently active users, most recent users first,
         read ``users_per_read`` users at a time (one list each, grouped by user, oldest first)."""
@@ -374,11 +403,6 @@ class FeatureStore:
         """Store a batch of impressions in one transaction; returns how many."""
         return self._write("add_impressions", lambda conn: impressions.insert_impressions(conn, records))
 
-    def attribute_events(self, records: Sequence[AttributedEvent]) -> int:
-        """Record events that name a request id with their position in that impression;
-        returns how many matched an item the impression showed."""
-        return self._write("attribute_events", lambda conn: impressions.insert_attributed(conn, records))
-
     def impressions(self, since: datetime | None = None, surface: str | None = None) -> list[LoggedImpression]:
         """Impressions (oldest first) with the positions of the events attributed to them."""
         with self.engine.connect() as conn:
@@ -401,11 +425,11 @@ class FeatureStore:
         with self.engine.connect() as conn:
             return activity.events_per_day(conn, item_id)
 
-    def user_timeline(self, user_id: str, limit: int = 50) -> tuple[list[TimelineEvent], int]:
-        """The user's newest ``limit`` events with the items' titles and categories (newest
-        first), and the user's event count."""
+    def user_timeline(self, user_id: str, limit: int = 50, offset: int = 0) -> tuple[list[TimelineEvent], int]:
+        """The user's events newest first, ``offset`` skipped and at most ``limit``, with the
+        items' titles and categories, and the user's event count."""
         with self.engine.connect() as conn:
-            return activity.user_timeline(conn, user_id, limit)
+            return activity.user_timeline(conn, user_id, limit, offset)
 
     def items_by_ids(self, item_ids: Sequence[str]) -> pd.DataFrame:
         """Catalog rows of these items (item_id, title, description, categories, attributes,
@@ -428,6 +452,11 @@ class FeatureStore:
     def revoke_api_keys(self, name: str) -> int:
         """Revoke every active key stored under ``name``; returns how many."""
         return self._write("revoke_api_keys", lambda conn: admin.revoke_api_keys(conn, name))
+
+    def has_api_keys(self) -> bool:
+        """Whether any stored key is active (not revoked)."""
+        with self.engine.connect() as conn:
+            return admin.any_active_api_key(conn)
 
     def api_key_active(self, key: str) -> bool:
         """Whether ``key`` is a stored key that is not revoked (looked up by its sha256)."""

@@ -22,17 +22,14 @@ from pydantic import (
 )
 
 from pipelines.card import BiasConfig
-from pipelines.train import IndexConfig, TrainConfig
+from pipelines.train import ContentConfig, HybridConfig, IndexConfig, TrainConfig
+from recsys.evaluation.holdout import HoldoutConfig
 from recsys.models.config import ModelConfig
 from recsys.problems import describe_validation_error
 
 
 class ConfigError(ValueError):
     """A pipeline config that cannot be read or does not validate (one line, for the CLI)."""
-
-
-#: kinds that need the item/user catalogue at fit time (not carried by the pipeline snapshot yet)
-UNSUPPORTED_KINDS = ("lightfm", "tags", "tfidf", "sbert")
 
 
 class _Strict(BaseModel):
@@ -154,9 +151,9 @@ class SearchCadenceConfig(_Strict):
     trials: int = Field(40, ge=1)
     #: wall-clock cap of one search
     budget: str = "10m"
-    #: families the pipeline can train without the catalogue (no LightFM side features here)
-    families: list[Literal["als", "ease", "bpr", "itemknn", "item2vec"]] = Field(
-        default_factory=lambda: ["als", "ease", "bpr", "itemknn", "item2vec"], min_length=1
+    #: families to search (LightFM with the catalog's features included)
+    families: list[Literal["als", "ease", "lightfm", "bpr", "itemknn", "item2vec"]] = Field(
+        default_factory=lambda: ["als", "ease", "lightfm", "bpr", "itemknn", "item2vec"], min_length=1
     )
 
     @field_validator("every", "budget")
@@ -174,6 +171,10 @@ class PipelineConfig(_Strict):
     #: models to train (``recsys.models.config.ModelConfig``, the same as ``recsys train``'s
     #: ``model``); the best by the gate metric is the candidate. ``name`` labels each one.
     models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()], min_length=1)
+    #: a content encoder trained beside the candidates (content/hybrid modes, /search, cold
+    #: start), as ``recsys train``'s ``content``
+    content: ContentConfig | None = None
+    hybrid: HybridConfig = Field(default_factory=HybridConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
@@ -191,20 +192,19 @@ class PipelineConfig(_Strict):
     @field_validator("models")
     @classmethod
     def _unique_labels(cls, models: list[ModelConfig]) -> list[ModelConfig]:
-        for m in models:
-            if m.kind in UNSUPPORTED_KINDS:
-                raise ValueError(
-                    f"model kind {m.kind!r} needs catalogue features; the pipeline trains collaborative kinds (als, bpr, …) for now"
-                )
         labels = [m.label for m in models]
         if len(set(labels)) != len(labels):
             raise ValueError(f"model names must be unique, got {labels}")
         return models
 
     def train_config(self, candidate: ModelConfig) -> TrainConfig:
-        """The train path's config for one candidate (reuses ``pipelines.train``)."""
+        """The config ``recsys train`` would train this candidate with (same steps, same
+        holdout: the same vectors and metrics)."""
         return TrainConfig(
             model=candidate,
+            content=self.content,
+            hybrid=self.hybrid,
+            split="time",
             test_ratio=self.evaluation.test_ratio,
             k=self.evaluation.k,
             eval_users=self.evaluation.eval_users,
@@ -214,6 +214,10 @@ class PipelineConfig(_Strict):
             promote_alias=None,
             bias=self.bias,
         )
+
+    def holdout(self) -> HoldoutConfig:
+        ev = self.evaluation
+        return HoldoutConfig(kind="time", test_ratio=ev.test_ratio, eval_users=ev.eval_users, seed=ev.seed)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()

@@ -44,15 +44,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from pipelines.config import CardBounds, GateConfig
-from recsys.evaluation.beyond import catalog_coverage
 from recsys.evaluation.bias import ACTIVITY, BiasReport
-from recsys.evaluation.metrics import ranking_metrics_at_k
-from recsys.evaluation.splits import Split, time_split
-from recsys.evaluation.topk import top_k_scores
-from recsys.matrix import InteractionMatrix
+from recsys.evaluation.holdout import Holdout, score_vectors, time_cutoff
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +55,8 @@ logger = logging.getLogger(__name__)
 def choose_cutoff(
     events: pd.DataFrame, test_ratio: float, trained_until: pd.Timestamp | None, min_fresh_ratio: float = 0.01
 ) -> tuple[pd.Timestamp, str]:
-    """``(cutoff, mode)``: mode ``fresh`` (cutoff just after production's data) or ``refit``."""
+    """``(cutoff, mode)``: mode ``fresh`` (cutoff just after production's data) or ``refit``
+    (the newest ``test_ratio`` of events, :func:`recsys.evaluation.holdout.time_cutoff`)."""
     if len(events) < 2:
         raise ValueError("need at least two events for a holdout split")
     ts = events["timestamp"]
@@ -68,89 +64,7 @@ def choose_cutoff(
         fresh = int((ts > trained_until).sum())
         if fresh >= max(1, min_fresh_ratio * len(ts)) and fresh < len(ts):
             return ts[ts > trained_until].min(), "fresh"
-    return ts.sort_values(kind="stable").iloc[min(len(ts) - 1, int(len(ts) * (1 - test_ratio)))], "refit"
-
-
-def time_holdout(events: pd.DataFrame, cutoff: pd.Timestamp) -> Split:
-    """Events at or after ``cutoff`` as the holdout."""
-    split = time_split(events, cutoff)
-    if split.report["n_test"] == 0:
-        raise ValueError("the time holdout holds no scorable events (every test user/item is new)")
-    return split
-
-
-@dataclass
-class Holdout:
-    """The split in one common id space (the candidate's: every id seen before the cutoff)."""
-
-    split: Split
-    user_ids: np.ndarray
-    item_ids: np.ndarray
-    train: sp.csr_matrix  # raw counts in the common space (exclusions)
-    test: sp.csr_matrix
-    cutoff: pd.Timestamp
-
-    @classmethod
-    def build(cls, events: pd.DataFrame, cutoff: pd.Timestamp) -> Holdout:
-        split = time_holdout(events, cutoff)
-        train = InteractionMatrix.from_events(split.train, weighting="none")
-        test = InteractionMatrix.from_events(
-            split.test, user_ids=train.user_ids, item_ids=train.item_ids, weighting="none"
-        )
-        return cls(
-            split, train.user_ids, train.item_ids, train.matrix, test.matrix, pd.Timestamp(split.report["cutoff"])
-        )
-
-    def eval_users(self, limit: int, seed: int, known: np.ndarray | None = None) -> np.ndarray:
-        users = np.flatnonzero(np.diff(self.test.indptr) > 0)
-        if known is not None:
-            users = users[known[users]]
-        if len(users) > limit:
-            users = np.sort(np.random.default_rng(seed).choice(users, limit, replace=False))
-        return users
-
-
-def score(
-    holdout: Holdout,
-    users: np.ndarray,
-    user_vectors: np.ndarray,
-    item_vectors: np.ndarray,
-    metric: str,
-    k: int,
-    *,
-    user_rows: np.ndarray | None = None,
-    item_map: np.ndarray | None = None,
-) -> dict[str, float]:
-    """Ranking metrics + coverage for ``users`` (rows of the common space).
-
-    ``user_rows`` — rows of ``user_vectors`` for those users (default: the same rows);
-    ``item_map`` — common-space column for each row of ``item_vectors`` (-1: not in the common
-    space); default identity.
-    """
-    user_rows = users if user_rows is None else user_rows
-    n_common = len(holdout.item_ids)
-    if item_map is None:
-        exclude = holdout.train[users]
-    else:
-        # exclusions in the model's item space: common column -> model row
-        inverse = np.full(n_common, -1, dtype=np.int64)
-        known = item_map >= 0
-        inverse[item_map[known]] = np.flatnonzero(known)
-        sub = holdout.train[users].tocoo()
-        cols = inverse[sub.col]
-        keep = cols >= 0
-        exclude = sp.csr_matrix(
-            (np.ones(keep.sum(), np.float32), (sub.row[keep], cols[keep])), shape=(len(users), len(item_vectors))
-        )
-    rec, _ = top_k_scores(np.asarray(user_vectors)[user_rows], item_vectors, k, exclude=exclude, metric=metric)
-    if item_map is not None:
-        rec = np.where(rec >= 0, item_map[np.maximum(rec, 0)], -1)
-    test = holdout.test[users]
-    metrics = ranking_metrics_at_k(rec, test, k, n_items_total=n_common)
-    out = {f"{name}_at_{k}": float(v) for name, v in metrics.items() if name != "n_users"}
-    out["coverage"] = catalog_coverage(rec, n_common)
-    out["eval_users"] = float(len(users))
-    return out
+    return time_cutoff(events, test_ratio), "refit"
 
 
 def trained_until(bundle) -> pd.Timestamp | None:
@@ -173,7 +87,7 @@ def score_production(holdout: Holdout, bundle, users: np.ndarray, k: int) -> dic
     user_rows = pd.Index(bundle.user_ids.astype(str)).get_indexer(pd.Index(holdout.user_ids.astype(str))[users])
     if (user_rows < 0).any():
         raise ValueError("production cannot score some evaluation users (pick users with production_user_mask)")
-    return score(
+    return score_vectors(
         holdout,
         users,
         bundle.user_vectors,
@@ -189,7 +103,7 @@ def score_popularity(holdout: Holdout, users: np.ndarray, k: int) -> dict[str, f
     """The popularity baseline on the same holdout: every user gets the items most interacted
     with in the holdout's train part (their own seen items excluded), scored like a model."""
     counts = np.asarray(holdout.train.sum(axis=0), dtype=np.float32).ravel()
-    return score(holdout, users, np.ones((len(holdout.user_ids), 1), np.float32), counts[:, None], "dot", k)
+    return score_vectors(holdout, users, np.ones((len(holdout.user_ids), 1), np.float32), counts[:, None], "dot", k)
 
 
 @dataclass(frozen=True)

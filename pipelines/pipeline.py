@@ -1,23 +1,29 @@
-"""The scheduled training pipeline: stages, persisted state, resume, MLflow runs.
+"""The scheduled training pipeline: the kernel's steps (pipelines/steps.py) plus validation,
+the gate, promotion and notification, with persisted state, resume and MLflow runs.
 
-Stages, in order::
+Steps, in order::
 
-    snapshot → validate → train → evaluate → index → gate → register → promote → notify
+    snapshot → validate → split → search → fit → evaluate → index → gate → register → promote → notify
 
+* **Same steps as ``recsys train``.** Candidates are fitted, scored, indexed and bundled by the
+  same functions, so the pipeline trains every kind ``recsys train`` trains (LightFM with the
+  catalog's features, content encoders and hybrids, ensembles, item2vec, Spark ALS) and, with
+  the same snapshot, config and seed, gives the same vectors and holdout metrics.
 * **State.** Every run has a folder ``$RECSYS_DATA_DIR/pipelines/<run_id>/`` with one
-  sub-folder per stage (its outputs) and ``state.json`` (written atomically after each stage).
-  Running again with the same run id skips completed stages and resumes after the last one.
+  sub-folder per step (its files) and ``state.json`` (written atomically after each step)
+  holding each step's typed result. Running again with the same run id skips completed steps
+  and resumes after the last one.
 * **MLflow.** One parent run per pipeline run (its id is kept in ``state.json``, so a resumed
-  run continues the same parent), one nested run per stage attempt. Every file a stage writes
-  is sha256-hashed; the digests are logged as ``sha256/<path>`` tags of the stage's run.
+  run continues the same parent), one nested run per step attempt. Every file a step writes
+  is sha256-hashed; the digests are logged as ``sha256/<path>`` tags of the step's run.
 * **Registration.** The bundle is uploaded to the parent run and its upload checked against the
   manifest *before* a registry version is created, and the version is created with all its
   tags at once (``pipeline_run_id``, ``gate``, ``rejected``=reason) — so no version ever points
   at a partial bundle. A resumed ``register`` finds its version by ``pipeline_run_id`` instead
   of creating a second one. ``promote`` moves the alias only if the gate passed and the alias
   still points where it did when production was evaluated.
-* **Test hook.** ``RECSYS_FAIL_AT_STAGE=<stage>`` raises :class:`InjectedFailure` at the start
-  of that stage; ``<stage>:after`` raises after the stage's work, before it is recorded as done.
+* **Test hook.** ``RECSYS_FAIL_AT_STAGE=<step>`` raises :class:`InjectedFailure` at the start
+  of that step; ``<step>:after`` raises after the step's work, before it is recorded as done.
 """
 
 from __future__ import annotations
@@ -26,52 +32,60 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict
 
-from pipelines import tracking
+from pipelines import steps, tracking
 from pipelines.card import assessment_dict, assessment_from_dict, log_card, new_card
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.gate import (
     GateDecision,
-    Holdout,
     HoldoutStats,
     choose_cutoff,
     decide,
     production_user_mask,
-    score,
     score_popularity,
     score_production,
     trained_until,
 )
 from pipelines.lock import pipeline_lock
-from pipelines.train import ModelConfig, build_bundle, debias_model, fit_model
+from pipelines.train import ModelConfig
 from pipelines.validate import ValidationFailed, snapshot_stats, validate_snapshot
 from recsys.bundle import ModelBundle, manifest_capabilities
-from recsys.evaluation.bias import BiasReport, Leakage, user_attribute_labels
-from recsys.evaluation.mitigation import Assessment, assess, served_leakage
+from recsys.datasets.base import Dataset
+from recsys.evaluation.bias import BiasReport
+from recsys.evaluation.holdout import Holdout, score_vectors
 from recsys.index.annoy_index import file_sha256
-from recsys.matrix import InteractionMatrix
-from recsys.models.foldin import FoldInSpec
 from recsys.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-USER_ATTRIBUTES = "user_attributes.parquet"
-STAGES = ("snapshot", "validate", "train", "evaluate", "index", "gate", "register", "promote", "notify")
+STAGES = (
+    "snapshot",
+    "validate",
+    "split",
+    "search",
+    "fit",
+    "evaluate",
+    "index",
+    "gate",
+    "register",
+    "promote",
+    "notify",
+)
 FAIL_ENV = "RECSYS_FAIL_AT_STAGE"
 
-OnStage = Callable[[str, str], None]  # (stage, "start" | "done" | "skipped")
+OnStage = Callable[[str, str], None]  # (step, "start" | "done" | "skipped")
 
 
 class InjectedFailure(RuntimeError):
@@ -80,6 +94,123 @@ class InjectedFailure(RuntimeError):
 
 class PipelineConflict(RuntimeError):
     """The registry changed under the run in a way it must not paper over."""
+
+
+# ------------------------------------------------------------------------- step results
+
+
+class _Result(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SnapshotResult(_Result):
+    n_events: int
+    as_of: str
+
+
+class ValidateResult(_Result):
+    ok: bool
+    checks: dict[str, Any]
+
+
+class ProductionRef(_Result):
+    """The production version the candidate is compared with, and how."""
+
+    version: str
+    trained_until: str | None
+    #: how production is scored: its bundle's vectors on a fresh holdout, or its recipe refit
+    eval: str
+    capabilities: list[str]
+    #: the recipe (model config) refit on the holdout's train part in ``refit`` mode
+    recipe: ModelConfig | None = None
+
+
+class SplitResult(_Result):
+    cutoff: str
+    #: ``fresh``: the events after production's data; ``refit``: the newest ``test_ratio``
+    mode: Literal["fresh", "refit"]
+    production: ProductionRef | None
+    report: dict[str, Any]
+
+
+class SearchResult(_Result):
+    candidates: list[ModelConfig]
+    searched: bool
+
+
+class CandidateFit(_Result):
+    index: int
+    label: str
+    kind: str
+    metric: str
+    seconds: float
+
+
+class FitResult(_Result):
+    candidates: list[CandidateFit]
+    #: the ranking metric of production's refit recipe (``refit`` mode)
+    production_metric: str | None = None
+    #: the candidate whose holdout fit is production's recipe refit (None: fitted on its own)
+    production_fit: int | None = None
+
+
+class ProductionScore(_Result):
+    version: str
+    eval: str
+    capabilities: list[str]
+    metrics: dict[str, float]
+
+
+class EvaluateResult(_Result):
+    cutoff: str
+    eval_users: int
+    test_interactions: int
+    candidates: dict[str, dict[str, float]]
+    popularity: dict[str, float] | None
+    production: ProductionScore | None
+    best: str
+    best_index: int
+    best_metrics: dict[str, float]
+
+    @property
+    def production_version(self) -> str | None:
+        return self.production.version if self.production is not None else None
+
+
+class IndexResult(_Result):
+    recall: dict[str, float]
+    vectors_finite: bool
+    bundle: str
+    debias: dict[str, Any] | None
+
+
+class GateResult(_Result):
+    passed: bool
+    reason: str
+    reasons: list[str]
+    refused_by: list[str]
+    checks: dict[str, Any]
+    production_version: str | None
+    production_eval: str | None
+
+
+class RegisterResult(_Result):
+    version: str
+    reused: bool
+
+
+class PromoteResult(_Result):
+    promoted: bool
+    version: str
+    previous: str | None = None
+
+
+class NotifyResult(_Result):
+    notified: list[dict[str, Any]]
+    reload_generation: int | None = None
+
+
+R = TypeVar("R", bound=_Result)
 
 
 @dataclass
@@ -123,7 +254,7 @@ def _maybe_fail(stage: str, where: str) -> None:
 
 
 class RunState:
-    """``state.json`` of one pipeline run."""
+    """``state.json`` of one pipeline run: each step's status and typed result."""
 
     def __init__(self, path: Path, data: dict[str, Any]):
         self.path = path
@@ -156,8 +287,8 @@ class RunState:
     def done(self, stage: str) -> bool:
         return self.data["stages"].get(stage, {}).get("status") == "done"
 
-    def output(self, stage: str) -> dict[str, Any]:
-        return self.data["stages"][stage]["outputs"]
+    def output(self, stage: str, kind: type[R]) -> R:
+        return kind.model_validate(self.data["stages"][stage]["outputs"])
 
     def mark(self, stage: str, status: str, **extra: Any) -> None:
         self.data["stages"].setdefault(stage, {}).update(status=status, at=datetime.now(UTC).isoformat(), **extra)
@@ -165,7 +296,7 @@ class RunState:
 
 
 class Pipeline:
-    """One pipeline run. ``run()`` takes the lock, then runs or resumes the stages."""
+    """One pipeline run. ``run()`` takes the lock, then runs or resumes the steps."""
 
     def __init__(
         self, settings: Settings, config: PipelineConfig, run_id: str | None = None, on_stage: OnStage | None = None
@@ -179,6 +310,23 @@ class Pipeline:
         self.on_stage = on_stage
         self.alias = config.alias or settings.model_alias
         self.model_name = settings.registered_model_name
+        self._dataset: Dataset | None = None
+        self._holdout: Holdout | None = None
+        #: the steps, in order (names: STAGES)
+        self.steps: list[tuple[str, Callable[[], _Result]]] = [
+            ("snapshot", self.snapshot),
+            ("validate", self.validate),
+            ("split", self.split),
+            ("search", self.search),
+            ("fit", self.fit),
+            ("evaluate", self.evaluate),
+            ("index", self.index),
+            ("gate", self.gate),
+            ("register", self.register),
+            ("promote", self.promote),
+            ("notify", self.notify),
+        ]
+        assert tuple(name for name, _ in self.steps) == STAGES
 
     # ------------------------------------------------------------------ runner
 
@@ -200,13 +348,13 @@ class Pipeline:
         pipelines_logger.addHandler(handler)
         pipelines_logger.setLevel(logging.INFO)
         try:
-            return self._run_stages()
+            return self._run_steps()
         finally:
             pipelines_logger.removeHandler(handler)
             pipelines_logger.setLevel(old_level)
             handler.close()
 
-    def _run_stages(self) -> PipelineResult:
+    def _run_steps(self) -> PipelineResult:
         self.client = tracking.setup(self.settings)
         experiment_id = tracking.ensure_experiment(self.settings, f"{self.settings.experiment_name}-pipeline")
         parent_id = self.state.data.get("mlflow_run_id")
@@ -236,13 +384,13 @@ class Pipeline:
             self.parent_id,
         )
         try:
-            for stage in STAGES:
-                if self.state.done(stage):
-                    logger.info("stage %s: already done, skipped", stage)
+            for name, step in self.steps:
+                if self.state.done(name):
+                    logger.info("step %s: already done, skipped", name)
                     if self.on_stage:
-                        self.on_stage(stage, "skipped")
+                        self.on_stage(name, "skipped")
                     continue
-                self._run_stage(stage)
+                self._run_step(name, step)
         except ValidationFailed as exc:
             self.state.data.update(status="stopped", reason=f"validation failed: {exc}")
             self.state.save()
@@ -263,11 +411,11 @@ class Pipeline:
             )
             tracking.end_run("FAILED")
             raise
-        promoted = self.state.output("promote").get("promoted", False)
-        gate = self.state.output("gate")
+        promoted = self.state.output("promote", PromoteResult).promoted
+        gate = self.state.output("gate", GateResult)
         self.state.data.update(
             status="completed",
-            reason="promoted" if promoted else f"rejected: {gate['reason']}",
+            reason="promoted" if promoted else f"rejected: {gate.reason}",
             finished_at=datetime.now(UTC).isoformat(),
         )
         self.state.save()
@@ -277,43 +425,43 @@ class Pipeline:
         logger.info("pipeline run %s completed: %s (version %s)", self.run_id, result.status, result.version)
         return result
 
-    def _run_stage(self, stage: str) -> None:
+    def _run_step(self, name: str, step: Callable[[], _Result]) -> None:
         if self.on_stage:
-            self.on_stage(stage, "start")
-        logger.info("stage %s: start", stage)
+            self.on_stage(name, "start")
+        logger.info("step %s: start", name)
         start = time.perf_counter()
-        self.state.mark(stage, "running")
-        attempt = int(self.state.data["stages"][stage].get("attempts", 0)) + 1
-        self.state.data["stages"][stage]["attempts"] = attempt
+        self.state.mark(name, "running")
+        attempt = int(self.state.data["stages"][name].get("attempts", 0)) + 1
+        self.state.data["stages"][name]["attempts"] = attempt
         with tracking.start_run(
             self.experiment_id,
-            stage,
+            name,
             nested=True,
-            tags={"stage": stage, "attempt": str(attempt), "pipeline_run_id": self.run_id},
+            tags={"stage": name, "attempt": str(attempt), "pipeline_run_id": self.run_id},
         ):
             try:
-                _maybe_fail(stage, "start")
-                outputs = getattr(self, f"_stage_{stage}")()
-                _maybe_fail(stage, "after")
+                _maybe_fail(name, "start")
+                result = step()
+                _maybe_fail(name, "after")
             except ValidationFailed as exc:
-                self.state.mark(stage, "failed", error=str(exc))
+                self.state.mark(name, "failed", error=str(exc))
                 tracking.set_tags({"validation_failed": str(exc)[:5000]})
                 raise
             except BaseException as exc:
-                self.state.mark(stage, "failed", error=f"{type(exc).__name__}: {exc}")
+                self.state.mark(name, "failed", error=f"{type(exc).__name__}: {exc}")
                 tracking.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
                 raise
-            hashes = self._hash_outputs(stage, outputs.pop("_log_artifacts", ()))
+            hashes = self._hash_files(name)
             seconds = time.perf_counter() - start
             tracking.log_metrics_finite({"seconds": seconds})
-        self.state.mark(stage, "done", outputs=outputs, seconds=seconds, sha256=hashes)
-        self.client.set_tag(self.parent_id, f"stage.{stage}", "done")
-        logger.info("stage %s: done in %.2fs", stage, seconds)
+        self.state.mark(name, "done", outputs=result.model_dump(mode="json"), seconds=seconds, sha256=hashes)
+        self.client.set_tag(self.parent_id, f"stage.{name}", "done")
+        logger.info("step %s: done in %.2fs", name, seconds)
         if self.on_stage:
-            self.on_stage(stage, "done")
+            self.on_stage(name, "done")
 
-    def _hash_outputs(self, stage: str, log_artifacts) -> dict[str, str]:
-        """sha256 of every file the stage wrote (tags ``sha256/<path>``); small ones are logged."""
+    def _hash_files(self, stage: str) -> dict[str, str]:
+        """sha256 of every file the step wrote (tags ``sha256/<path>``)."""
         folder = self.run_dir / stage
         hashes: dict[str, str] = {}
         if folder.exists():
@@ -322,33 +470,46 @@ class Pipeline:
                     hashes[str(p.relative_to(self.run_dir))] = file_sha256(p)
         for rel, digest in list(hashes.items())[:200]:
             tracking.set_tag(f"sha256/{rel}", digest)
-        for rel in log_artifacts:
-            tracking.log_artifact(self.run_dir / rel, str(Path(rel).parent))
         return hashes
+
+    def _log(self, *paths: str) -> None:
+        """Copy files of this run into the current step's MLflow run."""
+        for rel in paths:
+            tracking.log_artifact(self.run_dir / rel, str(Path(rel).parent))
 
     def _result(self) -> PipelineResult:
         d = self.state.data
         stages = d["stages"]
-        status = {
-            "completed": "promoted" if stages.get("promote", {}).get("outputs", {}).get("promoted") else "rejected"
-        }.get(d["status"], d["status"])
-        version = stages.get("register", {}).get("outputs", {}).get("version")
-        metrics = stages.get("evaluate", {}).get("outputs", {}).get("best_metrics", {})
+        done = {s for s, v in stages.items() if v.get("status") == "done"}
+        promoted = "promote" in done and self.state.output("promote", PromoteResult).promoted
+        status = {"completed": "promoted" if promoted else "rejected"}.get(d["status"], d["status"])
         return PipelineResult(
             run_id=self.run_id,
             status=status,
             reason=d.get("reason", ""),
-            version=version,
+            version=self.state.output("register", RegisterResult).version if "register" in done else None,
             mlflow_run_id=d.get("mlflow_run_id", ""),
             run_dir=self.run_dir,
             timings={s: v.get("seconds", 0.0) for s, v in stages.items() if v.get("status") == "done"},
-            metrics=metrics,
+            metrics=self.state.output("evaluate", EvaluateResult).best_metrics if "evaluate" in done else {},
         )
 
     # ------------------------------------------------------------------ helpers
 
-    def _events(self) -> pd.DataFrame:
-        return pd.read_parquet(self.run_dir / "snapshot" / "events.parquet")
+    def _dataset_of_run(self) -> Dataset:
+        """The run's snapshot as the training steps read it (ids encoded once per process)."""
+        if self._dataset is None:
+            self._dataset = steps.encode_ids(steps.load_snapshot(self.run_dir / "snapshot"))
+        return self._dataset
+
+    def _holdout_of_run(self) -> Holdout:
+        if self._holdout is None:
+            cutoff = pd.Timestamp(self.state.output("split", SplitResult).cutoff)
+            self._holdout = steps.split(self._dataset_of_run(), self.config.holdout(), cutoff)
+        return self._holdout
+
+    def _candidates(self) -> list[ModelConfig]:
+        return self.state.output("search", SearchResult).candidates
 
     def _previous_stats(self) -> dict[str, Any] | None:
         """Snapshot stats of the latest completed run of the same pipeline."""
@@ -371,27 +532,21 @@ class Pipeline:
         stats_path = best[1] / "snapshot" / "stats.json"
         return _read_json(stats_path) if stats_path.exists() else None
 
-    def _labels(self, user_ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Group labels per user of ``user_ids`` from the snapshot's user attributes."""
-        path = self.run_dir / "snapshot" / USER_ATTRIBUTES
-        if not path.exists():
-            return {}
-        users = pd.read_parquet(path)
-        users["attributes"] = [json.loads(a) for a in users["attributes"]]
-        return user_attribute_labels(users, user_ids)
-
     def _production(self):
         version = tracking.resolve_alias(self.client, self.model_name, self.alias)
         if version is None:
             return None, None
         return version, ModelBundle.load(tracking.fetch_bundle(self.settings, version), verify=True)
 
-    # ------------------------------------------------------------------ stages
+    def _production_bundle(self, ref: ProductionRef) -> ModelBundle:
+        version = tracking.get_version(self.client, self.model_name, ref.version)
+        return ModelBundle.load(tracking.fetch_bundle(self.settings, version), verify=True)
 
-    def _stage_snapshot(self) -> dict[str, Any]:
+    # ------------------------------------------------------------------ steps
+
+    def snapshot(self) -> SnapshotResult:
         src = self.config.source
         out = self.run_dir / "snapshot"
-        out.mkdir(parents=True, exist_ok=True)
         as_of = pd.Timestamp(src.as_of) if src.as_of else pd.Timestamp.now(tz="UTC")
         if src.kind == "feature_store":
             from feature_store import FeatureStore
@@ -401,155 +556,81 @@ class Pipeline:
                 dataset = store.snapshot(as_of.to_pydatetime())
             finally:
                 store.dispose()
-            events, items, users = dataset.events, dataset.items[["item_id", "available"]], dataset.users[["user_id"]]
-            attributes = dataset.users[["user_id", "attributes"]]
+            events, items, users = dataset.events, dataset.items, dataset.users
             del dataset
         else:
-            events, items, users, attributes = _read_dataset_source(src)
-        if attributes is not None and len(attributes):
-            # user attributes (JSON per user) for the model card's group and leakage report
-            pd.DataFrame(
-                {
-                    "user_id": attributes["user_id"].astype(str).to_numpy(),
-                    "attributes": [json.dumps(a or {}, default=str) for a in attributes["attributes"]],
-                }
-            ).to_parquet(out / USER_ATTRIBUTES, index=False)
-        events.to_parquet(out / "events.parquet", index=False)
-        items.to_parquet(out / "items.parquet", index=False)
-        users.to_parquet(out / "users.parquet", index=False)
+            events, items, users = _read_dataset_source(src)
+        steps.save_snapshot(out, events, items, users)
         stats = snapshot_stats(events, items, users, active_days=self.config.validation.drift.active_days)
         stats["as_of"] = as_of.isoformat()
         stats["source"] = src.kind if src.kind == "feature_store" else str(src.path)
         _write_json(out / "stats.json", stats)
         tracking.log_params_flat({f"data_{k}": v for k, v in stats.items() if not isinstance(v, dict)})
-        arts = ["snapshot/stats.json"] + (
-            ["snapshot/events.parquet", "snapshot/items.parquet", "snapshot/users.parquet"]
-            if self.config.log_snapshot_artifacts
-            else []
-        )
+        self._log("snapshot/stats.json")
+        if self.config.log_snapshot_artifacts:
+            self._log("snapshot/events.parquet", "snapshot/items.parquet", "snapshot/users.parquet")
         logger.info("snapshot: %d events, %d users, %d items", stats["n_events"], stats["n_users"], stats["n_items"])
-        return {"n_events": stats["n_events"], "as_of": stats["as_of"], "_log_artifacts": arts}
+        return SnapshotResult(n_events=stats["n_events"], as_of=stats["as_of"])
 
-    def _stage_validate(self) -> dict[str, Any]:
-        stats = _read_json(self.run_dir / "snapshot" / "stats.json")
-        events = pd.read_parquet(self.run_dir / "snapshot" / "events.parquet", columns=None)
-        previous = self._previous_stats()
-        report = validate_snapshot(events, stats, self.config.validation, previous)
+    def validate(self) -> ValidateResult:
+        folder = self.run_dir / "snapshot"
+        stats = _read_json(folder / "stats.json")
+        events = pd.read_parquet(folder / "events.parquet")
+        report = validate_snapshot(events, stats, self.config.validation, self._previous_stats())
         del events
         _write_json(self.run_dir / "validate" / "report.json", report.as_dict())
-        tracking.log_artifact(self.run_dir / "validate" / "report.json", "validate")
+        self._log("validate/report.json")
         drift = report.checks.get("drift")
         if isinstance(drift, dict):
             tracking.log_metrics_finite({f"drift_{k}": float(v) if math.isfinite(v) else 1e9 for k, v in drift.items()})
         if not report.ok:
             raise ValidationFailed(report.reasons)
-        return {"ok": True, "checks": report.checks}
+        return ValidateResult(ok=True, checks=report.checks)
 
-    def _stage_train(self) -> dict[str, Any]:
-        events = self._events()
+    def split(self) -> SplitResult:
+        dataset = self._dataset_of_run()
+        ev = self.config.evaluation
         prod_version, prod_bundle = self._production()
         until = trained_until(prod_bundle) if prod_bundle is not None else None
-        cutoff, mode = choose_cutoff(
-            events, self.config.evaluation.test_ratio, until, self.config.evaluation.min_fresh_ratio
-        )
-        holdout = Holdout.build(events, cutoff)
-        out = self.run_dir / "train"
-        trained = []
-        production: dict[str, Any] | None = None
+        cutoff, mode = choose_cutoff(dataset.events, ev.test_ratio, until, ev.min_fresh_ratio)
+        holdout = steps.split(dataset, self.config.holdout(), cutoff)
+        self._holdout = holdout
+        production = None
         if prod_bundle is not None:
-            production = {
-                "version": str(prod_version.version),
-                "trained_until": until.isoformat() if until is not None else None,
-                "eval": "bundle vectors on a fresh holdout"
-                if mode == "fresh"
-                else "recipe refit on the holdout's train part",
-                "capabilities": sorted(prod_bundle.capabilities),
-            }
+            recipe = None
             if mode == "refit":
                 params = dict(prod_bundle.params or {})
                 weighting, alpha = params.pop("weighting", "confidence"), float(params.pop("alpha", 1.0))
                 recipe = ModelConfig(kind=prod_bundle.kind, params=params, weighting=weighting, alpha=alpha)
-                m = fit_model(
-                    recipe,
-                    InteractionMatrix.from_events(
-                        holdout.split.train,
-                        user_ids=holdout.user_ids,
-                        item_ids=holdout.item_ids,
-                        weighting=weighting,
-                        alpha=alpha,
-                    ),
-                    None,
-                )
-                (out / "production").mkdir(parents=True, exist_ok=True)
-                np.savez(
-                    out / "production" / "eval_vectors.npz", user_vectors=m.user_vectors_, item_vectors=m.item_vectors_
-                )
-                production["metric"] = m.metric
-                del m
-            del prod_bundle
+            production = ProductionRef(
+                version=str(prod_version.version),
+                trained_until=until.isoformat() if until is not None else None,
+                eval="bundle vectors on a fresh holdout"
+                if mode == "fresh"
+                else "recipe refit on the holdout's train part",
+                capabilities=sorted(prod_bundle.capabilities),
+                recipe=recipe,
+            )
         logger.info(
             "holdout: events from %s (%s%s)",
-            cutoff,
+            holdout.cutoff,
             mode,
-            f", production v{production['version']}" if production else "",
+            f", production v{production.version}" if production else "",
         )
-        candidates = self._choose_candidates(events)
-        _write_json(out / "candidates.json", [c.model_dump(mode="json") for c in candidates])
-        for i, cand in enumerate(candidates):
-            tc = self.config.train_config(cand)
-            folder = out / str(i)
-            folder.mkdir(parents=True, exist_ok=True)
-            t0 = time.perf_counter()
-            train_m = InteractionMatrix.from_events(
-                holdout.split.train,
-                user_ids=holdout.user_ids,
-                item_ids=holdout.item_ids,
-                weighting=tc.weighting,
-                alpha=tc.alpha,
-            )
-            model = fit_model(tc.model, train_m, None, events=holdout.split.train)
-            np.savez(folder / "eval_vectors.npz", user_vectors=model.user_vectors_, item_vectors=model.item_vectors_)
-            del train_m, model
-            full = InteractionMatrix.from_events(events, weighting=tc.weighting, alpha=tc.alpha)
-            model = fit_model(tc.model, full, None, events=events)
-            np.savez(folder / "full_vectors.npz", user_vectors=model.user_vectors_, item_vectors=model.item_vectors_)
-            sp.save_npz(folder / "full_matrix.npz", full.matrix)
-            _write_json(folder / "ids.json", {"user_ids": full.user_ids.tolist(), "item_ids": full.item_ids.tolist()})
-            _write_json(
-                folder / "model.json",
-                {
-                    "label": cand.label,
-                    "kind": model.kind,
-                    "metric": model.metric,
-                    "params": cand.params,
-                    "fold_in": FoldInSpec.of(model, tc.weighting, tc.alpha).model_dump(mode="json"),
-                },
-            )
-            seconds = time.perf_counter() - t0
-            tracking.log_metrics_finite({f"fit_seconds_{i}": seconds})
-            trained.append(
-                {"index": i, "label": cand.label, "kind": model.kind, "metric": model.metric, "seconds": seconds}
-            )
-            logger.info("trained candidate %s in %.1fs", cand.label, seconds)
-            del full, model
-        _write_json(out / "split.json", {k: v for k, v in holdout.split.report.items()})
+        _write_json(self.run_dir / "split" / "split.json", holdout.split.report)
+        self._log("split/split.json")
         tracking.log_params_flat({f"split_{k}": v for k, v in holdout.split.report.items()})
-        return {
-            "candidates": trained,
-            "cutoff": pd.Timestamp(cutoff).isoformat(),
-            "holdout_mode": mode,
-            "production": production,
-            "_log_artifacts": ["train/split.json"],
-        }
+        return SplitResult(
+            cutoff=holdout.cutoff.isoformat(), mode=mode, production=production, report=holdout.split.report
+        )
 
-    def _choose_candidates(self, events: pd.DataFrame) -> list[ModelConfig]:
+    def search(self) -> SearchResult:
         """The configured models; with ``search``, the last search's winner, searched anew on
         this snapshot when the last search is older than ``search.every`` (or there is none)."""
         cadence = self.config.search
         if cadence is None:
-            return list(self.config.models)
+            return SearchResult(candidates=list(self.config.models), searched=False)
         from pipelines.search import SearchConfig, describe, parse_duration, run_search
-        from recsys.datasets.base import Dataset
 
         path = pipelines_dir(self.settings) / f"{self.config.name}.search.json"
         last = _read_json(path) if path.exists() else None
@@ -558,18 +639,12 @@ class Pipeline:
             cadence.every
         ):
             logger.info(
-                "train: refitting the last search's winner (%s, searched %s)", last["label"], last["searched_at"]
+                "search: refitting the last search's winner (%s, searched %s)", last["label"], last["searched_at"]
             )
-            return [ModelConfig.model_validate(last["winner"])]
-        folder = self.run_dir / "snapshot"
-        dataset = Dataset(
-            events=events,
-            items=pd.read_parquet(folder / "items.parquet"),
-            users=pd.read_parquet(folder / "users.parquet"),
-        )
+            return SearchResult(candidates=[ModelConfig.model_validate(last["winner"])], searched=False)
         outcome = run_search(
             self.settings,
-            dataset,
+            self._dataset_of_run(),
             SearchConfig(
                 trials=cadence.trials,
                 max_seconds=parse_duration(cadence.budget),
@@ -590,77 +665,115 @@ class Pipeline:
                 "popularity_ndcg": outcome.popularity_score,
             },
         )
-        logger.info("train: searched anew, winner %s", describe(winner))
-        return [winner]
+        logger.info("search: searched anew, winner %s", describe(winner))
+        return SearchResult(candidates=[winner], searched=True)
 
-    def _trained_candidates(self) -> list[ModelConfig]:
-        path = self.run_dir / "train" / "candidates.json"
-        if not path.exists():  # a run started before candidates were recorded
-            return list(self.config.models)
-        return [ModelConfig.model_validate(c) for c in _read_json(path)]
+    def fit(self) -> FitResult:
+        """Each candidate fitted on the holdout's train part (what ``evaluate`` scores) and on
+        the whole snapshot (what ``index`` bundles); production's recipe refit in ``refit`` mode."""
+        dataset = self._dataset_of_run()
+        holdout = self._holdout_of_run()
+        split = self.state.output("split", SplitResult)
+        out = self.run_dir / "fit"
+        encoder = None
+        if self.config.content is not None:
+            full_ids = steps.matrix(self.config.train_config(self._candidates()[0]), dataset).item_ids
+            encoder = steps.content(self.config.train_config(self._candidates()[0]), dataset, full_ids)
+            steps.save_encoder(encoder, out)
+        fitted = []
+        for i, cand in enumerate(self._candidates()):
+            tc = self.config.train_config(cand)
+            t0 = time.perf_counter()
+            steps.fit_holdout(tc, dataset, holdout).save(out / str(i) / "holdout")
+            trained = steps.fit(tc, dataset, steps.matrix(tc, dataset), dataset.events)
+            trained.save(out / str(i) / "full")
+            seconds = time.perf_counter() - t0
+            tracking.log_metrics_finite({f"fit_seconds_{i}": seconds})
+            fitted.append(
+                CandidateFit(index=i, label=cand.label, kind=trained.kind, metric=trained.metric, seconds=seconds)
+            )
+            logger.info("fitted candidate %s in %.1fs", cand.label, seconds)
+        production_metric, production_fit = None, None
+        recipe = split.production.recipe if split.production is not None else None
+        if recipe is not None:
+            # production's recipe is usually a candidate's (the same config, nightly): that
+            # candidate's holdout fit serves both
+            same = [c.index for c, m in zip(fitted, self._candidates()) if _same_recipe(m, recipe)]
+            if same:
+                production_fit = same[0]
+                production_metric = fitted[production_fit].metric
+                logger.info("production's recipe is candidate %s's: its holdout fit serves both", fitted[same[0]].label)
+            else:
+                trained = steps.fit_holdout(self.config.train_config(recipe), dataset, holdout)
+                trained.save(out / "production")
+                production_metric = trained.metric
+        return FitResult(candidates=fitted, production_metric=production_metric, production_fit=production_fit)
 
-    def _stage_evaluate(self) -> dict[str, Any]:
+    def evaluate(self) -> EvaluateResult:
         ev = self.config.evaluation
-        tr = self.state.output("train")
-        holdout = Holdout.build(self._events(), pd.Timestamp(tr["cutoff"]))
-        prod_info = tr["production"]
-        prod_bundle = None
-        if prod_info is not None:
-            prod_version = tracking.get_version(self.client, self.model_name, prod_info["version"])
-            prod_bundle = ModelBundle.load(tracking.fetch_bundle(self.settings, prod_version), verify=True)
-        mask = production_user_mask(holdout, prod_bundle, tr["holdout_mode"]) if prod_bundle is not None else None
+        dataset = self._dataset_of_run()
+        holdout = self._holdout_of_run()
+        split = self.state.output("split", SplitResult)
+        fit = self.state.output("fit", FitResult)
+        prod_bundle = self._production_bundle(split.production) if split.production is not None else None
+        mask = production_user_mask(holdout, prod_bundle, split.mode) if prod_bundle is not None else None
         users = holdout.eval_users(ev.eval_users, ev.seed, mask)
         # No evaluation users (none known to both sides) is not an error of the run: the gate
         # refuses such a holdout (holdout_too_small), with the metrics left out.
-        empty = {"eval_users": 0.0}
-        result: dict[str, Any] = {
-            "cutoff": holdout.cutoff.isoformat(),
-            "eval_users": int(len(users)),
-            "test_interactions": int(holdout.test[users].nnz) if len(users) else 0,
-            "candidates": {},
-        }
         if len(users) == 0:
             logger.warning("evaluate: no holdout users known to both the candidate and production")
-        for cand in self.state.output("train")["candidates"]:
-            vec = np.load(self.run_dir / "train" / str(cand["index"]) / "eval_vectors.npz")
-            m = (
-                score(holdout, users, vec["user_vectors"], vec["item_vectors"], cand["metric"], ev.k)
-                if len(users)
-                else dict(empty)
-            )
-            result["candidates"][cand["label"]] = m
-            tracking.log_metrics_finite({f"{cand['label']}.{k}": v for k, v in m.items() if math.isfinite(v)})
-        result["popularity"] = score_popularity(holdout, users, ev.k) if len(users) else None
-        if result["popularity"] is not None:
-            tracking.log_metrics_finite(
-                {f"popularity.{k}": v for k, v in result["popularity"].items() if math.isfinite(v)}
-            )
+        encoder = steps.load_encoder(self.run_dir / "fit")
+        full_ids = None
+        if encoder is not None:
+            full_ids = steps.matrix(self.config.train_config(self._candidates()[0]), dataset).item_ids
+        candidates: dict[str, dict[str, float]] = {}
+        for cand, done in zip(self._candidates(), fit.candidates):
+            trained = steps.TrainedModel.load(self.run_dir / "fit" / str(done.index) / "holdout")
+            m = steps.score(self.config.train_config(cand), holdout, trained, encoder, full_ids, users)
+            candidates[done.label] = m
+            prefix = re.sub(r"[^\w\-. :/]", "_", done.label)[:200]  # what MLflow accepts in a metric name
+            tracking.log_metrics_finite({f"{prefix}.{k}": v for k, v in m.items() if math.isfinite(v)})
+        popularity = score_popularity(holdout, users, ev.k) if len(users) else None
+        if popularity is not None:
+            tracking.log_metrics_finite({f"popularity.{k}": v for k, v in popularity.items() if math.isfinite(v)})
         gate_metric = self.config.gate.metric
 
         def key(label: str) -> float:
-            v = result["candidates"][label].get(gate_metric, float("nan"))
+            v = candidates[label].get(gate_metric, float("nan"))
             return v if math.isfinite(v) else -math.inf
 
-        best_label = max(result["candidates"], key=key)
-        best = next(c for c in self.state.output("train")["candidates"] if c["label"] == best_label)
-        result["best"] = best_label
+        best = max(fit.candidates, key=lambda c: key(c.label))
+        production = None
         if prod_bundle is not None:
+            ref = split.production
             if len(users) == 0:
-                pm = dict(empty)
-            elif tr["holdout_mode"] == "fresh":
+                pm = {"eval_users": 0.0}
+            elif split.mode == "fresh":
                 pm = score_production(holdout, prod_bundle, users, ev.k)
             else:
-                vec = np.load(self.run_dir / "train" / "production" / "eval_vectors.npz")
-                pm = score(holdout, users, vec["user_vectors"], vec["item_vectors"], prod_info["metric"], ev.k)
-            result["production"] = {**prod_info, "metrics": pm}
+                folder = "production" if fit.production_fit is None else f"{fit.production_fit}/holdout"
+                vec = steps.TrainedModel.load(self.run_dir / "fit" / folder)
+                pm = score_vectors(holdout, users, vec.user_vectors_, vec.item_vectors_, fit.production_metric, ev.k)
+            production = ProductionScore(version=ref.version, eval=ref.eval, capabilities=ref.capabilities, metrics=pm)
             tracking.log_metrics_finite({f"production.{k}": v for k, v in pm.items() if math.isfinite(v)})
-            tracking.set_tags({"production_version": prod_info["version"], "production_eval": prod_info["eval"]})
-        else:
-            result["production"] = None
-        _write_json(self.run_dir / "evaluate" / "metrics.json", result)
-        arts = ["evaluate/metrics.json"]
+            tracking.set_tags({"production_version": ref.version, "production_eval": ref.eval})
+        result = EvaluateResult(
+            cutoff=holdout.cutoff.isoformat(),
+            eval_users=int(len(users)),
+            test_interactions=int(holdout.test[users].nnz) if len(users) else 0,
+            candidates=candidates,
+            popularity=popularity,
+            production=production,
+            best=best.label,
+            best_index=best.index,
+            best_metrics=candidates[best.label],
+        )
+        _write_json(self.run_dir / "evaluate" / "metrics.json", result.model_dump(mode="json"))
+        self._log("evaluate/metrics.json")
         if self.config.bias.enabled and len(users):
-            assessment = self._assess(holdout, users, best)
+            tc = self.config.train_config(self._candidates()[best.index])
+            trained = steps.TrainedModel.load(self.run_dir / "fit" / str(best.index) / "holdout")
+            assessment = steps.assess_bias(tc, holdout, trained, dataset, users)
             _write_json(self.run_dir / "evaluate" / "bias.json", assessment_dict(assessment))
             summary = {k: v for k, v in assessment.report.summary().items() if math.isfinite(v)}
             tracking.log_metrics_finite(summary)
@@ -668,95 +781,42 @@ class Pipeline:
             tracking.log_metrics_to_run(
                 self.client, self.parent_id, {k: v for k, v in summary.items() if "leakage" not in k}
             )
-            arts.append("evaluate/bias.json")
-        best_metrics = result["candidates"][best_label]
-        tracking.log_metrics_to_run(self.client, self.parent_id, best_metrics)
+            self._log("evaluate/bias.json")
+        tracking.log_metrics_to_run(self.client, self.parent_id, result.best_metrics)
         logger.info(
             "evaluate: best %s %s=%.4f%s",
-            best_label,
+            best.label,
             gate_metric,
-            best_metrics.get(gate_metric, float("nan")),
-            f", production v{prod_version.version} {result['production']['metrics'].get(gate_metric, float('nan')):.4f}"
-            if prod_bundle is not None
+            result.best_metrics.get(gate_metric, float("nan")),
+            f", production v{production.version} {production.metrics.get(gate_metric, float('nan')):.4f}"
+            if production is not None
             else ", no production model",
         )
-        return {
-            "best": best_label,
-            "best_index": best["index"],
-            "best_metrics": best_metrics,
-            "production_version": result["production"]["version"] if result["production"] else None,
-            "_log_artifacts": arts,
-        }
+        return result
 
-    def _assess(self, holdout: Holdout, users: np.ndarray, best: dict[str, Any]) -> Assessment:
-        """The best candidate's bias report and configured mitigations on the holdout."""
-        cand = self._trained_candidates()[best["index"]]
-        vec = np.load(self.run_dir / "train" / str(best["index"]) / "eval_vectors.npz")
-        train = InteractionMatrix.from_events(
-            holdout.split.train,
-            user_ids=holdout.user_ids,
-            item_ids=holdout.item_ids,
-            weighting=cand.weighting,
-            alpha=cand.alpha,
-        )
-        ev = self.config.evaluation
-        return assess(
-            vec["user_vectors"],
-            vec["item_vectors"],
-            best["metric"] if best["metric"] in ("dot", "cosine") else "dot",
-            train.matrix,
-            holdout.test,
-            users,
-            ev.k,
-            self._labels(holdout.user_ids),
-            self.config.bias.settings(ev.seed),
-            model_kind=cand.kind,
-            regularization=cand.params.get("regularization"),
-            leakage=False,  # the gate and the card use the served vectors' (index stage)
-        )
-
-    def _stage_index(self) -> dict[str, Any]:
-        ev = self.state.output("evaluate")
-        i = ev["best_index"]
-        folder = self.run_dir / "train" / str(i)
-        cand = self._trained_candidates()[i]
-        tc = self.config.train_config(cand)
-        meta = _read_json(folder / "model.json")
-        vec = np.load(folder / "full_vectors.npz")
-        ids = _read_json(folder / "ids.json")
-        matrix = InteractionMatrix(
-            matrix=sp.load_npz(folder / "full_matrix.npz").tocsr(),
-            user_ids=np.asarray(ids["user_ids"], dtype=object),
-            item_ids=np.asarray(ids["item_ids"], dtype=object),
-        )
-        model = SimpleNamespace(
-            kind=meta["kind"],
-            metric=meta["metric"],
-            user_vectors_=vec["user_vectors"],
-            item_vectors_=vec["item_vectors"],
-        )
+    def index(self) -> IndexResult:
+        ev = self.state.output("evaluate", EvaluateResult)
+        dataset = self._dataset_of_run()
+        tc = self.config.train_config(self._candidates()[ev.best_index])
+        trained = steps.TrainedModel.load(self.run_dir / "fit" / str(ev.best_index) / "full")
+        full = steps.matrix(tc, dataset)
         stats = _read_json(self.run_dir / "snapshot" / "stats.json")
         stats.pop("top_items", None)
         info = {
             "data": stats,
-            "metrics": ev["best_metrics"],
-            "pipeline": {"name": self.config.name, "run_id": self.run_id, "candidate": cand.label},
+            "metrics": ev.best_metrics,
+            "pipeline": {"name": self.config.name, "run_id": self.run_id, "candidate": ev.best},
         }
-        bias = self.config.bias
-        labels = self._labels(matrix.user_ids) if bias.enabled or bias.debias is not None else {}
-        debiaser, debias_info = None, None
-        if bias.debias is not None:
-            model, debiaser, debias_info = debias_model(tc, model, matrix, labels)
-        bundle = build_bundle(tc, model, matrix, info, fold_in=FoldInSpec.model_validate(meta["fold_in"]))
-        bundle.info["calibration"] = bias.calibration
-        if debiaser is not None:
-            bundle.objects["debias"] = debiaser
-            bundle.info["debias"] = debias_info
-        if bias.enabled:
-            leakage = served_leakage(bundle.user_vectors, labels, bias.settings(self.config.evaluation.seed))
-            _write_json(self.run_dir / "index" / "leakage.json", [asdict(x) for x in leakage])
+        bias_path = self.run_dir / "evaluate" / "bias.json"
+        assessment = assessment_from_dict(_read_json(bias_path)) if bias_path.exists() else None
+        built = steps.bundle(tc, trained, full, dataset, steps.load_encoder(self.run_dir / "fit"), info, assessment)
+        bundle = built.bundle
+        if built.assessment is not None:
+            _write_json(self.run_dir / "index" / "bias.json", assessment_dict(built.assessment))
             tracking.log_metrics_to_run(
-                self.client, self.parent_id, {f"bias_leakage_{x.attribute}": x.auc for x in leakage}
+                self.client,
+                self.parent_id,
+                {f"bias_leakage_{x.attribute}": x.auc for x in built.assessment.report.leakage},
             )
         recall = {k: float(v) for k, v in bundle.info.items() if k.endswith("recall_at_10")}
         if self.config.index.kind == "exact":
@@ -764,38 +824,37 @@ class Pipeline:
         finite = bool(np.isfinite(bundle.user_vectors).all() and np.isfinite(bundle.item_vectors).all())
         bundle.save(self.run_dir / "index" / "bundle")
         tracking.log_metrics_finite(recall)
-        tracking.log_artifact(self.run_dir / "index" / "bundle" / "manifest.json", "index")
-        return {"recall": recall, "vectors_finite": finite, "bundle": "index/bundle", "debias": debias_info}
+        self._log("index/bundle/manifest.json")
+        return IndexResult(recall=recall, vectors_finite=finite, bundle="index/bundle", debias=built.debias)
 
-    def _stage_gate(self) -> dict[str, Any]:
-        metrics = _read_json(self.run_dir / "evaluate" / "metrics.json")
-        idx = self.state.output("index")
-        cand = metrics["candidates"][metrics["best"]]
-        prod = metrics["production"]["metrics"] if metrics.get("production") else None
-        recall = {k.removeprefix("index_").removesuffix("_recall_at_10"): v for k, v in idx["recall"].items()}
+    def gate(self) -> GateResult:
+        ev = self.state.output("evaluate", EvaluateResult)
+        idx = self.state.output("index", IndexResult)
+        recall = {k.removeprefix("index_").removesuffix("_recall_at_10"): v for k, v in idx.recall.items()}
         candidate_caps = manifest_capabilities(_read_json(self.run_dir / "index" / "bundle" / "manifest.json"))
         decision: GateDecision = decide(
             self.config.gate,
-            cand,
-            prod,
+            ev.candidates[ev.best],
+            ev.production.metrics if ev.production is not None else None,
             recall,
-            idx["vectors_finite"],
-            popularity=metrics.get("popularity"),
-            holdout=HoldoutStats(int(metrics["eval_users"]), int(metrics.get("test_interactions", 0))),
-            production_capabilities=self._production_capabilities(metrics.get("production")),
+            idx.vectors_finite,
+            popularity=ev.popularity,
+            holdout=HoldoutStats(ev.eval_users, ev.test_interactions),
+            production_capabilities=ev.production.capabilities if ev.production is not None else None,
             candidate_capabilities=candidate_caps,
             card=self._bias_report(),
         )
-        out = {
-            "passed": decision.passed,
-            "reason": decision.reason,
-            "reasons": decision.reasons,
-            "refused_by": decision.refused_by,
-            "checks": decision.checks,
-            "production_version": metrics["production"]["version"] if metrics.get("production") else None,
-            "production_eval": (metrics.get("production") or {}).get("eval"),
-        }
-        _write_json(self.run_dir / "gate" / "decision.json", out)
+        out = GateResult(
+            passed=decision.passed,
+            reason=decision.reason,
+            reasons=decision.reasons,
+            refused_by=decision.refused_by,
+            checks=decision.checks,
+            production_version=ev.production_version,
+            production_eval=ev.production.eval if ev.production is not None else None,
+        )
+        _write_json(self.run_dir / "gate" / "decision.json", out.model_dump(mode="json"))
+        self._log("gate/decision.json")
         tracking.set_tags({"gate": "passed" if decision.passed else "rejected", "gate_reason": decision.reason[:5000]})
         self.client.set_tag(self.parent_id, "gate", "passed" if decision.passed else "rejected")
         self.client.set_tag(self.parent_id, "gate_reason", decision.reason[:5000])
@@ -804,29 +863,17 @@ class Pipeline:
         (logger.info if decision.passed else logger.warning)(
             "gate %s: %s", "passed" if decision.passed else "REJECTED", decision.reason
         )
-        return {**out, "_log_artifacts": ["gate/decision.json"]}
+        return out
+
+    def _assessment(self):
+        """The candidate's bias report with the leakage of the vectors it serves (index
+        step); None when the bias report is off or had no users."""
+        path = self.run_dir / "index" / "bias.json"
+        return assessment_from_dict(_read_json(path)) if path.exists() else None
 
     def _bias_report(self) -> BiasReport | None:
-        """The candidate's bias report (evaluate stage) with the leakage of the vectors it
-        serves (index stage); None when the bias report is off or had no users."""
-        path = self.run_dir / "evaluate" / "bias.json"
-        if not path.exists():
-            return None
-        report = assessment_from_dict(_read_json(path)).report
-        leakage = self.run_dir / "index" / "leakage.json"
-        if leakage.exists():
-            report = replace(report, leakage=[Leakage(**x) for x in _read_json(leakage)])
-        return report
-
-    def _production_capabilities(self, production: dict[str, Any] | None) -> list[str] | None:
-        """What production serves (recorded at train; read from its manifest for older runs)."""
-        if production is None:
-            return None
-        if "capabilities" in production:
-            return production["capabilities"]
-        mv = tracking.get_version(self.client, self.model_name, production["version"])
-        path = tracking.fetch_bundle(self.settings, mv)
-        return sorted(manifest_capabilities(_read_json(path / "manifest.json")))
+        assessment = self._assessment()
+        return assessment.report if assessment is not None else None
 
     def _find_registered(self):
         try:
@@ -836,13 +883,13 @@ class Pipeline:
         mine = [v for v in versions if v.tags.get("pipeline_run_id") == self.run_id]
         return max(mine, key=lambda v: int(v.version)) if mine else None
 
-    def _stage_register(self) -> dict[str, Any]:
-        gate = self.state.output("gate")
+    def register(self) -> RegisterResult:
+        gate = self.state.output("gate", GateResult)
         existing = self._find_registered()
         if existing is not None:
             logger.info("register: version %s already registered by this run; reusing it", existing.version)
             self._log_card(str(existing.version))
-            return {"version": str(existing.version), "reused": True}
+            return RegisterResult(version=str(existing.version), reused=True)
         bundle_dir = self.run_dir / "index" / "bundle"
         manifest = _read_json(bundle_dir / "manifest.json")
         self.client.log_artifacts(self.parent_id, str(bundle_dir), tracking.BUNDLE_ARTIFACT)
@@ -852,72 +899,72 @@ class Pipeline:
         expected = set(manifest["files"]) | {"manifest.json"}
         if not expected <= uploaded:
             raise RuntimeError(f"bundle upload incomplete: missing {sorted(expected - uploaded)[:5]}")
-        metrics = self.state.output("evaluate")["best_metrics"]
+        ev = self.state.output("evaluate", EvaluateResult)
         tags = {
             "pipeline": self.config.name,
             "pipeline_run_id": self.run_id,
             "kind": manifest["kind"],
-            "candidate": self.state.output("evaluate")["best"],
-            "gate": "passed" if gate["passed"] else "rejected",
+            "candidate": ev.best,
+            "gate": "passed" if gate.passed else "rejected",
             "manifest_sha256": file_sha256(bundle_dir / "manifest.json"),
-            self.config.gate.metric: f"{metrics.get(self.config.gate.metric, float('nan')):.6f}",
+            self.config.gate.metric: f"{ev.best_metrics.get(self.config.gate.metric, float('nan')):.6f}",
         }
-        if not gate["passed"]:
-            tags["rejected"] = gate["reason"][:5000]
+        if not gate.passed:
+            tags["rejected"] = gate.reason[:5000]
         mv = tracking.register_bundle(self.client, self.model_name, self.parent_id, tags=tags)
         tracking.set_tag("version", str(mv.version))
         self.client.set_tag(self.parent_id, "version", str(mv.version))
         self._log_card(str(mv.version))
-        return {"version": str(mv.version), "reused": False}
+        return RegisterResult(version=str(mv.version), reused=False)
 
     def _log_card(self, version: str) -> None:
         """The version's model card, on the parent run (the version's run) under model_card/."""
         if not self.config.bias.enabled:
             return
-        path = self.run_dir / "evaluate" / "bias.json"
-        assessment = assessment_from_dict(_read_json(path)) if path.exists() else None
-        ev = self.state.output("evaluate")
-        cand = self._trained_candidates()[ev["best_index"]]
-        stats = _read_json(self.run_dir / "snapshot" / "stats.json")
-        tr = self.state.output("train")
+        assessment = self._assessment()
+        ev = self.state.output("evaluate", EvaluateResult)
+        split = self.state.output("split", SplitResult)
         card = new_card(
             model_name=self.model_name,
             version=version,
             run_id=self.parent_id,
-            model=cand.model_dump(mode="json"),
-            data_stats=stats,
-            validation=ev["best_metrics"],
-            validation_split=f"time holdout: events from {tr['cutoff']} ({tr['holdout_mode']})",
-            bias=self._bias_report(),
+            model=self._candidates()[ev.best_index].model_dump(mode="json"),
+            data_stats=_read_json(self.run_dir / "snapshot" / "stats.json"),
+            validation=ev.best_metrics,
+            validation_split=f"time holdout: events from {split.cutoff} ({split.mode})",
+            bias=assessment.report if assessment is not None else None,
             mitigations=assessment.mitigations if assessment is not None else [],
-            serving={"calibration": self.config.bias.calibration, "debias": self.state.output("index").get("debias")},
+            serving={
+                "calibration": self.config.bias.calibration,
+                "debias": self.state.output("index", IndexResult).debias,
+            },
         )
         log_card(self.client, self.parent_id, card)
 
-    def _stage_promote(self) -> dict[str, Any]:
-        gate = self.state.output("gate")
-        version = self.state.output("register")["version"]
-        if not gate["passed"]:
-            logger.warning("promote: not promoting version %s (gate rejected: %s)", version, gate["reason"])
-            return {"promoted": False, "version": version}
+    def promote(self) -> PromoteResult:
+        gate = self.state.output("gate", GateResult)
+        version = self.state.output("register", RegisterResult).version
+        if not gate.passed:
+            logger.warning("promote: not promoting version %s (gate rejected: %s)", version, gate.reason)
+            return PromoteResult(promoted=False, version=version)
         current = tracking.resolve_alias(self.client, self.model_name, self.alias)
         current_v = str(current.version) if current is not None else None
-        if current_v not in (gate["production_version"], version):
+        if current_v not in (gate.production_version, version):
             raise PipelineConflict(
-                f"alias {self.alias} moved from version {gate['production_version']} to {current_v} "
+                f"alias {self.alias} moved from version {gate.production_version} to {current_v} "
                 f"after this run evaluated against it; start a new run to re-evaluate"
             )
         tracking.set_alias(self.client, self.model_name, self.alias, version)
         self.client.set_model_version_tag(self.model_name, version, "promoted", datetime.now(UTC).isoformat())
         self.client.set_tag(self.parent_id, "promoted", f"{self.alias}={version}")
-        return {"promoted": True, "version": version, "previous": current_v}
+        return PromoteResult(promoted=True, version=version, previous=current_v)
 
-    def _stage_notify(self) -> dict[str, Any]:
-        if not self.state.output("promote").get("promoted"):
-            return {"notified": []}
+    def notify(self) -> NotifyResult:
+        if not self.state.output("promote", PromoteResult).promoted:
+            return NotifyResult(notified=[])
         generation = self._bump_reload_generation()
         if not self.config.notify.urls:
-            return {"notified": [], "reload_generation": generation}
+            return NotifyResult(notified=[], reload_generation=generation)
         import httpx
 
         cfg = self.config.notify
@@ -941,7 +988,7 @@ class Pipeline:
         _write_json(self.run_dir / "notify" / "results.json", results)
         if failed and cfg.required:
             raise RuntimeError(f"{len(failed)} server(s) could not be told to reload: {failed[0]['url']}")
-        return {"notified": results, "reload_generation": generation}
+        return NotifyResult(notified=results, reload_generation=generation)
 
     def _bump_reload_generation(self) -> int | None:
         """Every API worker on this database reloads within a second (feature_store/control.py);
@@ -962,6 +1009,18 @@ class Pipeline:
         return generation
 
 
+def _same_recipe(candidate: ModelConfig, recipe: ModelConfig) -> bool:
+    """Whether fitting ``candidate`` is fitting production's ``recipe`` (read from its bundle:
+    kind, params, weighting and alpha)."""
+    return (candidate.kind, candidate.params, candidate.weighting, float(candidate.alpha), candidate.engine) == (
+        recipe.kind,
+        recipe.params,
+        recipe.weighting,
+        float(recipe.alpha),
+        recipe.engine,
+    )
+
+
 def _list_artifacts(client, run_id: str, path: str) -> list:
     out, todo = [], [path]
     while todo:
@@ -970,9 +1029,9 @@ def _list_artifacts(client, run_id: str, path: str) -> list:
     return out
 
 
-def _read_dataset_source(src) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
-    """Events (normalized, duplicates kept), items and users (ids only, duplicates kept), and
-    the users' attributes when the source has them (``user_id``, ``attributes`` dicts)."""
+def _read_dataset_source(src) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Events (normalized, duplicates kept), items and users (as given, duplicates kept: the
+    validate step counts them) of a ``dataset`` source."""
     from recsys.datasets.base import DatasetError, normalize_events, source_time
 
     if not src.path.exists():
@@ -986,23 +1045,15 @@ def _read_dataset_source(src) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
         if "timestamp" not in raw:
             raw["timestamp"] = source_time(src.path)
         events = normalize_events(raw)
-        items = (
-            read(src.items_path)[["item_id"]].astype(str)
-            if src.items_path
-            else pd.DataFrame({"item_id": pd.Series(dtype=str)})
-        )
-        users = (
-            read(src.users_path)[["user_id"]].astype(str)
-            if src.users_path
-            else pd.DataFrame({"user_id": pd.Series(dtype=str)})
-        )
-        if "available" not in items:
-            items["available"] = True
-        return events, items, users, None
+        items = read(src.items_path) if src.items_path else pd.DataFrame({"item_id": pd.Series(dtype=str)})
+        users = read(src.users_path) if src.users_path else pd.DataFrame({"user_id": pd.Series(dtype=str)})
+        items["item_id"] = items["item_id"].astype(str)
+        users["user_id"] = users["user_id"].astype(str)
+        return events, items, users
     from recsys.datasets import load_dataset
 
     ds = load_dataset(src.format, src.path)
-    return ds.events, ds.items[["item_id", "available"]], ds.users[["user_id"]], ds.users[["user_id", "attributes"]]
+    return ds.events, ds.items, ds.users
 
 
 def run_pipeline(

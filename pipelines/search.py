@@ -8,7 +8,9 @@
    with the catalog's side features (when items or users have attributes), BPR, item-kNN,
    item2vec — and its parameters, fits on the validation train part and scores nDCG@10 on the
    validation holdout. A trial first scores half the validation users and reports it, so the
-   median pruner stops clearly bad trials early. Popularity is scored once as the baseline.
+   median pruner stops clearly bad trials early. A sample of validation users is also scored
+   as serving folds them in (the model's own ``fold_in`` over their train row): a model whose
+   fold-in does worse than its trained vectors has its score scaled down by that ratio. Popularity is scored once as the baseline.
    Every trial is an MLflow child run of the search's parent run (params, metrics, time).
 3. **Ensemble**: the best configuration of the top families, refitted once, blended by
    ``recsys.models.ensemble`` (per-user standardized scores) with weights chosen on validation.
@@ -34,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from pipelines import tracking
 from pipelines.train import (
@@ -46,11 +47,12 @@ from pipelines.train import (
     train,
 )
 from recsys.datasets.base import Dataset, DatasetError
+from recsys.evaluation.holdout import Holdout, HoldoutConfig, score_vectors
 from recsys.evaluation.metrics import per_user_metrics, ranking_metrics_at_k
-from recsys.evaluation.splits import Split, time_split
 from recsys.evaluation.topk import top_k_scores
 from recsys.hybrid import history_profiles, hybrid_top_k
 from recsys.matrix import InteractionMatrix
+from recsys.models.base import TrainData
 from recsys.models.config import FeatureConfig, ModelConfig
 from recsys.models.ensemble import EnsembleEmbedder
 from recsys.models.registry import make_model
@@ -105,6 +107,9 @@ class SearchConfig:
     families: tuple[str, ...] | None = None
     #: fewer validation users than this: too little data to compare models, popularity wins
     min_eval_users: int = 5
+    #: validation users (seeded sample) also scored as serving folds them in (0: off): a
+    #: trial's score is scaled down by how much worse its fold-in is than its trained vectors
+    fold_in_users: int = 200
 
 
 @dataclass
@@ -130,45 +135,33 @@ class SearchOutcome:
 # ----------------------------------------------------------------------------------------------
 
 
-def time_validation_split(events: pd.DataFrame, ratio: float) -> Split:
-    """The newest ``ratio`` of events (global time cutoff) as holdout, the rest as train."""
-    cutoff = events["timestamp"].quantile(1.0 - ratio, interpolation="higher")
-    split = time_split(events, cutoff)
-    if len(split.train) == 0:  # every event at one instant: nothing is earlier than the cutoff
-        split = time_split(events, events["timestamp"].max() + pd.Timedelta(seconds=1))
-    return split
-
-
 class Validation:
-    """The validation split, its matrices per weighting and the nDCG scorer every trial uses."""
+    """The validation holdout (recsys/evaluation/holdout.py: the newest events, widened until
+    enough users are in it), its matrices per weighting and the nDCG scorer every trial uses."""
 
     def __init__(self, dataset: Dataset, config: SearchConfig) -> None:
         self.dataset, self.k = dataset, config.k
         ratio = config.validation_ratio
         while True:
-            self.split = time_validation_split(dataset.events, ratio)
+            holdout_config = HoldoutConfig(
+                kind="time", test_ratio=ratio, eval_users=config.eval_users, seed=config.seed
+            )
+            self.holdout = Holdout.build(dataset.events, holdout_config, require_test=False)
             self.ratio = ratio
-            n_users = self.split.test["user_id"].nunique()
-            if n_users >= config.min_validation_users or ratio >= config.max_validation_ratio:
+            if (
+                self.holdout.split.report["n_test_users"] >= config.min_validation_users
+                or ratio >= config.max_validation_ratio
+            ):
                 break
             ratio = min(config.max_validation_ratio, ratio + 0.05)
-        base = InteractionMatrix.from_events(self.split.train, weighting="none")
-        self.user_ids, self.item_ids = base.user_ids, base.item_ids
-        self.seen = base.matrix
-        test = InteractionMatrix.from_events(
-            self.split.test, user_ids=self.user_ids, item_ids=self.item_ids, weighting="none"
-        ).matrix
-        test.data = np.ones_like(test.data)
-        # a repeat of an item already seen in train is not something to recommend: drop it
-        test = test - test.multiply(self.seen > 0)
-        test.eliminate_zeros()
-        self.test = sp.csr_matrix(test)
-        users = np.flatnonzero((np.diff(self.test.indptr) > 0) & (np.diff(self.seen.indptr) > 0))
-        if len(users) > config.eval_users:
-            users = np.sort(np.random.default_rng(config.seed).choice(users, config.eval_users, replace=False))
-        self.users = users
+        self.split = self.holdout.split
+        self.user_ids, self.item_ids = self.holdout.user_ids, self.holdout.item_ids
+        self.seen, self.test, self.users = self.holdout.train, self.holdout.test, self.holdout.users
+        users = self.users
         self.first_half = users[np.random.default_rng(config.seed).permutation(len(users))[: max(1, len(users) // 2)]]
         self.first_half.sort()
+        n_fold_in = min(config.fold_in_users, len(users))
+        self.fold_in_users = np.sort(np.random.default_rng(config.seed + 1).choice(users, n_fold_in, replace=False))
         self._matrices: dict[tuple[str, float], InteractionMatrix] = {}
 
     @property
@@ -190,8 +183,7 @@ class Validation:
         users = self.users if users is None else users
         if len(users) == 0:
             return 0.0
-        top = top_k_scores(user_vectors, item_vectors, self.k, exclude=self.seen, user_rows=users, metric=metric)[0]
-        return float(ranking_metrics_at_k(top, self.test, self.k, user_rows=users)["ndcg"])
+        return score_vectors(self.holdout, users, user_vectors, item_vectors, metric, self.k)[f"ndcg_at_{self.k}"]
 
     def per_user(self, model) -> np.ndarray:
         """nDCG@k of every validation user (row order of ``self.users``)."""
@@ -205,6 +197,24 @@ class Validation:
         )[0]
         frame = per_user_metrics(top, self.test, self.k, user_rows=self.users)
         return frame.set_index("user_row")["ndcg"].reindex(self.users).fillna(0.0).to_numpy(np.float64)
+
+    def fold_in_ratio(self, model, config: ModelConfig) -> float:
+        """nDCG@k of ``fold_in_users`` folded in from their validation-train row through the
+        model's own ``fold_in`` (with the training matrix's weights: the path serving takes for
+        a user with events newer than the model), over their nDCG@k from the trained vectors.
+        1.0 when there is nothing to compare."""
+        users = self.fold_in_users
+        if len(users) == 0 or model.user_vectors_ is None:
+            return 1.0
+        trained = self.ndcg(model.user_vectors_, model.item_vectors_, model.metric, users)
+        if trained <= 0:
+            return 1.0
+        matrix = self.matrix(config).matrix
+        folded = np.zeros((matrix.shape[0], model.item_vectors_.shape[1]), np.float32)
+        for u in users:
+            row = matrix[u]
+            folded[u] = model.fold_in(row.indices, row.data)
+        return self.ndcg(folded, model.item_vectors_, model.metric, users) / trained
 
     def score(self, model, users: np.ndarray | None = None) -> float:
         if model.user_vectors_ is None:
@@ -521,7 +531,7 @@ def run_search(
         "search: validation split %s",
         {k: v for k, v in validation.split.report.items() if isinstance(v, (int, float, str))},
     )
-    popular = make_model("popular").fit(validation.seen)
+    popular = make_model("popular").fit(TrainData(validation.seen))
     pop_score = validation.score(popular)
     kinds, family_notes = families(validation, config)
     notes += family_notes
@@ -583,11 +593,16 @@ def run_search(
                 tracking.set_tag("optuna.state", "pruned")
                 raise optuna.TrialPruned()
             per_user = validation.per_user(model)
+            # a model whose fold-in is worse than its trained vectors serves returning users
+            # with new events, and new users, worse than it validates: its score says so
+            fold_in_ratio = validation.fold_in_ratio(model, model_config)
+            per_user = per_user * min(1.0, fold_in_ratio)
             value = float(per_user.mean())
             trial.set_user_attr("per_user", np.round(per_user, 5).tolist())
             tracking.log_metrics_finite(
                 {
                     f"ndcg_at_{config.k}": value,
+                    f"ndcg_at_{config.k}_fold_in_ratio": fold_in_ratio,
                     f"ndcg_at_{config.k}_half": half,
                     "time_fit_s": fit_s,
                     "time_trial_s": time.perf_counter() - t0,
@@ -841,7 +856,7 @@ def _content_space(
             notes.append("no content space: items have no titles, descriptions or categories")
         return None, HybridConfig(default_mode="collaborative", weights=(1.0, 0.0))
     content = ContentConfig(kind=kind)
-    encoder = make_model(kind).fit(validation.dataset.items, item_ids=validation.item_ids)
+    encoder = make_model(kind).fit(TrainData.catalog_only(validation.dataset.items, validation.item_ids))
     C = encoder.item_vectors_
     if winner.kind == "popular" or len(validation.users) == 0:
         return content, HybridConfig(default_mode="collaborative", weights=(1.0, 0.0))

@@ -3,13 +3,12 @@ MLflow run → registered version → alias. Each stage is timed and logged."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -20,22 +19,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pipelines import tracking
 from pipelines.card import BiasConfig, log_card, new_card
-from recsys.bundle import ModelBundle
+from recsys.bundle import HybridConfig, ModelBundle, ServingSpec
 from recsys.datasets.base import Dataset, DatasetError
-from recsys.evaluation.bias import user_attribute_labels
-from recsys.evaluation.metrics import ranking_metrics_at_k
-from recsys.evaluation.mitigation import Assessment, assess, fit_debiaser, served_leakage
-from recsys.evaluation.splits import random_split
-from recsys.evaluation.topk import top_k_scores
-from recsys.features import build_item_features, build_user_features
-from recsys.hybrid import history_profiles, hybrid_top_k
+from recsys.evaluation.holdout import HoldoutConfig, HoldoutKind
+from recsys.evaluation.mitigation import fit_debiaser
 from recsys.index import IndexSettings, build_index
 from recsys.matrix import InteractionMatrix
-from recsys.models.base import Embedder
+from recsys.models.base import Embedder, TrainData
 from recsys.models.coldstart import ContentToCFMapper
-from recsys.models.config import FeatureConfig, ModelConfig, checked_params, user_sequences
+from recsys.models.config import FeatureConfig, ModelConfig, checked_params
 from recsys.models.foldin import FoldInSpec
-from recsys.models.registry import CONTENT_KINDS, SEQUENCE_KINDS, make_model
+from recsys.models.registry import make_model
 from recsys.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -92,6 +86,28 @@ class IndexConfig(_Config):
     item_metric: Literal["cosine", "dot", "euclidean", "manhattan", "hamming"] = "cosine"
     content_metric: Literal["cosine", "dot", "euclidean", "manhattan", "hamming"] = "cosine"
 
+    def settings(self) -> IndexSettings:
+        """The build-time knobs (recsys/index/choice.py)."""
+        return IndexSettings(
+            target_recall=self.target_recall,
+            n_trees=self.n_trees,
+            search_k=self.search_k,
+            M=self.M,
+            ef_construction=self.ef_construction,
+            ef=self.ef,
+            num_threads=self.num_threads,
+            vector_dtype=self.vector_dtype,
+            tune_seconds=self.tune_seconds,
+            annoy_auto_max_items=self.annoy_auto_max_items,
+            num_leaves=self.num_leaves,
+            exact_enough_ms=self.exact_enough_ms,
+            build_budget_seconds=self.build_budget_seconds,
+        )
+
+    def sample_queries(self, queries: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The queries the index choice tunes and measures on."""
+        return queries[rng.choice(len(queries), min(self.recall_queries, len(queries)), replace=False)]
+
 
 class ContentConfig(_Config):
     """A content encoder trained beside the CF model: content/hybrid modes, /search, cold start."""
@@ -102,20 +118,16 @@ class ContentConfig(_Config):
     _params = field_validator("params")(checked_params)
 
 
-class HybridConfig(_Config):
-    default_mode: Literal["collaborative", "content", "hybrid"] = "hybrid"
-    fusion: Literal["weighted", "rrf"] = "weighted"
-    weights: tuple[float, float] = (0.7, 0.3)
-    #: ridge penalty of the content → CF mapping for cold-start items
-    cold_start_alpha: float = 1.0
-
-
 class TrainConfig(_Config):
     #: the model, its weighting and side features (``recsys.models.config.ModelConfig``, the
     #: one model config of train, pipeline, experiments and search)
     model: ModelConfig = Field(default_factory=ModelConfig)
     content: ContentConfig | None = None
     hybrid: HybridConfig = Field(default_factory=HybridConfig)
+    #: the holdout the metrics are measured on (recsys/evaluation/holdout.py): a per-user
+    #: ``random`` share, each user's newest events (``user_time``) or the newest events (``time``,
+    #: the scheduled pipeline's)
+    split: HoldoutKind = "random"
     test_ratio: float = Field(0.2, gt=0, lt=1)
     k: int = 10
     #: evaluate on at most this many test users (sampled with the seed) to bound scoring cost
@@ -146,6 +158,10 @@ class TrainConfig(_Config):
         return data
 
     @property
+    def holdout(self) -> HoldoutConfig:
+        return HoldoutConfig(kind=self.split, test_ratio=self.test_ratio, eval_users=self.eval_users, seed=self.seed)
+
+    @property
     def weighting(self) -> str:
         return self.model.weighting
 
@@ -170,17 +186,6 @@ class TrainResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
-class HoldoutFit:
-    """What the holdout evaluation fitted and scored: the model, its train matrix (weighted as
-    the config says), the test matrix and the evaluated users (rows of both)."""
-
-    model: Embedder
-    train: InteractionMatrix
-    test: InteractionMatrix
-    users: np.ndarray
-
-
 @contextmanager
 def _stage(name: str, timings: dict[str, float], on_stage: Callable[[str], None] | None) -> Iterator[None]:
     if on_stage:
@@ -194,112 +199,18 @@ def _stage(name: str, timings: dict[str, float], on_stage: Callable[[str], None]
 def fit_model(
     config: ModelConfig, matrix: InteractionMatrix, dataset: Dataset | None = None, events: pd.DataFrame | None = None
 ) -> Embedder:
-    """Fit ``config`` on ``matrix`` (already weighted as ``config`` says). LightFM gets side
-    features built from ``dataset``'s catalog; item2vec gets each user's time-ordered items
-    from ``events`` (default: the dataset's events restricted to the matrix)."""
-    if config.engine == "spark":
-        from recsys.models.spark_als import SparkALSEmbedder
-
-        return SparkALSEmbedder(**config.params).fit(matrix.matrix)
-    model = make_model(config.kind, **config.params)
-    if config.kind in CONTENT_KINDS:
-        if dataset is None:
-            raise ValueError(f"{config.kind} is a content encoder: it needs the items catalog")
-        return model.fit(dataset.items, item_ids=matrix.item_ids, matrix=matrix.matrix)
-    kinds = config.member_kinds()
-    kwargs: dict[str, Any] = {}
-    lightfm = [p for k, p in kinds if k == "lightfm"]
-    if lightfm and dataset is not None:
-        f = config.features
-        if any(p.get("use_item_features", True) for p in lightfm) and (f.item_categories or f.item_text):
-            kwargs["item_features"] = build_item_features(
-                dataset.items, matrix.item_ids, identity=f.identity, categories=f.item_categories, text=f.item_text
-            )[0]
-        if any(p.get("use_user_features", True) for p in lightfm) and f.user_attributes and not dataset.users.empty:
-            kwargs["user_features"] = build_user_features(
-                dataset.users, matrix.user_ids, identity=f.identity, exclude_keys=tuple(f.exclude_user_keys)
-            )[0]
-    if any(k in SEQUENCE_KINDS for k, _ in kinds):
-        source = events if events is not None else (dataset.events if dataset is not None else None)
-        if source is not None and "timestamp" in source:
-            kwargs["sequences"] = user_sequences(source, matrix)
-    return model.fit(matrix.matrix, **kwargs)
+    """Fit ``config`` on ``matrix`` (already weighted as ``config`` says), with what the model's
+    capability flags ask for (``ModelConfig.train_data``): side features from ``dataset``'s
+    catalog, each user's time-ordered items from ``events`` (default: the dataset's events),
+    the catalog itself for a content encoder."""
+    model = config.make_model()
+    return model.fit(config.train_data(model, matrix, dataset, events))
 
 
 def fit_content(config: TrainConfig, dataset: Dataset, item_ids: np.ndarray):
     """The content encoder, fitted on the catalog (no interactions: nothing leaks from a split)."""
     encoder = make_model(config.content.kind, **config.content.params)
-    return encoder.fit(dataset.items, item_ids=item_ids)
-
-
-def fit_holdout(
-    config: TrainConfig, dataset: Dataset, full: InteractionMatrix, encoder=None
-) -> tuple[dict[str, float], HoldoutFit]:
-    """Fit on a per-user random holdout split and score the held-out interactions; returns the
-    metrics and what it fitted (for the bias report).
-
-    With a content encoder, the content-only and hybrid rankings are scored on the same split
-    (prefixes ``content_`` and ``hybrid_``); unprefixed metrics are the collaborative model's.
-    """
-    # Only the columns the matrices need: the split then copies codes and floats, not 5M
-    # event-id strings and timestamps it never looks at (same rows, same order: same split).
-    split = random_split(
-        dataset.events[["user_id", "item_id", "value"]], test_ratio=config.test_ratio, seed=config.seed
-    )
-    train = InteractionMatrix.from_events(
-        split.train, user_ids=full.user_ids, item_ids=full.item_ids, weighting=config.weighting, alpha=config.alpha
-    )
-    test = InteractionMatrix.from_events(split.test, user_ids=full.user_ids, item_ids=full.item_ids, weighting="none")
-    model = fit_model(config.model, train, dataset, events=split.train)
-    users = np.flatnonzero(np.diff(test.matrix.indptr) > 0)
-    if len(users) > config.eval_users:
-        users = np.sort(np.random.default_rng(config.seed).choice(users, config.eval_users, replace=False))
-    seen = train.matrix[users]
-    rankings = {
-        "": top_k_scores(
-            model.user_vectors_, model.item_vectors_, config.k, exclude=seen, user_rows=users, metric=model.metric
-        )[0]
-    }
-    if encoder is not None:
-        profiles = history_profiles(seen, encoder.item_vectors_)
-        rankings["content_"] = top_k_scores(profiles, encoder.item_vectors_, config.k, exclude=seen, metric="cosine")[0]
-        rankings["hybrid_"] = hybrid_top_k(
-            model.user_vectors_[users],
-            model.item_vectors_,
-            profiles,
-            encoder.item_vectors_,
-            config.k,
-            exclude=seen,
-            metric=model.metric,
-            weights=config.hybrid.weights,
-            fusion=config.hybrid.fusion,
-        )
-    out: dict[str, float] = {}
-    for prefix, recommended in rankings.items():
-        metrics = ranking_metrics_at_k(recommended, test.matrix, config.k, user_rows=users)
-        out.update({f"{prefix}{name}_at_{config.k}": float(v) for name, v in metrics.items() if name != "n_users"})
-    out["eval_users"] = float(len(users))
-    out.update({f"split_{k}": float(v) for k, v in split.report.items() if isinstance(v, (int, float))})
-    return out, HoldoutFit(model, train, test, users)
-
-
-def assess_holdout(config: TrainConfig, holdout: HoldoutFit, labels: dict[str, np.ndarray]) -> Assessment:
-    """The bias report and each configured mitigation on the holdout (pipelines/card.py)."""
-    model = holdout.model
-    return assess(
-        model.user_vectors_,
-        model.item_vectors_,
-        model.metric if model.metric in ("dot", "cosine") else "dot",
-        holdout.train.matrix,
-        holdout.test.matrix,
-        holdout.users,
-        config.k,
-        labels,
-        config.bias.settings(config.seed),
-        model_kind=config.model.kind,
-        regularization=config.model.params.get("regularization"),
-        leakage=False,  # the card reports the leakage of the served vectors (measured on them)
-    )
+    return encoder.fit(TrainData.catalog_only(dataset.items, item_ids))
 
 
 @dataclass
@@ -372,8 +283,6 @@ def build_bundle(
             popularity = np.concatenate([popularity, np.zeros(len(cold))])
         extras["content"] = content.astype(np.float32)
         objects = {"text_encoder": encoder.for_serving(), "cf_mapper": mapper}
-        info["hybrid"] = config.hybrid.model_dump()
-        info["hybrid"]["content_kind"] = encoder.kind
         info["cold_start_items"] = int(len(cold))
     indexes = {}
     # Metric per index (IndexConfig): "user" defaults to the model's own ranking metric, "item"
@@ -385,25 +294,10 @@ def build_bundle(
     ]
     if encoder is not None:
         spaces.append(("content", ix.content_metric, extras["content"], extras["content"]))
-    settings = IndexSettings(
-        target_recall=ix.target_recall,
-        n_trees=ix.n_trees,
-        search_k=ix.search_k,
-        M=ix.M,
-        ef_construction=ix.ef_construction,
-        ef=ix.ef,
-        num_threads=ix.num_threads,
-        vector_dtype=ix.vector_dtype,
-        tune_seconds=ix.tune_seconds,
-        annoy_auto_max_items=ix.annoy_auto_max_items,
-        num_leaves=ix.num_leaves,
-        exact_enough_ms=ix.exact_enough_ms,
-        build_budget_seconds=ix.build_budget_seconds,
-    )
+    settings = ix.settings()
     choices = {}
     for role, metric, vectors, queries in spaces:
-        sample = queries[rng.choice(len(queries), min(ix.recall_queries, len(queries)), replace=False)]
-        index, choice = build_index(ix.kind, metric, vectors, sample, settings)
+        index, choice = build_index(ix.kind, metric, vectors, ix.sample_queries(queries, rng), settings)
         chosen = choice.chosen
         # An Annoy index slower than a scan short of its target is served by scanning (prefer_exact).
         info[f"index_{role}_serving"] = "exact" if index.prefer_exact else chosen.kind
@@ -437,6 +331,11 @@ def build_bundle(
         objects=objects,
         info=info,
         fold_in=fold_in,
+        serving=ServingSpec(
+            calibration=config.bias.calibration,
+            hybrid=config.hybrid if encoder is not None else None,
+            content_kind=encoder.kind if encoder is not None else None,
+        ),
         user_item_counts=np.diff(matrix.matrix.indptr).astype(np.int32),
     )
 
@@ -449,72 +348,47 @@ def train(
     as_of: datetime | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train one model on the feature store's snapshot (or a given dataset) and register it."""
-    from feature_store import FeatureStore
+    """Train one model on the feature store's snapshot (or a given dataset) and register it:
+    the kernel's steps (pipelines/steps.py) in one process."""
+    from pipelines import steps
 
     config = config or TrainConfig()
     timings: dict[str, float] = {}
-    if dataset is None:
-        store = FeatureStore(settings.database_url, offline_uri=settings.offline_store_uri)
-        with _stage("export", timings, on_stage):
-            # Events posted through the API since the last export join the offline log first.
-            store.export_offline()
     with _stage("snapshot", timings, on_stage):
         if dataset is None:
-            dataset = store.snapshot(as_of)
-            store.dispose()
-        if len(dataset.events) == 0:
+            dataset = steps.snapshot(settings, as_of)
+        elif len(dataset.events) == 0:
             raise DatasetError("the snapshot holds no events: ingest data first (recsys ingest / recsys generate)")
     with _stage("matrix", timings, on_stage):
-        # Categorical ids, once: the split and the three matrices then work on integer codes
-        # instead of re-hashing millions of id strings each (5M events: ~8 s → ~2 s).
-        events, dataset = dataset.events, copy.copy(dataset)  # the caller's dataset stays as it was
-        dataset.events = events.assign(
-            user_id=events["user_id"].astype("category"), item_id=events["item_id"].astype("category")
-        )
-        full = InteractionMatrix.from_events(dataset.events, weighting=config.weighting, alpha=config.alpha)
+        dataset = steps.encode_ids(dataset)  # the caller's dataset stays as it was
+        full = steps.matrix(config, dataset)
+    with _stage("split", timings, on_stage):
+        holdout = steps.split(dataset, config.holdout)
     encoder = None
     if config.content is not None:
         with _stage("content", timings, on_stage):
-            encoder = fit_content(config, dataset, full.item_ids)
+            encoder = steps.content(config, dataset, full.item_ids)
     with _stage("evaluate", timings, on_stage):
-        metrics, holdout = fit_holdout(config, dataset, full, encoder)
-    labels = user_attribute_labels(dataset.users, full.user_ids)
+        evaluated = steps.fit_holdout(config, dataset, holdout)
+        metrics = steps.score(config, holdout, evaluated, encoder, full.item_ids)
     assessment = None
     if config.bias.enabled:
         with _stage("bias", timings, on_stage):
-            assessment = assess_holdout(config, holdout, labels)
-    del holdout
+            assessment = steps.assess_bias(config, holdout, evaluated, dataset)
+    split_description = holdout.describe()
+    del holdout, evaluated
     with _stage("fit", timings, on_stage):
-        model = fit_model(config.model, full, dataset)
-    fold_in = FoldInSpec.of(model, config.weighting, config.alpha)
-    debiaser, debias_info = None, None
-    if config.bias.debias is not None:
-        with _stage("debias", timings, on_stage):
-            model, debiaser, debias_info = debias_model(config, model, full, labels)
+        trained = steps.fit(config, dataset, full, dataset.events)
     stats = dataset.stats()
     stats["as_of"] = (as_of or datetime.now().astimezone()).isoformat()
     with _stage("index", timings, on_stage):
-        bundle = build_bundle(
-            config, model, full, {"data": stats, "metrics": metrics}, dataset, encoder, fold_in=fold_in
-        )
-        bundle.info["calibration"] = config.bias.calibration
-        if debiaser is not None:
-            bundle.objects["debias"] = debiaser
-            bundle.info["debias"] = debias_info
-    if assessment is not None:
-        with _stage("leakage", timings, on_stage):
-            # the card's leakage is that of the vectors served (after debiasing, when configured)
-            report = replace(
-                assessment.report,
-                leakage=served_leakage(bundle.user_vectors, labels, config.bias.settings(config.seed)),
-            )
-            assessment = Assessment(report, assessment.mitigations, assessment.after)
+        built = steps.bundle(config, trained, full, dataset, encoder, {"data": stats, "metrics": metrics}, assessment)
+    bundle, assessment = built.bundle, built.assessment
     client = tracking.setup(settings)
     with _stage("track", timings, on_stage), tempfile.TemporaryDirectory(prefix="bundle-") as tmp:
         bundle_dir = bundle.save(Path(tmp) / "bundle")
         with tracking.start_run(
-            tracking.ensure_experiment(settings, settings.experiment_name), f"train-{model.kind}"
+            tracking.ensure_experiment(settings, settings.experiment_name), f"train-{bundle.kind}"
         ) as run:
             if config.content is not None:
                 tracking.log_params_flat(
@@ -527,10 +401,11 @@ def train(
                 )
             tracking.log_params_flat(
                 {
-                    "model_kind": model.kind,
+                    "model_kind": bundle.kind,
                     **config.model.params,
                     "alpha": config.alpha,
                     "weighting": config.weighting,
+                    "split": config.split,
                     "test_ratio": config.test_ratio,
                     "seed": config.seed,
                     "index_kind": config.index.kind,
@@ -562,7 +437,7 @@ def train(
         if config.register_version:
             index_tags = {f"index.{role}": bundle.info[f"index_{role}_serving"] for role in bundle.info["index_choice"]}
             mv = tracking.register_bundle(
-                client, settings.registered_model_name, run_id, tags={"kind": model.kind, **index_tags}
+                client, settings.registered_model_name, run_id, tags={"kind": bundle.kind, **index_tags}
             )
             version = str(mv.version)
             if config.promote_alias:
@@ -575,14 +450,14 @@ def train(
             model=config.model.model_dump(mode="json"),
             data_stats=stats,
             validation=metrics,
-            validation_split=f"per-user random holdout, test_ratio {config.test_ratio}, seed {config.seed}",
+            validation_split=split_description,
             bias=assessment.report,
             mitigations=assessment.mitigations,
-            serving={"calibration": config.bias.calibration, "debias": debias_info},
+            serving={"calibration": config.bias.calibration, "debias": built.debias},
         )
         with _stage("card", timings, on_stage):
             log_card(client, run_id, card)
-    logger.info("trained %s: %s", model.kind, {k: round(v, 4) for k, v in metrics.items()})
+    logger.info("trained %s: %s", bundle.kind, {k: round(v, 4) for k, v in metrics.items()})
     return TrainResult(
         run_id=run_id,
         version=version,

@@ -23,10 +23,12 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import joblib
 import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
 from recsys.index.annoy_index import file_sha256, load_index
 from recsys.index.base import IndexError_, ItemIndex
@@ -34,12 +36,43 @@ from recsys.models.foldin import FoldInSpec
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 
 
 class BundleError(RuntimeError):
     """A bundle folder that is incomplete, corrupt or inconsistent."""
+
+
+class HybridConfig(BaseModel):
+    """How the collaborative and content rankings are fused: ``recsys train``'s ``hybrid``
+    config, written into the bundle as it was trained and served as written."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_mode: Literal["collaborative", "content", "hybrid"] = "hybrid"
+    fusion: Literal["weighted", "rrf"] = "weighted"
+    weights: tuple[float, float] = (0.7, 0.3)
+    #: ridge penalty of the content → CF mapping for cold-start items
+    cold_start_alpha: float = 1.0
+
+
+class ServingSpec(BaseModel):
+    """The ``serving`` entry of a bundle manifest: every default serving applies, as training
+    chose it (serving has no defaults of its own)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: popularity calibration strength applied when a request does not say
+    calibration: float
+    #: the hybrid fusion (None: no content space)
+    hybrid: HybridConfig | None
+    #: the content encoder's kind (None: no content space)
+    content_kind: str | None
+
+    @property
+    def default_mode(self) -> str:
+        return self.hybrid.default_mode if self.hybrid is not None else "collaborative"
 
 
 @dataclass
@@ -67,6 +100,8 @@ class ModelBundle:
     #: how serving folds users in through the trained model's own ``fold_in``
     #: (recsys.models.foldin); a bundle without it cannot be served
     fold_in: FoldInSpec | None = None
+    #: the defaults serving applies (calibration, hybrid fusion); a bundle without it cannot be served
+    serving: ServingSpec | None = None
     #: distinct items of each user in the training matrix: which part of a user's history the
     #: trained vector already holds (the rest is folded in on top of it, recsys/recommender.py)
     user_item_counts: np.ndarray | None = None
@@ -82,6 +117,16 @@ class ModelBundle:
     @property
     def dims(self) -> int:
         return int(self.item_vectors.shape[1])
+
+    @property
+    def trained_as_of(self) -> pd.Timestamp | None:
+        """The training snapshot time (UTC) from ``info["data"]["as_of"]``, when recorded:
+        events stored after it are *fresh* to this model (serving folds them in)."""
+        as_of = (self.info.get("data") or {}).get("as_of")
+        if not as_of:
+            return None
+        ts = pd.Timestamp(as_of)
+        return ts.tz_localize("UTC") if ts.tzinfo is None else ts
 
     def _check_shapes(self) -> None:
         if self.user_vectors.shape[0] != len(self.user_ids):
@@ -136,6 +181,7 @@ class ModelBundle:
                 "objects": sorted(self.objects),
                 "info": self.info,
                 "fold_in": None if self.fold_in is None else self.fold_in.model_dump(mode="json"),
+                "serving": None if self.serving is None else self.serving.model_dump(mode="json"),
                 "user_item_counts": self.user_item_counts is not None,
                 "created_at": datetime.now(UTC).isoformat(),
                 "files": {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()},
@@ -216,6 +262,7 @@ class ModelBundle:
                 },
                 info=manifest["info"],
                 fold_in=None if manifest["fold_in"] is None else FoldInSpec.model_validate(manifest["fold_in"]),
+                serving=None if manifest["serving"] is None else ServingSpec.model_validate(manifest["serving"]),
                 user_item_counts=array("user_item_counts.npy") if manifest["user_item_counts"] else None,
                 path=folder,
             )

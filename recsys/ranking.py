@@ -51,6 +51,12 @@ _NO_POSITIONS.flags.writeable = False
 
 #: a text search counts an item as matching the query's meaning from this cosine on
 MEANING_MIN_SIMILARITY = 0.3
+#: the reason of an item no training user interacted with (added since training, or never
+#: touched) when there is no content space to explain it by: its CF vector says nothing about users
+NEW_ITEM_REASON = "new item: no interactions yet"
+#: item-to-item reasons by mode; an item without interactions is explained by its text instead
+_SIMILAR_REASONS = {"collaborative": "liked by the same users", "content": "similar text", "hybrid": "similar item"}
+
 #: (matched words, matched meaning) → a search result's reason
 _SEARCH_REASONS = {
     (True, True): "matches the words and the meaning",
@@ -402,11 +408,15 @@ class Ranker:
                 request.n,
                 exclude,
             )
-        reason = {"collaborative": "liked by the same users", "content": "similar text", "hybrid": "similar item"}[
-            request.mode
-        ]
         ids, scores = ids[request.offset : request.n], scores[request.offset : request.n]
-        return self._scored(ids, scores, [reason] * len(ids))
+        reasons = [_SIMILAR_REASONS[request.mode]] * len(ids)
+        if request.mode == "collaborative":
+            # "liked by the same users" only where both items have users: a new item's CF vector
+            # was predicted from its text (or is untrained), so its text is the honest reason
+            content = _SIMILAR_REASONS["content"] if self.has_content else NEW_ITEM_REASON
+            unused = self.without_interactions(ids) | bool(self.without_interactions(np.array([position]))[0])
+            reasons = [content if u else r for r, u in zip(reasons, unused.tolist())]
+        return self._scored(ids, scores, reasons)
 
     def search(
         self,
@@ -452,7 +462,13 @@ class Ranker:
             allowed = allowed.copy()
             allowed[request.exclude] = False
         ids = order[allowed[order]][request.offset : request.n]
-        return self._scored(ids, self.popularity[ids], ["popular"] * len(ids))
+        reasons = [NEW_ITEM_REASON if u else "popular" for u in self.without_interactions(ids).tolist()]
+        return self._scored(ids, self.popularity[ids], reasons)
+
+    def without_interactions(self, ids: np.ndarray) -> np.ndarray:
+        """Per position: no training user interacted with the item (added since training, or
+        in the catalog but never touched); its CF vector then carries no collaborative signal."""
+        return self.popularity[np.asarray(ids, np.int64)] <= 0
 
     # ---- scoring -----------------------------------------------------------------------
     def top(
@@ -535,13 +551,25 @@ class Ranker:
         if len(seen) == 0 or len(ids) == 0:
             return [None] * len(ids)
         recent = np.asarray(seen[-REASON_ANCHORS:], np.int64)
-        if mode == "content":
-            unit, template = self.unit_vectors("content"), "similar text to {}"
-        else:
-            unit, template = self.unit_vectors("cf"), "because you interacted with {}"
-        anchors = recent[np.argmax(unit[ids] @ unit[recent].T, axis=1)]
         titles, item_ids = self.catalog.titles, self.catalog.item_ids
-        return [template.format(titles[a] or item_ids[a]) for a in anchors.tolist()]
+
+        def anchored(space: str, template: str, rows: np.ndarray) -> list[str]:
+            unit = self.unit_vectors(space)
+            anchors = recent[np.argmax(unit[rows] @ unit[recent].T, axis=1)]
+            return [template.format(titles[a] or item_ids[a]) for a in anchors.tolist()]
+
+        ids = np.asarray(ids, np.int64)
+        if mode == "content":
+            return anchored("content", "similar text to {}", ids)
+        reasons: list[str | None] = anchored("cf", "because you interacted with {}", ids)
+        # An item without interactions is near the user's items by its text (its CF vector was
+        # predicted from it) or by chance (untrained): never by what other users did.
+        new = np.flatnonzero(self.without_interactions(ids))
+        if len(new):
+            by_text = anchored("content", "similar text to {}", ids[new]) if self.has_content else None
+            for n, j in enumerate(new.tolist()):
+                reasons[j] = by_text[n] if by_text is not None else NEW_ITEM_REASON
+        return reasons
 
     def _scored(self, ids: np.ndarray, scores: np.ndarray, reasons: Sequence[str | None]) -> list[ScoredItem]:
         titles, item_ids = self.catalog.titles, self.catalog.item_ids

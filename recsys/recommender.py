@@ -44,6 +44,7 @@ from recsys.bundle import BundleError, ModelBundle
 from recsys.catalog_state import NO_FILTERS, CatalogState, Filters
 from recsys.hybrid import content_profile
 from recsys.lexical import LexicalIndex
+from recsys.models.base import RETURNING_FOLD_INS, ReturningFoldIn
 from recsys.ranking import (
     MODES,
     Ranker,
@@ -83,15 +84,25 @@ __all__ = [
 
 class Recommender:
     def __init__(
-        self, bundle: ModelBundle, catalog: pd.DataFrame | None = None, *, search_attributes: Sequence[str] = ()
+        self,
+        bundle: ModelBundle,
+        catalog: pd.DataFrame | None = None,
+        *,
+        search_attributes: Sequence[str] = (),
+        returning_fold_in: ReturningFoldIn | None = None,
     ) -> None:
+        """``returning_fold_in`` overrides the model kind's ``returning_fold_in`` (``delta`` or
+        ``afresh``; bench/foldin_movielens.py measures both)."""
         self.bundle = bundle
         self.catalog = CatalogState(bundle.item_ids, search_attributes)
         #: BM25 over every item's search text, kept in step by ``update_catalog``
         self.lexical = LexicalIndex()
         self.lexical.set_texts([""] * len(self.catalog))
+        if bundle.serving is None:
+            raise BundleError("this bundle has no serving spec (written by an older version): retrain to serve it")
         content = bundle.extras.get("content")
-        hybrid = bundle.info.get("hybrid", {})
+        serving = bundle.serving
+        hybrid = serving.hybrid
         self.ranker = Ranker(
             self.catalog,
             bundle.item_vectors,
@@ -99,18 +110,22 @@ class Recommender:
             content_vectors=content,
             indexes=bundle.indexes,
             model_metric=bundle.metric,
-            default_blend_weights=tuple(hybrid.get("weights", (0.5, 0.5))),
-            default_fusion=hybrid.get("fusion", "weighted"),
-            default_calibration=float(bundle.info.get("calibration", 0.0) or 0.0),
+            default_calibration=serving.calibration,
+            **(
+                {"default_blend_weights": hybrid.weights, "default_fusion": hybrid.fusion} if hybrid is not None else {}
+            ),
         )
         # np.asarray drops the memmap subclass: one user row is a plain view, no memmap wrapper
         self.user_vectors = np.asarray(bundle.user_vectors, dtype=np.float32)
-        self.default_mode = hybrid.get("default_mode", "hybrid" if content is not None else "collaborative")
+        self.default_mode = serving.default_mode
         if bundle.fold_in is None:
             raise BundleError("this bundle has no fold-in spec (written by an older version): retrain to serve it")
         self.fold_in_spec = bundle.fold_in
         #: the trained model's class, rebuilt from the bundle: serving folds in through its fold_in
         self.fold_in_model = bundle.fold_in.restore(bundle.item_vectors)
+        if returning_fold_in is not None and returning_fold_in not in RETURNING_FOLD_INS:
+            raise ValueError(f"returning_fold_in must be one of {RETURNING_FOLD_INS}, got {returning_fold_in!r}")
+        self.returning_fold_in: ReturningFoldIn = returning_fold_in or self.fold_in_model.returning_fold_in
         self._user_item_counts = bundle.user_item_counts
         #: user id -> (hash of the history it was folded from, vector)
         self._fold_cache: OrderedDict[str, tuple[int, np.ndarray]] = OrderedDict()
@@ -225,16 +240,17 @@ class Recommender:
         fusion: str | None = None,
         diversity: float | None = None,
         refresh: bool = False,
-        weights: Sequence[float] | None = None,
         calibration: float | None = None,
+        values: Sequence[float] | None = None,
     ) -> RecommendationResult:
         """Known user: the trained vector (or a fold-in from ``history`` with ``refresh``, so
         fresh events count at once); unseen user with history: fold-in; else popular.
 
-        ``weights`` is the former name of ``blend_weights`` (kept until the API passes
-        ``blend_weights``)."""
-        blend_weights = _one_of(blend_weights, weights, "blend_weights", "weights")
+        ``values``: each history event's stored value (1 each by default); the fold-in sums
+        them per item and weighs them as the training matrix did."""
         mode = self._mode(mode)
+        if values is not None and len(values) != len(history):
+            raise ValueError(f"{len(values)} values for {len(history)} history events")
         seen = self.catalog.positions(history)
         request = RankRequest(
             mode, k, offset, seen if exclude_seen else (), filters, blend_weights, fusion, diversity, calibration
@@ -245,7 +261,7 @@ class Recommender:
         if row is not None and (not refresh or len(seen) == 0):
             cf_vector, strategy = self.user_vectors[row], "collaborative"
         else:
-            cf_vector, strategy = self.user_vector(user_id, seen), "fold_in"
+            cf_vector, strategy = self.user_vector(user_id, seen, self._known_values(history, values)), "fold_in"
         profile = (
             None if mode == "collaborative" else self.content_profile(np.unique(seen))
         )  # each touched item once, as evaluated
@@ -264,13 +280,10 @@ class Recommender:
         blend_weights: Sequence[float] | None = None,
         fusion: str | None = None,
         diversity: float | None = None,
-        blend: Sequence[float] | None = None,
         calibration: float | None = None,
     ) -> RecommendationResult:
         """Anonymous session: fold the given items in on the fly (``item_weights`` weigh each
-        item's interaction, like repeating it). ``blend`` is the former name of
-        ``blend_weights`` (kept until the API passes ``blend_weights``)."""
-        blend_weights = _one_of(blend_weights, blend, "blend_weights", "blend")
+        item's interaction, like repeating it)."""
         mode = self._mode(mode)
         if item_weights is not None:
             if len(item_weights) != len(item_ids):
@@ -349,42 +362,51 @@ class Recommender:
         )
 
     # ---- user modelling ------------------------------------------------------------------
-    def fold_in(self, item_positions: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
-        """The vector the trained model's own ``fold_in`` gives for these items (``counts``:
-        how often each was touched, 1 each by default; repeated positions add up), weighted as
-        the training matrix weighted events. Items added after training (cold start) have no
-        trained parameters and are left out."""
+    def fold_in(self, item_positions: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
+        """The vector the trained model's own ``fold_in`` gives for these items (``values``:
+        each event's value, 1 each by default; repeated positions add up), weighted as the
+        training matrix weighted the summed values (recsys.models.foldin). Items added after
+        training (cold start) have no trained parameters and are left out."""
         positions = np.asarray(item_positions, np.int64)
-        counts = np.ones(len(positions)) if counts is None else np.asarray(counts, np.float64)
+        values = np.ones(len(positions)) if values is None else np.asarray(values, np.float64)
         keep = positions < self.fold_in_spec.trained_items
         positions, inverse = np.unique(positions[keep], return_inverse=True)
-        touched = np.bincount(inverse, weights=counts[keep], minlength=len(positions))
+        summed = np.bincount(inverse, weights=values[keep], minlength=len(positions))
         vector = np.asarray(
-            self.fold_in_model.fold_in(positions, self.fold_in_spec.weights(touched)), np.float32
+            self.fold_in_model.fold_in(positions, self.fold_in_spec.weights(summed)), np.float32
         ).ravel()
         if self._debias is not None:
             vector = self._debias.transform(vector[None, :])[0]
         return vector
 
-    def user_vector(self, user_id: str, seen: np.ndarray) -> np.ndarray:
-        """A user's vector from their history ``seen`` (positions in the order the events came):
-        a user the model never saw is folded in; a trained user keeps their trained vector plus
-        what their items after the trained part change in the fold-in. Cached until the
-        history changes."""
-        key = hash(np.asarray(seen, np.int64).tobytes())
+    def user_vector(self, user_id: str, seen: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
+        """A user's vector from their history ``seen`` (positions in the order the events came,
+        ``values`` each event's value): a user the model never saw is folded in; a trained user
+        gets what ``returning_fold_in`` says (the model kind's unless overridden) — ``delta``: their trained vector plus
+        what their items after the trained part change in the fold-in; ``afresh``: the fold-in
+        of the whole history (docs/foldin.md measures both per kind). Cached until the history
+        changes."""
+        seen = np.asarray(seen, np.int64)
+        values = np.ones(len(seen)) if values is None else np.asarray(values, np.float64)
+        key = hash((seen.tobytes(), values.tobytes()))
         with self._fold_lock:
             cached = self._fold_cache.get(user_id)
             if cached is not None and cached[0] == key:
                 self._fold_cache.move_to_end(user_id)
                 return cached[1]
         row = self.bundle.user_pos.get(user_id)
-        vector = self.fold_in(seen)
         if row is not None and self._user_item_counts is not None:
             trained = _trained_prefix(seen, int(self._user_item_counts[row]))
-            if trained < len(seen):
-                vector = self.user_vectors[row] + vector - self.fold_in(seen[:trained])
-            else:
+            if trained >= len(seen):
                 vector = self.user_vectors[row]
+            elif self.returning_fold_in == "afresh":
+                vector = self.fold_in(seen, values)
+            else:
+                vector = (
+                    self.user_vectors[row] + self.fold_in(seen, values) - self.fold_in(seen[:trained], values[:trained])
+                )
+        else:
+            vector = self.fold_in(seen, values)
         vector = np.ascontiguousarray(vector, dtype=np.float32)
         with self._fold_lock:
             self._fold_cache[user_id] = (key, vector)
@@ -409,6 +431,14 @@ class Recommender:
     def _positions(self, item_ids: Iterable[str]) -> np.ndarray:
         return self.catalog.positions(item_ids)
 
+    def _known_values(self, history: Sequence[str], values: Sequence[float] | None) -> np.ndarray | None:
+        """The values of the history events whose item the catalog knows (aligned with
+        ``catalog.positions(history)``)."""
+        if values is None:
+            return None
+        item_pos = self.catalog.item_pos
+        return np.asarray([v for item_id, v in zip(history, values) if item_id in item_pos], np.float64)
+
 
 def _trained_prefix(seen: np.ndarray, n_trained: int) -> int:
     """Length of the shortest prefix of ``seen`` holding ``n_trained`` distinct items: the part
@@ -419,12 +449,3 @@ def _trained_prefix(seen: np.ndarray, n_trained: int) -> int:
     if len(first) <= n_trained:
         return len(seen)
     return int(np.sort(first)[n_trained - 1]) + 1
-
-
-def _one_of(value, former, name: str, former_name: str):
-    """A renamed keyword: the new name or the former one, not both."""
-    if former is None:
-        return value
-    if value is not None:
-        raise TypeError(f"give {name} or {former_name}, not both")
-    return former

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     #: on ``model_alias``); a user's variant is a stable hash of the user id and the salt
     ab_split: str = ""
     ab_salt: str = "recsys-ab"
+    #: team-draft interleaving of two aliases' lists, ``production,challenger``: every user
+    #: recommendation list (first page) merges both, each position credited to the version that
+    #: contributed it (recsys/evaluation/interleaving.py); empty = off
+    interleave: str = ""
     #: largest request body accepted (bytes); bigger ones get 413 before they are read. The
     #: default holds a 10,000-event batch (the /events maximum) with room for item attributes.
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
@@ -63,9 +67,23 @@ class Settings(BaseSettings):
     #: a catalog write (PUT/DELETE /items...) answers once every live worker applied it, or after
     #: this many seconds (then logged): from the next request on no worker serves the old item
     catalog_wait_seconds: float = Field(5.0, ge=0, le=60)
+    #: POST /events creates the items it names that the catalog lacks (no title or text, available;
+    #: fill them in later with PUT /items/{item_id}). Off: an event for an unknown item is refused
+    #: with 422 and nothing of its batch is stored.
+    create_unknown_items: bool = False
     #: item attribute keys whose values /search matches by their words besides the title,
     #: description and categories, as a JSON list, e.g. ``["brand", "author"]``
     search_attributes: list[str] = []
+    #: log every served list as an impression (request id, user, version, variant, items by
+    #: position), batched off the request path (api/impressions.py, docs/online-evaluation.md)
+    impressions: bool = True
+    #: impressions a worker queues at most; when full, new ones are dropped and counted
+    impression_queue: int = Field(10_000, ge=1)
+    #: impressions stored per transaction at most
+    impression_batch: int = Field(500, ge=1)
+    #: the writer stores what is queued at least this often (seconds): a crash loses at most
+    #: about this long of impressions (plus one batch in flight)
+    impression_flush_seconds: float = Field(0.5, gt=0, le=60)
 
     # ---- Spark training engine (``model: {kind: als, engine: spark}``) --------------------
     #: where Spark ALS runs: ``local[*]`` (this machine), ``spark://host:7077`` (a standalone
@@ -105,6 +123,18 @@ class Settings(BaseSettings):
 
             return [str(k) for k in json.loads(raw) if str(k)]
         return [k.strip() for k in raw.split(",") if k.strip()]
+
+    @property
+    def interleave_aliases(self) -> tuple[str, str] | None:
+        """The two aliases of ``RECSYS_INTERLEAVE`` (production first), or None when off."""
+        parts = [p.strip() for p in self.interleave.split(",") if p.strip()]
+        if not parts:
+            return None
+        if len(parts) != 2 or parts[0] == parts[1]:
+            raise ValueError(
+                f"RECSYS_INTERLEAVE: expected two aliases, e.g. production,challenger; got {self.interleave!r}"
+            )
+        return parts[0], parts[1]
 
     @property
     def ab_weights(self) -> dict[str, float]:

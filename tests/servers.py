@@ -3,7 +3,7 @@ deploy it), an MLflow tracking server, and nginx in front of API replicas.
 
 Each context manager starts the process in its own process group with its output in a log
 file, waits with a deadline until it answers over HTTP (the log tail is in the error when it
-does not), and stops the whole group on exit. ``free_port`` is api.testing's (the benches use it
+does not), and stops the whole group on exit. ``free_port`` is tests/harness.py's (the benches use it
 too); tests import both from here.
 """
 
@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-
-from api.testing import ROOT, free_port
+from harness import ROOT, free_port
 
 __all__ = [
     "RECSYS",
@@ -153,9 +152,10 @@ def serve_process(
     port: int | None = None,
     name: str = "recsys serve",
     ready_timeout: float = 180,
+    ready_path: str = "/ready",
 ) -> Iterator[ServerProcess]:
-    """``recsys serve --host 127.0.0.1 --port PORT`` with ``env``; yields once /ready answers 200
-    (a model is loaded)."""
+    """``recsys serve --host 127.0.0.1 --port PORT`` with ``env``; yields once ``ready_path``
+    answers 200 (``/ready``: a model is loaded; ``/health``: the process answers)."""
     port = port or free_port()
     cmd = [*RECSYS, "serve", "--host", "127.0.0.1", "--port", str(port)]
     with _server(
@@ -163,7 +163,7 @@ def serve_process(
         cmd,
         url=f"http://127.0.0.1:{port}",
         log_path=log_path,
-        ready_path="/ready",
+        ready_path=ready_path,
         ready_timeout=ready_timeout,
         env=env,
     ) as server:

@@ -8,10 +8,10 @@ import sys
 
 import httpx
 import pytest
+from harness import live_server, prepare, settings_for, training_config
 from mlflow import MlflowClient
 
 from api.serving import assign_variant
-from api.testing import live_server, prepare, settings_for, training_config
 from experiments.online import report, wilson_interval
 
 SPLIT = {"production": 0.9, "challenger": 0.1}
@@ -74,6 +74,7 @@ def test_ab_over_http_and_online_report(tmp_path):
                         "event_id": f"ab-click-{user}",
                         "variant": body["variant"],
                         "model_version": body["model_version"],
+                        "request_id": body["request_id"],
                     }
                 )
         r = httpx.post(f"{base}/events", headers={"X-API-Key": "k"}, json=events)
@@ -84,6 +85,8 @@ def test_ab_over_http_and_online_report(tmp_path):
     ch = stats["challenger:2"]
     assert ch.users == counts.count("challenger")
     assert ch.intervals["click"][0] <= ch.rates["click"] <= ch.intervals["click"][1]
+    # exposure is the list shown: every user got one, every third clicked on it
+    assert sum(s.successes["click"] for s in stats.values()) == len(range(0, 300, 3))
     client = MlflowClient(settings.mlflow_tracking_uri)
     for version, s in (("1", stats["production:1"]), ("2", ch)):
         run = client.get_run(client.get_model_version(settings.registered_model_name, version).run_id)

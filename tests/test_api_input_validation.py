@@ -78,10 +78,10 @@ def _contents(store: FeatureStore) -> tuple:
 
 
 def _named_fields(body: dict) -> set[str]:
+    """Every field an error body names, and each part of their dotted paths."""
     detail = body["detail"]
-    if isinstance(detail, dict):
-        return {str(detail.get("field"))}
-    return {str(part) for error in detail for part in error["loc"]}
+    fields = {detail["field"], *(e["field"] for e in detail["errors"])} - {None}
+    return fields | {part for f in fields for part in re.split(r"[.\[\]]+", f) if part}
 
 
 EVENT = '{"user_id": "u1", "item_id": "i1", %s}'
@@ -162,7 +162,7 @@ def test_bad_id_refused_on_every_route_with_the_same_message(client):
     ):
         r = client.request(method, path, content=body, headers=JSON)
         assert r.status_code == 422
-        messages |= {e["msg"] for e in r.json()["detail"] if e["type"] == "id_invalid"}
+        messages |= {e["message"] for e in r.json()["detail"]["errors"] if e["type"] == "id_invalid"}
     assert messages == {validation.id_problem("u\x00x")}
 
 
@@ -180,11 +180,14 @@ def test_every_route_with_a_body_parses_strictly(client):
         url = re.sub(r"\{[^}]+\}", "x1", path)
         r = client.request(method, url, content=b'{"anything": NaN}', headers=JSON)
         assert r.status_code == 422, (method, path, r.text)
-        assert r.json()["detail"][0] == {
-            "loc": ["body", "anything"],
-            "type": "json_invalid",
-            "msg": "NaN is not a JSON number (numbers must be finite)",
-        }
+        assert r.json()["detail"]["errors"] == [
+            {
+                "field": "anything",
+                "location": "body",
+                "type": "json_invalid",
+                "message": "NaN is not a JSON number (numbers must be finite)",
+            }
+        ]
 
 
 def test_valid_input_still_stored(client, store):
@@ -218,9 +221,9 @@ def test_many_invalid_events_answer_is_capped(client):
     events = [{"user_id": "u1", "item_id": "i1", "value": "lots"} for _ in range(5000)]
     r = client.post("/events", headers=JSON, content=json.dumps(events).encode())
     assert r.status_code == 422
-    detail = r.json()["detail"]
-    assert len(detail) == MAX_ERRORS + 1 and detail[-1]["type"] == "too_many_errors"
-    assert any("value" in map(str, e["loc"]) for e in detail)
+    errors = r.json()["detail"]["errors"]
+    assert len(errors) == MAX_ERRORS + 1 and errors[-1]["type"] == "too_many_errors"
+    assert errors[0]["field"] == "[0].value" and r.json()["detail"]["field"] == "[0].value"
     assert len(r.content) < 8000
 
 
@@ -229,7 +232,7 @@ def test_long_input_is_previewed_not_echoed(client):
         "/events", headers=JSON, content=json.dumps({"user_id": "u1", "item_id": "i1", "value": "v" * 100_000}).encode()
     )
     assert r.status_code == 422 and len(r.content) < 1000
-    (error,) = [e for e in r.json()["detail"] if e["loc"][-1] == "value"]
+    (error,) = [e for e in r.json()["detail"]["errors"] if e["field"] == "value"]
     assert error["input"].startswith("vvvv") and "100,000 characters" in error["input"]
 
 
@@ -274,10 +277,12 @@ def test_body_over_the_limit_refused_before_it_is_read(client, store):
     # Chunked (no Content-Length): counted as it streams in, cut off at the first MiB past 16.
     status, body, read = _post_chunks(client.app, "/events", 24, JSON)
     assert status == 413
+    message = "the request body is larger than 16,777,216 bytes (RECSYS_MAX_BODY_BYTES)"
     assert body == {
         "detail": {
             "field": "body",
-            "message": "the request body is larger than 16,777,216 bytes (RECSYS_MAX_BODY_BYTES)",
+            "message": message,
+            "errors": [{"field": "body", "location": "body", "message": message, "type": "body_too_large"}],
         }
     }
     assert read == 17
@@ -321,7 +326,7 @@ def test_user_route_names_every_invalid_input_in_one_answer(client):
         headers={"X-Model-Version": ""},
     )
     assert r.status_code == 422
-    locs = {tuple(e["loc"]) for e in r.json()["detail"]}
+    locs = {(e["location"], e["field"]) for e in r.json()["detail"]["errors"]}
     assert locs == {
         ("path", "user_id"),
         ("query", "k"),
@@ -419,7 +424,7 @@ def test_property_hostile_write_bodies_never_5xx_never_stored_broken(client, sto
         assert r.status_code < 500 or (path == "/recommendations" and r.status_code == 503), (r.status_code, r.text)
         answer = r.json()  # always JSON, always decodable
         if r.status_code >= 400:
-            assert "detail" in answer and len(r.content) < 8000
+            assert answer["detail"]["errors"] and len(r.content) < 8000
 
     check()
     assert 422 in statuses and statuses & {200, 201}, statuses  # both refused and accepted bodies were tried

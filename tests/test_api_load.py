@@ -11,8 +11,7 @@ import time
 
 import httpx
 import pytest
-
-from api.testing import ROOT, live_server, prepare, settings_for, training_config
+from harness import ROOT, live_server, prepare, settings_for, training_config
 
 pytestmark = pytest.mark.slow
 

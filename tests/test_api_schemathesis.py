@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from harness import live_server, prepare, settings_for
 from hostile_input import assert_stored_values_valid
 
-from api.testing import live_server, prepare, settings_for
 from feature_store import FeatureStore
 from recsys.datasets.synthetic import generate_synthetic
 

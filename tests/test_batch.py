@@ -291,3 +291,75 @@ def test_index_config_kind_forces_that_index(data, kind):
     }[kind]
     assert all(isinstance(index, expected) for index in bundle.indexes.values())
     assert [c["kind"] for c in bundle.info["index_choice"]["user"]["candidates"]] == [kind]
+
+
+# ---- users with events stored after training ------------------------------------------------
+@pytest.fixture(scope="module")
+def fresh_env(tmp_path_factory, data):
+    """A trained model, then events stored after its snapshot: more events (with values) for
+    known users and the first events of two users the model never saw."""
+    import time
+
+    from feature_store import FeatureStore
+    from pipelines.train import train
+    from recsys.settings import Settings
+
+    folder = tmp_path_factory.mktemp("batch-fresh")
+    settings = Settings(data_dir=folder / "data", database_url="", mlflow_tracking_uri="", mlflow_artifact_root="")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = FeatureStore(settings.database_url)
+    store.ingest(data)
+    result = train(
+        settings,
+        TrainConfig(model=ModelConfig(kind="als", params={"factors": 16, "iterations": 6}), index=IndexConfig()),
+    )
+    time.sleep(1.1)  # SQLite stores created_at to the second: the events below are newer
+    users = data.users["user_id"].tolist()[:12]
+    items = data.items["item_id"].tolist()
+    rng = np.random.default_rng(3)
+    events = [
+        {"user_id": u, "item_id": items[int(j)], "event_type": "rating", "value": float(rng.integers(1, 6))}
+        for u in users
+        for j in rng.choice(len(items), 3, replace=False)
+    ]
+    events += [{"user_id": u, "item_id": items[j], "value": 2.0} for u in ("new-a", "new-b") for j in (1, 5, 9)]
+    store.add_events(events)
+    return {"settings": settings, "version": result.version, "folder": folder, "users": [*users, "new-a", "new-b"]}
+
+
+def test_cli_folds_in_fresh_users_as_the_api_does(fresh_env, monkeypatch):
+    """Users with events stored after training (returning and new) get, in the Parquet file,
+    the answer GET /users/{id}/recommendations gives them: the fold-in, not the trained vector."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from recsys.settings import get_settings
+
+    settings = fresh_env["settings"]
+    monkeypatch.setenv("RECSYS_DATA_DIR", str(settings.data_dir))
+    for name in (
+        "RECSYS_DATABASE_URL",
+        "RECSYS_MLFLOW_TRACKING_URI",
+        "RECSYS_MODEL_ALIAS",
+        "RECSYS_REGISTERED_MODEL_NAME",
+        "RECSYS_MLFLOW_ARTIFACT_ROOT",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    out = fresh_env["folder"] / "recs.parquet"
+    try:
+        result = _invoke("recommend", "--all-users", "--k", str(K), "--out", str(out))
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert "14 users with events since training folded in" in result.output
+    frame = pq.read_table(out).to_pandas()
+    assert {"new-a", "new-b"} <= set(frame["user_id"])
+    served = settings.model_copy(update={"api_keys": "batch-key", "reload_poll_seconds": 0})
+    with TestClient(create_app(served), headers={"X-API-Key": "batch-key"}) as client:
+        for user in fresh_env["users"]:
+            body = client.get(f"/users/{user}/recommendations", params={"k": K, "mode": "collaborative"}).json()
+            assert body["strategy"] == "fold_in", body
+            rows = frame[frame["user_id"] == user].sort_values("rank")
+            assert rows["item_id"].tolist() == [it["item_id"] for it in body["items"]], user
+            np.testing.assert_allclose(rows["score"], [it["score"] for it in body["items"]], rtol=1e-4, atol=1e-5)

@@ -32,6 +32,7 @@ from recsys.evaluation.bias import (
 )
 from recsys.evaluation.mitigation import BiasSettings, DebiasSettings, assess
 from recsys.models.als import ALSEmbedder
+from recsys.models.base import TrainData
 from recsys.models.debias import LinearDebiaser
 from recsys.ranking import RankRequest, RankRequestError, calibrate, calibrate_batch, popularity_bins
 
@@ -148,7 +149,7 @@ def _synthetic(hide_group: str | None, seed: int = 0):
 
 def _als(train):
     return ALSEmbedder(factors=16, regularization=0.1, iterations=10, random_state=0).fit(
-        sp.csr_matrix(train * 2.0 + (train > 0))
+        TrainData(sp.csr_matrix(train * 2.0 + (train > 0)))
     )
 
 
@@ -374,9 +375,9 @@ def test_card_artifacts_after_train_on_sqlite_and_file_mlflow(tmp_path):
 @pytest.fixture(scope="module")
 def api_client(tmp_path_factory):
     from fastapi.testclient import TestClient
+    from harness import prepare
 
     from api.main import create_app
-    from api.testing import prepare
     from recsys.settings import Settings
 
     folder = tmp_path_factory.mktemp("bias-api")
@@ -390,10 +391,10 @@ def api_client(tmp_path_factory):
 def test_api_calibration_param_validated(api_client, bad):
     r = api_client.get("/users/u1/recommendations", params={"calibration": bad})
     assert r.status_code == 422, r.text
-    assert any("calibration" in err["loc"] for err in r.json()["detail"])
+    assert any(err["field"] == "calibration" for err in r.json()["detail"]["errors"])
     r = api_client.post("/recommendations", json={"item_ids": ["i1"], "calibration": 7})
     assert r.status_code == 422
-    assert any("calibration" in err["loc"] for err in r.json()["detail"])
+    assert any(err["field"] == "calibration" for err in r.json()["detail"]["errors"])
 
 
 def test_api_calibration_changes_the_list_toward_the_history_mix(api_client):

@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from recsys.bundle import BundleError, ModelBundle
+from recsys.bundle import BundleError, ModelBundle, ServingSpec
 from recsys.datasets.synthetic import generate_synthetic
 from recsys.index import AnnoyItemIndex
 from recsys.matrix import InteractionMatrix
 from recsys.models.als import ALSEmbedder
+from recsys.models.base import TrainData
 from recsys.models.foldin import FoldInSpec
 from recsys.recommender import Filters, Recommender, UnknownItemError
 
@@ -18,7 +19,7 @@ from recsys.recommender import Filters, Recommender, UnknownItemError
 def trained():
     data = generate_synthetic(n_users=400, n_items=200, n_events=20_000, n_clusters=5, seed=3)
     matrix = InteractionMatrix.from_events(data.events, alpha=2.0)
-    model = ALSEmbedder(factors=16, iterations=10, random_state=0).fit(matrix.matrix)
+    model = ALSEmbedder(factors=16, iterations=10, random_state=0).fit(TrainData(matrix.matrix))
     bundle = ModelBundle(
         kind="als",
         params={"factors": 16, "alpha": 2.0, "regularization": model.regularization},
@@ -29,6 +30,7 @@ def trained():
         item_vectors=model.item_vectors_,
         item_popularity=np.diff(matrix.matrix.tocsc().indptr).astype(float),
         fold_in=FoldInSpec.of(model, "confidence", 2.0),
+        serving=ServingSpec(calibration=0.0, hybrid=None, content_kind=None),
         user_item_counts=np.diff(matrix.matrix.indptr),
         indexes={
             "user": AnnoyItemIndex("dot", n_trees=20).build(model.item_vectors_),

@@ -11,6 +11,7 @@ from sklearn.preprocessing import normalize
 
 from recsys.datasets.synthetic import generate_synthetic
 from recsys.matrix import InteractionMatrix
+from recsys.models.base import TrainData
 from recsys.models.content import (
     EncoderUnavailable,
     SentenceEncoder,
@@ -32,6 +33,11 @@ def data():
     return ds, clusters
 
 
+def catalog(items, item_ids=None) -> TrainData:
+    """The catalog alone, rows in ``item_ids`` order (default: the frame's)."""
+    return TrainData.catalog_only(items, items["item_id"].to_numpy() if item_ids is None else item_ids)
+
+
 def same_cluster_neighbours(vectors: np.ndarray, clusters: np.ndarray, k: int = 10) -> float:
     sims = vectors @ vectors.T  # unit vectors: cosine
     np.fill_diagonal(sims, -np.inf)
@@ -47,7 +53,7 @@ def check_unit_float32(vectors: np.ndarray) -> None:
 @pytest.mark.parametrize("encoder", [TagEncoder(n_components=8), TfidfEncoder(n_components=32)], ids=["tags", "tfidf"])
 def test_same_cluster_items_are_nearest(encoder, data):
     ds, clusters = data
-    assert encoder.fit(ds.items) is encoder
+    assert encoder.fit(catalog(ds.items)) is encoder
     assert encoder.metric == "cosine"
     check_unit_float32(encoder.item_vectors_)
     assert list(encoder.item_ids_) == list(ds.items["item_id"])
@@ -58,7 +64,7 @@ def test_same_cluster_items_are_nearest(encoder, data):
 def test_new_items_transform_into_their_cluster(cls, data):
     ds, clusters = data
     train, new = ds.items.iloc[:300], ds.items.iloc[300:]
-    encoder = cls(n_components=16).fit(train)
+    encoder = cls(n_components=16).fit(catalog(train))
     vectors = encoder.transform(new)
     check_unit_float32(vectors)
     nearest = np.argsort(-(vectors @ encoder.item_vectors_.T), axis=1)[:, :10]
@@ -68,8 +74,8 @@ def test_new_items_transform_into_their_cluster(cls, data):
 def test_item_ids_align_rows_and_missing_ids_get_zeros(data):
     ds, _ = data
     ids = ["i5", "i0", "not-in-catalog"]
-    aligned = TfidfEncoder(n_components=16).fit(ds.items, item_ids=ids)
-    full = TfidfEncoder(n_components=16).fit(ds.items)
+    aligned = TfidfEncoder(n_components=16).fit(catalog(ds.items, ids))
+    full = TfidfEncoder(n_components=16).fit(catalog(ds.items))
     assert aligned.item_vectors_.shape == (3, 16)
     np.testing.assert_allclose(aligned.item_vectors_[0], full.item_vectors_[5], atol=1e-6)
     np.testing.assert_allclose(aligned.item_vectors_[1], full.item_vectors_[0], atol=1e-6)
@@ -78,7 +84,7 @@ def test_item_ids_align_rows_and_missing_ids_get_zeros(data):
 
 def test_tag_encoder_keeps_multi_hot_when_few_tags(data):
     ds, _ = data
-    encoder = TagEncoder(n_components=10_000).fit(ds.items)
+    encoder = TagEncoder(n_components=10_000).fit(catalog(ds.items))
     n_tags = len(encoder.binarizer_.classes_)
     assert encoder.svd_ is None and encoder.item_vectors_.shape == (len(ds.items), n_tags)
     check_unit_float32(encoder.item_vectors_)
@@ -89,7 +95,7 @@ def test_tag_encoder_keeps_multi_hot_when_few_tags(data):
 
 def test_tfidf_text_query_finds_the_topic(data):
     ds, clusters = data
-    encoder = TfidfEncoder(n_components=32).fit(ds.items)
+    encoder = TfidfEncoder(n_components=32).fit(catalog(ds.items))
     query = encoder.transform("rocket launch to orbit a distant planet")
     assert query.shape == (1, 32)
     top = np.argsort(-(encoder.item_vectors_ @ query[0]))[:10]
@@ -116,7 +122,7 @@ def test_content_profiles_recommend_the_users_cluster(data):
     ds, clusters = data
     im = InteractionMatrix.from_events(ds.events, item_ids=ds.items["item_id"].to_numpy())
     user_cluster = ds.users.set_index("user_id").loc[im.user_ids, "attributes"].map(lambda a: a["cluster"]).to_numpy()
-    encoder = TagEncoder(n_components=8).fit(ds.items, item_ids=im.item_ids, matrix=im.matrix)
+    encoder = TagEncoder(n_components=8).fit(TrainData(im.matrix, item_ids=im.item_ids, items=ds.items))
     assert encoder.user_vectors_.shape == (im.shape[0], 8)
     top = np.argsort(-(encoder.user_vectors_ @ encoder.item_vectors_.T), axis=1)[:, :10]
     assert (clusters[top] == user_cluster[:, None]).mean() > 0.7
@@ -125,9 +131,12 @@ def test_content_profiles_recommend_the_users_cluster(data):
     assert (clusters[np.argsort(-(encoder.item_vectors_ @ folded))[:10]] == SPACE).all()
 
 
-def test_fit_rejects_a_matrix_instead_of_items(data):
-    with pytest.raises(TypeError, match="items DataFrame"):
-        TagEncoder().fit(sp.csr_matrix((2, 2)))
+def test_fit_needs_the_catalog(data):
+    ds, _ = data
+    with pytest.raises(ValueError, match="needs TrainData.items"):
+        TagEncoder().fit(TrainData(sp.csr_matrix((2, 2))))
+    with pytest.raises(TypeError, match="takes a TrainData"):
+        TagEncoder().fit(ds.items)
 
 
 def test_sentence_encoder_unavailable_without_extra(monkeypatch):
@@ -150,7 +159,7 @@ def test_sentence_encoder_same_cluster_items_are_nearest(sbert, data):
 
     ds, clusters = data
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
-    sbert.fit(ds.items)
+    sbert.fit(catalog(ds.items))
     check_unit_float32(sbert.item_vectors_)
     assert sbert.item_vectors_.shape == (len(ds.items), 384)
     assert same_cluster_neighbours(sbert.item_vectors_, clusters) > 3 * CHANCE

@@ -71,7 +71,7 @@ def test_copied_data_folder_trains_into_its_own_artifacts(tmp_path):
     """`cp -r .recsys other/` + RECSYS_DATA_DIR at the copy: `recsys train` names the folder it
     was copied from and `recsys store rebind` (one line, no traceback); then training from the
     copy works, its snapshot reads the copy's log, and nothing is written into the original."""
-    from api.testing import prepare
+    from harness import prepare
 
     original = tmp_path / "a" / ".recsys"
     prepare(original, users=150, items=80, events=4000, clusters=4, factors=8, iterations=3)

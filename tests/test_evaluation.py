@@ -21,6 +21,7 @@ from recsys.evaluation import (
     recommenders_metrics,
     top_k_scores,
 )
+from recsys.models.base import TrainData
 
 
 def csr(rows, n_items):
@@ -223,7 +224,7 @@ def skewed_matrix(n_users=200, n_items=50, seed=0):
 
 def test_popularity_recommender_ranks_by_popularity():
     train = skewed_matrix()
-    model = PopularityRecommender().fit(train)
+    model = PopularityRecommender().fit(TrainData(train))
     pop = np.diff(train.tocsc().indptr)
     np.testing.assert_array_equal(model.item_vectors_[:, 0], pop)
     assert model.user_vectors_.shape == (train.shape[0], 1) and model.kind == "popular"
@@ -239,9 +240,9 @@ def test_popularity_recommender_ranks_by_popularity():
 
 def test_random_recommender_seeded_and_per_user():
     train = skewed_matrix()
-    a = RandomRecommender(random_state=3).fit(train)
-    b = RandomRecommender(random_state=3).fit(train)
-    c = RandomRecommender(random_state=4).fit(train)
+    a = RandomRecommender(random_state=3).fit(TrainData(train))
+    b = RandomRecommender(random_state=3).fit(TrainData(train))
+    c = RandomRecommender(random_state=4).fit(TrainData(train))
     ia, _ = a.recommend(np.arange(20), train, 10)
     ib, _ = b.recommend(np.arange(20), train, 10)
     ic, _ = c.recommend(np.arange(20), train, 10)
@@ -269,7 +270,7 @@ def test_baselines_rank_as_expected():
     users = np.flatnonzero(np.diff(test.indptr) > 0)
     results = {}
     for model in (RandomRecommender(random_state=0), PopularityRecommender(), ItemKNNRecommender(K=20)):
-        model.fit(train)
+        model.fit(TrainData(train))
         ids, scores = model.recommend(users, train, 10)
         assert not train[users].toarray()[np.arange(len(users))[:, None], np.maximum(ids, 0)][ids >= 0].any()
         results[model.kind] = ranking_metrics_at_k(ids, test, 10, user_rows=users)["ndcg"]
@@ -280,7 +281,7 @@ def test_itemknn_needs_fit_and_pads():
     with pytest.raises(RuntimeError):
         ItemKNNRecommender().recommend(np.array([0]), csr([[0]], 3), 2)
     train = csr([[0, 1], [1, 2], [0, 2]], 3)
-    model = ItemKNNRecommender(K=5).fit(train)
+    model = ItemKNNRecommender(K=5).fit(TrainData(train))
     ids, scores = model.recommend(np.array([0]), train, 3)
     assert ids.shape == (1, 3) and ids[0, 0] == 2 and (ids[0, 1:] == -1).all()
     assert np.isneginf(scores[0, 1:]).all()
@@ -331,8 +332,8 @@ def test_beyond_metrics_on_real_recommendations():
     train = skewed_matrix()
     users = np.arange(train.shape[0])
     pop = np.diff(train.tocsc().indptr)
-    popular, _ = PopularityRecommender().fit(train).recommend(users, train, 5)
-    rand, _ = RandomRecommender(random_state=0).fit(train).recommend(users, train, 5)
+    popular, _ = PopularityRecommender().fit(TrainData(train)).recommend(users, train, 5)
+    rand, _ = RandomRecommender(random_state=0).fit(TrainData(train)).recommend(users, train, 5)
     assert catalog_coverage(rand, train.shape[1]) > catalog_coverage(popular, train.shape[1])
     assert novelty(rand, pop, n_users=len(users)) > novelty(popular, pop, n_users=len(users))
     assert popularity_bias(popular, pop)["gini_exposure"] > popularity_bias(rand, pop)["gini_exposure"]

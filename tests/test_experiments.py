@@ -297,11 +297,12 @@ def test_search_candidates_sample_ranges_and_grids():
 def test_ease_matches_closed_form():
     import scipy.sparse as sp
 
+    from recsys.models.base import TrainData
     from recsys.models.registry import make_model
 
     rng = np.random.default_rng(0)
     X = sp.csr_matrix((rng.random((40, 15)) < 0.3).astype(np.float32))
-    model = make_model("ease", l2=5.0).fit(X)
+    model = make_model("ease", l2=5.0).fit(TrainData(X))
     G = X.T.toarray() @ X.toarray() + 5.0 * np.eye(15)
     # B minimizes |X - XB|² + λ|B|² s.t. diag(B) = 0: check the KKT condition off the diagonal
     B = model.B_.astype(np.float64)

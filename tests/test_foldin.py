@@ -104,3 +104,45 @@ def test_folded_vector_is_cached_until_the_next_event(tmp_path_factory, data):
     assert second is not first and not np.allclose(second, first)
     # the trained part of the history gives the trained vector back exactly
     np.testing.assert_array_equal(rec.user_vector(user, rec.catalog.positions(history)), bundle.user_vectors[0])
+
+
+def test_fold_in_weighs_event_values_as_the_training_matrix(tmp_path_factory, data):
+    """A user's events with their values, folded in through serving, give the model's own
+    fold-in over their training-matrix row (1 + alpha * summed value), and the ALS fold-in of a
+    trained user's history comes back close to their trained vector — closer than with the
+    values left out."""
+    model, matrix, bundle = _bundle(tmp_path_factory, data, "als")
+    rec = Recommender(bundle, data.items)
+    events = data.events.sort_values("timestamp", kind="stable")
+    by_user = events.groupby("user_id")
+    with_values, without = [], []
+    for row in range(0, 40, 4):
+        user = str(matrix.user_ids[row])
+        own = by_user.get_group(user)
+        seen = rec.catalog.positions(own["item_id"])
+        served = rec.fold_in(seen, own["value"].to_numpy())
+        entries = matrix.matrix[row]
+        np.testing.assert_allclose(served, model.fold_in(entries.indices, entries.data), rtol=1e-4, atol=1e-5)
+        trained = bundle.user_vectors[row]
+        with_values.append(np.linalg.norm(served - trained) / np.linalg.norm(trained))
+        without.append(np.linalg.norm(rec.fold_in(seen) - trained) / np.linalg.norm(trained))
+    assert np.median(with_values) < 0.25 and np.median(with_values) < np.median(without)
+
+
+def test_returning_fold_in_delta_or_afresh(tmp_path_factory, data):
+    """``delta`` keeps the trained vector plus the new events' change, ``afresh`` folds the
+    whole history in; the kind's own choice unless the Recommender overrides it."""
+    _, matrix, bundle = _bundle(tmp_path_factory, data, "als")
+    user = str(matrix.user_ids[3])
+    history = [str(matrix.item_ids[j]) for j in matrix.matrix[3].indices]
+    unseen = sorted(set(map(str, matrix.item_ids)) - set(history))[:2]
+    seen = Recommender(bundle, data.items).catalog.positions(history + unseen)
+    delta = Recommender(bundle, data.items, returning_fold_in="delta")
+    afresh = Recommender(bundle, data.items, returning_fold_in="afresh")
+    trained_part = seen[: len(history)]
+    expected = bundle.user_vectors[3] + delta.fold_in(seen) - delta.fold_in(trained_part)
+    np.testing.assert_allclose(delta.user_vector(user, seen), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(afresh.user_vector(user, seen), afresh.fold_in(seen), rtol=1e-6)
+    assert Recommender(bundle, data.items).returning_fold_in == type(delta.fold_in_model).returning_fold_in
+    with pytest.raises(ValueError, match="returning_fold_in"):
+        Recommender(bundle, data.items, returning_fold_in="sometimes")

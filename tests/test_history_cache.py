@@ -13,13 +13,14 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from harness import prepare
 from sqlalchemy import text
 
 from api.history import HistoryCache
 from api.main import create_app
-from api.testing import prepare
 from feature_store import FeatureStore
 from recsys.settings import Settings
 
@@ -67,6 +68,32 @@ def test_event_posted_through_the_api_counts_in_the_next_answer(env):
         assert top not in ids(after)  # seen now
         assert after["strategy"] == "fold_in"  # a fresh event: the user vector is folded in again
         assert top in ids(recs(client, "u7", exclude_seen=False, k=150))
+
+
+def test_history_carries_event_values_and_the_fold_in_weighs_them(env):
+    """The served history keeps each event's value (from the store read and from the feed), and
+    a fresh user's answer is the fold-in over those values, as training weighs them."""
+    store = FeatureStore(Settings(data_dir=Path(env["RECSYS_DATA_DIR"])).database_url)
+    stored = store.user_events("u21")
+    with TestClient(make_app(env)) as client:
+        recs(client, "u21")  # loads the history from the store
+        history = client.app.state.holder.history.get("u21")
+        assert history.values == [e.value for e in stored]
+        new_items = [i for i in (f"i{n}" for n in range(150)) if i not in set(history.items)][:2]
+        for item, value in zip(new_items, (5.0, 0.5)):
+            r = client.post("/events", json={**event("u21", item), "value": value}, headers=AUTH)
+            assert r.status_code == 200, r.text
+        body = recs(client, "u21", mode="collaborative")
+        assert body["strategy"] == "fold_in"
+        history = client.app.state.holder.history.get("u21")
+        assert history.items[-2:] == new_items and history.values[-2:] == [5.0, 0.5]
+        recommender = client.app.state.holder.current.recommender
+        weighted = recommender.recommend_for_user(
+            "u21", history.items, 10, refresh=True, values=history.values, mode="collaborative"
+        )
+        assert ids(body) == [i.item_id for i in weighted.items]
+        np.testing.assert_allclose([i["score"] for i in body["items"]], [i.score for i in weighted.items], rtol=1e-5)
+    store.dispose()
 
 
 def test_event_written_by_another_replica_counts_within_the_poll_interval(env):

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from harness import prepare, settings_for
 
 from api.main import create_app
-from api.testing import prepare, settings_for
 
 
 @pytest.fixture(scope="module")

@@ -105,6 +105,8 @@ def test_crash_at_each_stage_keeps_production_and_resumes(production_dir, tmp_pa
     state = json.loads((s.data_dir / "pipelines" / run_id / "state.json").read_text())
     assert state["status"] == "completed"
     assert all(state["stages"][st]["status"] == "done" for st in STAGES)
+    if state["stages"]["split"]["outputs"]["mode"] == "refit":  # production's recipe is the candidate's
+        assert state["stages"]["fit"]["outputs"]["production_fit"] == 0, "one holdout fit serves both"
     crashed = where.split(":")[0]
     assert state["stages"][crashed]["attempts"] == 2
     # stages before the crash ran once: resume really skipped them
@@ -216,7 +218,7 @@ def test_gate_promotes_better_rejects_worse_and_rollback(settings):
     assert good.status == "promoted", good.reason
     assert alias_version(settings) == good.version
     state = json.loads((good.run_dir / "state.json").read_text())
-    assert state["stages"]["train"]["outputs"]["production"]["version"] == weak.version
+    assert state["stages"]["split"]["outputs"]["production"]["version"] == weak.version
 
     bad = run_pipeline(settings, cfg(BAD), run_id="bad")
     assert bad.status == "rejected" and "ndcg_at_10" in bad.reason
@@ -338,11 +340,14 @@ def test_pipeline_searches_on_its_cadence_and_refits_the_winner_in_between(setti
     record = json.loads((settings.data_dir / "pipelines" / "t.search.json").read_text())
     winner = record["winner"]
     assert winner["kind"] in ("als", "itemknn", "popular", "ensemble")
-    searched = json.loads((first.run_dir / "train" / "candidates.json").read_text())
-    assert searched == [winner]
+
+    def candidates(result) -> list:
+        return json.loads((result.run_dir / "state.json").read_text())["stages"]["search"]["outputs"]["candidates"]
+
+    assert candidates(first) == [winner]
     # within the cadence: no new search, the same winner is refitted
     second = run_pipeline(settings, config, run_id="search-2")
-    assert json.loads((second.run_dir / "train" / "candidates.json").read_text()) == [winner]
+    assert candidates(second) == [winner]
     assert (
         json.loads((settings.data_dir / "pipelines" / "t.search.json").read_text())["searched_at"]
         == record["searched_at"]

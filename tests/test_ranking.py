@@ -1,5 +1,5 @@
 """RankRequest validation; the Ranker's exact lists against a brute-force reference over a real
-ALS model; the renamed keywords (item_weights / blend_weights) and their former names."""
+ALS model; the blend weights."""
 
 import math
 
@@ -14,13 +14,14 @@ from pipelines.train import (
     fit_content,
     fit_model,
 )
-from recsys.bundle import ModelBundle
+from recsys.bundle import ModelBundle, ServingSpec
 from recsys.catalog_state import Filters
 from recsys.datasets.synthetic import generate_synthetic
 from recsys.matrix import InteractionMatrix
 from recsys.models.als import ALSEmbedder
+from recsys.models.base import TrainData
 from recsys.models.foldin import FoldInSpec
-from recsys.ranking import RankRequest, RankRequestError
+from recsys.ranking import NEW_ITEM_REASON, RankRequest, RankRequestError
 from recsys.recommender import Recommender
 
 
@@ -67,7 +68,7 @@ def test_rank_request_normalizes_and_sizes_its_pool():
 def als():
     data = generate_synthetic(n_users=300, n_items=400, n_events=12_000, n_clusters=4, seed=9)
     matrix = InteractionMatrix.from_events(data.events, alpha=2.0)
-    model = ALSEmbedder(factors=12, iterations=8, random_state=0).fit(matrix.matrix)
+    model = ALSEmbedder(factors=12, iterations=8, random_state=0).fit(TrainData(matrix.matrix))
     bundle = ModelBundle(
         kind="als",
         params={"alpha": 2.0, "regularization": model.regularization},
@@ -78,6 +79,7 @@ def als():
         item_vectors=model.item_vectors_,
         item_popularity=np.diff(matrix.matrix.tocsc().indptr).astype(float),
         fold_in=FoldInSpec.of(model, "confidence", 2.0),
+        serving=ServingSpec(calibration=0.0, hybrid=None, content_kind=None),
         user_item_counts=np.diff(matrix.matrix.indptr),
     )
     history = data.events.sort_values("timestamp").groupby("user_id")["item_id"].agg(list)
@@ -163,7 +165,7 @@ def hybrid():
     return data, Recommender(bundle, data.items)
 
 
-def test_blend_weights_and_their_former_names_give_the_same_lists(hybrid):
+def test_blend_weights_steer_the_fusion(hybrid):
     data, rec = hybrid
     user_id, history = data.events["user_id"].iloc[0], data.events["item_id"].iloc[:5].tolist()
 
@@ -171,13 +173,10 @@ def test_blend_weights_and_their_former_names_give_the_same_lists(hybrid):
         return [i.item_id for i in result.items]
 
     cf_only = rec.recommend_for_user(user_id, history, 10, mode="hybrid", blend_weights=(1.0, 0.0))
-    assert ids(cf_only) == ids(rec.recommend_for_user(user_id, history, 10, mode="hybrid", weights=(1.0, 0.0)))
     assert ids(cf_only) != ids(rec.recommend_for_user(user_id, history, 10, mode="hybrid", blend_weights=(0.0, 1.0)))
-    with pytest.raises(TypeError):
-        rec.recommend_for_user(user_id, history, 10, weights=(1, 0), blend_weights=(1, 0))
     session = rec.item_ids[:4]
     by_new = rec.recommend_for_items(session, [1, 1, 1, 3], 10, mode="hybrid", blend_weights=(0.2, 0.8))
-    assert ids(by_new) == ids(rec.recommend_for_items(session, [1, 1, 1, 3], 10, mode="hybrid", blend=(0.2, 0.8)))
+    assert ids(by_new) != ids(rec.recommend_for_items(session, [1, 1, 1, 3], 10, mode="hybrid", blend_weights=(1, 0)))
     with pytest.raises(RankRequestError) as info:
         rec.recommend_for_items(session, None, 10, mode="hybrid", blend_weights=(0, 0))
     assert info.value.field == "blend_weights"
@@ -205,6 +204,10 @@ def test_added_items_are_ranked_filtered_and_explained_like_the_others():
     for mode in ("collaborative", "content", "hybrid"):
         got = rec.similar_items("new-0", 10, mode=mode, filters=only_new).items
         assert {i.item_id for i in got} == {f"new-{i}" for i in range(1, 6)}, mode
+        # nobody interacted with them: explained by their text, never "liked by the same users"
+        assert {i.reason for i in got} == {"similar item" if mode == "hybrid" else "similar text"}, mode
+    established = rec.similar_items(originals["item_id"].iloc[1], 10, mode="collaborative").items
+    assert {i.reason for i in established if not i.item_id.startswith("new-")} == {"liked by the same users"}
     assert rec.similar_items(originals["item_id"].iloc[0], 1, mode="content").items[0].item_id == "new-0"
     hits = rec.search(originals["title"].iloc[0], 3, filters=only_new).items
     assert hits[0].item_id == "new-0"
@@ -212,8 +215,14 @@ def test_added_items_are_ranked_filtered_and_explained_like_the_others():
     got = rec.recommend_for_user(
         user_id, [originals["item_id"].iloc[0]], 10, mode="collaborative", filters=only_new, refresh=True
     ).items
-    assert {i.item_id for i in got} == set(new["item_id"]) and all(i.reason for i in got)
-    assert rec.popular(6, filters=only_new).items[-1].score == 0.0  # no interactions yet
+    assert {i.item_id for i in got} == set(new["item_id"])
+    titles = set(data.items["title"])
+    assert all(
+        i.reason.startswith("similar text to ") and i.reason.removeprefix("similar text to ") in titles for i in got
+    ), [i.reason for i in got]
+    fresh = rec.popular(6, filters=only_new).items
+    assert fresh[-1].score == 0.0 and {i.reason for i in fresh} == {NEW_ITEM_REASON}  # no interactions yet
+    assert {i.reason for i in rec.popular(5).items} == {"popular"}
     rec.update_catalog(new.assign(available=False).iloc[:3])
     assert {i.item_id for i in rec.popular(10, filters=only_new).items} == {f"new-{i}" for i in range(3, 6)}
 

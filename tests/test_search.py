@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 
 from pipelines import tracking
-from pipelines.search import SearchConfig, autotune, parse_duration, run_search, time_validation_split
+from pipelines.search import SearchConfig, autotune, parse_duration, run_search
 from recsys.datasets.base import Dataset
 from recsys.datasets.synthetic import generate_synthetic
+from recsys.evaluation.holdout import Holdout, HoldoutConfig
 from recsys.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ def clustered() -> Dataset:
 
 
 def test_validation_split_is_by_time(clustered):
-    split = time_validation_split(clustered.events, 0.1)
+    split = Holdout.build(clustered.events, HoldoutConfig(kind="time", test_ratio=0.1)).split
     assert split.train["timestamp"].max() < split.test["timestamp"].min()
     assert 0.05 < len(split.test) / len(clustered.events) < 0.15
 
@@ -182,9 +183,9 @@ def test_one_model_config_and_one_fit_path():
 
 
 def test_baselines_are_registered_models():
-    from recsys.models.registry import BASELINE_KINDS, MODEL_KINDS, validate_params
+    from recsys.models.registry import MODEL_KINDS, validate_params
 
-    assert BASELINE_KINDS <= set(MODEL_KINDS)
+    assert {kind for kind, cls in MODEL_KINDS.items() if cls.reference} == {"popular", "random", "itemknn"}
     assert validate_params("itemknn", {"K": "50"}) == {"K": 50}
     with pytest.raises(Exception, match="no parameter 'k'"):
         validate_params("itemknn", {"k": 50})
@@ -219,10 +220,35 @@ def test_item2vec_defaults_learn_on_a_real_catalog():
     0.17); the defaults must learn something comparable to popularity."""
     from pipelines.search import Validation
     from recsys.datasets import load_dataset
+    from recsys.models.base import TrainData
     from recsys.models.config import ModelConfig
     from recsys.models.registry import make_model
 
     validation = Validation(load_dataset("movielens-100k", ML100K), SearchConfig())
-    popular = validation.score(make_model("popular").fit(validation.seen))
+    popular = validation.score(make_model("popular").fit(TrainData(validation.seen)))
     item2vec = validation.score(validation.fit(ModelConfig(kind="item2vec", params={}, weighting="none")))
     assert item2vec > 0.6 * popular
+
+
+def test_validation_scores_the_fold_in_serving_uses(clustered):
+    """The search scores a sample of validation users as serving folds them in: a model's own
+    fold-in of ALS keeps close to its trained vectors, a fold-in that ignores the history
+    (every user the same vector) scores far below them."""
+    from pipelines.search import Validation
+    from recsys.models.als import ALSEmbedder
+    from recsys.models.config import ModelConfig
+
+    validation = Validation(clustered, SearchConfig(fold_in_users=80))
+    assert len(validation.fold_in_users) == 80
+    config = ModelConfig(kind="als", params={"factors": 16, "iterations": 8, "regularization": 0.05})
+    model = validation.fit(config)
+    assert validation.fold_in_ratio(model, config) > 0.8
+
+    class Forgetful(ALSEmbedder):
+        def fold_in(self, item_indices, weights=None):
+            return self.item_vectors_.mean(axis=0)
+
+    forgetful = Forgetful(factors=16)
+    forgetful.user_vectors_, forgetful.item_vectors_ = model.user_vectors_, model.item_vectors_
+    assert validation.fold_in_ratio(forgetful, config) < 0.6
+    assert Validation(clustered, SearchConfig(fold_in_users=0)).fold_in_ratio(forgetful, config) == 1.0

@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from harness import live_server, prepare, settings_for, training_config
 
-from api.testing import live_server, prepare, settings_for, training_config
 from feature_store import FeatureStore
 from pipelines import tracking
 from pipelines.config import GateConfig, PipelineConfig
@@ -167,7 +167,7 @@ def test_bad_artifact_in_store_is_refused_and_old_version_keeps_serving(tmp_path
         artifact.write_bytes(good[:-64] + os.urandom(64))
         r = client.post("/admin/reload", headers=AUTH)
         assert r.status_code == 409 and "checksum" in r.json()["detail"]["message"]
-        assert r.json()["detail"]["served"] == {"production": "1"}
+        assert r.json()["detail"]["message"].endswith("(serving production v1)")
         assert top(client)["model_version"] == "1"
         artifact.write_bytes(good)
         r = client.post("/admin/reload", headers=AUTH)
@@ -252,7 +252,7 @@ def test_gate_refuses_degenerate_fresh_holdout(tmp_path, monkeypatch):
     assert flooded.status == "rejected"
     decision = json.loads((flooded.run_dir / "gate" / "decision.json").read_text())
     state = json.loads((flooded.run_dir / "state.json").read_text())
-    assert state["stages"]["train"]["outputs"]["holdout_mode"] == "fresh"
+    assert state["stages"]["split"]["outputs"]["mode"] == "fresh"
     assert {"holdout_too_small", "holdout_uninformative"} <= set(decision["refused_by"]), decision
     assert decision["checks"]["holdout_eval_users"] == 3
     assert (

@@ -18,8 +18,9 @@ import httpx
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from harness import free_port
 
-from api.testing import free_port
+from recsys.models.base import TrainData
 from recsys.models.spark_als import (
     SparkALSEmbedder,
     SparkUnavailableError,
@@ -62,7 +63,7 @@ def local_fit(tmp_path_factory) -> tuple[sp.csr_matrix, SparkALSEmbedder, Path]:
         _local_spark(mp)
         mp.setenv("RECSYS_SPARK_WORK_DIR", str(work))
         matrix = small_matrix()
-        return matrix, SparkALSEmbedder(**SMALL).fit(matrix), work
+        return matrix, SparkALSEmbedder(**SMALL).fit(TrainData(matrix)), work
 
 
 def small_matrix(seed: int = 3) -> sp.csr_matrix:
@@ -130,8 +131,8 @@ def test_movielens_ndcg_within_ten_percent_of_implicit():
         )[0]
         return float(ranking_metrics_at_k(top, test.matrix, 10, user_rows=users)["ndcg"])
 
-    implicit_ndcg = ndcg(ALSEmbedder(**config.model.params).fit(train.matrix))
-    spark_ndcg = ndcg(SparkALSEmbedder(**config.model.params).fit(train.matrix))
+    implicit_ndcg = ndcg(ALSEmbedder(**config.model.params).fit(TrainData(train.matrix)))
+    spark_ndcg = ndcg(SparkALSEmbedder(**config.model.params).fit(TrainData(train.matrix)))
     assert implicit_ndcg > 0.2  # a real model, not two equally broken ones
     assert abs(spark_ndcg - implicit_ndcg) <= 0.10 * implicit_ndcg, (spark_ndcg, implicit_ndcg)
 
@@ -173,9 +174,11 @@ def test_spark_trained_version_is_registered_promoted_and_served(tmp_path):
     full = InteractionMatrix.from_events(events, weighting=config.weighting, alpha=config.alpha)
     assert list(full.item_ids) == list(bundle.item_ids)
     np.testing.assert_allclose(
-        bundle.item_vectors, SparkALSEmbedder(**SMALL).fit(full.matrix).item_vectors_, rtol=1e-3, atol=1e-4
+        bundle.item_vectors, SparkALSEmbedder(**SMALL).fit(TrainData(full.matrix)).item_vectors_, rtol=1e-3, atol=1e-4
     )
-    assert not np.allclose(bundle.item_vectors, ALSEmbedder(**SMALL).fit(full.matrix).item_vectors_, atol=1e-2)
+    assert not np.allclose(
+        bundle.item_vectors, ALSEmbedder(**SMALL).fit(TrainData(full.matrix)).item_vectors_, atol=1e-2
+    )
 
     user = str(data.events["user_id"].iloc[0])
     with TestClient(create_app(settings)) as api:
@@ -326,7 +329,7 @@ def test_trains_on_a_standalone_cluster(local_fit, tmp_path, monkeypatch):
             ),
         )
         monkeypatch.setenv("RECSYS_SPARK_WORK_DIR", str(tmp_path / "work"))
-        remote = SparkALSEmbedder(**SMALL).fit(matrix)
+        remote = SparkALSEmbedder(**SMALL).fit(TrainData(matrix))
         app_id = remote.spark_application_id_
         assert app_id.startswith("app-"), app_id  # a standalone master's id, not local-…
         completed = _wait_for(
@@ -356,7 +359,7 @@ def test_missing_pyspark_or_java_is_a_clear_error(monkeypatch):
     with monkeypatch.context() as without_pyspark:
         without_pyspark.setitem(sys.modules, "pyspark", None)  # as if the extra were not installed
         with pytest.raises(SparkUnavailableError, match=r"pip install 'recsys-service\[spark\]'"):
-            SparkALSEmbedder(**SMALL).fit(sp.identity(3, format="csr", dtype=np.float32))
+            SparkALSEmbedder(**SMALL).fit(TrainData(sp.identity(3, format="csr", dtype=np.float32)))
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.delenv("JAVA_HOME", raising=False)
     with pytest.raises(SparkUnavailableError, match="needs a Java runtime"):

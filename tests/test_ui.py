@@ -15,11 +15,13 @@ import re
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
+from harness import ROOT, prepare, settings_for, training_config
 from servers import serve_process
 
-from api.testing import ROOT, prepare, settings_for, training_config
 from feature_store import FeatureStore
+from feature_store.impressions import Impression
 from pipelines import tracking
 from recsys.evaluation.online import OUTCOMES, variant_stats
 
@@ -54,7 +56,7 @@ def test_empty_deployment_says_what_to_do(tmp_path):
         assert "no model yet: run <code>recsys train</code>" in overview.text
         assert "no events yet" in overview.text and "no pipeline runs yet" in overview.text
         assert "no model yet: run <code>recsys train</code>" in client.get("/ui/models").text
-        assert "no events carry an A/B variant yet" in client.get("/ui/ab").text
+        assert "no impressions logged yet" in client.get("/ui/ab").text
         user = client.get("/ui/users/u1")
         assert user.status_code == 200 and "is not in the store" in user.text and "no model yet" in user.text
         bad = client.get("/ui/users/u1", params={"k": "0"})
@@ -186,13 +188,23 @@ def deployment(tmp_path_factory):
     )
     run_experiment(spec, settings, report_dir=tmp_path_factory.mktemp("report"))
     store = FeatureStore(settings.database_url)
-    events = []
+    events, shown = [], []
     for i in range(60):
         variant = "production:1" if i % 2 else f"challenger:{second.version}"
         when = f"2025-12-31T{i % 24:02d}:30:00Z"  # the last day of the generated data
-        events.append(
-            {"user_id": f"u{i}", "item_id": f"i{i % 20}", "event_type": "click", "variant": variant, "timestamp": when}
+        shown.append(
+            Impression(
+                f"ui-{i}",
+                f"u{i}",
+                "user",
+                variant.split(":")[1],
+                variant,
+                pd.Timestamp(when).value // 1_000_000,
+                (f"i{i % 20}", f"i{i % 7}"),
+            )
         )
+        click = {"user_id": f"u{i}", "item_id": f"i{i % 20}", "event_type": "click", "variant": variant}
+        events.append({**click, "timestamp": when, "request_id": f"ui-{i}"})
         if i % 3 == 0:
             events.append(
                 {
@@ -201,8 +213,10 @@ def deployment(tmp_path_factory):
                     "event_type": "purchase",
                     "variant": variant,
                     "timestamp": when,
+                    "request_id": f"ui-{i}",
                 }
             )
+    store.add_impressions(shown)
     store.add_events(events)
     store.dispose()
     env = {**env, "RECSYS_API_KEYS": KEY, "RECSYS_AB_SPLIT": "production=0.5,challenger=0.5"}
@@ -424,12 +438,13 @@ def test_click_through_the_dashboard(server, deployment, browser, tmp_path):
         # -- A/B: per variant users, events and rates as the report computes them
         page.click("nav a[href='/ui/ab']")
         page.wait_for_url(re.compile(r"/ui/ab$"))
-        stats = variant_stats(store.variant_activity(OUTCOMES), OUTCOMES)
-        assert len(stats) == 2
+        # the fixture's two variants, and the lists this tour was served (pinned versions) too
+        stats = variant_stats(store.exposure_counts(OUTCOMES), OUTCOMES)
+        assert {"production:1", f"challenger:{v2}"} <= {s.variant for s in stats}
         for s in stats:
             row = page.locator(f"#ab-table tr[data-variant='{s.variant}']")
             assert row.locator("td.users").inner_text() == str(s.users)
-            assert row.locator("td.events").inner_text() == str(s.events)
+            assert row.locator("td.impressions").inner_text() == str(s.impressions)
             assert row.locator("td.rate-click").inner_text() == f"{100 * s.rates['click']:.2f}%"
             low, high = s.intervals["purchase"]
             assert row.locator("td.ci-purchase").inner_text() == f"{100 * low:.2f}% – {100 * high:.2f}%"

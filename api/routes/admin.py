@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Query
 
 from api.deps import HolderDep, require_key
+from api.errors import ApiError
 from api.schemas import Error, LoadedModels, Reloaded
 from api.serving import ReloadError
 
@@ -45,26 +45,14 @@ def reload(
     try:
         results = holder.reload(alias)
     except ReloadError as exc:
-        return JSONResponse(
-            status_code=409,
-            content={
-                "detail": {
-                    "field": "alias",
-                    "alias": exc.alias,
-                    "version": exc.version,
-                    "message": exc.reason,
-                    "served": holder.served(),
-                }
-            },
+        served = ", ".join(f"{a} v{v}" for a, v in sorted(holder.served().items())) or "nothing"
+        raise ApiError(
+            409,
+            "alias",
+            f"version {exc.version} behind alias {exc.alias!r} was refused: {exc.reason} (serving {served})",
         )
     if alias is not None and results[alias]["version"] is None:
-        raise HTTPException(
-            status_code=404,
-            detail={
-                "field": "alias",
-                "message": f"model {holder.settings.registered_model_name!r} has no alias {alias!r}",
-            },
-        )
+        raise ApiError(404, "alias", f"model {holder.settings.registered_model_name!r} has no alias {alias!r}")
     holder.announce_reload(f"admin/reload pid {os.getpid()}")
     return Reloaded(results=results, served=holder.served())
 

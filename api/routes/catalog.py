@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Path
+from fastapi import APIRouter, Body, Depends, Path, Query
 
 from api.deps import HolderDep, StoreDep, read_key, require_key
+from api.errors import ApiError
 from api.request_guards import StrictJSONRoute
 from api.schemas import (
     Error,
@@ -15,6 +16,8 @@ from api.schemas import (
     ItemIn,
     ItemOut,
     ItemUpdate,
+    UserEvent,
+    UserEvents,
     UserIn,
     UserOut,
     UserUpdate,
@@ -30,8 +33,8 @@ WRITE_ERRORS = {401: {"model": Error}, 403: {"model": Error}, 422: {"model": Err
 NOT_FOUND = {404: {"model": Error}}
 
 
-def _bad(exc: Exception, field: str) -> HTTPException:
-    return HTTPException(status_code=422, detail={"field": field, "message": str(exc)})
+def _bad(exc: Exception, field: str) -> ApiError:
+    return ApiError(422, field, str(exc))
 
 
 # ---- items ---------------------------------------------------------------------------------
@@ -75,16 +78,17 @@ def delete_item(item_id: IdPath, holder: HolderDep, store: StoreDep) -> ItemOut:
     try:
         store.delete_item(item_id)
     except NotFoundError:
-        raise HTTPException(status_code=404, detail={"field": "item_id", "message": f"unknown item: {item_id}"})
+        raise ApiError(404, "item_id", f"unknown item: {item_id}", location="path")
     holder.record_catalog_change([item_id])
     return _item_out(store.get_item(item_id))
 
 
 @router.get("/items/{item_id}", response_model=ItemOut, responses=NOT_FOUND, dependencies=[Depends(read_key)])
 def get_item(item_id: IdPath, store: StoreDep) -> ItemOut:
+    """The item's catalog entry (a deleted item too: ``available`` is false)."""
     row = store.get_item(item_id)
     if row is None:
-        raise HTTPException(status_code=404, detail={"field": "item_id", "message": f"unknown item: {item_id}"})
+        raise ApiError(404, "item_id", f"unknown item: {item_id}", location="path")
     return _item_out(row)
 
 
@@ -117,6 +121,7 @@ def create_users(
 
 @router.put("/users/{user_id}", response_model=UserOut, responses=WRITE_ERRORS, dependencies=[Depends(require_key)])
 def put_user(user_id: IdPath, body: UserUpdate, store: StoreDep) -> UserOut:
+    """Create the user or replace their attributes."""
     try:
         store.upsert_users([{"user_id": user_id, **body.model_dump()}])
     except DatasetError as exc:
@@ -126,7 +131,41 @@ def put_user(user_id: IdPath, body: UserUpdate, store: StoreDep) -> UserOut:
 
 @router.get("/users/{user_id}", response_model=UserOut, responses=NOT_FOUND, dependencies=[Depends(read_key)])
 def get_user(user_id: IdPath, store: StoreDep) -> UserOut:
+    """The user's attributes (their events: ``GET /users/{user_id}/events``)."""
     row = store.get_user(user_id)
     if row is None:
-        raise HTTPException(status_code=404, detail={"field": "user_id", "message": f"unknown user: {user_id}"})
+        raise ApiError(404, "user_id", f"unknown user: {user_id}", location="path")
     return UserOut(user_id=row["user_id"], attributes=dict(row["attributes"] or {}))
+
+
+@router.get("/users/{user_id}/events", response_model=UserEvents, responses=NOT_FOUND, dependencies=[Depends(read_key)])
+def user_events(
+    user_id: IdPath,
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="events per page")] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000, description="skip this many of the newest events")] = 0,
+) -> UserEvents:
+    """The user's stored events, newest first, a page at a time (``total`` counts them all).
+    Events stored meanwhile come first, so a page read later may repeat the end of the one
+    before. 404 for a user the store does not have."""
+    events, total = store.user_timeline(user_id, limit, offset)
+    if total == 0 and store.get_user(user_id) is None:
+        raise ApiError(404, "user_id", f"unknown user: {user_id}", location="path")
+    return UserEvents(
+        user_id=user_id,
+        total=total,
+        offset=offset,
+        limit=limit,
+        events=[
+            UserEvent(
+                event_id=e.event_id,
+                item_id=e.item_id,
+                title=e.title,
+                event_type=e.event_type,
+                value=e.value,
+                timestamp=e.timestamp,
+                variant=e.variant,
+            )
+            for e in events
+        ],
+    )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, HTTPException
+from fastapi import APIRouter, Body, Depends
 
 from api import metrics
 from api.deps import HolderDep, StoreDep, require_key
+from api.errors import ApiError
 from api.request_guards import StrictJSONRoute
 from api.schemas import Error, EventIn, EventsAccepted
 from feature_store import WriteConflict
@@ -47,7 +48,9 @@ def post_events(
     with the same ``event_id`` is a no-op counted under ``duplicates``; the same ``event_id``
     with another user, item, type, value or timestamp is a conflict (409, nothing stored).
     Events without an ``event_id`` get one derived from all their fields and their place in
-    the batch, so two identical events in one batch are two events."""
+    the batch, so two identical events in one batch are two events. An event for an item the
+    catalog lacks is refused (422, nothing stored) unless the server creates unknown items
+    (``RECSYS_CREATE_UNKNOWN_ITEMS=true``)."""
     events = body if isinstance(body, list) else [body]
     records = []
     for i, e in enumerate(events):
@@ -55,24 +58,22 @@ def post_events(
         record["variant"] = holder.variant_label(e.user_id, e.variant, e.model_version)
         if record["variant"] is not None and len(record["variant"]) > LABEL_MAX_LENGTH:
             where = f"event {i}: " if isinstance(body, list) else ""
-            raise HTTPException(
-                status_code=422,
-                detail={
-                    "field": "variant",
-                    "message": f"{where}variant and model_version are stored together as 'variant:version', "
-                    f"at most {LABEL_MAX_LENGTH} characters ({len(record['variant'])} given)",
-                },
+            raise ApiError(
+                422,
+                "variant",
+                f"{where}variant and model_version are stored together as 'variant:version', "
+                f"at most {LABEL_MAX_LENGTH} characters ({len(record['variant'])} given)",
             )
         records.append(record)
     # Lock ordering and retries after a deadlock / serialization failure are the store's job.
     try:
-        inserted, duplicates = store.add_events(records)
+        inserted, duplicates = store.add_events(records, create_items=holder.settings.create_unknown_items)
     except EventIdConflict as exc:  # same id, other content: the transaction rolled back
-        raise HTTPException(status_code=409, detail={"field": "event_id", "message": str(exc)})
+        raise ApiError(409, "event_id", str(exc))
     except DatasetError as exc:  # e.g. an unknown item: the transaction rolled back
-        raise HTTPException(status_code=422, detail={"field": exc.column or "item_id", "message": str(exc)})
+        raise ApiError(422, exc.column or "item_id", str(exc))
     except WriteConflict as exc:  # lost to concurrent writers on every retry: nothing stored
-        raise HTTPException(status_code=503, detail={"field": None, "message": str(exc)}, headers={"Retry-After": "1"})
+        raise ApiError(503, None, str(exc), headers={"Retry-After": "1"})
     if inserted:
         # Committed: follow the feed now, so this worker's next answer counts these events.
         holder.history.poll()

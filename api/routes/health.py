@@ -1,10 +1,10 @@
 import os
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
 
 from api import metrics
 from api.deps import HolderDep
+from api.errors import ApiError
 from api.schemas import Error, Health
 
 router = APIRouter(tags=["operations"])
@@ -25,7 +25,7 @@ async def health(holder: HolderDep) -> Health:
 async def ready(holder: HolderDep):
     """Readiness: 200 once a model is loaded, 503 before."""
     if not holder.ready:
-        return JSONResponse(status_code=503, content={"detail": {"field": None, "message": "no model loaded yet"}})
+        raise ApiError(503, None, "no model loaded yet")
     return Health(status="ready", model_version=holder.current.version, variants=holder.served(), pid=os.getpid())
 
 

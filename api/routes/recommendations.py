@@ -5,10 +5,13 @@ All business rules are the Recommender's; these routes map query parameters and 
 
 from __future__ import annotations
 
+import random
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, StringConstraints, TypeAdapter
@@ -23,6 +26,7 @@ from api.deps import (
     read_key,
     resolve,
 )
+from api.errors import ApiError
 from api.history import is_fresh
 from api.query import DirectRoute, checked, documented_inputs, query_model, query_reader
 from api.request_guards import StrictJSONRoute
@@ -42,6 +46,8 @@ from api.schemas import (
     UserRecommendations,
 )
 from api.serving import LoadedModel, ModelHolder
+from feature_store.impressions import Impression
+from recsys.evaluation.interleaving import team_draft
 from recsys.recommender import (
     Filters,
     RankRequestError,
@@ -114,15 +120,11 @@ class UserQuery(RuleQuery):
     def weights(self) -> tuple[float, float] | None:
         if (self.cf_weight is None) != (self.content_weight is None):
             field = "content_weight" if self.content_weight is None else "cf_weight"
-            raise HTTPException(
-                status_code=422, detail={"field": field, "message": "give both cf_weight and content_weight"}
-            )
+            raise ApiError(422, field, "give both cf_weight and content_weight")
         if self.cf_weight is None:
             return None
         if self.cf_weight + self.content_weight <= 0:
-            raise HTTPException(
-                status_code=422, detail={"field": "cf_weight", "message": "the weights must not both be 0"}
-            )
+            raise ApiError(422, "cf_weight", "the weights must not both be 0")
         return self.cf_weight, self.content_weight
 
 
@@ -150,7 +152,7 @@ def _attrs(values: list[str], field: str) -> dict[str, list[str]]:
     for v in values:
         key, sep, value = v.partition(":")
         if not sep or not key:
-            raise HTTPException(status_code=422, detail={"field": field, "message": f"expected key:value, got {v!r}"})
+            raise ApiError(422, field, f"expected key:value, got {v!r}")
         out.setdefault(key, []).append(value)
     return out
 
@@ -168,6 +170,7 @@ class UserAnswer:
     Recommender's ScoredItems as they are: serialized in one pass of pydantic's encoder, no
     per-item response model built."""
 
+    request_id: str
     model_version: str
     variant: str
     strategy: str
@@ -175,6 +178,7 @@ class UserAnswer:
     offset: int
     items: list[ScoredItem]
     user_id: str
+    sources: list[str] | None = None
 
 
 _USER_ANSWER = TypeAdapter(UserAnswer)
@@ -188,8 +192,36 @@ def _items(result: RecommendationResult) -> list[RecommendedItem]:
     ]
 
 
-def _unavailable(exc: SearchUnavailable, field: str) -> HTTPException:
-    return HTTPException(status_code=503, detail={"field": field, "message": str(exc)})
+def _request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _shown(
+    holder: ModelHolder,
+    surface: str,
+    user_id: str | None,
+    answer: UserAnswer | SimilarItems | SearchResults | SessionRecommendations,
+) -> None:
+    """Log the served list as an impression (queued, never blocking: api/impressions.py)."""
+    log = holder.impressions
+    if log is None:
+        return
+    log.record(
+        Impression(
+            request_id=answer.request_id,
+            user_id=user_id,
+            surface=surface,
+            model_version=answer.model_version,
+            variant=f"{answer.variant}:{answer.model_version}",
+            ts=time.time_ns() // 1_000_000,
+            items=tuple(i.item_id for i in answer.items),
+            sources=tuple(answer.sources) if isinstance(answer, UserAnswer) and answer.sources else None,
+        )
+    )
+
+
+def _unavailable(exc: SearchUnavailable, field: str) -> ApiError:
+    return ApiError(503, field, str(exc))
 
 
 @dataclass(slots=True, frozen=True)
@@ -247,40 +279,69 @@ async def user_inputs(request: Request) -> UserInputs:
     openapi_extra=USER_INPUTS_DOC,
 )
 async def user_recommendations(request: Request) -> Response:
-    """Top-k items for a user; events posted a moment ago already count (fold-in).
-
-    ``async`` on purpose: the history comes from the worker's memory (api/history.py) and the
-    work is CPU only, cheaper on the event loop than handed to the thread pool. A user not in
-    the history cache is read from the store in a thread (bench/serve_bench.py).
-    """
+    """Top-k items for a user, each with a score and a reason. Events posted a moment ago
+    already count; a user without events gets the most popular items (``strategy`` says which).
+    Page with ``offset``; ``exclude_seen`` (default on) leaves out what the user interacted with."""
+    # async: the history comes from the worker's memory (api/history.py) and the work is CPU
+    # only, cheaper on the event loop than handed to the thread pool; a user not in the history
+    # cache is read from the store in a thread (bench/serve_bench.py).
     inputs = await user_inputs(request)
     try:
         answer = await answer_user(request.app.state.holder, inputs.user_id, inputs.query, inputs.pinned)
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")
+    _shown(request.app.state.holder, "user", inputs.user_id, answer)
     return Response(content=_USER_ANSWER.dump_json(answer), media_type="application/json")
 
 
 async def answer_user(holder: ModelHolder, user_id: str, query: UserQuery, pinned: LoadedModel | None) -> UserAnswer:
     """The answer of ``GET /users/{user_id}/recommendations`` (the dashboard shows the same).
-    Raises SearchUnavailable and the 422 HTTPException of :meth:`UserQuery.weights`."""
+    With ``RECSYS_INTERLEAVE`` (and no pinned version, first page) the two aliases' lists are
+    merged by team draft, each position naming the version that contributed it.
+    Raises SearchUnavailable and the 422 ApiError of :meth:`UserQuery.weights`."""
+    pair = holder.interleaved() if pinned is None and query.offset == 0 else None
     model, variant = resolve(holder, user_id, pinned)
     history = holder.history.get(user_id) or await run_in_threadpool(holder.history.load, user_id)
-    result = model.recommender.recommend_for_user(
-        user_id,
-        history.items,
-        query.k,
-        offset=query.offset,
-        exclude_seen=query.exclude_seen,
-        filters=query.filters(),
-        mode=query.mode,
-        blend_weights=query.weights(),
-        fusion=query.fusion,
-        diversity=query.diversity,
-        calibration=query.calibration,
-        refresh=is_fresh(history.newest, model.fresh_cutoff),
+
+    def rank(model: LoadedModel) -> RecommendationResult:
+        return model.recommender.recommend_for_user(
+            user_id,
+            history.items,
+            query.k,
+            offset=query.offset,
+            exclude_seen=query.exclude_seen,
+            filters=query.filters(),
+            mode=query.mode,
+            blend_weights=query.weights(),
+            fusion=query.fusion,
+            diversity=query.diversity,
+            calibration=query.calibration,
+            refresh=is_fresh(history.newest, model.fresh_cutoff),
+            values=history.values,
+        )
+
+    request_id = _request_id()
+    if pair is None:
+        result = rank(model)
+        return UserAnswer(
+            request_id, model.version, variant, result.strategy, result.mode, query.offset, result.items, user_id
+        )
+    results = [rank(m) for m in pair]
+    scored = [{i.item_id: i for i in r.items} for r in results]
+    ids, teams = team_draft(
+        [i.item_id for i in results[0].items], [i.item_id for i in results[1].items], query.k, random.Random(request_id)
     )
-    return UserAnswer(model.version, variant, result.strategy, result.mode, query.offset, result.items, user_id)
+    return UserAnswer(
+        request_id,
+        "+".join(m.version for m in pair),
+        "interleaved",
+        results[0].strategy,
+        results[0].mode,
+        0,
+        [scored[t][i] for i, t in zip(ids, teams)],
+        user_id,
+        [pair[t].version for t in teams],
+    )
 
 
 @router.get("/items/{item_id}/similar", response_model=SimilarItems, responses=ERRORS, openapi_extra=SIMILAR_QUERY_DOC)
@@ -291,9 +352,10 @@ def similar_items(
     try:
         answer = answer_similar(holder, item_id, query, pinned)
     except UnknownItemError:
-        raise HTTPException(status_code=404, detail={"field": "item_id", "message": f"unknown item: {item_id}"})
+        raise ApiError(404, "item_id", f"unknown item: {item_id}", location="path")
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")
+    _shown(holder, "similar", query.user_id, answer)
     return _json(answer)
 
 
@@ -305,6 +367,7 @@ def answer_similar(holder: ModelHolder, item_id: str, query: SimilarQuery, pinne
         item_id, query.k, offset=query.offset, filters=query.filters(), mode=query.mode
     )
     return SimilarItems.model_construct(
+        request_id=_request_id(),
         item_id=item_id,
         model_version=model.version,
         variant=variant,
@@ -327,23 +390,25 @@ def search(query: Annotated[SearchQuery, Depends(search_query)], holder: HolderD
     except SearchUnavailable as exc:
         raise _unavailable(exc, "match")
     except RankRequestError as exc:
-        raise HTTPException(status_code=422, detail={"field": exc.field, "message": exc.message})
-    return _json(
-        SearchResults.model_construct(
-            query=query.q,
-            model_version=model.version,
-            variant=variant,
-            strategy=result.strategy,
-            mode=result.mode,
-            offset=query.offset,
-            items=_items(result),
-        )
+        raise ApiError(422, exc.field, exc.message)
+    answer = SearchResults.model_construct(
+        request_id=_request_id(),
+        query=query.q,
+        model_version=model.version,
+        variant=variant,
+        strategy=result.strategy,
+        mode=result.mode,
+        offset=query.offset,
+        items=_items(result),
     )
+    _shown(holder, "search", query.user_id, answer)
+    return _json(answer)
 
 
 @router.post("/recommendations", response_model=SessionRecommendations, responses=ERRORS)
 def session_recommendations(body: SessionRequest, holder: HolderDep, pinned: PinDep) -> SessionRecommendations:
-    """Anonymous session: recommendations folded in from the given items (and weights)."""
+    """Recommendations for an anonymous session from the items it touched (``item_ids``,
+    optionally ``weights``), with the same filters and ranking options as a user's list."""
     model, variant = resolve(holder, body.session_id, pinned)
     f = body.filters
     filters = Filters(
@@ -354,15 +419,13 @@ def session_recommendations(body: SessionRequest, holder: HolderDep, pinned: Pin
         exclude_attributes=f.exclude_attributes,
     )
     if (body.cf_weight is None) != (body.content_weight is None):
-        raise HTTPException(
-            status_code=422,
-            detail={
-                "field": "content_weight" if body.content_weight is None else "cf_weight",
-                "message": "give both cf_weight and content_weight",
-            },
+        raise ApiError(
+            422,
+            "content_weight" if body.content_weight is None else "cf_weight",
+            "give both cf_weight and content_weight",
         )
     if body.cf_weight is not None and body.cf_weight + body.content_weight <= 0:
-        raise HTTPException(status_code=422, detail={"field": "cf_weight", "message": "the weights must not both be 0"})
+        raise ApiError(422, "cf_weight", "the weights must not both be 0")
     blend = None if body.cf_weight is None else (body.cf_weight, body.content_weight)
     try:
         result = model.recommender.recommend_for_items(
@@ -372,14 +435,15 @@ def session_recommendations(body: SessionRequest, holder: HolderDep, pinned: Pin
             offset=body.offset,
             filters=filters,
             mode=body.mode,
-            blend=blend,
+            blend_weights=blend,
             fusion=body.fusion,
             diversity=body.diversity,
             calibration=body.calibration,
         )
     except SearchUnavailable as exc:
         raise _unavailable(exc, "mode")
-    return SessionRecommendations(
+    answer = SessionRecommendations(
+        request_id=_request_id(),
         model_version=model.version,
         variant=variant,
         strategy=result.strategy,
@@ -387,3 +451,5 @@ def session_recommendations(body: SessionRequest, holder: HolderDep, pinned: Pin
         offset=body.offset,
         items=_items(result),
     )
+    _shown(holder, "session", body.session_id, answer)
+    return answer

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qs, quote, urlencode
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ValidationError
 
+from api.errors import ApiError
 from api.query import list_fields
 from api.routes.recommendations import SimilarQuery, UserQuery, answer_similar, answer_user
 from api.serving import LoadedModel, LoaderBusy, ModelHolder, ModelNotReady, ReloadError, UnknownVersion
@@ -145,7 +146,7 @@ def _form(params, model: type[BaseModel], skip: tuple[str, ...] = ()) -> tuple[d
 def _check_id(value: str, field: str) -> None:
     problem = id_problem(value)
     if problem:
-        raise HTTPException(status_code=422, detail={"field": field, "message": problem})
+        raise ApiError(422, field, problem)
 
 
 def _api_url(path: str, data: dict[str, Any]) -> str:
@@ -332,8 +333,8 @@ async def user_page(request: Request, user_id: str, access: Access) -> HTMLRespo
             rec = RecList(heading=mode, mode=mode, api_url=_api_url(path, {**data, "mode": mode}))
             try:
                 answer = await answer_user(holder, user_id, query, None)
-            except (SearchUnavailable, HTTPException) as exc:
-                rec.error = exc.detail["message"] if isinstance(exc, HTTPException) else str(exc)
+            except (SearchUnavailable, ApiError) as exc:
+                rec.error = exc.message if isinstance(exc, ApiError) else str(exc)
             else:
                 rec.model_version, rec.variant, rec.strategy = answer.model_version, answer.variant, answer.strategy
                 rec.items = answer.items  # replaced by RecItems below
@@ -362,8 +363,8 @@ async def user_page(request: Request, user_id: str, access: Access) -> HTMLRespo
                 else:
                     try:
                         answer = await answer_user(holder, user_id, query, model)
-                    except (SearchUnavailable, HTTPException) as exc:
-                        rec.error = exc.detail["message"] if isinstance(exc, HTTPException) else str(exc)
+                    except (SearchUnavailable, ApiError) as exc:
+                        rec.error = exc.message if isinstance(exc, ApiError) else str(exc)
                     else:
                         rec.variant, rec.strategy, rec.mode = answer.variant, answer.strategy, answer.mode
                         rec.items = answer.items
@@ -634,12 +635,12 @@ async def ab_page(request: Request, access: Access) -> HTMLResponse:
     settings, store, holder = _state(request)
 
     def gather() -> dict[str, Any]:
-        stats = variant_stats(store.variant_activity(OUTCOMES), OUTCOMES)
+        stats = variant_stats(store.exposure_counts(OUTCOMES), OUTCOMES)
         return dict(
             stats=stats,
-            rates_plot=plots.ab_rates(stats, OUTCOMES, "click and purchase rate per variant, 95% intervals"),
-            events_plot=plots.bars(
-                [s.variant for s in stats], [s.events for s in stats], "events per variant", "events"
+            rates_plot=plots.ab_rates(stats, OUTCOMES, "click and purchase rate per exposed user, 95% intervals"),
+            impressions_plot=plots.bars(
+                [s.variant for s in stats], [s.impressions for s in stats], "impressions per variant", "impressions"
             ),
         )
 

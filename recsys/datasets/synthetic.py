@@ -262,6 +262,18 @@ AGE_GROUPS = np.array(["18-24", "25-34", "35-44", "45-54", "55+"])
 COUNTRIES = np.array(["us", "de", "fr", "in", "br", "jp"])
 
 
+def _draw_clusters(rng: np.random.Generator, n_users: int, n_items: int, n_clusters: int):
+    item_cluster = rng.integers(0, n_clusters, n_items)
+    user_cluster = rng.integers(0, n_clusters, n_users)
+    return user_cluster, item_cluster
+
+
+def synthetic_clusters(n_users: int, n_items: int, n_clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The cluster of every user (``u<n>``) and item (``i<n>``) that :func:`generate_synthetic`
+    draws with these arguments: the data's known preferences (simulators click by them)."""
+    return _draw_clusters(np.random.default_rng(seed), n_users, n_items, n_clusters)
+
+
 def generate_synthetic(
     n_users: int = 1000,
     n_items: int = 500,
@@ -279,8 +291,7 @@ def generate_synthetic(
     rng = np.random.default_rng(seed)
     theme_names = list(THEMES)
 
-    item_cluster = rng.integers(0, n_clusters, n_items)
-    user_cluster = rng.integers(0, n_clusters, n_users)
+    user_cluster, item_cluster = _draw_clusters(rng, n_users, n_items, n_clusters)
     # Power-law popularity: a random rank per item, weight rank^-exponent.
     item_weight = (rng.permutation(n_items) + 1.0) ** -popularity_exponent
     user_activity = rng.lognormal(0.0, 1.0, n_users)

@@ -1,6 +1,6 @@
 """Reference recommenders every model should beat.
 
-All three follow ``recsys.models.base.Embedder`` (``fit(matrix)`` on a user×item CSR) and all
+All three follow ``recsys.models.base.Embedder`` (``fit(TrainData)``; they read its matrix) and all
 three expose the same ``recommend(user_rows, matrix, k) -> (indices, scores)``: ``matrix`` is
 the user×item matrix whose rows are indexed by ``user_rows`` (the train matrix), and its stored
 entries are never recommended. Output as ``top_k_scores``: (n, k) int64 indices padded with
@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.evaluation.topk import top_k_scores
-from recsys.models.base import Embedder, NotFittedError
+from recsys.models.base import Embedder, NotFittedError, TrainData
 
 logger = logging.getLogger(__name__)
 
@@ -48,29 +48,30 @@ class RandomRecommender(_VectorRecommendMixin, Embedder):
 
     kind = "random"
     metric = "dot"
+    supports_fold_in = True
+    reference = True
 
     def __init__(self, random_state: int | None = 42, factors: int = 32) -> None:
         self.random_state = random_state
         self.factors = factors
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> RandomRecommender:
+    def _fit(self, data: TrainData) -> None:
         rng = np.random.default_rng(self.random_state)
-        n_users, n_items = matrix.shape
+        n_users, n_items = data.shape
         self.user_vectors_ = rng.standard_normal((n_users, self.factors)).astype(np.float32)
         self.item_vectors_ = rng.standard_normal((n_items, self.factors)).astype(np.float32)
-        self._rng = rng
-        return self
+        self.rng_ = rng
 
     @classmethod
     def for_fold_in(cls, params, item_vectors: np.ndarray) -> RandomRecommender:
         model = super().for_fold_in(params, item_vectors)
-        model._rng = np.random.default_rng(model.random_state)
+        model.rng_ = np.random.default_rng(model.random_state)
         return model
 
     def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """A random vector: this reference model has nothing to learn from a history."""
         self._check_fitted()
-        return self._rng.standard_normal(self.factors).astype(np.float32)
+        return self.rng_.standard_normal(self.factors).astype(np.float32)
 
 
 class PopularityRecommender(_VectorRecommendMixin, Embedder):
@@ -83,11 +84,14 @@ class PopularityRecommender(_VectorRecommendMixin, Embedder):
 
     kind = "popular"
     metric = "dot"
+    supports_fold_in = True
+    reference = True
 
     def __init__(self, by: str = "users") -> None:
         self.by = by
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> PopularityRecommender:
+    def _fit(self, data: TrainData) -> None:
+        matrix = data.matrix
         if self.by not in ("users", "weight"):
             raise ValueError(f"by must be 'users' or 'weight', got {self.by!r}")
         m = sp.csc_matrix(matrix)
@@ -95,7 +99,6 @@ class PopularityRecommender(_VectorRecommendMixin, Embedder):
         self.popularity_ = pop.astype(np.float32)
         self.item_vectors_ = self.popularity_[:, None].copy()
         self.user_vectors_ = np.ones((matrix.shape[0], 1), dtype=np.float32)
-        return self
 
     def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         self._check_fitted()
@@ -111,15 +114,18 @@ class ItemKNNRecommender(Embedder):
 
     kind = "itemknn"
     metric = "dot"
+    supports_fold_in = True
+    reference = True
 
     def __init__(self, K: int = 100, num_threads: int = 0, max_items: int = 20_000) -> None:
         self.K = K
         self.num_threads = num_threads
         self.max_items = max_items
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> ItemKNNRecommender:
+    def _fit(self, data: TrainData) -> None:
         from implicit.nearest_neighbours import CosineRecommender
 
+        matrix = data.matrix
         X = sp.csr_matrix(matrix, dtype=np.float32)
         model = CosineRecommender(K=self.K, num_threads=self.num_threads)
         model.fit(X, show_progress=False)
@@ -134,7 +140,6 @@ class ItemKNNRecommender(Embedder):
             logger.info(
                 "item-kNN: %d items exceed max_items=%d; no vector form (recommend only)", self.n_items_, self.max_items
             )
-        return self
 
     @classmethod
     def for_fold_in(cls, params, item_vectors: np.ndarray) -> ItemKNNRecommender:

@@ -150,6 +150,34 @@ def leave_last_n_split(events: pd.DataFrame, n: int = 1, seed: int = 42) -> Spli
     )
 
 
+def user_time_split(events: pd.DataFrame, test_ratio: float = 0.2, seed: int = 42, min_user_events: int = 2) -> Split:
+    """Per-user temporal holdout: each user's newest ``round(test_ratio * n)`` events (at least 1,
+    at most ``n - 1``; ties in time broken by a seeded key) are test; users with fewer than
+    ``min_user_events`` events stay in train."""
+    if not 0.0 < test_ratio < 1.0:
+        raise ValueError(f"test_ratio must be in (0, 1), got {test_ratio}")
+    events = events.reset_index(drop=True)
+    tie = np.random.default_rng(seed).random(len(events))
+    ts = pd.to_datetime(events["timestamp"], utc=True).astype("int64").to_numpy()
+    users, n_users = _codes(events["user_id"])
+    key = np.empty(len(events), dtype=np.int64)
+    key[np.lexsort((tie, ts))] = np.arange(len(events))
+    rank, n = _group_rank(users, n_users, key)
+    n_test = np.minimum(np.maximum(np.floor(test_ratio * n + 0.5).astype(np.int64), 1), n - 1)
+    n_test[n < max(min_user_events, 2)] = 0
+    test_mask = rank > n - n_test
+    return _finalize(
+        events,
+        ~test_mask,
+        test_mask,
+        "user_time",
+        codes={"user_id": (users, n_users)},
+        test_ratio=test_ratio,
+        seed=seed,
+        min_user_events=min_user_events,
+    )
+
+
 def time_split(events: pd.DataFrame, cutoff) -> Split:
     """Global temporal split: events strictly before ``cutoff`` train, the rest (``>= cutoff``) test."""
     cutoff = pd.Timestamp(cutoff)

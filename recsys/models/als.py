@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.models.base import Embedder
+from recsys.models.base import Embedder, TrainData
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ class ALSEmbedder(Embedder):
 
     kind = "als"
     metric = "dot"
+    supports_fold_in = True
 
     def __init__(
         self,
@@ -41,7 +42,7 @@ class ALSEmbedder(Embedder):
         self.num_threads = num_threads
         self.show_progress = show_progress
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> ALSEmbedder:
+    def _fit(self, data: TrainData) -> None:
         from implicit.cpu.als import AlternatingLeastSquares
         from threadpoolctl import threadpool_limits
 
@@ -57,18 +58,35 @@ class ALSEmbedder(Embedder):
                 num_threads=self.num_threads,
                 dtype=np.float32,
             )
-            model.fit(sp.csr_matrix(matrix, dtype=np.float32), show_progress=self.show_progress)
+            model.fit(sp.csr_matrix(data.matrix, dtype=np.float32), show_progress=self.show_progress)
         self.model_ = model
         self.user_vectors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self.item_vectors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
-        return self
+        self.gram_ = None
+
+    @classmethod
+    def for_fold_in(cls, params: dict, item_vectors: np.ndarray) -> ALSEmbedder:
+        model = super().for_fold_in(params, item_vectors)
+        model.gram_ = _gram(model.item_vectors_)  # once per served model, not per fold-in
+        return model
 
     def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        """Solve the ALS user step for one new user against the fixed item factors."""
+        """Solve the ALS user step for one new user against the fixed item factors (``weights``:
+        the confidences, as in the training matrix). YᵀY is computed once per model."""
         self._check_fitted()
+        if self.gram_ is None:
+            self.gram_ = _gram(self.item_vectors_)
         item_indices = np.asarray(item_indices, dtype=np.int64)
         w = np.ones(len(item_indices), np.float32) if weights is None else np.asarray(weights, np.float32)
-        return als_user_solve(self.item_vectors_, item_indices, w, self.regularization)
+        return als_user_solve(self.item_vectors_, item_indices, w, self.regularization, self.gram_)
+
+    #: YᵀY of the item factors (float64), set by ``fit`` / ``for_fold_in`` or the first fold-in
+    gram_: np.ndarray | None = None
+
+
+def _gram(item_vectors: np.ndarray) -> np.ndarray:
+    Y = np.asarray(item_vectors, dtype=np.float64)
+    return Y.T @ Y
 
 
 def als_user_solve(
@@ -93,7 +111,6 @@ def als_user_solve(
     c = 1.0 + np.bincount(inverse, weights=np.asarray(confidence, np.float64) - 1.0)
     Yu = np.asarray(item_vectors[pos], dtype=np.float64)
     if gram is None:
-        Y = np.asarray(item_vectors, dtype=np.float64)
-        gram = Y.T @ Y
+        gram = _gram(item_vectors)
     A = gram + (Yu.T * (c - 1.0)) @ Yu + regularization * np.eye(factors)
     return np.linalg.solve(A, Yu.T @ c).astype(np.float32)

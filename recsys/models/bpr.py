@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from scipy.optimize import minimize
 from scipy.special import expit, log_expit
 
-from recsys.models.base import Embedder
+from recsys.models.base import Embedder, TrainData
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ class BPREmbedder(Embedder):
 
     kind = "bpr"
     metric = "dot"
+    supports_fold_in = True
 
     def __init__(
         self,
@@ -49,7 +50,7 @@ class BPREmbedder(Embedder):
         self.show_progress = show_progress
         self.fold_in_negatives = fold_in_negatives
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> BPREmbedder:
+    def _fit(self, data: TrainData) -> None:
         from implicit.cpu.bpr import BayesianPersonalizedRanking
 
         model = BayesianPersonalizedRanking(
@@ -61,7 +62,7 @@ class BPREmbedder(Embedder):
             num_threads=self.num_threads,
             dtype=np.float32,
         )
-        model.fit(sp.csr_matrix(matrix, dtype=np.float32), show_progress=self.show_progress)
+        model.fit(sp.csr_matrix(data.matrix, dtype=np.float32), show_progress=self.show_progress)
         self.model_ = model
         self.user_vectors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self.item_vectors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
@@ -74,13 +75,13 @@ class BPREmbedder(Embedder):
             self.item_vectors_.shape[0],
             self.item_vectors_.shape[1],
         )
-        return self
 
     def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """The BPR user step for one new user against the fixed item factors.
 
         Solved to optimum by ``pairwise_user_solve`` (see there) with this model's
         ``regularization``; the bias column of the result is the constant 1, as for trained users.
+        ``weights`` are ignored: training samples every touched item alike, whatever its weight.
         """
         self._check_fitted()
         user = np.ones(self.item_vectors_.shape[1], np.float32)
@@ -88,7 +89,7 @@ class BPREmbedder(Embedder):
             self.item_vectors_[:, :-1],
             self.item_vectors_[:, -1],
             item_indices,
-            weights,
+            None,
             regularization=self.regularization,
             n_negatives=self.fold_in_negatives,
             random_state=self.random_state,
@@ -126,22 +127,36 @@ def pairwise_user_solve(
         w = np.ones(len(item_indices))
     else:
         w = np.asarray(weights, dtype=np.float64)
-    negatives = np.setdiff1d(np.arange(n_items), item_indices)
+    untouched = np.ones(n_items, bool)
+    untouched[item_indices] = False
+    negatives = np.flatnonzero(untouched)
     if len(item_indices) == 0 or len(negatives) == 0 or w.sum() <= 0:
         return np.zeros(factors, np.float32)
     if len(negatives) > n_negatives:
         neg = np.random.default_rng(random_state).choice(negatives, size=(len(item_indices), n_negatives))
     else:
         neg = np.broadcast_to(negatives, (len(item_indices), len(negatives)))
-    D = Y[item_indices][:, None, :] - Y[neg]  # (n_pos, n_neg, factors)
+    # Over the items the pairs use only, each step costs O(items·factors + pairs) (not
+    # O(pairs·factors)): scores s = Y·u, pair margins from s, gradient as per-item pair weights · Y.
+    in_pairs = ~untouched
+    in_pairs[neg] = True
+    used = np.flatnonzero(in_pairs)
+    row_of = np.cumsum(in_pairs) - 1  # item -> its row in ``used``
+    Yu = Y[used]
+    pos_rows, neg_rows = row_of[item_indices], row_of[neg]
     off = b[item_indices][:, None] - b[neg]  # (n_pos, n_neg)
     pair_w = np.broadcast_to(w[:, None], off.shape) / (w.sum() * off.shape[1])
+    flat_neg = neg_rows.ravel()
 
     def objective(u: np.ndarray) -> tuple[float, np.ndarray]:
-        x = D @ u + off
+        scores = Yu @ u
+        x = scores[pos_rows][:, None] - scores[neg_rows] + off
         loss = -(pair_w * log_expit(x)).sum() + regularization * (u @ u)
-        grad = -np.einsum("pn,pnf->f", pair_w * expit(-x), D) + 2 * regularization * u
-        return loss, grad
+        c = pair_w * expit(-x)
+        per_item = np.bincount(pos_rows, weights=c.sum(axis=1), minlength=len(used)) - np.bincount(
+            flat_neg, weights=c.ravel(), minlength=len(used)
+        )
+        return loss, -(per_item @ Yu) + 2 * regularization * u
 
     result = minimize(objective, np.zeros(factors), jac=True, method="L-BFGS-B")
     if not result.success:

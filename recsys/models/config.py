@@ -1,11 +1,12 @@
 """The one model configuration — kind, params, interaction weighting, side features — read by
 ``recsys train --config``, the pipeline's candidates, experiment specs and the automatic search.
-``pipelines.train.fit_model`` is the one function that fits it."""
+``pipelines.train.fit_model`` is the one function that fits it: ``make_model`` then
+``fit(train_data(...))``."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,11 @@ from pydantic import (
 )
 
 from recsys.matrix import InteractionMatrix
-from recsys.models.registry import CONTENT_KINDS, MODEL_KINDS, validate_params
+from recsys.models.base import Embedder, TrainData
+from recsys.models.registry import MODEL_KINDS, make_model, validate_params
+
+if TYPE_CHECKING:
+    from recsys.datasets.base import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +90,6 @@ class ModelConfig(_Strict):
     def label(self) -> str:
         return self.name or f"{self.kind}-" + "-".join(f"{k}{v}" for k, v in sorted(self.params.items()))
 
-    @property
-    def is_content(self) -> bool:
-        return self.kind in CONTENT_KINDS
-
     def matrix(
         self, events: pd.DataFrame, user_ids: np.ndarray | None = None, item_ids: np.ndarray | None = None
     ) -> InteractionMatrix:
@@ -97,11 +98,52 @@ class ModelConfig(_Strict):
             events, user_ids=user_ids, item_ids=item_ids, weighting=self.weighting, alpha=self.alpha
         )
 
-    def member_kinds(self) -> list[tuple[str, dict[str, Any]]]:
-        """(kind, params) of every model fitted: the ensemble's members, or this one."""
-        if self.kind == "ensemble":
-            return [(m["kind"], m.get("params", {})) for m in self.params.get("members", [])]
-        return [(self.kind, self.params)]
+    def make_model(self) -> Embedder:
+        """A new, unfitted model of this config (on the configured engine)."""
+        if self.engine == "spark":
+            from recsys.models.spark_als import SparkALSEmbedder
+
+            return SparkALSEmbedder(**self.params)
+        return make_model(self.kind, **self.params)
+
+    def train_data(
+        self,
+        model: Embedder,
+        matrix: InteractionMatrix,
+        dataset: Dataset | None = None,
+        events: pd.DataFrame | None = None,
+    ) -> TrainData:
+        """What ``model`` learns from, built only as far as its capability flags ask: side
+        features from ``dataset``'s catalog and users (as ``features`` says), each user's
+        time-ordered items from ``events`` (default: the dataset's events), the catalog."""
+        if model.needs_catalog and dataset is None:
+            raise ValueError(f"{self.kind} is a content encoder: it needs the items catalog")
+        item_features = user_features = sequences = None
+        if model.uses_side_features and dataset is not None:
+            from recsys.features import build_item_features, build_user_features
+
+            f = self.features
+            if f.item_categories or f.item_text:
+                item_features = build_item_features(
+                    dataset.items, matrix.item_ids, identity=f.identity, categories=f.item_categories, text=f.item_text
+                )[0]
+            if f.user_attributes and not dataset.users.empty:
+                user_features = build_user_features(
+                    dataset.users, matrix.user_ids, identity=f.identity, exclude_keys=tuple(f.exclude_user_keys)
+                )[0]
+        if model.uses_sequences:
+            source = events if events is not None else (dataset.events if dataset is not None else None)
+            if source is not None and "timestamp" in source:
+                sequences = user_sequences(source, matrix)
+        return TrainData(
+            matrix.matrix,
+            user_ids=matrix.user_ids,
+            item_ids=matrix.item_ids,
+            item_features=item_features,
+            user_features=user_features,
+            sequences=sequences,
+            items=dataset.items if model.needs_catalog else None,
+        )
 
 
 def user_sequences(events: pd.DataFrame, matrix: InteractionMatrix) -> list[np.ndarray]:

@@ -1,14 +1,13 @@
 """Content encoders: item vectors from catalog tags and text.
 
-Every encoder follows the Embedder conventions with a content-shaped ``fit``:
+Every encoder follows the one model contract (``recsys.models.base``) with ``needs_catalog``:
 
-- ``fit(items, item_ids=None, matrix=None) -> self`` learns from the ``items`` frame (the
-  Dataset contract: ``item_id``, ``title``, ``description``, ``categories``). Rows of
-  ``item_vectors_`` follow ``item_ids`` when given (e.g. an InteractionMatrix's columns; ids
-  without a catalog row get a zero vector), otherwise the frame's order (``item_ids_``).
-  With a user×item ``matrix`` (columns = ``item_ids``) it also sets ``user_vectors_`` to each
-  user's content profile (``user_content_profiles``), so a content model can be served like
-  any other embedder.
+- ``fit(TrainData)`` learns from ``TrainData.items`` (the Dataset contract: ``item_id``,
+  ``title``, ``description``, ``categories``). Rows of ``item_vectors_`` follow
+  ``TrainData.item_ids`` (the matrix's columns; ids without a catalog row get a zero vector),
+  or the frame's order when the data has no ids (``item_ids_`` either way). ``user_vectors_``
+  are each matrix row's content profile (``user_content_profiles``), so a content model is
+  served like any other; a matrix with no rows fits the catalog alone.
 - ``item_vectors_`` are L2-normalized float32, ``metric = "cosine"``;
 - ``transform(items_or_texts)`` encodes new items (a frame) or free texts (search queries);
 - ``fold_in(item_indices, weights)`` is the content profile of a new user.
@@ -32,7 +31,7 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import MultiLabelBinarizer, normalize
 
-from recsys.models.base import Embedder
+from recsys.models.base import Embedder, TrainData
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +78,8 @@ class ContentEncoder(Embedder):
     """Shared fit/alignment logic; subclasses implement ``_fit_encode`` and ``transform``."""
 
     metric = "cosine"
+    needs_catalog = True
+    supports_fold_in = True
     #: whether ``transform`` accepts free text (a search query), not only catalog rows
     supports_text = True
 
@@ -91,17 +92,15 @@ class ContentEncoder(Embedder):
         clone.item_vectors_ = np.empty((0, 0), np.float32)  # still counts as fitted
         return clone
 
-    def fit(
-        self, items: pd.DataFrame, item_ids: Sequence[str] | None = None, matrix: sp.spmatrix | None = None
-    ) -> ContentEncoder:  # type: ignore[override]
-        if not isinstance(items, pd.DataFrame):
-            raise TypeError(f"{type(self).__name__}.fit expects the items DataFrame, got {type(items).__name__}")
+    def _fit(self, data: TrainData) -> None:
+        items = data.items
         items = (
             items.assign(item_id=items["item_id"].astype(str))
             .drop_duplicates("item_id", keep="last")
             .reset_index(drop=True)
         )
         vectors = self._fit_encode(items)
+        item_ids, matrix = data.item_ids, data.matrix
         if item_ids is None:
             self.item_ids_ = items["item_id"].to_numpy(dtype=object)
         else:
@@ -113,12 +112,11 @@ class ContentEncoder(Embedder):
             aligned = np.zeros((len(pos), vectors.shape[1]), np.float32)
             aligned[pos >= 0] = vectors[pos[pos >= 0]]
             vectors = aligned
+        if matrix.shape[1] != len(vectors):
+            raise ValueError(f"the matrix has {matrix.shape[1]} columns, there are {len(vectors)} items")
         self.item_vectors_ = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.user_vectors_ = None if matrix is None else user_content_profiles(matrix, self.item_vectors_)
-        if matrix is not None and matrix.shape[1] != len(self.item_vectors_):
-            raise ValueError(f"matrix has {matrix.shape[1]} columns, there are {len(self.item_vectors_)} items")
+        self.user_vectors_ = user_content_profiles(matrix, self.item_vectors_)
         logger.info("%s fitted: %d items, %d dims", type(self).__name__, *self.item_vectors_.shape)
-        return self
 
     def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """The content profile (normalized weighted mean) of the touched items."""
@@ -265,14 +263,16 @@ class SentenceEncoder(ContentEncoder):
                 f"SentenceEncoder needs torch and sentence-transformers ({exc}); "
                 "install the optional extra: pip install '.[text]'"
             ) from exc
-        self._model_path = model if model is not None else default_sentence_model()
+        if model is None:
+            default_sentence_model()  # EncoderUnavailable now, not at the first fit
 
     def _encoder(self):
         encoder = getattr(self, "encoder_", None)
         if encoder is None:
             from sentence_transformers import SentenceTransformer
 
-            encoder = SentenceTransformer(self._model_path, device=self.device, local_files_only=True)
+            path = self.model if self.model is not None else default_sentence_model()
+            encoder = SentenceTransformer(path, device=self.device, local_files_only=True)
             self.encoder_ = encoder
         return encoder
 

@@ -22,7 +22,7 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.models.base import Embedder
+from recsys.models.base import Embedder, TrainData
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class EASEEmbedder(Embedder):
 
     kind = "ease"
     metric = "dot"
+    supports_fold_in = True
 
     def __init__(self, l2: float = 500.0, binarize: bool = True, max_items: int = 30_000, dropout: float = 0.0) -> None:
         self.l2 = l2
@@ -47,12 +48,12 @@ class EASEEmbedder(Embedder):
         self.max_items = max_items
         self.dropout = dropout
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> EASEEmbedder:
+    def _fit(self, data: TrainData) -> None:
         if self.l2 <= 0:
             raise ValueError(f"l2 must be > 0, got {self.l2}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        X = sp.csr_matrix(matrix, dtype=np.float64)
+        X = sp.csr_matrix(data.matrix, dtype=np.float64)
         X.eliminate_zeros()
         n_users, n_items = X.shape
         if n_items > self.max_items:
@@ -68,7 +69,6 @@ class EASEEmbedder(Embedder):
         self.user_vectors_ = np.ascontiguousarray(X.toarray(), dtype=np.float32)
         self.item_vectors_ = np.ascontiguousarray(self.B_.T)
         logger.info("EASE fitted: %d users, %d items, l2=%g", n_users, n_items, self.l2)
-        return self
 
     def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """A new user's vector is their interaction row (EASE has no user parameters)."""

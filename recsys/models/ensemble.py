@@ -17,9 +17,8 @@ import logging
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
-from recsys.models.base import Embedder
+from recsys.models.base import Embedder, TrainData
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +37,23 @@ def score_std(user_vectors: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
 
 
 class EnsembleEmbedder(Embedder):
-    """``members``: list of ``{"kind": ..., "params": {...}, "weight": w}``; dot-metric kinds only."""
+    """``members``: list of ``{"kind": ..., "params": {...}, "weight": w}``; dot-metric kinds only.
+
+    Every member is fitted on the same ``TrainData``; the ensemble reads side features or
+    sequences when one of its members does (``uses_side_features`` / ``uses_sequences`` are
+    its members' flags, so the trainer builds them only then)."""
 
     kind = "ensemble"
     metric = "dot"
+    supports_fold_in = True
+
+    @property
+    def uses_side_features(self) -> bool:
+        return any(_member_class(m).uses_side_features for m in self.members)
+
+    @property
+    def uses_sequences(self) -> bool:
+        return any(_member_class(m).uses_sequences for m in self.members)
 
     def __init__(self, members: list[dict[str, Any]] | None = None) -> None:
         self.members = members or [
@@ -49,7 +61,7 @@ class EnsembleEmbedder(Embedder):
             {"kind": "lightfm", "params": {}, "weight": 0.3},
         ]
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None, sequences=None) -> EnsembleEmbedder:
+    def _fit(self, data: TrainData) -> None:
         from recsys.models.registry import make_model
 
         if not self.members:
@@ -60,17 +72,11 @@ class EnsembleEmbedder(Embedder):
             model = make_model(spec["kind"], **spec.get("params", {}))
             if model.metric != "dot":
                 raise ValueError(f"ensemble members must rank by dot product; {spec['kind']!r} uses {model.metric}")
-            if spec["kind"] == "lightfm":
-                model.fit(matrix, item_features=item_features, user_features=user_features)
-            elif spec["kind"] == "item2vec":
-                model.fit(matrix, sequences=sequences)
-            else:
-                model.fit(matrix)
+            model.fit(data)
             self.models_.append(model)
             logger.info("ensemble member %s fitted (%d dims)", spec["kind"], model.item_vectors_.shape[1])
         self.item_vectors_ = np.ascontiguousarray(np.hstack([m.item_vectors_ for m in self.models_]), np.float32)
         self.user_vectors_ = self._combine([m.user_vectors_ for m in self.models_])
-        return self
 
     @classmethod
     def from_fitted(
@@ -95,3 +101,9 @@ class EnsembleEmbedder(Embedder):
     def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         self._check_fitted()
         return self._combine([m.fold_in(item_indices, weights) for m in self.models_])[0]
+
+
+def _member_class(member: dict[str, Any]) -> type[Embedder]:
+    from recsys.models.registry import model_class
+
+    return model_class(member["kind"])

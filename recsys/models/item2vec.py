@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Sequence
 
 import numpy as np
-import scipy.sparse as sp
 
-from recsys.models.base import Embedder
+from recsys.models.base import Embedder, TrainData
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +42,8 @@ class Item2VecEmbedder(Embedder):
 
     kind = "item2vec"
     metric = "dot"
+    uses_sequences = True
+    supports_fold_in = True
 
     def __init__(
         self,
@@ -67,18 +67,13 @@ class Item2VecEmbedder(Embedder):
         self.random_state = random_state
         self.workers = workers
 
-    def fit(
-        self,
-        matrix: sp.csr_matrix,
-        item_features=None,
-        user_features=None,
-        sequences: Sequence[np.ndarray] | None = None,
-    ) -> Item2VecEmbedder:
-        """``sequences``: each matrix row's item columns in time order. Without them each
-        user's items are taken in a seeded random order (the window then samples co-occurrence)."""
+    def _fit(self, data: TrainData) -> None:
+        """Sentences are ``data.sequences`` (each matrix row's item columns in time order).
+        Without them each user's items are taken in a seeded random order (the window then
+        samples co-occurrence)."""
         from gensim.models import Word2Vec
 
-        matrix = sp.csr_matrix(matrix)
+        matrix, sequences = data.matrix, data.sequences
         n_users, n_items = matrix.shape
         if sequences is None:
             rng = np.random.default_rng(self.random_state)
@@ -113,13 +108,13 @@ class Item2VecEmbedder(Embedder):
         binary.data = np.ones_like(binary.data, dtype=np.float32)
         counts = np.maximum(np.asarray(binary.sum(axis=1)).ravel(), 1.0)
         self.user_vectors_ = np.ascontiguousarray(np.asarray(binary @ self.item_vectors_) / counts[:, None], np.float32)
-        return self
 
     def fold_in(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        """The (weighted) mean of the touched items' vectors."""
+        """The mean of the touched items' vectors, each item once, as ``fit`` gives known users
+        (``weights`` are ignored like the matrix values in ``fit``: on MovieLens, weighing by
+        the rating ranked worse, bench/foldin_movielens.py)."""
         self._check_fitted()
-        item_indices = np.asarray(item_indices, dtype=np.int64)
+        item_indices = np.unique(np.asarray(item_indices, dtype=np.int64))
         if len(item_indices) == 0:
             return np.zeros(self.item_vectors_.shape[1], np.float32)
-        w = np.ones(len(item_indices)) if weights is None else np.asarray(weights, np.float64)
-        return (w @ self.item_vectors_[item_indices] / max(w.sum(), 1e-12)).astype(np.float32)
+        return self.item_vectors_[item_indices].mean(axis=0).astype(np.float32)

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.models.base import Embedder
+from recsys.models.base import Embedder, TrainData
 from recsys.models.bpr import pairwise_user_solve
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ class LightFMEmbedder(Embedder):
     ``dot`` nearest-neighbour index returns LightFM's own ranking. With side features, ``p_u``
     and ``q_i`` are the feature-weighted sums of feature embeddings LightFM itself uses.
 
-    Features are used when passed to ``fit`` and the matching ``use_*_features`` flag is on
+    Features are used when ``TrainData`` carries them and the matching ``use_*_features`` flag is on
     (so a pipeline can always pass them and switch with a hyperparameter); otherwise LightFM's
     identity features are used. Build them with ``recsys.features``.
     ``use_sample_weight`` passes the matrix values (confidence weights) as LightFM's
@@ -35,6 +35,8 @@ class LightFMEmbedder(Embedder):
 
     kind = "lightfm"
     metric = "dot"
+    uses_side_features = True
+    supports_fold_in = True
 
     def __init__(
         self,
@@ -66,20 +68,18 @@ class LightFMEmbedder(Embedder):
         self.use_sample_weight = use_sample_weight
         self.fold_in_regularization = fold_in_regularization
 
-    def fit(
-        self, matrix: sp.csr_matrix, item_features: sp.spmatrix | None = None, user_features: sp.spmatrix | None = None
-    ) -> LightFMEmbedder:
+    def _fit(self, data: TrainData) -> None:
         from lightfm import LightFM
 
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.use_sample_weight and self.loss == "warp-kos":
             raise ValueError("LightFM's warp-kos loss does not support sample weights")
-        matrix = sp.csr_matrix(matrix, dtype=np.float32)
+        matrix = sp.csr_matrix(data.matrix, dtype=np.float32)
         matrix.eliminate_zeros()
         n_users, n_items = matrix.shape
-        item_features = self._features(item_features, self.use_item_features, n_items, "item")
-        user_features = self._features(user_features, self.use_user_features, n_users, "user")
+        item_features = self._features(data.item_features, self.use_item_features)
+        user_features = self._features(data.user_features, self.use_user_features)
         interactions = matrix.tocoo()
         weights = interactions.copy() if self.use_sample_weight else None
         interactions.data = np.ones_like(interactions.data)
@@ -109,16 +109,11 @@ class LightFMEmbedder(Embedder):
         logger.info(
             "LightFM (%s) fitted: %d users, %d items, %d dims", self.loss, n_users, n_items, self.item_vectors_.shape[1]
         )
-        return self
 
     @staticmethod
-    def _features(features, use: bool, n_rows: int, what: str) -> sp.csr_matrix | None:
-        if features is None or not use:
-            return None
-        features = sp.csr_matrix(features, dtype=np.float32)
-        if features.shape[0] != n_rows:
-            raise ValueError(f"{what} features have {features.shape[0]} rows, the matrix has {n_rows} {what}s")
-        return features
+    def _features(features, use: bool) -> sp.csr_matrix | None:
+        # rows were checked against the matrix by TrainData
+        return None if features is None or not use else sp.csr_matrix(features, dtype=np.float32)
 
     def item_vectors_for_features(self, item_features: sp.spmatrix | None) -> np.ndarray:
         """``[q, 1, b]`` item vectors for rows of item features (new items: by their features).
@@ -193,7 +188,7 @@ class LightFMEmbedder(Embedder):
             self.item_vectors_[:, :-2],
             self.item_vectors_[:, -1],
             item_indices,
-            weights,
+            weights if self.use_sample_weight else None,  # training binarizes otherwise
             regularization=self.fold_in_regularization,
             random_state=self.random_state,
         )

@@ -1,4 +1,6 @@
-"""Model kinds by name, and their parameters checked before anything is fitted. Importing this
+"""Model kinds by name, and their parameters checked before anything is fitted. What a kind
+can learn from or do is its class's capability flags (``recsys.models.base``), not a list of
+names here. Importing this
 module never imports torch: ``SentenceEncoder`` imports its optional dependencies only when
 constructed."""
 
@@ -37,15 +39,6 @@ MODEL_KINDS: dict[str, type[Embedder]] = {
     "random": RandomRecommender,
     "itemknn": ItemKNNRecommender,
 }
-
-#: reference recommenders (no learned parameters worth searching beyond a neighbour count)
-BASELINE_KINDS = frozenset({"popular", "random", "itemknn"})
-
-#: kinds whose ``fit`` also takes each user's time-ordered items (``sequences=``)
-SEQUENCE_KINDS = frozenset({"item2vec"})
-
-#: kinds whose ``fit`` takes the items frame rather than the interaction matrix
-CONTENT_KINDS = frozenset({"tags", "tfidf", "sbert"})
 
 
 def model_class(kind: str) -> type[Embedder]:

@@ -33,6 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.models.als import ALSEmbedder
+from recsys.models.base import TrainData
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -79,11 +80,11 @@ class SparkALSEmbedder(ALSEmbedder):
       cluster's executor cores). ``show_progress`` turns on Spark's console progress bar.
     """
 
-    def fit(self, matrix: sp.csr_matrix, item_features=None, user_features=None) -> SparkALSEmbedder:
+    def _fit(self, data: TrainData) -> None:
         from recsys.settings import Settings
 
         settings = Settings()
-        matrix = sp.csr_matrix(matrix, dtype=np.float32)
+        matrix = sp.csr_matrix(data.matrix, dtype=np.float32)
         n_users, n_items = matrix.shape
         if matrix.nnz and float(matrix.data.min()) < 1.0:
             logger.warning(
@@ -147,7 +148,6 @@ class SparkALSEmbedder(ALSEmbedder):
         #: seconds per step: session start, Parquet hand-off, ALS, collecting factors, stop
         self.timings_ = {name: end - begin for (_, begin), (name, end) in pairwise(marks)}
         logger.info("Spark ALS done: %s", {k: round(v, 2) for k, v in self.timings_.items()})
-        return self
 
 
 def spark_reg_param(regularization: float, matrix: sp.csr_matrix) -> float:

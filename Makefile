@@ -28,8 +28,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/recsys demo
 
+# a local server: writes take the key dev-key unless RECSYS_API_KEYS says otherwise
 serve: $(STAMP)
-	$(VENV)/bin/recsys serve
+	RECSYS_API_KEYS="$${RECSYS_API_KEYS:-dev-key}" $(VENV)/bin/recsys serve
 
 test: $(STAMP)
 	$(PYTEST)

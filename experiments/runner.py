@@ -441,7 +441,8 @@ def run_experiment(
     """Run every configuration of ``spec`` on one split, tracked as a parent run with one
     nested child run per configuration; write the report into ``report_dir``.
 
-    ``on_model(name, i, n)`` is called before each configuration (progress display).
+    ``on_model(name, i, n)`` is called before each configuration (progress display), and
+    once more with ``i == n`` before the report is written.
     A configuration that fails is recorded (child run FAILED, ``error`` column) and the
     experiment goes on; only when every configuration fails is that an error.
     """
@@ -517,6 +518,8 @@ def run_experiment(
             raise RuntimeError(
                 "every model configuration failed: " + "; ".join(f"{r.config.name}: {r.error}" for r in results)
             )
+        if on_model:
+            on_model("writing the report", len(configs), len(configs))
         comparison = report_mod.comparison_frame(results)
         out_dir = Path(report_dir) if report_dir is not None else default_report_dir(spec.name)
         report_mod.write_report(

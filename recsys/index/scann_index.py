@@ -39,6 +39,7 @@ from recsys.index.base import (
     unit_rows,
 )
 from recsys.index.tuning import PARTITION_MIN_ITEMS, TUNE_REORDER_FACTOR, PartitionedIndex, default_partitions
+from recsys.native_logs import native_stderr_as_debug
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,8 @@ class ScannItemIndex(PartitionedIndex):
             builder = builder.reorder(self.reorder)
         threads = (os.cpu_count() or 1) if self.num_threads == -1 else self.num_threads
         builder = builder.set_n_training_threads(threads)
-        self.searcher_ = builder.build()
+        with native_stderr_as_debug(logger):  # absl's I0000 lines: DEBUG log records, not stderr
+            self.searcher_ = builder.build()
         self.searcher_.set_num_threads(1)
         return self
 

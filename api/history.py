@@ -88,6 +88,7 @@ class HistoryCache:
         self.seq = self.horizon = store.last_event_seq()
         self._gaps: dict[int, float] = {}  # skipped id -> when first skipped (monotonic)
         self._recent: deque[tuple[float, StoredEvent]] = deque()
+        self._changed: set[str] = set()  # cached users the feed added events to, until taken
         self.hits = self.misses = 0
 
     def __len__(self) -> int:
@@ -186,6 +187,17 @@ class HistoryCache:
                 if len(events) < FEED_BATCH:
                     return applied
 
+    def take_changed(self) -> dict[str, UserHistory]:
+        """Copies of the cached histories the feed changed since the last call (for folding
+        those users in before their next request: api/serving.py ``follow_events``)."""
+        with self._lock:
+            changed, self._changed = self._changed, set()
+            return {
+                user_id: UserHistory(list(entry.items), list(entry.values), entry.newest)
+                for user_id in changed
+                if (entry := self._users.get(user_id)) is not None
+            }
+
     def _apply(self, event: StoredEvent) -> None:
         entry = self._users.get(event.user_id)
         if entry is None:
@@ -196,3 +208,4 @@ class HistoryCache:
             if seen:
                 return
         entry.add(event)
+        self._changed.add(event.user_id)

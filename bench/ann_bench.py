@@ -63,9 +63,14 @@ class DirectHnsw:
         return self.index.knn_query(vector, k=k, num_threads=1)
 
 
-def anchor_row(metric: str, items: np.ndarray, tune: np.ndarray, held: np.ndarray, truth: np.ndarray, Ms) -> dict:
+def anchor_row(
+    metric: str, items: np.ndarray, tune: np.ndarray, held: np.ndarray, truth: np.ndarray, Ms, chosen
+) -> dict:
     """hnswlib directly: for each M, build with ef_construction 100, tune ef to the bar
-    on the tuning queries; the fastest (on held-out queries) is the anchor."""
+    on the tuning queries; the fastest (on held-out queries) is the anchor. Its passes over the
+    held-out queries alternate with passes of the ``chosen`` index (the choice's), so that both
+    QPS figures of the ratio the bench checks see the same load: on a shared machine the load
+    moves by several-fold within a run (``chosen_qps`` in the row)."""
     import hnswlib
 
     from recsys.index import ExactIndex, query_latencies_ms, recall_at_k
@@ -90,9 +95,11 @@ def anchor_row(metric: str, items: np.ndarray, tune: np.ndarray, held: np.ndarra
         )
         index.set_ef(ef)
         direct = DirectHnsw(index)
-        latencies = np.minimum(
-            query_latencies_ms(direct, held, 10), query_latencies_ms(direct, held, 10, passes=PASSES - 1)
-        )
+        latencies = np.full(len(held), np.inf)
+        paired = np.full(len(held), np.inf)
+        for _ in range(PASSES):
+            latencies = np.minimum(latencies, query_latencies_ms(direct, held, 10))
+            paired = np.minimum(paired, query_latencies_ms(chosen, held, 10))
         row = {
             "recall_at_10": recall_at_k(index.knn_query(held, k=10, num_threads=1)[0], truth),
             "tune_recall_at_10": float("nan"),
@@ -100,6 +107,7 @@ def anchor_row(metric: str, items: np.ndarray, tune: np.ndarray, held: np.ndarra
             "p99_ms": float(np.percentile(latencies, 99)),
             "qps": float(1000.0 / latencies.mean()),
             "qps_one_pass": float("nan"),
+            "chosen_qps": float(1000.0 / paired.mean()),
             "build_s": built,
             "tune_s": float("nan"),
             "setting": f"M{M}/ef{ef}",
@@ -108,7 +116,8 @@ def anchor_row(metric: str, items: np.ndarray, tune: np.ndarray, held: np.ndarra
             "baseline_rss": 0,
         }
         print(
-            f"  {metric:6s} anchor hnswlib M={M} ef={ef}: {row['qps']:.0f} QPS (load {os.getloadavg()[0]:.1f})",
+            f"  {metric:6s} anchor hnswlib M={M} ef={ef}: {row['qps']:.0f} QPS; the chosen {chosen.kind} in the "
+            f"alternate passes {row['chosen_qps']:.0f} QPS (load {os.getloadavg()[0]:.1f})",
             flush=True,
         )
         if best is None or row["qps"] > best["qps"]:
@@ -184,6 +193,8 @@ def bench_space(
     kinds: tuple[str, ...],
     anchor_Ms: tuple[int, ...] = (16,),
 ) -> dict:
+    from threadpoolctl import threadpool_limits
+
     from recsys.index import (
         ExactIndex,
         build_index,
@@ -224,10 +235,12 @@ def bench_space(
         print(f"  {metric:6s} {report.kind:8s} measured (load {os.getloadavg()[0]:.1f})", flush=True)
 
     start, cpu_start = time.perf_counter(), time.process_time()
-    _, choice = build_index("auto", metric, items, tune, settings, kinds=kinds, on_candidate=measure)
+    chosen, choice = build_index("auto", metric, items, tune, settings, kinds=kinds, on_candidate=measure)
     # the build as training runs it: exact truth, every candidate built, tuned and timed, then the choice
     auto_s = time.perf_counter() - start - measuring[0]
-    anchor = anchor_row(metric, items, tune, held, truth, anchor_Ms)
+    with threadpool_limits(limits=1, user_api="blas"):
+        anchor = anchor_row(metric, items, tune, held, truth, anchor_Ms, chosen)
+    del chosen
     # CPU seconds of every thread (the measuring included): what the build costs whatever else runs
     auto_cpu_s = time.process_time() - cpu_start
     queries_path = work / "held_out.npy"
@@ -254,8 +267,11 @@ def check(result: dict) -> list[str]:
     problems = []
     if c["recall_at_10"] < TARGET:
         problems.append(f"{chosen} recall@10 {c['recall_at_10']:.3f} < {TARGET}")
-    if c["qps"] < ratio * anchor["qps"]:
-        problems.append(f"{chosen} QPS {c['qps']:.0f} < {ratio}× the hnswlib anchor ({anchor['qps']:.0f})")
+    if anchor["chosen_qps"] < ratio * anchor["qps"]:
+        problems.append(
+            f"{chosen} QPS {anchor['chosen_qps']:.0f} < {ratio}× the hnswlib anchor ({anchor['qps']:.0f}) "
+            "in alternate passes"
+        )
     if c["rss"] > 2.5 * result["raw_vector_bytes"]:
         problems.append(
             f"{chosen} serving RSS {c['rss'] / MB:.0f} MB > 2.5× vectors ({result['raw_vector_bytes'] / MB:.0f} MB)"
@@ -283,6 +299,10 @@ def print_result(result: dict) -> None:
             f"{r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['qps']:9.0f} {r['qps'] / anchor_qps:7.2f} {r['qps_one_pass']:7.0f} {r['build_s']:8.1f} {r['tune_s']:7.1f} {r['file_bytes'] / raw:6.2f}× "
             f"{r['rss'] / MB:7.0f} {r['baseline_rss'] / MB:7.0f}"
         )
+    print(
+        f"  chosen {result['chosen']} in passes alternating with the anchor's: {result['anchor']['chosen_qps']:.0f} QPS "
+        f"= {result['anchor']['chosen_qps'] / anchor_qps:.2f}× the anchor (the ratio checked)"
+    )
 
 
 def run_ann(
@@ -293,13 +313,19 @@ def run_ann(
     M: int,
     ef_construction: int,
     anchor_Ms: tuple[int, ...] = (16,),
+    build_budget: float = 150.0,
 ) -> int:
     from threadpoolctl import threadpool_limits
 
     from recsys.index import IndexSettings
 
-    settings = IndexSettings(target_recall=TARGET, M=M, ef_construction=ef_construction)
-    print(f"candidates {kinds}, HNSW M={M} ef_construction={ef_construction}; anchor hnswlib M in {anchor_Ms}")
+    settings = IndexSettings(
+        target_recall=TARGET, M=M, ef_construction=ef_construction, build_budget_seconds=build_budget
+    )
+    print(
+        f"candidates {kinds}, HNSW M={M} ef_construction={ef_construction}, build budget {build_budget:.0f}s; "
+        f"anchor hnswlib M in {anchor_Ms}"
+    )
     results = []
     print(f"load before: {os.getloadavg()}", flush=True)
     # the build as training runs it, every core (the ground truth of the tuning queries is one
@@ -464,6 +490,13 @@ def main() -> None:
         default=defaults.ef_construction,
         help="HNSW construction beam (IndexConfig.ef_construction)",
     )
+    parser.add_argument(
+        "--build-budget",
+        type=float,
+        default=defaults.build_budget_seconds,
+        help="seconds per space for building the candidates (IndexConfig.build_budget_seconds); on a loaded "
+        "machine the default leaves out what a quiet one builds",
+    )
     parser.add_argument("--batch", action="store_true", help="batch recommendations bench (100k users × 20k items)")
     parser.add_argument("--filter-check", action="store_true", help="HNSW exclusions: over-fetch vs filter callback")
     parser.add_argument(
@@ -484,7 +517,14 @@ def main() -> None:
         sys.exit(run_float16(args.sizes, args.metrics))
     sys.exit(
         run_ann(
-            args.sizes, args.metrics, args.json, tuple(args.kinds), args.M, args.ef_construction, tuple(args.anchor_M)
+            args.sizes,
+            args.metrics,
+            args.json,
+            tuple(args.kinds),
+            args.M,
+            args.ef_construction,
+            tuple(args.anchor_M),
+            args.build_budget,
         )
     )
 

@@ -26,9 +26,9 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-if TYPE_CHECKING:
-    from pydantic import ValidationError
+from recsys.problems import describe_validation_error
 
+if TYPE_CHECKING:
     from recsys.settings import Settings
 
 #: standard output is text, never markup: a variant, item id or reason printed here is shown
@@ -71,14 +71,14 @@ def cli_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from pipelines.lock import LockHeld
-
         try:
             return fn(*args, **kwargs)
-        except LockHeld as exc:
-            err_console.print(f"[bold yellow]locked:[/] {escape(_first_line(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=EXIT_LOCKED) from None
         except Exception as exc:
+            if _is_lock_held(exc):
+                err_console.print(
+                    f"[bold yellow]locked:[/] {escape(_first_line(exc))}", highlight=False, soft_wrap=True
+                )
+                raise typer.Exit(code=EXIT_LOCKED) from None
             message = error_message(exc)
             if message is None:
                 raise
@@ -87,6 +87,13 @@ def cli_errors(fn: Callable) -> Callable:
 
     wrapper.__cli_errors__ = True  # type: ignore[attr-defined]
     return wrapper
+
+
+def _is_lock_held(exc: BaseException) -> bool:
+    """A lock held by another run: only a command that imported the locks can raise it, so a
+    command that never touches the feature store does not import it (nor SQLAlchemy) here."""
+    backends = sys.modules.get("feature_store.backends")
+    return backends is not None and isinstance(exc, backends.LockHeld)
 
 
 def error_message(exc: BaseException) -> str | None:
@@ -115,52 +122,44 @@ def _first_line(exc: BaseException) -> str:
     return lines[0].strip() if lines else type(exc).__name__
 
 
-def describe_validation_error(exc: ValidationError, what: str | None = None, model: type | None = None) -> str:
-    """``what field.path: message, got 'value'`` for the first problem of a pydantic error;
-    with ``model`` (the validated class), an unknown key is answered with the known ones."""
-    errors = exc.errors()
-    err = errors[0]
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    where = ".".join(str(p) for p in loc)
-    if exc.title == "Settings" and what is None:
-        what, where = "environment", f"RECSYS_{where.upper()}"
-    what = what if what is not None else exc.title
-    message = err["msg"].removeprefix("Value error, ")
-    value = err.get("input")
-    if err["type"] == "extra_forbidden":
-        known = _known_fields(model, loc[:-1]) if model is not None else None
-        message = "unknown key" + (f"; known keys here: {', '.join(known)}" if known else "")
-    elif (
-        err["type"] != "missing"
-        and isinstance(value, (str, int, float))
-        and not isinstance(value, bool)
-        and "unknown" not in err["type"]
-    ):
-        shown = repr(value)
-        message += f", got {shown if len(shown) <= 60 else shown[:57] + '...'}"
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return f"{what} {where or '(top level)'}: {message}{more}"
+#: our own packages: their INFO lines (progress details) show with ``-v``
+OWN_LOGGERS = ("recsys", "pipelines", "experiments", "feature_store", "api", "cli")
 
 
-def _known_fields(model: type, path: tuple) -> list[str] | None:
-    """Field names of the pydantic model found by following ``path`` from ``model``."""
-    import typing
+def configure_logging(verbose: bool) -> None:
+    """Warnings and errors only by default, from us and every library (MLflow, alembic,
+    optuna, uvicorn's startup aside); ``-v`` shows INFO lines from all of them. MLflow sets its
+    own logger's level when first imported, so its level goes through its environment
+    variable (one the user set is kept)."""
+    from rich.logging import RichHandler
 
-    from pydantic import BaseModel
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(
+        level=level, format="%(message)s", handlers=[RichHandler(console=err_console, show_path=False)], force=True
+    )
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(level))
+    # libraries' Python warnings (implicit's "expects CSR input", deprecations) are log lines too
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(level if verbose else logging.ERROR)
+    for name in ("mlflow", "alembic", "optuna", *OWN_LOGGERS):
+        logging.getLogger(name).setLevel(level)
 
-    for name in path:
-        field = model.model_fields.get(name) if isinstance(name, str) else None
-        if field is None:
-            return None
-        candidates = [
-            a
-            for a in (field.annotation, *typing.get_args(field.annotation))
-            if isinstance(a, type) and issubclass(a, BaseModel)
-        ]
-        if not candidates:
-            return None
-        model = candidates[0]
-    return list(model.model_fields)
+
+def progress():
+    """The one progress display of every command (recsys/progress.py), on standard error."""
+    from recsys.progress import progress_bar
+
+    return progress_bar(err_console)
+
+
+def duration(seconds: float) -> str:
+    """``41s``, ``3m05s``, ``1h02m``: an elapsed time or an ETA as a person reads it."""
+    seconds = max(int(round(seconds)), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def describe_yaml_error(exc: Exception) -> str:
@@ -181,12 +180,17 @@ def _database_url() -> str | None:
         return os.environ.get("RECSYS_DATABASE_URL")
 
 
-def get_settings() -> Settings:
-    """The settings, with the database URL's syntax checked (a typo is one line naming it)."""
-    from feature_store.db import DatabaseUrlError, check_database_url
+def get_settings(database: bool = True) -> Settings:
+    """The settings, with the database URL's syntax checked (a typo is one line naming it).
+    ``database=False`` for a command that reads only the MLflow registry (``recsys model
+    list``): it neither checks nor imports the feature store (SQLAlchemy, pandas: seconds)."""
     from recsys.settings import get_settings as settings_from_env
 
     settings = settings_from_env()
+    if not database:
+        return settings
+    from feature_store.db import DatabaseUrlError, check_database_url
+
     try:
         check_database_url(settings.database_url)
     except DatabaseUrlError as exc:
@@ -251,6 +255,7 @@ class OneLineErrorsGroup(TyperGroup):
     argument) are one ``error:`` line with exit code 2 too, instead of click's usage panel."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        hide_flag_types(self)
         if not standalone_mode:
             return super().main(
                 args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
@@ -270,6 +275,19 @@ class OneLineErrorsGroup(TyperGroup):
             err_console.print("aborted", highlight=False)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def hide_flag_types(command) -> None:
+    """An on/off flag takes no value: its help row shows no ``<bool>`` type (typer prints one
+    for every flag, ``--help`` included). Value options keep theirs (``<int range>``)."""
+    from typer.core import TyperOption
+
+    help_option = command.get_help_option(typer.Context(command))
+    for param in [*command.params, help_option]:
+        if isinstance(param, TyperOption) and param.is_flag or param is help_option:
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        hide_flag_types(sub)
 
 
 def apply_cli_errors(app: typer.Typer) -> None:

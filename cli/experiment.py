@@ -9,15 +9,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import Progress
 
-from cli.common import UsageError, cli_errors, err_console
+from cli.common import UsageError, cli_errors, err_console, progress
 
 # tables are wide: when piped (not a terminal), do not squeeze them into 80 columns
 console = Console(width=None if sys.stdout.isatty() else 180, markup=False)  # text, never markup (cli/common.py)
@@ -44,22 +38,13 @@ def _spec(path: Path):
     return load_spec(path)
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    )
-
-
-def _with_progress(progress: Progress, what: str):
-    task = progress.add_task(what, total=None)
+def _with_progress(bar: Progress, what: str):
+    """A task counting ``what`` (models, trials): ``on_step(name, i, n)`` before step ``i``."""
+    task = bar.add_task(what, total=None)
 
     def on_step(name: str, i: int, n: int) -> None:
-        progress.update(task, total=n, completed=i, description=f"{what}: {name}")
+        shown = f"{what} {min(i + 1, n)}/{n}: {name}" if i < n else name
+        bar.update(task, total=n, completed=i, description=shown)
 
     return task, on_step
 
@@ -79,9 +64,9 @@ def run(
 
     spec = _spec(spec_path)
     settings = _settings()
-    with _progress() as progress:
-        task, on_model = _with_progress(progress, "models")
-        progress.update(task, description="loading data and splitting")
+    with progress() as bar:
+        task, on_model = _with_progress(bar, "model")
+        bar.update(task, description="loading data and splitting")
         result = run_experiment(
             spec, settings, base_dir=spec_path.parent, spec_path=spec_path, report_dir=report_dir, on_model=on_model
         )
@@ -173,9 +158,9 @@ def search(
 
     spec = _spec(spec_path)
     settings = _settings()
-    with _progress() as progress:
-        task, on_trial = _with_progress(progress, "trials")
-        progress.update(task, description="loading data and splitting")
+    with progress() as bar:
+        task, on_trial = _with_progress(bar, "trial")
+        bar.update(task, description="loading data and splitting")
         result = run_search(
             spec, settings, trials=trials, out=out, base_dir=spec_path.parent, report_dir=report_dir, on_trial=on_trial
         )

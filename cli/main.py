@@ -6,14 +6,13 @@ Every failure the user can fix prints one line `error: …` on stderr and exits 
 
 from __future__ import annotations
 
-import logging
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.logging import RichHandler
 from rich.table import Table
 
 from cli import experiment as experiment_cli
@@ -27,12 +26,14 @@ from cli.common import (
     UsageError,
     apply_cli_errors,
     cli_errors,
+    configure_logging,
     console,
     describe_validation_error,
+    duration,
     ensure_port_free,
-    err_console,
     get_settings,
     open_store,
+    progress,
     train_lock,
 )
 
@@ -45,15 +46,28 @@ app = typer.Typer(
 FORMATS = ("movielens-100k", "movielens-1m", "goodbooks-10k", "csv", "parquet")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("recsys-service")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            number = "unknown (not installed)"
+        console.print(f"recsys {number}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")] = False) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False)],
-    )
-    for noisy in ("alembic", "mlflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="log progress details, MLflow's and other libraries' INFO lines")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    configure_logging(verbose)
 
 
 def _settings():
@@ -213,8 +227,11 @@ def train(
     if cfg.promote_alias is not None:
         tracking.check_alias(cfg.promote_alias)
     _store(settings).dispose()  # a bad database URL fails here, before the lock and MLflow
-    with train_lock(settings), console.status("training") as status:
-        result = run_train(settings, cfg, as_of=as_of, on_stage=lambda s: status.update(f"training: {s}"))
+    with train_lock(settings), progress() as bar:
+        task = bar.add_task("training", total=None)
+        result = run_train(
+            settings, cfg, as_of=as_of, on_stage=lambda s: bar.update(task, description=f"training: {s}")
+        )
     _print_train_result(result, cfg.model.kind, cfg.k, cfg.promote_alias, settings)
 
 
@@ -234,17 +251,33 @@ def _print_train_result(result, kind: str, k: int, alias: str | None, settings) 
 
 def _autotune(settings, trials: int, max_seconds: float, seed: int, content: str | None, as_of, alias: str | None):
     """Search, train the winner, print what won and by how much over popularity."""
-    from pipelines.search import SearchConfig, autotune, describe
+    from pipelines.search import SearchConfig, TrialProgress, autotune, describe
 
     search = SearchConfig(trials=trials, max_seconds=max_seconds, seed=seed)
-    with train_lock(settings), console.status("searching") as status:
+    with train_lock(settings), progress() as bar:
+        task = bar.add_task(f"search: up to {trials} trials, {duration(max_seconds)} budget", total=trials)
+
+        def on_trial(p: TrialProgress) -> None:
+            best = f"best ndcg@{search.k} {p.best:.4f} ({p.best_kind})" if p.best is not None else "no score yet"
+            bar.update(
+                task,
+                total=p.total,
+                completed=p.done,
+                description=f"search trial {p.done}/{p.total}: {p.label} · {best} · ETA {duration(p.eta_seconds)}",
+            )
+
+        def on_stage(stage: str) -> None:
+            if stage != "search":  # the winner's training: a stage at a time, no count
+                bar.update(task, total=None, description=f"training the winner: {stage}")
+
         result = autotune(
             settings,
             search,
             as_of=as_of,
             promote_alias=alias,
             content=content,
-            on_stage=lambda s: status.update(f"training: {s}"),
+            on_stage=on_stage,
+            on_trial=on_trial,
         )
     outcome = result.search
     _print_train_result(result.train, outcome.winner.kind, search.k, alias, settings)
@@ -282,6 +315,12 @@ def serve(
     serve_workers("api.main:app", host, port, workers, log_level=log_level, access_log=access_log)
 
 
+#: the demo's search budget: the two ALS starting points, EASE and LightFM with side features
+#: (each family's first point), capped in wall time so a busy machine still ends the demo soon
+DEMO_TRIALS = 4
+DEMO_SEARCH_SECONDS = 20.0
+
+
 @app.command()
 @cli_errors
 def demo(
@@ -294,12 +333,19 @@ def demo(
     from recsys.datasets.synthetic import generate_synthetic
 
     settings = _settings()
+    started = time.perf_counter()
     console.rule("1. generate + ingest")
     dataset = generate_synthetic(n_users=users, n_items=items, n_events=events, seed=42)
     store = _store(settings)
     _print_ingest(store.ingest(dataset, progress=True), settings)
-    console.rule("2. search a model (small budget) + TF-IDF content → MLflow → Annoy")
-    result = _autotune(settings, 4, 30.0, 42, "tfidf", None, settings.model_alias).train
+    steps = {"generate + ingest": time.perf_counter() - started}
+    console.rule(
+        f"2. search a model ({DEMO_TRIALS} trials, {DEMO_SEARCH_SECONDS:.0f} s cap) + TF-IDF content → MLflow → index"
+    )
+    tuned = _autotune(settings, DEMO_TRIALS, DEMO_SEARCH_SECONDS, 42, "tfidf", None, settings.model_alias)
+    result = tuned.train
+    steps["search"] = tuned.search.seconds
+    steps["train the winner"] = time.perf_counter() - started - sum(steps.values())
     console.print(
         f"model version {result.version}: "
         + ", ".join(
@@ -319,6 +365,12 @@ def demo(
         for item in recs.items:
             table.add_row(item.item_id, item.title, f"{item.score:.3f}")
         console.print(table)
+    steps["recommendations"] = time.perf_counter() - started - sum(steps.values())
+    console.print(
+        " · ".join(f"{step} {seconds:.1f} s" for step, seconds in steps.items())
+        + f" · total {time.perf_counter() - started:.1f} s",
+        highlight=False,
+    )
     console.rule("next")
     console.print(f"data and MLflow store live in {settings.data_dir}")
     recsys_cmd = sys.argv[0] if Path(sys.argv[0]).name == "recsys" else "recsys"  # as the user invoked it

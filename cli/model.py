@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -19,71 +20,84 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-# the version table has eleven columns: into a log or a pipe (cron, CI) print it wide rather
-# than squeezed into rich's default 80 columns
-console = Console(width=None if sys.stdout.isatty() else 220, markup=False)  # text, never markup (cli/common.py)
+#: width of the default version table: it is laid out to fit a terminal of 80 columns
+NARROW = 80
+#: width of ``--wide`` into a log or a pipe (cron, CI), where no terminal gives one
+WIDE = 240
+STATUS_STYLE = {"promoted": "green", "rejected": "red", "rolled back": "yellow", "registered": ""}
+
+
+def _console(wide: bool) -> Console:
+    """Text, never markup (cli/common.py); a terminal's own width, or NARROW / WIDE in a pipe."""
+    return Console(width=None if sys.stdout.isatty() else (WIDE if wide else NARROW), markup=False)
+
+
+def _num(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None else "-"
 
 
 @app.command("list")
 @cli_errors
-def list_versions(limit: Annotated[int, typer.Option(min=1, help="newest N versions")] = 20) -> None:
-    """Versions with their gate outcome, metrics and tags, newest first."""
+def list_versions(
+    limit: Annotated[int, typer.Option(min=1, help="newest N versions")] = 20,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="every column: gate reason, bias, indexes, tags (needs ~200 columns)")
+    ] = False,
+) -> None:
+    """Versions newest first: alias, status (what the dashboard shows), kind, nDCG@10,
+    recall@10 and catalogue coverage; --wide adds the gate reason, bias, indexes and tags."""
     from cli.common import get_settings
     from pipelines import tracking
+    from pipelines.versions import version_view
 
-    settings = get_settings()
-    client = tracking.setup(settings)
-    rows = tracking.list_versions(client, settings.registered_model_name)[:limit]
-    table = Table(title=f"{settings.registered_model_name} versions")
-    for col in (
-        "version",
-        "aliases",
-        "gate",
-        "ndcg@10",
-        "recall@10",
-        "coverage",
-        "amplif.",
-        "group gap",
-        "index (recall@10, p50)",
-        "created",
-        "tags",
-    ):
+    settings = get_settings(database=False)
+    client = tracking.client_for(settings)  # read-only: no experiment created, no migration run
+    views = [version_view(row, settings) for row in tracking.list_versions(client, settings.registered_model_name)]
+    table = Table(
+        title=f"{settings.registered_model_name} versions",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    columns = ["version", "alias", "status", "kind", "nDCG@10", "coverage", "created"]
+    if wide:
+        columns[3:3] = ["gate reason"]
+        columns[-2:-2] = ["recall@10"]
+        columns += ["amplif.", "group gap", "index (recall@10, p50)", "tags"]
+    numeric = {"version", "nDCG@10", "recall@10", "coverage", "amplif.", "group gap"}
+    for col in columns:
         table.add_column(
             col,
-            justify="right"
-            if col in ("version", "ndcg@10", "recall@10", "coverage", "amplif.", "group gap")
-            else "left",
+            justify="right" if col in numeric else "left",
+            no_wrap=not wide,
+            # an alias list or an ensemble's kind may be long: cut at 80 columns, whole with --wide
+            max_width=12 if col in ("alias", "kind") and not wide else None,
+            overflow="fold" if wide else "ellipsis",
         )
-    for r in rows:
-        m = r["metrics"]
-
-        def fmt(key: str, m: dict = m) -> str:
-            return f"{m[key]:.4f}" if key in m else "-"
-
-        gate = r["tags"].get("gate", "-")
-        if "rejected" in r["tags"]:
-            gate = Text.assemble(("rejected", "red"), f": {r['tags']['rejected'][:60]}")
-        elif "promoted" in r["tags"]:
-            gate = Text("promoted", style="green")
-        other = ", ".join(
-            f"{k}={v}"
-            for k, v in sorted(r["tags"].items())
-            if k not in ("rejected", "gate", "promoted", "manifest_sha256") and not k.startswith("index.")
-        )
-        table.add_row(
-            r["version"],
-            ",".join(r["aliases"]) or "",
-            gate,
-            fmt("ndcg_at_10"),
-            fmt("recall_at_10"),
-            fmt("coverage"),
-            fmt("bias_amplification"),
-            fmt("bias_max_group_gap"),
-            index_summary(r["tags"], m),
-            r["created"],
-            other,
-        )
-    console.print(table)
+    for v in views[:limit]:
+        cells = {
+            "version": v.version,
+            "alias": ",".join(v.aliases),
+            "status": Text(v.status, style=STATUS_STYLE.get(v.status, "")),
+            "gate reason": v.status_reason or "",
+            "kind": v.kind,
+            "nDCG@10": _num(v.metrics.get("ndcg_at_10")),
+            "recall@10": _num(v.metrics.get("recall_at_10")),
+            "coverage": _num(v.metrics.get("coverage")),
+            "created": v.created if wide else v.created[:10],
+            "amplif.": _num(v.all_metrics.get("bias_amplification")),
+            "group gap": _num(v.all_metrics.get("bias_max_group_gap")),
+            "index (recall@10, p50)": index_summary(v.tags, v.all_metrics),
+            "tags": ", ".join(
+                f"{k}={val}"
+                for k, val in v.tags.items()
+                if k not in ("rejected", "gate", "promoted", "rolled_back", "manifest_sha256")
+                and not k.startswith("index.")
+            ),
+        }
+        table.add_row(*(cells[c] for c in columns))
+    _console(wide).print(table)
 
 
 def index_summary(tags: dict[str, str], metrics: dict[str, float]) -> str:
@@ -118,7 +132,7 @@ def rollback(
     client = tracking.setup(settings)
     alias = alias or settings.model_alias
     old, new = tracking.rollback_alias(client, settings.registered_model_name, alias)
-    console.print(f"{settings.registered_model_name}@{alias}: version {old} -> {new}")
+    _console(False).print(f"{settings.registered_model_name}@{alias}: version {old} -> {new}")
 
 
 class CardFormat(StrEnum):
@@ -154,12 +168,12 @@ def evaluate_offpolicy(
     """The version's click-through (expected clicks per impression) estimated off-policy by IPS,
     SNIPS and doubly robust from the impressions logged with propensities, beside production's
     on the same log, with 95% bootstrap intervals."""
-    from cli.common import get_settings
+    from cli.common import err_console, get_settings
     from pipelines.offpolicy import evaluate_offpolicy as run
 
     if not version.isdigit():
         raise UsageError(f"version must be a version number, got {version!r}")
-    with console.status("estimating"):
+    with err_console.status("estimating"):
         out = run(get_settings(), version, alias=alias, since=since, outcome=outcome, bootstrap=bootstrap)
     c = out.comparison
     table = Table(title=f"off-policy click-through on {c.candidate.impressions:,} impressions (95% bootstrap)")
@@ -172,4 +186,4 @@ def evaluate_offpolicy(
     d = c.difference
     table.add_row("SNIPS difference", f"{d.value:+.4f} [{d.interval[0]:+.4f}, {d.interval[1]:+.4f}]", "")
     table.add_row("matched (impression, position)", f"{a.matched:,}", f"{b.matched:,}")
-    console.print(table)
+    _console(True).print(table)  # two columns of estimates with intervals: wide in a pipe

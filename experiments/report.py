@@ -159,6 +159,7 @@ def main_columns(df: pd.DataFrame, k: int) -> list[str]:
 def rich_table(df: pd.DataFrame, k: int, title: str = ""):
     """A rich Table of the metrics at ``k`` (best per column in bold green) plus timings."""
     from rich.table import Table
+    from rich.text import Text
 
     compact = [f"{m}_at_{k}" for m in TERMINAL_METRICS if f"{m}_at_{k}" in df]
     cols = (
@@ -182,13 +183,14 @@ def rich_table(df: pd.DataFrame, k: int, title: str = ""):
             justify="right",
         )
     for name, row in df.iterrows():
+        # Text, never markup: a configuration's name (``als[weighting=bm25]``) is shown as written
         cells = []
         for c in cols:
             text = _fmt(row.get(c, float("nan")))
-            cells.append(f"[bold green]{text}[/]" if best.get(c) == name else text)
+            cells.append(Text(text, style="bold green" if best.get(c) == name else ""))
         if isinstance(row.get("error"), str):
-            cells = ["[red]failed[/]"] + [""] * (len(cols) - 1)
-        table.add_row(str(name), *cells)
+            cells = [Text("failed", style="red")] + [Text("")] * (len(cols) - 1)
+        table.add_row(Text(str(name)), *cells)
     return table
 
 

@@ -325,7 +325,8 @@ def index_recall(model, n_queries: int, seed: int) -> float | None:
     from pipelines.train import IndexConfig
     from recsys.index import build_index
 
-    config = IndexConfig(recall_queries=n_queries)
+    # training's choice, under a budget per model that suits a comparison of many models
+    config = IndexConfig(recall_queries=n_queries, tune_seconds=5.0, build_budget_seconds=15.0)
     queries = config.sample_queries(model.user_vectors_, np.random.default_rng(seed))
     index, choice = build_index(config.kind, model.metric, model.item_vectors_, queries, config.settings())
     logger.info("index for %s: %s", model.kind, "exact" if index.prefer_exact else choice.chosen.kind)
@@ -440,7 +441,8 @@ def run_experiment(
     """Run every configuration of ``spec`` on one split, tracked as a parent run with one
     nested child run per configuration; write the report into ``report_dir``.
 
-    ``on_model(name, i, n)`` is called before each configuration (progress display).
+    ``on_model(name, i, n)`` is called before each configuration (progress display), and
+    once more with ``i == n`` before the report is written.
     A configuration that fails is recorded (child run FAILED, ``error`` column) and the
     experiment goes on; only when every configuration fails is that an error.
     """
@@ -516,6 +518,8 @@ def run_experiment(
             raise RuntimeError(
                 "every model configuration failed: " + "; ".join(f"{r.config.name}: {r.error}" for r in results)
             )
+        if on_model:
+            on_model("writing the report", len(configs), len(configs))
         comparison = report_mod.comparison_frame(results)
         out_dir = Path(report_dir) if report_dir is not None else default_report_dir(spec.name)
         report_mod.write_report(

@@ -37,6 +37,7 @@ from recsys.datasets.loaders import LOADERS
 from recsys.matrix import WEIGHTINGS
 from recsys.models.config import FeatureConfig, ModelConfig
 from recsys.models.registry import MODEL_KINDS, param_names
+from recsys.problems import describe_validation_error
 
 DATASET_FORMATS = (*LOADERS, "synthetic", "feature_store")
 RANKING_METRICS = ("precision", "recall", "ndcg", "map", "hit_rate", "mrr", "auc")
@@ -378,10 +379,6 @@ def parse_metric(text: str) -> tuple[str, int]:
     raise SpecError(f"metric {text!r} should look like ndcg@10")
 
 
-def _loc(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
-
-
 def load_spec(path: str | Path) -> ExperimentSpec:
     """Read and validate a spec; every problem is a :class:`SpecError` naming file and field."""
     path = Path(path)
@@ -400,9 +397,4 @@ def parse_spec(raw: dict[str, Any], source: str = "spec") -> ExperimentSpec:
     try:
         return ExperimentSpec.model_validate(raw)
     except ValidationError as exc:
-        errors = exc.errors()
-        first = errors[0]
-        where = _loc(first["loc"]) or "(top level)"
-        msg = first["msg"].removeprefix("Value error, ")
-        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        raise SpecError(f"{source}: {where}: {msg}{more}") from None
+        raise SpecError(describe_validation_error(exc, f"{source}:", ExperimentSpec)) from None

@@ -25,7 +25,6 @@ import numpy as np
 import pyarrow as pa
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import OperationalError
-from tqdm.auto import tqdm
 
 from feature_store.offline import (
     EVENT_SCHEMA,
@@ -33,6 +32,7 @@ from feature_store.offline import (
     OfflineStore,
     OfflineStoreError,
 )
+from recsys.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +252,8 @@ def _export(
             "was the database recreated? Rebuild the log with `recsys store export --rebuild`"
         )
     exported = batches = 0
-    with tqdm(total=max(top - lo, 0), desc=f"export {table}", unit="seq", disable=not progress) as bar:
+    with progress_bar(disable=not progress) as bar:
+        task = bar.add_task(f"export {table}", total=max(top - lo, 0))
         while lo < top:
             hi = offline.pending_batch(lo)
             if hi is None or not lo < hi <= top:
@@ -262,7 +263,7 @@ def _export(
             offline.write_batch(lo, hi, rows, after_file=after_file)
             exported += rows.num_rows
             batches += 1
-            bar.update(hi - lo)
+            bar.advance(task, hi - lo)
             lo = hi
     result = ExportResult(events=exported, batches=batches, seconds=time.perf_counter() - start, watermark=lo)
     if exported:

@@ -257,6 +257,7 @@ def render_markdown(card: ModelCard) -> str:
         "",
     ]
     lines += [f"## Bias: users (nDCG@{b.k} per group, bootstrap 95% intervals)", ""]
+    lines += [f"Over the {b.n_users:,} holdout users evaluated (at most `eval_users`, a seeded sample).", ""]
     lines += ["| attribute | worst | best | gap [95% CI] |", "|---|---|---|---|"]
     for g in b.groups:
         lines.append(
@@ -274,9 +275,10 @@ def render_markdown(card: ModelCard) -> str:
     lines += ["", "![group accuracy](group_accuracy.png)", ""]
     lines += ["## Bias: embeddings (attribute leakage of the served user vectors)", ""]
     if b.leakage:
-        lines += ["| attribute | AUC (mean one-vs-rest) | worst class AUC | users |", "|---|---|---|---|"]
+        lines += ["| attribute | AUC (mean one-vs-rest) | worst class AUC | users probed |", "|---|---|---|---|"]
         for x in b.leakage:
-            lines.append(f"| {x.attribute} | {_fmt(x.auc, 3)} | {_fmt(x.max_auc, 3)} | {x.n_users} |")
+            probed = f"{x.n_users:,} of {x.population:,} (seeded sample)" if x.population else f"{x.n_users:,}"
+            lines.append(f"| {x.attribute} | {_fmt(x.auc, 3)} | {_fmt(x.max_auc, 3)} | {probed} |")
         lines += ["", "0.5: the vectors say nothing about the attribute.", "", "![leakage](leakage.png)", ""]
     else:
         lines += ["The users carry no attributes to measure.", ""]

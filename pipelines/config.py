@@ -25,6 +25,7 @@ from pipelines.card import BiasConfig
 from pipelines.train import ContentConfig, HybridConfig, IndexConfig, TrainConfig
 from recsys.evaluation.holdout import HoldoutConfig
 from recsys.models.config import ModelConfig
+from recsys.problems import describe_validation_error
 
 
 class ConfigError(ValueError):
@@ -253,9 +254,7 @@ def load_config(path: str | Path) -> PipelineConfig:
     try:
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise ConfigError(f"{path}: {where}: {err['msg']}") from exc
+        raise ConfigError(describe_validation_error(exc, f"{path}:", PipelineConfig)) from exc
     # relative dataset paths are relative to the config file
     if cfg.source.kind == "dataset":
         for attr in ("path", "items_path", "users_path"):

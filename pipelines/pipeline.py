@@ -65,7 +65,7 @@ from recsys.bundle import ModelBundle, manifest_capabilities
 from recsys.datasets.base import Dataset
 from recsys.evaluation.bias import BiasReport
 from recsys.evaluation.holdout import Holdout, score_vectors
-from recsys.index.annoy_index import file_sha256
+from recsys.index.base import file_sha256
 from recsys.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -74,8 +74,9 @@ class IndexConfig(_Config):
     annoy_auto_max_items: int = Field(200_000, ge=0)
     #: ScaNN tree leaves / IVF lists (-1: about 2·√n items)
     num_leaves: int = -1
-    #: ``auto`` builds no approximate index when one exact query takes at most this (ms)
-    exact_enough_ms: float = Field(0.005, ge=0)
+    #: ``auto`` builds no approximate index when one exact query takes at most this (ms): the
+    #: most an index could save per query (recsys.index.IndexSettings says what was measured)
+    exact_enough_ms: float = Field(0.05, ge=0)
     #: wall time per space for building, tuning and timing the candidates (HNSW is abandoned
     #: once its measured insertion rate projects past what is left)
     build_budget_seconds: float = Field(150.0, gt=0)

@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from recsys.index.annoy_index import file_sha256, load_index
-from recsys.index.base import IndexError_, ItemIndex
+from recsys.index.annoy_index import load_index
+from recsys.index.base import IndexError_, ItemIndex, file_sha256
 from recsys.models.foldin import FoldInSpec
 
 logger = logging.getLogger(__name__)

@@ -415,6 +415,13 @@ class Recommender:
                 self._fold_cache.popitem(last=False)
         return vector
 
+    def prefold(self, user_id: str, history: Sequence[str], values: Sequence[float] | None = None) -> None:
+        """Fold a user in ahead of their next request (called when their events arrive): the
+        request's :meth:`user_vector` then finds the vector cached for exactly this history."""
+        seen = self.catalog.positions(history)
+        if len(seen):
+            self.user_vector(user_id, seen, self._known_values(history, values))
+
     def content_profile(self, item_positions: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
         """Interaction-weighted mean of the items' content vectors, L2-normalized: the one
         definition evaluation uses too (:func:`recsys.hybrid.content_profile`)."""

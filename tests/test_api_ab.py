@@ -6,13 +6,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import httpx
 import pytest
-from harness import live_server, prepare, settings_for, training_config
+from fastapi.testclient import TestClient
+from harness import prepare, settings_for, training_config
 from mlflow import MlflowClient
 
+from api.main import create_app
 from api.serving import assign_variant
 from experiments.online import report, wilson_interval
+from recsys.settings import Settings
 
 SPLIT = {"production": 0.9, "challenger": 0.1}
 
@@ -41,22 +43,24 @@ def test_ab_over_http_and_online_report(tmp_path):
     env = prepare(tmp_path / "ab", users=400, items=200, events=15_000)
     settings = settings_for(env)
     assert train(settings, training_config(alias="challenger", seed=5)).version == "2"
-    extra = {
-        "RECSYS_AB_SPLIT": "production=0.9,challenger=0.1",
-        "RECSYS_API_KEYS": "k",
-        "RECSYS_RELOAD_POLL_SECONDS": "0",
-    }
-    with live_server(env, extra_env=extra) as base:
-        assert httpx.get(f"{base}/ready").json()["variants"] == {"production": "1", "challenger": "2"}
+    served = Settings(
+        data_dir=settings.data_dir,
+        database_url=settings.database_url,
+        ab_split="production=0.9,challenger=0.1",
+        api_keys="k",
+        reload_poll_seconds=0,
+    )
+    with TestClient(create_app(served)) as api:
+        assert api.get("/ready").json()["variants"] == {"production": "1", "challenger": "2"}
         seen = {}
         for i in range(300):
             user = f"u{i}"
-            body = httpx.get(f"{base}/users/{user}/recommendations", params={"k": 3}).json()
+            body = api.get(f"/users/{user}/recommendations", params={"k": 3}).json()
             expected = assign_variant(user, SPLIT, settings.ab_salt)
             assert body["variant"] == expected
             assert body["model_version"] == {"production": "1", "challenger": "2"}[expected]
             seen[user] = body
-        again = httpx.get(f"{base}/users/u7/recommendations", params={"k": 3}).json()
+        again = api.get("/users/u7/recommendations", params={"k": 3}).json()
         assert again["variant"] == seen["u7"]["variant"]
         counts = [b["variant"] for b in seen.values()]
         assert 0 < counts.count("challenger") < 90
@@ -77,7 +81,7 @@ def test_ab_over_http_and_online_report(tmp_path):
                         "request_id": body["request_id"],
                     }
                 )
-        r = httpx.post(f"{base}/events", headers={"X-API-Key": "k"}, json=events)
+        r = api.post("/events", headers={"X-API-Key": "k"}, json=events)
         assert r.status_code == 200 and r.json()["inserted"] == len(events)
     stats = {s.variant: s for s in report(settings)}
     assert set(stats) == {"production:1", "challenger:2"}

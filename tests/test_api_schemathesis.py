@@ -5,6 +5,7 @@ nothing broken gets stored. The generated cases are laced with hostile values â€
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -163,4 +164,5 @@ def test_live_server_refuses_oversized_body_before_reading_it(server):
             answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413"), answer[:500]
-    assert b'"field": "body"' in body
+    detail = json.loads(body)["detail"]  # the API's one error body
+    assert detail["field"] == "body" and detail["errors"][0]["type"] == "body_too_large", detail

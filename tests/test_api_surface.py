@@ -14,13 +14,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from harness import prepare
 
 from api.errors import Error
 from api.keys import KEY_CACHE_SECONDS
 from api.main import create_app
-from api.testing import prepare
 from feature_store import FeatureStore
 from recsys.settings import Settings
+
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
 
 KEY = "surface-key"
 AUTH = {"X-API-Key": KEY}

@@ -22,6 +22,8 @@ from recsys.index import ExactIndex, HnswItemIndex
 from recsys.matrix import InteractionMatrix
 from recsys.recommender import NO_FILTERS, Filters, Recommender
 
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
+
 K = 8
 
 
@@ -129,7 +131,8 @@ def trained_env(tmp_path_factory, data):
             settings,
             TrainConfig(
                 model=ModelConfig(kind="als", params={"factors": 16, "iterations": 6}),
-                index=IndexConfig(recall_queries=100),
+                # every family measured: the small-catalog rule (exact_enough_ms) off
+                index=IndexConfig(recall_queries=100, exact_enough_ms=0.0),
             ),
         )
         yield {"settings": settings, "version": result.version, "folder": folder, "store": store}

@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from recsys.evaluation.bias import (
     popularity_deciles,
     user_attribute_labels,
 )
-from recsys.evaluation.mitigation import BiasSettings, DebiasSettings, assess
+from recsys.evaluation.mitigation import BiasSettings, DebiasSettings, assess, served_leakage
 from recsys.models.als import ALSEmbedder
 from recsys.models.base import TrainData
 from recsys.models.debias import LinearDebiaser
@@ -314,6 +315,33 @@ def test_card_round_trips_and_renders(planted_report, tmp_path):
     assert "amplification" in md and "| gender | F | M |" in md
 
 
+def test_leakage_probe_is_a_bounded_seeded_sample_named_in_the_card(planted_report):
+    """The probe's cost is bounded: at most ``max_leakage_users`` users are probed (the same ones
+    for the same seed); the card names the sample, its population and the holdout users."""
+    train, _, labels = _synthetic(hide_group=None)
+    vectors = _als(train).user_vectors_
+    probed = served_leakage(vectors, labels, BiasSettings(max_leakage_users=150, seed=3))
+    assert probed == served_leakage(vectors, labels, BiasSettings(max_leakage_users=150, seed=3))
+    assert [(x.attribute, x.n_users, x.population) for x in probed] == [("gender", 150, 400)]
+    whole = served_leakage(vectors, labels, BiasSettings(max_leakage_users=5_000, seed=3))
+    assert [(x.n_users, x.population) for x in whole] == [(400, 400)]
+    card = new_card(
+        model_name="recsys",
+        version="4",
+        run_id="r2",
+        model={"kind": "als", "params": {"factors": 16}},
+        data_stats={"n_users": 400, "n_items": 200, "n_events": 6000, "min_timestamp": "2020-01-01", "as_of": "now"},
+        validation={"ndcg_at_10": 0.25},
+        validation_split="test",
+        bias=replace(planted_report, leakage=probed),
+        mitigations=[],
+        serving={"calibration": 0.0},
+    )
+    md = render_markdown(ModelCard.from_dict(json.loads(card.to_json())))
+    assert "| 150 of 400 (seeded sample) |" in md
+    assert f"Over the {planted_report.n_users:,} holdout users evaluated" in md
+
+
 # ------------------------------------------------------------------------------------------
 # end to end: recsys train --config → card artifacts; the API's calibration parameter
 # ------------------------------------------------------------------------------------------
@@ -387,6 +415,7 @@ def api_client(tmp_path_factory):
         yield client
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", ["-0.5", "1.01", "abc", "nan", "inf"])
 def test_api_calibration_param_validated(api_client, bad):
     r = api_client.get("/users/u1/recommendations", params={"calibration": bad})
@@ -397,6 +426,7 @@ def test_api_calibration_param_validated(api_client, bad):
     assert any(err["field"] == "calibration" for err in r.json()["detail"]["errors"])
 
 
+@pytest.mark.slow
 def test_api_calibration_changes_the_list_toward_the_history_mix(api_client):
     plain = api_client.get("/users/u1/recommendations", params={"k": 10})
     strong = api_client.get("/users/u1/recommendations", params={"k": 10, "calibration": 1})

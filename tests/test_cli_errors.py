@@ -24,6 +24,8 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from typer.testing import CliRunner
 
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
+
 REPO = Path(__file__).resolve().parents[1]
 _SCRIPT = Path(sys.executable).with_name("recsys")
 RECSYS = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "cli.main"]
@@ -410,7 +412,6 @@ def _wait_for(path: Path, needle: str, proc: subprocess.Popen, deadline_s: float
     raise AssertionError(f"first train did not take the lock in {deadline_s}s:\n{path.read_text()}")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_two_trains_at_once_one_registers_the_other_exits_3(request, tmp_path, db):
     url = request.getfixturevalue("sqlite_url" if db == "sqlite" else "postgres_url")

@@ -47,6 +47,7 @@ def _csv(path: Path, n: int, users: str = "u") -> Path:
 # ------------------------------------------------------------------ store identity
 
 
+@pytest.mark.slow
 def test_train_refuses_the_log_of_a_deleted_store(db_url, tmp_path):
     """Ingest 300 events, recreate the database at the same URL, ingest 400 others: `recsys
     train` refuses with one line naming both store ids and the rebuild command (no traceback);
@@ -67,6 +68,7 @@ def test_train_refuses_the_log_of_a_deleted_store(db_url, tmp_path):
     assert len(events) == 400 and set(events["user_id"].astype(str)) == {f"w{i}" for i in range(7)}
 
 
+@pytest.mark.slow
 def test_copied_data_folder_trains_into_its_own_artifacts(tmp_path):
     """`cp -r .recsys other/` + RECSYS_DATA_DIR at the copy: `recsys train` names the folder it
     was copied from and `recsys store rebind` (one line, no traceback); then training from the

@@ -26,7 +26,7 @@ def env(tmp_path_factory):
 
 
 def run(args, env, check=True):
-    proc = subprocess.run(RECSYS + args, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(RECSYS + args, env=env, capture_output=True, text=True, timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(f"recsys {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

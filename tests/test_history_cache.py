@@ -24,6 +24,8 @@ from api.main import create_app
 from feature_store import FeatureStore
 from recsys.settings import Settings
 
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
+
 KEY = "history-key"
 AUTH = {"X-API-Key": KEY}
 
@@ -96,6 +98,30 @@ def test_history_carries_event_values_and_the_fold_in_weighs_them(env):
     store.dispose()
 
 
+def test_a_posted_event_folds_the_user_in_before_their_next_request(env):
+    """The fold-in is paid when the events arrive (follow_events), not by the next request: the
+    folded vector is in the recommender's cache for exactly the user's new history, and the
+    answer is the one the request path would compute."""
+    with TestClient(make_app(env)) as client:
+        holder = client.app.state.holder
+        recommender = holder.current.recommender
+        recs(client, "u33")  # trained answer; history now cached
+        history = holder.history.get("u33")
+        new_item = next(i for i in (f"i{n}" for n in range(150)) if i not in set(history.items))
+        assert "u33" not in recommender._fold_cache
+        assert client.post("/events", json=event("u33", new_item), headers=AUTH).status_code == 200
+        history = holder.history.get("u33")
+        assert history.items[-1] == new_item
+        seen = recommender.catalog.positions(history.items)
+        cached = recommender._fold_cache.get("u33")
+        assert cached is not None  # folded in by the POST, before any request
+        vector = recommender.user_vector("u33", seen, recommender._known_values(history.items, history.values))
+        assert vector is cached[1]  # the request path finds it, no second solve
+        body = recs(client, "u33", mode="collaborative")
+        assert body["strategy"] == "fold_in" and new_item not in ids(body)
+        assert not holder.history.take_changed()  # taken by the POST's follow_events
+
+
 def test_event_written_by_another_replica_counts_within_the_poll_interval(env):
     store = FeatureStore(Settings(data_dir=Path(env["RECSYS_DATA_DIR"])).database_url)
     with TestClient(make_app(env, history_feed_seconds=0.2)) as client:
@@ -120,7 +146,9 @@ def test_history_cache_is_bounded(env):
         assert len(history) == 5
         # an evicted user is read again, and the answer is the same as from the cache
         first = recs(client, "u0")
-        assert recs(client, "u0") == first
+        again = recs(client, "u0")
+        assert again.pop("request_id") != first.pop("request_id")  # each served list is its own impression
+        assert again == first
 
 
 def test_cold_miss_reads_the_store_off_the_event_loop(env):

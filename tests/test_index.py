@@ -253,7 +253,7 @@ def test_annoy_tune_reaches_target_recall_on_clustered_dot_vectors():
     """Annoy's default search_k misses most neighbours on clustered ALS-like vectors; tuning fixes it."""
     items, queries = clustered(3000, 16, 100)
     default = AnnoyItemIndex("dot", n_trees=10).build(items)
-    before = default.measure_recall(items, queries)
+    before = default.measure_recall(queries, ExactIndex("dot").build(items).query_batch(queries, 10)[0])
     tuned = AnnoyItemIndex("dot", n_trees=10, target_recall=0.95).build(items)
     after = tuned.tune(items, queries)
     assert after >= 0.95 and tuned.search_k > 10 * 10
@@ -286,7 +286,7 @@ def test_annoy_bisection_lands_near_the_minimal_search_k():
 def test_annoy_tune_stops_when_slower_than_a_scan(caplog):
     items, queries = clustered(3000, 16, 60)
     index = AnnoyItemIndex("dot", n_trees=10, target_recall=1.0).build(items)
-    with caplog.at_level("INFO", logger="recsys.index.annoy_index"):
+    with caplog.at_level("INFO", logger="recsys.index"):
         index.tune(items, queries, stop_when_slower=True, slower_than_ms=1e-6)
     assert index.query_ms_ is not None and index.exact_query_ms_ is not None
     assert index.search_k == 10 * 10  # the first probe was already slower: no doubling
@@ -310,7 +310,7 @@ def test_tune_stopping_early_never_serves_annoy_below_target():
 def test_annoy_tune_time_cap_is_logged(caplog):
     items, queries = clustered(3000, 16, 60)
     index = AnnoyItemIndex("dot", n_trees=10, target_recall=1.0, tune_seconds=1e-9).build(items)
-    with caplog.at_level("WARNING", logger="recsys.index.annoy_index"):
+    with caplog.at_level("WARNING", logger="recsys.index"):
         recall = index.tune(items, queries)
     assert recall < 1.0 and "not reachable" in caplog.text and "time cap" in caplog.text
 
@@ -368,7 +368,8 @@ def test_pick_prefers_recall_then_latency():
 def test_choice_hnsw_wins_on_a_mid_sized_catalog():
     items, queries = clustered(10_000, 32, 100)
     kinds = ("exact", "hnsw", "annoy")
-    index, choice = build_index("auto", "dot", items, queries, IndexSettings(M=8, ef_construction=64), kinds=kinds)
+    settings = IndexSettings(M=8, ef_construction=64, exact_enough_ms=0.0)
+    index, choice = build_index("auto", "dot", items, queries, settings, kinds=kinds)
     assert choice.kind == "hnsw" and isinstance(index, HnswItemIndex)
     by_kind = {c.kind: c for c in choice.candidates}
     assert set(by_kind) == set(kinds)
@@ -378,7 +379,8 @@ def test_choice_hnsw_wins_on_a_mid_sized_catalog():
 
 def test_choice_measures_every_family_and_keeps_the_fastest_reaching_the_bound():
     items, queries = clustered(10_000, 32, 200)
-    index, choice = build_index("auto", "cosine", items, queries, IndexSettings(M=8, ef_construction=64))
+    settings = IndexSettings(M=8, ef_construction=64, exact_enough_ms=0.0)
+    index, choice = build_index("auto", "cosine", items, queries, settings)
     by_kind = {c.kind: c for c in choice.candidates}
     assert set(by_kind) == {"exact", "scann", "ivf_flat", "ivf_sq8", "hnsw", "annoy"}
     chosen = choice.chosen
@@ -390,17 +392,27 @@ def test_choice_measures_every_family_and_keeps_the_fastest_reaching_the_bound()
 
 
 def test_choice_scans_small_catalogs_without_building_an_approximate_index(caplog):
-    items, queries = clustered(300, 8, 30)
+    """The demo's catalog (1,000 items, 32–64 dims): with the default rule only the scan is
+    built and timed; every other candidate is logged and recorded as skipped, with the reason."""
+    items, queries = clustered(1000, 32, 100)
     with caplog.at_level("INFO", logger="recsys.index.choice"):
-        index, choice = build_index("auto", "dot", items, queries, IndexSettings(exact_enough_ms=10.0))
-    assert choice.kind == "exact" and [c.kind for c in choice.candidates] == ["exact"]
-    assert "no approximate index answers faster" in caplog.text
+        index, choice = build_index("auto", "dot", items, queries)
+    assert isinstance(index, ExactIndex) and choice.kind == "exact"
+    assert [c.kind for c in choice.candidates] == ["exact"]
+    assert choice.chosen.query_ms_p50 <= IndexSettings().exact_enough_ms
+    recorded = choice.as_dict()["skipped"]
+    assert [s["kind"] for s in recorded] == ["scann", "hnsw", "ivf_flat", "ivf_sq8", "annoy"]
+    assert all("exact_enough_ms" in s["reason"] for s in recorded)
+    assert "scann, hnsw, ivf_flat, ivf_sq8, annoy not built: exact scan p50" in caplog.text
+    # with the rule off the same catalog measures every family (and records nothing skipped)
+    _, measured = build_index("auto", "dot", items, queries, IndexSettings(exact_enough_ms=0.0, M=8))
+    assert len(measured.candidates) == 6 and measured.skipped == []
 
 
 def test_choice_abandons_hnsw_projected_past_the_build_budget(caplog):
     items, queries = clustered(60_000, 16, 50)
     # the scan's truth and timing take well under the budget; the graph's first chunk projects past it
-    settings = IndexSettings(build_budget_seconds=2.0, M=48, ef_construction=400)
+    settings = IndexSettings(build_budget_seconds=10.0, M=48, ef_construction=400)
     with caplog.at_level("INFO", logger="recsys.index.choice"):
         _, choice = build_index("auto", "dot", items, queries, settings, kinds=("exact", "hnsw"))
     assert [c.kind for c in choice.candidates] == ["exact"]
@@ -426,7 +438,9 @@ def test_partitioned_kinds_tune_their_knob_to_about_the_smallest_reaching_target
 
 def test_choice_exact_wins_when_only_a_scan_reaches_the_target():
     items, queries = clustered(3000, 16, 100)
-    settings = IndexSettings(target_recall=1.0, M=4, ef_construction=10, n_trees=2, tune_seconds=2.0)
+    settings = IndexSettings(
+        target_recall=1.0, M=4, ef_construction=10, n_trees=2, tune_seconds=2.0, exact_enough_ms=0.0
+    )
     index, choice = build_index("auto", "dot", items, queries, settings, kinds=("exact", "hnsw", "annoy"))
     assert choice.kind == "exact" and isinstance(index, ExactIndex)
     exact = choice.chosen
@@ -439,13 +453,15 @@ def test_choice_exact_wins_when_only_a_scan_reaches_the_target():
 
 def test_choice_skips_annoy_above_its_catalog_cap_with_a_log_line(caplog):
     items, queries = clustered(2000, 8, 30)
-    settings = IndexSettings(annoy_auto_max_items=1999, M=8, ef_construction=40)
+    settings = IndexSettings(annoy_auto_max_items=1999, M=8, ef_construction=40, exact_enough_ms=0.0)
     with caplog.at_level("INFO", logger="recsys.index.choice"):
         _, choice = build_index("auto", "cosine", items, queries, settings)
     assert {c.kind for c in choice.candidates} == {"exact", "scann", "ivf_flat", "ivf_sq8", "hnsw"}
     assert "annoy not built: 2000 items > annoy_auto_max_items 1999" in caplog.text
+    assert [s.kind for s in choice.skipped] == ["annoy"] and "annoy_auto_max_items" in choice.skipped[0].reason
     # at the cap it is built and measured; asked for by name it is built at any size
-    _, choice = build_index("auto", "cosine", items, queries, IndexSettings(annoy_auto_max_items=2000, M=8))
+    settings = IndexSettings(annoy_auto_max_items=2000, M=8, exact_enough_ms=0.0)
+    _, choice = build_index("auto", "cosine", items, queries, settings)
     assert "annoy" in {c.kind for c in choice.candidates}
     index, choice = build_index("annoy", "cosine", items, queries, settings)
     assert index.kind == "annoy" and choice.kind == "annoy"
@@ -453,8 +469,9 @@ def test_choice_skips_annoy_above_its_catalog_cap_with_a_log_line(caplog):
 
 def test_choice_skips_hnsw_for_metrics_it_has_no_space_for():
     items, queries = clustered(500, 8, 30)
-    _, choice = build_index("auto", "manhattan", items, queries)
+    _, choice = build_index("auto", "manhattan", items, queries, IndexSettings(exact_enough_ms=0.0))
     assert {c.kind for c in choice.candidates} == {"exact", "annoy"}
+    assert {s.kind for s in choice.skipped} == {"scann", "hnsw", "ivf_flat", "ivf_sq8"}
 
 
 @pytest.mark.parametrize("kind", KINDS)

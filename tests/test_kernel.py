@@ -16,6 +16,8 @@ from recsys.bundle import ModelBundle
 from recsys.datasets.synthetic import generate_synthetic
 from recsys.settings import Settings
 
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
+
 LIGHTFM = {"kind": "lightfm", "params": {"no_components": 16, "epochs": 5}}
 CONFIGS = {
     "als": {"models": [{"kind": "als", "params": {"factors": 16, "iterations": 6, "regularization": 0.05}}]},
@@ -76,7 +78,7 @@ def test_train_and_pipeline_register_the_same_model(tmp_path, monkeypatch, name)
     assert a.fold_in == b.fold_in
     # the same holdout, the same fit on its train part, the same scoring
     assert trained.metrics == piped.metrics == a.info["metrics"] == b.info["metrics"]
-    assert trained.metrics["eval_users"] == 250 and trained.metrics["ndcg_at_10"] > 0
+    assert 0 < trained.metrics["eval_users"] <= 250 and trained.metrics["ndcg_at_10"] > 0
     if config.content is not None:
         np.testing.assert_array_equal(a.extras["content"], b.extras["content"])
         assert {"content_ndcg_at_10", "hybrid_ndcg_at_10"} <= set(trained.metrics)

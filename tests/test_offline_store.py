@@ -444,6 +444,7 @@ def test_default_offline_uri_sits_beside_a_sqlite_file(tmp_path):
 # --------------------------------------------------------------------------- train path
 
 
+@pytest.mark.slow
 def test_train_exports_api_events_before_its_snapshot(tmp_path):
     """Events posted through the API after the last export are in the next model: `train`
     exports before it snapshots, and the snapshot reads the Parquet log."""
@@ -464,7 +465,7 @@ def test_train_exports_api_events_before_its_snapshot(tmp_path):
         promote_alias=None,
     )
     result = train(settings, config)
-    assert list(result.timings)[:2] == ["export", "snapshot"]
+    assert list(result.timings)[0] == "snapshot"  # which exports the SQL tail first (steps.snapshot)
     _assert_exactly_once(store)
     client = tracking.setup(settings)
     bundle = ModelBundle.load(

@@ -11,6 +11,8 @@ from harness import prepare, settings_for
 
 from api.main import create_app
 
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
+
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):

@@ -22,6 +22,8 @@ from recsys.bundle import ModelBundle
 from recsys.datasets.synthetic import generate_synthetic
 from recsys.settings import Settings
 
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
+
 GOOD = {"kind": "als", "params": {"factors": 16, "iterations": 8, "regularization": 0.05}}
 BAD = {"kind": "als", "params": {"factors": 1, "iterations": 1}}
 
@@ -301,7 +303,6 @@ def test_schedule_fires_twice_and_lock_stops_overlap(settings, tmp_path):
 # --------------------------------------------------------------------------- server reload
 
 
-@pytest.mark.slow
 def test_promotion_reaches_running_server(settings, tmp_path):
     ingest(settings)
     first = run_pipeline(

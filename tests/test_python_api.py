@@ -18,6 +18,8 @@ from recsys.datasets.synthetic import generate_synthetic
 from recsys.matrix import InteractionMatrix
 from recsys.settings import Settings
 
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -19,6 +19,8 @@ from recsys.datasets.synthetic import generate_synthetic
 from recsys.evaluation.holdout import Holdout, HoldoutConfig
 from recsys.settings import Settings
 
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
+
 REPO = Path(__file__).resolve().parents[1]
 FAST = ("als", "itemknn", "ease", "item2vec")
 

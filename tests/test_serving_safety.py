@@ -30,6 +30,8 @@ from pipelines.train import train
 from recsys.datasets.synthetic import generate_synthetic
 from recsys.settings import Settings
 
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
+
 KEY = "safety-key"
 AUTH = {"X-API-Key": KEY}
 
@@ -253,8 +255,9 @@ def test_gate_refuses_degenerate_fresh_holdout(tmp_path, monkeypatch):
     decision = json.loads((flooded.run_dir / "gate" / "decision.json").read_text())
     state = json.loads((flooded.run_dir / "state.json").read_text())
     assert state["stages"]["split"]["outputs"]["mode"] == "fresh"
-    assert {"holdout_too_small", "holdout_uninformative"} <= set(decision["refused_by"]), decision
-    assert decision["checks"]["holdout_eval_users"] == 3
+    assert "holdout_too_small" in decision["refused_by"], decision
+    # the bots only repeated items they had: not one (user, item) pair of the holdout is scorable
+    assert decision["checks"]["holdout_eval_users"] == 0 == decision["checks"]["holdout_test_interactions"]
     assert (
         str(tracking.resolve_alias(tracking.setup(settings), settings.registered_model_name, "production").version)
         == base.version
@@ -292,7 +295,6 @@ def _pids_serving(base: str, version: str, pids: set[int], deadline: float) -> s
     return done
 
 
-@pytest.mark.slow
 def test_reload_reaches_every_worker(tmp_path, db_url):
     # The reload generation lives in the online store: both databases.
     env = prepare(tmp_path / "data", database_url=db_url if db_url.startswith("postgresql") else None)

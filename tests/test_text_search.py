@@ -21,6 +21,8 @@ from api.main import create_app
 from recsys.lexical import LexicalIndex
 from recsys.settings import Settings
 
+pytestmark = pytest.mark.slow  # trains models or starts processes: not in make test-fast
+
 KEY = "search-key"
 AUTH = {"X-API-Key": KEY}
 MATCHES = ("lexical", "semantic", "hybrid")

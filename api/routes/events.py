@@ -75,8 +75,9 @@ def post_events(
     except WriteConflict as exc:  # lost to concurrent writers on every retry: nothing stored
         raise ApiError(503, None, str(exc), headers={"Retry-After": "1"})
     if inserted:
-        # Committed: follow the feed now, so this worker's next answer counts these events.
-        holder.history.poll()
+        # Committed: follow the feed now, so this worker's next answer counts these events
+        # (and finds the users folded in).
+        holder.follow_events()
     metrics.EVENTS_INGESTED.labels(result="inserted").inc(inserted)
     metrics.EVENTS_INGESTED.labels(result="duplicate").inc(duplicates)
     return EventsAccepted(received=len(records), inserted=inserted, duplicates=duplicates)

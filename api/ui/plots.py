@@ -40,6 +40,11 @@ def _figure(width: float = 10.0, height: float = 2.6) -> Figure:
     return fig
 
 
+def _legend_above(ax) -> None:
+    """The legend in a row above the plot area, never over the data."""
+    ax.legend(fontsize=8, frameon=False, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=4, borderaxespad=0.2)
+
+
 def _style(ax) -> None:
     ax.grid(True, color=GRID, linewidth=0.6)
     ax.set_axisbelow(True)
@@ -100,6 +105,12 @@ def events_over_time(per_day: pd.Series, label: str) -> Markup | None:
     """Event counts over time (:func:`time_bins`): per day (filled steps) with a 7-day mean,
     per week as bars when there are too few events a day to read a daily curve (a single
     item's popularity), or per wider bin over a long span. None for no events."""
+    fig = events_figure(per_day)
+    return None if fig is None else _svg(fig, label)
+
+
+def events_figure(per_day: pd.Series) -> Figure | None:
+    """The figure of :func:`events_over_time`: counts from 0, the legend above the plot."""
     if per_day.empty or int(per_day.sum()) == 0:
         return None
     binned, width, outside = time_bins(per_day)
@@ -122,15 +133,16 @@ def events_over_time(per_day: pd.Series, label: str) -> Markup | None:
             label="7-day mean",
         )
         ax.set_ylabel("events")
-        ax.legend(fontsize=8, frameon=False, loc="upper left")
+        _legend_above(ax)
     else:
         ax.fill_between(binned.index, binned.to_numpy(), step="post", color=ACCENT, alpha=0.5, linewidth=0)
         ax.set_ylabel(f"events per {width} days")
     if outside:
         ax.set_title(f"{outside:,} event(s) outside the range shown", fontsize=8, loc="right")
+    ax.set_ylim(bottom=0)
     _style(ax)
     fig.autofmt_xdate(rotation=0, ha="center")
-    return _svg(fig, label)
+    return fig
 
 
 @_text_only
@@ -138,6 +150,14 @@ def metric_over_versions(
     versions: Sequence[str], series: dict[str, Sequence[float | None]], label: str
 ) -> Markup | None:
     """One line per metric over registry versions (oldest left); None when nothing to draw."""
+    fig = metrics_figure(versions, series)
+    return None if fig is None else _svg(fig, label)
+
+
+def metrics_figure(versions: Sequence[str], series: dict[str, Sequence[float | None]]) -> Figure | None:
+    """The figure of :func:`metric_over_versions`. The axis starts at 0 (a ranking metric's
+    floor): two versions 0.0002 apart are drawn as the near-equals they are, not as a cliff
+    across an axis spanning 0.1812–0.1814. The legend sits above the plot."""
     if not versions or not any(v is not None for values in series.values() for v in values):
         return None
     fig = _figure(height=2.8)
@@ -149,9 +169,14 @@ def metric_over_versions(
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=color, label=name)
     ax.set_xticks(xs, [f"v{v}" for v in versions])
     ax.set_xlabel("registry version")
-    ax.legend(fontsize=8, frameon=False)
+    top = max(v for values in series.values() for v in values if v is not None)
+    ax.set_ylim(bottom=min(0.0, *(v for values in series.values() for v in values if v is not None)))
+    ax.set_ylim(top=max(top * 1.15, 1e-3))
+    if len(versions) == 1:
+        ax.set_xlim(-0.5, 0.5)
+    _legend_above(ax)
     _style(ax)
-    return _svg(fig, label)
+    return fig
 
 
 @_text_only

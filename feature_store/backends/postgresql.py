@@ -15,10 +15,10 @@ import pandas as pd
 from sqlalchemy import Connection, Table
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
-from tqdm.auto import tqdm
 
 from feature_store.backends.base import EVENT_INSERT_COLUMNS, Backend, LockHeld
 from feature_store.tables import events_table
+from recsys.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class PostgreSQLBackend(Backend):
         stmt = pg_insert(events_table).on_conflict_do_nothing(index_elements=["event_id"]).returning(events_table.c.id)
         records = rows.to_dict("records")
         inserted = 0
-        for lo in tqdm(range(0, len(rows), chunk_size), desc="events", unit="chunk", disable=not progress):
+        for lo in track(range(0, len(rows), chunk_size), "events (chunks)", enabled=progress):
             batch = [{k: _py(v) for k, v in r.items()} for r in records[lo : lo + chunk_size]]
             inserted += len(conn.execute(stmt, batch).all())
         return inserted
@@ -74,7 +74,7 @@ class PostgreSQLBackend(Backend):
                 "ALTER TABLE _events_in DROP COLUMN id, DROP COLUMN created_at"
             )
             copy_sql = f"COPY _events_in ({cols}) FROM STDIN WITH (FORMAT csv, FORCE_NOT_NULL (event_id, event_type))"
-            for lo in tqdm(range(0, len(rows), chunk_size), desc="events", unit="chunk", disable=not progress):
+            for lo in track(range(0, len(rows), chunk_size), "events (chunks)", enabled=progress):
                 buf = io.StringIO()
                 rows.iloc[lo : lo + chunk_size].to_csv(buf, header=False, index=False, float_format="%.17g")
                 buf.seek(0)

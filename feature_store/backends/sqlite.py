@@ -13,10 +13,10 @@ import pandas as pd
 import pyarrow as pa
 from sqlalchemy import Connection, Table, bindparam, func, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from tqdm.auto import tqdm
 
 from feature_store.backends.base import EVENT_INSERT_COLUMNS, Backend, file_lock
 from feature_store.tables import events_table
+from recsys.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class SQLiteBackend(Backend):
         cols = [rows[c].tolist() for c in compiled.positiontup]
         inserted = 0
         with self._bulk_indexes(conn, rows["event_id"].to_numpy()):
-            for lo in tqdm(range(0, len(rows), chunk_size), desc="events", unit="chunk", disable=not progress):
+            for lo in track(range(0, len(rows), chunk_size), "events (chunks)", enabled=progress):
                 params = list(zip(*(c[lo : lo + chunk_size] for c in cols)))
                 inserted += conn.exec_driver_sql(sql, params).rowcount
         return inserted

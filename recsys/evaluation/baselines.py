@@ -116,6 +116,8 @@ class ItemKNNRecommender(Embedder):
     metric = "dot"
     supports_fold_in = True
     reference = True
+    #: the history row: delta and afresh are the same vector, afresh costs one fold-in
+    returning_fold_in = "afresh"
 
     def __init__(self, K: int = 100, num_threads: int = 0, max_items: int = 20_000) -> None:
         self.K = K

@@ -106,6 +106,9 @@ class Leakage:
     n_users: int
     #: one-vs-rest AUC per class (one entry, the positive class, for a binary attribute)
     per_class: dict[str, float] = field(default_factory=dict)
+    #: users the probed ones were sampled from (``BiasSettings.max_leakage_users`` bounds the
+    #: probe's cost); 0: not recorded (cards written before)
+    population: int = 0
 
 
 @dataclass(frozen=True)

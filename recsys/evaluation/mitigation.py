@@ -57,12 +57,16 @@ def leakage_sample(n: int, limit: int, seed: int) -> np.ndarray:
 
 
 def served_leakage(user_vectors: np.ndarray, labels: Mapping[str, np.ndarray], settings: BiasSettings):
+    """Leakage of ``user_vectors`` probed on a seeded sample of at most ``max_leakage_users``
+    (each result records the population it was drawn from)."""
     rows = leakage_sample(len(user_vectors), settings.max_leakage_users, settings.seed)
-    return attribute_leakage(
+    logger.info("leakage: probing %d of %d users (seeded sample)", len(rows), len(user_vectors))
+    leakage = attribute_leakage(
         np.asarray(user_vectors)[rows],
         {a: np.asarray(v, dtype=object)[rows] for a, v in labels.items()},
         seed=settings.seed,
     )
+    return [replace(x, population=len(user_vectors)) for x in leakage]
 
 
 def fit_debiaser(

@@ -9,12 +9,10 @@ SIGBUS. The price is one copy of the index per process (workers no longer share 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,16 +21,19 @@ import numpy as np
 from annoy import AnnoyIndex as _Annoy
 
 from recsys.index.base import (
+    META_FILE,
     IndexError_,
     ItemIndex,
     binary_codes,
     check_metric,
+    fd_path,
+    file_sha256,
+    private_copy,
     query_latencies_ms,
-    recall_at_k,
-    recall_lower_bound,
-    smallest_reaching,
+    read_verified,
 )
 from recsys.index.exact import ExactIndex
+from recsys.index.tuning import exact_truth, record_tuning, tune_knob
 
 logger = logging.getLogger(__name__)
 
@@ -45,66 +46,6 @@ ANNOY_METRIC = {
     "hamming": "hamming",
 }
 INDEX_FILE = "index.ann"
-META_FILE = "index.json"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_verified(path: Path, expected_sha256: str | None = None) -> bytes:
-    """The file's bytes, read once; ``IndexError_`` when they do not hash to ``expected_sha256``."""
-    data = Path(path).read_bytes()
-    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
-        raise IndexError_(f"{path} does not match its checksum")
-    return data
-
-
-def _private_fd() -> tuple[int, bool]:
-    """A writable fd no other process can reach by path; True when it can be sealed (memfd)."""
-    if hasattr(os, "memfd_create"):
-        try:
-            return os.memfd_create("recsys-index", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING), True
-        except OSError:  # e.g. a seccomp profile without memfd
-            pass
-    fd, name = tempfile.mkstemp(prefix=".recsys-index-")
-    os.unlink(name)  # unlinked now; the open fd (then Annoy's) keeps it alive
-    return fd, False
-
-
-def _seal(fd: int) -> None:
-    import fcntl
-
-    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
-
-
-def private_copy(path: Path, expected_sha256: str | None = None) -> int:
-    """Copy ``path`` into a private (sealed, unlinked) file, hashing what was copied.
-
-    Returns the open fd (caller closes it once the copy is mapped). The checksum is taken over
-    the bytes written to the copy, so what is served is exactly what was verified.
-    """
-    fd, sealable = _private_fd()
-    try:
-        h = hashlib.sha256()
-        with open(path, "rb") as src:
-            for block in iter(lambda: src.read(1 << 20), b""):
-                h.update(block)
-                view = memoryview(block)
-                while view:
-                    view = view[os.write(fd, view) :]
-        if expected_sha256 is not None and h.hexdigest() != expected_sha256:
-            raise IndexError_(f"index file {path} does not match its checksum")
-        if sealable:
-            _seal(fd)
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 class AnnoyItemIndex(ItemIndex):
@@ -178,17 +119,6 @@ class AnnoyItemIndex(ItemIndex):
         order = np.argsort(-scores, kind="stable")[:k]
         return ids[order], scores[order]
 
-    def measure_recall(
-        self, vectors: np.ndarray, queries: np.ndarray, k: int = 10, truth: np.ndarray | None = None
-    ) -> float:
-        """Recall@k of this index against exact search with the same metric."""
-        if truth is None:
-            truth = ExactIndex(self.metric).build(vectors).query_batch(queries, k)[0]
-        recall = recall_at_k([self.query(q, k)[0] for q in queries], truth)
-        if k == 10:
-            self.recall_at_10_ = recall
-        return recall
-
     def tune(
         self,
         vectors: np.ndarray,
@@ -216,77 +146,34 @@ class AnnoyItemIndex(ItemIndex):
         latencies recorded are those measured in the loop, so that decision is the one made here.
         """
         if truth is None:
-            truth = ExactIndex(self.metric).build(vectors).query_batch(queries, k)[0]
+            truth = exact_truth(self, vectors, queries, k)
         if self.search_k != -1:
-            return self.measure_recall(vectors, queries, k, truth)
+            return self.measure_recall(queries, truth, k)
         exact_ms = self._exact_ms(vectors, queries, k) if stop_when_slower or slower_than_ms is not None else None
-        budget_ms = min(
-            x for x in (exact_ms if stop_when_slower else None, slower_than_ms, float("inf")) if x is not None
-        )
-        deadline = time.perf_counter() + self.tune_seconds
-        ceiling = max(self._n_items * self.n_trees, self.n_trees * k)
-        tried: dict[int, tuple[float, float]] = {}  # search_k → (recall, ms/query)
-
-        def probe(search_k: int) -> float:
-            # the bar: the recall these queries can promise on others (lower bound), as for HNSW
-            self.search_k = search_k
-            start = time.perf_counter()
-            found = [self.query(q, k)[0] for q in queries]
-            tried[search_k] = (recall_at_k(found, truth), (time.perf_counter() - start) / max(len(queries), 1) * 1000)
-            return recall_lower_bound(found, truth)
-
-        def slower(search_k: int) -> bool:
-            # strictly: then prefer_exact holds whenever the scan was the budget
-            return tried[search_k][1] > budget_ms
-
-        hi, why_not = smallest_reaching(
-            probe, lo=0, hi=self.n_trees * k, ceiling=ceiling, bar=self.target_recall, deadline=deadline, give_up=slower
-        )
-        self.search_k = hi
-        recall, annoy_ms = tried[hi]
-        if k == 10:
-            self.recall_at_10_ = recall
-        if why_not == "slower":
-            self.query_ms_, self.exact_query_ms_ = annoy_ms, exact_ms
-            logger.info(
-                "annoy %s index: at search_k=%d recall@%d %.3f and %.2f ms/query, slower than %s (%.2f ms): "
-                "stopped tuning%s",
-                self.metric,
-                hi,
-                k,
-                recall,
-                annoy_ms,
-                "an exact scan" if budget_ms == exact_ms else "the alternative",
-                budget_ms,
-                ", serving scans" if self.prefer_exact else "",
-            )
-            return recall
-        if why_not is not None:
-            logger.warning(
-                "annoy %s index: recall@%d target %.3f not reachable (best %.3f at search_k=%d; %s)",
-                self.metric,
-                k,
-                self.target_recall,
-                recall,
-                hi,
-                why_not,
-            )
-            self._time_queries(vectors, queries, k)
-            return recall
-        if k == 10:
-            self.recall_at_10_ = recall
-        self._time_queries(vectors, queries, k)
-        logger.info(
-            "annoy %s index: search_k=%d gives recall@%d %.3f (%.2f ms/query; exact %.2f ms; %d probes)",
-            self.metric,
-            self.search_k,
+        rivals = [x for x in (exact_ms if stop_when_slower else None, slower_than_ms) if x is not None]
+        outcome = tune_knob(
+            self,
+            self._set_search_k,
+            queries,
+            truth,
             k,
-            recall,
-            self.query_ms_,
-            self.exact_query_ms_,
-            len(tried),
+            lo=0,
+            hi=self.n_trees * k,
+            ceiling=max(self._n_items * self.n_trees, self.n_trees * k),
+            bar=self.target_recall,
+            deadline=time.perf_counter() + self.tune_seconds,
+            # strictly slower: then prefer_exact holds whenever the scan was the rival
+            slower_than_ms=min(rivals) if rivals else None,
         )
-        return recall
+        if outcome.why_not == "slower":
+            self.query_ms_, self.exact_query_ms_ = outcome.ms_per_query, exact_ms
+        else:
+            self._time_queries(vectors, queries, k)
+        setting = f"search_k={self.search_k}" + (" (serving scans: a scan is faster)" if self.prefer_exact else "")
+        return record_tuning(self, outcome, setting, k, self.target_recall, len(queries))
+
+    def _set_search_k(self, value: int) -> None:
+        self.search_k = int(value)
 
     def _exact_ms(self, vectors: np.ndarray, queries: np.ndarray, k: int) -> float:
         exact = ExactIndex(self.metric).build(vectors)
@@ -307,40 +194,28 @@ class AnnoyItemIndex(ItemIndex):
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / INDEX_FILE
         self.index_.save(str(path))
-        meta = {
-            "kind": self.kind,
-            "metric": self.metric,
-            "dims": self.dims,
-            "n_items": self._n_items,
-            "n_trees": self.n_trees,
-            "search_k": self.search_k,
-            "recall_at_10": self.recall_at_10_,
-            "query_ms": self.query_ms_,
-            "exact_query_ms": self.exact_query_ms_,
-            "sha256": file_sha256(path),
-        }
-        (folder / META_FILE).write_text(json.dumps(meta, indent=2))
-        return meta
+        return self.write_meta(
+            folder,
+            n_trees=self.n_trees,
+            search_k=self.search_k,
+            query_ms=self.query_ms_,
+            exact_query_ms=self.exact_query_ms_,
+            sha256=file_sha256(path),
+        )
 
     @classmethod
     def _load_private(cls, path: Path, meta: dict, expected_sha256: str | None) -> AnnoyItemIndex:
-        if not path.exists():
-            raise IndexError_(f"index file missing: {path}")
         index = cls(meta["metric"], meta["n_trees"], meta["search_k"])
         ann = _Annoy(meta["dims"], ANNOY_METRIC[meta["metric"]])
         fd = private_copy(path, expected_sha256)
         try:
             # Annoy opens the path itself and keeps its own fd and mapping; ours can go.
-            if not ann.load(
-                f"/proc/self/fd/{fd}" if os.path.exists(f"/proc/self/fd/{fd}") else str(path), prefault=False
-            ):
+            if not ann.load(fd_path(fd, path), prefault=False):
                 raise IndexError_(f"annoy could not load {path}")
         finally:
             os.close(fd)
-        if ann.get_n_items() != meta["n_items"]:
-            raise IndexError_(f"index {path} holds {ann.get_n_items()} items, metadata says {meta['n_items']}")
-        index.index_, index.dims, index._n_items = ann, meta["dims"], meta["n_items"]
-        index.recall_at_10_ = meta.get("recall_at_10")
+        index.adopt(path, ann.get_n_items(), meta)
+        index.index_ = ann
         index.query_ms_, index.exact_query_ms_ = meta.get("query_ms"), meta.get("exact_query_ms")
         return index
 

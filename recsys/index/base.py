@@ -6,7 +6,11 @@ Scores are always "higher is better": the dot product for ``dot``, cosine simila
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -15,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 METRICS = ("cosine", "dot", "euclidean", "manhattan", "hamming")
+#: every index folder's metadata file
+META_FILE = "index.json"
 
 
 class IndexError_(RuntimeError):
@@ -37,6 +43,11 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
 
 
+def euclidean_scores(squared: np.ndarray) -> np.ndarray:
+    """Scores (higher is better) of squared L2 distances, as the libraries report them."""
+    return -np.sqrt(np.maximum(squared, 0.0))
+
+
 def drop_excluded(
     ids: np.ndarray, scores: np.ndarray, k: int, exclude: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -52,10 +63,24 @@ def binary_codes(vectors: np.ndarray) -> np.ndarray:
     return (np.asarray(vectors) > 0).astype(np.float32)
 
 
+def padded(found: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A batch answer as ``query_batch`` returns it: (ids int64 (n, k), scores float32 (n, k)),
+    the library's (n, <= k) answer padded with -1 / -inf, and its own -1 padding scored -inf."""
+    n = len(found)
+    ids = np.full((n, k), -1, np.int64)
+    out = np.full((n, k), -np.inf, np.float32)
+    width = min(k, found.shape[1]) if found.ndim == 2 else 0
+    ids[:, :width] = found[:, :width]
+    out[:, :width] = np.where(found[:, :width] >= 0, scores[:, :width], -np.inf)
+    return ids, out
+
+
 class ItemIndex(ABC):
     kind: str
     metric: str
     dims: int
+    #: recall@10 measured at build (None before tuning or for exact search)
+    recall_at_10_: float | None = None
 
     @abstractmethod
     def build(self, vectors: np.ndarray) -> ItemIndex:
@@ -75,6 +100,36 @@ class ItemIndex(ABC):
             found, s = self.query(q, k)
             ids[row, : len(found)], scores[row, : len(found)] = found, s
         return ids, scores
+
+    def measure_recall(self, queries: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
+        """Recall@k of ``queries`` against their true top rows ``truth``; kept as
+        ``recall_at_10_`` for k = 10."""
+        recall = recall_at_k(self.query_batch(queries, k)[0], truth)
+        if k == 10:
+            self.recall_at_10_ = recall
+        return recall
+
+    def write_meta(self, folder: Path, **fields) -> dict:
+        """Write ``index.json``: what every kind records (kind, metric, dims, items, recall) and
+        its own ``fields`` (knobs, file checksums); returns it."""
+        meta = {
+            "kind": self.kind,
+            "metric": self.metric,
+            "dims": self.dims,
+            "n_items": self.n_items,
+            "recall_at_10": self.recall_at_10_,
+            **fields,
+        }
+        (Path(folder) / META_FILE).write_text(json.dumps(meta, indent=2))
+        return meta
+
+    def adopt(self, where: Path, holds: int, meta: dict) -> None:
+        """Take the loaded native index's size and the metadata's figures; ``IndexError_`` when
+        the index holds another number of items than its metadata says."""
+        if holds != meta["n_items"]:
+            raise IndexError_(f"index {where} holds {holds} items, metadata says {meta['n_items']}")
+        self.dims, self._n_items = meta["dims"], meta["n_items"]
+        self.recall_at_10_ = meta.get("recall_at_10")
 
     @abstractmethod
     def save(self, folder: Path) -> dict:
@@ -168,3 +223,76 @@ def smallest_reaching(
         else:
             lo = mid
     return hi, None
+
+
+# ---- index files: checksums and private copies ---------------------------------------------
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _require(path: Path) -> None:
+    if not Path(path).is_file():
+        raise IndexError_(f"index file missing: {path}")
+
+
+def read_verified(path: Path, expected_sha256: str | None = None) -> bytes:
+    """The file's bytes, read once; ``IndexError_`` when they do not hash to ``expected_sha256``."""
+    _require(path)
+    data = Path(path).read_bytes()
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise IndexError_(f"{path} does not match its checksum")
+    return data
+
+
+def _private_fd() -> tuple[int, bool]:
+    """A writable fd no other process can reach by path; True when it can be sealed (memfd)."""
+    if hasattr(os, "memfd_create"):
+        try:
+            return os.memfd_create("recsys-index", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING), True
+        except OSError:  # e.g. a seccomp profile without memfd
+            pass
+    fd, name = tempfile.mkstemp(prefix=".recsys-index-")
+    os.unlink(name)  # unlinked now; the open fd (then the library's) keeps it alive
+    return fd, False
+
+
+def _seal(fd: int) -> None:
+    import fcntl
+
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+
+
+def private_copy(path: Path, expected_sha256: str | None = None) -> int:
+    """Copy ``path`` into a private (sealed, unlinked) file, hashing what was copied.
+
+    Returns the open fd (caller closes it once the copy is mapped or read). The checksum is
+    taken over the bytes written to the copy, so what is served is exactly what was verified.
+    """
+    _require(path)
+    fd, sealable = _private_fd()
+    try:
+        h = hashlib.sha256()
+        with open(path, "rb") as src:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                h.update(block)
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(fd, view) :]
+        if expected_sha256 is not None and h.hexdigest() != expected_sha256:
+            raise IndexError_(f"index file {path} does not match its checksum")
+        if sealable:
+            _seal(fd)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def fd_path(fd: int, fallback: Path) -> str:
+    """A name the library can open for ``fd`` (``/proc/self/fd/N``; ``fallback`` without /proc)."""
+    proc = f"/proc/self/fd/{fd}"
+    return proc if os.path.exists(proc) else str(fallback)

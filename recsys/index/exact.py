@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 
-from recsys.index.base import ItemIndex, binary_codes, check_metric
+from recsys.index.base import ItemIndex, binary_codes, check_metric, file_sha256
 
 
 def pairwise_scores(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -154,13 +152,4 @@ class ExactIndex(ItemIndex):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "vectors.npy", self.vectors)
-        meta = {
-            "kind": self.kind,
-            "metric": self.metric,
-            "dims": int(self.dims),
-            "n_items": self.n_items,
-            "dtype": self.dtype,
-            "sha256": hashlib.sha256((folder / "vectors.npy").read_bytes()).hexdigest(),
-        }
-        (folder / "index.json").write_text(json.dumps(meta, indent=2))
-        return meta
+        return self.write_meta(folder, dtype=self.dtype, sha256=file_sha256(folder / "vectors.npy"))

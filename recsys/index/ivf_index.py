@@ -21,18 +21,23 @@ the verified read of recsys/index/annoy_index.py and deserialized from those ver
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 
-from recsys.index.base import IndexError_, ItemIndex, check_metric, drop_excluded, recall_at_k, unit_rows
-from recsys.index.exact import ExactIndex
-from recsys.index.tuning import PARTITION_MIN_ITEMS, TUNE_REORDER_FACTOR, default_partitions, tune_knob
+from recsys.index.base import (
+    IndexError_,
+    drop_excluded,
+    euclidean_scores,
+    file_sha256,
+    padded,
+    read_verified,
+    unit_rows,
+)
+from recsys.index.tuning import PARTITION_MIN_ITEMS, TUNE_REORDER_FACTOR, PartitionedIndex, default_partitions
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +45,6 @@ IVF_METRICS = ("cosine", "dot", "euclidean")
 #: kind → faiss factory encoding and whether an exact re-rank follows
 ENCODINGS = {"ivf_flat": ("Flat", False), "ivf_sq8": ("SQ8", True), "ivf_pq": ("PQ{m}x4fs", True)}
 INDEX_FILE = "index.faiss"
-META_FILE = "index.json"
 
 
 def _faiss():
@@ -49,7 +53,7 @@ def _faiss():
     return faiss
 
 
-class IvfItemIndex(ItemIndex):
+class IvfItemIndex(PartitionedIndex):
     def __init__(
         self,
         metric: str = "dot",
@@ -63,28 +67,18 @@ class IvfItemIndex(ItemIndex):
         tune_seconds: float = 120.0,
         random_state: int = 42,
     ) -> None:
-        self.metric = check_metric(metric)
-        if metric not in IVF_METRICS:
-            raise ValueError(f"{kind} supports metrics {list(IVF_METRICS)}, not {metric!r}")
         if kind not in ENCODINGS:
             raise ValueError(f"ivf kind must be one of {sorted(ENCODINGS)}, got {kind!r}")
         self.kind = kind
+        super().__init__(
+            metric, IVF_METRICS, nprobe, reorder, training_sample, target_recall, num_threads, tune_seconds
+        )
         #: coarse lists; -1: :func:`default_partitions`
         self.nlist = nlist
         #: lists scanned per query; -1 before ``tune``: all
         self.nprobe = nprobe
-        #: candidates re-ranked exactly for k = 10 (scaled with k; sq8/pq only); -1: 20·k
-        self.reorder = reorder
-        self.training_sample = training_sample
-        self.target_recall = target_recall
-        self.num_threads = num_threads
-        self.tune_seconds = tune_seconds
         self.random_state = random_state
         self.index_ = None
-        self.dims = 0
-        self._n_items = 0
-        self.recall_at_10_: float | None = None
-        self._tuned = {"nprobe": nprobe == -1, "reorder": reorder == -1}
 
     @property
     def refines(self) -> bool:
@@ -130,13 +124,16 @@ class IvfItemIndex(ItemIndex):
         return self
 
     @property
-    def n_items(self) -> int:
-        return self._n_items
-
-    @property
     def setting(self) -> int:
         """The tuned knob reported by the choice: ``nprobe`` (reorder in the metadata)."""
         return self.nprobe
+
+    def set_setting(self, value: int) -> None:
+        self.nprobe = int(value)
+
+    @property
+    def n_partitions(self) -> int:
+        return self.nlist
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         faiss = _faiss()
@@ -152,7 +149,7 @@ class IvfItemIndex(ItemIndex):
         else:
             params = faiss.SearchParametersIVF(nprobe=self.nprobe)
         dist, ids = self.index_.search(queries, k, params=params)
-        scores = -np.sqrt(np.maximum(dist, 0.0)) if self.metric == "euclidean" else dist
+        scores = euclidean_scores(dist) if self.metric == "euclidean" else dist
         return ids.astype(np.int64), scores.astype(np.float32)
 
     def query(self, vector, k, exclude=None):
@@ -166,112 +163,19 @@ class IvfItemIndex(ItemIndex):
 
     def query_batch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.atleast_2d(np.asarray(queries, np.float32))
-        found, dist = self._search(queries, k)
-        ids = np.full((len(queries), k), -1, np.int64)
-        scores = np.full((len(queries), k), -np.inf, np.float32)
-        ids[:, : found.shape[1]], scores[:, : found.shape[1]] = found, np.where(found >= 0, dist, -np.inf)
-        return ids, scores
-
-    def tune(
-        self,
-        vectors: np.ndarray,
-        queries: np.ndarray,
-        k: int = 10,
-        truth: np.ndarray | None = None,
-        slower_than_ms: float | None = None,
-    ) -> float:
-        """``nprobe`` (with a re-rank 20·k wide), then ``reorder`` (sq8/pq), each to about the
-        smallest value whose recall lower bound reaches ``target_recall``; returns the (mean)
-        recall at the values kept. Values given explicitly are kept."""
-        if truth is None:
-            truth = ExactIndex(self.metric).build(vectors).query_batch(queries, k)[0]
-        deadline = time.perf_counter() + self.tune_seconds
-
-        def search(q: np.ndarray) -> np.ndarray:
-            return self.query_batch(q, k)[0]
-
-        outcome = None
-        if self._tuned["nprobe"] and self.nlist > 1:
-            outcome = tune_knob(
-                lambda v: setattr(self, "nprobe", v),
-                search,
-                queries,
-                truth,
-                lo=0,
-                hi=max(1, self.nlist // 100),
-                ceiling=self.nlist,
-                bar=self.target_recall,
-                deadline=deadline,
-                slower_than_ms=slower_than_ms,
-            )
-        if self.refines and self._tuned["reorder"] and (outcome is None or outcome.why_not is None):
-            outcome = tune_knob(
-                lambda v: setattr(self, "reorder", v),
-                search,
-                queries,
-                truth,
-                lo=k - 1,
-                hi=k,
-                ceiling=self.reorder,
-                bar=self.target_recall,
-                deadline=deadline,
-            )
-        recall = recall_at_k(search(queries), truth) if outcome is None else outcome.recall
-        if k == 10:
-            self.recall_at_10_ = recall
-        if outcome is not None and outcome.why_not is not None:
-            logger.info(
-                "%s %s index: recall@%d target %.3f not reached (%.3f, lower bound %.3f, at nprobe=%d reorder=%d; %s)",
-                self.kind,
-                self.metric,
-                k,
-                self.target_recall,
-                outcome.recall,
-                outcome.lower_bound,
-                self.nprobe,
-                self.reorder,
-                outcome.why_not,
-            )
-        else:
-            logger.info(
-                "%s %s index: nprobe=%d/%d%s give recall@%d %.3f",
-                self.kind,
-                self.metric,
-                self.nprobe,
-                self.nlist,
-                f" reorder={self.reorder}" if self.refines else "",
-                k,
-                recall,
-            )
-        return recall
+        return padded(*self._search(queries, k), k)
 
     def save(self, folder: Path) -> dict:
-        from recsys.index.annoy_index import file_sha256
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / INDEX_FILE
         _faiss().write_index(self.index_, str(path))
-        meta = {
-            "kind": self.kind,
-            "metric": self.metric,
-            "dims": self.dims,
-            "n_items": self._n_items,
-            "nlist": self.nlist,
-            "nprobe": self.nprobe,
-            "reorder": self.reorder,
-            "recall_at_10": self.recall_at_10_,
-            "sha256": file_sha256(path),
-        }
-        (folder / META_FILE).write_text(json.dumps(meta, indent=2))
-        return meta
+        return self.write_meta(
+            folder, nlist=self.nlist, nprobe=self.nprobe, reorder=self.reorder, sha256=file_sha256(path)
+        )
 
     @classmethod
     def _load_private(cls, path: Path, meta: dict, expected_sha256: str | None) -> IvfItemIndex:
-        from recsys.index.annoy_index import read_verified
-
-        if not path.exists():
-            raise IndexError_(f"index file missing: {path}")
         index = cls(meta["metric"], meta["kind"], nlist=meta["nlist"], nprobe=meta["nprobe"], reorder=meta["reorder"])
         data = read_verified(path, expected_sha256)
         try:
@@ -279,8 +183,6 @@ class IvfItemIndex(ItemIndex):
         except RuntimeError as exc:
             raise IndexError_(f"faiss could not load {path}: {exc}") from exc
         del data
-        if native.ntotal != meta["n_items"]:
-            raise IndexError_(f"index {path} holds {native.ntotal} items, metadata says {meta['n_items']}")
-        index.index_, index.dims, index._n_items = native, meta["dims"], meta["n_items"]
-        index.recall_at_10_ = meta.get("recall_at_10")
+        index.adopt(path, native.ntotal, meta)
+        index.index_ = native
         return index

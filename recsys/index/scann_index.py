@@ -19,25 +19,31 @@ verified.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from recsys.index.base import IndexError_, ItemIndex, check_metric, drop_excluded, recall_at_k, unit_rows
-from recsys.index.exact import ExactIndex
-from recsys.index.tuning import PARTITION_MIN_ITEMS, TUNE_REORDER_FACTOR, default_partitions, tune_knob
+from recsys.index.base import (
+    META_FILE,
+    IndexError_,
+    drop_excluded,
+    euclidean_scores,
+    file_sha256,
+    padded,
+    private_copy,
+    unit_rows,
+)
+from recsys.index.tuning import PARTITION_MIN_ITEMS, TUNE_REORDER_FACTOR, PartitionedIndex, default_partitions
+from recsys.native_logs import native_stderr_as_debug
 
 logger = logging.getLogger(__name__)
 
 SCANN_DISTANCE = {"dot": "dot_product", "cosine": "dot_product", "euclidean": "squared_l2"}
-META_FILE = "index.json"
 ASSETS_FILE = "scann_assets.pbtxt"
 
 
@@ -47,7 +53,7 @@ def _scann():
     return scann_ops_pybind
 
 
-class ScannItemIndex(ItemIndex):
+class ScannItemIndex(PartitionedIndex):
     kind = "scann"
 
     def __init__(
@@ -63,31 +69,25 @@ class ScannItemIndex(ItemIndex):
         num_threads: int = -1,
         tune_seconds: float = 120.0,
     ) -> None:
-        self.metric = check_metric(metric)
-        if metric not in SCANN_DISTANCE:
-            raise ValueError(f"scann supports metrics {sorted(SCANN_DISTANCE)}, not {metric!r}")
+        super().__init__(
+            metric,
+            tuple(SCANN_DISTANCE),
+            leaves_to_search,
+            reorder,
+            training_sample,
+            target_recall,
+            num_threads,
+            tune_seconds,
+        )
         #: k-means tree leaves; -1: :func:`default_partitions`
         self.num_leaves = num_leaves
         #: leaves searched per query; -1 before ``tune``: all of them
         self.leaves_to_search = leaves_to_search
-        #: candidates re-ranked exactly, for k = 10 (scaled with k); -1 before ``tune``: 20·k
-        self.reorder = reorder
         self.dims_per_block = dims_per_block
         #: anisotropic quantization threshold (dot and cosine only: for L2 plain quantization)
         self.anisotropic_threshold = anisotropic_threshold
-        #: items the tree and the codebooks are trained on
-        self.training_sample = training_sample
-        self.target_recall = target_recall
-        #: threads for building (-1: every core); queries run on the caller's thread
-        self.num_threads = num_threads
-        self.tune_seconds = tune_seconds
         self.searcher_ = None
-        self.dims = 0
-        self._n_items = 0
         self.brute_force_ = False
-        self.recall_at_10_: float | None = None
-        #: knobs given explicitly are kept by ``tune`` (only measured)
-        self._tuned = {"leaves_to_search": leaves_to_search == -1, "reorder": reorder == -1}
 
     # ---- build --------------------------------------------------------------------------
     def build(self, vectors: np.ndarray) -> ScannItemIndex:
@@ -120,13 +120,10 @@ class ScannItemIndex(ItemIndex):
             builder = builder.reorder(self.reorder)
         threads = (os.cpu_count() or 1) if self.num_threads == -1 else self.num_threads
         builder = builder.set_n_training_threads(threads)
-        self.searcher_ = builder.build()
+        with native_stderr_as_debug(logger):  # absl's I0000 lines: DEBUG log records, not stderr
+            self.searcher_ = builder.build()
         self.searcher_.set_num_threads(1)
         return self
-
-    @property
-    def n_items(self) -> int:
-        return self._n_items
 
     # ---- search -------------------------------------------------------------------------
     def _widths(self, k: int) -> tuple[int, int, int]:
@@ -138,9 +135,8 @@ class ScannItemIndex(ItemIndex):
         return k, max(k, self.reorder * max(1, math.ceil(k / 10))), self.leaves_to_search
 
     def _to_score(self, distances: np.ndarray) -> np.ndarray:
-        if self.metric == "euclidean":
-            return -np.sqrt(np.maximum(distances, 0.0))
-        return distances  # dot_product: ScaNN reports the product itself
+        # dot_product: ScaNN reports the product itself
+        return euclidean_scores(distances) if self.metric == "euclidean" else distances
 
     def _prepare(self, q: np.ndarray) -> np.ndarray:
         q = np.asarray(q, dtype=np.float32)
@@ -160,122 +156,42 @@ class ScannItemIndex(ItemIndex):
         queries = self._prepare(np.atleast_2d(queries))
         final, pre, leaves = self._widths(k)
         found, dist = self.searcher_.search_batched(queries, final, pre, None if leaves == -1 else leaves)
-        found, dist = np.asarray(found, np.int64), np.asarray(dist, np.float32)
-        ids = np.full((len(queries), k), -1, np.int64)
-        scores = np.full((len(queries), k), -np.inf, np.float32)
-        width = min(k, found.shape[1]) if found.ndim == 2 else 0
-        ids[:, :width], scores[:, :width] = found[:, :width], self._to_score(dist[:, :width])
-        return ids, scores
+        return padded(np.asarray(found, np.int64), self._to_score(np.asarray(dist, np.float32)), k)
 
-    # ---- tuning -------------------------------------------------------------------------
-    def tune(
-        self,
-        vectors: np.ndarray,
-        queries: np.ndarray,
-        k: int = 10,
-        truth: np.ndarray | None = None,
-        slower_than_ms: float | None = None,
-    ) -> float:
-        """``leaves_to_search`` (with a wide re-rank, 20·k), then ``reorder`` at those leaves,
-        each to about the smallest value whose recall lower bound reaches ``target_recall``;
-        returns the (mean) recall at the values kept. Values given explicitly are kept."""
-        if truth is None:
-            truth = ExactIndex(self.metric).build(vectors).query_batch(queries, k)[0]
-        if self.brute_force_:
-            self.recall_at_10_ = recall_of(self, queries, truth, k)
-            return self.recall_at_10_
-        deadline = time.perf_counter() + self.tune_seconds
-
-        def search(q: np.ndarray) -> np.ndarray:
-            return self.query_batch(q, k)[0]
-
-        outcome = None
-        if self._tuned["leaves_to_search"]:
-            outcome = tune_knob(
-                lambda v: setattr(self, "leaves_to_search", v),
-                search,
-                queries,
-                truth,
-                lo=0,
-                hi=max(1, self.num_leaves // 100),
-                ceiling=self.num_leaves,
-                bar=self.target_recall,
-                deadline=deadline,
-                slower_than_ms=slower_than_ms,
-            )
-        if self._tuned["reorder"] and (outcome is None or outcome.why_not is None):
-            outcome = tune_knob(
-                lambda v: setattr(self, "reorder", v),
-                search,
-                queries,
-                truth,
-                lo=k - 1,
-                hi=k,
-                ceiling=self.reorder,
-                bar=self.target_recall,
-                deadline=deadline,
-            )
-        recall = recall_of(self, queries, truth, k) if outcome is None else outcome.recall
-        if k == 10:
-            self.recall_at_10_ = recall
-        if outcome is not None and outcome.why_not is not None:
-            logger.info(
-                "scann %s index: recall@%d target %.3f not reached (%.3f, lower bound %.3f, at leaves=%d "
-                "reorder=%d; %s)",
-                self.metric,
-                k,
-                self.target_recall,
-                outcome.recall,
-                outcome.lower_bound,
-                self.leaves_to_search,
-                self.reorder,
-                outcome.why_not,
-            )
-        else:
-            logger.info(
-                "scann %s index: leaves=%d/%d reorder=%d give recall@%d %.3f",
-                self.metric,
-                self.leaves_to_search,
-                self.num_leaves,
-                self.reorder,
-                k,
-                recall,
-            )
-        return recall
-
+    # ---- tuning (PartitionedIndex.tune) -----------------------------------------------------
     @property
     def setting(self) -> int:
         """The tuned knob reported by the choice: leaves searched (reorder in the metadata)."""
         return self.leaves_to_search
 
+    def set_setting(self, value: int) -> None:
+        self.leaves_to_search = int(value)
+
+    @property
+    def n_partitions(self) -> int:
+        return 0 if self.brute_force_ else self.num_leaves
+
+    @property
+    def refines(self) -> bool:
+        return not self.brute_force_
+
     # ---- files --------------------------------------------------------------------------
     def save(self, folder: Path) -> dict:
-        from recsys.index.annoy_index import file_sha256
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.searcher_.serialize(str(folder), relative_path=True)
-        files = {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.name != META_FILE}
-        meta = {
-            "kind": self.kind,
-            "metric": self.metric,
-            "dims": self.dims,
-            "n_items": self._n_items,
-            "num_leaves": self.num_leaves,
-            "leaves_to_search": self.leaves_to_search,
-            "reorder": self.reorder,
-            "brute_force": self.brute_force_,
-            "recall_at_10": self.recall_at_10_,
-            "files": files,
-        }
-        (folder / META_FILE).write_text(json.dumps(meta, indent=2))
-        return meta
+        return self.write_meta(
+            folder,
+            num_leaves=self.num_leaves,
+            leaves_to_search=self.leaves_to_search,
+            reorder=self.reorder,
+            brute_force=self.brute_force_,
+            files={p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.name != META_FILE},
+        )
 
     @classmethod
     def _load_private(cls, folder: Path, meta: dict, digests: dict[str, str] | None) -> ScannItemIndex:
         """``digests``: file name → sha256 to check (None: unverified)."""
-        from recsys.index.annoy_index import private_copy
-
         index = cls(
             meta["metric"],
             num_leaves=meta["num_leaves"],
@@ -289,8 +205,8 @@ class ScannItemIndex(ItemIndex):
         fds: list[int] = []
         try:
             for name in names:
-                if "/" in name or not (folder / name).is_file():
-                    raise IndexError_(f"index file missing: {folder / name}")
+                if "/" in name:
+                    raise IndexError_(f"index file name {name!r} in {folder} is not a plain name")
                 fd = private_copy(folder / name, None if digests is None else digests.get(name, meta["files"][name]))
                 fds.append(fd)
                 # ScaNN opens files by name inside one folder: the names point at the sealed copies
@@ -306,13 +222,6 @@ class ScannItemIndex(ItemIndex):
             shutil.rmtree(scratch, ignore_errors=True)
         index.searcher_ = _scann().ScannSearcher(native)
         index.searcher_.set_num_threads(1)
-        if index.searcher_.size() != meta["n_items"]:
-            raise IndexError_(f"index {folder} holds {index.searcher_.size()} items, metadata says {meta['n_items']}")
-        index.dims, index._n_items = meta["dims"], meta["n_items"]
+        index.adopt(folder, index.searcher_.size(), meta)
         index.brute_force_ = meta["brute_force"]
-        index.recall_at_10_ = meta.get("recall_at_10")
         return index
-
-
-def recall_of(index: ItemIndex, queries: np.ndarray, truth: np.ndarray, k: int) -> float:
-    return recall_at_k(index.query_batch(queries, k)[0], truth)

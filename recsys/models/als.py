@@ -23,6 +23,8 @@ class ALSEmbedder(Embedder):
     kind = "als"
     metric = "dot"
     supports_fold_in = True
+    #: the exact user step over the whole history (one solve; measured ≥ delta, docs/foldin.md)
+    returning_fold_in = "afresh"
 
     def __init__(
         self,

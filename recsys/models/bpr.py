@@ -29,6 +29,8 @@ class BPREmbedder(Embedder):
     kind = "bpr"
     metric = "dot"
     supports_fold_in = True
+    #: the solved pairwise step beats the SGD-trained user vectors (docs/foldin.md)
+    returning_fold_in = "afresh"
 
     def __init__(
         self,

@@ -41,6 +41,8 @@ class EASEEmbedder(Embedder):
     kind = "ease"
     metric = "dot"
     supports_fold_in = True
+    #: the history row: delta and afresh are the same vector, afresh costs one fold-in
+    returning_fold_in = "afresh"
 
     def __init__(self, l2: float = 500.0, binarize: bool = True, max_items: int = 30_000, dropout: float = 0.0) -> None:
         self.l2 = l2

@@ -44,6 +44,8 @@ class Item2VecEmbedder(Embedder):
     metric = "dot"
     uses_sequences = True
     supports_fold_in = True
+    #: a mean: delta and afresh are the same vector, afresh costs one fold-in
+    returning_fold_in = "afresh"
 
     def __init__(
         self,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from feature_store import FeatureStore
+from feature_store.activity import is_fresh, snapshot_cutoff
 from feature_store.impressions import LoggedImpression
 from pipelines import tracking
 from recsys.bundle import ModelBundle
@@ -50,7 +51,9 @@ def logged_lists(impressions: list[LoggedImpression]) -> list[LoggedImpression]:
 
 
 def _events_before(events, ts_ms: int) -> int:
-    cut = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+    # the store keeps an event's time to the second: one stored in the impression's own second
+    # counts as after it (it may be the click being estimated)
+    cut = datetime.fromtimestamp(ts_ms // 1000, tz=UTC)
     return sum(1 for e in events if e.stored_at is None or _utc(e.stored_at) < cut)
 
 
@@ -90,11 +93,20 @@ def compare_bundles(
     targets = []
     for bundle in (candidate, production):
         rec = Recommender(bundle, items)
+        cutoff = snapshot_cutoff(bundle.trained_as_of)
         lists: dict[tuple[str, int], TargetList] = {}
         for key in keys:
             user, n = key
             if key not in lists:
-                result = rec.recommend_for_user(user, [e.item_id for e in histories[user][:n]], k)
+                before = histories[user][:n]
+                newest = max((e.stored_at for e in before if e.stored_at is not None), default=None)
+                result = rec.recommend_for_user(
+                    user,
+                    [e.item_id for e in before],
+                    k,
+                    refresh=is_fresh(newest, cutoff),  # fold in what the model did not train on, as serving does
+                    values=[e.value for e in before],
+                )
                 lists[key] = TargetList(
                     tuple(i.item_id for i in result.items), tuple(float(i.score) for i in result.items)
                 )

@@ -813,8 +813,12 @@ def choose(candidates: list[Candidate], notes: list[str] | None = None) -> tuple
     """The one-standard-error rule (Breiman et al.): among the candidates whose validation nDCG
     is within one standard error of the best's (the error of the paired per-user difference),
     the most preferred. A validation slice a few hundred users wide cannot tell apart configs
-    closer than that, and picking the noisiest winner overfits the slice. Returns (chosen, best)."""
+    closer than that, and picking the noisiest winner overfits the slice. When popularity itself
+    validates best, it is chosen: a learned model within its error has not shown it learned
+    anything. Returns (chosen, best)."""
     best = max(candidates, key=lambda c: c.score)
+    if best.preference == PREFERENCE_LAST:
+        return best, best
     eligible = []
     for c in candidates:
         diff = best.per_user - c.per_user

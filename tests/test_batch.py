@@ -273,7 +273,7 @@ def test_train_records_the_index_choice(trained_env):
         and float(user_part.split()[2]) >= 0.95
         and user_part.endswith("ms")
     )
-    listed = _invoke("model", "list")
+    listed = _invoke("model", "list", "--wide")  # the indexes column is one of --wide's
     assert listed.exit_code == 0, listed.output
     assert "index" in listed.output and f"{run.data.metrics['index_user_query_ms']:.2f}ms" in listed.output
 

@@ -16,6 +16,7 @@ from test_cli_errors import _env, assert_one_error
 
 from api.main import create_app
 from feature_store import FeatureStore
+from feature_store.impressions import Impression
 from recsys.settings import Settings
 
 KEY = "integrity-key"
@@ -181,11 +182,20 @@ def test_attributes_come_back_as_stored(db_url):
 
 
 def _hostile_events(store: FeatureStore) -> None:
+    """Events at both ends of the accepted range, and served lists (impressions: what the A/B
+    report counts as exposure) whose variant labels are math text and rich markup."""
+    labels = {"r1": ("u1", "$\\frac{$"), "r2": ("u2", "[/x]"), "r3": ("u3", "[bold red]loud")}
+    store.add_impressions(
+        [
+            Impression(rid, user, "user", "1", label, 1_700_000_000_000, ("i1", "i2"))
+            for rid, (user, label) in labels.items()
+        ]
+    )
     store.add_events(
         [
             {"user_id": "u1", "item_id": "i1", "timestamp": "1970-01-01T00:00:00Z", "variant": "$\\frac{$"},
             {"user_id": "u2", "item_id": "i2", "timestamp": "2199-12-31T23:59:59Z", "variant": "[/x]"},
-            {"user_id": "u3", "item_id": "i1", "event_type": "click", "variant": "[bold red]loud"},
+            {"user_id": "u3", "item_id": "i1", "event_type": "click", "variant": "[bold red]loud", "request_id": "r3"},
         ]
         + [{"user_id": f"n{i}", "item_id": "i2", "timestamp": f"2024-03-{1 + i % 28:02d}T10:00:00Z"} for i in range(60)]
     )

@@ -59,9 +59,8 @@ def recommend(
 
     from cli.common import get_settings, open_store
     from feature_store.activity import snapshot_cutoff
-    from pipelines import tracking
+    from pipelines.library import load_bundle, registered_version
     from recsys.batch import batch_path, recommend_all, seen_matrix
-    from recsys.bundle import ModelBundle
     from recsys.recommender import Filters, Recommender
     from recsys.validation import check_id, check_label
 
@@ -79,21 +78,13 @@ def recommend(
         exclude_categories=[check_label(c, "exclude_category") for c in exclude_category or []],
     )
     settings = get_settings()
-    client = tracking.setup(settings)
-    name = settings.registered_model_name
-    if version is not None:
-        mv = tracking.get_version(client, name, version)
-        if mv is None:
-            raise UsageError(f"no version {version} of model {name!r}")
-    else:
-        alias = alias or settings.model_alias
-        mv = tracking.resolve_alias(client, name, alias)
-        if mv is None:
-            raise UsageError(f"no model version behind alias {name}@{alias}: train one first (recsys train)")
+    try:
+        mv = registered_version(settings, alias, version)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     store = open_store(settings)
     with console.status(f"loading version {mv.version} and user histories"):
-        fetched = tracking.fetch_bundle_checked(settings, mv)
-        bundle = ModelBundle.load(fetched.path, verify=True, manifest_sha256=fetched.manifest_sha256)
+        bundle = load_bundle(settings, mv)
         recommender = Recommender(bundle, store.items_frame())
         seen = seen_matrix(store.snapshot().events, bundle.user_ids, bundle.item_ids)
         fresh = fresh_histories(store, snapshot_cutoff(bundle.trained_as_of))

@@ -71,18 +71,30 @@ def load(
         bundle = ModelBundle.load(Path(path), verify=True)
     else:
         settings = settings or Settings()
-        client = tracking.setup(settings)
-        name = settings.registered_model_name
-        if version is not None:
-            mv = tracking.get_version(client, name, version)
-            if mv is None:
-                raise ValueError(f"no version {version} of model {name!r}")
-        else:
-            alias = alias or settings.model_alias
-            mv = tracking.resolve_alias(client, name, alias)
-            if mv is None:
-                raise ValueError(f"no model version behind alias {name}@{alias}: train one first")
-        fetched = tracking.fetch_bundle_checked(settings, mv)
-        bundle = ModelBundle.load(fetched.path, verify=True, manifest_sha256=fetched.manifest_sha256)
-        logger.info("loaded %s version %s (%s)", name, mv.version, bundle.kind)
+        bundle = load_bundle(settings, registered_version(settings, alias, version))
     return Recommender(bundle, catalog)
+
+
+def registered_version(settings: Settings, alias: str | None = None, version: str | None = None):
+    """The registry's model version: ``version``, or the one behind ``alias`` (default
+    ``settings.model_alias``). Raises ``ValueError`` naming what is missing."""
+    client = tracking.setup(settings)
+    name = settings.registered_model_name
+    if version is not None:
+        mv = tracking.get_version(client, name, version)
+        if mv is None:
+            raise ValueError(f"no version {version} of model {name!r}")
+        return mv
+    alias = alias or settings.model_alias
+    mv = tracking.resolve_alias(client, name, alias)
+    if mv is None:
+        raise ValueError(f"no model version behind alias {name}@{alias}: train one first (recsys train)")
+    return mv
+
+
+def load_bundle(settings: Settings, mv) -> ModelBundle:
+    """A registered version's bundle, fetched and verified file by file."""
+    fetched = tracking.fetch_bundle_checked(settings, mv)
+    bundle = ModelBundle.load(fetched.path, verify=True, manifest_sha256=fetched.manifest_sha256)
+    logger.info("loaded %s version %s (%s)", settings.registered_model_name, mv.version, bundle.kind)
+    return bundle

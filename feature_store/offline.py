@@ -299,7 +299,23 @@ class OfflineStore:
             files.extend(LogFile(**f) for f in marker["files"])
             chain.append(batches[watermark])
             watermark = int(marker["hi"])
+        if not checkpoints and not chain and self._has_files_past_first_batch():
+            # A directory listing is not a snapshot: one taken while a compaction renamed its new
+            # checkpoint in and deleted the old one can miss both. Files that only a committed
+            # first batch lets exist, with no way into them, are that race: resolve again.
+            raise FileNotFoundError(f"{self.uri}: neither a checkpoint nor the first batch marker was listed")
         return LogState(watermark=watermark, files=tuple(files), checkpoint=checkpoint, batch_markers=tuple(chain))
+
+    def _has_files_past_first_batch(self) -> bool:
+        """Compacted files, or files of a batch after the first (an interrupted first export
+        leaves only ``part-0-…`` files, which stay invisible until its re-run commits)."""
+        sel = pafs.FileSelector(self._path(self.kind.folder), recursive=True, allow_not_found=True)
+        for info in self.fs.get_file_info(sel):
+            name = posixpath.basename(info.path)
+            if info.type == pafs.FileType.File and name.endswith(".parquet"):
+                if name.startswith("compact-") or _seq_range_of(name)[0] > 0:
+                    return True
+        return False
 
     @property
     def watermark(self) -> int:

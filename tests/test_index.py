@@ -23,7 +23,7 @@ from recsys.index import (
     pairwise_scores,
     recall_at_k,
 )
-from recsys.index.base import per_query_recall, recall_lower_bound
+from recsys.index.base import BuildTooSlow, per_query_recall, recall_lower_bound
 from recsys.index.choice import KIND_METRICS, _pick
 
 KINDS = INDEX_KINDS
@@ -411,12 +411,22 @@ def test_choice_scans_small_catalogs_without_building_an_approximate_index(caplo
 
 def test_choice_abandons_hnsw_projected_past_the_build_budget(caplog):
     items, queries = clustered(60_000, 16, 50)
-    # the scan's truth and timing take well under the budget; the graph's first chunk projects past it
-    settings = IndexSettings(build_budget_seconds=10.0, M=48, ef_construction=400)
+    # the scan's truth and timing take well under the budget; the graph's first chunk projects
+    # past it by a wide margin (a graph this dense builds ~10x slower than the budget allows on
+    # any machine this suite runs on)
+    settings = IndexSettings(build_budget_seconds=6.0, M=64, ef_construction=2000)
     with caplog.at_level("INFO", logger="recsys.index.choice"):
         _, choice = build_index("auto", "dot", items, queries, settings, kinds=("exact", "hnsw"))
     assert [c.kind for c in choice.candidates] == ["exact"]
     assert "hnsw not built" in caplog.text and "projected" in caplog.text
+
+
+def test_hnsw_build_gives_up_once_its_first_chunk_projects_past_the_limit():
+    items, _ = clustered(40_000, 16, 1)
+    index = HnswItemIndex("dot", M=16, ef_construction=100, max_build_seconds=1e-6)
+    with pytest.raises(BuildTooSlow, match=r"10,000 of 40,000 items .* projected"):
+        index.build(items)
+    assert index.index_ is None  # nothing half-built is left to serve from
 
 
 # ivf_pq's 4-bit codes do not reach 0.95 on these vectors even exhaustively (see AUTO_KINDS)

@@ -77,6 +77,14 @@ def _finalize(
     return Split(train=train, test=test, report=report)
 
 
+def _per_user_test_counts(n: np.ndarray, test_ratio: float, min_user_events: int) -> np.ndarray:
+    """Test events per row's user: ``test_ratio`` of the user's ``n`` events, rounded, at least
+    one and leaving at least one to train; 0 (all train) below ``min_user_events``."""
+    n_test = np.minimum(np.maximum(np.floor(test_ratio * n + 0.5).astype(np.int64), 1), n - 1)
+    n_test[n < max(min_user_events, 2)] = 0
+    return n_test
+
+
 def _group_rank(groups: np.ndarray, n_groups: int, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(1-based rank of ``key`` within each group, group size), per row.
 
@@ -105,8 +113,7 @@ def random_split(events: pd.DataFrame, test_ratio: float = 0.2, seed: int = 42, 
     key = np.random.default_rng(seed).permutation(len(events))
     users, n_users = _codes(events["user_id"])
     rank, n = _group_rank(users, n_users, key)
-    n_test = np.minimum(np.maximum(np.floor(test_ratio * n + 0.5).astype(np.int64), 1), n - 1)
-    n_test[n < max(min_user_events, 2)] = 0
+    n_test = _per_user_test_counts(n, test_ratio, min_user_events)
     test_mask = rank <= n_test
     return _finalize(
         events,
@@ -163,8 +170,7 @@ def user_time_split(events: pd.DataFrame, test_ratio: float = 0.2, seed: int = 4
     key = np.empty(len(events), dtype=np.int64)
     key[np.lexsort((tie, ts))] = np.arange(len(events))
     rank, n = _group_rank(users, n_users, key)
-    n_test = np.minimum(np.maximum(np.floor(test_ratio * n + 0.5).astype(np.int64), 1), n - 1)
-    n_test[n < max(min_user_events, 2)] = 0
+    n_test = _per_user_test_counts(n, test_ratio, min_user_events)
     test_mask = rank > n - n_test
     return _finalize(
         events,

@@ -177,14 +177,14 @@ def rich_table(df: pd.DataFrame, k: int, title: str = ""):
     with_index = "index_recall_at_10" in cols and "index" in df
     for c in cols:
         table.add_column(
-            c.replace(f"_at_{k}", f"@{k}")
+            c.replace("index_recall_at_10", "index R@10")
+            .replace(f"_at_{k}", f"@{k}")
             .replace("bias_amplification", "amplif.")
             .replace("bias_max_group_gap", "group gap")
             .replace("bias_max_leakage_auc", "leakage AUC")
             .replace("avg_rec_popularity", "ARP")
             .replace("coverage", "cov")
             .replace("diversity", "ILD")
-            .replace("index_recall_at_10", "index R@10")
             .replace("time_train_s", "train s")
             .replace("time_eval_s", "eval s"),
             justify="right",

@@ -470,6 +470,12 @@ class Family:
             for combo in itertools.product(*axes)
         ]
 
+    def size(self) -> int | None:
+        """How many configurations the family holds (None: a range makes it unbounded)."""
+        if any(isinstance(space, Span) for space in self.dimensions.values()):
+            return None
+        return math.prod(len(space.values) for space in self.dimensions.values())
+
     def fingerprint(self) -> str:
         spaces = {d: repr(space) for d, space in sorted(self.dimensions.items())}
         return json.dumps([self.name, self.config.model_dump(mode="json"), spaces], sort_keys=True, default=str)
@@ -513,8 +519,14 @@ class SearchSpace:
             if len(starts) > config.trials:
                 pick = np.sort(np.random.default_rng(config.seed).choice(len(starts), config.trials, replace=False))
                 starts = [starts[i] for i in pick]
-        digest = hashlib.sha256("|".join(f.fingerprint() for f in declared).encode()).hexdigest()[:12]
-        return cls(names, starts, [], {f.name: f for f in declared}, validation, f"{config.method}-{digest}")
+        # a sample of a grid is another set of trials: a study of its own
+        digest = hashlib.sha256("|".join([*(f.fingerprint() for f in declared), repr(starts)]).encode()).hexdigest()
+        return cls(names, starts, [], {f.name: f for f in declared}, validation, f"{config.method}-{digest[:12]}")
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """The declared families of finitely many configurations, and how many."""
+        return {name: n for name, f in self.declared.items() if (n := f.size()) is not None}
 
     def suggest(self, trial, kind: str) -> ModelConfig:
         if kind in self.declared:
@@ -551,10 +563,12 @@ class _FamilySchedule:
     """After the starting points, the next trial's family: round-robin over the ``top`` families
     by best score so far (TPE then picks the parameters within the family). Left to TPE, the
     family is a categorical it exploits greedily — one family gets every trial and a close
-    second (whose tuned form may win, and which the ensemble needs) gets none."""
+    second (whose tuned form may win, and which the ensemble needs) gets none. A family of
+    ``sizes[name]`` configurations is left out once each was tried; the study stops when every
+    family is."""
 
-    def __init__(self, kinds: list[str], n_starts: int, top: int = 4) -> None:
-        self.kinds, self.n_starts, self.top = kinds, n_starts, top
+    def __init__(self, kinds: list[str], n_starts: int, sizes: Mapping[str, int] | None = None, top: int = 4) -> None:
+        self.kinds, self.n_starts, self.sizes, self.top = kinds, n_starts, dict(sizes or {}), top
 
     def __call__(self, study, trial=None) -> None:
         import optuna
@@ -572,7 +586,16 @@ class _FamilySchedule:
             kind = t.params.get("kind")
             if kind in self.kinds and value is not None:
                 best[kind] = max(best.get(kind, -math.inf), value)
-        ranked = sorted(self.kinds, key=lambda k: (-best.get(k, -math.inf), self.kinds.index(k)))[: self.top]
+        tried: dict[str, set[str]] = {}
+        for t in finished:
+            if "config" in t.user_attrs:
+                tried.setdefault(t.params.get("kind"), set()).add(json.dumps(t.user_attrs["config"], sort_keys=True))
+        open_kinds = [k for k in self.kinds if k not in self.sizes or len(tried.get(k, ())) < self.sizes[k]]
+        if not open_kinds:
+            logger.info("search: every configuration of the space was tried; stopping")
+            study.stop()
+            return
+        ranked = sorted(open_kinds, key=lambda k: (-best.get(k, -math.inf), self.kinds.index(k)))[: self.top]
         n = max(0, len(finished) - self.n_starts)
         study.enqueue_trial({"kind": ranked[n % len(ranked)]})
 
@@ -717,7 +740,7 @@ def run_search(
     if not study.trials:
         for point in starts[:total]:
             study.enqueue_trial(point)
-    schedule = _FamilySchedule(kinds, len(starts))
+    schedule = _FamilySchedule(kinds, len(starts), search_space.sizes)
     if n_done:
         logger.info("search: resuming study %s: %d trials already done", study_name, n_done)
         notes.append(f"resumed: {n_done} trials were already done")
@@ -734,7 +757,13 @@ def run_search(
             trial_hook(trial.number)
         kind = trial.suggest_categorical("kind", kinds)
         model_config = search_space.suggest(trial, kind)
-        trial.set_user_attr("config", model_config.model_dump(mode="json"))
+        dumped = model_config.model_dump(mode="json")
+        trial.set_user_attr("config", dumped)
+        scored = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if any(t.user_attrs.get("config") == dumped for t in scored):
+            # drawn again (a finite family, or a sampler's repeat): its score is known already
+            trial.set_user_attr("repeat", True)
+            raise optuna.TrialPruned()
         with tracking.start_run(
             exp_id,
             f"trial-{trial.number:03d}-{kind}",
@@ -820,7 +849,7 @@ def run_search(
                 "trial": t.number,
                 "family": t.params.get("kind"),
                 "kind": t.user_attrs["config"]["kind"] if "config" in t.user_attrs else t.params.get("kind"),
-                "state": t.state.name.lower(),
+                "state": "repeat" if t.user_attrs.get("repeat") else t.state.name.lower(),
                 "value": t.value,
                 "config": t.user_attrs.get("config"),
                 "run_id": t.user_attrs.get("run_id"),

@@ -191,14 +191,15 @@ def search(
             f"{row['seconds']:.2f}",
         )
     console.print(table)
-    best = result.best
+    outcome = result.outcome
+    best = outcome.winner
     console.print(
-        f"best: {best.kind} {key}={result.best_score:.4f} (popularity {result.outcome.popularity_score:.4f}) "
+        f"best: {best.kind} {key}={outcome.score:.4f} (popularity {outcome.popularity_score:.4f}) "
         f"params={best.params} weighting={best.weighting} alpha={best.alpha:g}"
     )
-    for note in result.outcome.notes:
+    for note in outcome.notes:
         console.print(f"  {note}")
     console.print(
-        f"search run {result.parent_run_id}; trials: {result.report_dir}/trials.csv"
+        f"search run {outcome.parent_run_id}; trials: {result.report_dir}/trials.csv"
         + (f"; best config written to {result.out_path}" if result.out_path else "")
     )

@@ -573,18 +573,6 @@ class ExperimentSearch:
     report_dir: Path
     out_path: Path | None
 
-    @property
-    def parent_run_id(self) -> str:
-        return self.outcome.parent_run_id
-
-    @property
-    def best(self) -> ModelConfig:
-        return self.outcome.winner
-
-    @property
-    def best_score(self) -> float:
-        return self.outcome.score
-
 
 def searchable(spec: ExperimentSpec) -> list[ModelSpec]:
     """The spec's models ``recsys train`` can train from a search: not the reference baselines,

@@ -93,13 +93,13 @@ def main() -> int:
             title=f"evaluation at scale: {len(dataset.events):,} events, {dataset.events['user_id'].nunique():,} users, "
             f"{dataset.events['item_id'].nunique():,} items; {int(df['eval_users'].iloc[0]):,} test users, k = 5/10/20"
         )
-        for col in ("model", "eval s (alone)", "train s", "ndcg@10", "recall@10", "coverage@10", "annoy R@10"):
+        for col in ("model", "eval s (alone)", "train s", "ndcg@10", "recall@10", "coverage@10", "index R@10", "index"):
             table.add_column(col, justify="left" if col == "model" else "right")
         for name, row in df.iterrows():
             if isinstance(row.get("error"), str):
-                table.add_row(name, "failed", row["error"][:60], "", "", "", "")
+                table.add_row(name, "failed", row["error"][:60], "", "", "", "", "")
                 continue
-            annoy = row.get("index_recall_at_10")
+            recall = row.get("index_recall_at_10")
             table.add_row(
                 name,
                 f"{row['time_eval_s']:.2f}",
@@ -107,7 +107,8 @@ def main() -> int:
                 f"{row['ndcg_at_10']:.4f}",
                 f"{row['recall_at_10']:.4f}",
                 f"{row['coverage_at_10']:.4f}",
-                "—" if annoy != annoy else f"{annoy:.3f}",
+                "—" if recall != recall else f"{recall:.3f}",
+                str(row["index"]) if isinstance(row.get("index"), str) else "—",
             )
         console.print(table)
         console.print(

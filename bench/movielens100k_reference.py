@@ -172,23 +172,23 @@ def choose_ensemble_weights(
     """Pick ensemble members and weights on the *validation* split only (the test part is never seen).
 
     Same protocol as ``recsys experiment search``: the spec's stratified split (filter_by="item",
-    seed 42), then the same split again of its train part (``experiments.search.validation_split``);
+    seed 42), then the same split again of its train part (``experiments.runner.validation_split``);
     members are fitted once on the validation-train part — under each candidate shared weighting,
     since an ensemble's members are fitted on one matrix — then weightings of EASE (weight 1) plus
     ALS and/or LightFM (weights from ``grid``) are scored with ``EnsembleEmbedder.from_fitted`` by
     nDCG@10 on the validation holdout (the search's metric). Returns the best ``recsys train`` config.
     """
     from experiments import runner
-    from experiments.search import validation_split
     from experiments.spec import load_spec
+    from recsys.evaluation.holdout import top_k
     from recsys.models.ensemble import EnsembleEmbedder
 
     spec = load_spec(spec_path)
-    split = validation_split(spec, runner.make_split(dataset.events, spec.split, spec.split_seed))
+    split = runner.validation_split(spec, runner.make_split(dataset.events, spec.split, spec.split_seed))
     data = runner.prepare_data(spec, dataset, split)
 
     def score(model) -> float:
-        rec = runner.recommend(model, data.eval_users, data.binary_train, K)
+        rec = top_k(model, data.holdout, K)
         return runner.evaluate(rec, data, [K], ["ndcg", "precision"])[f"ndcg_at_{K}"]
 
     best = None

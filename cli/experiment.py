@@ -151,39 +151,55 @@ def search(
     ] = None,
     report_dir: Annotated[Path | None, typer.Option("--report-dir", help="folder for trials.csv and best.yaml")] = None,
 ) -> None:
-    """Random or grid search over SPEC's parameter spaces; each trial an MLflow child run."""
+    """Search SPEC's parameter spaces (random, grid or TPE: the spec's search.method) with the
+    search `recsys train` runs; each trial an MLflow child run."""
     from rich.table import Table
 
-    from experiments.search import run_search
+    from experiments.runner import search_experiment
+    from pipelines.search import TrialProgress
 
     spec = _spec(spec_path)
     settings = _settings()
     with progress() as bar:
-        task, on_trial = _with_progress(bar, "trial")
-        bar.update(task, description="loading data and splitting")
-        result = run_search(
-            spec, settings, trials=trials, out=out, base_dir=spec_path.parent, report_dir=report_dir, on_trial=on_trial
+        task = bar.add_task("loading data and splitting", total=None)
+
+        def on_trial(p: TrialProgress) -> None:
+            best = f" · best {p.best:.4f} ({p.best_kind})" if p.best is not None else ""
+            bar.update(task, total=p.total, completed=p.done, description=f"trial {p.done}/{p.total}: {p.label}{best}")
+
+        result = search_experiment(
+            spec,
+            settings,
+            trials=trials,
+            out=out,
+            base_dir=spec_path.parent,
+            report_dir=report_dir,
+            on_trial=on_trial,
         )
     key = result.metric
-    ok = result.trials.dropna(subset=[key]).sort_values(key, ascending=False).head(10)
     table = Table(title=f"{spec.name} search — top trials by {key} ({spec.search.holdout} holdout)")
-    for col in ("trial", key, "weighting", "alpha", "params", "time_train_s"):
+    for col in ("trial", "family", key, "weighting", "alpha", "params", "seconds"):
         table.add_column(col, overflow="fold")
-    for _, row in ok.iterrows():
+    for _, row in result.trials.dropna(subset=[key]).head(10).iterrows():
         table.add_row(
-            row["trial"],
+            str(row["trial"]),
+            str(row["family"]),
             f"{row[key]:.4f}",
             str(row["weighting"]),
             f"{row['alpha']:g}",
-            row["params"],
-            f"{row.get('time_train_s', float('nan')):.2f}",
+            str(row["params"]),
+            f"{row['seconds']:.2f}",
         )
     console.print(table)
+    outcome = result.outcome
+    best = outcome.winner
     console.print(
-        f"best: {result.best.name} {key}={result.best_score:.4f} kind={result.best.kind} params={result.best.params} "
-        f"weighting={result.best.weighting} alpha={result.best.alpha:g}"
+        f"best: {best.kind} {key}={outcome.score:.4f} (popularity {outcome.popularity_score:.4f}) "
+        f"params={best.params} weighting={best.weighting} alpha={best.alpha:g}"
     )
+    for note in outcome.notes:
+        console.print(f"  {note}")
     console.print(
-        f"search run {result.parent_run_id}"
+        f"search run {outcome.parent_run_id}; trials: {result.report_dir}/trials.csv"
         + (f"; best config written to {result.out_path}" if result.out_path else "")
     )

@@ -21,7 +21,10 @@ logger = logging.getLogger(__name__)
 
 #: higher is better for these; lower for avg_rec_popularity and gini (less popularity bias)
 LOWER_IS_BETTER = {"avg_rec_popularity", "gini"}
-INFO_COLUMNS = ["kind", "run_id", "params"]
+INFO_COLUMNS = ["kind", "run_id", "params", "index"]
+#: a child run's parameter naming the index kind training's choice picked for the model
+#: (recsys/index/choice.py): the one its ``index_recall_at_10`` was measured on
+INDEX_KIND_PARAM = "index.kind"
 TIME_COLUMNS = ["time_train_s", "time_eval_s", "index_recall_at_10"]
 #: the bias report's columns at the main k (recsys.evaluation.bias), shown beside accuracy;
 #: lower is better for each: exposure amplification, the largest worst/best nDCG gap over user
@@ -80,6 +83,7 @@ def comparison_frame(results) -> pd.DataFrame:
             "params": json.dumps(
                 {**r.config.params, "weighting": r.config.weighting, "alpha": r.config.alpha}, default=str
             ),
+            "index": r.index_kind,
         }
         row.update(r.metrics)
         if r.error:
@@ -100,6 +104,7 @@ def comparison_from_runs(runs) -> pd.DataFrame:
             "kind": p.get("kind", ""),
             "run_id": run.info.run_id,
             "params": json.dumps(params),
+            "index": p.get(INDEX_KIND_PARAM),
         }
         row.update({k: v for k, v in m.items() if not k.endswith("_by_k")})
         if run.info.status == "FAILED":
@@ -168,28 +173,34 @@ def rich_table(df: pd.DataFrame, k: int, title: str = ""):
     best = best_models(df)
     table = Table(title=title or f"metrics @ {k}", show_lines=False)
     table.add_column("model", overflow="fold")
+    # the index kind beside its recall: the one training's choice picked for the model
+    with_index = "index_recall_at_10" in cols and "index" in df
     for c in cols:
         table.add_column(
-            c.replace(f"_at_{k}", f"@{k}")
+            c.replace("index_recall_at_10", "index R@10")
+            .replace(f"_at_{k}", f"@{k}")
             .replace("bias_amplification", "amplif.")
             .replace("bias_max_group_gap", "group gap")
             .replace("bias_max_leakage_auc", "leakage AUC")
             .replace("avg_rec_popularity", "ARP")
             .replace("coverage", "cov")
             .replace("diversity", "ILD")
-            .replace("index_recall_at_10", "annoy R@10")
             .replace("time_train_s", "train s")
             .replace("time_eval_s", "eval s"),
             justify="right",
         )
+    if with_index:
+        table.add_column("index")
     for name, row in df.iterrows():
         # Text, never markup: a configuration's name (``als[weighting=bm25]``) is shown as written
         cells = []
         for c in cols:
             text = _fmt(row.get(c, float("nan")))
             cells.append(Text(text, style="bold green" if best.get(c) == name else ""))
+        if with_index:
+            cells.append(Text(str(row["index"]) if isinstance(row.get("index"), str) else "—"))
         if isinstance(row.get("error"), str):
-            cells = [Text("failed", style="red")] + [Text("")] * (len(cols) - 1)
+            cells = [Text("failed", style="red")] + [Text("")] * (len(cells) - 1)
         table.add_row(Text(str(name)), *cells)
     return table
 
@@ -330,7 +341,9 @@ def write_report(
         lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in context.items()] + [""]
     lines += [f"## Metrics @ {main_k}", "", "Best per column in **bold** (lowest for avg_rec_popularity and gini).", ""]
     lines += [
-        _markdown_table(ok[main_columns(ok, main_k) + [c for c in BIAS_COLUMNS + TIME_COLUMNS if c in ok]], best),
+        _markdown_table(
+            ok[main_columns(ok, main_k) + [c for c in [*BIAS_COLUMNS, *TIME_COLUMNS, "index"] if c in ok]], best
+        ),
         "",
     ]
     lines += ["![metric bars](metric_bars.png)", "", "## Metrics at every k", ""]
@@ -371,6 +384,7 @@ def write_report(
             lines += [_markdown_table(t), ""]
     lines += ["## Parameters", ""] + [
         f"- **{n}** ({row.get('kind', '')}): `{row.get('params', '')}` run `{row.get('run_id', '')}`"
+        + (f", index {row['index']}" if isinstance(row.get("index"), str) else "")
         for n, row in df.iterrows()
     ]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")

@@ -1,14 +1,17 @@
 """Run an experiment spec: one split, every model configuration fitted and scored on it, each a
-nested MLflow child run under one parent run, plus the comparison report.
+nested MLflow child run under one parent run, plus the comparison report; or search the spec's
+parameter spaces (:func:`search_experiment`) with the one search, ``pipelines.search.run_search``.
 
-The same functions serve ``search`` (``experiments.search``): :func:`prepare_data` once, then
-:func:`fit_and_evaluate` per trial.
+Both score on the holdout of recsys/evaluation/holdout.py: the spec's split in one id space,
+:func:`~recsys.evaluation.holdout.top_k` and its ranking metrics.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,32 +23,32 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import yaml
 
-from experiments.spec import ExperimentSpec, SplitSpec
+from experiments.report import INDEX_KIND_PARAM
+from experiments.spec import RANKING_METRICS, ExperimentSpec, ModelSpec, SpecError, SplitSpec, parse_metric
 from pipelines import tracking
+from pipelines.search import SEARCH_METRICS, Family, SearchConfig, SearchOutcome, TrialProgress, run_search
 from recsys.datasets import Dataset, generate_synthetic, load_dataset
 from recsys.evaluation import (
     activity_buckets,
     breakdown,
-    catalog_coverage,
     intra_list_diversity,
     leave_last_n_split,
     novelty,
     per_user_metrics,
     popularity_bias,
     random_split,
-    ranking_metrics_at_k,
     stratified_split,
     time_split,
-    top_k_scores,
 )
 from recsys.evaluation.bias import bias_report, user_attribute_labels
-from recsys.evaluation.holdout import Holdout, vector_metric
+from recsys.evaluation.holdout import Holdout, rank_metrics, top_k
 from recsys.evaluation.splits import Split
 from recsys.matrix import InteractionMatrix
 from recsys.models.base import TrainData
 from recsys.models.config import ModelConfig
-from recsys.models.registry import make_model
+from recsys.models.registry import make_model, model_class
 from recsys.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -170,13 +173,18 @@ class PreparedData:
         return self._features[key]
 
 
-def prepare_data(spec: ExperimentSpec, dataset: Dataset, split: Split | None = None) -> PreparedData:
-    split = split or make_split(dataset.events, spec.split, spec.split_seed)
+def holdout_of(spec: ExperimentSpec, split: Split) -> Holdout:
+    """The spec's split as the holdout every model is scored on."""
     if len(split.train) == 0 or len(split.test) == 0:
         raise ValueError(
             f"the {spec.split.method} split left {len(split.train)} train and {len(split.test)} test events; adjust split"
         )
-    holdout = Holdout.of_split(split, spec.split.method, spec.eval_users, spec.seed)
+    return Holdout.of_split(split, spec.split.method, spec.eval_users, spec.seed)
+
+
+def prepare_data(spec: ExperimentSpec, dataset: Dataset, split: Split | None = None) -> PreparedData:
+    split = split or make_split(dataset.events, spec.split, spec.split_seed)
+    holdout = holdout_of(spec, split)
     counts = holdout.train.copy()
     counts.data = np.ones_like(counts.data)
     popularity = np.diff(sp.csc_matrix(counts).indptr).astype(np.float64)
@@ -243,6 +251,8 @@ class ModelResult:
     breakdown: pd.DataFrame | None = None
     run_id: str | None = None
     error: str | None = None
+    #: the index kind training's choice picked for the model's user space (``index_recall_at_10``'s)
+    index_kind: str | None = None
 
 
 def fit_on_split(config: ModelConfig, data: PreparedData):
@@ -255,36 +265,18 @@ def fit_on_split(config: ModelConfig, data: PreparedData):
     return fit(config, matrix, data.dataset, events=data.split.train)
 
 
-def recommend(model, users: np.ndarray, exclude: sp.csr_matrix, k: int) -> np.ndarray:
-    """Top-``k`` item indices per user (train items excluded), ``-1`` padded."""
-    if getattr(model, "user_vectors_", None) is not None:
-        return top_k_scores(
-            model.user_vectors_,
-            model.item_vectors_,
-            k,
-            exclude=exclude,
-            user_rows=users,
-            metric=vector_metric(model.metric),
-        )[0]
-    if hasattr(model, "recommend"):
-        return model.recommend(users, exclude, k)[0]
-    raise ValueError(f"{type(model).__name__} has neither user vectors nor recommend()")
-
-
 def evaluate(recommended: np.ndarray, data: PreparedData, ks: list[int], metrics: list[str]) -> dict[str, float]:
-    """``<metric>_at_<k>`` for every requested metric and k."""
+    """``<metric>_at_<k>`` for every requested metric and k of ``recommended``, the top-k of the
+    evaluation users (``holdout.top_k``): ranking metrics and coverage from the holdout module,
+    the beyond-accuracy ones beside them."""
     users = data.eval_users
-    n_items = data.test.shape[1]
     n_train_users = data.binary_train.shape[0]
     out: dict[str, float] = {}
     for k in ks:
         rec = recommended[:, :k]
-        ranking = ranking_metrics_at_k(rec, data.test, k, user_rows=users, n_items_total=n_items)
-        for m in ("precision", "recall", "ndcg", "map", "hit_rate", "mrr", "auc"):
-            if m in metrics:
-                out[f"{m}_at_{k}"] = ranking[m]
-        if "coverage" in metrics:
-            out[f"coverage_at_{k}"] = catalog_coverage(rec, n_items)
+        ranking = rank_metrics(rec, data.holdout, users, k)
+        ranking[f"coverage_at_{k}"] = ranking.pop("coverage")
+        out.update({f"{m}_at_{k}": ranking[f"{m}_at_{k}"] for m in (*RANKING_METRICS, "coverage") if m in metrics})
         if "novelty" in metrics:
             out[f"novelty_at_{k}"] = novelty(rec, data.item_popularity, n_users=n_train_users)
         if "diversity" in metrics and data.diversity_embeddings is not None:
@@ -316,11 +308,20 @@ def user_breakdown(recommended: np.ndarray, data: PreparedData, k: int) -> pd.Da
     return out[["dimension", "group", "k", *cols]]
 
 
-def index_recall(model, n_queries: int, seed: int) -> float | None:
+@dataclass(frozen=True)
+class IndexRecall:
+    """The index training's choice picked for a model's user space, and its recall@10."""
+
+    kind: str
+    recall_at_10: float
+
+
+def index_recall(model, n_queries: int, seed: int) -> IndexRecall | None:
     """Recall@10 against exact search of the index ``recsys train`` would serve this model's
-    user space with (``IndexConfig`` defaults: the measured choice, exact when an exact scan
-    is served), on ``n_queries`` sampled user vectors."""
-    if n_queries <= 0 or getattr(model, "item_vectors_", None) is None or getattr(model, "user_vectors_", None) is None:
+    user space with (``IndexConfig`` defaults: the measured choice of recsys/index/choice.py;
+    an Annoy index that found a scan faster is served by the scan: ``exact``, recall 1), on
+    ``n_queries`` sampled user vectors."""
+    if n_queries <= 0:
         return None
     from pipelines.train import IndexConfig
     from recsys.index import build_index
@@ -329,8 +330,18 @@ def index_recall(model, n_queries: int, seed: int) -> float | None:
     config = IndexConfig(recall_queries=n_queries, tune_seconds=5.0, build_budget_seconds=15.0)
     queries = config.sample_queries(model.user_vectors_, np.random.default_rng(seed))
     index, choice = build_index(config.kind, model.metric, model.item_vectors_, queries, config.settings())
-    logger.info("index for %s: %s", model.kind, "exact" if index.prefer_exact else choice.chosen.kind)
-    return 1.0 if index.prefer_exact else float(choice.chosen.recall_at_10)
+    picked = IndexRecall("exact", 1.0) if index.prefer_exact else IndexRecall(choice.kind, choice.chosen.recall_at_10)
+    logger.info("index for %s: %s, recall@10 %.3f", model.kind, picked.kind, picked.recall_at_10)
+    return picked
+
+
+@dataclass
+class Evaluation:
+    """One configuration fitted and scored on the experiment's holdout."""
+
+    metrics: dict[str, float]
+    breakdown: pd.DataFrame | None = None
+    index_kind: str | None = None
 
 
 def fit_and_evaluate(
@@ -340,24 +351,24 @@ def fit_and_evaluate(
     *,
     with_breakdown: bool = True,
     with_index: bool = True,
-) -> tuple[dict[str, float], pd.DataFrame | None]:
-    """Fit on the shared train part, score on the shared test part: metrics (+ breakdown)."""
+) -> Evaluation:
+    """Fit on the shared train part, score on the shared test part: metrics (+ breakdown, and
+    the chosen index's kind)."""
     start = time.perf_counter()
     model = fit_on_split(config, data)
     t_train = time.perf_counter() - start
     start = time.perf_counter()
-    recommended = recommend(model, data.eval_users, data.binary_train, max(spec.k))
+    recommended = top_k(model, data.holdout, max(spec.k))
     metrics = evaluate(recommended, data, spec.k, spec.metrics)
     t_eval = time.perf_counter() - start
     metrics.update({"time_train_s": t_train, "time_eval_s": t_eval, "eval_users": float(len(data.eval_users))})
-    if with_index:
-        recall = index_recall(model, spec.index_recall_queries, spec.seed)
-        if recall is not None:
-            metrics["index_recall_at_10"] = recall
+    picked = index_recall(model, spec.index_recall_queries, spec.seed) if with_index else None
+    if picked is not None:
+        metrics["index_recall_at_10"] = picked.recall_at_10
     if with_breakdown:
         metrics.update(bias_columns(model, recommended, data, spec))
     table = user_breakdown(recommended, data, spec.main_k) if with_breakdown else None
-    return metrics, table
+    return Evaluation(metrics, table, picked.kind if picked is not None else None)
 
 
 def bias_columns(model, recommended: np.ndarray, data: PreparedData, spec: ExperimentSpec) -> dict[str, float]:
@@ -490,10 +501,13 @@ def run_experiment(
                     run_id = child.info.run_id
                     tracking.log_params_flat({**config_params(config), **split_params(spec, data)})
                     try:
-                        metrics, table = fit_and_evaluate(config, data, spec)
+                        evaluation = fit_and_evaluate(config, data, spec)
                     except Exception as exc:
                         tracking.set_tags({"recsys.experiment.error": f"{type(exc).__name__}: {exc}"[:500]})
                         raise  # leaving the block marks the child run FAILED
+                    metrics, table = evaluation.metrics, evaluation.breakdown
+                    if evaluation.index_kind is not None:
+                        tracking.log_params_flat({INDEX_KIND_PARAM: evaluation.index_kind})
                     tracking.log_metrics_finite(metrics)
                     for k in spec.k:  # metric@k curves as steps too, for the MLflow UI
                         tracking.log_metrics_finite(
@@ -513,7 +527,7 @@ def run_experiment(
                 logger.error("model %s failed: %s", config.name, exc)
                 results.append(ModelResult(config, {}, None, run_id, error=f"{type(exc).__name__}: {exc}"))
                 continue
-            results.append(ModelResult(config, metrics, table, run_id))
+            results.append(ModelResult(config, metrics, table, run_id, index_kind=evaluation.index_kind))
         if all(r.error for r in results):
             raise RuntimeError(
                 "every model configuration failed: " + "; ".join(f"{r.config.name}: {r.error}" for r in results)
@@ -541,3 +555,153 @@ def run_experiment(
         tracking.log_artifact(out_dir, "report")
         parent_id = parent.info.run_id
     return ExperimentResult(spec, parent_id, data.split_hash, results, comparison, out_dir, data.split.report)
+
+
+# ----------------------------------------------------------------------------------------------
+# the search
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExperimentSearch:
+    """A search over a spec's spaces: the one search's outcome, where its files went."""
+
+    outcome: SearchOutcome
+    metric: str
+    #: one row per finished trial: family, kind, state, the metric, weighting, alpha, params
+    trials: pd.DataFrame
+    report_dir: Path
+    out_path: Path | None
+
+
+def searchable(spec: ExperimentSpec) -> list[ModelSpec]:
+    """The spec's models ``recsys train`` can train from a search: not the reference baselines,
+    not the content encoders (the spec's list, logged when some are left out)."""
+    models = [m for m in spec.models if not (model_class(m.kind).reference or model_class(m.kind).needs_catalog)]
+    skipped = [m.label() for m in spec.models if m not in models]
+    if skipped:
+        logger.info("not searched (recsys train cannot train them): %s", ", ".join(skipped))
+    if not models:
+        raise SpecError(
+            "no model in the spec can be searched: baselines and content encoders are not trainable by `recsys train`"
+        )
+    return models
+
+
+def search_families(spec: ExperimentSpec) -> list[Family]:
+    """The spec's searchable models as the one search's declared families (unique names)."""
+    models = searchable(spec)
+    names: dict[str, int] = {}
+    out = []
+    for m in models:
+        n = names[m.label()] = names.get(m.label(), 0) + 1
+        out.append(m.family(m.label() if n == 1 else f"{m.label()}#{n}"))
+    return out
+
+
+def validation_split(spec: ExperimentSpec, split: Split) -> Split:
+    """A second split of the train part (same method and seed), so test never picks parameters."""
+    train = split.train
+    if spec.split.method == "time":
+        return time_split(train, train["timestamp"].quantile(0.8))
+    return make_split(train, spec.split, spec.split_seed)
+
+
+def search_config(spec: ExperimentSpec, trials: int | None = None) -> SearchConfig:
+    """The one search's settings for a spec: its metric, method, trials and seed; no ensemble,
+    no content space (the winner is one of the spec's configurations, or popularity when
+    nothing in the space beats it); every trial runs (no patience, no wall-clock cap)."""
+    name, k = parse_metric(spec.search.metric)
+    if name not in SEARCH_METRICS:
+        raise SpecError(
+            f"search.metric: the search maximizes a per-user ranking metric ({', '.join(SEARCH_METRICS)}); got {name!r}"
+        )
+    n = trials or spec.search.trials
+    return SearchConfig(
+        trials=n,
+        max_seconds=math.inf,
+        patience=n,
+        k=k,
+        seed=spec.seed,
+        metric=name,
+        method=spec.search.method,
+        content="none",
+        ensemble=False,
+    )
+
+
+def train_config_yaml(config: ModelConfig, spec: ExperimentSpec, metric: str, score: float, parent_run_id: str) -> str:
+    header = (
+        f"# Best configuration of `recsys experiment search` over {spec.name}\n"
+        f"# {metric} = {score:.6f} on the {spec.search.holdout} holdout of a {spec.split.method} split (seed {spec.split_seed});\n"
+        f"# search run {parent_run_id}. Train it with: recsys train --config <this file>\n"
+    )
+    model = config.model_dump(mode="json", exclude={"name"})
+    return header + yaml.safe_dump({"model": model, "seed": spec.seed}, sort_keys=False)
+
+
+def trials_table(outcome: SearchOutcome, metric: str) -> pd.DataFrame:
+    """The search's trials, best first, with each configuration's fields as columns."""
+    rows = []
+    for _, t in outcome.trials.iterrows():
+        config = ModelConfig.model_validate(t["config"]) if isinstance(t["config"], dict) else None
+        rows.append(
+            {
+                "trial": int(t["trial"]),
+                "family": t["family"],
+                "kind": t["kind"],
+                "state": t["state"],
+                metric: t["value"],
+                "weighting": config.weighting if config else None,
+                "alpha": config.alpha if config else None,
+                "params": json.dumps(config.params, default=str) if config else None,
+                "run_id": t["run_id"],
+                "seconds": t["seconds"],
+            }
+        )
+    return pd.DataFrame(rows).sort_values(metric, ascending=False, na_position="last").reset_index(drop=True)
+
+
+def search_experiment(
+    spec: ExperimentSpec,
+    settings: Settings,
+    *,
+    trials: int | None = None,
+    out: Path | None = None,
+    base_dir: Path | None = None,
+    dataset: Dataset | None = None,
+    report_dir: Path | None = None,
+    on_trial: Callable[[TrialProgress], None] | None = None,
+) -> ExperimentSearch:
+    """Search the spec's parameter spaces with the one search (``pipelines.search.run_search``)
+    on the spec's split — a validation split of its train part unless ``search.holdout: test``
+    — tracked in the spec's MLflow experiment; writes ``trials.csv`` and ``best.yaml`` (a
+    ``recsys train --config`` file) into ``report_dir``, and the latter to ``out`` too."""
+    config = search_config(spec, trials)
+    families = search_families(spec)
+    dataset = dataset if dataset is not None else load_data(spec, settings, base_dir)
+    split = make_split(dataset.events, spec.split, spec.split_seed)
+    if spec.search.holdout == "validation":
+        split = validation_split(spec, split)
+    holdout = holdout_of(spec, split)
+    outcome = run_search(
+        settings,
+        dataset,
+        config,
+        space=families,
+        holdout=holdout,
+        experiment=spec.name,
+        tags={KIND_TAG: "search", SPEC_TAG: spec.name, "recsys.experiment.split_hash": split_hash(split)},
+        on_trial=on_trial,
+    )
+    table = trials_table(outcome, config.key)
+    text = train_config_yaml(outcome.winner, spec, spec.search.metric, outcome.score, outcome.parent_run_id)
+    folder = Path(report_dir) if report_dir is not None else default_report_dir(f"{spec.name}-search")
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_csv(folder / "trials.csv", index=False)
+    (folder / "best.yaml").write_text(text)
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    return ExperimentSearch(outcome, config.key, table, folder, out)

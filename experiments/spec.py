@@ -25,11 +25,9 @@ Example::
 from __future__ import annotations
 
 import itertools
-import math
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -70,13 +68,6 @@ class Range(_Strict):
 
     #: both bounds were written as integers: samples are rounded to int
     _int_hint: bool = False
-
-    def sample(self, rng: np.random.Generator) -> float | int:
-        if self.log:
-            x = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
-        else:
-            x = rng.uniform(self.low, self.high)
-        return int(round(x)) if self._int_hint else float(x)
 
 
 def _parse_space(value: Any) -> Any:
@@ -224,9 +215,6 @@ class ModelSpec(_Strict):
             out.update({(k if k in ("weighting", "alpha") else f"params.{k}"): v for k, v in self.search.items()})
         return out
 
-    def has_ranges(self, for_search: bool = True) -> bool:
-        return any(isinstance(v, Range) for v in self.space(for_search).values())
-
     def grid(self, for_search: bool = False) -> list[ModelConfig]:
         """Every combination of the grid values (ranges are refused: they are for ``search``)."""
         space = self.space(for_search)
@@ -239,24 +227,24 @@ class ModelSpec(_Strict):
         values = [v if isinstance(v, list) else [v] for v in space.values()]
         return [self._config(dict(zip(keys, combo))) for combo in itertools.product(*values)]
 
-    def sample(self, rng: np.random.Generator) -> ModelConfig:
-        out = {}
-        for k, v in self.space(for_search=True).items():
-            if isinstance(v, Range):
-                out[k] = v.sample(rng)
-            elif isinstance(v, list):
-                out[k] = v[int(rng.integers(len(v)))]
-            else:
-                out[k] = v
-        return self._config(out)
+    def family(self, name: str):
+        """This model's search space as the one search's declared family
+        (``pipelines.search.Family``): lists are choices, ranges spans, the rest fixed."""
+        from pipelines.search import Choice, Family, Span
 
-    def n_grid(self, for_search: bool = True) -> int:
-        n = 1
-        for v in self.space(for_search).values():
+        fixed: dict[str, Any] = {}
+        dimensions: dict[str, Any] = {}
+        for key, v in self.space(for_search=True).items():
+            dim = key.removeprefix("params.")
             if isinstance(v, Range):
-                return 0
-            n *= len(v) if isinstance(v, list) else 1
-        return n
+                dimensions[dim] = Span(v.low, v.high, log=v.log, integer=v._int_hint)
+                fixed[key] = int(v.low) if v._int_hint else v.low
+            elif isinstance(v, list):
+                dimensions[dim] = Choice(tuple(v))
+                fixed[key] = v[0]
+            else:
+                fixed[key] = v
+        return Family(name, self._config(fixed), dimensions)
 
     def _config(self, point: dict[str, Any]) -> ModelConfig:
         params = {
@@ -278,9 +266,14 @@ class ModelSpec(_Strict):
 
 
 class SearchSpec(_Strict):
-    method: Literal["random", "grid"] = "random"
+    """``recsys experiment search``: the spec's models' spaces searched by the one search
+    (pipelines/search.py): ``random`` draws, ``grid`` walks every combination (at most
+    ``trials``), ``tpe`` (Optuna's TPE) learns from the trials so far."""
+
+    method: Literal["random", "grid", "tpe"] = "random"
     trials: int = Field(20, ge=1)
-    #: the metric to maximize, ``<name>@<k>`` or ``<name>_at_<k>`` (default: ndcg at the main k)
+    #: the per-user ranking metric to maximize (ndcg, precision, recall, map, hit_rate, mrr),
+    #: ``<name>@<k>`` or ``<name>_at_<k>`` (default: ndcg at the main k)
     metric: str | None = None
     #: ``validation``: trials are scored on a second split carved out of the train part (same
     #: method), so the test part never chooses the parameters; ``test``: on the spec's split
@@ -298,7 +291,8 @@ class ExperimentSpec(_Strict):
     seed: int = 42
     #: evaluate on at most this many test users (seeded sample); null = all
     eval_users: int | None = Field(None, ge=1)
-    #: measure Annoy recall@10 against exact search on this many user vectors (0 = skip)
+    #: measure the recall@10 of the index training would choose (recsys/index/choice.py),
+    #: against exact search, on this many user vectors (0 = skip)
     index_recall_queries: int = Field(100, ge=0)
     #: a user attribute key for the breakdown; ``auto`` picks the first low-cardinality one
     breakdown_attribute: str | None = "auto"

@@ -18,6 +18,12 @@
    Sentence-BERT when the ``text`` extra is installed; its blend weight chosen on validation.
 5. The winner is refitted on all data and registered/promoted by ``pipelines.train.train``.
 
+The space is either these built-in families or one the caller declares (:class:`Family`: each
+dimension a :class:`Choice` or a :class:`Span`; ``recsys experiment search`` maps a spec's
+models onto it), sampled by TPE, at random or walked as a grid (``SearchConfig.method``), scored
+by any per-user ranking metric (``SearchConfig.metric``) on the validation holdout or on a
+given one (an experiment spec's split).
+
 The budget is a number of trials (``trials``: the same data and budget give the same winner);
 ``max_seconds`` only caps wall-clock time; the search also stops once ``patience`` trials in a
 row brought no improvement. The study lives in ``$RECSYS_DATA_DIR/search/optuna.db`` (RDB
@@ -27,12 +33,14 @@ storage): a search that crashed resumes where it stopped — completed trials ar
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -47,9 +55,8 @@ from pipelines.train import (
     train,
 )
 from recsys.datasets.base import Dataset, DatasetError
-from recsys.evaluation.holdout import Holdout, HoldoutConfig, score_vectors
+from recsys.evaluation.holdout import Holdout, HoldoutConfig, score_vectors, top_k
 from recsys.evaluation.metrics import per_user_metrics, ranking_metrics_at_k
-from recsys.evaluation.topk import top_k_scores
 from recsys.hybrid import history_profiles, hybrid_top_k
 from recsys.matrix import InteractionMatrix
 from recsys.models.base import TrainData
@@ -65,6 +72,9 @@ SEARCH_TAG = "recsys.search"
 MAX_ITEMS_ITEM_ITEM = 5_000
 #: candidate content blend weights (0: collaborative only)
 CONTENT_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
+#: the metrics a search can maximize: per-user ranking metrics (the one-standard-error rule of
+#: :func:`choose` needs each user's score)
+SEARCH_METRICS = ("ndcg", "precision", "recall", "map", "hit_rate", "mrr")
 #: candidate weights of the second and third ensemble members (the best member weighs 1)
 ENSEMBLE_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
 
@@ -110,6 +120,22 @@ class SearchConfig:
     #: validation users (seeded sample) also scored as serving folds them in (0: off): a
     #: trial's score is scaled down by how much worse its fold-in is than its trained vectors
     fold_in_users: int = 200
+    #: the per-user ranking metric at ``k`` every trial is scored by (one of ``SEARCH_METRICS``)
+    metric: str = "ndcg"
+    #: how trials are drawn: ``tpe`` (after the starting points), ``random``, or ``grid`` (every
+    #: combination of a declared space's choices, at most ``trials`` of them, seeded)
+    method: Literal["tpe", "random", "grid"] = "tpe"
+    #: also blend the top families into an ensemble candidate
+    ensemble: bool = True
+
+    def __post_init__(self) -> None:
+        if self.metric not in SEARCH_METRICS:
+            raise ValueError(f"the search maximizes one of {', '.join(SEARCH_METRICS)}; got {self.metric!r}")
+
+    @property
+    def key(self) -> str:
+        """The metric's name in MLflow: ``ndcg_at_10``."""
+        return f"{self.metric}_at_{self.k}"
 
 
 @dataclass
@@ -137,23 +163,12 @@ class SearchOutcome:
 
 class Validation:
     """The validation holdout (recsys/evaluation/holdout.py: the newest events, widened until
-    enough users are in it), its matrices per weighting and the nDCG scorer every trial uses."""
+    enough users are in it; or a given one), its matrices per weighting and the scorer of the
+    search's metric every trial uses."""
 
-    def __init__(self, dataset: Dataset, config: SearchConfig) -> None:
-        self.dataset, self.k = dataset, config.k
-        ratio = config.validation_ratio
-        while True:
-            holdout_config = HoldoutConfig(
-                kind="time", test_ratio=ratio, eval_users=config.eval_users, seed=config.seed
-            )
-            self.holdout = Holdout.build(dataset.events, holdout_config, require_test=False)
-            self.ratio = ratio
-            if (
-                self.holdout.split.report["n_test_users"] >= config.min_validation_users
-                or ratio >= config.max_validation_ratio
-            ):
-                break
-            ratio = min(config.max_validation_ratio, ratio + 0.05)
+    def __init__(self, dataset: Dataset, config: SearchConfig, holdout: Holdout | None = None) -> None:
+        self.dataset, self.k, self.metric = dataset, config.k, config.metric
+        self.holdout = holdout if holdout is not None else self._time_holdout(dataset, config)
         self.split = self.holdout.split
         self.user_ids, self.item_ids = self.holdout.user_ids, self.holdout.item_ids
         self.seen, self.test, self.users = self.holdout.train, self.holdout.test, self.holdout.users
@@ -163,6 +178,21 @@ class Validation:
         n_fold_in = min(config.fold_in_users, len(users))
         self.fold_in_users = np.sort(np.random.default_rng(config.seed + 1).choice(users, n_fold_in, replace=False))
         self._matrices: dict[tuple[str, float], InteractionMatrix] = {}
+
+    @staticmethod
+    def _time_holdout(dataset: Dataset, config: SearchConfig) -> Holdout:
+        ratio = config.validation_ratio
+        while True:
+            holdout_config = HoldoutConfig(
+                kind="time", test_ratio=ratio, eval_users=config.eval_users, seed=config.seed
+            )
+            holdout = Holdout.build(dataset.events, holdout_config, require_test=False)
+            if (
+                holdout.split.report["n_test_users"] >= config.min_validation_users
+                or ratio >= config.max_validation_ratio
+            ):
+                return holdout
+            ratio = min(config.max_validation_ratio, ratio + 0.05)
 
     @property
     def n_items(self) -> int:
@@ -177,36 +207,31 @@ class Validation:
     def fit(self, config: ModelConfig):
         return fit_model(config, self.matrix(config), self.dataset, events=self.split.train)
 
-    def ndcg(
+    def value(
         self, user_vectors: np.ndarray, item_vectors: np.ndarray, metric: str, users: np.ndarray | None = None
     ) -> float:
+        """The search's metric at k of ``users`` (default: every validation user)."""
         users = self.users if users is None else users
         if len(users) == 0:
             return 0.0
-        return score_vectors(self.holdout, users, user_vectors, item_vectors, metric, self.k)[f"ndcg_at_{self.k}"]
+        scores = score_vectors(self.holdout, users, user_vectors, item_vectors, metric, self.k)
+        return scores[f"{self.metric}_at_{self.k}"]
 
     def per_user(self, model) -> np.ndarray:
-        """nDCG@k of every validation user (row order of ``self.users``)."""
-        top = top_k_scores(
-            model.user_vectors_,
-            model.item_vectors_,
-            self.k,
-            exclude=self.seen,
-            user_rows=self.users,
-            metric=model.metric,
-        )[0]
+        """The search's metric at k of every validation user (row order of ``self.users``)."""
+        top = top_k(model, self.holdout, self.k)
         frame = per_user_metrics(top, self.test, self.k, user_rows=self.users)
-        return frame.set_index("user_row")["ndcg"].reindex(self.users).fillna(0.0).to_numpy(np.float64)
+        return frame.set_index("user_row")[self.metric].reindex(self.users).fillna(0.0).to_numpy(np.float64)
 
     def fold_in_ratio(self, model, config: ModelConfig) -> float:
-        """nDCG@k of ``fold_in_users`` folded in from their validation-train row through the
+        """The metric of ``fold_in_users`` folded in from their validation-train row through the
         model's own ``fold_in`` (with the training matrix's weights: the path serving takes for
-        a user with events newer than the model), over their nDCG@k from the trained vectors.
+        a user with events newer than the model), over theirs from the trained vectors.
         1.0 when there is nothing to compare."""
         users = self.fold_in_users
         if len(users) == 0 or model.user_vectors_ is None:
             return 1.0
-        trained = self.ndcg(model.user_vectors_, model.item_vectors_, model.metric, users)
+        trained = self.value(model.user_vectors_, model.item_vectors_, model.metric, users)
         if trained <= 0:
             return 1.0
         matrix = self.matrix(config).matrix
@@ -214,12 +239,12 @@ class Validation:
         for u in users:
             row = matrix[u]
             folded[u] = model.fold_in(row.indices, row.data)
-        return self.ndcg(folded, model.item_vectors_, model.metric, users) / trained
+        return self.value(folded, model.item_vectors_, model.metric, users) / trained
 
     def score(self, model, users: np.ndarray | None = None) -> float:
         if model.user_vectors_ is None:
             raise ValueError(f"{model.kind} has no vector form on this catalog")
-        return self.ndcg(model.user_vectors_, model.item_vectors_, model.metric, users)
+        return self.value(model.user_vectors_, model.item_vectors_, model.metric, users)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -380,6 +405,135 @@ def suggest(trial, kind: str, validation: Validation) -> ModelConfig:
     raise ValueError(f"no search space for model kind {kind!r}")
 
 
+@dataclass(frozen=True)
+class Choice:
+    """A dimension taking one of ``values`` (categorical in TPE; a grid axis)."""
+
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Span:
+    """A dimension uniform in [low, high] (log-uniform with ``log``; integers with ``integer``)."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+
+#: a dimension's name: ``weighting``, ``alpha`` or a model parameter
+Dimension = Choice | Span
+
+
+@dataclass(frozen=True)
+class Family:
+    """A declared family of a search space: ``config`` with each of ``dimensions`` drawn by the
+    trial (parameter names prefixed by ``name``, unique in the space, so each family keeps its
+    own distributions in TPE)."""
+
+    name: str
+    config: ModelConfig
+    dimensions: Mapping[str, Dimension] = field(default_factory=dict)
+
+    def suggest(self, trial) -> ModelConfig:
+        drawn = {}
+        for dim, space in self.dimensions.items():
+            key = f"{self.name}.{dim}"
+            if isinstance(space, Choice):
+                drawn[dim] = trial.suggest_categorical(key, list(space.values))
+            elif space.integer:
+                drawn[dim] = trial.suggest_int(key, int(space.low), int(space.high), log=space.log)
+            else:
+                drawn[dim] = trial.suggest_float(key, space.low, space.high, log=space.log)
+        return self.at(drawn)
+
+    def at(self, drawn: Mapping[str, Any]) -> ModelConfig:
+        """``config`` with the drawn dimensions."""
+        params = {**self.config.params, **{k: v for k, v in drawn.items() if k not in ("weighting", "alpha")}}
+        update: dict[str, Any] = {"params": params}
+        if "weighting" in drawn:
+            update["weighting"] = drawn["weighting"]
+        if "alpha" in drawn:
+            update["alpha"] = float(drawn["alpha"])
+        return self.config.model_copy(update=update)
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every combination of the choices, as enqueued trial parameters (``kind`` included)."""
+        spans = [dim for dim, space in self.dimensions.items() if isinstance(space, Span)]
+        if spans:
+            raise ValueError(f"{self.name}: {spans[0]} is a range; a grid search needs lists")
+        dims = list(self.dimensions)
+        axes = [self.dimensions[d].values for d in dims]
+        return [
+            {"kind": self.name, **{f"{self.name}.{d}": v for d, v in zip(dims, combo)}}
+            for combo in itertools.product(*axes)
+        ]
+
+    def size(self) -> int | None:
+        """How many configurations the family holds (None: a range makes it unbounded)."""
+        if any(isinstance(space, Span) for space in self.dimensions.values()):
+            return None
+        return math.prod(len(space.values) for space in self.dimensions.values())
+
+    def fingerprint(self) -> str:
+        spaces = {d: repr(space) for d, space in sorted(self.dimensions.items())}
+        return json.dumps([self.name, self.config.model_dump(mode="json"), spaces], sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What trials draw from: the family names (the trial's ``kind`` parameter), the trials
+    tried first (enqueued parameters) and, per family, how a trial becomes a configuration."""
+
+    kinds: list[str]
+    starts: list[dict[str, Any]]
+    notes: list[str]
+    declared: dict[str, Family]
+    validation: Validation
+    #: part of the study's name: another space is another study
+    key: str
+
+    @classmethod
+    def built_in(cls, validation: Validation, config: SearchConfig) -> SearchSpace:
+        """The families of :func:`suggest` the data allows, their starting points first."""
+        if config.method == "grid":
+            raise ValueError("a grid search needs a declared space (lists of values to walk)")
+        kinds, notes = families(validation, config)
+        starts = [{"kind": kind, **point} for kind in kinds for point in STARTING_POINTS.get(kind, [])]
+        if config.method == "random":
+            starts = []
+        key = "-".join(kinds) if config.method == "tpe" else f"{config.method}-" + "-".join(kinds)
+        return cls(kinds, starts, notes, {}, validation, key)
+
+    @classmethod
+    def of(cls, declared: list[Family], validation: Validation, config: SearchConfig) -> SearchSpace:
+        """A declared space; with ``method: grid`` every combination is enqueued (at most
+        ``trials``, a seeded sample of them, in grid order)."""
+        names = [f.name for f in declared]
+        if not declared or len(set(names)) != len(names):
+            raise ValueError(f"a declared search space needs families with unique names; got {names}")
+        starts: list[dict[str, Any]] = []
+        if config.method == "grid":
+            starts = [point for f in declared for point in f.grid()]
+            if len(starts) > config.trials:
+                pick = np.sort(np.random.default_rng(config.seed).choice(len(starts), config.trials, replace=False))
+                starts = [starts[i] for i in pick]
+        # a sample of a grid is another set of trials: a study of its own
+        digest = hashlib.sha256("|".join([*(f.fingerprint() for f in declared), repr(starts)]).encode()).hexdigest()
+        return cls(names, starts, [], {f.name: f for f in declared}, validation, f"{config.method}-{digest[:12]}")
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """The declared families of finitely many configurations, and how many."""
+        return {name: n for name, f in self.declared.items() if (n := f.size()) is not None}
+
+    def suggest(self, trial, kind: str) -> ModelConfig:
+        if kind in self.declared:
+            return self.declared[kind].suggest(trial)
+        return suggest(trial, kind, self.validation)
+
+
 # ----------------------------------------------------------------------------------------------
 # the search
 # ----------------------------------------------------------------------------------------------
@@ -409,10 +563,12 @@ class _FamilySchedule:
     """After the starting points, the next trial's family: round-robin over the ``top`` families
     by best score so far (TPE then picks the parameters within the family). Left to TPE, the
     family is a categorical it exploits greedily — one family gets every trial and a close
-    second (whose tuned form may win, and which the ensemble needs) gets none."""
+    second (whose tuned form may win, and which the ensemble needs) gets none. A family of
+    ``sizes[name]`` configurations is left out once each was tried; the study stops when every
+    family is."""
 
-    def __init__(self, kinds: list[str], n_starts: int, top: int = 4) -> None:
-        self.kinds, self.n_starts, self.top = kinds, n_starts, top
+    def __init__(self, kinds: list[str], n_starts: int, sizes: Mapping[str, int] | None = None, top: int = 4) -> None:
+        self.kinds, self.n_starts, self.sizes, self.top = kinds, n_starts, dict(sizes or {}), top
 
     def __call__(self, study, trial=None) -> None:
         import optuna
@@ -430,7 +586,16 @@ class _FamilySchedule:
             kind = t.params.get("kind")
             if kind in self.kinds and value is not None:
                 best[kind] = max(best.get(kind, -math.inf), value)
-        ranked = sorted(self.kinds, key=lambda k: (-best.get(k, -math.inf), self.kinds.index(k)))[: self.top]
+        tried: dict[str, set[str]] = {}
+        for t in finished:
+            if "config" in t.user_attrs:
+                tried.setdefault(t.params.get("kind"), set()).add(json.dumps(t.user_attrs["config"], sort_keys=True))
+        open_kinds = [k for k in self.kinds if k not in self.sizes or len(tried.get(k, ())) < self.sizes[k]]
+        if not open_kinds:
+            logger.info("search: every configuration of the space was tried; stopping")
+            study.stop()
+            return
+        ranked = sorted(open_kinds, key=lambda k: (-best.get(k, -math.inf), self.kinds.index(k)))[: self.top]
         n = max(0, len(finished) - self.n_starts)
         study.enqueue_trial({"kind": ranked[n % len(ranked)]})
 
@@ -482,8 +647,8 @@ class TrialProgress:
 class _Progress:
     """The optuna callback that reports a :class:`TrialProgress` after every finished trial."""
 
-    def __init__(self, report: Callable[[TrialProgress], None], config: SearchConfig, started: float, k: int):
-        self.report, self.config, self.started, self.k = report, config, started, k
+    def __init__(self, report: Callable[[TrialProgress], None], config: SearchConfig, started: float, total: int):
+        self.report, self.config, self.started, self.total = report, config, started, total
 
     def __call__(self, study, trial) -> None:
         import optuna
@@ -492,13 +657,13 @@ class _Progress:
         best = max(complete, key=lambda t: t.value) if complete else None
         kind = trial.params.get("kind", "?")
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            label = f"{kind}: ndcg@{self.k} {trial.value:.4f}"
+            label = f"{kind}: {self.config.metric}@{self.config.k} {trial.value:.4f}"
         else:
             label = f"{kind}: {trial.state.name.lower()}"
         self.report(
             TrialProgress(
                 done=sum(1 for t in study.trials if t.state.is_finished()),
-                total=self.config.trials,
+                total=self.total,
                 label=label,
                 best=best.value if best is not None else None,
                 best_kind=best.params.get("kind") if best is not None else None,
@@ -513,11 +678,18 @@ def run_search(
     dataset: Dataset,
     config: SearchConfig | None = None,
     *,
+    space: list[Family] | None = None,
+    holdout: Holdout | None = None,
+    experiment: str | None = None,
+    tags: Mapping[str, str] | None = None,
     on_trial: Callable[[TrialProgress], None] | None = None,
     trial_hook: Callable[[int], None] | None = None,
 ) -> SearchOutcome:
-    """Search on ``dataset``'s time-validation split; nothing is registered (see :func:`autotune`).
+    """Search on ``dataset``'s time-validation split (or on ``holdout``, a split of it made by
+    the caller); nothing is registered (see :func:`autotune`).
 
+    ``space``: declared families (default: the built-in ones the data allows); ``experiment``:
+    the MLflow experiment (default: the settings'), ``tags`` added to the parent run.
     ``on_trial(progress)`` reports each finished trial (:class:`TrialProgress`: n/N, best so
     far, ETA); ``trial_hook(number)`` is called at the
     start of every trial (tests use it to simulate a crash)."""
@@ -525,7 +697,7 @@ def run_search(
 
     config = config or SearchConfig()
     started = time.perf_counter()
-    validation = Validation(dataset, config)
+    validation = Validation(dataset, config, holdout)
     notes: list[str] = []
     logger.info(
         "search: validation split %s",
@@ -533,32 +705,42 @@ def run_search(
     )
     popular = make_model("popular").fit(TrainData(validation.seen))
     pop_score = validation.score(popular)
-    kinds, family_notes = families(validation, config)
-    notes += family_notes
-    for note in family_notes:
+    search_space = (
+        SearchSpace.built_in(validation, config) if space is None else SearchSpace.of(space, validation, config)
+    )
+    kinds, starts = search_space.kinds, search_space.starts
+    notes += search_space.notes
+    for note in search_space.notes:
         logger.info("search: %s", note)
-    starts = [{"kind": kind, **point} for kind in kinds for point in STARTING_POINTS.get(kind, [])]
-    study_name = f"autotune-{validation.fingerprint()}-seed{config.seed}-k{config.k}-{'-'.join(kinds)}"
-    exp_id = tracking.experiment_id(settings, settings.experiment_name)
+    metric_part = "" if config.metric == "ndcg" else f"-{config.metric}"
+    study_name = f"autotune-{validation.fingerprint()}-seed{config.seed}-k{config.k}{metric_part}-{search_space.key}"
+    exp_id = tracking.experiment_id(settings, experiment or settings.experiment_name)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # with no starting points, a few random trials before TPE models anything or pruning starts
+    warmup = len(starts) or min(config.trials, 5)
+    sampler = (
+        optuna.samplers.TPESampler(seed=config.seed, multivariate=True, group=True, n_startup_trials=warmup)
+        if config.method == "tpe"
+        # a grid's points are all enqueued: the sampler draws nothing then
+        else optuna.samplers.RandomSampler(seed=config.seed)
+    )
     study = optuna.create_study(
         study_name=study_name,
         storage=_storage_url(settings),
         direction="maximize",
         load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(
-            seed=config.seed, multivariate=True, group=True, n_startup_trials=len(starts)
-        ),
+        sampler=sampler,
         # prune only the clearly bad (bottom quarter on half the users: optuna keeps the top
         # ``percentile``), never a starting point
-        pruner=optuna.pruners.PercentilePruner(75.0, n_startup_trials=len(starts), n_warmup_steps=0),
+        pruner=optuna.pruners.PercentilePruner(75.0, n_startup_trials=warmup, n_warmup_steps=0),
     )
+    total = len(starts) if config.method == "grid" else config.trials
     finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     n_done = sum(1 for t in study.trials if t.state in finished_states)
     if not study.trials:
-        for point in starts[: config.trials]:
+        for point in starts[:total]:
             study.enqueue_trial(point)
-    schedule = _FamilySchedule(kinds, len(starts))
+    schedule = _FamilySchedule(kinds, len(starts), search_space.sizes)
     if n_done:
         logger.info("search: resuming study %s: %d trials already done", study_name, n_done)
         notes.append(f"resumed: {n_done} trials were already done")
@@ -574,14 +756,21 @@ def run_search(
         if trial_hook is not None:
             trial_hook(trial.number)
         kind = trial.suggest_categorical("kind", kinds)
-        model_config = suggest(trial, kind, validation)
-        trial.set_user_attr("config", model_config.model_dump(mode="json"))
+        model_config = search_space.suggest(trial, kind)
+        dumped = model_config.model_dump(mode="json")
+        trial.set_user_attr("config", dumped)
+        scored = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if any(t.user_attrs.get("config") == dumped for t in scored):
+            # drawn again (a finite family, or a sampler's repeat): its score is known already
+            trial.set_user_attr("repeat", True)
+            raise optuna.TrialPruned()
         with tracking.start_run(
             exp_id,
             f"trial-{trial.number:03d}-{kind}",
             nested=True,
             tags={SEARCH_TAG: "trial", "optuna.trial": str(trial.number)},
-        ):
+        ) as run:
+            trial.set_user_attr("run_id", run.info.run_id)
             tracking.log_params_flat(_mlflow_params(model_config))
             t0 = time.perf_counter()
             model = validation.fit(model_config)
@@ -589,7 +778,7 @@ def run_search(
             half = validation.score(model, validation.first_half)
             trial.report(half, step=0)
             if trial.should_prune():
-                tracking.log_metrics_finite({f"ndcg_at_{config.k}_half": half, "time_fit_s": fit_s})
+                tracking.log_metrics_finite({f"{config.key}_half": half, "time_fit_s": fit_s})
                 tracking.set_tag("optuna.state", "pruned")
                 raise optuna.TrialPruned()
             per_user = validation.per_user(model)
@@ -601,9 +790,9 @@ def run_search(
             trial.set_user_attr("per_user", np.round(per_user, 5).tolist())
             tracking.log_metrics_finite(
                 {
-                    f"ndcg_at_{config.k}": value,
-                    f"ndcg_at_{config.k}_fold_in_ratio": fold_in_ratio,
-                    f"ndcg_at_{config.k}_half": half,
+                    config.key: value,
+                    f"{config.key}_fold_in_ratio": fold_in_ratio,
+                    f"{config.key}_half": half,
                     "time_fit_s": fit_s,
                     "time_trial_s": time.perf_counter() - t0,
                 }
@@ -613,7 +802,9 @@ def run_search(
     # a resumed search continues its parent run, so every trial stays under one parent
     nested = tracking.has_active_run()  # inside a pipeline run: the search is its child
     parent_run = (
-        tracking.start_run(exp_id, f"search-{study_name[:40]}", nested=nested, tags={SEARCH_TAG: "parent"})
+        tracking.start_run(
+            exp_id, f"search-{study_name[:40]}", nested=nested, tags={SEARCH_TAG: "parent", **(tags or {})}
+        )
         if parent_id is None
         else tracking.start_run(run_id=parent_id, nested=nested)
     )
@@ -630,30 +821,38 @@ def run_search(
                     "families": ",".join(kinds),
                     "study": study_name,
                     "validation_users": len(validation.users),
+                    "metric": config.key,
+                    "method": config.method,
+                    "holdout": validation.holdout.describe(),
                 }
             )
-            tracking.log_metrics_finite({f"popular_ndcg_at_{config.k}": pop_score})
-        remaining = config.trials - n_done
+            tracking.log_metrics_finite({f"popular_{config.key}": pop_score})
+        remaining = total - n_done
         if enough_users and remaining > 0:
             budget_left = config.max_seconds - (time.perf_counter() - started)
-            if n_done >= len(starts):
+            # a grid walks its enqueued points only; otherwise each next trial's family is scheduled
+            rotate = [schedule] if config.method != "grid" else []
+            if rotate and n_done >= len(starts):
                 schedule(study)  # a resumed search: the next family, as if it had not stopped
             study.optimize(
                 objective,
                 n_trials=remaining,
                 timeout=max(budget_left, 1.0),
                 catch=(ValueError, np.linalg.LinAlgError),
-                callbacks=[schedule, _Patience(config.patience)]
-                + ([_Progress(on_trial, config, started, config.k)] if on_trial is not None else []),
+                callbacks=[*rotate, _Patience(config.patience)]
+                + ([_Progress(on_trial, config, started, total)] if on_trial is not None else []),
                 gc_after_trial=True,
             )
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         rows = [
             {
                 "trial": t.number,
-                "kind": t.params.get("kind"),
+                "family": t.params.get("kind"),
+                "kind": t.user_attrs["config"]["kind"] if "config" in t.user_attrs else t.params.get("kind"),
+                "state": "repeat" if t.user_attrs.get("repeat") else t.state.name.lower(),
                 "value": t.value,
                 "config": t.user_attrs.get("config"),
+                "run_id": t.user_attrs.get("run_id"),
                 "seconds": (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None,
             }
             for t in study.trials
@@ -669,9 +868,9 @@ def run_search(
         ]
         start_numbers = {t.number for t in study.trials if t.system_attrs.get("fixed_params", {}).keys() - {"kind"}}
         for t in complete:
-            rank = _preference(t.params["kind"]) if t.number in start_numbers else PREFERENCE_TUNED
+            rank = _preference(_config_of(t).kind) if t.number in start_numbers else PREFERENCE_TUNED
             candidates.append(Candidate(_config_of(t), np.asarray(t.user_attrs["per_user"]), rank))
-        if complete:
+        if complete and config.ensemble:
             ensemble = _best_ensemble(validation, complete, max(c.score for c in candidates), exp_id, config)
             if ensemble is not None:
                 candidates.append(ensemble)
@@ -686,7 +885,7 @@ def run_search(
         winner_label = describe(best_config)
         tracking.log_metrics_finite(
             {
-                f"best_ndcg_at_{config.k}": best_score,
+                f"best_{config.key}": best_score,
                 "lift_over_popular": best_score / pop_score if pop_score > 0 else 0.0,
                 "search_seconds": elapsed,
                 "trials_done": len(complete),
@@ -702,9 +901,9 @@ def run_search(
         tracking.set_tag("recsys.search.notes", "; ".join(notes)[:4000])
         parent_run_id = parent.info.run_id
     logger.info(
-        "search: winner %s, ndcg@%d %.4f (popularity %.4f) in %.0fs",
+        "search: winner %s, %s %.4f (popularity %.4f) in %.0fs",
         winner_label,
-        config.k,
+        config.key,
         best_score,
         pop_score,
         elapsed,
@@ -780,8 +979,8 @@ def _best_ensemble(
     )
     with tracking.start_run(exp_id, "ensemble", nested=True, tags={SEARCH_TAG: "ensemble"}):
         tracking.log_params_flat({"members": describe(ensemble), "weighting": lead.weighting, "alpha": lead.alpha})
-        tracking.log_metrics_finite({f"ndcg_at_{config.k}": value, f"best_single_ndcg_at_{config.k}": best_single})
-    logger.info("search: ensemble %s ndcg %.4f vs best single %.4f", describe(ensemble), value, best_single)
+        tracking.log_metrics_finite({config.key: value, f"best_single_{config.key}": best_single})
+    logger.info("search: ensemble %s %s %.4f vs best single %.4f", describe(ensemble), config.key, value, best_single)
     return Candidate(ensemble, per_user, PREFERENCE_ENSEMBLE)
 
 
@@ -881,10 +1080,12 @@ def _content_space(
             weights=(1.0 - w, w),
             fusion="weighted",
         )
-        scores[w] = float(ranking_metrics_at_k(top, validation.test, config.k, user_rows=users)["ndcg"])
+        scores[w] = float(ranking_metrics_at_k(top, validation.test, config.k, user_rows=users)[config.metric])
     best_w = max(scores, key=lambda w: (scores[w], -w))
     notes.append(
-        f"content {kind}: blend weight {best_w:g} (ndcg " + ", ".join(f"{w:g}→{v:.4f}" for w, v in scores.items()) + ")"
+        f"content {kind}: blend weight {best_w:g} ({config.metric} "
+        + ", ".join(f"{w:g}→{v:.4f}" for w, v in scores.items())
+        + ")"
     )
     logger.info("search: %s", notes[-1])
     mode = "hybrid" if best_w > 0 else "collaborative"

@@ -3,6 +3,7 @@ search → TrainConfig YAML; compare reproduces the logged metrics."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -111,6 +112,18 @@ def test_run_writes_report(experiment_run):
     assert (df["recall_at_10"] >= df["recall_at_5"] - 1e-12).all()
     assert df.loc["popular", "coverage_at_10"] < df.loc["ease", "coverage_at_10"]
     assert ((df["index_recall_at_10"] > 0) & (df["index_recall_at_10"] <= 1)).all()
+    # the index training's measured choice picked (recsys/index/choice.py), named per model
+    from recsys.index.choice import AUTO_KINDS
+
+    assert df["index"].isin(AUTO_KINDS).all(), df["index"]
+    from experiments.report import rich_table
+
+    table = rich_table(df, 10)
+    headers = [str(c.header) for c in table.columns]
+    assert "index R@10" in headers and "annoy R@10" not in headers
+    shown = [str(cell) for cell in table.columns[headers.index("index")]._cells]
+    assert shown == list(df["index"])
+    assert df.loc["ease", "index"] in experiment_run["stdout"]  # the terminal table names it too
     for png in ("metric_bars.png", "metric_at_k.png", "popularity_vs_coverage.png", "training_time.png"):
         assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     md = (report / "report.md").read_text()
@@ -147,6 +160,7 @@ def test_mlflow_parent_and_children_share_split(experiment_run):
         name = r.data.tags["recsys.experiment.config"]
         assert m["ndcg_at_10"] == pytest.approx(df.loc[name, "ndcg_at_10"])
         assert r.info.status == "FINISHED"
+        assert r.data.params["index.kind"] == df.loc[name, "index"]  # compare reads it back
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "report" in artifacts
 
@@ -239,7 +253,19 @@ def test_missing_spec_and_ranges_in_run(tmp_path, monkeypatch):
     assert res.exit_code == 2 and "params.factors" in res.stderr and "search" in res.stderr
 
 
+def _search_runs(data_dir: Path, experiment: str):
+    """The experiment's search parent runs and, per parent, its child (trial) runs."""
+    client = _client(data_dir)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    parents = [r for r in runs if r.data.tags.get("recsys.experiment.kind") == "search"]
+    return parents, {
+        p.info.run_id: [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id] for p in parents
+    }
+
+
 def test_search_writes_trainable_best_config(experiment_run, tmp_path, monkeypatch):
+    """`recsys experiment search` runs the one search (pipelines/search.py) over the spec's
+    spaces: random draws within the ranges and lists, one MLflow child run per trial."""
     from pipelines.train import TrainConfig
 
     out = tmp_path / "best.yaml"
@@ -261,41 +287,132 @@ def test_search_writes_trainable_best_config(experiment_run, tmp_path, monkeypat
     assert res.exit_code == 0, (res.output, res.exception)
     cfg = TrainConfig.model_validate(yaml.safe_load(out.read_text()))
     assert cfg.model.kind in ("als", "ease")  # baselines and content encoders are not searched
+    assert (tmp_path / "search" / "best.yaml").read_text() == out.read_text()
     trials = pd.read_csv(tmp_path / "search" / "trials.csv")
-    assert len(trials) == 4
-    best = trials.sort_values("ndcg_at_10", ascending=False).iloc[0]
+    assert len(trials) == 4 and (trials["state"] == "complete").all()
+    assert set(trials["kind"]) <= {"als", "ease"}
+    # the spec's space: regularization drawn in its log range, weighting from its list, factors
+    # from the model's list; ease has no dimension, so it is tried once
+    als = trials[trials["kind"] == "als"]
+    params = [json.loads(p) for p in als["params"]]
+    assert all(0.001 <= p["regularization"] <= 1.0 and p["factors"] in (8, 16) for p in params)
+    assert len({p["regularization"] for p in params}) == len(params)
+    assert set(als["weighting"]) <= {"confidence", "bm25"}
+    assert (trials["kind"] == "ease").sum() == 1
+    best = trials.iloc[0]  # best first; every trial is tuned, so the best is chosen
+    assert trials["ndcg_at_10"].iloc[0] == trials["ndcg_at_10"].max()
     assert cfg.model.kind == best["kind"] and cfg.weighting == best["weighting"]
     assert "best:" in res.stdout
-    # every trial a child run of one search run
-    client = _client(experiment_run["data"])
-    exp = client.get_experiment_by_name("tiny")
-    runs = client.search_runs([exp.experiment_id])
-    search = [r for r in runs if r.data.tags.get("recsys.experiment.kind") == "search"]
-    assert len(search) == 1
-    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == search[0].info.run_id]
-    assert len(kids) == 4
-    assert search[0].data.metrics["best_ndcg_at_10"] == pytest.approx(best["ndcg_at_10"])
+    # every trial a child run of one search run, in the spec's MLflow experiment
+    parents, children = _search_runs(experiment_run["data"], "tiny")
+    assert len(parents) == 1
+    kids = children[parents[0].info.run_id]
+    assert sorted(r.info.run_id for r in kids) == sorted(trials["run_id"])
+    assert parents[0].data.metrics["best_ndcg_at_10"] == pytest.approx(best["ndcg_at_10"])
+    assert parents[0].data.tags["recsys.experiment.spec"] == "tiny"
 
 
-def test_search_candidates_sample_ranges_and_grids():
-    from experiments.search import candidates
+def test_grid_search_runs_every_point_through_the_one_search(tmp_path, monkeypatch):
+    """``search.method: grid``: every combination of the lists is a trial of the one search,
+    each recorded as an MLflow child run with its parameters; fewer trials asked, a seeded sample."""
+    spec = {
+        **SPEC,
+        "name": "tiny-grid",
+        "models": [
+            {"kind": "als", "params": {"factors": [4, 8], "iterations": 5}, "weighting": ["bm25", "none"]},
+            {"kind": "ease", "params": {"l2": [10.0, 50.0]}},
+            {"kind": "popular"},
+        ],
+        "search": {"method": "grid", "trials": 100, "metric": "recall@5"},
+    }
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    data = tmp_path / "data"
+    res = _cli_inproc(["experiment", "search", str(path), "--report-dir", str(tmp_path / "rep")], data, monkeypatch)
+    assert res.exit_code == 0, (res.output, res.exception)
+    trials = pd.read_csv(tmp_path / "rep" / "trials.csv")
+    points = {
+        (k, json.loads(p).get("factors"), json.loads(p).get("l2"), w)
+        for k, p, w in zip(trials["kind"], trials["params"], trials["weighting"])
+    }
+    assert points == {
+        ("als", 4, None, "bm25"),
+        ("als", 4, None, "none"),
+        ("als", 8, None, "bm25"),
+        ("als", 8, None, "none"),
+        ("ease", None, 10.0, "confidence"),
+        ("ease", None, 50.0, "confidence"),
+    }
+    assert trials["recall_at_5"].notna().all()
+    parents, children = _search_runs(data, "tiny-grid")
+    (parent,) = parents
+    kids = children[parent.info.run_id]
+    assert len(kids) == 6 and all(r.info.status == "FINISHED" for r in kids)
+    logged = {
+        (
+            r.data.params["kind"],
+            r.data.params.get("param.factors"),
+            r.data.params.get("param.l2"),
+            r.data.params["weighting"],
+        )
+        for r in kids
+    }
+    assert logged == {(k, None if f is None else str(f), None if l2 is None else str(l2), w) for k, f, l2, w in points}
+    assert all("recall_at_5" in r.data.metrics for r in kids)
+    assert parent.data.params["method"] == "grid" and parent.data.params["metric"] == "recall_at_5"
+
+    # three trials of the same grid: a seeded sample of its points, in a study of its own
+    res = _cli_inproc(
+        ["experiment", "search", str(path), "--trials", "3", "--report-dir", str(tmp_path / "rep3")], data, monkeypatch
+    )
+    assert res.exit_code == 0, (res.output, res.exception)
+    three = pd.read_csv(tmp_path / "rep3" / "trials.csv")
+    assert len(three) == 3 and set(three["params"]) <= set(trials["params"])
+
+
+def test_search_refuses_a_metric_it_cannot_maximize(tmp_path, monkeypatch):
+    path = tmp_path / "gini.yaml"
+    path.write_text(yaml.safe_dump({**SPEC, "search": {"metric": "gini@10"}}))
+    res = _cli_inproc(["experiment", "search", str(path)], tmp_path / "data", monkeypatch)
+    assert res.exit_code == 2, (res.output, res.exception)
+    assert res.stderr.strip().startswith("error: search.metric") and "ndcg" in res.stderr
+    assert not (tmp_path / "data" / "mlflow.db").exists()
+
+
+def test_spec_models_map_onto_the_search_space():
+    from experiments.runner import search_families
     from experiments.spec import parse_spec
+    from pipelines.search import Choice, Span
 
-    spec = parse_spec(SPEC)
-    configs = candidates(spec, 6)
-    assert len(configs) == 6 and {c.kind for c in configs} == {"als", "ease"} or {c.kind for c in configs} == {"als"}
-    regs = [c.params["regularization"] for c in configs if c.kind == "als"]
-    assert all(0.001 <= r <= 1.0 for r in regs) and len(set(regs)) == len(regs)
-    assert {c.weighting for c in configs} <= {"confidence", "bm25"}
-    grid_spec = parse_spec(
+    spec = parse_spec(
         {
             **SPEC,
-            "models": [{"kind": "als", "params": {"factors": [4, 8, 16]}, "weighting": ["bm25", "none"]}],
-            "search": {"method": "grid", "trials": 100},
+            "models": [
+                {
+                    "kind": "als",
+                    "params": {"factors": [8, 16], "iterations": 5},
+                    "search": {
+                        "regularization": {"low": 0.001, "high": 1.0, "log": True},
+                        "weighting": ["confidence", "bm25"],
+                    },
+                },
+                {"kind": "als", "params": {"factors": {"low": 4, "high": 32}}},
+                {"kind": "tags"},
+                {"kind": "popular"},
+            ],
         }
     )
-    grid = candidates(grid_spec, 100)
-    assert len(grid) == 6 and len({(c.params["factors"], c.weighting) for c in grid}) == 6
+    first, second = search_families(spec)  # baselines and content encoders are not searched
+    assert (first.name, second.name) == ("als", "als#2")
+    assert first.dimensions == {
+        "factors": Choice((8, 16)),
+        "regularization": Span(0.001, 1.0, log=True),
+        "weighting": Choice(("confidence", "bm25")),
+    }
+    assert first.config.params["iterations"] == 5 and first.size() is None
+    assert second.dimensions == {"factors": Span(4, 32, integer=True)}
+    with pytest.raises(ValueError, match="range"):
+        first.grid()
 
 
 def test_ease_matches_closed_form():

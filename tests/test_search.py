@@ -254,3 +254,43 @@ def test_validation_scores_the_fold_in_serving_uses(clustered):
     forgetful.user_vectors_, forgetful.item_vectors_ = model.user_vectors_, model.item_vectors_
     assert validation.fold_in_ratio(forgetful, config) < 0.6
     assert Validation(clustered, SearchConfig(fold_in_users=0)).fold_in_ratio(forgetful, config) == 1.0
+
+
+def test_a_declared_space_is_searched_by_its_metric_until_each_point_was_tried(settings, clustered):
+    """A declared space (what `recsys experiment search` maps a spec's models onto): random
+    draws stay inside it, trials are scored and logged by the metric asked for, and a finite
+    space stops once each of its configurations was tried (a repeat draw is not refitted)."""
+    from pipelines.search import Choice, Family, Span
+    from recsys.models.config import ModelConfig
+
+    als = Family(
+        "als",
+        ModelConfig(kind="als", params={"iterations": 5}),
+        {"factors": Choice((8, 16)), "regularization": Span(0.01, 1.0, log=True)},
+    )
+    ease = Family("ease", ModelConfig(kind="ease", params={}, weighting="none"), {"l2": Choice((10.0, 100.0))})
+    config = SearchConfig(trials=6, method="random", metric="recall", content="none", ensemble=False, patience=100)
+    outcome = run_search(settings, clustered, config, space=[als, ease], experiment="declared")
+    assert len(outcome.trials) == 6
+    done = [ModelConfig.model_validate(c) for c in outcome.trials.loc[outcome.trials["state"] == "complete", "config"]]
+    for c in done:
+        if c.kind == "als":
+            assert c.params["factors"] in (8, 16) and 0.01 <= c.params["regularization"] <= 1.0
+            assert c.params["iterations"] == 5
+        else:
+            assert c.kind == "ease" and c.params["l2"] in (10.0, 100.0)
+    client = tracking.client_for(settings)
+    trial_runs = [
+        r for r in tracking.child_runs(client, outcome.parent_run_id) if r.data.tags.get("recsys.search") == "trial"
+    ]
+    assert len(trial_runs) == len(done) and all("recall_at_10" in r.data.metrics for r in trial_runs)
+    assert client.get_experiment(trial_runs[0].info.experiment_id).name == "declared"
+    best = max(outcome.popularity_score, max(outcome.trials["value"].dropna()))
+    assert outcome.score == pytest.approx(best, abs=1e-4)  # per-user scores are kept to 5 decimals
+
+    finite = SearchConfig(trials=10, method="random", content="none", ensemble=False, patience=100)
+    outcome = run_search(settings, clustered, finite, space=[ease])
+    table = outcome.trials
+    l2s = sorted(ModelConfig.model_validate(c).params["l2"] for c in table.loc[table["state"] == "complete", "config"])
+    assert l2s == [10.0, 100.0]  # each point scored once
+    assert len(table) < 10 and set(table["state"]) <= {"complete", "repeat"}

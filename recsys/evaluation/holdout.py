@@ -5,7 +5,9 @@ newest ``test_ratio`` of events; ``user_time``: each user's newest events; ``ran
 per-user random share) in one id space — every user and item of the train part — with the
 raw train counts (exclusions; :meth:`Holdout.train_matrix` weights them for a fit), the test
 matrix and the evaluation users (a seeded sample). :func:`evaluate` scores a fitted model on
-it; :func:`score_vectors` scores any vectors, e.g. a production bundle's, on the same users.
+it; :func:`score_vectors` scores any vectors, e.g. a production bundle's, on the same users;
+:func:`top_k` and :func:`rank_metrics` are its two halves for callers that score the same
+ranking further (experiments: several k, beyond-accuracy metrics, breakdowns).
 """
 
 from __future__ import annotations
@@ -196,10 +198,26 @@ def score_vectors(
     rec, _ = top_k_scores(np.asarray(user_vectors)[user_rows], item_vectors, k, exclude=exclude, metric=metric)
     if item_map is not None:
         rec = np.where(rec >= 0, item_map[np.maximum(rec, 0)], -1)
-    return _metrics(rec, holdout, users, k)
+    return rank_metrics(rec, holdout, users, k)
 
 
-def _metrics(rec: np.ndarray, holdout: Holdout, users: np.ndarray, k: int, prefix: str = "") -> dict[str, float]:
+def top_k(model, holdout: Holdout, k: int, users: np.ndarray | None = None) -> np.ndarray:
+    """A fitted model's ``k`` best item columns (train items excluded, ``-1`` padded) for the
+    evaluation users (or ``users``): the ranking :func:`evaluate` scores."""
+    users = holdout.users if users is None else users
+    return top_k_scores(
+        model.user_vectors_,
+        model.item_vectors_,
+        k,
+        exclude=holdout.train,
+        user_rows=users,
+        metric=vector_metric(model.metric),
+    )[0]
+
+
+def rank_metrics(rec: np.ndarray, holdout: Holdout, users: np.ndarray, k: int, prefix: str = "") -> dict[str, float]:
+    """Ranking metrics at ``k`` (``<name>_at_<k>``) and catalog ``coverage`` of ``rec``, the
+    top-k of ``users`` (one row each)."""
     n_common = len(holdout.item_ids)
     metrics = ranking_metrics_at_k(rec, holdout.test[users], k, n_items_total=n_common)
     out = {f"{prefix}{name}_at_{k}": float(v) for name, v in metrics.items() if name != "n_users"}
@@ -222,7 +240,7 @@ def evaluate(
         seen = holdout.train[users]
         profiles = history_profiles(seen, content.item_vectors)
         ranked, _ = top_k_scores(profiles, content.item_vectors, k, exclude=seen, metric="cosine")
-        out.update(_metrics(ranked, holdout, users, k, "content_"))
+        out.update(rank_metrics(ranked, holdout, users, k, "content_"))
         ranked = hybrid_top_k(
             np.asarray(model.user_vectors_)[users],
             model.item_vectors_,
@@ -234,6 +252,6 @@ def evaluate(
             weights=content.weights,
             fusion=content.fusion,
         )
-        out.update(_metrics(ranked, holdout, users, k, "hybrid_"))
+        out.update(rank_metrics(ranked, holdout, users, k, "hybrid_"))
     out["eval_users"] = float(len(users))
     return out

@@ -59,3 +59,15 @@ def test_interleaving_over_the_api_and_against_ab(tmp_path):
     for r in sim.off_policy(world, cfg)[:2]:
         assert r.better.candidate.snips.value == pytest.approx(true_candidate, rel=0.15)
         assert r.promotes_better and r.refuses_worse
+
+
+def test_clustered_ratio_is_the_binomial_with_one_impression_each_and_clusters_by_visitor():
+    sim = _sim()
+    hits = np.array([1, 0, 1, 1])
+    ones = np.ones(4)
+    # one impression per visitor: R = 3/4 and R(1 − R)/n = 0.1875 / 4
+    r, var = sim.clustered_ratio(hits, ones, np.array([1, 2, 3, 4]))
+    assert r[-1] == pytest.approx(0.75) and var[-1] == pytest.approx(0.1875 / 4)
+    # two visitors of two impressions (hits 1 and 2): Σ(y − R·n)² / (Σn)² = (0.25 + 0.25) / 16
+    r, var = sim.clustered_ratio(hits, ones, np.array([2, 4]))
+    assert r.tolist() == pytest.approx([0.5, 0.75]) and var[-1] == pytest.approx(0.5 / 16)

@@ -22,6 +22,11 @@ Extra modes (the base workload and its PASS/FAIL line are unchanged):
   recommendation requests is served by fold-in (the trained model's own, cached per user until
   the user's next event) instead of the trained vector. The table says which share ran.
 
+- ``RECSYS_BENCH_MODEL=ensemble``: serve ``ensemble(lightfm×1 + itemknn×0.25)``, what the default
+  ``recsys train`` search picks on MovieLens 100K (bench/foldin_movielens.py's config), instead of
+  ALS (64 factors). ``RECSYS_BENCH_DATASET=movielens``: MovieLens 100K (../shared/datasets/ml-100k:
+  1,682 items, 943 users) instead of the generated catalog (``RECSYS_BENCH_ITEMS`` etc. then unused).
+
 - ``RECSYS_BENCH_IMPRESSIONS=0``: serve with impression logging off (``RECSYS_IMPRESSIONS``); by
   default it is on, as in production, so the ratio above is with every recommendation list logged
   (api/impressions.py). The table says which ran and how many impressions were logged and dropped.
@@ -72,18 +77,21 @@ POSTGRES_ADMIN_URL = os.environ.get(
 PROFILE = os.environ.get("RECSYS_BENCH_PROFILE")
 FRESH_SHARE = float(os.environ.get("RECSYS_BENCH_FRESH_SHARE", "0"))
 IMPRESSIONS = os.environ.get("RECSYS_BENCH_IMPRESSIONS", "1") not in ("0", "false", "no", "")
+MODEL = os.environ.get("RECSYS_BENCH_MODEL", "als")
+DATASET = os.environ.get("RECSYS_BENCH_DATASET", "synthetic")
+MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k"
 BENCH_KEY = "serve-bench-key"
 PY_SPY = Path(sys.executable).with_name("py-spy")
 TARGET_RATIO, TARGET_P99_MS, TARGET_SCALING = 0.5, 20.0, 1.6
 
 LUA = """
 math.randomseed(os.time())
-local n_users = {users}
+local users = {{{users}}}
 local pace_ms = {pace}
 request = function()
   local path = "{path}"
   if path == "recs" then
-    path = "/users/u" .. math.random(0, n_users - 1) .. "/recommendations?k=10"
+    path = "/users/" .. users[math.random(1, #users)] .. "/recommendations?k=10"
   end
   return wrk.format("GET", path)
 end
@@ -102,7 +110,8 @@ end
 
 def wrk(base: str, path: str, pace_ms: float, tmp: Path) -> dict:
     script = tmp / f"bench_{path.strip('/') or 'root'}_{int(pace_ms)}.lua"
-    script.write_text(LUA.format(users=USERS, pace=int(pace_ms) if pace_ms >= 1 else 0, path=path))
+    users = ",".join(f'"{u}"' for u in USER_IDS)
+    script.write_text(LUA.format(users=users, pace=int(pace_ms) if pace_ms >= 1 else 0, path=path))
     # wrk's delay() is whole milliseconds; finer pacing is done by the number of connections.
     cmd = ["wrk", "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", DURATION, "-s", str(script), base]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600).stdout
@@ -254,20 +263,48 @@ def impression_counts(base: str) -> dict[str, float]:
     }
 
 
+#: the users requests are for and the catalog, set by main() from the dataset served
+USER_IDS: list[str] = []
+ITEM_IDS: list[str] = []
+
+
+#: the model kinds the bench serves (RECSYS_BENCH_MODEL)
+def model_config(kind: str) -> dict:
+    if kind == "als":
+        return {"kind": "als", "params": {"factors": 64, "regularization": 0.05, "iterations": 10}}
+    if kind == "ensemble":
+        from bench.foldin_movielens import KINDS  # the search's pick on MovieLens 100K
+
+        return KINDS["ensemble(lightfm + itemknn)"]["model"]
+    raise SystemExit(f"RECSYS_BENCH_MODEL must be als or ensemble, got {kind!r}")
+
+
+def bench_dataset():
+    if DATASET == "movielens":
+        from recsys.datasets import load_movielens_100k
+
+        return load_movielens_100k(MOVIELENS)
+    if DATASET != "synthetic":
+        raise SystemExit(f"RECSYS_BENCH_DATASET must be synthetic or movielens, got {DATASET!r}")
+    from recsys.datasets.synthetic import generate_synthetic
+
+    return generate_synthetic(n_users=USERS, n_items=ITEMS, n_events=EVENTS, n_clusters=20, seed=7)
+
+
 def post_fresh_events(base: str) -> None:
     """One event, newer than the training snapshot, for the first FRESH_SHARE of the users."""
-    n = int(round(FRESH_SHARE * USERS))
+    n = int(round(FRESH_SHARE * len(USER_IDS)))
     if n == 0:
         return
     rng = random.Random(7)
     with httpx.Client(base_url=base, headers={"X-API-Key": BENCH_KEY}, timeout=120) as http:
         for start in range(0, n, 5_000):
             batch = [
-                {"user_id": f"u{u}", "item_id": f"i{rng.randrange(ITEMS)}", "event_type": "click"}
-                for u in range(start, min(n, start + 5_000))
+                {"user_id": u, "item_id": rng.choice(ITEM_IDS), "event_type": "click"}
+                for u in USER_IDS[start : min(n, start + 5_000)]
             ]
             http.post("/events", json=batch).raise_for_status()
-    print(f"posted one fresh event for {n:,} of {USERS:,} users ({FRESH_SHARE:.0%} of requests)")
+    print(f"posted one fresh event for {n:,} of {len(USER_IDS):,} users ({FRESH_SHARE:.0%} of requests)")
 
 
 def main() -> int:
@@ -277,16 +314,12 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp, database() as database_url:
         tmp = Path(tmp)
-        env = prepare(
-            tmp / "data",
-            users=USERS,
-            items=ITEMS,
-            events=EVENTS,
-            clusters=20,
-            factors=64,
-            iterations=10,
-            database_url=database_url,
-        )
+        dataset = bench_dataset()
+        # every user of the dataset, as the requests of the first version of this bench (u0..u19999):
+        # the few without events are answered from popularity
+        USER_IDS[:] = sorted(set(dataset.users["user_id"].astype(str)), key=lambda u: (len(u), u))
+        ITEM_IDS[:] = sorted(set(dataset.items["item_id"].astype(str)))
+        env = prepare(tmp / "data", database_url=database_url, dataset=dataset, model=model_config(MODEL))
         extra = {
             "RECSYS_RELOAD_POLL_SECONDS": "0",
             "OPENBLAS_NUM_THREADS": "1",
@@ -324,7 +357,8 @@ def main() -> int:
         else "h11+asyncio"
     )
     print(
-        f"catalog {ITEMS:,} items, {USERS:,} users ({FRESH_SHARE:.0%} with fresh events), store {store}; {WORKERS} uvicorn worker(s), {stack}; "
+        f"{DATASET} catalog {len(ITEM_IDS):,} items, {len(USER_IDS):,} users ({FRESH_SHARE:.0%} with fresh events), "
+        f"model {MODEL}, store {store}; {WORKERS} uvicorn worker(s), {stack}; "
         f"wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION}; {load_before} -> {load_after}"
     )
     print(f"{'endpoint':<18}{'pass':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'CPU µs/req':>12}")

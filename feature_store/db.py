@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 #: errors that mean "the database URL is wrong or the database is unreachable", not a bug
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (ArgumentError, OperationalError, InterfaceError)
 
+#: indexes earlier schemas created that no read uses (by table)
+RETIRED_INDEXES: dict[str, tuple[str, ...]] = {"impressions": ("ix_impressions_user_id", "ix_impressions_variant")}
+
 
 class DatabaseUrlError(ValueError):
     """A database URL that cannot be parsed; the message names it with the password hidden."""
@@ -65,8 +68,12 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+#: one encoder for every JSON column: ``json.dumps`` with options builds a new one per call
+_ENCODER = json.JSONEncoder(default=_json_default, ensure_ascii=False)
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, default=_json_default, ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 def make_engine(url: str) -> Engine:
@@ -142,11 +149,25 @@ def replace_prefix(url: str, columns: dict[str, tuple[str, ...]], old: str, new:
     return changed
 
 
+def _drop_retired_indexes(engine: Engine) -> None:
+    """Stores created while these indexes were in the schema stop paying them on every write."""
+    from sqlalchemy import inspect
+
+    for table, names in RETIRED_INDEXES.items():
+        present = {ix["name"] for ix in inspect(engine).get_indexes(table)} & set(names)
+        if present:
+            with engine.begin() as conn:
+                for name in sorted(present):
+                    conn.execute(text(f'DROP INDEX IF EXISTS "{name}"'))
+            logger.info("dropped unused indexes %s of %s", ", ".join(sorted(present)), table)
+
+
 def init_db(engine: Engine) -> None:
     """Create the tables that do not exist yet and give a new store its identity (once)."""
     metadata.create_all(engine)
     if engine.dialect.name == "postgresql":
         _jsonb_to_json(engine)
+    _drop_retired_indexes(engine)
     insert = sqlite_insert if engine.dialect.name == "sqlite" else pg_insert
     with engine.begin() as conn:
         conn.execute(

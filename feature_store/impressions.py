@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Column,
     Connection,
@@ -30,19 +31,26 @@ from sqlalchemy import (
 from feature_store.backends import Backend
 from feature_store.tables import JSONType, metadata
 
+#: an absent propensity / source list is SQL NULL, not the JSON text ``null``: nothing to encode
+JSON_OR_NULL = JSON(none_as_null=True)
+
+# Indexes are what the reads need, no more (each one is paid on every logged list): the unique
+# ``request_id`` (events attributed by it, the exposure join) and ``ts`` (the ``since`` reads);
+# the export pages by ``id``. Request ids grow with time (api/impressions.py), so both indexes
+# take their inserts at the right edge instead of at random pages.
 impressions_table = Table(
     "impressions",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("request_id", String(64), unique=True, nullable=False),
-    Column("user_id", String(255), nullable=True, index=True),
+    Column("user_id", String(255), nullable=True),
     Column("surface", String(32), nullable=False),
     Column("model_version", String(255), nullable=False),
-    Column("variant", String(255), nullable=False, index=True),
+    Column("variant", String(255), nullable=False),
     Column("ts", BigInteger, nullable=False, index=True),
     Column("items", JSONType, nullable=False),
-    Column("propensities", JSONType, nullable=True),
-    Column("sources", JSONType, nullable=True),
+    Column("propensities", JSON_OR_NULL, nullable=True),
+    Column("sources", JSON_OR_NULL, nullable=True),
 )
 
 impression_events_table = Table(

@@ -612,7 +612,8 @@ def cutoff_millis(as_of: datetime | pd.Timestamp | None) -> tuple[pd.Timestamp, 
     if ts.tzinfo is None:
         ts = ts.tz_localize("UTC")
     ts = ts.tz_convert("UTC")
-    return ts, int(ts.value // 1_000_000)
+    # in the Timestamp's own unit: ``.value`` is nanoseconds, which overflow outside 1677-2262
+    return ts, int(ts.as_unit("ms").asm8.view("i8"))
 
 
 def default_offline_uri(database_url: str) -> str | None:

@@ -34,9 +34,12 @@ def prepare(
     factors: int = 32,
     iterations: int = 8,
     content: str | None = None,
+    dataset=None,
+    model: dict | None = None,
 ) -> dict:
-    """Generate data into a fresh store under ``data_dir``, train ALS, register as version 1
-    behind ``production``. Returns the environment for a server on it."""
+    """Generate data into a fresh store under ``data_dir`` (or ingest ``dataset``), train ALS
+    (or ``model``, a model config), register as version 1 behind ``production``. Returns the
+    environment for a server on it."""
     from feature_store import FeatureStore
     from pipelines.train import train
     from recsys.datasets.synthetic import generate_synthetic
@@ -46,21 +49,30 @@ def prepare(
     if database_url:
         env["RECSYS_DATABASE_URL"] = database_url
     settings = Settings(data_dir=data_dir, database_url=database_url or "")
-    data = generate_synthetic(n_users=users, n_items=items, n_events=events, n_clusters=clusters, seed=seed)
-    FeatureStore(settings.database_url).ingest(data)
-    train(settings, training_config(factors, iterations, "production", content=content))
+    if dataset is None:
+        dataset = generate_synthetic(n_users=users, n_items=items, n_events=events, n_clusters=clusters, seed=seed)
+    FeatureStore(settings.database_url).ingest(dataset)
+    train(settings, training_config(factors, iterations, "production", content=content, model=model))
     return env
 
 
 def training_config(
-    factors: int = 32, iterations: int = 8, alias: str | None = "production", seed: int = 42, content: str | None = None
+    factors: int = 32,
+    iterations: int = 8,
+    alias: str | None = "production",
+    seed: int = 42,
+    content: str | None = None,
+    model: dict | None = None,
 ):
-    """A small, fast ALS config; ``content="tfidf"`` adds a text encoder (hybrid, /search)."""
+    """A small, fast ALS config (or ``model``, a model config: ``{"kind": ..., "params": ...}``);
+    ``content="tfidf"`` adds a text encoder (hybrid, /search)."""
     from pipelines.train import ContentConfig, IndexConfig, ModelConfig, TrainConfig
 
     return TrainConfig(
         content=ContentConfig(kind=content) if content else None,
-        model=ModelConfig(kind="als", params={"factors": factors, "regularization": 0.05, "iterations": iterations}),
+        model=ModelConfig.model_validate(model)
+        if model is not None
+        else ModelConfig(kind="als", params={"factors": factors, "regularization": 0.05, "iterations": iterations}),
         index=IndexConfig(n_trees=10, recall_queries=50),
         eval_users=500,
         promote_alias=alias,

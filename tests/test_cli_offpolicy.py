@@ -81,8 +81,21 @@ def test_bad_input_is_one_error_line(logged, monkeypatch):
         (["9"], "no version 9"),
         (["x"], "version must be a version number"),
         (["2", "--since", "2200-01-01"], "no user recommendation impressions with propensities"),
+        # past pandas' nanosecond range (2262): still a time, nothing logged after it
+        (["2", "--since", "2999-01-01"], "no user recommendation impressions with propensities since 2999"),
+        (["2", "--since", "9999-12-31T23:59:59"], "no user recommendation impressions with propensities"),
+        (["2", "--since", "next week"], "Invalid value for '--since'"),
+        (["2", "--since", "2026-13-01"], "Invalid value for '--since'"),
         (["2", "--alias", "nosuch"], "no model version behind alias"),
     ):
         result = _invoke(monkeypatch, settings, *args)
         assert result.exit_code == 2, (args, result.output)
         assert "error:" in result.output and message in result.output, (args, result.output)
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_since_before_pandas_range_reads_every_impression(logged, monkeypatch):
+    settings, served = logged
+    result = _invoke(monkeypatch, settings, "2", "--since", "1600-01-01", "--bootstrap", "50")
+    assert result.exit_code == 0, result.output
+    assert f"on {len(served):,} impressions" in result.output

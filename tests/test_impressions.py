@@ -127,3 +127,23 @@ def test_a_variant_that_drives_users_away_shows_a_lower_rate(db_url, tmp_path):
     assert chal.intervals["click"][0] < 0.1 < chal.intervals["click"][1]
     assert chal.intervals["click"][1] < prod.rates["click"]  # credibly lower
     assert prod.metrics()["online_click_impression_rate"] == 0.5
+
+
+def test_a_store_made_with_the_retired_indexes_drops_them(db_url, tmp_path):
+    """Only the indexes a read uses are kept (request_id, ts): a store created while the
+    impressions table also indexed user_id and variant drops those when opened, and reads on."""
+    from sqlalchemy import inspect, text
+
+    from feature_store.db import RETIRED_INDEXES
+
+    store = _store(db_url, tmp_path)
+    with store.engine.begin() as conn:
+        conn.execute(text("CREATE INDEX ix_impressions_user_id ON impressions (user_id)"))
+        conn.execute(text("CREATE INDEX ix_impressions_variant ON impressions (variant)"))
+    store.add_impressions([Impression("r1", "u1", "user", "3", "production:3", 1000, ("a", "b"))])
+    reopened = FeatureStore(db_url, offline_uri=str(tmp_path / "offline"))
+    names = {ix["name"] for ix in inspect(reopened.engine).get_indexes("impressions")}
+    assert not names & set(RETIRED_INDEXES["impressions"]) and "ix_impressions_ts" in names
+    reopened.add_events([_click("u1", "b", "r1", "e1")])
+    (logged,) = reopened.impressions()
+    assert logged.clicks == {"click": [1]} and logged.impression.propensities is None

@@ -70,10 +70,14 @@ class ImpressionLog:
         self.flush()
 
     def flush(self) -> int:
-        """Store everything queued now (blocking: call off the event loop); returns how many."""
+        """Store everything queued now, and wait for the batch the writer thread took before this
+        call (blocking: call off the event loop); returns how many this call stored."""
         done = 0
         while self._queue.qsize():
             done += self._write_batch()
+        # an empty queue is not a stored one: the thread may hold a batch it took but has not
+        # written yet (each taken impression is marked done once its batch is stored or failed)
+        self._queue.join()
         return done
 
     def _run(self) -> None:
@@ -95,14 +99,17 @@ class ImpressionLog:
                 batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        with self._write_lock:
-            try:
+        try:
+            with self._write_lock:
                 self.store.add_impressions(batch)
-            except Exception:
-                self.failed += len(batch)
-                metrics.IMPRESSIONS.labels(result="failed").inc(len(batch))
-                logger.exception("could not store %d impressions", len(batch))
-                return 0
+        except Exception:
+            self.failed += len(batch)
+            metrics.IMPRESSIONS.labels(result="failed").inc(len(batch))
+            logger.exception("could not store %d impressions", len(batch))
+            return 0
+        finally:
+            for _ in batch:
+                self._queue.task_done()
         self.written += len(batch)
         metrics.IMPRESSIONS.labels(result="logged").inc(len(batch))
         return len(batch)

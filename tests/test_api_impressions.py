@@ -107,6 +107,28 @@ def test_full_queue_drops_and_counts_never_blocks(tmp_path):
     assert stored == {"r0", "r1", "r2", "r3"} and log.written == 4
 
 
+def test_flush_waits_for_the_batch_the_writer_took(tmp_path):
+    path = tmp_path / "fs.db"
+    store = FeatureStore(f"sqlite:///{path}", offline_uri="")
+    log = ImpressionLog(store, queue_size=10, batch_size=5, flush_seconds=0.01)
+    log.start()
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN EXCLUSIVE")  # the writer takes the batch, then waits on the lock
+    for i in range(3):
+        assert log.record(Impression(f"f{i}", "u", "user", "1", "production:1", i, ("a",)))
+    deadline = time.monotonic() + 5
+    while log.pending and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert log.pending == 0  # the queue is empty while nothing is stored yet
+    released = threading.Timer(0.3, blocker.rollback)
+    released.start()
+    log.flush()
+    assert {x.impression.request_id for x in store.impressions()} == {"f0", "f1", "f2"}
+    released.join()
+    blocker.close()
+    log.stop()
+
+
 @pytest.mark.slow
 def test_impressions_survive_kill_9_up_to_the_last_flushed_batch(env, tmp_path):
     """``kill -9`` of the server: every impression stored by a flush before the kill is there,

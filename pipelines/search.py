@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import tracking
+from pipelines.steps import HoldoutFit, TrainedModel
 from pipelines.train import (
     ContentConfig,
     HybridConfig,
@@ -124,6 +125,9 @@ class SearchOutcome:
     trials: pd.DataFrame
     seconds: float
     notes: list[str] = field(default_factory=list)
+    #: the winner fitted on the validation split, with that split: the holdout evaluation of
+    #: the winner's training (one fit serves both; None when the search has no fit of it)
+    holdout_fit: HoldoutFit | None = None
 
     @property
     def lift(self) -> float:
@@ -457,6 +461,54 @@ class _Patience:
             study.stop()
 
 
+class _Budget:
+    """Stop the study once the next trial would end past ``max_seconds`` with what must follow
+    it still to do: the wall-clock cap covers the whole search, the winner's final fit included,
+    not only the trials (optuna's own timeout is checked only before a trial starts).
+
+    Projected from the finished trials' measured times: the next trial as the longest one so
+    far; after it, the final fit of an ensemble of the best trial of each of the top three
+    families (the sum of their fits, scaled to all the data: the validation train part is
+    smaller) and the ensemble's weight grid (one scoring per point)."""
+
+    def __init__(self, max_seconds: float, started: float) -> None:
+        self.max_seconds, self.started = max_seconds, started
+
+    def projected(self, study) -> float:
+        import optuna
+
+        finished = [t for t in study.trials if t.state.is_finished() and t.datetime_complete is not None]
+        if not finished:
+            return 0.0
+        next_trial = max((t.datetime_complete - t.datetime_start).total_seconds() for t in finished)
+        best: dict[str, Any] = {}
+        for t in sorted(
+            (t for t in finished if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: -(t.value or 0.0)
+        ):
+            best.setdefault(t.params.get("kind"), t)
+        tops = list(best.values())[:3]
+        final_fit = sum(t.user_attrs.get("fit_seconds", 0.0) for t in tops) * FULL_OVER_VALIDATION
+        grid = len(_weight_grid(len(tops))) * max((t.user_attrs.get("score_seconds", 0.0) for t in tops), default=0.0)
+        return next_trial + final_fit + (grid if len(tops) >= 2 else 0.0)
+
+    def __call__(self, study, trial) -> None:
+        elapsed = time.perf_counter() - self.started
+        projected = self.projected(study)
+        if elapsed + projected > self.max_seconds:
+            logger.info(
+                "search: %.0fs elapsed + %.0fs projected (next trial, final fit) > the %.0fs budget; stopping",
+                elapsed,
+                projected,
+                self.max_seconds,
+            )
+            study.stop()
+
+
+#: the final fit's time over the validation fit's: all events against the validation train
+#: part (at least 70% of them, ``max_validation_ratio``), with a margin
+FULL_OVER_VALIDATION = 1.5
+
+
 @dataclass(frozen=True)
 class TrialProgress:
     """Where a search stands after a finished trial (completed, pruned or failed)."""
@@ -570,6 +622,10 @@ def run_search(
         )
         logger.warning("search: %s; popularity wins", notes[-1])
 
+    # the best fitted model of each family, by trial number: the ensemble and the content space
+    # reuse them instead of refitting (a resumed search refits what an earlier process fitted)
+    models: dict[str, tuple[float, int, Any]] = {}
+
     def objective(trial) -> float:
         if trial_hook is not None:
             trial_hook(trial.number)
@@ -592,13 +648,19 @@ def run_search(
                 tracking.log_metrics_finite({f"ndcg_at_{config.k}_half": half, "time_fit_s": fit_s})
                 tracking.set_tag("optuna.state", "pruned")
                 raise optuna.TrialPruned()
+            t_score = time.perf_counter()
             per_user = validation.per_user(model)
+            trial.set_user_attr("fit_seconds", fit_s)
+            trial.set_user_attr("score_seconds", time.perf_counter() - t_score)
             # a model whose fold-in is worse than its trained vectors serves returning users
             # with new events, and new users, worse than it validates: its score says so
             fold_in_ratio = validation.fold_in_ratio(model, model_config)
             per_user = per_user * min(1.0, fold_in_ratio)
             value = float(per_user.mean())
             trial.set_user_attr("per_user", np.round(per_user, 5).tolist())
+            kept = models.get(kind)
+            if kept is None or value > kept[0]:
+                models[kind] = (value, trial.number, model)  # the ensemble and content reuse it
             tracking.log_metrics_finite(
                 {
                     f"ndcg_at_{config.k}": value,
@@ -643,7 +705,7 @@ def run_search(
                 n_trials=remaining,
                 timeout=max(budget_left, 1.0),
                 catch=(ValueError, np.linalg.LinAlgError),
-                callbacks=[schedule, _Patience(config.patience)]
+                callbacks=[schedule, _Patience(config.patience), _Budget(config.max_seconds, started)]
                 + ([_Progress(on_trial, config, started, config.k)] if on_trial is not None else []),
                 gc_after_trial=True,
             )
@@ -665,14 +727,18 @@ def run_search(
                 ModelConfig(kind="popular", params={}, weighting="none", alpha=1.0, name="popular"),
                 validation.per_user(popular),
                 PREFERENCE_LAST,
+                popular,
             )
         ]
         start_numbers = {t.number for t in study.trials if t.system_attrs.get("fixed_params", {}).keys() - {"kind"}}
+        by_number = {number: model for _, number, model in models.values()}
         for t in complete:
             rank = _preference(t.params["kind"]) if t.number in start_numbers else PREFERENCE_TUNED
-            candidates.append(Candidate(_config_of(t), np.asarray(t.user_attrs["per_user"]), rank))
+            candidates.append(
+                Candidate(_config_of(t), np.asarray(t.user_attrs["per_user"]), rank, by_number.get(t.number))
+            )
         if complete:
-            ensemble = _best_ensemble(validation, complete, max(c.score for c in candidates), exp_id, config)
+            ensemble = _best_ensemble(validation, complete, max(c.score for c in candidates), exp_id, config, by_number)
             if ensemble is not None:
                 candidates.append(ensemble)
         chosen, best = choose(candidates, notes)
@@ -681,7 +747,8 @@ def run_search(
             notes.append(f"popularity validates as well as the best trial ({best.score:.4f})")
         if best_config.kind in ("itemknn", "popular"):
             notes.append(f"fell back to {best_config.kind}: it validated best")
-        content, hybrid = _content_space(validation, best_config, config, notes)
+        winner_model = chosen.model if chosen.model is not None else validation.fit(best_config)
+        content, hybrid = _content_space(validation, best_config, winner_model, config, notes)
         elapsed = time.perf_counter() - started
         winner_label = describe(best_config)
         tracking.log_metrics_finite(
@@ -709,8 +776,22 @@ def run_search(
         pop_score,
         elapsed,
     )
+    holdout_fit = None
+    if winner_model.user_vectors_ is not None:
+        trained = TrainedModel.of(winner_model, best_config.weighting, best_config.alpha)
+        holdout_fit = HoldoutFit(validation.holdout, trained)
     return SearchOutcome(
-        best_config, best_score, pop_score, content, hybrid, parent_run_id, study_name, table, elapsed, notes
+        best_config,
+        best_score,
+        pop_score,
+        content,
+        hybrid,
+        parent_run_id,
+        study_name,
+        table,
+        elapsed,
+        notes,
+        holdout_fit,
     )
 
 
@@ -730,10 +811,17 @@ def describe(config: ModelConfig) -> str:
 
 
 def _best_ensemble(
-    validation: Validation, complete: list, best_single: float, exp_id: str, config: SearchConfig
+    validation: Validation,
+    complete: list,
+    best_single: float,
+    exp_id: str,
+    config: SearchConfig,
+    fitted: dict[int, Any] | None = None,
 ) -> Candidate | None:
     """The best configuration of each of the top three families, blended with weights chosen on
-    validation (a candidate like the others; :func:`choose` decides)."""
+    validation (a candidate like the others; :func:`choose` decides). A member whose trial's
+    model is in ``fitted`` (by trial number) and was fitted on the same matrix is reused."""
+    fitted = fitted or {}
     by_kind: dict[str, Any] = {}
     for t in sorted(complete, key=lambda t: -t.value):
         by_kind.setdefault(t.params["kind"], t)
@@ -744,8 +832,10 @@ def _best_ensemble(
     members, configs = [], []
     for t in tops:
         # an ensemble is fitted on one matrix: the leader's weighting for every member
-        shared = _config_of(t).model_copy(update={"weighting": lead.weighting, "alpha": lead.alpha})
-        model = validation.fit(shared)
+        own = _config_of(t)
+        shared = own.model_copy(update={"weighting": lead.weighting, "alpha": lead.alpha})
+        same_matrix = (own.weighting, float(own.alpha)) == (shared.weighting, float(shared.alpha))
+        model = fitted[t.number] if same_matrix and t.number in fitted else validation.fit(shared)
         if model.user_vectors_ is None:
             continue
         members.append(model)
@@ -782,7 +872,10 @@ def _best_ensemble(
         tracking.log_params_flat({"members": describe(ensemble), "weighting": lead.weighting, "alpha": lead.alpha})
         tracking.log_metrics_finite({f"ndcg_at_{config.k}": value, f"best_single_ndcg_at_{config.k}": best_single})
     logger.info("search: ensemble %s ndcg %.4f vs best single %.4f", describe(ensemble), value, best_single)
-    return Candidate(ensemble, per_user, PREFERENCE_ENSEMBLE)
+    blended = EnsembleEmbedder.from_fitted(
+        [members[i] for i, w in enumerate(weights) if w > 0], [w for w in weights if w > 0]
+    )
+    return Candidate(ensemble, per_user, PREFERENCE_ENSEMBLE, blended)
 
 
 #: which of several configurations validating alike wins: the families' starting points in this
@@ -803,6 +896,8 @@ class Candidate:
     config: ModelConfig
     per_user: np.ndarray
     preference: int
+    #: the configuration fitted on the validation split, when the search has it
+    model: Any = None
 
     @property
     def score(self) -> float:
@@ -851,9 +946,10 @@ def _content_kind(config: SearchConfig) -> str:
 
 
 def _content_space(
-    validation: Validation, winner: ModelConfig, config: SearchConfig, notes: list[str]
+    validation: Validation, winner: ModelConfig, model, config: SearchConfig, notes: list[str]
 ) -> tuple[ContentConfig | None, HybridConfig]:
-    """A content encoder when items have text, with the hybrid blend weight chosen on validation."""
+    """A content encoder when items have text, with the hybrid blend weight chosen on validation
+    (``model``: the winner fitted on the validation split)."""
     kind = _content_kind(config)
     if kind == "none" or not has_text(validation.dataset.items):
         if kind != "none":
@@ -864,7 +960,6 @@ def _content_space(
     C = encoder.item_vectors_
     if winner.kind == "popular" or len(validation.users) == 0:
         return content, HybridConfig(default_mode="collaborative", weights=(1.0, 0.0))
-    model = validation.fit(winner)
     users = validation.users
     seen = validation.seen[users]
     profiles = history_profiles(seen, C)
@@ -941,7 +1036,9 @@ def autotune(
         seed=config.seed,
         promote_alias=promote_alias,
     )
-    result = train(settings, train_config, dataset=dataset, as_of=as_of, on_stage=on_stage)
+    result = train(
+        settings, train_config, dataset=dataset, as_of=as_of, on_stage=on_stage, holdout_fit=outcome.holdout_fit
+    )
     client = tracking.client_for(settings)
     lift = f"x{outcome.lift:.2f}" if math.isfinite(outcome.lift) else "n/a (popularity scores 0)"
     tags = {

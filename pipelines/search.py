@@ -477,10 +477,11 @@ class _Budget:
     Projected from the finished trials' measured times: the next trial as the longest one so
     far; after it, the final fit of an ensemble of the best trial of each of the top three
     families (the sum of their fits, scaled to all the data: the validation train part is
-    smaller) and the ensemble's weight grid (one scoring per point)."""
+    smaller), the refit of the members fitted on another matrix than the leader's, the
+    ensemble's weight grid and the content blend weights (one scoring per point)."""
 
-    def __init__(self, max_seconds: float, started: float) -> None:
-        self.max_seconds, self.started = max_seconds, started
+    def __init__(self, max_seconds: float, started: float, content: bool) -> None:
+        self.max_seconds, self.started, self.content = max_seconds, started, content
 
     def projected(self, study) -> float:
         import optuna
@@ -495,9 +496,18 @@ class _Budget:
         ):
             best.setdefault(t.params.get("kind"), t)
         tops = list(best.values())[:3]
-        final_fit = sum(t.user_attrs.get("fit_seconds", 0.0) for t in tops) * FULL_OVER_VALIDATION
-        grid = len(_weight_grid(len(tops))) * max((t.user_attrs.get("score_seconds", 0.0) for t in tops), default=0.0)
-        return next_trial + final_fit + (grid if len(tops) >= 2 else 0.0)
+        fit = [t.user_attrs.get("fit_seconds", 0.0) for t in tops]
+        final_fit = sum(fit) * FULL_OVER_VALIDATION
+        lead = _config_of(tops[0]) if tops else None
+        refits = sum(
+            f
+            for t, f in zip(tops[1:], fit[1:])
+            if (_config_of(t).weighting, float(_config_of(t).alpha)) != (lead.weighting, float(lead.alpha))
+        )
+        score = max((t.user_attrs.get("score_seconds", 0.0) for t in tops), default=0.0)
+        grid = len(_weight_grid(len(tops))) * score if len(tops) >= 2 else 0.0
+        blend = len(CONTENT_WEIGHTS) * score if self.content else 0.0
+        return next_trial + final_fit + refits + grid + blend
 
     def __call__(self, study, trial) -> None:
         elapsed = time.perf_counter() - self.started
@@ -595,6 +605,7 @@ def run_search(
     pop_score = validation.score(popular)
     kinds, family_notes = families(validation, config)
     notes += family_notes
+    encoder = _content_encoder(validation, config, notes)
     for note in family_notes:
         logger.info("search: %s", note)
     starts = [{"kind": kind, **point} for kind in kinds for point in STARTING_POINTS.get(kind, [])]
@@ -713,7 +724,11 @@ def run_search(
                 n_trials=remaining,
                 timeout=max(budget_left, 1.0),
                 catch=(ValueError, np.linalg.LinAlgError),
-                callbacks=[schedule, _Patience(config.patience), _Budget(config.max_seconds, started)]
+                callbacks=[
+                    schedule,
+                    _Patience(config.patience),
+                    _Budget(config.max_seconds, started, encoder is not None),
+                ]
                 + ([_Progress(on_trial, config, started, config.k)] if on_trial is not None else []),
                 gc_after_trial=True,
             )
@@ -756,7 +771,7 @@ def run_search(
         if best_config.kind in ("itemknn", "popular"):
             notes.append(f"fell back to {best_config.kind}: it validated best")
         winner_model = chosen.model if chosen.model is not None else validation.fit(best_config)
-        content, hybrid = _content_space(validation, best_config, winner_model, config, notes)
+        content, hybrid = _content_space(validation, best_config, winner_model, encoder, config, notes)
         elapsed = time.perf_counter() - started
         winner_label = describe(best_config)
         tracking.log_metrics_finite(
@@ -953,18 +968,27 @@ def _content_kind(config: SearchConfig) -> str:
     return "sbert"
 
 
-def _content_space(
-    validation: Validation, winner: ModelConfig, model, config: SearchConfig, notes: list[str]
-) -> tuple[ContentConfig | None, HybridConfig]:
-    """A content encoder when items have text, with the hybrid blend weight chosen on validation
-    (``model``: the winner fitted on the validation split)."""
+def _content_encoder(validation: Validation, config: SearchConfig, notes: list[str]):
+    """The content encoder fitted on the catalog when items have text (None otherwise). Fitted
+    before the trials: it does not depend on the winner, and its time is then on the clock the
+    trial budget reads."""
     kind = _content_kind(config)
     if kind == "none" or not has_text(validation.dataset.items):
         if kind != "none":
             notes.append("no content space: items have no titles, descriptions or categories")
+        return None
+    return make_model(kind).fit(TrainData.catalog_only(validation.dataset.items, validation.item_ids))
+
+
+def _content_space(
+    validation: Validation, winner: ModelConfig, model, encoder, config: SearchConfig, notes: list[str]
+) -> tuple[ContentConfig | None, HybridConfig]:
+    """The hybrid blend weight of ``encoder`` (from :func:`_content_encoder`) chosen on
+    validation (``model``: the winner fitted on the validation split)."""
+    if encoder is None:
         return None, HybridConfig(default_mode="collaborative", weights=(1.0, 0.0))
+    kind = encoder.kind
     content = ContentConfig(kind=kind)
-    encoder = make_model(kind).fit(TrainData.catalog_only(validation.dataset.items, validation.item_ids))
     C = encoder.item_vectors_
     if winner.kind == "popular" or len(validation.users) == 0:
         return content, HybridConfig(default_mode="collaborative", weights=(1.0, 0.0))

@@ -12,15 +12,19 @@
    as serving folds them in (the model's own ``fold_in`` over their train row): a model whose
    fold-in does worse than its trained vectors has its score scaled down by that ratio. Popularity is scored once as the baseline.
    Every trial is an MLflow child run of the search's parent run (params, metrics, time).
-3. **Ensemble**: the best configuration of the top families, refitted once, blended by
-   ``recsys.models.ensemble`` (per-user standardized scores) with weights chosen on validation.
+3. **Ensemble**: the best configuration of the top families, blended by
+   ``recsys.models.ensemble`` (per-user standardized scores) with weights chosen on validation;
+   members reuse their trial's fitted model (refitted only when the leader's weighting differs).
 4. **Content space** (when items have titles, descriptions or categories): TF-IDF, or
-   Sentence-BERT when the ``text`` extra is installed; its blend weight chosen on validation.
-5. The winner is refitted on all data and registered/promoted by ``pipelines.train.train``.
+   Sentence-BERT when the ``text`` extra is installed, fitted before the trials; its blend
+   weight chosen on validation with the winner's validation fit (no refit).
+5. The winner is refitted on all data and registered/promoted by ``pipelines.train.train``;
+   its validation fit and split are its holdout evaluation (one fit serves both).
 
 The budget is a number of trials (``trials``: the same data and budget give the same winner);
-``max_seconds`` only caps wall-clock time; the search also stops once ``patience`` trials in a
-row brought no improvement. The study lives in ``$RECSYS_DATA_DIR/search/optuna.db`` (RDB
+``max_seconds`` caps wall-clock time — no trial starts that the measured times project past it
+with the ensemble, content blend and the winner's final fit still to do (:class:`_Budget`);
+the search also stops once ``patience`` trials in a row brought no improvement. The study lives in ``$RECSYS_DATA_DIR/search/optuna.db`` (RDB
 storage): a search that crashed resumes where it stopped — completed trials are not redone.
 """
 

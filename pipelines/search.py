@@ -12,11 +12,14 @@
    as serving folds them in (the model's own ``fold_in`` over their train row): a model whose
    fold-in does worse than its trained vectors has its score scaled down by that ratio. Popularity is scored once as the baseline.
    Every trial is an MLflow child run of the search's parent run (params, metrics, time).
-3. **Ensemble**: the best configuration of the top families, refitted once, blended by
-   ``recsys.models.ensemble`` (per-user standardized scores) with weights chosen on validation.
+3. **Ensemble**: the best configuration of the top families, blended by
+   ``recsys.models.ensemble`` (per-user standardized scores) with weights chosen on validation;
+   members reuse their trial's fitted model (refitted only when the leader's weighting differs).
 4. **Content space** (when items have titles, descriptions or categories): TF-IDF, or
-   Sentence-BERT when the ``text`` extra is installed; its blend weight chosen on validation.
-5. The winner is refitted on all data and registered/promoted by ``pipelines.train.train``.
+   Sentence-BERT when the ``text`` extra is installed, fitted before the trials; its blend
+   weight chosen on validation with the winner's validation fit (no refit).
+5. The winner is refitted on all data and registered/promoted by ``pipelines.train.train``;
+   its validation fit and split are its holdout evaluation (one fit serves both).
 
 The space is either these built-in families or one the caller declares (:class:`Family`: each
 dimension a :class:`Choice` or a :class:`Span`; ``recsys experiment search`` maps a spec's
@@ -25,8 +28,9 @@ by any per-user ranking metric (``SearchConfig.metric``) on the validation holdo
 given one (an experiment spec's split).
 
 The budget is a number of trials (``trials``: the same data and budget give the same winner);
-``max_seconds`` only caps wall-clock time; the search also stops once ``patience`` trials in a
-row brought no improvement. The study lives in ``$RECSYS_DATA_DIR/search/optuna.db`` (RDB
+``max_seconds`` caps wall-clock time — no trial starts that the measured times project past it
+with the ensemble, content blend and the winner's final fit still to do (:class:`_Budget`);
+the search also stops once ``patience`` trials in a row brought no improvement. The study lives in ``$RECSYS_DATA_DIR/search/optuna.db`` (RDB
 storage): a search that crashed resumes where it stopped — completed trials are not redone.
 """
 
@@ -46,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import tracking
+from pipelines.steps import HoldoutFit, TrainedModel
 from pipelines.train import (
     ContentConfig,
     HybridConfig,
@@ -150,6 +155,9 @@ class SearchOutcome:
     trials: pd.DataFrame
     seconds: float
     notes: list[str] = field(default_factory=list)
+    #: the winner fitted on the validation split, with that split: the holdout evaluation of
+    #: the winner's training (one fit serves both; None when the search has no fit of it)
+    holdout_fit: HoldoutFit | None = None
 
     @property
     def lift(self) -> float:
@@ -249,7 +257,15 @@ class Validation:
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         for part in (self.split.train, self.split.test):
-            cols = part[["user_id", "item_id", "timestamp"]].astype(str)
+            # ids hashed as strings (categorical codes depend on the categories), timestamps
+            # as their values: no string copy of every timestamp (1 s at 100k events)
+            cols = pd.DataFrame(
+                {
+                    "user_id": part["user_id"].astype(str),
+                    "item_id": part["item_id"].astype(str),
+                    "timestamp": pd.to_datetime(part["timestamp"]),
+                }
+            )
             h.update(pd.util.hash_pandas_object(cols, index=False).to_numpy().tobytes())
         return h.hexdigest()[:16]
 
@@ -622,6 +638,64 @@ class _Patience:
             study.stop()
 
 
+class _Budget:
+    """Stop the study once the next trial would end past ``max_seconds`` with what must follow
+    it still to do: the wall-clock cap covers the whole search, the winner's final fit included,
+    not only the trials (optuna's own timeout is checked only before a trial starts).
+
+    Projected from the finished trials' measured times: the next trial as the longest one so
+    far; after it, the final fit of an ensemble of the best trial of each of the top three
+    families (the sum of their fits, scaled to all the data: the validation train part is
+    smaller), the refit of the members fitted on another matrix than the leader's, the
+    ensemble's weight grid and the content blend weights (one scoring per point)."""
+
+    def __init__(self, max_seconds: float, started: float, content: bool) -> None:
+        self.max_seconds, self.started, self.content = max_seconds, started, content
+
+    def projected(self, study) -> float:
+        import optuna
+
+        finished = [t for t in study.trials if t.state.is_finished() and t.datetime_complete is not None]
+        if not finished:
+            return 0.0
+        next_trial = max((t.datetime_complete - t.datetime_start).total_seconds() for t in finished)
+        best: dict[str, Any] = {}
+        for t in sorted(
+            (t for t in finished if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: -(t.value or 0.0)
+        ):
+            best.setdefault(t.params.get("kind"), t)
+        tops = list(best.values())[:3]
+        fit = [t.user_attrs.get("fit_seconds", 0.0) for t in tops]
+        final_fit = sum(fit) * FULL_OVER_VALIDATION
+        lead = _config_of(tops[0]) if tops else None
+        refits = sum(
+            f
+            for t, f in zip(tops[1:], fit[1:])
+            if (_config_of(t).weighting, float(_config_of(t).alpha)) != (lead.weighting, float(lead.alpha))
+        )
+        score = max((t.user_attrs.get("score_seconds", 0.0) for t in tops), default=0.0)
+        grid = len(_weight_grid(len(tops))) * score if len(tops) >= 2 else 0.0
+        blend = len(CONTENT_WEIGHTS) * score if self.content else 0.0
+        return next_trial + final_fit + refits + grid + blend
+
+    def __call__(self, study, trial) -> None:
+        elapsed = time.perf_counter() - self.started
+        projected = self.projected(study)
+        if elapsed + projected > self.max_seconds:
+            logger.info(
+                "search: %.0fs elapsed + %.0fs projected (next trial, final fit) > the %.0fs budget; stopping",
+                elapsed,
+                projected,
+                self.max_seconds,
+            )
+            study.stop()
+
+
+#: the final fit's time over the validation fit's: all events against the validation train
+#: part (at least 70% of them, ``max_validation_ratio``), with a margin
+FULL_OVER_VALIDATION = 1.5
+
+
 @dataclass(frozen=True)
 class TrialProgress:
     """Where a search stands after a finished trial (completed, pruned or failed)."""
@@ -710,6 +784,7 @@ def run_search(
     )
     kinds, starts = search_space.kinds, search_space.starts
     notes += search_space.notes
+    encoder = _content_encoder(validation, config, notes)
     for note in search_space.notes:
         logger.info("search: %s", note)
     metric_part = "" if config.metric == "ndcg" else f"-{config.metric}"
@@ -752,6 +827,10 @@ def run_search(
         )
         logger.warning("search: %s; popularity wins", notes[-1])
 
+    # the best fitted model of each family, by trial number: the ensemble and the content space
+    # reuse them instead of refitting (a resumed search refits what an earlier process fitted)
+    models: dict[str, tuple[float, int, Any]] = {}
+
     def objective(trial) -> float:
         if trial_hook is not None:
             trial_hook(trial.number)
@@ -781,13 +860,19 @@ def run_search(
                 tracking.log_metrics_finite({f"{config.key}_half": half, "time_fit_s": fit_s})
                 tracking.set_tag("optuna.state", "pruned")
                 raise optuna.TrialPruned()
+            t_score = time.perf_counter()
             per_user = validation.per_user(model)
+            trial.set_user_attr("fit_seconds", fit_s)
+            trial.set_user_attr("score_seconds", time.perf_counter() - t_score)
             # a model whose fold-in is worse than its trained vectors serves returning users
             # with new events, and new users, worse than it validates: its score says so
             fold_in_ratio = validation.fold_in_ratio(model, model_config)
             per_user = per_user * min(1.0, fold_in_ratio)
             value = float(per_user.mean())
             trial.set_user_attr("per_user", np.round(per_user, 5).tolist())
+            kept = models.get(kind)
+            if kept is None or value > kept[0]:
+                models[kind] = (value, trial.number, model)  # the ensemble and content reuse it
             tracking.log_metrics_finite(
                 {
                     config.key: value,
@@ -839,7 +924,11 @@ def run_search(
                 n_trials=remaining,
                 timeout=max(budget_left, 1.0),
                 catch=(ValueError, np.linalg.LinAlgError),
-                callbacks=[*rotate, _Patience(config.patience)]
+                callbacks=[
+                    *rotate,
+                    _Patience(config.patience),
+                    _Budget(config.max_seconds, started, encoder is not None),
+                ]
                 + ([_Progress(on_trial, config, started, total)] if on_trial is not None else []),
                 gc_after_trial=True,
             )
@@ -864,14 +953,18 @@ def run_search(
                 ModelConfig(kind="popular", params={}, weighting="none", alpha=1.0, name="popular"),
                 validation.per_user(popular),
                 PREFERENCE_LAST,
+                popular,
             )
         ]
         start_numbers = {t.number for t in study.trials if t.system_attrs.get("fixed_params", {}).keys() - {"kind"}}
+        by_number = {number: model for _, number, model in models.values()}
         for t in complete:
             rank = _preference(_config_of(t).kind) if t.number in start_numbers else PREFERENCE_TUNED
-            candidates.append(Candidate(_config_of(t), np.asarray(t.user_attrs["per_user"]), rank))
+            candidates.append(
+                Candidate(_config_of(t), np.asarray(t.user_attrs["per_user"]), rank, by_number.get(t.number))
+            )
         if complete and config.ensemble:
-            ensemble = _best_ensemble(validation, complete, max(c.score for c in candidates), exp_id, config)
+            ensemble = _best_ensemble(validation, complete, max(c.score for c in candidates), exp_id, config, by_number)
             if ensemble is not None:
                 candidates.append(ensemble)
         chosen, best = choose(candidates, notes)
@@ -880,7 +973,8 @@ def run_search(
             notes.append(f"popularity validates as well as the best trial ({best.score:.4f})")
         if best_config.kind in ("itemknn", "popular"):
             notes.append(f"fell back to {best_config.kind}: it validated best")
-        content, hybrid = _content_space(validation, best_config, config, notes)
+        winner_model = chosen.model if chosen.model is not None else validation.fit(best_config)
+        content, hybrid = _content_space(validation, best_config, winner_model, encoder, config, notes)
         elapsed = time.perf_counter() - started
         winner_label = describe(best_config)
         tracking.log_metrics_finite(
@@ -908,8 +1002,22 @@ def run_search(
         pop_score,
         elapsed,
     )
+    holdout_fit = None
+    if winner_model.user_vectors_ is not None:
+        trained = TrainedModel.of(winner_model, best_config.weighting, best_config.alpha)
+        holdout_fit = HoldoutFit(validation.holdout, trained)
     return SearchOutcome(
-        best_config, best_score, pop_score, content, hybrid, parent_run_id, study_name, table, elapsed, notes
+        best_config,
+        best_score,
+        pop_score,
+        content,
+        hybrid,
+        parent_run_id,
+        study_name,
+        table,
+        elapsed,
+        notes,
+        holdout_fit,
     )
 
 
@@ -929,10 +1037,17 @@ def describe(config: ModelConfig) -> str:
 
 
 def _best_ensemble(
-    validation: Validation, complete: list, best_single: float, exp_id: str, config: SearchConfig
+    validation: Validation,
+    complete: list,
+    best_single: float,
+    exp_id: str,
+    config: SearchConfig,
+    fitted: dict[int, Any] | None = None,
 ) -> Candidate | None:
     """The best configuration of each of the top three families, blended with weights chosen on
-    validation (a candidate like the others; :func:`choose` decides)."""
+    validation (a candidate like the others; :func:`choose` decides). A member whose trial's
+    model is in ``fitted`` (by trial number) and was fitted on the same matrix is reused."""
+    fitted = fitted or {}
     by_kind: dict[str, Any] = {}
     for t in sorted(complete, key=lambda t: -t.value):
         by_kind.setdefault(t.params["kind"], t)
@@ -943,8 +1058,10 @@ def _best_ensemble(
     members, configs = [], []
     for t in tops:
         # an ensemble is fitted on one matrix: the leader's weighting for every member
-        shared = _config_of(t).model_copy(update={"weighting": lead.weighting, "alpha": lead.alpha})
-        model = validation.fit(shared)
+        own = _config_of(t)
+        shared = own.model_copy(update={"weighting": lead.weighting, "alpha": lead.alpha})
+        same_matrix = (own.weighting, float(own.alpha)) == (shared.weighting, float(shared.alpha))
+        model = fitted[t.number] if same_matrix and t.number in fitted else validation.fit(shared)
         if model.user_vectors_ is None:
             continue
         members.append(model)
@@ -981,7 +1098,10 @@ def _best_ensemble(
         tracking.log_params_flat({"members": describe(ensemble), "weighting": lead.weighting, "alpha": lead.alpha})
         tracking.log_metrics_finite({config.key: value, f"best_single_{config.key}": best_single})
     logger.info("search: ensemble %s %s %.4f vs best single %.4f", describe(ensemble), config.key, value, best_single)
-    return Candidate(ensemble, per_user, PREFERENCE_ENSEMBLE)
+    blended = EnsembleEmbedder.from_fitted(
+        [members[i] for i, w in enumerate(weights) if w > 0], [w for w in weights if w > 0]
+    )
+    return Candidate(ensemble, per_user, PREFERENCE_ENSEMBLE, blended)
 
 
 #: which of several configurations validating alike wins: the families' starting points in this
@@ -1002,6 +1122,8 @@ class Candidate:
     config: ModelConfig
     per_user: np.ndarray
     preference: int
+    #: the configuration fitted on the validation split, when the search has it
+    model: Any = None
 
     @property
     def score(self) -> float:
@@ -1049,21 +1171,30 @@ def _content_kind(config: SearchConfig) -> str:
     return "sbert"
 
 
-def _content_space(
-    validation: Validation, winner: ModelConfig, config: SearchConfig, notes: list[str]
-) -> tuple[ContentConfig | None, HybridConfig]:
-    """A content encoder when items have text, with the hybrid blend weight chosen on validation."""
+def _content_encoder(validation: Validation, config: SearchConfig, notes: list[str]):
+    """The content encoder fitted on the catalog when items have text (None otherwise). Fitted
+    before the trials: it does not depend on the winner, and its time is then on the clock the
+    trial budget reads."""
     kind = _content_kind(config)
     if kind == "none" or not has_text(validation.dataset.items):
         if kind != "none":
             notes.append("no content space: items have no titles, descriptions or categories")
+        return None
+    return make_model(kind).fit(TrainData.catalog_only(validation.dataset.items, validation.item_ids))
+
+
+def _content_space(
+    validation: Validation, winner: ModelConfig, model, encoder, config: SearchConfig, notes: list[str]
+) -> tuple[ContentConfig | None, HybridConfig]:
+    """The hybrid blend weight of ``encoder`` (from :func:`_content_encoder`) chosen on
+    validation (``model``: the winner fitted on the validation split)."""
+    if encoder is None:
         return None, HybridConfig(default_mode="collaborative", weights=(1.0, 0.0))
+    kind = encoder.kind
     content = ContentConfig(kind=kind)
-    encoder = make_model(kind).fit(TrainData.catalog_only(validation.dataset.items, validation.item_ids))
     C = encoder.item_vectors_
     if winner.kind == "popular" or len(validation.users) == 0:
         return content, HybridConfig(default_mode="collaborative", weights=(1.0, 0.0))
-    model = validation.fit(winner)
     users = validation.users
     seen = validation.seen[users]
     profiles = history_profiles(seen, C)
@@ -1142,7 +1273,9 @@ def autotune(
         seed=config.seed,
         promote_alias=promote_alias,
     )
-    result = train(settings, train_config, dataset=dataset, as_of=as_of, on_stage=on_stage)
+    result = train(
+        settings, train_config, dataset=dataset, as_of=as_of, on_stage=on_stage, holdout_fit=outcome.holdout_fit
+    )
     client = tracking.client_for(settings)
     lift = f"x{outcome.lift:.2f}" if math.isfinite(outcome.lift) else "n/a (popularity scores 0)"
     tags = {

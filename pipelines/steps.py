@@ -80,6 +80,16 @@ class TrainedModel:
 
 
 @dataclass
+class HoldoutFit:
+    """A holdout and the config's model fitted on its train part: what :func:`score` and
+    :func:`assess_bias` measure. The search leaves one for its winner (its validation split),
+    so training the winner evaluates it without fitting it on a second split."""
+
+    holdout: Holdout
+    trained: TrainedModel
+
+
+@dataclass
 class Built:
     """The bundle step's result: the bundle, and what the card and the gate report on it."""
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,9 @@ from recsys.models.config import FeatureConfig, ModelConfig, checked_params
 from recsys.models.foldin import FoldInSpec
 from recsys.models.registry import make_model
 from recsys.settings import Settings
+
+if TYPE_CHECKING:
+    from pipelines import steps
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +77,13 @@ class IndexConfig(_Config):
     annoy_auto_max_items: int = Field(200_000, ge=0)
     #: ScaNN tree leaves / IVF lists (-1: about 2·√n items)
     num_leaves: int = -1
-    #: ``auto`` builds no approximate index when one exact query takes at most this (ms): the
-    #: most an index could save per query (recsys.index.IndexSettings says what was measured)
-    exact_enough_ms: float = Field(0.05, ge=0)
+    #: ``auto`` builds no approximate index when the most one could save per query (an exact
+    #: query's time less that of a scan of k items) is at most this (ms;
+    #: recsys.index.IndexSettings says what was measured)
+    exact_enough_ms: float = Field(0.1, ge=0)
+    #: ... nor when an exact query takes at most this many times a k-item scan's (the most any
+    #: index can speed a query up; 0: off)
+    min_speedup: float = Field(6.0, ge=0)
     #: wall time per space for building, tuning and timing the candidates (HNSW is abandoned
     #: once its measured insertion rate projects past what is left)
     build_budget_seconds: float = Field(150.0, gt=0)
@@ -102,6 +109,7 @@ class IndexConfig(_Config):
             annoy_auto_max_items=self.annoy_auto_max_items,
             num_leaves=self.num_leaves,
             exact_enough_ms=self.exact_enough_ms,
+            min_speedup=self.min_speedup,
             build_budget_seconds=self.build_budget_seconds,
         )
 
@@ -348,9 +356,12 @@ def train(
     dataset: Dataset | None = None,
     as_of: datetime | None = None,
     on_stage: Callable[[str], None] | None = None,
+    holdout_fit: steps.HoldoutFit | None = None,
 ) -> TrainResult:
     """Train one model on the feature store's snapshot (or a given dataset) and register it:
-    the kernel's steps (pipelines/steps.py) in one process."""
+    the kernel's steps (pipelines/steps.py) in one process. ``holdout_fit``: the config's model
+    already fitted on a holdout of ``dataset`` (the search's winner on its validation split),
+    evaluated instead of splitting and fitting again."""
     from pipelines import steps
 
     config = config or TrainConfig()
@@ -363,14 +374,18 @@ def train(
     with _stage("matrix", timings, on_stage):
         dataset = steps.encode_ids(dataset)  # the caller's dataset stays as it was
         full = steps.matrix(config, dataset)
-    with _stage("split", timings, on_stage):
-        holdout = steps.split(dataset, config.holdout)
+    if holdout_fit is None:
+        with _stage("split", timings, on_stage):
+            holdout = steps.split(dataset, config.holdout)
     encoder = None
     if config.content is not None:
         with _stage("content", timings, on_stage):
             encoder = steps.content(config, dataset, full.item_ids)
     with _stage("evaluate", timings, on_stage):
-        evaluated = steps.fit_holdout(config, dataset, holdout)
+        if holdout_fit is None:
+            evaluated = steps.fit_holdout(config, dataset, holdout)
+        else:
+            holdout, evaluated = holdout_fit.holdout, holdout_fit.trained
         metrics = steps.score(config, holdout, evaluated, encoder, full.item_ids)
     assessment = None
     if config.bias.enabled:

@@ -340,11 +340,13 @@ def attribute_auc(vectors: np.ndarray, target: np.ndarray, *, folds: int = 5, se
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     target = np.asarray(target, dtype=bool)
     model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    scores = cross_val_predict(model, np.asarray(vectors, np.float64), target, cv=cv, method="decision_function")
+    with threadpool_limits(1):  # small products: see attribute_leakage
+        scores = cross_val_predict(model, np.asarray(vectors, np.float64), target, cv=cv, method="decision_function")
     return float(roc_auc_score(target, scores))
 
 
@@ -366,13 +368,15 @@ def attribute_leakage(
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     out = []
     X = np.asarray(user_vectors, dtype=np.float64)
     if X.shape[1] > MAX_PROBE_DIMS and len(X) > LEAKAGE_COMPONENTS:
         from sklearn.decomposition import PCA
 
-        X = PCA(n_components=LEAKAGE_COMPONENTS, random_state=seed, svd_solver="randomized").fit_transform(X)
+        with threadpool_limits(1):
+            X = PCA(n_components=LEAKAGE_COMPONENTS, random_state=seed, svd_solver="randomized").fit_transform(X)
     for attribute, lab in labels.items():
         lab = np.asarray(lab, dtype=object)
         known = pd.notna(lab)
@@ -385,7 +389,11 @@ def attribute_leakage(
         y, Xk = y[keep], X[known][keep]
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
         cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-        scores = cross_val_predict(model, Xk, y, cv=cv, method="decision_function")
+        # one BLAS thread: the probe's products are small (≤ max_leakage_users × 128), and on
+        # a busy 2-core machine threaded BLAS made it 20× slower (56 s against 2.6 s for
+        # 2,000 users × 1,032 dims)
+        with threadpool_limits(1):
+            scores = cross_val_predict(model, Xk, y, cv=cv, method="decision_function")
         fitted = np.unique(y)
         per_class = {}
         for c in targets:

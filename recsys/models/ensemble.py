@@ -33,7 +33,9 @@ def score_std(user_vectors: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
     V = np.asarray(item_vectors, np.float64)
     cov = np.cov(V, rowvar=False, bias=True)
     U = np.asarray(user_vectors, np.float64)
-    return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", U, np.atleast_2d(cov), U), 1e-18))
+    # (U·cov)·U row by row: one BLAS product (einsum's three-operand form loops in C without
+    # it, n·d² multiply-adds: 20+ s at 2,000 users × 1,000 dims)
+    return np.sqrt(np.maximum(((U @ np.atleast_2d(cov)) * U).sum(axis=1), 1e-18))
 
 
 class EnsembleEmbedder(Embedder):

@@ -34,6 +34,9 @@ pytestmark = pytest.mark.slow  # trains models or starts processes: not in make 
 
 KEY = "safety-key"
 AUTH = {"X-API-Key": KEY}
+#: the store of the tests about bundles, caches and reloads: what they assert (which version and
+#: bundle is served, checksums, workers) does not depend on the data's size
+SMALL_STORE = {"users": 200, "items": 100, "events": 5_000, "clusters": 4}
 
 
 def app_settings(env: dict, **overrides) -> Settings:
@@ -73,7 +76,7 @@ def trained(tmp_path_factory) -> dict:
 
 
 def test_recreated_store_retrained_serves_new_bundle_not_old_cache(tmp_path):
-    env = prepare(tmp_path / "data")
+    env = prepare(tmp_path / "data", **SMALL_STORE)
     settings = app_settings(env)
     with client_for(settings) as client:
         old_run = client.app.state.holder.current.run_id
@@ -100,7 +103,7 @@ def test_recreated_store_retrained_serves_new_bundle_not_old_cache(tmp_path):
 
 
 def test_replaced_tracking_store_file_is_noticed(tmp_path):
-    env = prepare(tmp_path / "data")
+    env = prepare(tmp_path / "data", **SMALL_STORE)
     settings = app_settings(env)
     db = settings.data_dir / "mlflow.db"
     with client_for(settings) as client:
@@ -159,7 +162,7 @@ def test_writes_into_and_truncation_of_cached_bundle_change_nothing(trained):
 
 
 def test_bad_artifact_in_store_is_refused_and_old_version_keeps_serving(tmp_path):
-    env = prepare(tmp_path / "data")
+    env = prepare(tmp_path / "data", **SMALL_STORE)
     settings = app_settings(env)
     with client_for(settings) as client:
         v2 = train(settings_for(env), training_config(seed=4)).version
@@ -177,7 +180,7 @@ def test_bad_artifact_in_store_is_refused_and_old_version_keeps_serving(tmp_path
 
 
 def test_start_with_a_bad_version_serves_the_last_good_one(tmp_path):
-    env = prepare(tmp_path / "data")
+    env = prepare(tmp_path / "data", **SMALL_STORE)
     settings = app_settings(env)
     client = tracking.setup(settings)
     name = settings.registered_model_name
@@ -297,7 +300,7 @@ def _pids_serving(base: str, version: str, pids: set[int], deadline: float) -> s
 
 def test_reload_reaches_every_worker(tmp_path, db_url):
     # The reload generation lives in the online store: both databases.
-    env = prepare(tmp_path / "data", database_url=db_url if db_url.startswith("postgresql") else None)
+    env = prepare(tmp_path / "data", database_url=db_url if db_url.startswith("postgresql") else None, **SMALL_STORE)
     settings = settings_for(env)
     extra = {"RECSYS_API_KEYS": KEY, "RECSYS_RELOAD_POLL_SECONDS": "0"}
     with live_server(env, workers=2, extra_env=extra, log_path=tmp_path / "server.log") as base:

@@ -81,9 +81,8 @@ class IndexConfig(_Config):
     #: query's time less that of a scan of k items) is at most this (ms;
     #: recsys.index.IndexSettings says what was measured)
     exact_enough_ms: float = Field(0.1, ge=0)
-    #: ... nor when an exact query takes at most this many times a k-item scan's (the most any
-    #: index can speed a query up; 0: off)
-    min_speedup: float = Field(6.0, ge=0)
+    #: ... nor for a catalog of at most this many items (0: off)
+    exact_max_items: int = Field(2000, ge=0)
     #: wall time per space for building, tuning and timing the candidates (HNSW is abandoned
     #: once its measured insertion rate projects past what is left)
     build_budget_seconds: float = Field(150.0, gt=0)
@@ -109,7 +108,7 @@ class IndexConfig(_Config):
             annoy_auto_max_items=self.annoy_auto_max_items,
             num_leaves=self.num_leaves,
             exact_enough_ms=self.exact_enough_ms,
-            min_speedup=self.min_speedup,
+            exact_max_items=self.exact_max_items,
             build_budget_seconds=self.build_budget_seconds,
         )
 

@@ -132,7 +132,7 @@ def trained_env(tmp_path_factory, data):
             TrainConfig(
                 model=ModelConfig(kind="als", params={"factors": 16, "iterations": 6}),
                 # every family measured: the small-catalog rule (exact_enough_ms) off
-                index=IndexConfig(recall_queries=100, exact_enough_ms=0.0, min_speedup=0.0),
+                index=IndexConfig(recall_queries=100, exact_enough_ms=0.0, exact_max_items=0),
             ),
         )
         yield {"settings": settings, "version": result.version, "folder": folder, "store": store}

@@ -368,7 +368,7 @@ def test_pick_prefers_recall_then_latency():
 def test_choice_hnsw_wins_on_a_mid_sized_catalog():
     items, queries = clustered(10_000, 32, 100)
     kinds = ("exact", "hnsw", "annoy")
-    settings = IndexSettings(M=8, ef_construction=64, exact_enough_ms=0.0, min_speedup=0.0)
+    settings = IndexSettings(M=8, ef_construction=64, exact_enough_ms=0.0, exact_max_items=0)
     index, choice = build_index("auto", "dot", items, queries, settings, kinds=kinds)
     assert choice.kind == "hnsw" and isinstance(index, HnswItemIndex)
     by_kind = {c.kind: c for c in choice.candidates}
@@ -379,7 +379,7 @@ def test_choice_hnsw_wins_on_a_mid_sized_catalog():
 
 def test_choice_measures_every_family_and_keeps_the_fastest_reaching_the_bound():
     items, queries = clustered(10_000, 32, 200)
-    settings = IndexSettings(M=8, ef_construction=64, exact_enough_ms=0.0, min_speedup=0.0)
+    settings = IndexSettings(M=8, ef_construction=64, exact_enough_ms=0.0, exact_max_items=0)
     index, choice = build_index("auto", "cosine", items, queries, settings)
     by_kind = {c.kind: c for c in choice.candidates}
     assert set(by_kind) == {"exact", "scann", "ivf_flat", "ivf_sq8", "hnsw", "annoy"}
@@ -403,10 +403,10 @@ def test_choice_scans_small_catalogs_without_building_an_approximate_index(caplo
     assert [c.kind for c in choice.candidates] == ["exact"]
     recorded = choice.as_dict()["skipped"]
     assert [s["kind"] for s in recorded] == ["scann", "hnsw", "ivf_flat", "ivf_sq8", "annoy"]
-    assert all("exact_enough_ms" in s["reason"] for s in recorded)
-    assert "scann, hnsw, ivf_flat, ivf_sq8, annoy not built: exact scan p50" in caplog.text
+    assert all("exact_max_items" in s["reason"] for s in recorded)
+    assert "scann, hnsw, ivf_flat, ivf_sq8, annoy not built: a catalog of 1,000 items" in caplog.text
     # with the rule off the same catalog measures every family (and records nothing skipped)
-    _, measured = build_index("auto", "dot", items, queries, IndexSettings(exact_enough_ms=0.0, min_speedup=0.0, M=8))
+    _, measured = build_index("auto", "dot", items, queries, IndexSettings(exact_enough_ms=0.0, exact_max_items=0, M=8))
     assert len(measured.candidates) == 6 and measured.skipped == []
 
 
@@ -450,7 +450,7 @@ def test_partitioned_kinds_tune_their_knob_to_about_the_smallest_reaching_target
 def test_choice_exact_wins_when_only_a_scan_reaches_the_target():
     items, queries = clustered(3000, 16, 100)
     settings = IndexSettings(
-        target_recall=1.0, M=4, ef_construction=10, n_trees=2, tune_seconds=2.0, exact_enough_ms=0.0, min_speedup=0.0
+        target_recall=1.0, M=4, ef_construction=10, n_trees=2, tune_seconds=2.0, exact_enough_ms=0.0, exact_max_items=0
     )
     index, choice = build_index("auto", "dot", items, queries, settings, kinds=("exact", "hnsw", "annoy"))
     assert choice.kind == "exact" and isinstance(index, ExactIndex)
@@ -464,14 +464,14 @@ def test_choice_exact_wins_when_only_a_scan_reaches_the_target():
 
 def test_choice_skips_annoy_above_its_catalog_cap_with_a_log_line(caplog):
     items, queries = clustered(2000, 8, 30)
-    settings = IndexSettings(annoy_auto_max_items=1999, M=8, ef_construction=40, exact_enough_ms=0.0, min_speedup=0.0)
+    settings = IndexSettings(annoy_auto_max_items=1999, M=8, ef_construction=40, exact_enough_ms=0.0, exact_max_items=0)
     with caplog.at_level("INFO", logger="recsys.index.choice"):
         _, choice = build_index("auto", "cosine", items, queries, settings)
     assert {c.kind for c in choice.candidates} == {"exact", "scann", "ivf_flat", "ivf_sq8", "hnsw"}
     assert "annoy not built: 2000 items > annoy_auto_max_items 1999" in caplog.text
     assert [s.kind for s in choice.skipped] == ["annoy"] and "annoy_auto_max_items" in choice.skipped[0].reason
     # at the cap it is built and measured; asked for by name it is built at any size
-    settings = IndexSettings(annoy_auto_max_items=2000, M=8, exact_enough_ms=0.0, min_speedup=0.0)
+    settings = IndexSettings(annoy_auto_max_items=2000, M=8, exact_enough_ms=0.0, exact_max_items=0)
     _, choice = build_index("auto", "cosine", items, queries, settings)
     assert "annoy" in {c.kind for c in choice.candidates}
     index, choice = build_index("annoy", "cosine", items, queries, settings)
@@ -480,7 +480,7 @@ def test_choice_skips_annoy_above_its_catalog_cap_with_a_log_line(caplog):
 
 def test_choice_skips_hnsw_for_metrics_it_has_no_space_for():
     items, queries = clustered(500, 8, 30)
-    _, choice = build_index("auto", "manhattan", items, queries, IndexSettings(exact_enough_ms=0.0, min_speedup=0.0))
+    _, choice = build_index("auto", "manhattan", items, queries, IndexSettings(exact_enough_ms=0.0, exact_max_items=0))
     assert {c.kind for c in choice.candidates} == {"exact", "annoy"}
     assert {s.kind for s in choice.skipped} == {"scann", "hnsw", "ivf_flat", "ivf_sq8"}
 

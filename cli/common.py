@@ -138,6 +138,10 @@ def configure_logging(verbose: bool) -> None:
         level=level, format="%(message)s", handlers=[RichHandler(console=err_console, show_path=False)], force=True
     )
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(level))
+    if not verbose:
+        # transformers' and the Hub's own tqdm bars ("Loading weights") beside ours: read from
+        # the environment when they are first imported, which is after this
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # libraries' Python warnings (implicit's "expects CSR input", deprecations) are log lines too
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(level if verbose else logging.ERROR)

@@ -784,12 +784,13 @@ def run_search(
     )
     kinds, starts = search_space.kinds, search_space.starts
     notes += search_space.notes
-    encoder = _content_encoder(validation, config, notes)
     for note in search_space.notes:
         logger.info("search: %s", note)
     metric_part = "" if config.metric == "ndcg" else f"-{config.metric}"
     study_name = f"autotune-{validation.fingerprint()}-seed{config.seed}-k{config.k}{metric_part}-{search_space.key}"
+    # the tracking store is checked (a copied data folder refuses here) before any model loads
     exp_id = tracking.experiment_id(settings, experiment or settings.experiment_name)
+    encoder = _content_encoder(validation, config, notes)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # with no starting points, a few random trials before TPE models anything or pruning starts
     warmup = len(starts) or min(config.trials, 5)

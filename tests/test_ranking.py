@@ -243,3 +243,19 @@ def test_exclusion_helpers_agree_with_numpy():
     assert request.exclude.tolist() == [0, 3, 5]
     with pytest.raises(RankRequestError):
         RankRequest(exclude=[4, -1])
+
+
+def test_sparse_queries_score_by_columns_as_a_dense_product_would(als):
+    """A mostly-zero query (an ensemble's item-kNN block) is scored from the transposed space;
+    the scores equal the dense product's, and a replaced row is seen at once."""
+    data, bundle, _ = als
+    ranker = Recommender(bundle, data.items).ranker
+    vectors = ranker.vectors("cf")
+    query = np.zeros(vectors.shape[1], np.float32)
+    query[[1, 7]] = (0.5, -2.0)
+    np.testing.assert_allclose(ranker.exact_scores("user", query), vectors @ query, rtol=1e-5, atol=1e-6)
+    assert "cf" in ranker._transposed  # the column path ran
+    ranker.replace_rows("cf", [3], np.full((1, vectors.shape[1]), 9.0, np.float32))
+    assert ranker.exact_scores("user", query)[3] == pytest.approx(9.0 * 0.5 - 9.0 * 2.0)
+    dense = np.ones(vectors.shape[1], np.float32)
+    np.testing.assert_allclose(ranker.exact_scores("user", dense), ranker.vectors("cf") @ dense, rtol=1e-5)

@@ -76,24 +76,34 @@ def test_logging_off_answers_without_storing(env):
         assert len(c.app.state.store.impressions()) == before
 
 
-def test_full_queue_drops_and_counts_never_blocks(tmp_path):
+def _imp(request_id: str, i: int) -> Impression:
+    return Impression(request_id, f"u{i}", "user", "1", "production:1", i, ("a",))
+
+
+def _stalled_log(tmp_path, **sizes) -> tuple[FeatureStore, ImpressionLog, sqlite3.Connection]:
+    """A started log over a real SQLite store that another connection holds locked."""
     path = tmp_path / "fs.db"
     store = FeatureStore(f"sqlite:///{path}", offline_uri="")
-    log = ImpressionLog(store, queue_size=3, batch_size=1, flush_seconds=0.01)
+    log = ImpressionLog(store, flush_seconds=0.01, **sizes)
     log.start()
     blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     blocker.execute("BEGIN EXCLUSIVE")  # the store is stalled: the writer waits on its lock
+    return store, log, blocker
 
-    def imp(i: int) -> Impression:
-        return Impression(f"r{i}", f"u{i}", "user", "1", "production:1", i, ("a",))
 
-    assert log.record(imp(0))
+def _until_taken(log: ImpressionLog) -> None:
     deadline = time.monotonic() + 5
     while log.pending and time.monotonic() < deadline:  # the writer took it and is now stuck
         time.sleep(0.005)
     assert log.pending == 0
+
+
+def test_full_queue_drops_and_counts_never_blocks(tmp_path):
+    store, log, blocker = _stalled_log(tmp_path, queue_size=3, batch_size=1)
+    assert log.record(_imp("r0", 0))
+    _until_taken(log)
     start = time.perf_counter()
-    accepted = [log.record(imp(i)) for i in range(1, 101)]
+    accepted = [log.record(_imp(f"r{i}", i)) for i in range(1, 101)]
     elapsed = time.perf_counter() - start
     assert accepted == [True] * 3 + [False] * 97
     assert log.dropped == 97 and log.pending == 3
@@ -108,18 +118,10 @@ def test_full_queue_drops_and_counts_never_blocks(tmp_path):
 
 
 def test_flush_waits_for_the_batch_the_writer_took(tmp_path):
-    path = tmp_path / "fs.db"
-    store = FeatureStore(f"sqlite:///{path}", offline_uri="")
-    log = ImpressionLog(store, queue_size=10, batch_size=5, flush_seconds=0.01)
-    log.start()
-    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    blocker.execute("BEGIN EXCLUSIVE")  # the writer takes the batch, then waits on the lock
+    store, log, blocker = _stalled_log(tmp_path, queue_size=10, batch_size=5)
     for i in range(3):
-        assert log.record(Impression(f"f{i}", "u", "user", "1", "production:1", i, ("a",)))
-    deadline = time.monotonic() + 5
-    while log.pending and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert log.pending == 0  # the queue is empty while nothing is stored yet
+        assert log.record(_imp(f"f{i}", i))
+    _until_taken(log)  # the queue is empty while nothing is stored yet
     released = threading.Timer(0.3, blocker.rollback)
     released.start()
     log.flush()

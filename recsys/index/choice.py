@@ -92,6 +92,7 @@ class IndexSettings:
     #: against a 0.02 ms floor, for 13 s over three spaces. A served recommendation request
     #: costs the server ~0.3 ms (bench/serve_bench.py, 3,400 req/s): this is a third of it.
     #: At 100k items the scan takes 1.1 ms and HNSW 0.02 ms (docs/ann.md): the choice runs
+    #: at 100k items. 0: off
     exact_enough_ms: float = 0.1
     #: ``auto`` builds no approximate index, and times nothing but the scan, for a catalog of at
     #: most this many items: a count, not a timing, so the rule holds on a busy machine where
@@ -270,7 +271,8 @@ def build_index(
                 break
             floor_ms = _floor_ms(metric, vectors, timed, k)
             saving = exact_ms - floor_ms
-            if saving <= settings.exact_enough_ms:
+            # 0 turns the rule off (a small catalog's scan can time below the k-item scan)
+            if settings.exact_enough_ms > 0 and saving <= settings.exact_enough_ms:
                 _skip(
                     skipped,
                     metric,

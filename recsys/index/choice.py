@@ -84,15 +84,9 @@ class IndexSettings:
     #: ScaNN tree leaves and IVF lists (-1: about 2·√n); their search knobs are always tuned
     num_leaves: int = -1
     #: ``auto`` builds no approximate index when the most any index can save per query — one
-    #: exact query's time less that of a scan of ``k`` items (the per-query cost every index
-    #: pays) — is at most this (ms). Measured (bench vectors, 64 dims, 2-core box under load):
-    #: at 1,000 items the scan took 0.027 ms and the best index reaching 0.95 (HNSW) 0.010 ms,
-    #: 0.017 ms saved for 8–9 s of building and tuning six candidates per space; at 5,000
-    #: items 0.054 vs 0.017 ms for 13 s; the demo's 1,000-item ensemble (1,098 dims) 0.075 ms
-    #: against a 0.02 ms floor, for 13 s over three spaces. A served recommendation request
-    #: costs the server ~0.3 ms (bench/serve_bench.py, 3,400 req/s): this is a third of it.
-    #: At 100k items the scan takes 1.1 ms and HNSW 0.02 ms (docs/ann.md): the choice runs
-    #: at 100k items. 0: off
+    #: exact query's time less that of a scan of ``k`` items (the per-query cost of the exact
+    #: path) — is at most this (ms); 0: off. At 100k items (64 dims) the scan takes 1.1 ms and
+    #: HNSW 0.02 ms (docs/ann.md), so the choice runs there
     exact_enough_ms: float = 0.1
     #: ``auto`` builds no approximate index, and times nothing but the scan, for a catalog of at
     #: most this many items: a count, not a timing, so the rule holds on a busy machine where
@@ -260,7 +254,6 @@ def build_index(
         if kind == "auto" and best is not None and best[1].kind == "exact" and floor_ms is None:
             exact_ms = best[1].query_ms_p50
             if len(vectors) <= settings.exact_max_items:
-                floor_ms = 0.0
                 _skip(
                     skipped,
                     metric,
@@ -353,11 +346,9 @@ def build_index(
             report.build_seconds,
             f" ({setting=}{f', {reorder=}' if reorder is not None else ''})" if setting is not None else "",
         )
-        dropped = best is not None and _pick([best[1], report], settings.target_recall) is report
-        if best is None or dropped:
+        dropped = best is not None  # past the first candidate, this one or the best so far loses
+        if best is None or _pick([best[1], report], settings.target_recall) is report:
             best = (index, report)
-        elif best[0] is not index:
-            dropped = True
         del index
         if dropped:  # a losing index's memory (1M items: GBs) back before the next build; a
             gc.collect()  # full collection costs ~0.5 s in a process holding a large heap
